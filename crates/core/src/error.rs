@@ -1,0 +1,197 @@
+//! The one error type clients see, with stable numeric codes and the single mapping to gRPC.
+//!
+//! Codes are grouped by domain and never reused: 1xxx requests and topics, 2xxx records and
+//! offsets, 3xxx availability, 4xxx server faults. The code travels in the `sluice-code` status
+//! metadata and in `v1::Error::sluice_code`.
+
+use sluice_proto::v1;
+use tonic::Code;
+
+/// Everything that can go wrong in a request, as the client is told.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum SluiceError {
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("invalid topic name '{name}': {reason}")]
+    InvalidTopicName { name: String, reason: String },
+    #[error("topic '{0}' already exists")]
+    TopicExists(String),
+    #[error("topic '{0}' does not exist")]
+    UnknownTopic(String),
+    #[error("partition {partition} of topic '{topic}' does not exist (the topic has {count} partitions)")]
+    UnknownPartition { topic: String, partition: u32, count: u32 },
+    #[error("invalid partition count {count}: {reason}")]
+    InvalidPartitions { count: u32, reason: String },
+    #[error("invalid topic config: {0}")]
+    InvalidConfig(String),
+    #[error("invalid replication factor {factor}: {reason}")]
+    InvalidReplicationFactor { factor: u32, reason: String },
+    #[error("record batch of {size} bytes is larger than max.message.bytes ({limit} bytes)")]
+    RecordTooLarge { size: usize, limit: usize },
+    #[error("corrupt record batch: {0}")]
+    CorruptBatch(String),
+    #[error("offset {offset} is out of range for partition {partition} of '{topic}': valid offsets are {start} to {end}")]
+    OffsetOutOfRange { topic: String, partition: u32, offset: i64, start: i64, end: i64 },
+    #[error("node {node} is not the leader of partition {partition} of '{topic}'")]
+    NotLeader { topic: String, partition: u32, node: u64 },
+    #[error("node unavailable: {0}")]
+    NodeUnavailable(String),
+    #[error("metadata store unavailable: {0}")]
+    MetadataUnavailable(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("storage error: {0}")]
+    Storage(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl SluiceError {
+    /// Stable numeric code; pinned by a test.
+    pub fn code(&self) -> u32 {
+        match self {
+            Self::InvalidRequest(_) => 1000,
+            Self::InvalidTopicName { .. } => 1001,
+            Self::TopicExists(_) => 1002,
+            Self::UnknownTopic(_) => 1003,
+            Self::UnknownPartition { .. } => 1004,
+            Self::InvalidPartitions { .. } => 1005,
+            Self::InvalidConfig(_) => 1006,
+            Self::InvalidReplicationFactor { .. } => 1007,
+            Self::RecordTooLarge { .. } => 2001,
+            Self::CorruptBatch(_) => 2002,
+            Self::OffsetOutOfRange { .. } => 2003,
+            Self::NotLeader { .. } => 3001,
+            Self::NodeUnavailable(_) => 3002,
+            Self::MetadataUnavailable(_) => 3003,
+            Self::Timeout(_) => 3004,
+            Self::Storage(_) => 4001,
+            Self::Internal(_) => 4002,
+        }
+    }
+
+    /// The gRPC status code.
+    pub fn grpc_code(&self) -> Code {
+        match self {
+            Self::InvalidRequest(_)
+            | Self::InvalidTopicName { .. }
+            | Self::InvalidPartitions { .. }
+            | Self::InvalidConfig(_)
+            | Self::InvalidReplicationFactor { .. }
+            | Self::RecordTooLarge { .. }
+            | Self::CorruptBatch(_) => Code::InvalidArgument,
+            Self::TopicExists(_) => Code::AlreadyExists,
+            Self::UnknownTopic(_) | Self::UnknownPartition { .. } => Code::NotFound,
+            Self::OffsetOutOfRange { .. } => Code::OutOfRange,
+            Self::NotLeader { .. } | Self::NodeUnavailable(_) | Self::MetadataUnavailable(_) => Code::Unavailable,
+            Self::Timeout(_) => Code::DeadlineExceeded,
+            Self::Storage(_) | Self::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// Whether the same request may succeed when retried.
+    pub fn retriable(&self) -> bool {
+        matches!(
+            self,
+            Self::NotLeader { .. } | Self::NodeUnavailable(_) | Self::MetadataUnavailable(_) | Self::Timeout(_)
+        )
+    }
+
+    /// The wire form used inside responses (per partition, per request).
+    pub fn to_proto(&self) -> v1::Error {
+        v1::Error {
+            code: self.grpc_code() as i32,
+            message: self.to_string(),
+            retriable: self.retriable(),
+            sluice_code: self.code(),
+        }
+    }
+}
+
+impl From<SluiceError> for tonic::Status {
+    fn from(e: SluiceError) -> Self {
+        let mut status = tonic::Status::new(e.grpc_code(), e.to_string());
+        if let Ok(v) = e.code().to_string().parse() {
+            status.metadata_mut().insert("sluice-code", v);
+        }
+        status
+    }
+}
+
+/// An error as received over the wire, from a status or a per-partition error.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("{message}")]
+pub struct RemoteError {
+    pub code: Code,
+    pub message: String,
+    pub retriable: bool,
+    pub sluice_code: u32,
+}
+
+impl From<&v1::Error> for RemoteError {
+    fn from(e: &v1::Error) -> Self {
+        Self { code: Code::from_i32(e.code), message: e.message.clone(), retriable: e.retriable, sluice_code: e.sluice_code }
+    }
+}
+
+impl From<tonic::Status> for RemoteError {
+    fn from(s: tonic::Status) -> Self {
+        let sluice_code = s
+            .metadata()
+            .get("sluice-code")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let retriable = matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::ResourceExhausted);
+        let message = if s.message().is_empty() { format!("{:?}", s.code()) } else { s.message().to_string() };
+        Self { code: s.code(), message, retriable, sluice_code }
+    }
+}
+
+impl From<RemoteError> for v1::Error {
+    fn from(e: RemoteError) -> Self {
+        v1::Error { code: e.code as i32, message: e.message, retriable: e.retriable, sluice_code: e.sluice_code }
+    }
+}
+
+impl From<crate::batch::BatchError> for SluiceError {
+    fn from(e: crate::batch::BatchError) -> Self {
+        match e {
+            crate::batch::BatchError::TooLarge { size, limit } => Self::RecordTooLarge { size, limit },
+            other => Self::CorruptBatch(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_stable() {
+        let pinned = [
+            (SluiceError::InvalidRequest(String::new()), 1000, Code::InvalidArgument),
+            (SluiceError::TopicExists(String::new()), 1002, Code::AlreadyExists),
+            (SluiceError::UnknownTopic(String::new()), 1003, Code::NotFound),
+            (SluiceError::UnknownPartition { topic: String::new(), partition: 0, count: 0 }, 1004, Code::NotFound),
+            (SluiceError::InvalidConfig(String::new()), 1006, Code::InvalidArgument),
+            (SluiceError::RecordTooLarge { size: 0, limit: 0 }, 2001, Code::InvalidArgument),
+            (SluiceError::OffsetOutOfRange { topic: String::new(), partition: 0, offset: 0, start: 0, end: 0 }, 2003, Code::OutOfRange),
+            (SluiceError::NodeUnavailable(String::new()), 3002, Code::Unavailable),
+            (SluiceError::Storage(String::new()), 4001, Code::Internal),
+        ];
+        for (e, code, grpc) in pinned {
+            assert_eq!(e.code(), code, "{e:?}");
+            assert_eq!(e.grpc_code(), grpc, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn status_carries_code_and_sentence() {
+        let s: tonic::Status = SluiceError::UnknownTopic("x".into()).into();
+        assert_eq!(s.message(), "topic 'x' does not exist");
+        let r = RemoteError::from(s);
+        assert_eq!(r.sluice_code, 1003);
+        assert!(!r.retriable);
+    }
+}
