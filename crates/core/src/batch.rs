@@ -394,12 +394,23 @@ impl BatchBuilder {
 
     /// Appends one record.
     pub fn push(&mut self, timestamp: i64, key: Option<&[u8]>, value: Option<&[u8]>, headers: &[(&str, &[u8])]) {
+        self.push_at(self.count, timestamp, key, value, headers)
+    }
+
+    /// Appends one record at an explicit offset delta: compaction keeps each survivor's offset.
+    pub fn push_at(
+        &mut self,
+        offset_delta: i32,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, &[u8])],
+    ) {
         if self.count == 0 {
             self.base_timestamp = timestamp;
         }
         self.max_timestamp = self.max_timestamp.max(timestamp);
         let ts_delta = timestamp - self.base_timestamp;
-        let offset_delta = self.count;
         let field_len = |f: Option<&[u8]>| f.map_or(varlong_len(-1), |v| varlong_len(v.len() as i64) + v.len());
         let mut len = 1 + varlong_len(ts_delta) + varlong_len(offset_delta as i64) + field_len(key) + field_len(value);
         len += varlong_len(headers.len() as i64);
@@ -433,18 +444,25 @@ impl BatchBuilder {
 
     /// Encodes the batch (base offset 0, partition leader epoch -1).
     pub fn build(self) -> Result<Bytes, BatchError> {
+        let last = self.count - 1;
+        self.build_at(0, last)
+    }
+
+    /// Encodes the batch with a given base offset and last offset delta (compaction keeps the
+    /// original range even when records inside it are gone).
+    pub fn build_at(self, base_offset: i64, last_offset_delta: i32) -> Result<Bytes, BatchError> {
         let body = match self.compression {
             Compression::None => self.records,
             c => c.compress(&self.records)?,
         };
         let mut b = BytesMut::with_capacity(HEADER_LEN + body.len());
-        b.put_i64(0);
+        b.put_i64(base_offset);
         b.put_i32((HEADER_LEN - 12 + body.len()) as i32);
         b.put_i32(-1);
         b.put_i8(2);
         b.put_u32(0);
         b.put_i16(self.compression as i16);
-        b.put_i32(self.count - 1);
+        b.put_i32(last_offset_delta);
         b.put_i64(self.base_timestamp);
         b.put_i64(self.max_timestamp);
         b.put_i64(self.producer_id);

@@ -1,1 +1,105 @@
-//! placeholder
+//! Partition logs.
+//!
+//! A partition is a sequence of Kafka RecordBatch v2 stored as received, keyed by base offset
+//! (never a key per record). [`LogStore`] and [`PartitionLog`] are the traits the partition
+//! node programs against; [`sled_store`] is the sled implementation, with durable group commit
+//! ([`LogStore::sync`]), retention and compaction ([`cleaner`]).
+
+pub mod cleaner;
+pub mod sled_store;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sluice_core::topic::TopicConfig;
+
+pub use sled_store::SledStore;
+
+/// Identifies a partition's log. The topic id separates a deleted topic from a new one with
+/// the same name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PartitionId {
+    pub topic: String,
+    pub topic_id: u64,
+    pub partition: u32,
+}
+
+impl std::fmt::Display for PartitionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.topic, self.partition)
+    }
+}
+
+/// Storage failures. Every variant names what failed; none exposes a panic.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error(transparent)]
+    Batch(#[from] sluice_core::batch::BatchError),
+    #[error("offset {offset} is out of range: valid offsets are {start} to {end}")]
+    OffsetOutOfRange { offset: i64, start: i64, end: i64 },
+    #[error("compacted topics need a key on every record")]
+    MissingKey,
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored batch at offset {offset} of {partition} is damaged: {reason}")]
+    Damaged { partition: String, offset: i64, reason: String },
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub record_count: u32,
+    /// The append time when the topic stamps records itself, -1 otherwise.
+    pub log_append_time: i64,
+}
+
+/// Batches read from a log.
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    /// Whole batches, back to back; the first may start before the offset asked for.
+    pub batches: Bytes,
+    /// The offset after the last batch returned.
+    pub next_offset: i64,
+    pub log_start_offset: i64,
+    pub log_end_offset: i64,
+}
+
+/// Offsets of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogOffsets {
+    pub log_start_offset: i64,
+    pub log_end_offset: i64,
+}
+
+/// One partition's log.
+pub trait PartitionLog: Send + Sync {
+    fn id(&self) -> &PartitionId;
+    /// Validates (size, CRC, records) and appends back-to-back batches, assigning offsets.
+    fn append(&self, batches: &[u8], config: &TopicConfig, now_ms: i64) -> Result<AppendInfo, StorageError>;
+    /// Reads whole batches from the one holding `offset`, up to about `max_bytes` (at least one
+    /// batch when any is there). `offset == log end` returns nothing.
+    fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, StorageError>;
+    fn offsets(&self) -> LogOffsets;
+    /// The first record at or after `timestamp_ms`: its offset and timestamp.
+    fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>, StorageError>;
+    /// Watches the log end offset (for long-polling readers).
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<i64>;
+    /// Bytes the log occupies.
+    fn size_bytes(&self) -> u64;
+    /// Applies time and size retention and compaction; returns the batches removed or rewritten.
+    fn clean(&self, config: &TopicConfig, now_ms: i64) -> Result<cleaner::CleanStats, StorageError>;
+}
+
+/// A node's set of partition logs.
+pub trait LogStore: Send + Sync {
+    /// Opens (creating when new) a partition's log, recovering its offsets.
+    fn open(&self, id: &PartitionId) -> Result<Arc<dyn PartitionLog>, StorageError>;
+    /// Deletes a partition's log and its data.
+    fn remove(&self, id: &PartitionId) -> Result<(), StorageError>;
+    /// Every partition with data on this node.
+    fn list(&self) -> Result<Vec<PartitionId>, StorageError>;
+    /// Makes every append done so far durable. Concurrent callers share one flush.
+    fn sync(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send + '_>>;
+}

@@ -1,0 +1,307 @@
+//! The sled implementation of [`LogStore`]: one sled database per node, one tree per
+//! partition, one key per batch (8-byte big-endian base offset). An in-memory index of batch
+//! positions, sizes and timestamps is rebuilt from the tree when a partition is opened.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use sluice_core::batch::{self, BatchHeader};
+use sluice_core::topic::{TimestampType, TopicConfig};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::cleaner::{self, CleanStats};
+use crate::{AppendInfo, LogOffsets, LogStore, PartitionId, PartitionLog, ReadResult, StorageError};
+
+/// Key under which a partition remembers its log start offset once retention moved it.
+/// Batch keys are exactly 8 bytes, so this one cannot collide.
+const START_KEY: &[u8] = b"meta:log_start";
+const TREE_PREFIX: &str = "log/";
+
+/// Position and summary of one stored batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchMeta {
+    pub last_offset: i64,
+    pub max_timestamp: i64,
+    pub size: u64,
+}
+
+pub(crate) struct LogState {
+    pub index: BTreeMap<i64, BatchMeta>,
+    pub next_offset: i64,
+    pub log_start: i64,
+    pub bytes: u64,
+}
+
+/// A sled-backed partition log.
+pub struct SledPartition {
+    id: PartitionId,
+    pub(crate) tree: sled::Tree,
+    pub(crate) state: Mutex<LogState>,
+    end_tx: watch::Sender<i64>,
+}
+
+/// Many partitions in one sled database, with a group-commit flusher.
+pub struct SledStore {
+    db: sled::Db,
+    open: Mutex<HashMap<PartitionId, Arc<SledPartition>>>,
+    flush_tx: mpsc::UnboundedSender<FlushWaiter>,
+}
+
+type FlushWaiter = (oneshot::Sender<Result<(), String>>, sled::Db);
+
+fn tree_name(id: &PartitionId) -> String {
+    format!("{TREE_PREFIX}{}/{}/{}", id.topic_id, id.topic, id.partition)
+}
+
+fn parse_tree_name(name: &[u8]) -> Option<PartitionId> {
+    let s = std::str::from_utf8(name).ok()?.strip_prefix(TREE_PREFIX)?;
+    let (id, rest) = s.split_once('/')?;
+    let (topic, partition) = rest.rsplit_once('/')?;
+    Some(PartitionId { topic: topic.to_string(), topic_id: id.parse().ok()?, partition: partition.parse().ok()? })
+}
+
+fn lock(m: &Mutex<LogState>) -> MutexGuard<'_, LogState> {
+    // A panic while holding the lock cannot leave the index half-updated in a way that loses
+    // data (sled holds the truth), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SledStore {
+    /// Opens (or creates) the store under `dir`. Must be called inside a tokio runtime: the
+    /// group-commit flusher runs as a task.
+    pub fn open(dir: &Path) -> Result<Arc<Self>, StorageError> {
+        let db = sled::Config::new().path(dir).cache_capacity(256 << 20).flush_every_ms(Some(500)).open()?;
+        let (flush_tx, mut flush_rx) = mpsc::unbounded_channel::<FlushWaiter>();
+        tokio::spawn(async move {
+            // Group commit: every waiter queued while a flush runs is served by the next one.
+            // The task holds the database only during a flush, so dropping the store closes it.
+            while let Some((first, db)) = flush_rx.recv().await {
+                let mut waiters = vec![first];
+                while let Ok((w, _)) = flush_rx.try_recv() {
+                    waiters.push(w);
+                }
+                let res = db.flush_async().await.map(|_| ()).map_err(|e| e.to_string());
+                drop(db);
+                for w in waiters {
+                    let _ = w.send(res.clone());
+                }
+            }
+        });
+        Ok(Arc::new(Self { db, open: Mutex::new(HashMap::new()), flush_tx }))
+    }
+
+    fn open_sled(&self, id: &PartitionId) -> Result<Arc<SledPartition>, StorageError> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = open.get(id) {
+            return Ok(p.clone());
+        }
+        let tree = self.db.open_tree(tree_name(id))?;
+        let mut index = BTreeMap::new();
+        let mut bytes = 0u64;
+        let mut log_start = None;
+        for kv in tree.iter() {
+            let (k, v) = kv?;
+            if k.len() != 8 {
+                if &k[..] == START_KEY && v.len() == 8 {
+                    log_start = Some(i64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8])));
+                }
+                continue;
+            }
+            let base = i64::from_be_bytes(k[..8].try_into().unwrap_or([0; 8]));
+            let h = BatchHeader::parse(&v).map_err(|e| StorageError::Damaged {
+                partition: id.to_string(),
+                offset: base,
+                reason: e.to_string(),
+            })?;
+            index.insert(base, BatchMeta { last_offset: h.last_offset(), max_timestamp: h.max_timestamp, size: v.len() as u64 });
+            bytes += v.len() as u64;
+        }
+        let end = index.values().next_back().map(|m| m.last_offset + 1).unwrap_or(0);
+        let log_start_stored = log_start.unwrap_or(0);
+        let next_offset = end.max(log_start_stored);
+        let log_start = index.keys().next().copied().unwrap_or(next_offset).max(log_start_stored);
+        let (end_tx, _) = watch::channel(next_offset);
+        tracing::debug!(partition = %id, next_offset, log_start, batches = index.len(), "opened partition");
+        let p = Arc::new(SledPartition {
+            id: id.clone(),
+            tree,
+            state: Mutex::new(LogState { index, next_offset, log_start, bytes }),
+            end_tx,
+        });
+        open.insert(id.clone(), p.clone());
+        Ok(p)
+    }
+}
+
+impl LogStore for SledStore {
+    fn open(&self, id: &PartitionId) -> Result<Arc<dyn PartitionLog>, StorageError> {
+        Ok(self.open_sled(id)?)
+    }
+
+    fn remove(&self, id: &PartitionId) -> Result<(), StorageError> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.db.drop_tree(tree_name(id))?;
+        Ok(())
+    }
+
+    fn list(&self) -> Result<Vec<PartitionId>, StorageError> {
+        Ok(self.db.tree_names().iter().filter_map(|n| parse_tree_name(n)).collect())
+    }
+
+    fn sync(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send + '_>> {
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            if self.flush_tx.send((tx, self.db.clone())).is_err() {
+                self.db.flush_async().await?;
+                return Ok(());
+            }
+            match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(StorageError::Sled(sled::Error::Unsupported(format!("flush failed: {e}")))),
+                Err(_) => Err(StorageError::Sled(sled::Error::Unsupported("flusher stopped".into()))),
+            }
+        })
+    }
+}
+
+impl SledPartition {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, LogState> {
+        lock(&self.state)
+    }
+
+    pub(crate) fn persist_log_start(&self, start: i64) -> Result<(), StorageError> {
+        self.tree.insert(START_KEY, &start.to_be_bytes())?;
+        Ok(())
+    }
+}
+
+impl PartitionLog for SledPartition {
+    fn id(&self) -> &PartitionId {
+        &self.id
+    }
+
+    fn append(&self, batches: &[u8], config: &TopicConfig, now_ms: i64) -> Result<AppendInfo, StorageError> {
+        // Everything that can refuse the request happens before the lock and before any write:
+        // a request is stored whole or not at all.
+        let parts = batch::split_batches(batches)?;
+        if parts.is_empty() {
+            return Err(batch::BatchError::Malformed("no record batch in the request".into()).into());
+        }
+        for (_, range) in &parts {
+            batch::verify_batch(&batches[range.clone()], config.max_message_bytes)?;
+            if config.cleanup_policy.compact {
+                let b = Bytes::copy_from_slice(&batches[range.clone()]);
+                if batch::decode_records(&b)?.iter().any(|r| r.key.is_none()) {
+                    return Err(StorageError::MissingKey);
+                }
+            }
+        }
+        let log_append = config.message_timestamp_type == TimestampType::LogAppendTime;
+        let mut st = self.lock();
+        let base_offset = st.next_offset;
+        let mut count = 0u32;
+        let mut sled_batch = sled::Batch::default();
+        let mut metas = Vec::with_capacity(parts.len());
+        for (h, range) in &parts {
+            let mut v = batches[range.clone()].to_vec();
+            let base = st.next_offset + count as i64;
+            batch::set_base_offset(&mut v, base);
+            if log_append {
+                batch::set_log_append_time(&mut v, now_ms);
+            }
+            let max_ts = if log_append { now_ms } else { h.max_timestamp };
+            metas.push((base, BatchMeta { last_offset: base + h.last_offset_delta as i64, max_timestamp: max_ts, size: v.len() as u64 }));
+            sled_batch.insert(&base.to_be_bytes(), v);
+            count += h.record_count as u32;
+        }
+        // One sled batch: the request's batches become visible (and durable) together.
+        self.tree.apply_batch(sled_batch)?;
+        for (base, m) in metas {
+            st.bytes += m.size;
+            st.index.insert(base, m);
+        }
+        st.next_offset = base_offset + count as i64;
+        let end = st.next_offset;
+        drop(st);
+        self.end_tx.send_replace(end);
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: end - 1,
+            record_count: count,
+            log_append_time: if log_append { now_ms } else { -1 },
+        })
+    }
+
+    fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, StorageError> {
+        let (keys, start, end) = {
+            let st = self.lock();
+            if offset < st.log_start || offset > st.next_offset {
+                return Err(StorageError::OffsetOutOfRange { offset, start: st.log_start, end: st.next_offset });
+            }
+            // The batch holding `offset` is the last one whose base is at or below it (unless
+            // compaction emptied the tail of that batch, in which case it ends before offset).
+            let first = st.index.range(..=offset).next_back().filter(|(_, m)| m.last_offset >= offset).map(|(b, _)| *b);
+            let from = first.unwrap_or(offset);
+            let mut keys = Vec::new();
+            let mut total = 0u64;
+            for (base, m) in st.index.range(from..) {
+                if total > 0 && total + m.size > max_bytes as u64 {
+                    break;
+                }
+                total += m.size;
+                keys.push((*base, m.last_offset, m.size));
+            }
+            (keys, st.log_start, st.next_offset)
+        };
+        let total: u64 = keys.iter().map(|k| k.2).sum();
+        let mut out = BytesMut::with_capacity(total as usize);
+        let mut next = offset;
+        for (base, last, _) in keys {
+            // Retention may have removed the batch since the index was read; stop there.
+            let Some(v) = self.tree.get(base.to_be_bytes())? else { break };
+            let h = BatchHeader::parse(&v).map_err(|e| StorageError::Damaged {
+                partition: self.id.to_string(),
+                offset: base,
+                reason: e.to_string(),
+            })?;
+            batch::check_crc(&v, &h).map_err(|e| StorageError::Damaged {
+                partition: self.id.to_string(),
+                offset: base,
+                reason: e.to_string(),
+            })?;
+            out.extend_from_slice(&v);
+            next = last + 1;
+        }
+        Ok(ReadResult { batches: out.freeze(), next_offset: next.max(offset), log_start_offset: start, log_end_offset: end })
+    }
+
+    fn offsets(&self) -> LogOffsets {
+        let st = self.lock();
+        LogOffsets { log_start_offset: st.log_start, log_end_offset: st.next_offset }
+    }
+
+    fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>, StorageError> {
+        let candidate = {
+            let st = self.lock();
+            st.index.iter().find(|(_, m)| m.max_timestamp >= timestamp_ms).map(|(b, _)| *b)
+        };
+        let Some(base) = candidate else { return Ok(None) };
+        let Some(v) = self.tree.get(base.to_be_bytes())? else { return Ok(None) };
+        let records = batch::decode_records(&Bytes::from(v.to_vec()))?;
+        Ok(records.iter().find(|r| r.timestamp >= timestamp_ms).map(|r| (r.offset, r.timestamp)))
+    }
+
+    fn subscribe(&self) -> watch::Receiver<i64> {
+        self.end_tx.subscribe()
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+
+    fn clean(&self, config: &TopicConfig, now_ms: i64) -> Result<CleanStats, StorageError> {
+        cleaner::clean(self, config, now_ms)
+    }
+}

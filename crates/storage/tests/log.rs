@@ -1,0 +1,176 @@
+//! The sled partition log: appends, reads, recovery, retention, compaction, timestamps.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use sluice_core::batch::{BatchBuilder, decode_records};
+use sluice_core::compression::Compression;
+use sluice_core::topic::TopicConfig;
+use sluice_storage::{LogStore, PartitionId, SledStore, StorageError};
+
+fn pid() -> PartitionId {
+    PartitionId { topic: "t".into(), topic_id: 7, partition: 0 }
+}
+
+fn batch(records: &[(Option<&str>, Option<&str>, i64)], c: Compression) -> Bytes {
+    let mut b = BatchBuilder::new(c);
+    for (k, v, ts) in records {
+        b.push(*ts, k.map(str::as_bytes), v.map(str::as_bytes), &[]);
+    }
+    b.build().unwrap()
+}
+
+fn all_records(log: &dyn sluice_storage::PartitionLog, from: i64) -> Vec<(i64, Option<String>, Option<String>)> {
+    let r = log.read(from, usize::MAX).unwrap();
+    let mut out = Vec::new();
+    let mut rest = r.batches.clone();
+    while !rest.is_empty() {
+        let h = sluice_core::batch::BatchHeader::parse(&rest).unwrap();
+        let b = rest.split_to(h.total_len());
+        for rec in decode_records(&b).unwrap() {
+            let s = |x: Option<Bytes>| x.map(|v| String::from_utf8(v.to_vec()).unwrap());
+            out.push((rec.offset, s(rec.key), s(rec.value)));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn offsets_are_dense_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TopicConfig::default();
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        let log = store.open(&pid()).unwrap();
+        let a = log.append(&batch(&[(None, Some("a"), 1), (None, Some("b"), 2)], Compression::None), &cfg, 10).unwrap();
+        assert_eq!((a.base_offset, a.last_offset, a.record_count), (0, 1, 2));
+        let mut two = batch(&[(None, Some("c"), 3)], Compression::Lz4).to_vec();
+        two.extend_from_slice(&batch(&[(None, Some("d"), 4), (None, Some("e"), 5)], Compression::Zstd));
+        let b = log.append(&two, &cfg, 10).unwrap();
+        assert_eq!((b.base_offset, b.last_offset), (2, 4));
+        store.sync().await.unwrap();
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    let log = store.open(&pid()).unwrap();
+    assert_eq!(log.offsets().log_end_offset, 5);
+    let recs = all_records(&*log, 0);
+    assert_eq!(recs.iter().map(|r| r.0).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    assert_eq!(recs[3].2.as_deref(), Some("d"));
+    assert_eq!(log.append(&batch(&[(None, Some("f"), 6)], Compression::None), &cfg, 10).unwrap().base_offset, 5);
+    assert_eq!(store.list().unwrap(), vec![pid()]);
+}
+
+#[tokio::test]
+async fn bad_batches_are_refused_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let log = store.open(&pid()).unwrap();
+    let cfg = TopicConfig { max_message_bytes: 200, ..TopicConfig::default() };
+    let good = batch(&[(None, Some("ok"), 1)], Compression::None);
+    let mut corrupt = good.to_vec();
+    let n = corrupt.len();
+    corrupt[n - 2] ^= 1;
+    let mut mixed = good.to_vec();
+    mixed.extend_from_slice(&corrupt);
+    assert!(log.append(&corrupt, &cfg, 0).is_err());
+    assert!(log.append(&mixed, &cfg, 0).is_err(), "one bad batch refuses the whole request");
+    let big = "x".repeat(300);
+    assert!(matches!(
+        log.append(&batch(&[(None, Some(&big), 1)], Compression::None), &cfg, 0),
+        Err(StorageError::Batch(sluice_core::batch::BatchError::TooLarge { limit: 200, .. }))
+    ));
+    assert!(log.append(&[], &cfg, 0).is_err());
+    assert_eq!(log.offsets().log_end_offset, 0);
+    assert!(matches!(log.read(5, 100), Err(StorageError::OffsetOutOfRange { offset: 5, start: 0, end: 0 })));
+}
+
+#[tokio::test]
+async fn retention_by_time_and_size_moves_the_log_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let log = store.open(&pid()).unwrap();
+    let cfg = TopicConfig::default();
+    for ts in [1_000, 2_000, 3_000, 4_000] {
+        log.append(&batch(&[(None, Some("v"), ts), (None, Some("w"), ts)], Compression::None), &cfg, 0).unwrap();
+    }
+    let timed = TopicConfig { retention_ms: 1_500, ..cfg.clone() };
+    assert_eq!(log.clean(&timed, 4_000).unwrap().deleted_batches, 2);
+    assert_eq!(log.offsets().log_start_offset, 4);
+    assert!(matches!(log.read(1, 10), Err(StorageError::OffsetOutOfRange { start: 4, .. })));
+    let one = log.size_bytes() / 2;
+    let sized = TopicConfig { retention_ms: -1, retention_bytes: one as i64, ..cfg.clone() };
+    assert_eq!(log.clean(&sized, 4_000).unwrap().deleted_batches, 1);
+    assert_eq!(log.offsets().log_start_offset, 6);
+    let everything = TopicConfig { retention_ms: 0, ..cfg.clone() };
+    log.clean(&everything, 100_000).unwrap();
+    assert_eq!(log.offsets(), sluice_storage::LogOffsets { log_start_offset: 8, log_end_offset: 8 });
+    drop(log);
+    drop(store);
+    let store = SledStore::open(dir.path()).unwrap();
+    let log = store.open(&pid()).unwrap();
+    assert_eq!(log.offsets().log_end_offset, 8, "an emptied log keeps its next offset across restarts");
+    assert_eq!(log.append(&batch(&[(None, Some("n"), 5)], Compression::None), &cfg, 0).unwrap().base_offset, 8);
+}
+
+#[tokio::test]
+async fn compaction_keeps_the_latest_value_per_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let log = store.open(&pid()).unwrap();
+    let cfg = TopicConfig::from_map(&BTreeMap::from([
+        ("cleanup.policy".to_string(), "compact".to_string()),
+        ("delete.retention.ms".to_string(), "1000".to_string()),
+    ]))
+    .unwrap();
+    log.append(&batch(&[(Some("a"), Some("a1"), 10), (Some("b"), Some("b1"), 10)], Compression::Zstd), &cfg, 0).unwrap();
+    log.append(&batch(&[(Some("a"), Some("a2"), 20), (Some("c"), None, 20)], Compression::None), &cfg, 0).unwrap();
+    log.append(&batch(&[(Some("b"), Some("b2"), 30)], Compression::None), &cfg, 0).unwrap();
+    assert!(matches!(
+        log.append(&batch(&[(None, Some("keyless"), 1)], Compression::None), &cfg, 0),
+        Err(StorageError::MissingKey)
+    ));
+    let stats = log.clean(&cfg, 500).unwrap();
+    assert_eq!(stats.compacted_records, 2);
+    let recs = all_records(&*log, 0);
+    assert_eq!(
+        recs,
+        vec![(2, Some("a".into()), Some("a2".into())), (3, Some("c".into()), None), (4, Some("b".into()), Some("b2".into()))]
+    );
+    // Once older than delete.retention.ms the tombstone goes too; offsets never move.
+    log.clean(&cfg, 5_000).unwrap();
+    let recs = all_records(&*log, 0);
+    assert_eq!(recs.iter().map(|r| r.0).collect::<Vec<_>>(), vec![2, 4]);
+    assert_eq!(log.offsets().log_end_offset, 5);
+}
+
+#[tokio::test]
+async fn timestamp_lookup_finds_the_first_record_at_or_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let log = store.open(&pid()).unwrap();
+    let cfg = TopicConfig::default();
+    log.append(&batch(&[(None, Some("a"), 100), (None, Some("b"), 200)], Compression::None), &cfg, 0).unwrap();
+    log.append(&batch(&[(None, Some("c"), 300), (None, Some("d"), 400)], Compression::Lz4), &cfg, 0).unwrap();
+    assert_eq!(log.offset_for_timestamp(0).unwrap(), Some((0, 100)));
+    assert_eq!(log.offset_for_timestamp(150).unwrap(), Some((1, 200)));
+    assert_eq!(log.offset_for_timestamp(300).unwrap(), Some((2, 300)));
+    assert_eq!(log.offset_for_timestamp(401).unwrap(), None);
+}
+
+#[tokio::test]
+async fn concurrent_syncs_share_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let log = store.open(&pid()).unwrap();
+    let cfg = TopicConfig::default();
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        log.append(&batch(&[(None, Some("v"), i)], Compression::None), &cfg, 0).unwrap();
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move { s.sync().await }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(log.offsets().log_end_offset, 32);
+}
