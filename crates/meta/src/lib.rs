@@ -1,1 +1,77 @@
-//! placeholder
+//! Cluster metadata: which partition nodes are alive, which topics exist, and where each
+//! partition lives.
+//!
+//! [`MetaStore`] is the trait every service uses. [`etcd::EtcdMeta`] keeps the metadata in etcd
+//! (nodes under leases, topics written with transactions, a watch feeding a local view);
+//! [`embedded::EmbeddedMeta`] keeps it in process (persisted to a JSON file) for `sluice dev`.
+//! Both publish a [`ClusterView`] through a `tokio::sync::watch` channel, so readers never poll.
+
+pub mod embedded;
+pub mod etcd;
+mod model;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub use model::{ClusterView, NodeInfo, PartitionAssignment, TopicMeta, plan_topic};
+use sluice_core::SluiceError;
+use tokio::sync::watch;
+
+/// Metadata failures.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// The request itself is wrong (bad name, topic exists, ...): passed on as is.
+    #[error(transparent)]
+    Request(#[from] SluiceError),
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("metadata encoding: {0}")]
+    Encoding(#[from] serde_json::Error),
+    #[error("metadata file {path}: {source}")]
+    File { path: String, source: std::io::Error },
+}
+
+impl From<MetaError> for SluiceError {
+    fn from(e: MetaError) -> Self {
+        match e {
+            MetaError::Request(e) => e,
+            MetaError::Etcd(e) => SluiceError::MetadataUnavailable(e.to_string()),
+            other => SluiceError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// A request to create a topic.
+#[derive(Debug, Clone)]
+pub struct NewTopic {
+    pub name: String,
+    pub partitions: u32,
+    pub replication_factor: u32,
+    pub config: BTreeMap<String, String>,
+}
+
+/// Limits applied when topics are created.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicLimits {
+    pub max_partitions: u32,
+}
+
+impl Default for TopicLimits {
+    fn default() -> Self {
+        Self { max_partitions: 4096 }
+    }
+}
+
+/// Cluster metadata, wherever it is kept.
+#[async_trait::async_trait]
+pub trait MetaStore: Send + Sync {
+    /// Announces a live partition node; it stays registered while this process keeps it
+    /// alive (a lease in etcd) and vanishes otherwise.
+    async fn register_node(&self, node: NodeInfo) -> Result<(), MetaError>;
+    /// Validates and creates a topic, assigning its partitions to live nodes atomically.
+    async fn create_topic(&self, topic: NewTopic, limits: TopicLimits) -> Result<TopicMeta, MetaError>;
+    /// Deletes a topic; its partitions are then removed by their nodes.
+    async fn delete_topic(&self, name: &str) -> Result<(), MetaError>;
+    /// The current view and every change to it.
+    fn view(&self) -> watch::Receiver<Arc<ClusterView>>;
+}

@@ -1,0 +1,221 @@
+//! Metadata in etcd.
+//!
+//! Keys (under a configurable prefix, `/sluice` by default):
+//! - `{prefix}/nodes/{id}`: a live partition node (JSON [`NodeInfo`]), attached to the node's
+//!   lease, so it vanishes when the node stops renewing it.
+//! - `{prefix}/topics/{name}`: a topic and its partition assignments (JSON [`TopicMeta`]),
+//!   created and deleted with transactions that compare the key's version.
+//!
+//! A background task loads the prefix once, then follows it with a watch from the next
+//! revision; if the watch breaks (etcd restarted, revision compacted) it reloads and watches
+//! again. The last good view stays published meanwhile, so the data path keeps working while
+//! etcd is away.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
+use sluice_core::SluiceError;
+use tokio::sync::watch;
+
+use crate::{ClusterView, MetaError, MetaStore, NewTopic, NodeInfo, TopicLimits, TopicMeta, plan_topic};
+
+/// Metadata kept in an etcd cluster.
+pub struct EtcdMeta {
+    client: Client,
+    prefix: String,
+    lease_ttl_secs: i64,
+    tx: watch::Sender<Arc<ClusterView>>,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for EtcdMeta {
+    fn drop(&mut self) {
+        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+fn apply(view: &mut ClusterView, prefix: &str, key: &[u8], value: Option<&[u8]>) {
+    let Ok(key) = std::str::from_utf8(key) else { return };
+    let Some(rest) = key.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) else { return };
+    if let Some(id) = rest.strip_prefix("nodes/") {
+        let Ok(id) = id.parse::<u64>() else { return };
+        match value.map(serde_json::from_slice::<NodeInfo>) {
+            Some(Ok(n)) => {
+                view.nodes.insert(id, n);
+            }
+            Some(Err(e)) => tracing::warn!(key, error = %e, "ignoring unreadable node entry"),
+            None => {
+                view.nodes.remove(&id);
+            }
+        }
+    } else if let Some(name) = rest.strip_prefix("topics/") {
+        match value.map(serde_json::from_slice::<TopicMeta>) {
+            Some(Ok(t)) => {
+                view.topics.insert(name.to_string(), Arc::new(t));
+            }
+            Some(Err(e)) => tracing::warn!(key, error = %e, "ignoring unreadable topic entry"),
+            None => {
+                view.topics.remove(name);
+            }
+        }
+    }
+}
+
+async fn load_and_watch(client: &mut Client, prefix: &str, tx: &watch::Sender<Arc<ClusterView>>) -> Result<(), MetaError> {
+    let resp = client.get(format!("{prefix}/"), Some(GetOptions::new().with_prefix())).await?;
+    let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+    let mut view = ClusterView { loaded: true, ..ClusterView::default() };
+    for kv in resp.kvs() {
+        apply(&mut view, prefix, kv.key(), Some(kv.value()));
+    }
+    tx.send_replace(Arc::new(view));
+    let opts = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
+    let mut stream = client.watch(format!("{prefix}/"), Some(opts)).await?;
+    while let Some(resp) = stream.message().await? {
+        if resp.canceled() {
+            tracing::warn!(reason = resp.cancel_reason(), "metadata watch cancelled; reloading");
+            return Ok(());
+        }
+        if resp.events().is_empty() {
+            continue;
+        }
+        let mut next = (**tx.borrow()).clone();
+        for ev in resp.events() {
+            if let Some(kv) = ev.kv() {
+                let value = (ev.event_type() == EventType::Put).then(|| kv.value());
+                apply(&mut next, prefix, kv.key(), value);
+            }
+        }
+        tx.send_replace(Arc::new(next));
+    }
+    Ok(())
+}
+
+impl EtcdMeta {
+    /// Connects to etcd and starts following the metadata. Returns once the first full view is
+    /// loaded, or fails after `timeout`.
+    pub async fn connect(endpoints: &[String], prefix: &str, lease_ttl_secs: i64, timeout: Duration) -> Result<Arc<Self>, MetaError> {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        let client = tokio::time::timeout(timeout, Client::connect(endpoints, Some(opts)))
+            .await
+            .map_err(|_| SluiceError::MetadataUnavailable(format!("could not reach etcd at {} within {timeout:?}", endpoints.join(","))))??;
+        let (tx, mut rx) = watch::channel(Arc::new(ClusterView::default()));
+        let prefix = prefix.trim_end_matches('/').to_string();
+        let me = Arc::new(Self { client: client.clone(), prefix: prefix.clone(), lease_ttl_secs, tx: tx.clone(), tasks: Default::default() });
+        let mut watch_client = client;
+        let task = tokio::spawn(async move {
+            loop {
+                if let Err(e) = load_and_watch(&mut watch_client, &prefix, &tx).await {
+                    tracing::warn!(error = %e, "metadata watch failed; retrying");
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        });
+        me.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
+        tokio::time::timeout(timeout, rx.wait_for(|v| v.loaded))
+            .await
+            .map_err(|_| SluiceError::MetadataUnavailable(format!("could not load metadata from etcd within {timeout:?}")))?
+            .map_err(|_| SluiceError::Internal("metadata watcher stopped".into()))?;
+        Ok(me)
+    }
+
+    fn key(&self, kind: &str, name: &str) -> String {
+        format!("{}/{kind}/{name}", self.prefix)
+    }
+
+    async fn put_with_lease(client: &mut Client, key: &str, value: &[u8], ttl: i64) -> Result<i64, MetaError> {
+        let lease = client.lease_grant(ttl, None).await?.id();
+        client.put(key, value, Some(PutOptions::new().with_lease(lease))).await?;
+        Ok(lease)
+    }
+
+    /// Waits until the local view satisfies `pred`, so that a caller reads its own writes.
+    async fn await_view(&self, pred: impl Fn(&ClusterView) -> bool) {
+        let mut rx = self.tx.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|v| pred(v))).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl MetaStore for EtcdMeta {
+    async fn register_node(&self, node: NodeInfo) -> Result<(), MetaError> {
+        let key = self.key("nodes", &node.id.to_string());
+        let value = serde_json::to_vec(&node)?;
+        let ttl = self.lease_ttl_secs.max(1);
+        let mut client = self.client.clone();
+        let mut lease = Self::put_with_lease(&mut client, &key, &value, ttl).await?;
+        let task = tokio::spawn(async move {
+            let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(200));
+            loop {
+                // Renew until the lease is lost (etcd unreachable past the TTL, or revoked),
+                // then register again under a new lease.
+                match client.lease_keep_alive(lease).await {
+                    Ok((mut keeper, mut stream)) => loop {
+                        if keeper.keep_alive().await.is_err() {
+                            break;
+                        }
+                        match stream.message().await {
+                            Ok(Some(r)) if r.ttl() > 0 => tokio::time::sleep(period).await,
+                            _ => break,
+                        }
+                    },
+                    Err(e) => tracing::warn!(error = %e, "lease keep-alive failed"),
+                }
+                loop {
+                    match Self::put_with_lease(&mut client, &key, &value, ttl).await {
+                        Ok(l) => {
+                            tracing::info!(key, "re-registered node under a new lease");
+                            lease = l;
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "node registration failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    }
+                }
+            }
+        });
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
+        let id = node.id;
+        self.await_view(|v| v.nodes.contains_key(&id)).await;
+        Ok(())
+    }
+
+    async fn create_topic(&self, topic: NewTopic, limits: TopicLimits) -> Result<TopicMeta, MetaError> {
+        let view = self.tx.borrow().clone();
+        let t = plan_topic(&view, &topic, limits, rand::random())?;
+        let key = self.key("topics", &t.name);
+        let txn = Txn::new()
+            .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.as_str(), serde_json::to_vec(&t)?, None)]);
+        if !self.client.clone().txn(txn).await?.succeeded() {
+            return Err(SluiceError::TopicExists(t.name).into());
+        }
+        let (name, id) = (t.name.clone(), t.topic_id);
+        self.await_view(|v| v.topics.get(&name).is_some_and(|x| x.topic_id == id)).await;
+        Ok(t)
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<(), MetaError> {
+        let key = self.key("topics", name);
+        let txn = Txn::new()
+            .when([Compare::version(key.as_str(), CompareOp::Greater, 0)])
+            .and_then([TxnOp::delete(key.as_str(), None)]);
+        if !self.client.clone().txn(txn).await?.succeeded() {
+            return Err(SluiceError::UnknownTopic(name.to_string()).into());
+        }
+        self.await_view(|v| !v.topics.contains_key(name)).await;
+        Ok(())
+    }
+
+    fn view(&self) -> watch::Receiver<Arc<ClusterView>> {
+        self.tx.subscribe()
+    }
+}

@@ -1,0 +1,141 @@
+//! The metadata model and the topic placement rule shared by both stores.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sluice_core::SluiceError;
+use sluice_core::topic::{TopicConfig, validate_topic_name};
+
+use crate::{NewTopic, TopicLimits};
+
+/// A live partition node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: u64,
+    /// The address other services dial (host:port).
+    pub addr: String,
+}
+
+/// Where one partition lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionAssignment {
+    /// Preferred order: the first is the preferred leader.
+    pub replicas: Vec<u64>,
+    pub leader: u64,
+    /// Bumped on every leader change; stale leaders are fenced by it.
+    pub leader_epoch: u64,
+}
+
+/// A topic as stored in the metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicMeta {
+    pub name: String,
+    /// Random, so a re-created topic never reuses the data of a deleted one.
+    pub topic_id: u64,
+    pub replication_factor: u32,
+    /// Explicit settings only; defaults are filled in by [`TopicMeta::config`].
+    pub config: BTreeMap<String, String>,
+    pub partitions: Vec<PartitionAssignment>,
+    pub created_ms: i64,
+}
+
+impl TopicMeta {
+    /// The effective configuration. Stored configs were validated on creation; should one be
+    /// unreadable anyway, the defaults apply rather than failing every request.
+    pub fn config(&self) -> TopicConfig {
+        TopicConfig::from_map(&self.config).unwrap_or_default()
+    }
+}
+
+/// Everything a service needs to route and serve, as of one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    pub nodes: BTreeMap<u64, NodeInfo>,
+    pub topics: BTreeMap<String, Arc<TopicMeta>>,
+    /// False until the first complete load: nothing may be deleted on an empty view.
+    pub loaded: bool,
+}
+
+/// Checks a creation request and places its partitions on the live nodes, spreading replicas
+/// and leaders evenly from a random starting node.
+pub fn plan_topic(view: &ClusterView, t: &NewTopic, limits: TopicLimits, seed: u64) -> Result<TopicMeta, SluiceError> {
+    validate_topic_name(&t.name)?;
+    if t.partitions < 1 {
+        return Err(SluiceError::InvalidPartitions { count: t.partitions, reason: "a topic needs at least 1 partition".into() });
+    }
+    if t.partitions > limits.max_partitions {
+        return Err(SluiceError::InvalidPartitions {
+            count: t.partitions,
+            reason: format!("the maximum is {} (max_partitions)", limits.max_partitions),
+        });
+    }
+    TopicConfig::from_map(&t.config)?;
+    if view.topics.contains_key(&t.name) {
+        return Err(SluiceError::TopicExists(t.name.clone()));
+    }
+    let rf = if t.replication_factor == 0 { 1 } else { t.replication_factor };
+    let nodes: Vec<u64> = view.nodes.keys().copied().collect();
+    if nodes.is_empty() {
+        return Err(SluiceError::NodeUnavailable("no partition node is alive to host the topic".into()));
+    }
+    if rf as usize > nodes.len() {
+        return Err(SluiceError::InvalidReplicationFactor {
+            factor: rf,
+            reason: format!("only {} partition node(s) are alive", nodes.len()),
+        });
+    }
+    let start = (seed % nodes.len() as u64) as usize;
+    let partitions = (0..t.partitions as usize)
+        .map(|p| {
+            let replicas: Vec<u64> = (0..rf as usize).map(|j| nodes[(start + p + j) % nodes.len()]).collect();
+            PartitionAssignment { leader: replicas[0], replicas, leader_epoch: 0 }
+        })
+        .collect();
+    Ok(TopicMeta {
+        name: t.name.clone(),
+        topic_id: seed | 1,
+        replication_factor: rf,
+        config: t.config.clone(),
+        partitions,
+        created_ms: sluice_core::settings::now_ms(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(n: u64) -> ClusterView {
+        let nodes = (1..=n).map(|id| (id, NodeInfo { id, addr: format!("127.0.0.1:{id}") })).collect();
+        ClusterView { nodes, topics: BTreeMap::new(), loaded: true }
+    }
+
+    fn req(name: &str, partitions: u32, rf: u32) -> NewTopic {
+        NewTopic { name: name.into(), partitions, replication_factor: rf, config: BTreeMap::new() }
+    }
+
+    #[test]
+    fn spreads_leaders_and_replicas_evenly() {
+        let t = plan_topic(&view(3), &req("t", 6, 3), TopicLimits::default(), 12345).unwrap();
+        let mut leaders = BTreeMap::new();
+        for p in &t.partitions {
+            *leaders.entry(p.leader).or_insert(0) += 1;
+            let mut r = p.replicas.clone();
+            r.dedup();
+            assert_eq!(r.len(), 3);
+        }
+        assert_eq!(leaders.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+    }
+
+    #[test]
+    fn refuses_bad_requests() {
+        let v = view(2);
+        let l = TopicLimits { max_partitions: 10 };
+        assert!(matches!(plan_topic(&v, &req("t", 0, 1), l, 1), Err(SluiceError::InvalidPartitions { .. })));
+        assert!(matches!(plan_topic(&v, &req("t", 11, 1), l, 1), Err(SluiceError::InvalidPartitions { .. })));
+        assert!(matches!(plan_topic(&v, &req("t", 1, 3), l, 1), Err(SluiceError::InvalidReplicationFactor { .. })));
+        assert!(matches!(plan_topic(&v, &req("a/b", 1, 1), l, 1), Err(SluiceError::InvalidTopicName { .. })));
+        assert!(matches!(plan_topic(&view(0), &req("t", 1, 1), l, 1), Err(SluiceError::NodeUnavailable(_))));
+    }
+}
