@@ -1,0 +1,270 @@
+//! The shared skeleton of every Sluice service binary.
+//!
+//! - [`Settings`]: one configuration model (defaults in code, TOML file, `SLUICE_*` env, flags).
+//! - [`CommonArgs`]: the command-line flags every service takes.
+//! - [`connect_meta`]: the metadata store the settings ask for (etcd, or embedded).
+//! - [`serve`]: a tonic server with health and reflection, stopped by [`Shutdown`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sluice_meta::MetaStore;
+use tokio::sync::watch;
+
+/// Settings shared by all services; each reads the sections it needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Address the gRPC server listens on.
+    pub listen: String,
+    /// Address others use to reach this process; empty means `listen`.
+    pub advertise: String,
+    /// Node identity (partition nodes); must be unique and stable across restarts.
+    pub node_id: u64,
+    /// Where the service keeps its data.
+    pub data_dir: PathBuf,
+    pub etcd: EtcdSettings,
+    pub gateway: GatewaySettings,
+    pub storage: StorageSettings,
+}
+
+/// How to reach etcd.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EtcdSettings {
+    /// Endpoints; empty means embedded metadata (single-node mode only).
+    pub endpoints: Vec<String>,
+    /// Key prefix for everything Sluice stores.
+    pub prefix: String,
+    /// Node lease time-to-live, seconds: a node that stops renewing vanishes after this.
+    pub lease_ttl_secs: i64,
+    /// How long to wait for etcd at start-up, milliseconds.
+    pub connect_timeout_ms: u64,
+}
+
+/// Gateway tuning.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GatewaySettings {
+    /// Most partitions a topic may have.
+    pub max_partitions: u32,
+    /// Default time a produce waits for the nodes, milliseconds.
+    pub request_timeout_ms: u64,
+    /// Batch size for plain records the gateway encodes (sticky partitioner), bytes.
+    pub batch_bytes: usize,
+}
+
+/// Partition-node storage tuning.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StorageSettings {
+    /// How often retention and compaction run, milliseconds.
+    pub retention_check_interval_ms: u64,
+    /// sled page cache, bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7070".into(),
+            advertise: String::new(),
+            node_id: 1,
+            data_dir: PathBuf::from(".sluice/data"),
+            etcd: EtcdSettings::default(),
+            gateway: GatewaySettings::default(),
+            storage: StorageSettings::default(),
+        }
+    }
+}
+
+impl Default for EtcdSettings {
+    fn default() -> Self {
+        Self { endpoints: Vec::new(), prefix: "/sluice".into(), lease_ttl_secs: 5, connect_timeout_ms: 15_000 }
+    }
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self { max_partitions: 4096, request_timeout_ms: 30_000, batch_bytes: 256 * 1024 }
+    }
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self { retention_check_interval_ms: 30_000, cache_bytes: 256 << 20 }
+    }
+}
+
+impl Settings {
+    pub fn advertised(&self) -> String {
+        if self.advertise.is_empty() { self.listen.clone() } else { self.advertise.clone() }
+    }
+}
+
+/// Flags every service binary takes; they override the file and the environment.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// TOML configuration file (see config/*.example.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Listen address, e.g. 127.0.0.1:7071.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Address advertised to other services (defaults to --listen).
+    #[arg(long, value_name = "ADDR")]
+    pub advertise: Option<String>,
+    /// Node id (partition nodes).
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<u64>,
+    /// Data directory.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// etcd endpoints, comma separated (e.g. http://127.0.0.1:2379).
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+}
+
+impl CommonArgs {
+    /// Defaults, then the file, then `SLUICE_*`, then these flags.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let mut s: Settings = sluice_core::settings::load(self.config.as_deref())?;
+        if let Some(v) = &self.listen {
+            s.listen = v.clone();
+        }
+        if let Some(v) = &self.advertise {
+            s.advertise = v.clone();
+        }
+        if let Some(v) = self.node_id {
+            s.node_id = v;
+        }
+        if let Some(v) = &self.data_dir {
+            s.data_dir = v.clone();
+        }
+        if !self.etcd.is_empty() {
+            s.etcd.endpoints = self.etcd.clone();
+        }
+        Ok(s)
+    }
+}
+
+/// The metadata store the settings ask for: etcd when endpoints are given, else embedded
+/// (persisted under the data dir).
+pub async fn connect_meta(s: &Settings) -> anyhow::Result<Arc<dyn MetaStore>> {
+    if s.etcd.endpoints.is_empty() {
+        std::fs::create_dir_all(&s.data_dir)?;
+        let meta = sluice_meta::embedded::EmbeddedMeta::open(Some(s.data_dir.join("meta.json")))?;
+        return Ok(meta);
+    }
+    let meta = sluice_meta::etcd::EtcdMeta::connect(
+        &s.etcd.endpoints,
+        &s.etcd.prefix,
+        s.etcd.lease_ttl_secs,
+        Duration::from_millis(s.etcd.connect_timeout_ms),
+    )
+    .await?;
+    Ok(meta)
+}
+
+/// A stop signal shared by every task of a process.
+#[derive(Clone)]
+pub struct Shutdown {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    pub fn new() -> Self {
+        Self { tx: Arc::new(watch::channel(false).0) }
+    }
+
+    pub fn trigger(&self) {
+        self.tx.send_replace(true);
+    }
+
+    /// Resolves once the signal is given.
+    pub async fn wait(&self) {
+        let mut rx = self.tx.subscribe();
+        let _ = rx.wait_for(|v| *v).await;
+    }
+
+    /// Triggers on Ctrl-C or SIGTERM.
+    pub fn on_signals(&self) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let ctrl_c = tokio::signal::ctrl_c();
+            #[cfg(unix)]
+            {
+                let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        me.trigger();
+                        return;
+                    }
+                };
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            #[cfg(not(unix))]
+            let _ = ctrl_c.await;
+            tracing::info!("shutting down");
+            me.trigger();
+        });
+    }
+}
+
+/// Binds `listen` (so the caller learns the real port when it asked for port 0).
+pub async fn bind(listen: &str) -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let l = tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let addr = l.local_addr()?;
+    Ok((l, addr))
+}
+
+/// Health reporting for the services a process hosts, named as in the proto package
+/// (`sluice.v1.Broker`, ...) plus the overall "" service.
+pub async fn health(names: &[&str]) -> (tonic_health::server::HealthReporter, tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>) {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    for n in names {
+        reporter.set_service_status(*n, tonic_health::ServingStatus::Serving).await;
+    }
+    reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    (reporter, service)
+}
+
+/// gRPC reflection for the Sluice API and the health service, so grpcurl works.
+pub fn reflection() -> anyhow::Result<tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>> {
+    Ok(tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?)
+}
+
+/// The server builder with the settings all services use.
+pub fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .http2_adaptive_window(Some(true))
+}
+
+/// Serves `router` on `listener` until `shutdown`.
+pub async fn serve(router: tonic::transport::server::Router, listener: tokio::net::TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    router.serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await }).await?;
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! `Append`: batches from gateways, many in flight on one stream.
+//!
+//! Appends are applied in the order they arrive on the stream (a producer's pipelined requests
+//! keep their order); acknowledgements that wait for a flush are completed by separate tasks
+//! so that concurrent acks=all writes share one group commit.
+
+use std::sync::Arc;
+
+use sluice_core::SluiceError;
+use sluice_proto::v1::{Acks, AppendRequest, AppendResponse};
+use sluice_storage::PartitionId;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+use tracing::Instrument;
+
+use super::RpcStream;
+use crate::{Node, map_storage};
+
+fn failure(id: u64, e: SluiceError) -> AppendResponse {
+    AppendResponse { id, base_offset: -1, last_offset: -1, record_count: 0, error: Some(e.to_proto()), log_append_time_ms: -1 }
+}
+
+pub(super) fn serve(node: Arc<Node>, mut input: Streaming<AppendRequest>) -> RpcStream<AppendResponse> {
+    let (tx, rx) = mpsc::channel::<Result<AppendResponse, Status>>(1024);
+    let span = tracing::info_span!("append_stream", node = node.id);
+    tokio::spawn(
+        async move {
+            while let Some(msg) = input.next().await {
+                let req = match msg {
+                    Ok(r) => r,
+                    Err(s) => {
+                        tracing::debug!(status = %s, "append stream ended");
+                        break;
+                    }
+                };
+                let id = req.id;
+                let acks = Acks::try_from(req.acks).unwrap_or(Acks::All);
+                let result = append_one(&node, req);
+                match (result, acks) {
+                    (Ok(resp), Acks::All | Acks::Unspecified) => {
+                        let node = node.clone();
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            let resp = match node.sync().await {
+                                Ok(()) => resp,
+                                Err(e) => failure(id, e),
+                            };
+                            let _ = tx.send(Ok(resp)).await;
+                        });
+                    }
+                    (Ok(resp), _) => {
+                        if tx.send(Ok(resp)).await.is_err() {
+                            break;
+                        }
+                    }
+                    (Err(e), _) => {
+                        if tx.send(Ok(failure(id, e))).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        .instrument(span),
+    );
+    Box::pin(ReceiverStream::new(rx))
+}
+
+fn append_one(node: &Node, req: AppendRequest) -> Result<AppendResponse, SluiceError> {
+    let r = req.partition.ok_or_else(|| SluiceError::InvalidRequest("append without a partition".into()))?;
+    let epoch = (req.leader_epoch > 0).then_some(req.leader_epoch);
+    let served = node.partition(&r, epoch)?;
+    let pid = PartitionId { topic: r.topic.clone(), topic_id: served.topic.topic_id, partition: r.partition };
+    let info = served
+        .log
+        .append(&req.batches, &served.topic.config(), sluice_core::settings::now_ms())
+        .map_err(|e| map_storage(&pid, e))?;
+    Ok(AppendResponse {
+        id: req.id,
+        base_offset: info.base_offset,
+        last_offset: info.last_offset,
+        record_count: info.record_count,
+        error: None,
+        log_append_time_ms: info.log_append_time,
+    })
+}

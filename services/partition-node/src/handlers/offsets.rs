@@ -1,0 +1,43 @@
+//! `PartitionOffsets`: log start, log end, high watermark and timestamp lookups.
+
+use sluice_core::SluiceError;
+use sluice_proto::v1::{PartitionOffsetsEntry, PartitionOffsetsRequest, PartitionOffsetsResponse};
+use sluice_storage::PartitionId;
+
+use crate::{Node, map_storage};
+
+pub(super) async fn serve(node: &Node, req: PartitionOffsetsRequest) -> PartitionOffsetsResponse {
+    let partitions = req.partitions.into_iter().map(|r| entry(node, r, req.timestamp_ms)).collect();
+    PartitionOffsetsResponse { partitions }
+}
+
+fn entry(node: &Node, r: sluice_proto::v1::PartitionRef, ts: Option<i64>) -> PartitionOffsetsEntry {
+    let mut e = PartitionOffsetsEntry {
+        partition: Some(r.clone()),
+        log_start_offset: -1,
+        log_end_offset: -1,
+        high_watermark: -1,
+        timestamp_offset: -1,
+        timestamp_found_ms: -1,
+        error: None,
+    };
+    let res: Result<(), SluiceError> = (|| {
+        let served = node.partition(&r, None)?;
+        let o = served.log.offsets();
+        e.log_start_offset = o.log_start_offset;
+        e.log_end_offset = o.log_end_offset;
+        e.high_watermark = o.log_end_offset;
+        if let Some(ts) = ts {
+            let pid = PartitionId { topic: r.topic.clone(), topic_id: served.topic.topic_id, partition: r.partition };
+            if let Some((off, found)) = served.log.offset_for_timestamp(ts).map_err(|err| map_storage(&pid, err))? {
+                e.timestamp_offset = off;
+                e.timestamp_found_ms = found;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(err) = res {
+        e.error = Some(err.to_proto());
+    }
+    e
+}

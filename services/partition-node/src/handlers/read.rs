@@ -1,0 +1,147 @@
+//! `Read`: streams whole batches to a gateway while it has credit, and waits for new
+//! records (long poll) when a partition is caught up.
+
+use std::sync::Arc;
+
+use futures_util::future::select_all;
+use sluice_core::SluiceError;
+use sluice_proto::v1::read_request::Kind;
+use sluice_proto::v1::{PartitionRef, ReadRequest, ReadResponse, ReadStart};
+use sluice_storage::{PartitionId, PartitionLog};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+use tracing::Instrument;
+
+use super::RpcStream;
+use crate::{Node, map_storage};
+
+/// Largest single response; the rest follows in later messages.
+const MAX_CHUNK: u64 = 1 << 20;
+/// Credit when the reader asked for none.
+const DEFAULT_CREDIT: u64 = 1 << 20;
+
+struct Cursor {
+    r: PartitionRef,
+    pid: PartitionId,
+    log: Arc<dyn PartitionLog>,
+    offset: i64,
+    end: watch::Receiver<i64>,
+}
+
+fn error_response(r: PartitionRef, e: SluiceError) -> ReadResponse {
+    ReadResponse { partition: Some(r), batches: Default::default(), high_watermark: -1, log_start_offset: -1, next_offset: -1, error: Some(e.to_proto()) }
+}
+
+pub(super) async fn serve(node: Arc<Node>, mut input: Streaming<ReadRequest>) -> Result<RpcStream<ReadResponse>, Status> {
+    let start = match input.message().await?.and_then(|m| m.kind) {
+        Some(Kind::Start(s)) => s,
+        _ => return Err(Status::invalid_argument("the first message of a read stream must be a ReadStart")),
+    };
+    let (tx, rx) = mpsc::channel::<Result<ReadResponse, Status>>(8);
+    let span = tracing::info_span!("read_stream", node = node.id, partitions = start.partitions.len());
+    tokio::spawn(read_loop(node, start, input, tx).instrument(span));
+    Ok(Box::pin(ReceiverStream::new(rx)))
+}
+
+fn open_cursor(node: &Node, p: sluice_proto::v1::ReadPartition) -> Result<Cursor, (PartitionRef, SluiceError)> {
+    let r = p.partition.ok_or_else(|| (PartitionRef::default(), SluiceError::InvalidRequest("read without a partition".into())))?;
+    let served = node.partition(&r, None).map_err(|e| (r.clone(), e))?;
+    let pid = PartitionId { topic: r.topic.clone(), topic_id: served.topic.topic_id, partition: r.partition };
+    let o = served.log.offsets();
+    let offset = match p.offset {
+        -2 => o.log_start_offset,
+        -1 => o.log_end_offset,
+        n => n,
+    };
+    if offset < o.log_start_offset || offset > o.log_end_offset {
+        let e = SluiceError::OffsetOutOfRange {
+            topic: r.topic.clone(),
+            partition: r.partition,
+            offset,
+            start: o.log_start_offset,
+            end: o.log_end_offset,
+        };
+        return Err((r, e));
+    }
+    let end = served.log.subscribe();
+    Ok(Cursor { r, pid, log: served.log, offset, end })
+}
+
+async fn read_loop(
+    node: Arc<Node>,
+    start: ReadStart,
+    mut input: Streaming<ReadRequest>,
+    tx: mpsc::Sender<Result<ReadResponse, Status>>,
+) {
+    let mut credit = if start.max_bytes == 0 { DEFAULT_CREDIT } else { start.max_bytes };
+    let mut cursors = Vec::new();
+    for p in start.partitions {
+        match open_cursor(&node, p) {
+            Ok(c) => cursors.push(c),
+            Err((r, e)) => {
+                if tx.send(Ok(error_response(r, e))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    loop {
+        let mut progressed = false;
+        let mut failed = Vec::new();
+        for (i, c) in cursors.iter_mut().enumerate() {
+            if credit == 0 {
+                break;
+            }
+            let end = *c.end.borrow_and_update();
+            if c.offset >= end {
+                continue;
+            }
+            match c.log.read(c.offset, credit.min(MAX_CHUNK) as usize) {
+                Ok(r) if r.batches.is_empty() => {}
+                Ok(r) => {
+                    credit = credit.saturating_sub(r.batches.len() as u64);
+                    c.offset = r.next_offset;
+                    progressed = true;
+                    let resp = ReadResponse {
+                        partition: Some(c.r.clone()),
+                        batches: r.batches,
+                        high_watermark: r.log_end_offset,
+                        log_start_offset: r.log_start_offset,
+                        next_offset: r.next_offset,
+                        error: None,
+                    };
+                    if tx.send(Ok(resp)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let e = map_storage(&c.pid, e);
+                    if tx.send(Ok(error_response(c.r.clone(), e))).await.is_err() {
+                        return;
+                    }
+                    failed.push(i);
+                }
+            }
+        }
+        for i in failed.into_iter().rev() {
+            cursors.remove(i);
+        }
+        if cursors.is_empty() {
+            return;
+        }
+        if progressed && credit > 0 {
+            continue;
+        }
+        let any_change = select_all(cursors.iter_mut().map(|c| Box::pin(c.end.changed())));
+        tokio::select! {
+            msg = input.message() => match msg {
+                Ok(Some(ReadRequest { kind: Some(Kind::Credit(c)) })) => credit = credit.saturating_add(c.bytes),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return,
+            },
+            _ = any_change, if credit > 0 => {}
+            _ = tx.closed() => return,
+        }
+    }
+}

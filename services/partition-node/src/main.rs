@@ -1,0 +1,32 @@
+//! `sluice-partition-node`: stores partition replicas and serves the internal node API.
+
+use clap::Parser;
+use sluice_partition_node::handlers::NodeService;
+use sluice_runtime::{CommonArgs, Shutdown};
+
+#[derive(Parser)]
+#[command(version, about = "Sluice partition node")]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    sluice_core::settings::init_tracing();
+    let args = Args::parse();
+    let settings = args.common.settings()?;
+    let (listener, addr) = sluice_runtime::bind(&settings.listen).await?;
+    let advertised = if settings.advertise.is_empty() { addr.to_string() } else { settings.advertise.clone() };
+    let shutdown = Shutdown::new();
+    shutdown.on_signals();
+    let meta = sluice_runtime::connect_meta(&settings).await?;
+    let node = sluice_partition_node::start(&settings, meta, advertised, shutdown.clone()).await?;
+    let (_health, health) = sluice_runtime::health(&["sluice.v1.PartitionNode"]).await;
+    let router = sluice_runtime::server()
+        .add_service(health)
+        .add_service(sluice_runtime::reflection()?)
+        .add_service(NodeService::new(node.clone()).into_server());
+    tracing::info!(%addr, node_id = node.id, "partition node listening");
+    sluice_runtime::serve(router, listener, shutdown).await
+}
