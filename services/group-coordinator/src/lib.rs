@@ -1,1 +1,14 @@
-//! placeholder
+//! The group-coordinator service: consumer groups (membership, assignment, committed offsets) and, later, transactions.
+//!
+//! Its gRPC API arrives with its own issue; until then the process joins the mesh, reports
+//! health as `sluice.v1.GroupCoordinator` and is started by `sluice dev`, `sluice cluster up` and the chart, so
+//! deployment and supervision are settled before the logic lands.
+
+/// The health-service name this service reports under.
+pub const SERVICE_NAME: &str = "sluice.v1.GroupCoordinator";
+
+/// Builds the server for this service: health and reflection.
+pub async fn router() -> anyhow::Result<tonic::transport::server::Router> {
+    let (_reporter, health) = sluice_runtime::health(&[SERVICE_NAME]).await;
+    Ok(sluice_runtime::server().add_service(health).add_service(sluice_runtime::reflection()?))
+}

@@ -1,0 +1,203 @@
+//! `Produce`: a bidirectional stream of produce requests, answered by id.
+//!
+//! Requests are dispatched to the nodes in the order they arrive, so records sent on one
+//! stream keep their order per partition; the answers are awaited concurrently. Plain records
+//! are partitioned here (explicit partition, murmur2 of the key as Kafka does, or sticky
+//! batches) and encoded into RecordBatch v2; ready-encoded batches are forwarded untouched.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use sluice_core::SluiceError;
+use sluice_core::batch::{BatchBuilder, HEADER_LEN};
+use sluice_core::compression::Compression;
+use sluice_core::partitioner::{StickyPartitioner, partition_for_key};
+use sluice_proto::v1::{Acks, AppendRequest, AppendResponse, PartitionProduceResult, ProduceRequest, ProduceResponse};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tracing::Instrument;
+
+use super::RpcStream;
+use crate::{Gateway, route};
+
+/// Largest batch the gateway builds from plain records (below max.message.bytes too).
+const MAX_BUILT_BATCH: usize = 1 << 20;
+
+pub(super) fn serve(gw: Arc<Gateway>, mut input: Streaming<ProduceRequest>) -> RpcStream<ProduceResponse> {
+    let (tx, rx) = mpsc::channel(1024);
+    let span = tracing::info_span!("produce_stream");
+    tokio::spawn(
+        async move {
+            let mut sticky = StickyPartitioner::new(gw.settings.batch_bytes, rand::random());
+            while let Ok(Some(req)) = input.message().await {
+                let id = req.id;
+                let topic = req.topic.clone();
+                match dispatch(&gw, req, &mut sticky).await {
+                    Ok(answer) => {
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            let _ = tx.send(Ok(answer.await)).await;
+                        });
+                    }
+                    Err(e) => {
+                        tracing::debug!(%topic, error = %e, "produce refused");
+                        let _ = tx.send(Ok(ProduceResponse { id, error: Some(e.to_proto()), partitions: Vec::new() })).await;
+                    }
+                }
+            }
+        }
+        .instrument(span),
+    );
+    Box::pin(ReceiverStream::new(rx))
+}
+
+#[derive(Default)]
+struct Part {
+    batches: Vec<Bytes>,
+    builder: Option<BatchBuilder>,
+    indexes: Vec<u32>,
+    records: u32,
+    error: Option<SluiceError>,
+}
+
+impl Part {
+    fn seal(&mut self) -> Result<(), SluiceError> {
+        if let Some(b) = self.builder.take().filter(|b| !b.is_empty()) {
+            self.batches.push(b.build()?);
+        }
+        Ok(())
+    }
+
+    fn data(&mut self) -> Bytes {
+        match self.batches.len() {
+            1 => self.batches.pop().unwrap_or_default(),
+            _ => {
+                let mut b = BytesMut::with_capacity(self.batches.iter().map(Bytes::len).sum());
+                for x in self.batches.drain(..) {
+                    b.extend_from_slice(&x);
+                }
+                b.freeze()
+            }
+        }
+    }
+}
+
+enum Pending {
+    Sent(oneshot::Receiver<Result<AppendResponse, SluiceError>>),
+    Failed(SluiceError),
+}
+
+#[tracing::instrument(skip_all, fields(topic = %req.topic, id = req.id))]
+async fn dispatch(
+    gw: &Gateway,
+    req: ProduceRequest,
+    sticky: &mut StickyPartitioner,
+) -> Result<impl Future<Output = ProduceResponse> + use<>, SluiceError> {
+    let view = gw.snapshot();
+    let t = route::topic(&view, &req.topic)?;
+    let cfg = t.config();
+    let count = t.partitions.len() as u32;
+    let acks = Acks::try_from(req.acks).map_err(|_| SluiceError::InvalidRequest(format!("unknown acks value {}", req.acks)))?;
+    if req.records.is_empty() && req.batches.is_empty() {
+        return Err(SluiceError::InvalidRequest("a produce request needs records or batches".into()));
+    }
+    let limit = cfg.max_message_bytes.min(MAX_BUILT_BATCH);
+    let now = sluice_core::settings::now_ms();
+    let mut parts: BTreeMap<u32, Part> = BTreeMap::new();
+    for (i, r) in req.records.iter().enumerate() {
+        let headers: Vec<(&str, &[u8])> = r.headers.iter().map(|h| (h.key.as_str(), &h.value[..])).collect();
+        let size = BatchBuilder::record_size(r.key.as_deref(), r.value.as_deref(), &headers);
+        let p = match (r.partition, &r.key) {
+            (Some(p), _) => p,
+            (None, Some(k)) => partition_for_key(k, count),
+            (None, None) => sticky.next(count, size),
+        };
+        let part = parts.entry(p).or_default();
+        if part.error.is_some() {
+            continue;
+        }
+        if p >= count {
+            part.error = Some(SluiceError::UnknownPartition { topic: t.name.clone(), partition: p, count });
+            continue;
+        }
+        if size + HEADER_LEN > cfg.max_message_bytes {
+            part.error = Some(SluiceError::RecordTooLarge { size: size + HEADER_LEN, limit: cfg.max_message_bytes });
+            continue;
+        }
+        if part.builder.as_ref().is_some_and(|b| b.estimated_size() + size > limit) {
+            part.seal()?;
+        }
+        let ts = if r.timestamp_ms > 0 { r.timestamp_ms } else { now };
+        part.builder.get_or_insert_with(|| BatchBuilder::new(Compression::None)).push(ts, r.key.as_deref(), r.value.as_deref(), &headers);
+        part.indexes.push(i as u32);
+        part.records += 1;
+    }
+    for pb in req.batches {
+        let part = parts.entry(pb.partition).or_default();
+        if pb.partition >= count && part.error.is_none() {
+            part.error = Some(SluiceError::UnknownPartition { topic: t.name.clone(), partition: pb.partition, count });
+        }
+        part.seal()?;
+        part.batches.push(pb.data);
+    }
+
+    // Send in request order; await the answers later, concurrently.
+    let mut sent = Vec::with_capacity(parts.len());
+    for (p, mut part) in parts {
+        part.seal()?;
+        let pending = match part.error.take() {
+            Some(e) => Pending::Failed(e),
+            None => match gw.target(&view, &t, p) {
+                Err(e) => Pending::Failed(e),
+                Ok(target) => {
+                    let append = AppendRequest {
+                        id: 0,
+                        partition: Some(target.pref),
+                        batches: part.data(),
+                        acks: acks as i32,
+                        leader_epoch: target.leader_epoch,
+                    };
+                    match target.conn.append(append).await {
+                        Ok(rx) => Pending::Sent(rx),
+                        Err(e) => Pending::Failed(e),
+                    }
+                }
+            },
+        };
+        sent.push((p, part.records, std::mem::take(&mut part.indexes), pending));
+    }
+    let timeout = Duration::from_millis(if req.timeout_ms > 0 { req.timeout_ms as u64 } else { gw.settings.request_timeout_ms });
+    let id = req.id;
+    Ok(async move {
+        let waits = sent.into_iter().map(|(p, records, record_indexes, pending)| async move {
+            let mut r = PartitionProduceResult { partition: p, base_offset: -1, record_count: records, error: None, record_indexes };
+            let outcome = match pending {
+                Pending::Failed(e) => Err(e.to_proto()),
+                Pending::Sent(_) if acks == Acks::None => Ok(None),
+                Pending::Sent(rx) => match tokio::time::timeout(timeout, rx).await {
+                    Ok(Ok(Ok(resp))) => match resp.error {
+                        Some(e) => Err(e),
+                        None => Ok(Some(resp)),
+                    },
+                    Ok(Ok(Err(e))) => Err(e.to_proto()),
+                    Ok(Err(_)) => Err(SluiceError::NodeUnavailable("the node connection closed".into()).to_proto()),
+                    Err(_) => Err(SluiceError::Timeout(format!("no answer from the node within {timeout:?}")).to_proto()),
+                },
+            };
+            match outcome {
+                Ok(Some(resp)) => {
+                    r.base_offset = resp.base_offset;
+                    r.record_count = resp.record_count;
+                }
+                Ok(None) => {}
+                Err(e) => r.error = Some(e),
+            }
+            r
+        });
+        ProduceResponse { id, error: None, partitions: futures_util::future::join_all(waits).await }
+    })
+}

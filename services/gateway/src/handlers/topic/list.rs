@@ -1,0 +1,15 @@
+//! `ListTopics`.
+
+use sluice_proto::v1::{ListTopicsRequest, ListTopicsResponse, TopicSummary};
+
+use crate::Gateway;
+
+pub fn handle(gw: &Gateway, _req: ListTopicsRequest) -> ListTopicsResponse {
+    let view = gw.snapshot();
+    let topics = view
+        .topics
+        .values()
+        .map(|t| TopicSummary { name: t.name.clone(), partitions: t.partitions.len() as u32, replication_factor: t.replication_factor })
+        .collect();
+    ListTopicsResponse { topics }
+}

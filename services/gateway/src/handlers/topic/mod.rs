@@ -1,0 +1,6 @@
+//! Topic administration.
+
+pub mod create;
+pub mod delete;
+pub mod describe;
+pub mod list;

@@ -1,0 +1,136 @@
+//! Connections from the gateway to partition nodes.
+//!
+//! Each node gets one lazily connected channel and one long-lived `Append` stream shared by
+//! every client of this gateway: requests are tagged with a gateway-wide id and answers are
+//! routed back through a table of pending requests. When the stream breaks, every pending
+//! request fails with a retriable UNAVAILABLE and the next request opens a new stream.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sluice_core::SluiceError;
+use sluice_meta::NodeInfo;
+use sluice_proto::v1::partition_node_client::PartitionNodeClient;
+use sluice_proto::v1::{AppendRequest, AppendResponse};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<AppendResponse, SluiceError>>>>>;
+
+struct AppendMux {
+    tx: mpsc::Sender<AppendRequest>,
+    pending: Pending,
+    alive: Arc<AtomicBool>,
+}
+
+/// One partition node as seen from the gateway.
+pub struct NodeConn {
+    pub id: u64,
+    pub addr: String,
+    client: PartitionNodeClient<Channel>,
+    mux: tokio::sync::Mutex<Option<Arc<AppendMux>>>,
+    next_id: AtomicU64,
+}
+
+/// All node connections of a gateway.
+#[derive(Default)]
+pub struct NodePool {
+    conns: Mutex<HashMap<u64, Arc<NodeConn>>>,
+}
+
+fn unavailable(node: u64, addr: &str, why: impl std::fmt::Display) -> SluiceError {
+    SluiceError::NodeUnavailable(format!("partition node {node} at {addr} cannot be reached: {why}"))
+}
+
+impl NodePool {
+    /// The connection to `node`, created on first use (or when its address changed).
+    pub fn get(&self, node: &NodeInfo) -> Result<Arc<NodeConn>, SluiceError> {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = conns.get(&node.id).filter(|c| c.addr == node.addr) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{}", node.addr))
+            .map_err(|e| unavailable(node.id, &node.addr, e))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(16 << 20));
+        let client = PartitionNodeClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(80 << 20)
+            .max_encoding_message_size(80 << 20);
+        let conn = Arc::new(NodeConn {
+            id: node.id,
+            addr: node.addr.clone(),
+            client,
+            mux: tokio::sync::Mutex::new(None),
+            next_id: AtomicU64::new(1),
+        });
+        conns.insert(node.id, conn.clone());
+        Ok(conn)
+    }
+}
+
+impl NodeConn {
+    pub fn client(&self) -> PartitionNodeClient<Channel> {
+        self.client.clone()
+    }
+
+    pub fn unavailable(&self, why: impl std::fmt::Display) -> SluiceError {
+        unavailable(self.id, &self.addr, why)
+    }
+
+    async fn mux(&self) -> Result<Arc<AppendMux>, SluiceError> {
+        let mut guard = self.mux.lock().await;
+        if let Some(m) = guard.as_ref().filter(|m| m.alive.load(Ordering::Acquire)) {
+            return Ok(m.clone());
+        }
+        let (tx, rx) = mpsc::channel::<AppendRequest>(4096);
+        let mut stream = self.client.clone().append(ReceiverStream::new(rx)).await.map_err(|s| self.unavailable(s.message()))?.into_inner();
+        let pending: Pending = Arc::default();
+        let alive = Arc::new(AtomicBool::new(true));
+        let mux = Arc::new(AppendMux { tx, pending: pending.clone(), alive: alive.clone() });
+        let (id, addr) = (self.id, self.addr.clone());
+        tokio::spawn(async move {
+            let why = loop {
+                match stream.message().await {
+                    Ok(Some(resp)) => {
+                        let waiter = pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&resp.id);
+                        if let Some(w) = waiter {
+                            let _ = w.send(Ok(resp));
+                        }
+                    }
+                    Ok(None) => break "stream closed".to_string(),
+                    Err(s) => break s.message().to_string(),
+                }
+            };
+            alive.store(false, Ordering::Release);
+            tracing::warn!(node = id, %addr, reason = %why, "append stream to node ended");
+            let drained: Vec<_> = pending.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+            for (_, w) in drained {
+                let _ = w.send(Err(unavailable(id, &addr, &why)));
+            }
+        });
+        *guard = Some(mux.clone());
+        Ok(mux)
+    }
+
+    /// Sends an append; the answer arrives on the returned receiver. Appends sent by one caller
+    /// reach the node in the order of the calls.
+    pub async fn append(&self, mut req: AppendRequest) -> Result<oneshot::Receiver<Result<AppendResponse, SluiceError>>, SluiceError> {
+        let mux = self.mux().await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        req.id = id;
+        let (tx, rx) = oneshot::channel();
+        mux.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+        if mux.tx.send(req).await.is_err() || !mux.alive.load(Ordering::Acquire) {
+            mux.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            return Err(self.unavailable("append stream closed"));
+        }
+        Ok(rx)
+    }
+}

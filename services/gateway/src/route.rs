@@ -1,0 +1,42 @@
+//! Resolving a topic and partition to the node that leads it.
+
+use std::sync::Arc;
+
+use sluice_core::SluiceError;
+use sluice_meta::{ClusterView, TopicMeta};
+use sluice_proto::v1::PartitionRef;
+
+use crate::Gateway;
+use crate::pool::NodeConn;
+
+/// The topic, or NOT_FOUND naming it.
+pub fn topic(view: &ClusterView, name: &str) -> Result<Arc<TopicMeta>, SluiceError> {
+    view.topics.get(name).cloned().ok_or_else(|| SluiceError::UnknownTopic(name.to_string()))
+}
+
+/// A partition's leader connection and the reference the node expects.
+pub struct Target {
+    pub conn: Arc<NodeConn>,
+    pub pref: PartitionRef,
+    pub leader_epoch: u64,
+}
+
+impl Gateway {
+    /// Where partition `p` of `t` is served; NOT_FOUND for a partition the topic lacks and
+    /// UNAVAILABLE (retriable) when its leader is not alive.
+    pub fn target(&self, view: &ClusterView, t: &TopicMeta, p: u32) -> Result<Target, SluiceError> {
+        let a = t.partitions.get(p as usize).ok_or_else(|| SluiceError::UnknownPartition {
+            topic: t.name.clone(),
+            partition: p,
+            count: t.partitions.len() as u32,
+        })?;
+        let node = view.nodes.get(&a.leader).ok_or_else(|| {
+            SluiceError::NodeUnavailable(format!("node {} leading partition {p} of '{}' is not alive", a.leader, t.name))
+        })?;
+        Ok(Target {
+            conn: self.pool.get(node)?,
+            pref: PartitionRef { topic: t.name.clone(), topic_id: t.topic_id, partition: p },
+            leader_epoch: a.leader_epoch,
+        })
+    }
+}
