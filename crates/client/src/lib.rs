@@ -1,1 +1,155 @@
-//! placeholder
+//! The Rust client for Sluice.
+//!
+//! - [`Client`]: a connection to a gateway, with the admin calls.
+//! - [`producer::Producer`]: batching (size and linger), compression, pipelined requests on one
+//!   stream, Kafka-compatible key partitioning, retries of transient errors.
+//! - [`consumer::Consumer`]: reads assigned partitions from chosen positions over one fetch
+//!   stream with flow control, and resumes where it was after a transient failure.
+
+pub mod consumer;
+pub mod producer;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sluice_core::RemoteError;
+use sluice_proto::v1::admin_client::AdminClient;
+use sluice_proto::v1::broker_client::BrokerClient;
+use sluice_proto::v1::*;
+use tonic::transport::{Channel, Endpoint};
+
+/// What a client call can fail with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// The gateway could not be reached at all.
+    #[error("cannot reach the gateway at {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    /// The server refused or failed the request; the message is the server's sentence.
+    #[error("{0}")]
+    Remote(#[from] RemoteError),
+    /// An established stream ended; reconnecting may help.
+    #[error("connection lost: {0}")]
+    Disconnected(String),
+    /// The caller's input is wrong before anything is sent.
+    #[error("{0}")]
+    Invalid(String),
+    /// Gave up after retrying for the delivery timeout.
+    #[error("gave up after {elapsed:?}: {last}")]
+    Exhausted { elapsed: Duration, last: String },
+}
+
+impl ClientError {
+    /// Whether retrying may help.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Self::Connect { .. } | Self::Disconnected(_) => true,
+            Self::Remote(r) => r.retriable,
+            _ => false,
+        }
+    }
+
+    /// The gRPC code, when the server gave one.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            Self::Remote(r) => Some(r.code),
+            _ => None,
+        }
+    }
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> Self {
+        Self::Remote(RemoteError::from(s))
+    }
+}
+
+/// A connection to a Sluice gateway.
+#[derive(Clone)]
+pub struct Client {
+    addr: String,
+    channel: Channel,
+}
+
+impl Client {
+    /// Connects to `addr` (`host:port` or a URL).
+    pub async fn connect(addr: &str) -> Result<Self, ClientError> {
+        let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+        let err = |reason: String| ClientError::Connect { addr: addr.to_string(), reason };
+        let channel = Endpoint::from_shared(url)
+            .map_err(|e| err(e.to_string()))?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(16 << 20))
+            .connect()
+            .await
+            .map_err(|e| err(source_chain(&e)))?;
+        Ok(Self { addr: addr.to_string(), channel })
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel.clone())
+    }
+
+    pub fn broker(&self) -> BrokerClient<Channel> {
+        BrokerClient::new(self.channel.clone()).max_decoding_message_size(80 << 20).max_encoding_message_size(80 << 20)
+    }
+
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        config: HashMap<String, String>,
+    ) -> Result<TopicDescription, ClientError> {
+        let req = CreateTopicRequest { name: name.to_string(), partitions, replication_factor, config };
+        let resp = self.admin().create_topic(req).await?.into_inner();
+        resp.topic.ok_or_else(|| ClientError::Invalid("the gateway returned no topic".into()))
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
+        self.admin().delete_topic(DeleteTopicRequest { name: name.to_string() }).await?;
+        Ok(())
+    }
+
+    pub async fn list_topics(&self) -> Result<Vec<TopicSummary>, ClientError> {
+        Ok(self.admin().list_topics(ListTopicsRequest {}).await?.into_inner().topics)
+    }
+
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicDescription, ClientError> {
+        let resp = self.admin().describe_topic(DescribeTopicRequest { name: name.to_string() }).await?.into_inner();
+        resp.topic.ok_or_else(|| ClientError::Invalid("the gateway returned no topic".into()))
+    }
+
+    pub async fn list_offsets(
+        &self,
+        topic: &str,
+        partitions: Vec<u32>,
+        spec: OffsetSpec,
+        timestamp_ms: i64,
+    ) -> Result<Vec<PartitionOffset>, ClientError> {
+        let req = ListOffsetsRequest { topic: topic.to_string(), partitions, spec: spec as i32, timestamp_ms };
+        Ok(self.admin().list_offsets(req).await?.into_inner().offsets)
+    }
+
+    pub async fn list_nodes(&self) -> Result<Vec<NodeDescription>, ClientError> {
+        Ok(self.admin().list_nodes(ListNodesRequest {}).await?.into_inner().nodes)
+    }
+}
+
+/// The error and its causes in one line (tonic's transport errors hide the useful part).
+pub fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
