@@ -127,7 +127,7 @@ impl Node {
 
 /// Opens storage, registers the node in the metadata and starts its background tasks.
 pub async fn start(settings: &Settings, meta: Arc<dyn MetaStore>, advertised: String, shutdown: Shutdown) -> anyhow::Result<Arc<Node>> {
-    let dir = settings.data_dir.join(format!("node-{}", settings.node_id));
+    let dir = settings.data_dir.clone();
     std::fs::create_dir_all(&dir)?;
     let store: Arc<dyn LogStore> = SledStore::open(&dir.join("sled"))?;
     let node = Arc::new(Node { id: settings.node_id, store, view: meta.view(), logs: RwLock::new(HashMap::new()) });

@@ -1,0 +1,386 @@
+//! `sluice bench produce|consume|e2e`: throughput and latency, in the spirit of
+//! kafka-producer-perf-test and the OpenMessaging Benchmark.
+//!
+//! `produce` builds RecordBatch v2 itself (as the fast client does) and pipelines them on one
+//! produce stream; latency is from building a batch to its acknowledgement, for every record
+//! in it. `consume` reads everything from the earliest offset and counts records from batch
+//! headers. `e2e` produces at `--rate` while a consumer reads from the end, and measures each
+//! record from its timestamp to its arrival. MB means 2^20 bytes.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use sluice_client::Client;
+use sluice_core::batch::{BatchBuilder, BatchHeader};
+use sluice_core::compression::Compression;
+use sluice_proto::v1::fetch_request::Kind;
+use sluice_proto::v1::{Acks, FetchCredit, FetchRequest, FetchStart, PartitionBatches, ProduceRequest};
+use tokio::sync::{Mutex, Semaphore, mpsc};
+use tokio_stream_shim::ReceiverStream;
+
+use crate::GatewayArg;
+
+mod tokio_stream_shim {
+    //! A minimal `Stream` over an mpsc receiver, so the CLI needs no extra crate for it.
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    pub struct ReceiverStream<T>(pub tokio::sync::mpsc::Receiver<T>);
+
+    impl<T> tonic::codegen::tokio_stream::Stream for ReceiverStream<T> {
+        type Item = T;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+            self.0.poll_recv(cx)
+        }
+    }
+}
+
+#[derive(clap::Args, Clone)]
+pub struct BenchArgs {
+    #[arg(long, default_value = "sluice-bench")]
+    topic: String,
+    /// Partitions of the topic when the bench creates it.
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+    #[arg(long, default_value_t = 1024, value_name = "BYTES")]
+    record_size: usize,
+    /// Records to send or read (default 1,000,000 unless --duration is given).
+    #[arg(long, value_name = "N")]
+    records: Option<u64>,
+    /// Run for this long instead of a record count.
+    #[arg(long, value_name = "SECS")]
+    duration: Option<u64>,
+    /// Records per second to aim at (default: as fast as possible; e2e default 20,000).
+    #[arg(long, value_name = "RECORDS_PER_SEC")]
+    rate: Option<u64>,
+    #[arg(long, default_value = "1", value_parser = crate::produce::parse_acks)]
+    acks: Acks,
+    /// Bytes per batch.
+    #[arg(long, default_value_t = 256 * 1024)]
+    batch_bytes: usize,
+    /// Produce requests outstanding at once.
+    #[arg(long, default_value_t = 16)]
+    in_flight: usize,
+    /// Batch compression: none, gzip, lz4 or zstd.
+    #[arg(long, default_value = "none")]
+    compression: String,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    gw: GatewayArg,
+}
+
+#[derive(clap::Subcommand)]
+pub enum BenchCmd {
+    /// Produce as fast as possible (or at --rate).
+    Produce(BenchArgs),
+    /// Read what an earlier produce left, from the earliest offset.
+    Consume(BenchArgs),
+    /// Produce at --rate and consume at the same time; latency is producer to consumer.
+    E2e(BenchArgs),
+}
+
+struct Stats {
+    mode: &'static str,
+    records: u64,
+    bytes: u64,
+    elapsed: Duration,
+    hist: Histogram<u64>,
+    failed: u64,
+}
+
+impl Stats {
+    fn print(&self, a: &BenchArgs) {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let q = |p: f64| self.hist.value_at_quantile(p) as f64 / 1000.0;
+        let mb = self.bytes as f64 / (1024.0 * 1024.0) / secs;
+        if a.json {
+            let v = serde_json::json!({
+                "mode": self.mode,
+                "records": self.records,
+                "failed": self.failed,
+                "bytes": self.bytes,
+                "seconds": secs,
+                "records_per_sec": self.records as f64 / secs,
+                "mb_per_sec": mb,
+                "p50_ms": q(0.5),
+                "p99_ms": q(0.99),
+                "p999_ms": q(0.999),
+                "max_ms": self.hist.max() as f64 / 1000.0,
+                "record_size": a.record_size,
+                "partitions": a.partitions,
+                "acks": format!("{:?}", a.acks),
+                "batch_bytes": a.batch_bytes,
+                "in_flight": a.in_flight,
+            });
+            println!("{v}");
+        } else {
+            println!(
+                "{}: {} records ({} failed), {:.1} MB in {:.2} s: {:.0} records/s, {:.1} MB/s",
+                self.mode,
+                self.records,
+                self.failed,
+                self.bytes as f64 / 1048576.0,
+                secs,
+                self.records as f64 / secs,
+                mb
+            );
+            if !self.hist.is_empty() {
+                println!(
+                    "latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+                    q(0.5),
+                    q(0.99),
+                    q(0.999),
+                    self.hist.max() as f64 / 1000.0
+                );
+            }
+        }
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    // Microseconds up to an hour, 3 significant digits.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+/// A progress line on stderr, redrawn twice a second.
+fn progress(label: &'static str, done: Arc<AtomicU64>, bytes: Arc<AtomicU64>, target: Option<u64>, dur: Option<Duration>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let start = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let n = done.load(Ordering::Relaxed);
+            let frac = match (target, dur) {
+                (Some(t), _) if t > 0 => n as f64 / t as f64,
+                (_, Some(d)) => start.elapsed().as_secs_f64() / d.as_secs_f64(),
+                _ => 0.0,
+            }
+            .min(1.0);
+            let filled = (frac * 30.0) as usize;
+            let mb = bytes.load(Ordering::Relaxed) as f64 / 1048576.0 / start.elapsed().as_secs_f64();
+            eprint!("\r{label} [{}{}] {:>3.0}% {n} records {mb:.1} MB/s   ", "#".repeat(filled), ".".repeat(30 - filled), frac * 100.0);
+            let _ = std::io::stderr().flush();
+        }
+    })
+}
+
+async fn ensure_topic(client: &Client, a: &BenchArgs) -> anyhow::Result<u32> {
+    match client.describe_topic(&a.topic).await {
+        Ok(t) => Ok(t.partitions.len() as u32),
+        Err(e) if e.code() == Some(tonic::Code::NotFound) => {
+            let t = client.create_topic(&a.topic, a.partitions, 1, HashMap::new()).await?;
+            Ok(t.partitions.len() as u32)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn run(c: BenchCmd) -> anyhow::Result<ExitCode> {
+    let (a, stats) = match c {
+        BenchCmd::Produce(a) => {
+            let s = produce(&a, a.rate, "produce").await?;
+            (a, s)
+        }
+        BenchCmd::Consume(a) => {
+            let s = consume(&a).await?;
+            (a, s)
+        }
+        BenchCmd::E2e(a) => {
+            let s = e2e(&a).await?;
+            (a, s)
+        }
+    };
+    eprintln!();
+    stats.print(&a);
+    Ok(if stats.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn limits(a: &BenchArgs) -> (Option<u64>, Option<Duration>) {
+    let dur = a.duration.map(Duration::from_secs);
+    let records = a.records.or(if dur.is_none() { Some(1_000_000) } else { None });
+    (records, dur)
+}
+
+async fn produce(a: &BenchArgs, rate: Option<u64>, mode: &'static str) -> anyhow::Result<Stats> {
+    let client = a.gw.connect().await?;
+    let partitions = ensure_topic(&client, a).await?;
+    let compression: Compression = a.compression.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let (target, dur) = limits(a);
+    let per_batch = (a.batch_bytes / (a.record_size + 20)).max(1) as u64;
+    let payload: Vec<u8> = (0..a.record_size).map(|_| rand::random::<u8>()).collect();
+
+    let (tx, rx) = mpsc::channel::<ProduceRequest>(a.in_flight.max(1) * 2);
+    let mut responses = client.broker().produce(ReceiverStream(rx)).await?.into_inner();
+    let window = Arc::new(Semaphore::new(a.in_flight.max(1)));
+    let sent_at: Arc<Mutex<HashMap<u64, (Instant, u64)>>> = Arc::default();
+    let done = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let bar = progress(mode, done.clone(), bytes.clone(), target, dur);
+
+    let reader = {
+        let (window, sent_at, done, bytes) = (window.clone(), sent_at.clone(), done.clone(), bytes.clone());
+        let record_size = a.record_size as u64;
+        tokio::spawn(async move {
+            let mut hist = histogram();
+            let mut failed = 0u64;
+            let mut first_error = None;
+            while let Ok(Some(resp)) = responses.message().await {
+                let Some((t0, n)) = sent_at.lock().await.remove(&resp.id) else { continue };
+                let lat = t0.elapsed().as_micros() as u64;
+                let err = resp.error.or_else(|| resp.partitions.iter().find_map(|p| p.error.clone()));
+                match err {
+                    Some(e) => {
+                        failed += n;
+                        first_error.get_or_insert(e.message);
+                    }
+                    None => {
+                        let _ = hist.record_n(lat.max(1), n);
+                        done.fetch_add(n, Ordering::Relaxed);
+                        bytes.fetch_add(n * record_size, Ordering::Relaxed);
+                    }
+                }
+                window.add_permits(1);
+            }
+            (hist, failed, first_error)
+        })
+    };
+
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut id = 0u64;
+    let mut partition = 0u32;
+    while target.is_none_or(|t| sent < t) && dur.is_none_or(|d| start.elapsed() < d) {
+        let n = target.map_or(per_batch, |t| per_batch.min(t - sent));
+        if let Some(r) = rate {
+            let due = start + Duration::from_secs_f64(sent as f64 / r as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let permit = window.acquire().await?;
+        permit.forget();
+        let now = sluice_core::settings::now_ms();
+        let mut b = BatchBuilder::new(compression);
+        for _ in 0..n {
+            b.push(now, None, Some(&payload), &[]);
+        }
+        id += 1;
+        let req = ProduceRequest {
+            id,
+            topic: a.topic.clone(),
+            acks: a.acks as i32,
+            records: Vec::new(),
+            batches: vec![PartitionBatches { partition, data: b.build()? }],
+            timeout_ms: 30_000,
+        };
+        sent_at.lock().await.insert(id, (Instant::now(), n));
+        if tx.send(req).await.is_err() {
+            break;
+        }
+        sent += n;
+        partition = (partition + 1) % partitions;
+    }
+    // Wait for every answer.
+    let _ = window.acquire_many(a.in_flight.max(1) as u32).await;
+    let elapsed = start.elapsed();
+    drop(tx);
+    let (hist, failed, first_error) = reader.await?;
+    bar.abort();
+    if let Some(e) = first_error {
+        eprintln!("\nerror: {failed} records failed; first error: {e}");
+    }
+    Ok(Stats { mode, records: done.load(Ordering::Relaxed), bytes: bytes.load(Ordering::Relaxed), elapsed, hist, failed })
+}
+
+async fn consume(a: &BenchArgs) -> anyhow::Result<Stats> {
+    let client = a.gw.connect().await?;
+    client.describe_topic(&a.topic).await?;
+    let (target, dur) = limits(a);
+    let (tx, rx) = mpsc::channel(16);
+    let credit = 16u64 << 20;
+    let start_msg = FetchStart { topic: a.topic.clone(), partitions: Vec::new(), max_bytes: credit, plain_records: false };
+    tx.send(FetchRequest { kind: Some(Kind::Start(start_msg)) }).await?;
+    let mut stream = client.broker().fetch(ReceiverStream(rx)).await?.into_inner();
+    let done = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let bar = progress("consume", done.clone(), bytes.clone(), target, dur);
+    let start = Instant::now();
+    let mut last_data = Instant::now();
+    loop {
+        if target.is_some_and(|t| done.load(Ordering::Relaxed) >= t) || dur.is_some_and(|d| start.elapsed() >= d) {
+            break;
+        }
+        let msg = match tokio::time::timeout(Duration::from_secs(2), stream.message()).await {
+            Err(_) => break,
+            Ok(m) => m?,
+        };
+        let Some(resp) = msg else { break };
+        if let Some(e) = resp.error {
+            anyhow::bail!("{}", e.message);
+        }
+        let len = resp.batches.len() as u64;
+        let mut rest: Bytes = resp.batches;
+        let mut n = 0u64;
+        while let Ok(h) = BatchHeader::parse(&rest) {
+            if h.total_len() > rest.len() {
+                break;
+            }
+            n += h.record_count as u64;
+            let _ = rest.split_to(h.total_len());
+        }
+        done.fetch_add(n, Ordering::Relaxed);
+        bytes.fetch_add(len, Ordering::Relaxed);
+        last_data = Instant::now();
+        tx.send(FetchRequest { kind: Some(Kind::Credit(FetchCredit { bytes: len })) }).await?;
+    }
+    let elapsed = last_data.duration_since(start);
+    bar.abort();
+    Ok(Stats { mode: "consume", records: done.load(Ordering::Relaxed), bytes: bytes.load(Ordering::Relaxed), elapsed, hist: histogram(), failed: 0 })
+}
+
+async fn e2e(a: &BenchArgs) -> anyhow::Result<Stats> {
+    let client = a.gw.connect().await?;
+    ensure_topic(&client, a).await?;
+    let rate = a.rate.unwrap_or(20_000);
+    let mut consumer = sluice_client::consumer::Consumer::assign(
+        client,
+        &a.topic,
+        &[],
+        sluice_client::consumer::StartFrom::Latest,
+        sluice_client::consumer::ConsumerConfig::default(),
+    )
+    .await?;
+    let (target, _) = limits(a);
+    let expected = target.unwrap_or(u64::MAX);
+    let consumer_task = tokio::spawn(async move {
+        let mut hist = histogram();
+        let mut n = 0u64;
+        let mut bytes = 0u64;
+        while n < expected {
+            let recs = match consumer.poll(Duration::from_secs(3)).await {
+                Ok(r) if r.is_empty() => break,
+                Ok(r) => r,
+                Err(_) => break,
+            };
+            let now = sluice_core::settings::now_ms();
+            for r in recs {
+                let _ = hist.record(((now - r.timestamp_ms).max(0) as u64 * 1000).max(1));
+                bytes += r.value.as_ref().map_or(0, |v| v.len() as u64);
+                n += 1;
+            }
+        }
+        (hist, n, bytes)
+    });
+    // Small batches: at a fixed rate, latency is what matters.
+    let mut pa = a.clone();
+    pa.batch_bytes = a.batch_bytes.min(((rate as usize * (a.record_size + 20)) / 1000).max(a.record_size + 100));
+    let p = produce(&pa, Some(rate), "e2e").await?;
+    let (hist, n, bytes) = consumer_task.await?;
+    // Record timestamps are in milliseconds, so e2e latency has a 1 ms resolution.
+    Ok(Stats { mode: "e2e", records: n, bytes, elapsed: p.elapsed, hist, failed: p.failed + p.records.saturating_sub(n) })
+}

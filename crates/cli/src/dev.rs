@@ -1,0 +1,58 @@
+//! `sluice dev`: the whole mesh in one process with embedded metadata, for development and
+//! for trying Sluice without etcd.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use sluice_gateway::Gateway;
+use sluice_gateway::handlers::GatewayService;
+use sluice_partition_node::handlers::NodeService;
+use sluice_runtime::{Settings, Shutdown};
+
+#[derive(clap::Args)]
+pub struct DevArgs {
+    /// Where data and metadata are kept.
+    #[arg(long, default_value = ".sluice/dev", value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Address of the gateway (all services share it).
+    #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
+    listen: String,
+    /// Configuration file (same format as the services'; see config/).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
+    let mut settings: Settings = sluice_core::settings::load(a.config.as_deref())?;
+    settings.listen = a.listen.clone();
+    settings.etcd.endpoints.clear();
+    let (listener, addr) = sluice_runtime::bind(&settings.listen).await?;
+    settings.data_dir = a.data_dir.clone();
+    let meta = sluice_runtime::connect_meta(&settings).await?;
+    let shutdown = Shutdown::new();
+    shutdown.on_signals();
+
+    let mut node_settings = settings.clone();
+    node_settings.data_dir = a.data_dir.join(format!("node-{}", settings.node_id));
+    let node = sluice_partition_node::start(&node_settings, meta.clone(), addr.to_string(), shutdown.clone()).await?;
+    let gateway = GatewayService::new(Gateway::new(meta, settings.gateway.clone()));
+    let (_health, health) = sluice_runtime::health(&[
+        "sluice.v1.Admin",
+        "sluice.v1.Broker",
+        "sluice.v1.PartitionNode",
+        sluice_group_coordinator::SERVICE_NAME,
+        sluice_connect_runner::SERVICE_NAME,
+    ])
+    .await;
+    let router = sluice_runtime::server()
+        .add_service(health)
+        .add_service(sluice_runtime::reflection()?)
+        .add_service(gateway.admin_server())
+        .add_service(gateway.broker_server())
+        .add_service(NodeService::new(node).into_server());
+    tracing::info!(%addr, data_dir = %a.data_dir.display(), "sluice dev listening");
+    println!("Sluice dev is ready. Gateway: {addr}");
+    sluice_runtime::serve(router, listener, shutdown).await?;
+    println!("Sluice dev stopped.");
+    Ok(ExitCode::SUCCESS)
+}

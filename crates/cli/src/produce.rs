@@ -1,0 +1,110 @@
+//! `sluice produce`: one record per line of standard input, with an optional delivery report.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_client::producer::{Producer, ProducerConfig, ProducerRecord};
+use sluice_proto::v1::Acks;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc;
+
+use crate::GatewayArg;
+
+#[derive(clap::Args)]
+pub struct ProduceArgs {
+    topic: String,
+    /// Text before the first occurrence of SEP is the key, the rest the value.
+    #[arg(long, value_name = "SEP")]
+    key_separator: Option<String>,
+    /// Send every record to this partition.
+    #[arg(long)]
+    partition: Option<u32>,
+    /// 0 (no acknowledgement), 1 (leader) or all (every in-sync replica, durable).
+    #[arg(long, default_value = "all", value_parser = parse_acks)]
+    acks: Acks,
+    /// Print PARTITION<TAB>OFFSET<TAB>VALUE for every acknowledged record.
+    #[arg(long)]
+    print_acks: bool,
+    /// Compression: none, gzip, lz4 or zstd.
+    #[arg(long, default_value = "none")]
+    compression: String,
+    /// Give up on a record after this many milliseconds of retries.
+    #[arg(long, default_value_t = 60_000)]
+    delivery_timeout_ms: u64,
+    #[command(flatten)]
+    gw: GatewayArg,
+}
+
+pub fn parse_acks(s: &str) -> Result<Acks, String> {
+    match s {
+        "0" | "none" => Ok(Acks::None),
+        "1" | "leader" => Ok(Acks::Leader),
+        "all" | "-1" => Ok(Acks::All),
+        _ => Err(format!("'{s}' is not an acks level (0, 1 or all)")),
+    }
+}
+
+pub async fn run(a: ProduceArgs) -> anyhow::Result<ExitCode> {
+    let client = a.gw.connect().await?;
+    // Fail fast with the clear sentence when the topic is missing.
+    client.describe_topic(&a.topic).await?;
+    let compression = a.compression.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let cfg = ProducerConfig { acks: a.acks, compression, delivery_timeout: Duration::from_millis(a.delivery_timeout_ms), ..Default::default() };
+    let producer = Producer::new(client, cfg);
+    let started = Instant::now();
+
+    // Reports are written in input order by one task, so output stays tidy and bounded.
+    let (tx, mut rx) = mpsc::channel::<(Bytes, sluice_client::producer::DeliveryFuture)>(16_384);
+    let print_acks = a.print_acks;
+    let reporter = tokio::spawn(async move {
+        let (mut ok, mut failed) = (0u64, 0u64);
+        let mut out = std::io::BufWriter::new(std::io::stdout());
+        while let Some((value, fut)) = rx.recv().await {
+            let result = match fut.await {
+                Ok(r) => r,
+                Err(_) => Err(sluice_client::ClientError::Invalid("the producer stopped".into())),
+            };
+            match result {
+                Ok(d) => {
+                    ok += 1;
+                    if print_acks {
+                        let _ = writeln!(out, "{}\t{}\t{}", d.partition, d.offset, String::from_utf8_lossy(&value));
+                        if rx.is_empty() {
+                            let _ = out.flush();
+                        }
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    let _ = out.flush();
+                    eprintln!("error: record '{}' was not acknowledged: {e}", String::from_utf8_lossy(&value));
+                }
+            }
+        }
+        let _ = out.flush();
+        (ok, failed)
+    });
+
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        let (key, value) = match &a.key_separator {
+            Some(sep) => match line.split_once(sep.as_str()) {
+                Some((k, v)) => (Some(Bytes::from(k.to_string())), Bytes::from(v.to_string())),
+                None => (None, Bytes::from(line)),
+            },
+            None => (None, Bytes::from(line)),
+        };
+        let rec = ProducerRecord { topic: a.topic.clone(), partition: a.partition, key, value: Some(value.clone()), ..Default::default() };
+        let fut = producer.send(rec).await?;
+        if tx.send((value, fut)).await.is_err() {
+            break;
+        }
+    }
+    producer.close().await;
+    drop(tx);
+    let (ok, failed) = reporter.await?;
+    eprintln!("produced {ok} records to '{}' ({failed} failed) in {:.2} s", a.topic, started.elapsed().as_secs_f64());
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
