@@ -147,11 +147,18 @@ impl Stats {
 
 fn histogram() -> Histogram<u64> {
     // Microseconds up to an hour, 3 significant digits.
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+    Histogram::new_with_bounds(1, 3_600_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
 }
 
 /// A progress line on stderr, redrawn twice a second.
-fn progress(label: &'static str, done: Arc<AtomicU64>, bytes: Arc<AtomicU64>, target: Option<u64>, dur: Option<Duration>) -> tokio::task::JoinHandle<()> {
+fn progress(
+    label: &'static str,
+    done: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+    target: Option<u64>,
+    dur: Option<Duration>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let start = Instant::now();
         loop {
@@ -165,7 +172,12 @@ fn progress(label: &'static str, done: Arc<AtomicU64>, bytes: Arc<AtomicU64>, ta
             .min(1.0);
             let filled = (frac * 30.0) as usize;
             let mb = bytes.load(Ordering::Relaxed) as f64 / 1048576.0 / start.elapsed().as_secs_f64();
-            eprint!("\r{label} [{}{}] {:>3.0}% {n} records {mb:.1} MB/s   ", "#".repeat(filled), ".".repeat(30 - filled), frac * 100.0);
+            eprint!(
+                "\r{label} [{}{}] {:>3.0}% {n} records {mb:.1} MB/s   ",
+                "#".repeat(filled),
+                ".".repeat(30 - filled),
+                frac * 100.0
+            );
             let _ = std::io::stderr().flush();
         }
     })
@@ -294,7 +306,14 @@ async fn produce(a: &BenchArgs, rate: Option<u64>, mode: &'static str) -> anyhow
     if let Some(e) = first_error {
         eprintln!("\nerror: {failed} records failed; first error: {e}");
     }
-    Ok(Stats { mode, records: done.load(Ordering::Relaxed), bytes: bytes.load(Ordering::Relaxed), elapsed, hist, failed })
+    Ok(Stats {
+        mode,
+        records: done.load(Ordering::Relaxed),
+        bytes: bytes.load(Ordering::Relaxed),
+        elapsed,
+        hist,
+        failed,
+    })
 }
 
 async fn consume(a: &BenchArgs) -> anyhow::Result<Stats> {
@@ -303,7 +322,8 @@ async fn consume(a: &BenchArgs) -> anyhow::Result<Stats> {
     let (target, dur) = limits(a);
     let (tx, rx) = mpsc::channel(16);
     let credit = 16u64 << 20;
-    let start_msg = FetchStart { topic: a.topic.clone(), partitions: Vec::new(), max_bytes: credit, plain_records: false };
+    let start_msg =
+        FetchStart { topic: a.topic.clone(), partitions: Vec::new(), max_bytes: credit, plain_records: false };
     tx.send(FetchRequest { kind: Some(Kind::Start(start_msg)) }).await?;
     let mut stream = client.broker().fetch(ReceiverStream(rx)).await?.into_inner();
     let done = Arc::new(AtomicU64::new(0));
@@ -340,7 +360,14 @@ async fn consume(a: &BenchArgs) -> anyhow::Result<Stats> {
     }
     let elapsed = last_data.duration_since(start);
     bar.abort();
-    Ok(Stats { mode: "consume", records: done.load(Ordering::Relaxed), bytes: bytes.load(Ordering::Relaxed), elapsed, hist: histogram(), failed: 0 })
+    Ok(Stats {
+        mode: "consume",
+        records: done.load(Ordering::Relaxed),
+        bytes: bytes.load(Ordering::Relaxed),
+        elapsed,
+        hist: histogram(),
+        failed: 0,
+    })
 }
 
 async fn e2e(a: &BenchArgs) -> anyhow::Result<Stats> {
@@ -382,5 +409,12 @@ async fn e2e(a: &BenchArgs) -> anyhow::Result<Stats> {
     let p = produce(&pa, Some(rate), "e2e").await?;
     let (hist, n, bytes) = consumer_task.await?;
     // Record timestamps are in milliseconds, so e2e latency has a 1 ms resolution.
-    Ok(Stats { mode: "e2e", records: n, bytes, elapsed: p.elapsed, hist, failed: p.failed + p.records.saturating_sub(n) })
+    Ok(Stats {
+        mode: "e2e",
+        records: n,
+        bytes,
+        elapsed: p.elapsed,
+        hist,
+        failed: p.failed + p.records.saturating_sub(n),
+    })
 }

@@ -33,11 +33,19 @@ pub async fn run(c: ClusterCmd) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("a cluster needs at least one partition node (--nodes)");
             }
             if dir.join("cluster.json").exists() {
-                anyhow::bail!("a cluster is already recorded in {}; run sluice cluster down --dir {} first", dir.display(), dir.display());
+                anyhow::bail!(
+                    "a cluster is already recorded in {}; run sluice cluster down --dir {} first",
+                    dir.display(),
+                    dir.display()
+                );
             }
             let spec = ClusterSpec { nodes, coordinators, ..ClusterSpec::new(&dir) };
             let cluster = Cluster::start(spec, false).await?;
-            eprintln!("cluster up: {} processes, described in {}", cluster.manifest.processes.len(), cluster.manifest_path().display());
+            eprintln!(
+                "cluster up: {} processes, described in {}",
+                cluster.manifest.processes.len(),
+                cluster.manifest_path().display()
+            );
             println!("{}", cluster.gateway());
         }
         ClusterCmd::Down { dir } => {

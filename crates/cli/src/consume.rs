@@ -43,8 +43,12 @@ pub fn render(fmt: &str, topic: &str, r: &ConsumerRecord, out: &mut Vec<u8>) {
                 Some('o') => out.extend_from_slice(r.offset.to_string().as_bytes()),
                 Some('T') => out.extend_from_slice(r.timestamp_ms.to_string().as_bytes()),
                 Some('t') => out.extend_from_slice(topic.as_bytes()),
-                Some('K') => out.extend_from_slice(r.key.as_ref().map_or(-1, |k| k.len() as i64).to_string().as_bytes()),
-                Some('S') => out.extend_from_slice(r.value.as_ref().map_or(-1, |v| v.len() as i64).to_string().as_bytes()),
+                Some('K') => {
+                    out.extend_from_slice(r.key.as_ref().map_or(-1, |k| k.len() as i64).to_string().as_bytes())
+                }
+                Some('S') => {
+                    out.extend_from_slice(r.value.as_ref().map_or(-1, |v| v.len() as i64).to_string().as_bytes())
+                }
                 Some('%') => out.push(b'%'),
                 Some(o) => {
                     out.push(b'%');

@@ -58,9 +58,8 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Dev(_)) {
-        sluice_core::settings::init_tracing();
-    } else if std::env::var_os("RUST_LOG").is_some() {
+    // Client commands stay quiet unless RUST_LOG asks; the server logs by default.
+    if matches!(cli.command, Command::Dev(_)) || std::env::var_os("RUST_LOG").is_some() {
         sluice_core::settings::init_tracing();
     }
     let result = match cli.command {

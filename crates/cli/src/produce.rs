@@ -51,7 +51,12 @@ pub async fn run(a: ProduceArgs) -> anyhow::Result<ExitCode> {
     // Fail fast with the clear sentence when the topic is missing.
     client.describe_topic(&a.topic).await?;
     let compression = a.compression.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-    let cfg = ProducerConfig { acks: a.acks, compression, delivery_timeout: Duration::from_millis(a.delivery_timeout_ms), ..Default::default() };
+    let cfg = ProducerConfig {
+        acks: a.acks,
+        compression,
+        delivery_timeout: Duration::from_millis(a.delivery_timeout_ms),
+        ..Default::default()
+    };
     let producer = Producer::new(client, cfg);
     let started = Instant::now();
 
@@ -96,7 +101,13 @@ pub async fn run(a: ProduceArgs) -> anyhow::Result<ExitCode> {
             },
             None => (None, Bytes::from(line)),
         };
-        let rec = ProducerRecord { topic: a.topic.clone(), partition: a.partition, key, value: Some(value.clone()), ..Default::default() };
+        let rec = ProducerRecord {
+            topic: a.topic.clone(),
+            partition: a.partition,
+            key,
+            value: Some(value.clone()),
+            ..Default::default()
+        };
         let fut = producer.send(rec).await?;
         if tx.send((value, fut)).await.is_err() {
             break;

@@ -64,7 +64,13 @@ pub async fn run(c: TopicCmd) -> anyhow::Result<ExitCode> {
         }
         TopicCmd::Describe { name, gw } => {
             let t = gw.connect().await?.describe_topic(&name).await?;
-            println!("Topic: {}\tTopicId: {}\tPartitions: {}\tReplicationFactor: {}", t.name, t.topic_id, t.partitions.len(), t.replication_factor);
+            println!(
+                "Topic: {}\tTopicId: {}\tPartitions: {}\tReplicationFactor: {}",
+                t.name,
+                t.topic_id,
+                t.partitions.len(),
+                t.replication_factor
+            );
             let mut cfg: Vec<_> = t.config.iter().map(|(k, v)| format!("{k}={v}")).collect();
             cfg.sort();
             println!("Config: {}", cfg.join(", "));

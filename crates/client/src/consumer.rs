@@ -93,12 +93,20 @@ pub struct Consumer {
 
 impl Consumer {
     /// Assigns `partitions` (all of the topic's when empty), each starting at `from`.
-    pub async fn assign(client: Client, topic: &str, partitions: &[u32], from: StartFrom, cfg: ConsumerConfig) -> Result<Self, ClientError> {
+    pub async fn assign(
+        client: Client,
+        topic: &str,
+        partitions: &[u32],
+        from: StartFrom,
+        cfg: ConsumerConfig,
+    ) -> Result<Self, ClientError> {
         let desc = client.describe_topic(topic).await?;
         let count = desc.partitions.len() as u32;
         let parts: Vec<u32> = if partitions.is_empty() { (0..count).collect() } else { partitions.to_vec() };
         if let Some(p) = parts.iter().find(|p| **p >= count) {
-            return Err(ClientError::Invalid(format!("partition {p} of topic '{topic}' does not exist (the topic has {count} partitions)")));
+            return Err(ClientError::Invalid(format!(
+                "partition {p} of topic '{topic}' does not exist (the topic has {count} partitions)"
+            )));
         }
         let positions = match from {
             StartFrom::Offset(o) => parts.iter().map(|p| (*p, o)).collect(),
@@ -119,7 +127,15 @@ impl Consumer {
                 m
             }
         };
-        Ok(Self { client, topic: topic.to_string(), cfg, positions, buffered: VecDeque::new(), stream: None, failing_since: None })
+        Ok(Self {
+            client,
+            topic: topic.to_string(),
+            cfg,
+            positions,
+            buffered: VecDeque::new(),
+            stream: None,
+            failing_since: None,
+        })
     }
 
     /// The next offset to be returned, per partition.
@@ -148,14 +164,14 @@ impl Consumer {
             if !self.buffered.is_empty() {
                 return Ok(self.buffered.drain(..).collect());
             }
-            if self.stream.is_none() {
-                if let Err(e) = self.open().await {
-                    self.transient(e).await?;
-                    if Instant::now() >= deadline {
-                        return Ok(Vec::new());
-                    }
-                    continue;
+            if self.stream.is_none()
+                && let Err(e) = self.open().await
+            {
+                self.transient(e).await?;
+                if Instant::now() >= deadline {
+                    return Ok(Vec::new());
                 }
+                continue;
             }
             let Some(s) = self.stream.as_mut() else { continue };
             let msg = match tokio::time::timeout_at(deadline, s.rx.message()).await {
@@ -203,7 +219,8 @@ impl Consumer {
         let mut rest = resp.batches;
         let mut next = from;
         while !rest.is_empty() {
-            let h = BatchHeader::parse(&rest).map_err(|e| ClientError::Invalid(format!("bad batch from the gateway: {e}")))?;
+            let h = BatchHeader::parse(&rest)
+                .map_err(|e| ClientError::Invalid(format!("bad batch from the gateway: {e}")))?;
             if h.total_len() > rest.len() {
                 return Err(ClientError::Invalid("truncated batch from the gateway".into()));
             }
@@ -212,7 +229,8 @@ impl Consumer {
                 next = next.max(h.next_offset());
                 continue;
             }
-            let recs = decode_records(&b).map_err(|e| ClientError::Invalid(format!("bad batch from the gateway: {e}")))?;
+            let recs =
+                decode_records(&b).map_err(|e| ClientError::Invalid(format!("bad batch from the gateway: {e}")))?;
             for r in recs.into_iter().filter(|r| r.offset >= from) {
                 self.buffered.push_back(ConsumerRecord {
                     partition: p,

@@ -102,7 +102,10 @@ impl Producer {
     /// Queues a record; waits only while the producer's queue is full.
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Cmd::Send(record, tx)).await.map_err(|_| ClientError::Invalid("the producer has stopped".into()))?;
+        self.tx
+            .send(Cmd::Send(record, tx))
+            .await
+            .map_err(|_| ClientError::Invalid("the producer has stopped".into()))?;
         Ok(rx)
     }
 
@@ -238,7 +241,8 @@ impl Engine {
 
     fn on_timer(&mut self) {
         let now = Instant::now();
-        let due: Vec<_> = self.accs.iter().filter(|(_, a)| a.since + self.cfg.linger <= now).map(|(k, _)| k.clone()).collect();
+        let due: Vec<_> =
+            self.accs.iter().filter(|(_, a)| a.since + self.cfg.linger <= now).map(|(k, _)| k.clone()).collect();
         for k in due {
             self.seal(&k);
         }
@@ -284,7 +288,11 @@ impl Engine {
             self.seal(&key);
         }
         let compression = self.cfg.compression;
-        let acc = self.accs.entry(key.clone()).or_insert_with(|| Acc { builder: BatchBuilder::new(compression), waiters: Vec::new(), since: Instant::now() });
+        let acc = self.accs.entry(key.clone()).or_insert_with(|| Acc {
+            builder: BatchBuilder::new(compression),
+            waiters: Vec::new(),
+            since: Instant::now(),
+        });
         let ts = if r.timestamp_ms > 0 { r.timestamp_ms } else { sluice_core::settings::now_ms() };
         acc.builder.push(ts, r.key.as_deref(), r.value.as_deref(), &headers);
         acc.waiters.push(w);
@@ -323,7 +331,8 @@ impl Engine {
             return Ok(());
         }
         let (tx, rx) = mpsc::channel(256);
-        let resp = self.client.broker().produce(ReceiverStream::new(rx)).await.map_err(|s| RemoteError::from(s).message)?;
+        let resp =
+            self.client.broker().produce(ReceiverStream::new(rx)).await.map_err(|s| RemoteError::from(s).message)?;
         self.conn = Some(Conn { tx, rx: resp.into_inner() });
         Ok(())
     }
@@ -354,7 +363,10 @@ impl Engine {
                 topic,
                 acks: self.cfg.acks as i32,
                 records: Vec::new(),
-                batches: batches.iter().map(|b| PartitionBatches { partition: b.partition, data: b.data.clone() }).collect(),
+                batches: batches
+                    .iter()
+                    .map(|b| PartitionBatches { partition: b.partition, data: b.data.clone() })
+                    .collect(),
                 timeout_ms: self.cfg.request_timeout.as_millis() as u32,
             };
             self.inflight.insert(id, batches);

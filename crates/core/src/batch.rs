@@ -200,7 +200,10 @@ pub fn verify_batch(b: &[u8], max_bytes: usize) -> Result<BatchHeader, BatchErro
     let mut expected = 0i32;
     while let Some(r) = it.next_raw()? {
         if r.offset_delta != expected {
-            return Err(BatchError::Malformed(format!("record offset delta {} where {expected} was expected", r.offset_delta)));
+            return Err(BatchError::Malformed(format!(
+                "record offset delta {} where {expected} was expected",
+                r.offset_delta
+            )));
         }
         expected += 1;
     }
@@ -247,7 +250,12 @@ struct RecordIter<'a> {
 }
 
 impl RecordIter<'_> {
-    fn bytes_field(&self, pos: &mut usize, end: usize, what: &'static str) -> Result<Option<std::ops::Range<usize>>, BatchError> {
+    fn bytes_field(
+        &self,
+        pos: &mut usize,
+        end: usize,
+        what: &'static str,
+    ) -> Result<Option<std::ops::Range<usize>>, BatchError> {
         let len = get_varint(self.body, pos)?;
         if len < 0 {
             return Ok(None);
@@ -285,8 +293,11 @@ impl RecordIter<'_> {
         }
         let mut headers = Vec::with_capacity(count as usize);
         for _ in 0..count {
-            let k = self.bytes_field(&mut p, end, "header key")?.ok_or_else(|| BatchError::Malformed("null header key".into()))?;
-            std::str::from_utf8(&self.body[k.clone()]).map_err(|_| BatchError::Malformed("header key is not UTF-8".into()))?;
+            let k = self
+                .bytes_field(&mut p, end, "header key")?
+                .ok_or_else(|| BatchError::Malformed("null header key".into()))?;
+            std::str::from_utf8(&self.body[k.clone()])
+                .map_err(|_| BatchError::Malformed("header key is not UTF-8".into()))?;
             let v = self.bytes_field(&mut p, end, "header value")?.unwrap_or(0..0);
             headers.push((k, v));
         }
@@ -316,7 +327,8 @@ pub fn decode_records(b: &Bytes) -> Result<Vec<Record>, BatchError> {
         Compression::None => b.slice(HEADER_LEN..h.total_len()),
         c => Bytes::from(c.decompress(&b[HEADER_LEN..h.total_len()], 256 << 20)?),
     };
-    let mut it = RecordIter { body: &body[..], pos: 0, remaining: h.record_count.max(0), header: h, owner: Some(body.clone()) };
+    let mut it =
+        RecordIter { body: &body[..], pos: 0, remaining: h.record_count.max(0), header: h, owner: Some(body.clone()) };
     // The count comes from the wire: never reserve more than the body could hold.
     let mut out = Vec::with_capacity((h.record_count.max(0) as usize).min(body.len() / 7));
     let log_append = h.attributes & TIMESTAMP_TYPE_LOG_APPEND != 0;
@@ -387,7 +399,14 @@ impl BatchBuilder {
 
     /// Size one more record would add (uncompressed).
     pub fn record_size(key: Option<&[u8]>, value: Option<&[u8]>, headers: &[(&str, &[u8])]) -> usize {
-        let body = 1 + 10 + 5 + 5 + key.map_or(0, |k| k.len()) + 5 + value.map_or(0, |v| v.len()) + 5
+        let body = 1
+            + 10
+            + 5
+            + 5
+            + key.map_or(0, |k| k.len())
+            + 5
+            + value.map_or(0, |v| v.len())
+            + 5
             + headers.iter().map(|(k, v)| 10 + k.len() + v.len()).sum::<usize>();
         body + 5
     }

@@ -45,7 +45,8 @@ impl Compression {
         match self {
             Self::None => Ok(data.to_vec()),
             Self::Gzip => {
-                let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 2), flate2::Compression::fast());
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 2), flate2::Compression::fast());
                 enc.write_all(data).map_err(io)?;
                 enc.finish().map_err(io)
             }
@@ -55,7 +56,9 @@ impl Compression {
                 enc.finish().map_err(|e| BatchError::Compression(format!("lz4: {e}")))
             }
             Self::Zstd => zstd::bulk::compress(data, 1).map_err(io),
-            Self::Snappy => Err(BatchError::Compression("snappy is not supported by this build; use lz4, zstd or gzip".into())),
+            Self::Snappy => {
+                Err(BatchError::Compression("snappy is not supported by this build; use lz4, zstd or gzip".into()))
+            }
         }
     }
 
@@ -72,7 +75,9 @@ impl Compression {
             Self::None => return Ok(data.to_vec()),
             Self::Gzip => read_limited(&mut flate2::read::GzDecoder::new(data), &mut out).map_err(io)?,
             Self::Lz4 => read_limited(&mut lz4_flex::frame::FrameDecoder::new(data), &mut out).map_err(io)?,
-            Self::Zstd => read_limited(&mut zstd::stream::read::Decoder::new(data).map_err(io)?, &mut out).map_err(io)?,
+            Self::Zstd => {
+                read_limited(&mut zstd::stream::read::Decoder::new(data).map_err(io)?, &mut out).map_err(io)?
+            }
             Self::Snappy => return Err(BatchError::Compression("snappy is not supported by this build".into())),
         }
         if out.len() > limit {

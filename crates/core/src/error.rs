@@ -30,7 +30,9 @@ pub enum SluiceError {
     RecordTooLarge { size: usize, limit: usize },
     #[error("corrupt record batch: {0}")]
     CorruptBatch(String),
-    #[error("offset {offset} is out of range for partition {partition} of '{topic}': valid offsets are {start} to {end}")]
+    #[error(
+        "offset {offset} is out of range for partition {partition} of '{topic}': valid offsets are {start} to {end}"
+    )]
     OffsetOutOfRange { topic: String, partition: u32, offset: i64, start: i64, end: i64 },
     #[error("node {node} is not the leader of partition {partition} of '{topic}'")]
     NotLeader { topic: String, partition: u32, node: u64 },
@@ -130,19 +132,21 @@ pub struct RemoteError {
 
 impl From<&v1::Error> for RemoteError {
     fn from(e: &v1::Error) -> Self {
-        Self { code: Code::from_i32(e.code), message: e.message.clone(), retriable: e.retriable, sluice_code: e.sluice_code }
+        Self {
+            code: Code::from_i32(e.code),
+            message: e.message.clone(),
+            retriable: e.retriable,
+            sluice_code: e.sluice_code,
+        }
     }
 }
 
 impl From<tonic::Status> for RemoteError {
     fn from(s: tonic::Status) -> Self {
-        let sluice_code = s
-            .metadata()
-            .get("sluice-code")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let retriable = matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::ResourceExhausted);
+        let sluice_code =
+            s.metadata().get("sluice-code").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let retriable =
+            matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::ResourceExhausted);
         let message = if s.message().is_empty() { format!("{:?}", s.code()) } else { s.message().to_string() };
         Self { code: s.code(), message, retriable, sluice_code }
     }
@@ -176,7 +180,11 @@ mod tests {
             (SluiceError::UnknownPartition { topic: String::new(), partition: 0, count: 0 }, 1004, Code::NotFound),
             (SluiceError::InvalidConfig(String::new()), 1006, Code::InvalidArgument),
             (SluiceError::RecordTooLarge { size: 0, limit: 0 }, 2001, Code::InvalidArgument),
-            (SluiceError::OffsetOutOfRange { topic: String::new(), partition: 0, offset: 0, start: 0, end: 0 }, 2003, Code::OutOfRange),
+            (
+                SluiceError::OffsetOutOfRange { topic: String::new(), partition: 0, offset: 0, start: 0, end: 0 },
+                2003,
+                Code::OutOfRange,
+            ),
             (SluiceError::NodeUnavailable(String::new()), 3002, Code::Unavailable),
             (SluiceError::Storage(String::new()), 4001, Code::Internal),
         ];

@@ -21,14 +21,17 @@ pub fn load<T: Serialize + DeserializeOwned + Default>(file: Option<&Path>) -> R
         }
         b = b.add_source(config::File::from(f).format(config::FileFormat::Toml));
     }
-    b = b.add_source(config::Environment::with_prefix("SLUICE").prefix_separator("_").separator("__").try_parsing(true));
+    b = b
+        .add_source(config::Environment::with_prefix("SLUICE").prefix_separator("_").separator("__").try_parsing(true));
     b.build().and_then(|c| c.try_deserialize()).map_err(|e| SettingsError(e.to_string()))
 }
 
 /// Log output on stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
 /// Milliseconds since the Unix epoch.

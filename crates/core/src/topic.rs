@@ -9,7 +9,9 @@ pub const MAX_TOPIC_NAME_LEN: usize = 249;
 
 /// Checks a topic name: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
 pub fn validate_topic_name(name: &str) -> Result<(), SluiceError> {
-    let bad = |reason: &str| Err(SluiceError::InvalidTopicName { name: name.chars().take(60).collect(), reason: reason.into() });
+    let bad = |reason: &str| {
+        Err(SluiceError::InvalidTopicName { name: name.chars().take(60).collect(), reason: reason.into() })
+    };
     if name.is_empty() {
         return bad("the name is empty");
     }
@@ -183,7 +185,13 @@ mod tests {
         let m = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
         assert_eq!(TopicConfig::from_map(&m("retention.ms", "1000")).unwrap().retention_ms, 1000);
         assert!(TopicConfig::from_map(&m("cleanup.policy", "compact")).unwrap().cleanup_policy.compact);
-        for (k, v) in [("retention.ms", "soon"), ("retention.ms", "-2"), ("cleanup.policy", "keep"), ("no.such.key", "1"), ("max.message.bytes", "1")] {
+        for (k, v) in [
+            ("retention.ms", "soon"),
+            ("retention.ms", "-2"),
+            ("cleanup.policy", "keep"),
+            ("no.such.key", "1"),
+            ("max.message.bytes", "1"),
+        ] {
             assert!(matches!(TopicConfig::from_map(&m(k, v)), Err(SluiceError::InvalidConfig(_))), "{k}={v}");
         }
         let c = TopicConfig::default();

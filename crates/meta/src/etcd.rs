@@ -14,7 +14,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
 use sluice_core::SluiceError;
 use tokio::sync::watch;
 
@@ -64,7 +66,11 @@ fn apply(view: &mut ClusterView, prefix: &str, key: &[u8], value: Option<&[u8]>)
     }
 }
 
-async fn load_and_watch(client: &mut Client, prefix: &str, tx: &watch::Sender<Arc<ClusterView>>) -> Result<(), MetaError> {
+async fn load_and_watch(
+    client: &mut Client,
+    prefix: &str,
+    tx: &watch::Sender<Arc<ClusterView>>,
+) -> Result<(), MetaError> {
     let resp = client.get(format!("{prefix}/"), Some(GetOptions::new().with_prefix())).await?;
     let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
     let mut view = ClusterView { loaded: true, ..ClusterView::default() };
@@ -97,17 +103,31 @@ async fn load_and_watch(client: &mut Client, prefix: &str, tx: &watch::Sender<Ar
 impl EtcdMeta {
     /// Connects to etcd and starts following the metadata. Returns once the first full view is
     /// loaded, or fails after `timeout`.
-    pub async fn connect(endpoints: &[String], prefix: &str, lease_ttl_secs: i64, timeout: Duration) -> Result<Arc<Self>, MetaError> {
+    pub async fn connect(
+        endpoints: &[String],
+        prefix: &str,
+        lease_ttl_secs: i64,
+        timeout: Duration,
+    ) -> Result<Arc<Self>, MetaError> {
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
-        let client = tokio::time::timeout(timeout, Client::connect(endpoints, Some(opts)))
-            .await
-            .map_err(|_| SluiceError::MetadataUnavailable(format!("could not reach etcd at {} within {timeout:?}", endpoints.join(","))))??;
+        let client = tokio::time::timeout(timeout, Client::connect(endpoints, Some(opts))).await.map_err(|_| {
+            SluiceError::MetadataUnavailable(format!(
+                "could not reach etcd at {} within {timeout:?}",
+                endpoints.join(",")
+            ))
+        })??;
         let (tx, mut rx) = watch::channel(Arc::new(ClusterView::default()));
         let prefix = prefix.trim_end_matches('/').to_string();
-        let me = Arc::new(Self { client: client.clone(), prefix: prefix.clone(), lease_ttl_secs, tx: tx.clone(), tasks: Default::default() });
+        let me = Arc::new(Self {
+            client: client.clone(),
+            prefix: prefix.clone(),
+            lease_ttl_secs,
+            tx: tx.clone(),
+            tasks: Default::default(),
+        });
         let mut watch_client = client;
         let task = tokio::spawn(async move {
             loop {
@@ -120,7 +140,9 @@ impl EtcdMeta {
         me.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
         tokio::time::timeout(timeout, rx.wait_for(|v| v.loaded))
             .await
-            .map_err(|_| SluiceError::MetadataUnavailable(format!("could not load metadata from etcd within {timeout:?}")))?
+            .map_err(|_| {
+                SluiceError::MetadataUnavailable(format!("could not load metadata from etcd within {timeout:?}"))
+            })?
             .map_err(|_| SluiceError::Internal("metadata watcher stopped".into()))?;
         Ok(me)
     }
@@ -192,9 +214,11 @@ impl MetaStore for EtcdMeta {
         let view = self.tx.borrow().clone();
         let t = plan_topic(&view, &topic, limits, rand::random())?;
         let key = self.key("topics", &t.name);
-        let txn = Txn::new()
-            .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key.as_str(), serde_json::to_vec(&t)?, None)]);
+        let txn = Txn::new().when([Compare::version(key.as_str(), CompareOp::Equal, 0)]).and_then([TxnOp::put(
+            key.as_str(),
+            serde_json::to_vec(&t)?,
+            None,
+        )]);
         if !self.client.clone().txn(txn).await?.succeeded() {
             return Err(SluiceError::TopicExists(t.name).into());
         }

@@ -62,7 +62,10 @@ pub struct ClusterView {
 pub fn plan_topic(view: &ClusterView, t: &NewTopic, limits: TopicLimits, seed: u64) -> Result<TopicMeta, SluiceError> {
     validate_topic_name(&t.name)?;
     if t.partitions < 1 {
-        return Err(SluiceError::InvalidPartitions { count: t.partitions, reason: "a topic needs at least 1 partition".into() });
+        return Err(SluiceError::InvalidPartitions {
+            count: t.partitions,
+            reason: "a topic needs at least 1 partition".into(),
+        });
     }
     if t.partitions > limits.max_partitions {
         return Err(SluiceError::InvalidPartitions {

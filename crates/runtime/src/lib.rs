@@ -227,14 +227,20 @@ impl Shutdown {
 
 /// Binds `listen` (so the caller learns the real port when it asked for port 0).
 pub async fn bind(listen: &str) -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
-    let l = tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let l =
+        tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let addr = l.local_addr()?;
     Ok((l, addr))
 }
 
 /// Health reporting for the services a process hosts, named as in the proto package
 /// (`sluice.v1.Broker`, ...) plus the overall "" service.
-pub async fn health(names: &[&str]) -> (tonic_health::server::HealthReporter, tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>) {
+pub async fn health(
+    names: &[&str],
+) -> (
+    tonic_health::server::HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
     let (reporter, service) = tonic_health::server::health_reporter();
     for n in names {
         reporter.set_service_status(*n, tonic_health::ServingStatus::Serving).await;
@@ -244,7 +250,9 @@ pub async fn health(names: &[&str]) -> (tonic_health::server::HealthReporter, to
 }
 
 /// gRPC reflection for the Sluice API and the health service, so grpcurl works.
-pub fn reflection() -> anyhow::Result<tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>> {
+pub fn reflection() -> anyhow::Result<
+    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+> {
     Ok(tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -263,7 +271,11 @@ pub fn server() -> tonic::transport::Server {
 }
 
 /// Serves `router` on `listener` until `shutdown`.
-pub async fn serve(router: tonic::transport::server::Router, listener: tokio::net::TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn serve(
+    router: tonic::transport::server::Router,
+    listener: tokio::net::TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     router.serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await }).await?;
     Ok(())

@@ -115,7 +115,10 @@ impl SledStore {
                 offset: base,
                 reason: e.to_string(),
             })?;
-            index.insert(base, BatchMeta { last_offset: h.last_offset(), max_timestamp: h.max_timestamp, size: v.len() as u64 });
+            index.insert(
+                base,
+                BatchMeta { last_offset: h.last_offset(), max_timestamp: h.max_timestamp, size: v.len() as u64 },
+            );
             bytes += v.len() as u64;
         }
         let end = index.values().next_back().map(|m| m.last_offset + 1).unwrap_or(0);
@@ -212,7 +215,14 @@ impl PartitionLog for SledPartition {
                 batch::set_log_append_time(&mut v, now_ms);
             }
             let max_ts = if log_append { now_ms } else { h.max_timestamp };
-            metas.push((base, BatchMeta { last_offset: base + h.last_offset_delta as i64, max_timestamp: max_ts, size: v.len() as u64 }));
+            metas.push((
+                base,
+                BatchMeta {
+                    last_offset: base + h.last_offset_delta as i64,
+                    max_timestamp: max_ts,
+                    size: v.len() as u64,
+                },
+            ));
             sled_batch.insert(&base.to_be_bytes(), v);
             count += h.record_count as u32;
         }
@@ -274,7 +284,12 @@ impl PartitionLog for SledPartition {
             out.extend_from_slice(&v);
             next = last + 1;
         }
-        Ok(ReadResult { batches: out.freeze(), next_offset: next.max(offset), log_start_offset: start, log_end_offset: end })
+        Ok(ReadResult {
+            batches: out.freeze(),
+            next_offset: next.max(offset),
+            log_start_offset: start,
+            log_end_offset: end,
+        })
     }
 
     fn offsets(&self) -> LogOffsets {

@@ -122,7 +122,8 @@ async fn compaction_keeps_the_latest_value_per_key() {
         ("delete.retention.ms".to_string(), "1000".to_string()),
     ]))
     .unwrap();
-    log.append(&batch(&[(Some("a"), Some("a1"), 10), (Some("b"), Some("b1"), 10)], Compression::Zstd), &cfg, 0).unwrap();
+    log.append(&batch(&[(Some("a"), Some("a1"), 10), (Some("b"), Some("b1"), 10)], Compression::Zstd), &cfg, 0)
+        .unwrap();
     log.append(&batch(&[(Some("a"), Some("a2"), 20), (Some("c"), None, 20)], Compression::None), &cfg, 0).unwrap();
     log.append(&batch(&[(Some("b"), Some("b2"), 30)], Compression::None), &cfg, 0).unwrap();
     assert!(matches!(
@@ -134,7 +135,11 @@ async fn compaction_keeps_the_latest_value_per_key() {
     let recs = all_records(&*log, 0);
     assert_eq!(
         recs,
-        vec![(2, Some("a".into()), Some("a2".into())), (3, Some("c".into()), None), (4, Some("b".into()), Some("b2".into()))]
+        vec![
+            (2, Some("a".into()), Some("a2".into())),
+            (3, Some("c".into()), None),
+            (4, Some("b".into()), Some("b2".into()))
+        ]
     );
     // Once older than delete.retention.ms the tombstone goes too; offsets never move.
     log.clean(&cfg, 5_000).unwrap();

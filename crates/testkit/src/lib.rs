@@ -18,9 +18,13 @@ use tokio::time::Instant;
 /// Why a cluster could not be started or managed.
 #[derive(Debug, thiserror::Error)]
 pub enum TestkitError {
-    #[error("etcd is not installed: install Debian's etcd-server package (apt-get install -y etcd-server) or put etcd on PATH")]
+    #[error(
+        "etcd is not installed: install Debian's etcd-server package (apt-get install -y etcd-server) or put etcd on PATH"
+    )]
     EtcdMissing,
-    #[error("the {0} binary was not found next to this program ({1}); build the workspace first: cargo build --workspace --bins")]
+    #[error(
+        "the {0} binary was not found next to this program ({1}); build the workspace first: cargo build --workspace --bins"
+    )]
     BinaryMissing(String, String),
     #[error("{what} did not become healthy within {secs} s; see its log {log}")]
     NotHealthy { what: String, secs: u64, log: String },
@@ -54,7 +58,11 @@ pub fn bin_dir() -> PathBuf {
 /// The path of a Sluice binary, checked to exist.
 pub fn binary(name: &str) -> Result<PathBuf, TestkitError> {
     let p = bin_dir().join(name);
-    if p.is_file() { Ok(p) } else { Err(TestkitError::BinaryMissing(name.to_string(), bin_dir().display().to_string())) }
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(TestkitError::BinaryMissing(name.to_string(), bin_dir().display().to_string()))
+    }
 }
 
 /// The etcd binary from PATH (or Debian's location).
@@ -151,14 +159,22 @@ fn spawn(entry: &mut ProcessEntry, env: &[(String, String)]) -> Result<Child, Te
 
 /// Sends a signal (`KILL`, `TERM`, `STOP`, `CONT`) to a process.
 pub fn signal(pid: u32, sig: &str) -> bool {
-    Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn etcd_healthy(addr: &str) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&match addr.parse() {
-        Ok(a) => a,
-        Err(_) => return false,
-    }, Duration::from_millis(500)) else {
+    let Ok(mut s) = TcpStream::connect_timeout(
+        &match addr.parse() {
+            Ok(a) => a,
+            Err(_) => return false,
+        },
+        Duration::from_millis(500),
+    ) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -197,7 +213,12 @@ impl Cluster {
     pub async fn start(spec: ClusterSpec, owned: bool) -> Result<Self, TestkitError> {
         std::fs::create_dir_all(&spec.dir).map_err(io(format!("creating {}", spec.dir.display())))?;
         let dir = std::fs::canonicalize(&spec.dir).map_err(io(format!("resolving {}", spec.dir.display())))?;
-        let mut c = Cluster { spec: ClusterSpec { dir: dir.clone(), ..spec }, manifest: Manifest::default(), children: BTreeMap::new(), owned };
+        let mut c = Cluster {
+            spec: ClusterSpec { dir: dir.clone(), ..spec },
+            manifest: Manifest::default(),
+            children: BTreeMap::new(),
+            owned,
+        };
 
         let etcd = etcd_binary()?;
         let (client_port, peer_port) = (free_port(), free_port());
@@ -222,7 +243,18 @@ impl Cluster {
             "--initial-cluster".into(),
             format!("sluice={peer_url}"),
         ];
-        c.add(ProcessEntry { role: "etcd".into(), id: 1, pid: 0, addr: etcd_addr.clone(), data_dir: etcd_dir, log: dir.join("etcd.log"), cmd }, &[])?;
+        c.add(
+            ProcessEntry {
+                role: "etcd".into(),
+                id: 1,
+                pid: 0,
+                addr: etcd_addr.clone(),
+                data_dir: etcd_dir,
+                log: dir.join("etcd.log"),
+                cmd,
+            },
+            &[],
+        )?;
         c.manifest.etcd = client_url.clone();
         c.wait_healthy("etcd", 1).await?;
 
@@ -241,7 +273,15 @@ impl Cluster {
                 "--etcd".into(),
                 client_url.clone(),
             ];
-            Ok(ProcessEntry { role: role.into(), id, pid: 0, addr, data_dir, log: dir.join(format!("{role}-{id}.log")), cmd })
+            Ok(ProcessEntry {
+                role: role.into(),
+                id,
+                pid: 0,
+                addr,
+                data_dir,
+                log: dir.join(format!("{role}-{id}.log")),
+                cmd,
+            })
         };
         for id in 1..=c.spec.nodes as u64 {
             c.add(service("partition-node", "sluice-partition-node", id)?, &env)?;
@@ -250,7 +290,8 @@ impl Cluster {
         for id in 1..=c.spec.coordinators as u64 {
             c.add(service("group-coordinator", "sluice-group-coordinator", id)?, &env)?;
         }
-        let entries: Vec<_> = c.manifest.processes.iter().filter(|e| e.role != "etcd").map(|e| (e.role.clone(), e.id)).collect();
+        let entries: Vec<_> =
+            c.manifest.processes.iter().filter(|e| e.role != "etcd").map(|e| (e.role.clone(), e.id)).collect();
         for (role, id) in entries {
             c.wait_healthy(&role, id).await?;
         }
@@ -281,7 +322,8 @@ impl Cluster {
 
     pub fn write_manifest(&self) -> Result<(), TestkitError> {
         let path = self.manifest_path();
-        let json = serde_json::to_vec_pretty(&self.manifest).map_err(|e| TestkitError::Manifest(path.display().to_string(), e.to_string()))?;
+        let json = serde_json::to_vec_pretty(&self.manifest)
+            .map_err(|e| TestkitError::Manifest(path.display().to_string(), e.to_string()))?;
         std::fs::write(&path, json).map_err(io(format!("writing {}", path.display())))
     }
 
@@ -338,7 +380,9 @@ impl Cluster {
     pub async fn restart(&mut self, role: &str, id: u64) -> Result<(), TestkitError> {
         self.kill(role, id);
         let env = if role == "etcd" { Vec::new() } else { self.spec.env.clone() };
-        let Some(pos) = self.manifest.processes.iter().position(|e| e.role == role && e.id == id) else { return Ok(()) };
+        let Some(pos) = self.manifest.processes.iter().position(|e| e.role == role && e.id == id) else {
+            return Ok(());
+        };
         let mut e = self.manifest.processes[pos].clone();
         let child = spawn(&mut e, &env)?;
         self.children.insert((role.to_string(), id), child);

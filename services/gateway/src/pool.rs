@@ -90,7 +90,13 @@ impl NodeConn {
             return Ok(m.clone());
         }
         let (tx, rx) = mpsc::channel::<AppendRequest>(4096);
-        let mut stream = self.client.clone().append(ReceiverStream::new(rx)).await.map_err(|s| self.unavailable(s.message()))?.into_inner();
+        let mut stream = self
+            .client
+            .clone()
+            .append(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| self.unavailable(s.message()))?
+            .into_inner();
         let pending: Pending = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
         let mux = Arc::new(AppendMux { tx, pending: pending.clone(), alive: alive.clone() });
@@ -121,7 +127,10 @@ impl NodeConn {
 
     /// Sends an append; the answer arrives on the returned receiver. Appends sent by one caller
     /// reach the node in the order of the calls.
-    pub async fn append(&self, mut req: AppendRequest) -> Result<oneshot::Receiver<Result<AppendResponse, SluiceError>>, SluiceError> {
+    pub async fn append(
+        &self,
+        mut req: AppendRequest,
+    ) -> Result<oneshot::Receiver<Result<AppendResponse, SluiceError>>, SluiceError> {
         let mux = self.mux().await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         req.id = id;

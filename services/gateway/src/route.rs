@@ -31,7 +31,10 @@ impl Gateway {
             count: t.partitions.len() as u32,
         })?;
         let node = view.nodes.get(&a.leader).ok_or_else(|| {
-            SluiceError::NodeUnavailable(format!("node {} leading partition {p} of '{}' is not alive", a.leader, t.name))
+            SluiceError::NodeUnavailable(format!(
+                "node {} leading partition {p} of '{}' is not alive",
+                a.leader, t.name
+            ))
         })?;
         Ok(Target {
             conn: self.pool.get(node)?,

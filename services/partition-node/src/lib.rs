@@ -103,7 +103,9 @@ impl Node {
             if !keep {
                 self.logs.write().unwrap_or_else(|p| p.into_inner()).remove(&(id.topic_id, id.partition));
                 match self.store.remove(&id) {
-                    Ok(()) => tracing::info!(partition = %id, topic_id = id.topic_id, "deleted data of a removed topic"),
+                    Ok(()) => {
+                        tracing::info!(partition = %id, topic_id = id.topic_id, "deleted data of a removed topic")
+                    }
                     Err(e) => tracing::warn!(partition = %id, error = %e, "cannot delete partition data"),
                 }
             }
@@ -112,7 +114,8 @@ impl Node {
 
     fn clean_all(&self) {
         let view = self.view.borrow().clone();
-        let logs: Vec<_> = self.logs.read().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (*k, v.clone())).collect();
+        let logs: Vec<_> =
+            self.logs.read().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (*k, v.clone())).collect();
         let now = sluice_core::settings::now_ms();
         for ((topic_id, _), log) in logs {
             let Some(topic) = view.topics.values().find(|t| t.topic_id == topic_id) else { continue };
@@ -126,7 +129,12 @@ impl Node {
 }
 
 /// Opens storage, registers the node in the metadata and starts its background tasks.
-pub async fn start(settings: &Settings, meta: Arc<dyn MetaStore>, advertised: String, shutdown: Shutdown) -> anyhow::Result<Arc<Node>> {
+pub async fn start(
+    settings: &Settings,
+    meta: Arc<dyn MetaStore>,
+    advertised: String,
+    shutdown: Shutdown,
+) -> anyhow::Result<Arc<Node>> {
     let dir = settings.data_dir.clone();
     std::fs::create_dir_all(&dir)?;
     let store: Arc<dyn LogStore> = SledStore::open(&dir.join("sled"))?;

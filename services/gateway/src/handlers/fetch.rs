@@ -12,8 +12,8 @@ use sluice_core::SluiceError;
 use sluice_core::batch::{BatchHeader, decode_records};
 use sluice_proto::v1::fetch_request::Kind;
 use sluice_proto::v1::{
-    ConsumedRecord, FetchCredit, FetchRequest, FetchResponse, Header, ReadPartition, ReadRequest, ReadResponse, ReadStart,
-    read_request,
+    ConsumedRecord, FetchCredit, FetchRequest, FetchResponse, Header, ReadPartition, ReadRequest, ReadResponse,
+    ReadStart, read_request,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -26,10 +26,20 @@ use crate::{Gateway, route};
 const DEFAULT_CREDIT: u64 = 1 << 20;
 
 fn partition_error(partition: u32, e: &sluice_proto::v1::Error) -> FetchResponse {
-    FetchResponse { partition, error: Some(e.clone()), high_watermark: -1, log_start_offset: -1, next_offset: -1, ..Default::default() }
+    FetchResponse {
+        partition,
+        error: Some(e.clone()),
+        high_watermark: -1,
+        log_start_offset: -1,
+        next_offset: -1,
+        ..Default::default()
+    }
 }
 
-pub(super) async fn serve(gw: Arc<Gateway>, mut input: Streaming<FetchRequest>) -> Result<RpcStream<FetchResponse>, Status> {
+pub(super) async fn serve(
+    gw: Arc<Gateway>,
+    mut input: Streaming<FetchRequest>,
+) -> Result<RpcStream<FetchResponse>, Status> {
     let start = match input.message().await?.and_then(|m| m.kind) {
         Some(Kind::Start(s)) => s,
         _ => return Err(Status::invalid_argument("the first message of a fetch stream must be a FetchStart")),
@@ -37,8 +47,11 @@ pub(super) async fn serve(gw: Arc<Gateway>, mut input: Streaming<FetchRequest>) 
     let view = gw.snapshot();
     let t = route::topic(&view, &start.topic)?;
     let count = t.partitions.len() as u32;
-    let wanted: Vec<(u32, i64)> =
-        if start.partitions.is_empty() { (0..count).map(|p| (p, -2)).collect() } else { start.partitions.iter().map(|p| (p.partition, p.offset)).collect() };
+    let wanted: Vec<(u32, i64)> = if start.partitions.is_empty() {
+        (0..count).map(|p| (p, -2)).collect()
+    } else {
+        start.partitions.iter().map(|p| (p.partition, p.offset)).collect()
+    };
     for (p, _) in &wanted {
         if *p >= count {
             return Err(SluiceError::UnknownPartition { topic: t.name.clone(), partition: *p, count }.into());
@@ -65,7 +78,9 @@ pub(super) async fn serve(gw: Arc<Gateway>, mut input: Streaming<FetchRequest>) 
     let span = tracing::info_span!("fetch_stream", topic = %t.name, partitions = wanted.len());
     for (_, (conn, partitions)) in per_node {
         let (ctx, crx) = mpsc::channel::<ReadRequest>(64);
-        let begin = ReadRequest { kind: Some(read_request::Kind::Start(ReadStart { partitions: partitions.clone(), max_bytes: credit })) };
+        let begin = ReadRequest {
+            kind: Some(read_request::Kind::Start(ReadStart { partitions: partitions.clone(), max_bytes: credit })),
+        };
         let _ = ctx.send(begin).await;
         credit_senders.push(ctx);
         let tx = tx.clone();
@@ -74,7 +89,10 @@ pub(super) async fn serve(gw: Arc<Gateway>, mut input: Streaming<FetchRequest>) 
             async move {
                 let failed = |why: String| {
                     let e = conn.unavailable(why).to_proto();
-                    partitions.iter().map(move |rp| partition_error(rp.partition.as_ref().map_or(0, |r| r.partition), &e)).collect::<Vec<_>>()
+                    partitions
+                        .iter()
+                        .map(move |rp| partition_error(rp.partition.as_ref().map_or(0, |r| r.partition), &e))
+                        .collect::<Vec<_>>()
                 };
                 let mut stream = match conn.client().read(ReceiverStream::new(crx)).await {
                     Ok(s) => s.into_inner(),
@@ -85,7 +103,8 @@ pub(super) async fn serve(gw: Arc<Gateway>, mut input: Streaming<FetchRequest>) 
                         return;
                     }
                 };
-                let mut next: BTreeMap<u32, i64> = partitions.iter().map(|rp| (rp.partition.as_ref().map_or(0, |r| r.partition), rp.offset)).collect();
+                let mut next: BTreeMap<u32, i64> =
+                    partitions.iter().map(|rp| (rp.partition.as_ref().map_or(0, |r| r.partition), rp.offset)).collect();
                 loop {
                     match stream.message().await {
                         Ok(Some(resp)) => {
@@ -161,4 +180,3 @@ fn convert(resp: ReadResponse, plain: bool, next: &mut BTreeMap<u32, i64>) -> Fe
     next.insert(partition, resp.next_offset);
     out
 }
-

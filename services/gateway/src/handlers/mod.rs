@@ -53,7 +53,10 @@ impl Admin for GatewayService {
         Ok(Response::new(topic::list::handle(&self.gw, r.into_inner())))
     }
 
-    async fn describe_topic(&self, r: Request<DescribeTopicRequest>) -> Result<Response<DescribeTopicResponse>, Status> {
+    async fn describe_topic(
+        &self,
+        r: Request<DescribeTopicRequest>,
+    ) -> Result<Response<DescribeTopicResponse>, Status> {
         topic::describe::handle(&self.gw, r.into_inner()).await.map(Response::new).map_err(Into::into)
     }
 

@@ -4,15 +4,20 @@ use std::collections::BTreeMap;
 
 use sluice_core::SluiceError;
 use sluice_meta::TopicMeta;
-use sluice_proto::v1::{Error, ListOffsetsRequest, ListOffsetsResponse, OffsetSpec, PartitionOffset, PartitionOffsetsEntry, PartitionOffsetsRequest};
+use sluice_proto::v1::{
+    Error, ListOffsetsRequest, ListOffsetsResponse, OffsetSpec, PartitionOffset, PartitionOffsetsEntry,
+    PartitionOffsetsRequest,
+};
 
 use crate::Gateway;
 
 #[tracing::instrument(skip_all, fields(topic = %req.topic))]
 pub async fn handle(gw: &Gateway, req: ListOffsetsRequest) -> Result<ListOffsetsResponse, SluiceError> {
     let t = crate::route::topic(&gw.snapshot(), &req.topic)?;
-    let parts: Vec<u32> = if req.partitions.is_empty() { (0..t.partitions.len() as u32).collect() } else { req.partitions.clone() };
-    let spec = OffsetSpec::try_from(req.spec).map_err(|_| SluiceError::InvalidRequest(format!("unknown offset spec {}", req.spec)))?;
+    let parts: Vec<u32> =
+        if req.partitions.is_empty() { (0..t.partitions.len() as u32).collect() } else { req.partitions.clone() };
+    let spec = OffsetSpec::try_from(req.spec)
+        .map_err(|_| SluiceError::InvalidRequest(format!("unknown offset spec {}", req.spec)))?;
     let ts = (spec == OffsetSpec::Timestamp).then_some(req.timestamp_ms);
     let offsets = query_offsets(gw, &t, &parts, ts)
         .await
@@ -29,7 +34,9 @@ pub async fn handle(gw: &Gateway, req: ListOffsetsRequest) -> Result<ListOffsets
                 log_end_offset: e.high_watermark,
                 error: None,
             },
-            Err(e) => PartitionOffset { partition: p, offset: -1, timestamp_ms: -1, log_end_offset: -1, error: Some(e) },
+            Err(e) => {
+                PartitionOffset { partition: p, offset: -1, timestamp_ms: -1, log_end_offset: -1, error: Some(e) }
+            }
         })
         .collect();
     Ok(ListOffsetsResponse { offsets })
@@ -44,10 +51,13 @@ pub async fn query_offsets(
 ) -> Vec<(u32, Result<PartitionOffsetsEntry, Error>)> {
     let view = gw.snapshot();
     let mut out = Vec::new();
-    let mut per_node: BTreeMap<u64, (std::sync::Arc<crate::pool::NodeConn>, Vec<sluice_proto::v1::PartitionRef>)> = BTreeMap::new();
+    let mut per_node: BTreeMap<u64, (std::sync::Arc<crate::pool::NodeConn>, Vec<sluice_proto::v1::PartitionRef>)> =
+        BTreeMap::new();
     for &p in partitions {
         match gw.target(&view, t, p) {
-            Ok(target) => per_node.entry(target.conn.id).or_insert_with(|| (target.conn.clone(), Vec::new())).1.push(target.pref),
+            Ok(target) => {
+                per_node.entry(target.conn.id).or_insert_with(|| (target.conn.clone(), Vec::new())).1.push(target.pref)
+            }
             Err(e) => out.push((p, Err(e.to_proto()))),
         }
     }
@@ -69,7 +79,9 @@ pub async fn query_offsets(
                 })
                 .collect::<Vec<_>>(),
             Ok(Err(s)) => refs.iter().map(|r| (r.partition, Err(conn.unavailable(s.message()).to_proto()))).collect(),
-            Err(_) => refs.iter().map(|r| (r.partition, Err(conn.unavailable("no answer within 5 s").to_proto()))).collect(),
+            Err(_) => {
+                refs.iter().map(|r| (r.partition, Err(conn.unavailable("no answer within 5 s").to_proto()))).collect()
+            }
         }
     });
     for batch in futures_util::future::join_all(calls).await {
@@ -78,4 +90,3 @@ pub async fn query_offsets(
     out.sort_by_key(|(p, _)| *p);
     out
 }
-

@@ -45,7 +45,9 @@ pub(super) fn serve(gw: Arc<Gateway>, mut input: Streaming<ProduceRequest>) -> R
                     }
                     Err(e) => {
                         tracing::debug!(%topic, error = %e, "produce refused");
-                        let _ = tx.send(Ok(ProduceResponse { id, error: Some(e.to_proto()), partitions: Vec::new() })).await;
+                        let _ = tx
+                            .send(Ok(ProduceResponse { id, error: Some(e.to_proto()), partitions: Vec::new() }))
+                            .await;
                     }
                 }
             }
@@ -101,7 +103,8 @@ async fn dispatch(
     let t = route::topic(&view, &req.topic)?;
     let cfg = t.config();
     let count = t.partitions.len() as u32;
-    let acks = Acks::try_from(req.acks).map_err(|_| SluiceError::InvalidRequest(format!("unknown acks value {}", req.acks)))?;
+    let acks = Acks::try_from(req.acks)
+        .map_err(|_| SluiceError::InvalidRequest(format!("unknown acks value {}", req.acks)))?;
     if req.records.is_empty() && req.batches.is_empty() {
         return Err(SluiceError::InvalidRequest("a produce request needs records or batches".into()));
     }
@@ -132,7 +135,12 @@ async fn dispatch(
             part.seal()?;
         }
         let ts = if r.timestamp_ms > 0 { r.timestamp_ms } else { now };
-        part.builder.get_or_insert_with(|| BatchBuilder::new(Compression::None)).push(ts, r.key.as_deref(), r.value.as_deref(), &headers);
+        part.builder.get_or_insert_with(|| BatchBuilder::new(Compression::None)).push(
+            ts,
+            r.key.as_deref(),
+            r.value.as_deref(),
+            &headers,
+        );
         part.indexes.push(i as u32);
         part.records += 1;
     }
@@ -170,11 +178,18 @@ async fn dispatch(
         };
         sent.push((p, part.records, std::mem::take(&mut part.indexes), pending));
     }
-    let timeout = Duration::from_millis(if req.timeout_ms > 0 { req.timeout_ms as u64 } else { gw.settings.request_timeout_ms });
+    let timeout =
+        Duration::from_millis(if req.timeout_ms > 0 { req.timeout_ms as u64 } else { gw.settings.request_timeout_ms });
     let id = req.id;
     Ok(async move {
         let waits = sent.into_iter().map(|(p, records, record_indexes, pending)| async move {
-            let mut r = PartitionProduceResult { partition: p, base_offset: -1, record_count: records, error: None, record_indexes };
+            let mut r = PartitionProduceResult {
+                partition: p,
+                base_offset: -1,
+                record_count: records,
+                error: None,
+                record_indexes,
+            };
             let outcome = match pending {
                 Pending::Failed(e) => Err(e.to_proto()),
                 Pending::Sent(_) if acks == Acks::None => Ok(None),
@@ -185,7 +200,9 @@ async fn dispatch(
                     },
                     Ok(Ok(Err(e))) => Err(e.to_proto()),
                     Ok(Err(_)) => Err(SluiceError::NodeUnavailable("the node connection closed".into()).to_proto()),
-                    Err(_) => Err(SluiceError::Timeout(format!("no answer from the node within {timeout:?}")).to_proto()),
+                    Err(_) => {
+                        Err(SluiceError::Timeout(format!("no answer from the node within {timeout:?}")).to_proto())
+                    }
                 },
             };
             match outcome {

@@ -19,7 +19,14 @@ use super::RpcStream;
 use crate::{Node, map_storage};
 
 fn failure(id: u64, e: SluiceError) -> AppendResponse {
-    AppendResponse { id, base_offset: -1, last_offset: -1, record_count: 0, error: Some(e.to_proto()), log_append_time_ms: -1 }
+    AppendResponse {
+        id,
+        base_offset: -1,
+        last_offset: -1,
+        record_count: 0,
+        error: Some(e.to_proto()),
+        log_append_time_ms: -1,
+    }
 }
 
 pub(super) fn serve(node: Arc<Node>, mut input: Streaming<AppendRequest>) -> RpcStream<AppendResponse> {

@@ -8,7 +8,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use sluice_proto::v1::partition_node_server::{PartitionNode, PartitionNodeServer};
-use sluice_proto::v1::{AppendRequest, AppendResponse, PartitionOffsetsRequest, PartitionOffsetsResponse, ReadRequest, ReadResponse};
+use sluice_proto::v1::{
+    AppendRequest, AppendResponse, PartitionOffsetsRequest, PartitionOffsetsResponse, ReadRequest, ReadResponse,
+};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -44,7 +46,10 @@ impl PartitionNode for NodeService {
         Ok(Response::new(read::serve(self.node.clone(), request.into_inner()).await?))
     }
 
-    async fn partition_offsets(&self, request: Request<PartitionOffsetsRequest>) -> Result<Response<PartitionOffsetsResponse>, Status> {
+    async fn partition_offsets(
+        &self,
+        request: Request<PartitionOffsetsRequest>,
+    ) -> Result<Response<PartitionOffsetsResponse>, Status> {
         Ok(Response::new(offsets::serve(&self.node, request.into_inner()).await))
     }
 }

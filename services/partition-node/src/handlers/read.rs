@@ -30,10 +30,20 @@ struct Cursor {
 }
 
 fn error_response(r: PartitionRef, e: SluiceError) -> ReadResponse {
-    ReadResponse { partition: Some(r), batches: Default::default(), high_watermark: -1, log_start_offset: -1, next_offset: -1, error: Some(e.to_proto()) }
+    ReadResponse {
+        partition: Some(r),
+        batches: Default::default(),
+        high_watermark: -1,
+        log_start_offset: -1,
+        next_offset: -1,
+        error: Some(e.to_proto()),
+    }
 }
 
-pub(super) async fn serve(node: Arc<Node>, mut input: Streaming<ReadRequest>) -> Result<RpcStream<ReadResponse>, Status> {
+pub(super) async fn serve(
+    node: Arc<Node>,
+    mut input: Streaming<ReadRequest>,
+) -> Result<RpcStream<ReadResponse>, Status> {
     let start = match input.message().await?.and_then(|m| m.kind) {
         Some(Kind::Start(s)) => s,
         _ => return Err(Status::invalid_argument("the first message of a read stream must be a ReadStart")),
@@ -45,7 +55,9 @@ pub(super) async fn serve(node: Arc<Node>, mut input: Streaming<ReadRequest>) ->
 }
 
 fn open_cursor(node: &Node, p: sluice_proto::v1::ReadPartition) -> Result<Cursor, (PartitionRef, SluiceError)> {
-    let r = p.partition.ok_or_else(|| (PartitionRef::default(), SluiceError::InvalidRequest("read without a partition".into())))?;
+    let r = p
+        .partition
+        .ok_or_else(|| (PartitionRef::default(), SluiceError::InvalidRequest("read without a partition".into())))?;
     let served = node.partition(&r, None).map_err(|e| (r.clone(), e))?;
     let pid = PartitionId { topic: r.topic.clone(), topic_id: served.topic.topic_id, partition: r.partition };
     let o = served.log.offsets();

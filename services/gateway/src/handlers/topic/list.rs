@@ -9,7 +9,11 @@ pub fn handle(gw: &Gateway, _req: ListTopicsRequest) -> ListTopicsResponse {
     let topics = view
         .topics
         .values()
-        .map(|t| TopicSummary { name: t.name.clone(), partitions: t.partitions.len() as u32, replication_factor: t.replication_factor })
+        .map(|t| TopicSummary {
+            name: t.name.clone(),
+            partitions: t.partitions.len() as u32,
+            replication_factor: t.replication_factor,
+        })
         .collect();
     ListTopicsResponse { topics }
 }
