@@ -1,1 +1,90 @@
-//! e2e
+//! Helpers for the end-to-end tests: clusters with test-friendly timings, consuming
+//! everything from a topic, seeded randomness and deadlines.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use sluice_client::Client;
+use sluice_client::consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartFrom};
+use sluice_testkit::{Cluster, ClusterSpec};
+
+/// A cluster of `nodes` partition nodes with short leases and frequent cleaning.
+pub async fn cluster(nodes: u32) -> (Cluster, tempfile::TempDir) {
+    // SLUICE_KEEP_TEST_DIRS=1 keeps data and logs for a post-mortem.
+    let keep = std::env::var_os("SLUICE_KEEP_TEST_DIRS").is_some();
+    let dir = tempfile::Builder::new().prefix("sluice-test-").disable_cleanup(keep).tempdir().expect("temp dir");
+    if keep {
+        eprintln!("keeping {}", dir.path().display());
+    }
+    let mut spec = ClusterSpec::new(dir.path().join("cluster"));
+    spec.nodes = nodes;
+    spec.env = vec![
+        ("SLUICE_ETCD__LEASE_TTL_SECS".into(), "2".into()),
+        ("SLUICE_STORAGE__RETENTION_CHECK_INTERVAL_MS".into(), "200".into()),
+        ("RUST_LOG".into(), "info".into()),
+    ];
+    let c = Cluster::start(spec, true).await.unwrap_or_else(|e| panic!("cluster did not start: {e}"));
+    (c, dir)
+}
+
+pub async fn client(c: &Cluster) -> Client {
+    Client::connect(c.gateway()).await.expect("gateway reachable")
+}
+
+/// The seed for this test's randomness: `SLUICE_TEST_SEED` or a fresh one, printed so that a
+/// failure can be replayed.
+pub fn seed(test: &str) -> u64 {
+    let s = std::env::var("SLUICE_TEST_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(rand::random);
+    eprintln!("{test}: seed {s} (replay with SLUICE_TEST_SEED={s})");
+    s
+}
+
+/// Polls `f` until it returns Some, failing the test after `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads every partition of `topic` from the earliest offset until `expected` records have
+/// arrived (or nothing arrives for 3 s).
+pub async fn consume_all(client: &Client, topic: &str, expected: usize) -> Vec<ConsumerRecord> {
+    let mut c = Consumer::assign(client.clone(), topic, &[], StartFrom::Earliest, ConsumerConfig::default()).await.expect("assign");
+    let mut out = Vec::new();
+    while out.len() < expected {
+        let recs = c.poll(Duration::from_secs(3)).await.expect("poll");
+        if recs.is_empty() {
+            break;
+        }
+        out.extend(recs);
+    }
+    out
+}
+
+/// Checks that offsets are dense from 0 in every partition and returns records per partition.
+pub fn by_partition(records: &[ConsumerRecord]) -> HashMap<u32, Vec<&ConsumerRecord>> {
+    let mut m: HashMap<u32, Vec<&ConsumerRecord>> = HashMap::new();
+    for r in records {
+        m.entry(r.partition).or_default().push(r);
+    }
+    for (p, rs) in &m {
+        for (i, r) in rs.iter().enumerate() {
+            assert_eq!(r.offset, i as i64, "partition {p}: offsets must be dense from 0");
+        }
+    }
+    m
+}
+
+pub fn text(b: &Option<bytes::Bytes>) -> String {
+    b.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()
+}

@@ -6,6 +6,9 @@ use std::path::Path;
 
 use serde::{Serialize, de::DeserializeOwned};
 
+/// `SLUICE_*` variables read by the CLI and the test harness rather than by the services.
+pub const NOT_SETTINGS: &[&str] = &["SLUICE_GATEWAY", "SLUICE_BIN_DIR", "SLUICE_TEST_SEED", "SLUICE_KEEP_TEST_DIRS"];
+
 /// Why configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration error: {0}")]
@@ -21,8 +24,18 @@ pub fn load<T: Serialize + DeserializeOwned + Default>(file: Option<&Path>) -> R
         }
         b = b.add_source(config::File::from(f).format(config::FileFormat::Toml));
     }
-    b = b
-        .add_source(config::Environment::with_prefix("SLUICE").prefix_separator("_").separator("__").try_parsing(true));
+    // Variables that belong to the CLI and the tests, not to service settings.
+    let env: config::Map<String, String> =
+        std::env::vars().filter(|(k, _)| k.starts_with("SLUICE_") && !NOT_SETTINGS.contains(&k.as_str())).collect();
+    b = b.add_source(
+        config::Environment::with_prefix("SLUICE")
+            .prefix_separator("_")
+            .separator("__")
+            .list_separator(",")
+            .with_list_parse_key("etcd.endpoints")
+            .try_parsing(true)
+            .source(Some(env)),
+    );
     b.build().and_then(|c| c.try_deserialize()).map_err(|e| SettingsError(e.to_string()))
 }
 

@@ -112,7 +112,9 @@ impl EtcdMeta {
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(Duration::from_secs(5))
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+            // etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time) and
+            // closes the connection, taking the watch and the lease renewal with it.
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
         let client = tokio::time::timeout(timeout, Client::connect(endpoints, Some(opts))).await.map_err(|_| {
             SluiceError::MetadataUnavailable(format!(
                 "could not reach etcd at {} within {timeout:?}",

@@ -43,6 +43,9 @@ pub struct Node {
     pub id: u64,
     store: Arc<dyn LogStore>,
     view: watch::Receiver<Arc<ClusterView>>,
+    /// Held for the node's lifetime: dropping the store would stop the metadata watch and
+    /// the lease renewal that keeps this node registered.
+    _meta: Arc<dyn MetaStore>,
     logs: RwLock<HashMap<(u64, u32), Arc<dyn PartitionLog>>>,
 }
 
@@ -61,7 +64,9 @@ impl Node {
             .get(&r.topic)
             .filter(|t| r.topic_id == 0 || t.topic_id == r.topic_id)
             .cloned()
-            .ok_or_else(|| SluiceError::UnknownTopic(r.topic.clone()))?;
+            // The gateway routed here from its own view, so a topic this node does not know
+            // yet is metadata still propagating: retriable, not NOT_FOUND.
+            .ok_or_else(|| SluiceError::NotLeader { topic: r.topic.clone(), partition: r.partition, node: self.id })?;
         let a = topic.partitions.get(r.partition as usize).ok_or_else(|| SluiceError::UnknownPartition {
             topic: r.topic.clone(),
             partition: r.partition,
@@ -138,7 +143,7 @@ pub async fn start(
     let dir = settings.data_dir.clone();
     std::fs::create_dir_all(&dir)?;
     let store: Arc<dyn LogStore> = SledStore::open(&dir.join("sled"))?;
-    let node = Arc::new(Node { id: settings.node_id, store, view: meta.view(), logs: RwLock::new(HashMap::new()) });
+    let node = Arc::new(Node { id: settings.node_id, store, view: meta.view(), _meta: meta.clone(), logs: RwLock::new(HashMap::new()) });
     meta.register_node(NodeInfo { id: settings.node_id, addr: advertised }).await?;
 
     let mut view_rx = meta.view();

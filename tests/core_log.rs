@@ -1,0 +1,165 @@
+//! The core log end to end: real etcd, real partition nodes, a real gateway.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_client::consumer::{Consumer, ConsumerConfig, StartFrom};
+use sluice_client::producer::{Producer, ProducerConfig, ProducerRecord};
+use sluice_core::partitioner::partition_for_key;
+use sluice_proto::v1::{Acks, OffsetSpec};
+use sluice_tests::*;
+
+fn record(topic: &str, key: Option<String>, value: String) -> ProducerRecord {
+    ProducerRecord { topic: topic.into(), key: key.map(Bytes::from), value: Some(Bytes::from(value)), ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_records_round_trip_in_order_and_stay_after_being_read() {
+    let (c, _dir) = cluster(3).await;
+    let client = client(&c).await;
+    client.create_topic("orders", 6, 1, HashMap::new()).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig { max_in_flight: 1, ..Default::default() });
+    let mut acks = Vec::new();
+    for i in 0..3000 {
+        let key = format!("user-{}", i % 50);
+        acks.push((key.clone(), producer.send(record("orders", Some(key.clone()), format!("{key}#{i}"))).await.unwrap()));
+    }
+    producer.flush().await;
+    for (key, a) in acks {
+        let d = a.await.unwrap().unwrap();
+        assert_eq!(d.partition, partition_for_key(key.as_bytes(), 6), "{key} must land where Kafka's partitioner puts it");
+    }
+
+    let first = consume_all(&client, "orders", 3000).await;
+    assert_eq!(first.len(), 3000);
+    by_partition(&first);
+    let mut seen: HashMap<String, (u32, i64)> = HashMap::new();
+    for r in &first {
+        let (key, v) = (text(&r.key), text(&r.value));
+        let seq: i64 = v.rsplit('#').next().unwrap().parse().unwrap();
+        if let Some((p, last)) = seen.get(&key) {
+            assert_eq!(*p, r.partition, "{key} moved partitions");
+            assert!(seq > *last, "{key}: {seq} came after {last}");
+        }
+        seen.insert(key, (r.partition, seq));
+    }
+    // A second, independent consumer reads the same records: consuming removes nothing.
+    let second = consume_all(&client, "orders", 3000).await;
+    let key = |r: &sluice_client::consumer::ConsumerRecord| (r.partition, r.offset, r.value.clone());
+    let (mut a, mut b): (Vec<_>, Vec<_>) = (first.iter().map(key).collect(), second.iter().map(key).collect());
+    a.sort();
+    b.sort();
+    assert!(a == b, "a second reader must see the same {} records (it saw {})", a.len(), b.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_records_survive_kill_9_of_a_partition_node() {
+    let seed = seed("kill_9");
+    let (mut c, _dir) = cluster(3).await;
+    let client = client(&c).await;
+    client.create_topic("events", 6, 1, HashMap::new()).await.unwrap();
+    let victim = 1 + seed % 3;
+    let cfg = ProducerConfig { acks: Acks::All, delivery_timeout: Duration::from_secs(60), linger: Duration::from_millis(2), ..Default::default() };
+    let producer = Producer::new(client.clone(), cfg);
+    let mut pending = Vec::new();
+    for i in 0..6000u32 {
+        if i == 2000 {
+            c.kill("partition-node", victim);
+        }
+        if i == 3000 {
+            c.restart("partition-node", victim).await.unwrap();
+        }
+        pending.push((i, producer.send(record("events", None, format!("v{i}"))).await.unwrap()));
+        if i % 250 == 249 {
+            // Let deliveries catch up so the kill lands in the middle of a flowing stream.
+            producer.flush().await;
+        }
+    }
+    producer.flush().await;
+    let mut acked = HashSet::new();
+    for (i, p) in pending {
+        if let Ok(Ok(_)) = p.await {
+            acked.insert(format!("v{i}"));
+        }
+    }
+    assert!(acked.len() > 3000, "most records must be acknowledged, got {}", acked.len());
+    let read = consume_all(&client, "events", acked.len()).await;
+    by_partition(&read);
+    let values: HashSet<String> = read.iter().map(|r| text(&r.value)).collect();
+    let lost: Vec<_> = acked.difference(&values).take(5).collect();
+    assert!(lost.is_empty(), "acknowledged records lost after kill -9 of node {victim}: {lost:?}");
+    // Offsets continue densely after the restart.
+    let d = client.describe_topic("events").await.unwrap();
+    let total: i64 = d.partitions.iter().map(|p| p.log_end_offset).sum();
+    assert_eq!(total as usize, read.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_old_records_and_keeps_new_ones() {
+    let (c, _dir) = cluster(1).await;
+    let client = client(&c).await;
+    let cfg = HashMap::from([("retention.ms".to_string(), "60000".to_string())]);
+    client.create_topic("short", 1, 1, cfg).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let old = sluice_core::settings::now_ms() - 3_600_000;
+    for i in 0..10 {
+        let r = ProducerRecord { timestamp_ms: old + i, ..record("short", None, format!("old{i}")) };
+        producer.send(r).await.unwrap();
+    }
+    producer.flush().await;
+    for i in 0..10 {
+        producer.send(record("short", None, format!("new{i}"))).await.unwrap();
+    }
+    producer.flush().await;
+    eventually("retention to remove the old batch", Duration::from_secs(20), || {
+        let client = client.clone();
+        async move {
+            let d = client.describe_topic("short").await.ok()?;
+            (d.partitions[0].log_start_offset == 10).then_some(())
+        }
+    })
+    .await;
+    let left = consume_all(&client, "short", 10).await;
+    assert_eq!(left.iter().map(|r| text(&r.value)).collect::<Vec<_>>(), (0..10).map(|i| format!("new{i}")).collect::<Vec<_>>());
+    assert_eq!(left[0].offset, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamp_lookup_finds_the_first_record_at_or_after() {
+    let (c, _dir) = cluster(1).await;
+    let client = client(&c).await;
+    client.create_topic("timed", 1, 1, HashMap::new()).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig { linger: Duration::ZERO, ..Default::default() });
+    // Recent enough that the default 7-day retention keeps them.
+    let base = sluice_core::settings::now_ms() - 60_000;
+    for i in 0..20 {
+        let r = ProducerRecord { timestamp_ms: base + i * 1000, ..record("timed", None, format!("t{i}")) };
+        producer.send(r).await.unwrap().await.unwrap().unwrap();
+    }
+    let o = client.list_offsets("timed", vec![0], OffsetSpec::Timestamp, base + 7_500).await.unwrap();
+    assert_eq!((o[0].offset, o[0].timestamp_ms), (8, base + 8_000));
+    let none = client.list_offsets("timed", vec![0], OffsetSpec::Timestamp, base + 99_000).await.unwrap();
+    assert_eq!(none[0].offset, -1);
+    assert_eq!(none[0].log_end_offset, 20);
+    let mut consumer = Consumer::assign(client.clone(), "timed", &[0], StartFrom::Timestamp(base + 15_000), ConsumerConfig::default()).await.unwrap();
+    let recs = consumer.poll(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(text(&recs[0].value), "t15");
+    let earliest = client.list_offsets("timed", vec![], OffsetSpec::Earliest, 0).await.unwrap();
+    assert_eq!(earliest[0].offset, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_vanishes_from_the_metadata_and_comes_back() {
+    let (mut c, _dir) = cluster(2).await;
+    let client = client(&c).await;
+    assert_eq!(client.list_nodes().await.unwrap().len(), 2);
+    c.kill("partition-node", 2);
+    eventually("the lease of node 2 to expire", Duration::from_secs(15), || {
+        let client = client.clone();
+        async move { (client.list_nodes().await.ok()?.len() == 1).then_some(()) }
+    })
+    .await;
+    c.restart("partition-node", 2).await.unwrap();
+    c.wait_nodes(2).await.unwrap();
+}
