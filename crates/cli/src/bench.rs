@@ -22,24 +22,9 @@ use sluice_core::compression::Compression;
 use sluice_proto::v1::fetch_request::Kind;
 use sluice_proto::v1::{Acks, FetchCredit, FetchRequest, FetchStart, PartitionBatches, ProduceRequest};
 use tokio::sync::{Mutex, Semaphore, mpsc};
-use tokio_stream_shim::ReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::GatewayArg;
-
-mod tokio_stream_shim {
-    //! A minimal `Stream` over an mpsc receiver, so the CLI needs no extra crate for it.
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
-    pub struct ReceiverStream<T>(pub tokio::sync::mpsc::Receiver<T>);
-
-    impl<T> tonic::codegen::tokio_stream::Stream for ReceiverStream<T> {
-        type Item = T;
-        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
-            self.0.poll_recv(cx)
-        }
-    }
-}
 
 #[derive(clap::Args, Clone)]
 pub struct BenchArgs {
@@ -229,7 +214,7 @@ async fn produce(a: &BenchArgs, rate: Option<u64>, mode: &'static str) -> anyhow
     let payload: Vec<u8> = (0..a.record_size).map(|_| rand::random::<u8>()).collect();
 
     let (tx, rx) = mpsc::channel::<ProduceRequest>(a.in_flight.max(1) * 2);
-    let mut responses = client.broker().produce(ReceiverStream(rx)).await?.into_inner();
+    let mut responses = client.broker().produce(ReceiverStream::new(rx)).await?.into_inner();
     let window = Arc::new(Semaphore::new(a.in_flight.max(1)));
     let sent_at: Arc<Mutex<HashMap<u64, (Instant, u64)>>> = Arc::default();
     let done = Arc::new(AtomicU64::new(0));
@@ -325,7 +310,7 @@ async fn consume(a: &BenchArgs) -> anyhow::Result<Stats> {
     let start_msg =
         FetchStart { topic: a.topic.clone(), partitions: Vec::new(), max_bytes: credit, plain_records: false };
     tx.send(FetchRequest { kind: Some(Kind::Start(start_msg)) }).await?;
-    let mut stream = client.broker().fetch(ReceiverStream(rx)).await?.into_inner();
+    let mut stream = client.broker().fetch(ReceiverStream::new(rx)).await?.into_inner();
     let done = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
     let bar = progress("consume", done.clone(), bytes.clone(), target, dur);

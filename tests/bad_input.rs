@@ -1,0 +1,145 @@
+//! Bad input gets a precise status and a sentence naming the problem, and never hurts the
+//! service or its data.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_core::batch::BatchBuilder;
+use sluice_core::compression::Compression;
+use sluice_proto::v1::fetch_request::Kind;
+use sluice_proto::v1::*;
+use sluice_tests::*;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+async fn produce_one(client: &sluice_client::Client, req: ProduceRequest) -> ProduceResponse {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(req).await.unwrap();
+    let mut s = client.broker().produce(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    tokio::time::timeout(Duration::from_secs(20), s.message()).await.expect("answer in time").unwrap().unwrap()
+}
+
+fn plain(value: &[u8]) -> Record {
+    Record { key: None, value: Some(Bytes::copy_from_slice(value)), headers: vec![], timestamp_ms: 0, partition: Some(0) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_admin_refuses_bad_requests_with_precise_codes() {
+    let (c, _dir) = cluster(1).await;
+    let client = client(&c).await;
+    let create = |name: &str, partitions: u32, config: &[(&str, &str)]| {
+        let client = client.clone();
+        let name = name.to_string();
+        let config: HashMap<String, String> = config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        async move { client.create_topic(&name, partitions, 1, config).await.map(|_| ()).map_err(|e| (e.code(), e.to_string())) }
+    };
+    let long = "x".repeat(250);
+    for bad in ["", ".", "..", "a b", "a/b", "ünïcode", long.as_str()] {
+        let (code, msg) = create(bad, 1, &[]).await.unwrap_err();
+        assert_eq!(code, Some(Code::InvalidArgument), "{bad:?}: {msg}");
+        assert!(msg.contains("invalid topic name"), "{msg}");
+    }
+    assert!(create(&"x".repeat(249), 1, &[]).await.is_ok());
+    create("t", 2, &[]).await.unwrap();
+    let (code, msg) = create("t", 2, &[]).await.unwrap_err();
+    assert_eq!((code, msg.as_str()), (Some(Code::AlreadyExists), "topic 't' already exists"));
+    let (code, msg) = create("zero", 0, &[]).await.unwrap_err();
+    assert_eq!(code, Some(Code::InvalidArgument), "{msg}");
+    let (code, msg) = create("huge", 100_000, &[]).await.unwrap_err();
+    assert!(code == Some(Code::InvalidArgument) && msg.contains("maximum is 4096"), "{msg}");
+    let (code, msg) = create("cfg", 1, &[("retention.mss", "1")]).await.unwrap_err();
+    assert!(code == Some(Code::InvalidArgument) && msg.contains("unknown config key 'retention.mss'"), "{msg}");
+    let (code, msg) = create("cfg", 1, &[("retention.ms", "soon")]).await.unwrap_err();
+    assert!(code == Some(Code::InvalidArgument) && msg.contains("retention.ms=soon"), "{msg}");
+    let e = client.create_topic("rf", 1, 3, HashMap::new()).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::InvalidArgument), "{e}");
+    assert!(e.to_string().contains("replication factor 3"), "{e}");
+    let e = client.describe_topic("missing").await.unwrap_err();
+    assert_eq!((e.code(), e.to_string()), (Some(Code::NotFound), "topic 'missing' does not exist".to_string()));
+    let e = client.delete_topic("missing").await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::NotFound));
+    // Nothing of the above left a trace.
+    let names: Vec<String> = client.list_topics().await.unwrap().into_iter().map(|t| t.name).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_and_fetch_refuse_bad_records_and_offsets() {
+    let (c, _dir) = cluster(1).await;
+    let client = client(&c).await;
+    let cfg = HashMap::from([("max.message.bytes".to_string(), "2048".to_string())]);
+    client.create_topic("small", 2, 1, cfg).await.unwrap();
+    let base = ProduceRequest { id: 1, topic: "small".into(), acks: Acks::All as i32, ..Default::default() };
+
+    let ok = produce_one(&client, ProduceRequest { records: vec![plain(b"fine")], ..base.clone() }).await;
+    assert!(ok.error.is_none() && ok.partitions[0].error.is_none(), "{ok:?}");
+
+    let big = produce_one(&client, ProduceRequest { records: vec![plain(&[7u8; 4000])], ..base.clone() }).await;
+    let e = big.partitions[0].error.clone().expect("too large");
+    assert_eq!(Code::from_i32(e.code), Code::InvalidArgument);
+    assert!(e.message.contains("max.message.bytes (2048 bytes)"), "{}", e.message);
+
+    let unknown = produce_one(&client, ProduceRequest { topic: "nope".into(), records: vec![plain(b"x")], ..base.clone() }).await;
+    assert_eq!(Code::from_i32(unknown.error.expect("unknown topic").code), Code::NotFound);
+
+    let bad_partition = Record { partition: Some(9), ..plain(b"x") };
+    let r = produce_one(&client, ProduceRequest { records: vec![bad_partition], ..base.clone() }).await;
+    let e = r.partitions[0].error.clone().expect("unknown partition");
+    assert_eq!(Code::from_i32(e.code), Code::NotFound);
+    assert!(e.message.contains("partition 9 of topic 'small' does not exist"), "{}", e.message);
+
+    let mut b = BatchBuilder::new(Compression::None);
+    b.push(1, None, Some(b"payload"), &[]);
+    let mut corrupt = b.build().unwrap().to_vec();
+    let n = corrupt.len();
+    corrupt[n - 3] ^= 0x55;
+    let batches = vec![PartitionBatches { partition: 1, data: Bytes::from(corrupt) }];
+    let r = produce_one(&client, ProduceRequest { batches, ..base.clone() }).await;
+    let e = r.partitions[0].error.clone().expect("corrupt batch");
+    assert_eq!(Code::from_i32(e.code), Code::InvalidArgument);
+    assert!(e.message.contains("CRC"), "{}", e.message);
+    let garbage = vec![PartitionBatches { partition: 1, data: Bytes::from_static(b"not a batch at all, just bytes......................................") }];
+    let r = produce_one(&client, ProduceRequest { batches: garbage, ..base.clone() }).await;
+    assert_eq!(Code::from_i32(r.partitions[0].error.clone().expect("garbage").code), Code::InvalidArgument);
+    let empty = produce_one(&client, base.clone()).await;
+    assert_eq!(Code::from_i32(empty.error.expect("empty request").code), Code::InvalidArgument);
+
+    // Fetch: out of range names the valid range; unknown partition is NOT_FOUND.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let start = FetchStart { topic: "small".into(), partitions: vec![FetchPartition { partition: 0, offset: 50 }], max_bytes: 0, plain_records: true };
+    tx.send(FetchRequest { kind: Some(Kind::Start(start)) }).await.unwrap();
+    let mut s = client.broker().fetch(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let resp = tokio::time::timeout(Duration::from_secs(10), s.message()).await.unwrap().unwrap().unwrap();
+    let e = resp.error.expect("out of range");
+    assert_eq!(Code::from_i32(e.code), Code::OutOfRange);
+    assert!(e.message.contains("valid offsets are 0 to 1"), "{}", e.message);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let start = FetchStart { topic: "small".into(), partitions: vec![FetchPartition { partition: 5, offset: 0 }], max_bytes: 0, plain_records: true };
+    tx.send(FetchRequest { kind: Some(Kind::Start(start)) }).await.unwrap();
+    let status = client.broker().fetch(ReceiverStream::new(rx)).await.err().expect("unknown partition");
+    assert_eq!(status.code(), Code::NotFound);
+
+    // The service is still up and nothing bad was stored: only "fine" is there.
+    let recs = consume_all(&client, "small", 1).await;
+    assert_eq!(recs.iter().map(|r| text(&r.value)).collect::<Vec<_>>(), vec!["fine"]);
+    let d = client.describe_topic("small").await.unwrap();
+    assert_eq!(d.partitions.iter().map(|p| p.log_end_offset).sum::<i64>(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_is_down_answers_unavailable_and_retriable() {
+    let (mut c, _dir) = cluster(2).await;
+    let client = client(&c).await;
+    let t = client.create_topic("spread", 2, 1, HashMap::new()).await.unwrap();
+    let down = t.partitions[0].leader;
+    c.kill("partition-node", down);
+    let req = ProduceRequest { id: 7, topic: "spread".into(), acks: Acks::All as i32, records: vec![plain(b"x")], timeout_ms: 5_000, ..Default::default() };
+    let r = produce_one(&client, req).await;
+    let e = r.partitions[0].error.clone().expect("node down");
+    assert_eq!(Code::from_i32(e.code), Code::Unavailable, "{}", e.message);
+    assert!(e.retriable);
+    let d = client.describe_topic("spread").await.unwrap();
+    let e = d.partitions[0].error.clone().expect("describe reports the dead leader");
+    assert_eq!(Code::from_i32(e.code), Code::Unavailable);
+}
