@@ -21,7 +21,13 @@ async fn produce_one(client: &sluice_client::Client, req: ProduceRequest) -> Pro
 }
 
 fn plain(value: &[u8]) -> Record {
-    Record { key: None, value: Some(Bytes::copy_from_slice(value)), headers: vec![], timestamp_ms: 0, partition: Some(0) }
+    Record {
+        key: None,
+        value: Some(Bytes::copy_from_slice(value)),
+        headers: vec![],
+        timestamp_ms: 0,
+        partition: Some(0),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,7 +38,9 @@ async fn topic_admin_refuses_bad_requests_with_precise_codes() {
         let client = client.clone();
         let name = name.to_string();
         let config: HashMap<String, String> = config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        async move { client.create_topic(&name, partitions, 1, config).await.map(|_| ()).map_err(|e| (e.code(), e.to_string())) }
+        async move {
+            client.create_topic(&name, partitions, 1, config).await.map(|_| ()).map_err(|e| (e.code(), e.to_string()))
+        }
     };
     let long = "x".repeat(250);
     for bad in ["", ".", "..", "a b", "a/b", "ünïcode", long.as_str()] {
@@ -80,7 +88,8 @@ async fn produce_and_fetch_refuse_bad_records_and_offsets() {
     assert_eq!(Code::from_i32(e.code), Code::InvalidArgument);
     assert!(e.message.contains("max.message.bytes (2048 bytes)"), "{}", e.message);
 
-    let unknown = produce_one(&client, ProduceRequest { topic: "nope".into(), records: vec![plain(b"x")], ..base.clone() }).await;
+    let unknown =
+        produce_one(&client, ProduceRequest { topic: "nope".into(), records: vec![plain(b"x")], ..base.clone() }).await;
     assert_eq!(Code::from_i32(unknown.error.expect("unknown topic").code), Code::NotFound);
 
     let bad_partition = Record { partition: Some(9), ..plain(b"x") };
@@ -99,7 +108,10 @@ async fn produce_and_fetch_refuse_bad_records_and_offsets() {
     let e = r.partitions[0].error.clone().expect("corrupt batch");
     assert_eq!(Code::from_i32(e.code), Code::InvalidArgument);
     assert!(e.message.contains("CRC"), "{}", e.message);
-    let garbage = vec![PartitionBatches { partition: 1, data: Bytes::from_static(b"not a batch at all, just bytes......................................") }];
+    let garbage = vec![PartitionBatches {
+        partition: 1,
+        data: Bytes::from_static(b"not a batch at all, just bytes......................................"),
+    }];
     let r = produce_one(&client, ProduceRequest { batches: garbage, ..base.clone() }).await;
     assert_eq!(Code::from_i32(r.partitions[0].error.clone().expect("garbage").code), Code::InvalidArgument);
     let empty = produce_one(&client, base.clone()).await;
@@ -107,7 +119,12 @@ async fn produce_and_fetch_refuse_bad_records_and_offsets() {
 
     // Fetch: out of range names the valid range; unknown partition is NOT_FOUND.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let start = FetchStart { topic: "small".into(), partitions: vec![FetchPartition { partition: 0, offset: 50 }], max_bytes: 0, plain_records: true };
+    let start = FetchStart {
+        topic: "small".into(),
+        partitions: vec![FetchPartition { partition: 0, offset: 50 }],
+        max_bytes: 0,
+        plain_records: true,
+    };
     tx.send(FetchRequest { kind: Some(Kind::Start(start)) }).await.unwrap();
     let mut s = client.broker().fetch(ReceiverStream::new(rx)).await.unwrap().into_inner();
     let resp = tokio::time::timeout(Duration::from_secs(10), s.message()).await.unwrap().unwrap().unwrap();
@@ -115,9 +132,14 @@ async fn produce_and_fetch_refuse_bad_records_and_offsets() {
     assert_eq!(Code::from_i32(e.code), Code::OutOfRange);
     assert!(e.message.contains("valid offsets are 0 to 1"), "{}", e.message);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let start = FetchStart { topic: "small".into(), partitions: vec![FetchPartition { partition: 5, offset: 0 }], max_bytes: 0, plain_records: true };
+    let start = FetchStart {
+        topic: "small".into(),
+        partitions: vec![FetchPartition { partition: 5, offset: 0 }],
+        max_bytes: 0,
+        plain_records: true,
+    };
     tx.send(FetchRequest { kind: Some(Kind::Start(start)) }).await.unwrap();
-    let status = client.broker().fetch(ReceiverStream::new(rx)).await.err().expect("unknown partition");
+    let status = client.broker().fetch(ReceiverStream::new(rx)).await.expect_err("unknown partition");
     assert_eq!(status.code(), Code::NotFound);
 
     // The service is still up and nothing bad was stored: only "fine" is there.
@@ -134,7 +156,14 @@ async fn a_node_that_is_down_answers_unavailable_and_retriable() {
     let t = client.create_topic("spread", 2, 1, HashMap::new()).await.unwrap();
     let down = t.partitions[0].leader;
     c.kill("partition-node", down);
-    let req = ProduceRequest { id: 7, topic: "spread".into(), acks: Acks::All as i32, records: vec![plain(b"x")], timeout_ms: 5_000, ..Default::default() };
+    let req = ProduceRequest {
+        id: 7,
+        topic: "spread".into(),
+        acks: Acks::All as i32,
+        records: vec![plain(b"x")],
+        timeout_ms: 5_000,
+        ..Default::default()
+    };
     let r = produce_one(&client, req).await;
     let e = r.partitions[0].error.clone().expect("node down");
     assert_eq!(Code::from_i32(e.code), Code::Unavailable, "{}", e.message);

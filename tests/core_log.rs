@@ -11,7 +11,12 @@ use sluice_proto::v1::{Acks, OffsetSpec};
 use sluice_tests::*;
 
 fn record(topic: &str, key: Option<String>, value: String) -> ProducerRecord {
-    ProducerRecord { topic: topic.into(), key: key.map(Bytes::from), value: Some(Bytes::from(value)), ..Default::default() }
+    ProducerRecord {
+        topic: topic.into(),
+        key: key.map(Bytes::from),
+        value: Some(Bytes::from(value)),
+        ..Default::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,12 +28,19 @@ async fn keyed_records_round_trip_in_order_and_stay_after_being_read() {
     let mut acks = Vec::new();
     for i in 0..3000 {
         let key = format!("user-{}", i % 50);
-        acks.push((key.clone(), producer.send(record("orders", Some(key.clone()), format!("{key}#{i}"))).await.unwrap()));
+        acks.push((
+            key.clone(),
+            producer.send(record("orders", Some(key.clone()), format!("{key}#{i}"))).await.unwrap(),
+        ));
     }
     producer.flush().await;
     for (key, a) in acks {
         let d = a.await.unwrap().unwrap();
-        assert_eq!(d.partition, partition_for_key(key.as_bytes(), 6), "{key} must land where Kafka's partitioner puts it");
+        assert_eq!(
+            d.partition,
+            partition_for_key(key.as_bytes(), 6),
+            "{key} must land where Kafka's partitioner puts it"
+        );
     }
 
     let first = consume_all(&client, "orders", 3000).await;
@@ -60,7 +72,12 @@ async fn acknowledged_records_survive_kill_9_of_a_partition_node() {
     let client = client(&c).await;
     client.create_topic("events", 6, 1, HashMap::new()).await.unwrap();
     let victim = 1 + seed % 3;
-    let cfg = ProducerConfig { acks: Acks::All, delivery_timeout: Duration::from_secs(60), linger: Duration::from_millis(2), ..Default::default() };
+    let cfg = ProducerConfig {
+        acks: Acks::All,
+        delivery_timeout: Duration::from_secs(60),
+        linger: Duration::from_millis(2),
+        ..Default::default()
+    };
     let producer = Producer::new(client.clone(), cfg);
     let mut pending = Vec::new();
     for i in 0..6000u32 {
@@ -123,7 +140,10 @@ async fn retention_removes_old_records_and_keeps_new_ones() {
     })
     .await;
     let left = consume_all(&client, "short", 10).await;
-    assert_eq!(left.iter().map(|r| text(&r.value)).collect::<Vec<_>>(), (0..10).map(|i| format!("new{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        left.iter().map(|r| text(&r.value)).collect::<Vec<_>>(),
+        (0..10).map(|i| format!("new{i}")).collect::<Vec<_>>()
+    );
     assert_eq!(left[0].offset, 10);
 }
 
@@ -144,7 +164,10 @@ async fn timestamp_lookup_finds_the_first_record_at_or_after() {
     let none = client.list_offsets("timed", vec![0], OffsetSpec::Timestamp, base + 99_000).await.unwrap();
     assert_eq!(none[0].offset, -1);
     assert_eq!(none[0].log_end_offset, 20);
-    let mut consumer = Consumer::assign(client.clone(), "timed", &[0], StartFrom::Timestamp(base + 15_000), ConsumerConfig::default()).await.unwrap();
+    let mut consumer =
+        Consumer::assign(client.clone(), "timed", &[0], StartFrom::Timestamp(base + 15_000), ConsumerConfig::default())
+            .await
+            .unwrap();
     let recs = consumer.poll(Duration::from_secs(5)).await.unwrap();
     assert_eq!(text(&recs[0].value), "t15");
     let earliest = client.list_offsets("timed", vec![], OffsetSpec::Earliest, 0).await.unwrap();

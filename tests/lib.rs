@@ -59,7 +59,9 @@ where
 /// Reads every partition of `topic` from the earliest offset until `expected` records have
 /// arrived (or nothing arrives for 3 s).
 pub async fn consume_all(client: &Client, topic: &str, expected: usize) -> Vec<ConsumerRecord> {
-    let mut c = Consumer::assign(client.clone(), topic, &[], StartFrom::Earliest, ConsumerConfig::default()).await.expect("assign");
+    let mut c = Consumer::assign(client.clone(), topic, &[], StartFrom::Earliest, ConsumerConfig::default())
+        .await
+        .expect("assign");
     let mut out = Vec::new();
     while out.len() < expected {
         let recs = c.poll(Duration::from_secs(3)).await.expect("poll");

@@ -49,10 +49,12 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
         .add_service(sluice_runtime::reflection()?)
         .add_service(gateway.admin_server())
         .add_service(gateway.broker_server())
-        .add_service(NodeService::new(node).into_server());
+        .add_service(NodeService::new(node.clone()).into_server());
     tracing::info!(%addr, data_dir = %a.data_dir.display(), "sluice dev listening");
     println!("Sluice dev is ready. Gateway: {addr}");
     sluice_runtime::serve(router, listener, shutdown).await?;
+    // Everything appended is made durable before the process ends.
+    node.sync().await?;
     println!("Sluice dev stopped.");
     Ok(ExitCode::SUCCESS)
 }

@@ -270,13 +270,25 @@ pub fn server() -> tonic::transport::Server {
         .http2_adaptive_window(Some(true))
 }
 
-/// Serves `router` on `listener` until `shutdown`.
+/// How long open streams get to finish after the stop signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Serves `router` on `listener` until `shutdown`. Open streams get a short grace period:
+/// long-lived streams (fetch long polls, a gateway's append stream to its own node in dev
+/// mode) would otherwise hold the process forever.
 pub async fn serve(
     router: tonic::transport::server::Router,
     listener: tokio::net::TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    router.serve_with_incoming_shutdown(incoming, async move { shutdown.wait().await }).await?;
+    let stop = shutdown.clone();
+    let server = router.serve_with_incoming_shutdown(incoming, async move { stop.wait().await });
+    tokio::select! {
+        r = server => r?,
+        _ = async { shutdown.wait().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            tracing::info!("streams still open after the grace period; stopping anyway");
+        }
+    }
     Ok(())
 }

@@ -143,7 +143,13 @@ pub async fn start(
     let dir = settings.data_dir.clone();
     std::fs::create_dir_all(&dir)?;
     let store: Arc<dyn LogStore> = SledStore::open(&dir.join("sled"))?;
-    let node = Arc::new(Node { id: settings.node_id, store, view: meta.view(), _meta: meta.clone(), logs: RwLock::new(HashMap::new()) });
+    let node = Arc::new(Node {
+        id: settings.node_id,
+        store,
+        view: meta.view(),
+        _meta: meta.clone(),
+        logs: RwLock::new(HashMap::new()),
+    });
     meta.register_node(NodeInfo { id: settings.node_id, addr: advertised }).await?;
 
     let mut view_rx = meta.view();

@@ -28,5 +28,9 @@ async fn main() -> anyhow::Result<()> {
         .add_service(sluice_runtime::reflection()?)
         .add_service(NodeService::new(node.clone()).into_server());
     tracing::info!(%addr, node_id = node.id, "partition node listening");
-    sluice_runtime::serve(router, listener, shutdown).await
+    sluice_runtime::serve(router, listener, shutdown).await?;
+    // Everything appended is made durable before the process ends.
+    node.sync().await?;
+    tracing::info!("partition node stopped");
+    Ok(())
 }

@@ -1,0 +1,209 @@
+//! The `sluice` command-line contract, driven from outside as a user or a script would.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use sluice_tests::*;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn sluice(gateway: &str, args: &[&str], stdin: &str) -> Out {
+    let bin = sluice_testkit::binary("sluice").expect("sluice binary");
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("SLUICE_GATEWAY", gateway)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sluice");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin.as_bytes()).await.expect("write stdin");
+    drop(input);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("sluice finished in time")
+        .expect("output");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_produce_consume_contract() {
+    let (c, _dir) = cluster(2).await;
+    let gw = c.gateway().to_string();
+    let ok =
+        sluice(&gw, &["topic", "create", "clicks", "--partitions", "3", "--config", "retention.ms=3600000"], "").await;
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    let dup = sluice(&gw, &["topic", "create", "clicks", "--partitions", "3"], "").await;
+    assert_eq!((dup.code, dup.stderr.trim()), (1, "error: topic 'clicks' already exists"));
+    let bad = sluice(&gw, &["topic", "create", "no/slash"], "").await;
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.starts_with("error: invalid topic name"), "{}", bad.stderr);
+    let cfg = sluice(&gw, &["topic", "create", "c2", "--config", "retention.ms"], "").await;
+    assert!(cfg.code == 1 && cfg.stderr.contains("is not KEY=VALUE"), "{}", cfg.stderr);
+
+    let list = sluice(&gw, &["topic", "list"], "").await;
+    assert!(list.stdout.contains("clicks\tpartitions=3"), "{}", list.stdout);
+
+    let lines: String = (0..300).map(|i| format!("user{}|click-{i}\n", i % 7)).collect();
+    let p = sluice(&gw, &["produce", "clicks", "--key-separator", "|", "--print-acks", "--acks", "all"], &lines).await;
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    let acks: Vec<(u32, i64, String)> = p
+        .stdout
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].to_string())
+        })
+        .collect();
+    assert_eq!(acks.len(), 300);
+    assert!(p.stderr.contains("produced 300 records"), "{}", p.stderr);
+
+    let cons =
+        sluice(&gw, &["consume", "clicks", "--idle-timeout-ms", "1500", "--format", "%p\\t%o\\t%k\\t%s\\n"], "").await;
+    assert_eq!(cons.code, 0, "{}", cons.stderr);
+    let mut read: Vec<(u32, i64, String)> = cons
+        .stdout
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            assert_eq!(f[3].split('-').count(), 2);
+            let key_ok = f[2].starts_with("user");
+            assert!(key_ok, "{l}");
+            (f[0].parse().unwrap(), f[1].parse().unwrap(), f[3].to_string())
+        })
+        .collect();
+    let mut expected = acks.clone();
+    read.sort();
+    expected.sort();
+    assert_eq!(read, expected, "what was acknowledged is exactly what is read back");
+
+    let some =
+        sluice(&gw, &["consume", "clicks", "--partition", "0", "--max-messages", "5", "--format", "%o\\n"], "").await;
+    assert_eq!(some.stdout.lines().collect::<Vec<_>>(), vec!["0", "1", "2", "3", "4"]);
+    let latest = sluice(&gw, &["consume", "clicks", "--from", "latest", "--idle-timeout-ms", "500"], "").await;
+    assert_eq!((latest.code, latest.stdout.as_str()), (0, ""));
+    let later = sluice(&gw, &["consume", "clicks", "--from", "@99999999999999", "--idle-timeout-ms", "500"], "").await;
+    assert_eq!(later.stdout, "");
+    let from_offset = sluice(
+        &gw,
+        &["consume", "clicks", "--partition", "1", "--from", "3", "--max-messages", "1", "--format", "%o"],
+        "",
+    )
+    .await;
+    assert_eq!(from_offset.stdout, "3");
+    let missing = sluice(&gw, &["consume", "nope", "--idle-timeout-ms", "500"], "").await;
+    assert_eq!((missing.code, missing.stderr.trim()), (1, "error: topic 'nope' does not exist"));
+    let range =
+        sluice(&gw, &["consume", "clicks", "--partition", "0", "--from", "100000", "--idle-timeout-ms", "500"], "")
+            .await;
+    assert!(range.code == 1 && range.stderr.contains("out of range"), "{}", range.stderr);
+    let missing_p = sluice(&gw, &["produce", "nope"], "x\n").await;
+    assert_eq!((missing_p.code, missing_p.stderr.trim()), (1, "error: topic 'nope' does not exist"));
+    let bad_partition = sluice(&gw, &["produce", "clicks", "--partition", "7", "--print-acks"], "x\n").await;
+    assert_eq!(bad_partition.code, 1);
+    assert!(bad_partition.stderr.contains("partition 7 of topic 'clicks' does not exist"), "{}", bad_partition.stderr);
+
+    let d = sluice(&gw, &["topic", "describe", "clicks"], "").await;
+    assert!(d.stdout.contains("Partitions: 3") && d.stdout.contains("retention.ms=3600000"), "{}", d.stdout);
+    let total: i64 = d
+        .stdout
+        .lines()
+        .filter_map(|l| l.split("Latest: ").nth(1))
+        .map(|r| r.split('\t').next().unwrap().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(total, 300);
+    assert_eq!(sluice(&gw, &["topic", "delete", "clicks"], "").await.code, 0);
+    let gone = sluice(&gw, &["topic", "describe", "clicks"], "").await;
+    assert_eq!(gone.code, 1);
+    let unreachable = sluice("127.0.0.1:1", &["topic", "list"], "").await;
+    assert!(
+        unreachable.code == 1 && unreachable.stderr.contains("cannot reach the gateway at 127.0.0.1:1"),
+        "{}",
+        unreachable.stderr
+    );
+}
+
+async fn start_dev(dir: &Path, addr: &str) -> tokio::process::Child {
+    let bin = sluice_testkit::binary("sluice").expect("sluice binary");
+    let mut child = Command::new(bin)
+        .args(["dev", "--listen", addr, "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sluice dev");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("dev ready in time")
+        .unwrap()
+        .unwrap_or_default();
+    assert_eq!(first, format!("Sluice dev is ready. Gateway: {addr}"));
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_serves_stops_on_sigterm_and_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", sluice_testkit::free_port());
+    let mut dev = start_dev(dir.path(), &addr).await;
+    assert_eq!(sluice(&addr, &["topic", "create", "keep", "--partitions", "2"], "").await.code, 0);
+    let p = sluice(&addr, &["produce", "keep", "--key-separator", ":"], "a:1\nb:2\nc:3\n").await;
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    assert!(sluice_testkit::signal(dev.id().unwrap(), "TERM"));
+    let status =
+        tokio::time::timeout(Duration::from_secs(15), dev.wait()).await.expect("dev stops on SIGTERM").unwrap();
+    assert!(status.success(), "{status:?}");
+
+    let _dev = start_dev(dir.path(), &addr).await;
+    let c = sluice(&addr, &["consume", "keep", "--idle-timeout-ms", "1000", "--format", "%k=%s\\n"], "").await;
+    let mut got: Vec<&str> = c.stdout.lines().collect();
+    got.sort();
+    assert_eq!(got, vec!["a=1", "b=2", "c=3"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_up_writes_its_manifest_and_down_stops_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let cdir = dir.path().join("c");
+    let cdir_s = cdir.display().to_string();
+    let up = sluice("", &["cluster", "up", "--nodes", "2", "--dir", &cdir_s], "").await;
+    assert_eq!(up.code, 0, "{}", up.stderr);
+    let gw = up.stdout.trim().to_string();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cdir.join("cluster.json")).unwrap()).unwrap();
+    let procs = manifest["processes"].as_array().unwrap().clone();
+    let roles: Vec<&str> = procs.iter().map(|p| p["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, vec!["etcd", "partition-node", "partition-node", "gateway", "group-coordinator"]);
+    for p in &procs {
+        for field in ["role", "id", "pid", "addr", "data_dir", "log", "cmd"] {
+            assert!(!p[field].is_null(), "{field} missing in {p}");
+        }
+    }
+    assert_eq!(manifest["gateway"].as_str().unwrap(), gw);
+    let created = sluice(&gw, &["topic", "create", "x", "--partitions", "4"], "").await;
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    let again = sluice("", &["cluster", "up", "--dir", &cdir_s], "").await;
+    assert!(again.code == 1 && again.stderr.contains("already recorded"), "{}", again.stderr);
+    let down = sluice("", &["cluster", "down", "--dir", &cdir_s], "").await;
+    assert_eq!(down.code, 0, "{}", down.stderr);
+    for p in &procs {
+        let pid = p["pid"].as_u64().unwrap() as u32;
+        assert!(!sluice_testkit::signal(pid, "0"), "process {pid} ({}) still running", p["role"]);
+    }
+}
