@@ -265,9 +265,8 @@ pub fn server() -> tonic::transport::Server {
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .initial_stream_window_size(Some(4 << 20))
-        .initial_connection_window_size(Some(16 << 20))
-        .http2_adaptive_window(Some(true))
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20))
 }
 
 /// How long open streams get to finish after the stop signal.

@@ -58,8 +58,8 @@ impl NodePool {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
-            .initial_stream_window_size(Some(4 << 20))
-            .initial_connection_window_size(Some(16 << 20));
+            .initial_stream_window_size(Some(8 << 20))
+            .initial_connection_window_size(Some(32 << 20));
         let client = PartitionNodeClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(80 << 20)
             .max_encoding_message_size(80 << 20);

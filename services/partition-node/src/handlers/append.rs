@@ -1,9 +1,12 @@
 //! `Append`: batches from gateways, many in flight on one stream.
 //!
-//! Appends are applied in the order they arrive on the stream (a producer's pipelined requests
-//! keep their order); acknowledgements that wait for a flush are completed by separate tasks
-//! so that concurrent acks=all writes share one group commit.
+//! Each partition gets a worker for the life of the stream: appends to one partition are
+//! applied in the order they arrived (a producer's pipelined requests keep their order), while
+//! different partitions are written concurrently on the blocking pool, so one stream can use
+//! every core. Acknowledgements that wait for durability are completed by separate tasks, so
+//! that concurrent acks=all writes share one group commit.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use sluice_core::SluiceError;
@@ -17,6 +20,8 @@ use tracing::Instrument;
 
 use super::RpcStream;
 use crate::{Node, map_storage};
+
+type Responder = mpsc::Sender<Result<AppendResponse, Status>>;
 
 fn failure(id: u64, e: SluiceError) -> AppendResponse {
     AppendResponse {
@@ -34,6 +39,7 @@ pub(super) fn serve(node: Arc<Node>, mut input: Streaming<AppendRequest>) -> Rpc
     let span = tracing::info_span!("append_stream", node = node.id);
     tokio::spawn(
         async move {
+            let mut workers: HashMap<(String, u32), mpsc::Sender<AppendRequest>> = HashMap::new();
             while let Some(msg) = input.next().await {
                 let req = match msg {
                     Ok(r) => r,
@@ -42,37 +48,56 @@ pub(super) fn serve(node: Arc<Node>, mut input: Streaming<AppendRequest>) -> Rpc
                         break;
                     }
                 };
-                let id = req.id;
-                let acks = Acks::try_from(req.acks).unwrap_or(Acks::All);
-                let result = append_one(&node, req);
-                match (result, acks) {
-                    (Ok(resp), Acks::All | Acks::Unspecified) => {
-                        let node = node.clone();
-                        let tx = tx.clone();
-                        tokio::spawn(async move {
-                            let resp = match node.sync().await {
-                                Ok(()) => resp,
-                                Err(e) => failure(id, e),
-                            };
-                            let _ = tx.send(Ok(resp)).await;
-                        });
-                    }
-                    (Ok(resp), _) => {
-                        if tx.send(Ok(resp)).await.is_err() {
-                            break;
-                        }
-                    }
-                    (Err(e), _) => {
-                        if tx.send(Ok(failure(id, e))).await.is_err() {
-                            break;
-                        }
-                    }
+                let key = req.partition.as_ref().map(|p| (p.topic.clone(), p.partition)).unwrap_or_default();
+                let worker = workers.entry(key).or_insert_with(|| spawn_worker(node.clone(), tx.clone()));
+                if let Err(mpsc::error::SendError(req)) = worker.send(req).await {
+                    let _ =
+                        tx.send(Ok(failure(req.id, SluiceError::Internal("partition worker stopped".into())))).await;
                 }
             }
         }
         .instrument(span),
     );
     Box::pin(ReceiverStream::new(rx))
+}
+
+fn spawn_worker(node: Arc<Node>, tx: Responder) -> mpsc::Sender<AppendRequest> {
+    let (wtx, mut wrx) = mpsc::channel::<AppendRequest>(256);
+    tokio::spawn(async move {
+        while let Some(req) = wrx.recv().await {
+            let id = req.id;
+            let acks = Acks::try_from(req.acks).unwrap_or(Acks::All);
+            let n = node.clone();
+            // sled writes are blocking work: keep them off the async workers.
+            let result = match tokio::task::spawn_blocking(move || append_one(&n, req)).await {
+                Ok(r) => r,
+                Err(e) => Err(SluiceError::Internal(format!("append task failed: {e}"))),
+            };
+            match (result, acks) {
+                (Ok(resp), Acks::All | Acks::Unspecified) => {
+                    let (node, tx) = (node.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        let resp = match node.sync().await {
+                            Ok(()) => resp,
+                            Err(e) => failure(id, e),
+                        };
+                        let _ = tx.send(Ok(resp)).await;
+                    });
+                }
+                (Ok(resp), _) => {
+                    if tx.send(Ok(resp)).await.is_err() {
+                        break;
+                    }
+                }
+                (Err(e), _) => {
+                    if tx.send(Ok(failure(id, e))).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    wtx
 }
 
 fn append_one(node: &Node, req: AppendRequest) -> Result<AppendResponse, SluiceError> {
