@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use sluice_gateway::Gateway;
 use sluice_gateway::handlers::GatewayService;
-use sluice_partition_node::handlers::NodeService;
+use sluice_partition_node::handlers::{LocalNode, NodeService};
 use sluice_runtime::{Settings, Shutdown};
 
 #[derive(clap::Args)]
@@ -35,7 +35,10 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
     let mut node_settings = settings.clone();
     node_settings.data_dir = a.data_dir.join(format!("node-{}", settings.node_id));
     let node = sluice_partition_node::start(&node_settings, meta.clone(), addr.to_string(), shutdown.clone()).await?;
-    let gateway = GatewayService::new(Gateway::new(meta, settings.gateway.clone()));
+    let gw = Gateway::new(meta, settings.gateway.clone());
+    // The gateway reaches this process's node by calling it, not over loopback gRPC.
+    gw.pool.add_local(node.id, std::sync::Arc::new(LocalNode(node.clone())));
+    let gateway = GatewayService::new(gw);
     let (_health, health) = sluice_runtime::health(&[
         "sluice.v1.Admin",
         "sluice.v1.Broker",

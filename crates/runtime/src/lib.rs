@@ -4,6 +4,9 @@
 //! - [`CommonArgs`]: the command-line flags every service takes.
 //! - [`connect_meta`]: the metadata store the settings ask for (etcd, or embedded).
 //! - [`serve`]: a tonic server with health and reflection, stopped by [`Shutdown`].
+//! - [`node_api`]: the partition-node API as a trait, over gRPC or in process.
+
+pub mod node_api;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -13,10 +13,33 @@ use std::time::Duration;
 use sluice_core::SluiceError;
 use sluice_meta::NodeInfo;
 use sluice_proto::v1::partition_node_client::PartitionNodeClient;
-use sluice_proto::v1::{AppendRequest, AppendResponse};
+use sluice_proto::v1::{
+    AppendRequest, AppendResponse, PartitionOffsetsRequest, PartitionOffsetsResponse, ReadRequest, ReadResponse,
+};
+use sluice_runtime::node_api::{NodeApi, NodeStream};
 use tokio::sync::{mpsc, oneshot};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
+
+/// A node in another process, over gRPC.
+struct RemoteNode(PartitionNodeClient<Channel>);
+
+#[tonic::async_trait]
+impl NodeApi for RemoteNode {
+    async fn append(&self, input: mpsc::Receiver<AppendRequest>) -> Result<NodeStream<AppendResponse>, Status> {
+        Ok(Box::pin(self.0.clone().append(ReceiverStream::new(input)).await?.into_inner()))
+    }
+
+    async fn read(&self, input: mpsc::Receiver<ReadRequest>) -> Result<NodeStream<ReadResponse>, Status> {
+        Ok(Box::pin(self.0.clone().read(ReceiverStream::new(input)).await?.into_inner()))
+    }
+
+    async fn partition_offsets(&self, req: PartitionOffsetsRequest) -> Result<PartitionOffsetsResponse, Status> {
+        Ok(self.0.clone().partition_offsets(req).await?.into_inner())
+    }
+}
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<AppendResponse, SluiceError>>>>>;
 
@@ -30,7 +53,7 @@ struct AppendMux {
 pub struct NodeConn {
     pub id: u64,
     pub addr: String,
-    client: PartitionNodeClient<Channel>,
+    api: Arc<dyn NodeApi>,
     mux: tokio::sync::Mutex<Option<Arc<AppendMux>>>,
     next_id: AtomicU64,
 }
@@ -39,6 +62,8 @@ pub struct NodeConn {
 #[derive(Default)]
 pub struct NodePool {
     conns: Mutex<HashMap<u64, Arc<NodeConn>>>,
+    /// Nodes living in this very process, called without gRPC.
+    local: Mutex<HashMap<u64, Arc<dyn NodeApi>>>,
 }
 
 fn unavailable(node: u64, addr: &str, why: impl std::fmt::Display) -> SluiceError {
@@ -46,11 +71,29 @@ fn unavailable(node: u64, addr: &str, why: impl std::fmt::Display) -> SluiceErro
 }
 
 impl NodePool {
+    /// Routes `id` to a node in this process instead of dialling it.
+    pub fn add_local(&self, id: u64, api: Arc<dyn NodeApi>) {
+        self.local.lock().unwrap_or_else(|p| p.into_inner()).insert(id, api);
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    }
+
     /// The connection to `node`, created on first use (or when its address changed).
     pub fn get(&self, node: &NodeInfo) -> Result<Arc<NodeConn>, SluiceError> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = conns.get(&node.id).filter(|c| c.addr == node.addr) {
             return Ok(c.clone());
+        }
+        let local = self.local.lock().unwrap_or_else(|p| p.into_inner()).get(&node.id).cloned();
+        if let Some(api) = local {
+            let conn = Arc::new(NodeConn {
+                id: node.id,
+                addr: node.addr.clone(),
+                api,
+                mux: tokio::sync::Mutex::new(None),
+                next_id: AtomicU64::new(1),
+            });
+            conns.insert(node.id, conn.clone());
+            return Ok(conn);
         }
         let endpoint = Endpoint::from_shared(format!("http://{}", node.addr))
             .map_err(|e| unavailable(node.id, &node.addr, e))?
@@ -66,7 +109,7 @@ impl NodePool {
         let conn = Arc::new(NodeConn {
             id: node.id,
             addr: node.addr.clone(),
-            client,
+            api: Arc::new(RemoteNode(client)),
             mux: tokio::sync::Mutex::new(None),
             next_id: AtomicU64::new(1),
         });
@@ -76,8 +119,9 @@ impl NodePool {
 }
 
 impl NodeConn {
-    pub fn client(&self) -> PartitionNodeClient<Channel> {
-        self.client.clone()
+    /// The node's API (remote or in process).
+    pub fn api(&self) -> &Arc<dyn NodeApi> {
+        &self.api
     }
 
     pub fn unavailable(&self, why: impl std::fmt::Display) -> SluiceError {
@@ -90,28 +134,22 @@ impl NodeConn {
             return Ok(m.clone());
         }
         let (tx, rx) = mpsc::channel::<AppendRequest>(4096);
-        let mut stream = self
-            .client
-            .clone()
-            .append(ReceiverStream::new(rx))
-            .await
-            .map_err(|s| self.unavailable(s.message()))?
-            .into_inner();
+        let mut stream = self.api.append(rx).await.map_err(|s| self.unavailable(s.message()))?;
         let pending: Pending = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
         let mux = Arc::new(AppendMux { tx, pending: pending.clone(), alive: alive.clone() });
         let (id, addr) = (self.id, self.addr.clone());
         tokio::spawn(async move {
             let why = loop {
-                match stream.message().await {
-                    Ok(Some(resp)) => {
+                match stream.next().await {
+                    Some(Ok(resp)) => {
                         let waiter = pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&resp.id);
                         if let Some(w) = waiter {
                             let _ = w.send(Ok(resp));
                         }
                     }
-                    Ok(None) => break "stream closed".to_string(),
-                    Err(s) => break s.message().to_string(),
+                    None => break "stream closed".to_string(),
+                    Some(Err(s)) => break s.message().to_string(),
                 }
             };
             alive.store(false, Ordering::Release);

@@ -16,6 +16,7 @@ use sluice_proto::v1::{
     ReadStart, read_request,
 };
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 use tracing::Instrument;
@@ -94,8 +95,8 @@ pub(super) async fn serve(
                         .map(move |rp| partition_error(rp.partition.as_ref().map_or(0, |r| r.partition), &e))
                         .collect::<Vec<_>>()
                 };
-                let mut stream = match conn.client().read(ReceiverStream::new(crx)).await {
-                    Ok(s) => s.into_inner(),
+                let mut stream = match conn.api().read(crx).await {
+                    Ok(s) => s,
                     Err(s) => {
                         for r in failed(s.message().to_string()) {
                             let _ = tx.send(Ok(r)).await;
@@ -106,15 +107,15 @@ pub(super) async fn serve(
                 let mut next: BTreeMap<u32, i64> =
                     partitions.iter().map(|rp| (rp.partition.as_ref().map_or(0, |r| r.partition), rp.offset)).collect();
                 loop {
-                    match stream.message().await {
-                        Ok(Some(resp)) => {
+                    match stream.next().await {
+                        Some(Ok(resp)) => {
                             let out = convert(resp, plain, &mut next);
                             if tx.send(Ok(out)).await.is_err() {
                                 return;
                             }
                         }
-                        Ok(None) => return,
-                        Err(s) => {
+                        None => return,
+                        Some(Err(s)) => {
                             for r in failed(s.message().to_string()) {
                                 let _ = tx.send(Ok(r)).await;
                             }

@@ -63,11 +63,9 @@ pub async fn query_offsets(
     }
     let calls = per_node.into_values().map(|(conn, refs)| async move {
         let req = PartitionOffsetsRequest { partitions: refs.clone(), timestamp_ms };
-        let mut client = conn.client();
-        let call = client.partition_offsets(req);
+        let call = conn.api().partition_offsets(req);
         match tokio::time::timeout(std::time::Duration::from_secs(5), call).await {
             Ok(Ok(resp)) => resp
-                .into_inner()
                 .partitions
                 .into_iter()
                 .map(|e| {

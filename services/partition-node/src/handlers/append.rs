@@ -15,7 +15,7 @@ use sluice_storage::PartitionId;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Status, Streaming};
+use tonic::Status;
 use tracing::Instrument;
 
 use super::RpcStream;
@@ -34,7 +34,7 @@ fn failure(id: u64, e: SluiceError) -> AppendResponse {
     }
 }
 
-pub(super) fn serve(node: Arc<Node>, mut input: Streaming<AppendRequest>) -> RpcStream<AppendResponse> {
+pub(super) fn serve(node: Arc<Node>, mut input: impl super::Input<AppendRequest>) -> RpcStream<AppendResponse> {
     let (tx, rx) = mpsc::channel::<Result<AppendResponse, Status>>(1024);
     let span = tracing::info_span!("append_stream", node = node.id);
     tokio::spawn(

@@ -11,12 +11,20 @@ use sluice_proto::v1::partition_node_server::{PartitionNode, PartitionNodeServer
 use sluice_proto::v1::{
     AppendRequest, AppendResponse, PartitionOffsetsRequest, PartitionOffsetsResponse, ReadRequest, ReadResponse,
 };
+use sluice_runtime::node_api::{NodeApi, NodeStream};
+use tokio::sync::mpsc;
 use tokio_stream::Stream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::Node;
 
 type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// What the handlers read requests from: a gRPC stream, or a channel in process.
+pub(crate) trait Input<T>: Stream<Item = Result<T, Status>> + Send + Unpin + 'static {}
+impl<T, S: Stream<Item = Result<T, Status>> + Send + Unpin + 'static> Input<T> for S {}
 
 /// The gRPC face of a [`Node`].
 pub struct NodeService {
@@ -30,6 +38,24 @@ impl NodeService {
 
     pub fn into_server(self) -> PartitionNodeServer<Self> {
         PartitionNodeServer::new(self).max_decoding_message_size(80 << 20).max_encoding_message_size(80 << 20)
+    }
+}
+
+/// The node called in process by a gateway in the same process (`sluice dev`).
+pub struct LocalNode(pub Arc<Node>);
+
+#[tonic::async_trait]
+impl NodeApi for LocalNode {
+    async fn append(&self, input: mpsc::Receiver<AppendRequest>) -> Result<NodeStream<AppendResponse>, Status> {
+        Ok(append::serve(self.0.clone(), ReceiverStream::new(input).map(Ok)))
+    }
+
+    async fn read(&self, input: mpsc::Receiver<ReadRequest>) -> Result<NodeStream<ReadResponse>, Status> {
+        read::serve(self.0.clone(), ReceiverStream::new(input).map(Ok)).await
+    }
+
+    async fn partition_offsets(&self, req: PartitionOffsetsRequest) -> Result<PartitionOffsetsResponse, Status> {
+        Ok(offsets::serve(&self.0, req).await)
     }
 }
 

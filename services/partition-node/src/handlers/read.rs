@@ -9,8 +9,9 @@ use sluice_proto::v1::read_request::Kind;
 use sluice_proto::v1::{PartitionRef, ReadRequest, ReadResponse, ReadStart};
 use sluice_storage::{PartitionId, PartitionLog};
 use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Status, Streaming};
+use tonic::Status;
 use tracing::Instrument;
 
 use super::RpcStream;
@@ -42,9 +43,9 @@ fn error_response(r: PartitionRef, e: SluiceError) -> ReadResponse {
 
 pub(super) async fn serve(
     node: Arc<Node>,
-    mut input: Streaming<ReadRequest>,
+    mut input: impl super::Input<ReadRequest>,
 ) -> Result<RpcStream<ReadResponse>, Status> {
-    let start = match input.message().await?.and_then(|m| m.kind) {
+    let start = match input.next().await.transpose()?.and_then(|m| m.kind) {
         Some(Kind::Start(s)) => s,
         _ => return Err(Status::invalid_argument("the first message of a read stream must be a ReadStart")),
     };
@@ -83,7 +84,7 @@ fn open_cursor(node: &Node, p: sluice_proto::v1::ReadPartition) -> Result<Cursor
 async fn read_loop(
     node: Arc<Node>,
     start: ReadStart,
-    mut input: Streaming<ReadRequest>,
+    mut input: impl super::Input<ReadRequest>,
     tx: mpsc::Sender<Result<ReadResponse, Status>>,
 ) {
     let mut credit = if start.max_bytes == 0 { DEFAULT_CREDIT } else { start.max_bytes };
@@ -147,10 +148,10 @@ async fn read_loop(
         }
         let any_change = select_all(cursors.iter_mut().map(|c| Box::pin(c.end.changed())));
         tokio::select! {
-            msg = input.message() => match msg {
-                Ok(Some(ReadRequest { kind: Some(Kind::Credit(c)) })) => credit = credit.saturating_add(c.bytes),
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => return,
+            msg = input.next() => match msg {
+                Some(Ok(ReadRequest { kind: Some(Kind::Credit(c)) })) => credit = credit.saturating_add(c.bytes),
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => return,
             },
             _ = any_change, if credit > 0 => {}
             _ = tx.closed() => return,
