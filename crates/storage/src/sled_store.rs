@@ -215,14 +215,16 @@ impl PartitionLog for SledPartition {
         let mut st = self.lock();
         let base_offset = st.next_offset;
         let mut count = 0u32;
-        let mut sled_batch = sled::Batch::default();
+        let mut values = Vec::with_capacity(parts.len());
         let mut metas = Vec::with_capacity(parts.len());
         for (h, range) in &parts {
-            let mut v = batches[range.clone()].to_vec();
+            // One copy, straight into sled's own buffer type.
+            let mut v = sled::IVec::from(&batches[range.clone()]);
+            let v_mut: &mut [u8] = v.as_mut();
             let base = st.next_offset + count as i64;
-            batch::set_base_offset(&mut v, base);
+            batch::set_base_offset(v_mut, base);
             if log_append {
-                batch::set_log_append_time(&mut v, now_ms);
+                batch::set_log_append_time(v_mut, now_ms);
             }
             let max_ts = if log_append { now_ms } else { h.max_timestamp };
             metas.push((
@@ -233,11 +235,20 @@ impl PartitionLog for SledPartition {
                     size: v.len() as u64,
                 },
             ));
-            sled_batch.insert(&base.to_be_bytes(), v);
+            values.push((base, v));
             count += h.record_count as u32;
         }
-        // One sled batch: the request's batches become visible (and durable) together.
-        self.tree.apply_batch(sled_batch)?;
+        if let [(base, v)] = values.as_slice() {
+            // IVec clones share the buffer: no copy.
+            self.tree.insert(base.to_be_bytes(), v.clone())?;
+        } else {
+            // One sled batch: the request's batches become visible (and durable) together.
+            let mut sled_batch = sled::Batch::default();
+            for (base, v) in values {
+                sled_batch.insert(&base.to_be_bytes(), v);
+            }
+            self.tree.apply_batch(sled_batch)?;
+        }
         for (base, m) in metas {
             st.bytes += m.size;
             st.index.insert(base, m);
