@@ -18,6 +18,8 @@ use crate::{AppendInfo, LogOffsets, LogStore, PartitionId, PartitionLog, ReadRes
 /// Batch keys are exactly 8 bytes, so this one cannot collide.
 const START_KEY: &[u8] = b"meta:log_start";
 const TREE_PREFIX: &str = "log/";
+/// sled page cache when none is configured.
+pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 /// sled segment size (a power of two, at most 16 MiB).
 const SEGMENT_SIZE: usize = 8 << 20;
 
@@ -74,12 +76,17 @@ impl SledStore {
     /// Opens (or creates) the store under `dir`. Must be called inside a tokio runtime: the
     /// group-commit flusher runs as a task.
     pub fn open(dir: &Path) -> Result<Arc<Self>, StorageError> {
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Like [`SledStore::open`], with sled's page cache set to `cache_bytes`.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Arc<Self>, StorageError> {
         // sled writes any value above a quarter of a segment to a file of its own (a "blob"):
         // with the default 512 KiB segments every batch would cost a file creation. 8 MiB
         // segments keep batches up to 2 MiB inline in the log.
         let db = sled::Config::new()
             .path(dir)
-            .cache_capacity(256 << 20)
+            .cache_capacity(cache_bytes)
             .segment_size(SEGMENT_SIZE)
             .flush_every_ms(Some(500))
             .open()?;

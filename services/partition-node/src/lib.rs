@@ -142,7 +142,7 @@ pub async fn start(
 ) -> anyhow::Result<Arc<Node>> {
     let dir = settings.data_dir.clone();
     std::fs::create_dir_all(&dir)?;
-    let store: Arc<dyn LogStore> = SledStore::open(&dir.join("sled"))?;
+    let store: Arc<dyn LogStore> = SledStore::open_with_cache(&dir.join("sled"), settings.storage.cache_bytes)?;
     let node = Arc::new(Node {
         id: settings.node_id,
         store,
