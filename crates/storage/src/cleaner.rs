@@ -56,11 +56,7 @@ fn apply_retention(p: &SledPartition, config: &TopicConfig, now_ms: i64) -> Resu
     if doomed.is_empty() {
         return Ok(0);
     }
-    let mut b = sled::Batch::default();
-    for base in &doomed {
-        b.remove(&base.to_be_bytes());
-    }
-    p.tree.apply_batch(b)?;
+    p.remove_batches(&doomed)?;
     for base in &doomed {
         st.index.remove(base);
     }
@@ -113,7 +109,12 @@ fn compact(p: &SledPartition, config: &TopicConfig, now_ms: i64) -> Result<(u64,
         rewritten += 1;
         if keep.is_empty() {
             let mut st = p.lock();
-            p.tree.remove(base.to_be_bytes())?;
+            if st.index.keys().next() == Some(base) {
+                // Compaction never moves the log start: remember it, since it can no longer be
+                // read off the first batch after a restart.
+                p.persist_log_start(st.log_start)?;
+            }
+            p.remove_batches(&[*base])?;
             if let Some(m) = st.index.remove(base) {
                 st.bytes -= m.size;
             }
@@ -132,10 +133,10 @@ fn compact(p: &SledPartition, config: &TopicConfig, now_ms: i64) -> Result<(u64,
         let mut guard = p.lock();
         let st = &mut *guard;
         let size = nb.len() as u64;
-        p.tree.insert(base.to_be_bytes(), nb)?;
         if let Some(m) = st.index.get_mut(base) {
             st.bytes = st.bytes - m.size + size;
             m.size = size;
+            p.put_batches(vec![(*base, sled::IVec::from(nb), *m)])?;
         }
     }
     Ok((rewritten, removed_records))

@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::cleaner::{self, CleanStats};
 use crate::{AppendInfo, LogOffsets, LogStore, PartitionId, PartitionLog, ReadResult, StorageError};
 
-/// Key under which a partition remembers its log start offset once retention moved it.
-/// Batch keys are exactly 8 bytes, so this one cannot collide.
+/// Key (in the index tree) under which a partition remembers its log start offset once
+/// retention moved it. Index keys are exactly 8 bytes, so this one cannot collide.
 const START_KEY: &[u8] = b"meta:log_start";
 const TREE_PREFIX: &str = "log/";
 /// sled page cache when none is configured.
@@ -42,6 +42,7 @@ pub(crate) struct LogState {
 pub struct SledPartition {
     id: PartitionId,
     pub(crate) tree: sled::Tree,
+    index_tree: sled::Tree,
     pub(crate) state: Mutex<LogState>,
     end_tx: watch::Sender<i64>,
 }
@@ -53,10 +54,94 @@ pub struct SledStore {
     flush_tx: mpsc::UnboundedSender<FlushWaiter>,
 }
 
+/// Each partition has a second, small tree: base offset -> (last offset, max timestamp, size),
+/// so that opening a partition reads these 24-byte entries instead of every batch. Keeping them
+/// out of the batch tree keeps its leaves holding batches only.
+const INDEX_PREFIX: &str = "idx/";
+
+pub(crate) fn encode_meta(m: &BatchMeta) -> [u8; 24] {
+    let mut v = [0u8; 24];
+    v[..8].copy_from_slice(&m.last_offset.to_be_bytes());
+    v[8..16].copy_from_slice(&m.max_timestamp.to_be_bytes());
+    v[16..].copy_from_slice(&m.size.to_be_bytes());
+    v
+}
+
+fn be_i64(b: &[u8]) -> i64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    i64::from_be_bytes(a)
+}
+
+fn decode_meta(v: &[u8]) -> Option<BatchMeta> {
+    (v.len() == 24).then(|| BatchMeta {
+        last_offset: be_i64(&v[..8]),
+        max_timestamp: be_i64(&v[8..16]),
+        size: be_i64(&v[16..]) as u64,
+    })
+}
+
+/// Reads the index and reconciles it with the batches. Writes go batch first, index second,
+/// and removals batch first too, so after a crash the index can only lack entries for the
+/// newest batches (indexed here from the batches themselves) or keep entries for batches that
+/// retention removed at the front (dropped here).
+fn load_index(
+    data: &sled::Tree,
+    idx: &sled::Tree,
+    id: &PartitionId,
+) -> Result<(BTreeMap<i64, BatchMeta>, Option<i64>), StorageError> {
+    let mut index = BTreeMap::new();
+    for kv in idx.iter() {
+        let (k, v) = kv?;
+        if let (8, Some(m)) = (k.len(), decode_meta(&v)) {
+            index.insert(be_i64(&k), m);
+        }
+    }
+    let first = data.iter().keys().next().transpose()?.filter(|k| k.len() == 8).map(|k| be_i64(&k));
+    let stale: Vec<i64> = index.keys().copied().take_while(|b| first.is_none_or(|f| *b < f)).collect();
+    if !stale.is_empty() {
+        let mut b = sled::Batch::default();
+        for base in &stale {
+            index.remove(base);
+            b.remove(&base.to_be_bytes());
+        }
+        idx.apply_batch(b)?;
+    }
+    let from = index.values().next_back().map(|m| m.last_offset + 1).unwrap_or(0).max(0);
+    let mut repair = sled::Batch::default();
+    let mut repaired = 0;
+    for kv in data.range(from.to_be_bytes()..) {
+        let (k, v) = kv?;
+        if k.len() != 8 {
+            continue;
+        }
+        let base = be_i64(&k);
+        let h = BatchHeader::parse(&v).map_err(|e| StorageError::Damaged {
+            partition: id.to_string(),
+            offset: base,
+            reason: e.to_string(),
+        })?;
+        let m = BatchMeta { last_offset: h.last_offset(), max_timestamp: h.max_timestamp, size: v.len() as u64 };
+        repair.insert(&base.to_be_bytes(), &encode_meta(&m));
+        index.insert(base, m);
+        repaired += 1;
+    }
+    if repaired > 0 {
+        tracing::info!(partition = %id, batches = repaired, "indexed batches missing from the index");
+        idx.apply_batch(repair)?;
+    }
+    let log_start = idx.get(START_KEY)?.filter(|v| v.len() == 8).map(|v| be_i64(&v));
+    Ok((index, log_start))
+}
+
 type FlushWaiter = (oneshot::Sender<Result<(), String>>, sled::Db);
 
 fn tree_name(id: &PartitionId) -> String {
     format!("{TREE_PREFIX}{}/{}/{}", id.topic_id, id.topic, id.partition)
+}
+
+fn index_tree_name(id: &PartitionId) -> String {
+    format!("{INDEX_PREFIX}{}/{}/{}", id.topic_id, id.topic, id.partition)
 }
 
 fn parse_tree_name(name: &[u8]) -> Option<PartitionId> {
@@ -115,38 +200,20 @@ impl SledStore {
             return Ok(p.clone());
         }
         let tree = self.db.open_tree(tree_name(id))?;
-        let mut index = BTreeMap::new();
-        let mut bytes = 0u64;
-        let mut log_start = None;
-        for kv in tree.iter() {
-            let (k, v) = kv?;
-            if k.len() != 8 {
-                if &k[..] == START_KEY && v.len() == 8 {
-                    log_start = Some(i64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8])));
-                }
-                continue;
-            }
-            let base = i64::from_be_bytes(k[..8].try_into().unwrap_or([0; 8]));
-            let h = BatchHeader::parse(&v).map_err(|e| StorageError::Damaged {
-                partition: id.to_string(),
-                offset: base,
-                reason: e.to_string(),
-            })?;
-            index.insert(
-                base,
-                BatchMeta { last_offset: h.last_offset(), max_timestamp: h.max_timestamp, size: v.len() as u64 },
-            );
-            bytes += v.len() as u64;
-        }
+        let index_tree = self.db.open_tree(index_tree_name(id))?;
+        let (index, log_start) = load_index(&tree, &index_tree, id)?;
+        let bytes = index.values().map(|m| m.size).sum();
         let end = index.values().next_back().map(|m| m.last_offset + 1).unwrap_or(0);
-        let log_start_stored = log_start.unwrap_or(0);
-        let next_offset = end.max(log_start_stored);
-        let log_start = index.keys().next().copied().unwrap_or(next_offset).max(log_start_stored);
+        let next_offset = end.max(log_start.unwrap_or(0));
+        // Retention and compaction record the log start whenever the first batch no longer
+        // tells it; otherwise it is the first batch.
+        let log_start = log_start.unwrap_or_else(|| index.keys().next().copied().unwrap_or(next_offset));
         let (end_tx, _) = watch::channel(next_offset);
         tracing::debug!(partition = %id, next_offset, log_start, batches = index.len(), "opened partition");
         let p = Arc::new(SledPartition {
             id: id.clone(),
             tree,
+            index_tree,
             state: Mutex::new(LogState { index, next_offset, log_start, bytes }),
             end_tx,
         });
@@ -163,6 +230,7 @@ impl LogStore for SledStore {
     fn remove(&self, id: &PartitionId) -> Result<(), StorageError> {
         self.open.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         self.db.drop_tree(tree_name(id))?;
+        self.db.drop_tree(index_tree_name(id))?;
         Ok(())
     }
 
@@ -192,7 +260,37 @@ impl SledPartition {
     }
 
     pub(crate) fn persist_log_start(&self, start: i64) -> Result<(), StorageError> {
-        self.tree.insert(START_KEY, &start.to_be_bytes())?;
+        self.index_tree.insert(START_KEY, &start.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Stores batches, then their index entries (see [`load_index`] for why in that order).
+    pub(crate) fn put_batches(&self, items: Vec<(i64, sled::IVec, BatchMeta)>) -> Result<(), StorageError> {
+        if let [(base, v, m)] = items.as_slice() {
+            self.tree.insert(base.to_be_bytes(), v.clone())?;
+            self.index_tree.insert(base.to_be_bytes(), &encode_meta(m))?;
+            return Ok(());
+        }
+        let (mut data, mut idx) = (sled::Batch::default(), sled::Batch::default());
+        for (base, v, m) in items {
+            data.insert(&base.to_be_bytes(), v);
+            idx.insert(&base.to_be_bytes(), &encode_meta(&m));
+        }
+        // The request's batches become visible (and durable) together.
+        self.tree.apply_batch(data)?;
+        self.index_tree.apply_batch(idx)?;
+        Ok(())
+    }
+
+    /// Removes batches, then their index entries.
+    pub(crate) fn remove_batches(&self, bases: &[i64]) -> Result<(), StorageError> {
+        let (mut data, mut idx) = (sled::Batch::default(), sled::Batch::default());
+        for base in bases {
+            data.remove(&base.to_be_bytes());
+            idx.remove(&base.to_be_bytes());
+        }
+        self.tree.apply_batch(data)?;
+        self.index_tree.apply_batch(idx)?;
         Ok(())
     }
 }
@@ -245,17 +343,7 @@ impl PartitionLog for SledPartition {
             values.push((base, v));
             count += h.record_count as u32;
         }
-        if let [(base, v)] = values.as_slice() {
-            // IVec clones share the buffer: no copy.
-            self.tree.insert(base.to_be_bytes(), v.clone())?;
-        } else {
-            // One sled batch: the request's batches become visible (and durable) together.
-            let mut sled_batch = sled::Batch::default();
-            for (base, v) in values {
-                sled_batch.insert(&base.to_be_bytes(), v);
-            }
-            self.tree.apply_batch(sled_batch)?;
-        }
+        self.put_batches(values.into_iter().zip(&metas).map(|((base, v), (_, m))| (base, v, *m)).collect())?;
         for (base, m) in metas {
             st.bytes += m.size;
             st.index.insert(base, m);
@@ -298,7 +386,8 @@ impl PartitionLog for SledPartition {
         let mut next = offset;
         for (base, last, _) in keys {
             // Retention may have removed the batch since the index was read; stop there.
-            let Some(v) = self.tree.get(base.to_be_bytes())? else { break };
+            // Retention or compaction may have removed the batch since the index was read.
+            let Some(v) = self.tree.get(base.to_be_bytes())? else { continue };
             let h = BatchHeader::parse(&v).map_err(|e| StorageError::Damaged {
                 partition: self.id.to_string(),
                 offset: base,

@@ -146,6 +146,14 @@ async fn compaction_keeps_the_latest_value_per_key() {
     let recs = all_records(&*log, 0);
     assert_eq!(recs.iter().map(|r| r.0).collect::<Vec<_>>(), vec![2, 4]);
     assert_eq!(log.offsets().log_end_offset, 5);
+    // The index written by compaction brings the same log back after a restart.
+    let size = log.size_bytes();
+    drop(log);
+    drop(store);
+    let store = SledStore::open(dir.path()).unwrap();
+    let log = store.open(&pid()).unwrap();
+    assert_eq!(all_records(&*log, 0).iter().map(|r| r.0).collect::<Vec<_>>(), vec![2, 4]);
+    assert_eq!((log.offsets().log_end_offset, log.size_bytes()), (5, size));
 }
 
 #[tokio::test]
