@@ -154,6 +154,37 @@ impl CommonArgs {
     }
 }
 
+#[derive(clap::Parser)]
+#[command(version)]
+struct ServiceArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// What a service binary starts from: its settings, a bound listener and the stop signal
+/// (triggered by Ctrl-C and SIGTERM).
+pub struct Service {
+    pub settings: Settings,
+    pub listener: tokio::net::TcpListener,
+    pub addr: SocketAddr,
+    pub shutdown: Shutdown,
+}
+
+impl Service {
+    /// Sets up logging, reads the flags (`about` is the `--help` headline), file and
+    /// environment, and binds the listen address.
+    pub async fn start(about: &'static str) -> anyhow::Result<Self> {
+        use clap::{CommandFactory, FromArgMatches};
+        sluice_core::settings::init_tracing();
+        let matches = ServiceArgs::command().about(about).get_matches();
+        let settings = ServiceArgs::from_arg_matches(&matches)?.common.settings()?;
+        let (listener, addr) = bind(&settings.listen).await?;
+        let shutdown = Shutdown::new();
+        shutdown.on_signals();
+        Ok(Self { settings, listener, addr, shutdown })
+    }
+}
+
 /// The metadata store the settings ask for: etcd when endpoints are given, else embedded
 /// (persisted under the data dir).
 pub async fn connect_meta(s: &Settings) -> anyhow::Result<Arc<dyn MetaStore>> {

@@ -8,6 +8,21 @@ use sluice_core::compression::Compression;
 use sluice_core::topic::TopicConfig;
 use sluice_storage::{LogStore, PartitionId, SledStore, StorageError};
 
+/// Opens the store again after a drop. sled's background I/O threads may still hold the
+/// database's lock file for a moment, so poll with a deadline.
+async fn reopen(dir: &std::path::Path) -> std::sync::Arc<SledStore> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledStore::open(dir) {
+            Ok(s) => return s,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("could not acquire lock") => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    }
+}
+
 fn pid() -> PartitionId {
     PartitionId { topic: "t".into(), topic_id: 7, partition: 0 }
 }
@@ -50,7 +65,7 @@ async fn offsets_are_dense_and_survive_a_restart() {
         assert_eq!((b.base_offset, b.last_offset), (2, 4));
         store.sync().await.unwrap();
     }
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = reopen(dir.path()).await;
     let log = store.open(&pid()).unwrap();
     assert_eq!(log.offsets().log_end_offset, 5);
     let recs = all_records(&*log, 0);
@@ -106,7 +121,7 @@ async fn retention_by_time_and_size_moves_the_log_start() {
     assert_eq!(log.offsets(), sluice_storage::LogOffsets { log_start_offset: 8, log_end_offset: 8 });
     drop(log);
     drop(store);
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = reopen(dir.path()).await;
     let log = store.open(&pid()).unwrap();
     assert_eq!(log.offsets().log_end_offset, 8, "an emptied log keeps its next offset across restarts");
     assert_eq!(log.append(&batch(&[(None, Some("n"), 5)], Compression::None), &cfg, 0).unwrap().base_offset, 8);
@@ -150,7 +165,7 @@ async fn compaction_keeps_the_latest_value_per_key() {
     let size = log.size_bytes();
     drop(log);
     drop(store);
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = reopen(dir.path()).await;
     let log = store.open(&pid()).unwrap();
     assert_eq!(all_records(&*log, 0).iter().map(|r| r.0).collect::<Vec<_>>(), vec![2, 4]);
     assert_eq!((log.offsets().log_end_offset, log.size_bytes()), (5, size));

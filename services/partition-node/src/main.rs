@@ -1,25 +1,12 @@
 //! `sluice-partition-node`: stores partition replicas and serves the internal node API.
 
-use clap::Parser;
 use sluice_partition_node::handlers::NodeService;
-use sluice_runtime::{CommonArgs, Shutdown};
-
-#[derive(Parser)]
-#[command(version, about = "Sluice partition node")]
-struct Args {
-    #[command(flatten)]
-    common: CommonArgs,
-}
+use sluice_runtime::Service;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    sluice_core::settings::init_tracing();
-    let args = Args::parse();
-    let settings = args.common.settings()?;
-    let (listener, addr) = sluice_runtime::bind(&settings.listen).await?;
+    let Service { settings, listener, addr, shutdown } = Service::start("Sluice partition node").await?;
     let advertised = if settings.advertise.is_empty() { addr.to_string() } else { settings.advertise.clone() };
-    let shutdown = Shutdown::new();
-    shutdown.on_signals();
     let meta = sluice_runtime::connect_meta(&settings).await?;
     let node = sluice_partition_node::start(&settings, meta, advertised, shutdown.clone()).await?;
     let (_health, health) = sluice_runtime::health(&["sluice.v1.PartitionNode"]).await;
