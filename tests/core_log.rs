@@ -188,3 +188,44 @@ async fn a_dead_node_vanishes_from_the_metadata_and_comes_back() {
     c.restart("partition-node", 2).await.unwrap();
     c.wait_nodes(2).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_batches_come_back_as_plain_records_for_other_languages() {
+    use sluice_core::compression::Compression;
+    use sluice_proto::v1::fetch_request::Kind;
+    use sluice_proto::v1::{FetchPartition, FetchRequest, FetchStart};
+
+    let (c, _dir) = cluster(1).await;
+    let client = client(&c).await;
+    client.create_topic("packed", 1, 1, HashMap::new()).await.unwrap();
+    let mut sent = Vec::new();
+    for (i, codec) in [Compression::Lz4, Compression::Zstd, Compression::Gzip, Compression::None].into_iter().enumerate() {
+        let producer = Producer::new(client.clone(), ProducerConfig { compression: codec, ..Default::default() });
+        for j in 0..50 {
+            let v = format!("{}-{j}-{}", codec.name(), "x".repeat(100));
+            let r = ProducerRecord {
+                headers: vec![("codec".to_string(), Bytes::from(codec.name()))],
+                ..record("packed", Some(format!("k{i}")), v.clone())
+            };
+            producer.send(r).await.unwrap();
+            sent.push(v);
+        }
+        producer.close().await;
+    }
+    // The gateway decodes stored batches into plain records when asked, from an offset inside a batch.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let start = FetchStart { topic: "packed".into(), partitions: vec![FetchPartition { partition: 0, offset: 10 }], max_bytes: 0, plain_records: true };
+    tx.send(FetchRequest { kind: Some(Kind::Start(start)) }).await.unwrap();
+    let mut s = client.broker().fetch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut got = Vec::new();
+    while got.len() < sent.len() - 10 {
+        let resp = tokio::time::timeout(Duration::from_secs(10), s.message()).await.expect("records in time").unwrap().unwrap();
+        assert!(resp.error.is_none(), "{:?}", resp.error);
+        assert!(resp.batches.is_empty(), "plain records replace the batches");
+        got.extend(resp.records);
+    }
+    assert_eq!(got[0].offset, 10);
+    assert_eq!(got.iter().map(|r| text(&r.value)).collect::<Vec<_>>(), sent[10..].to_vec());
+    assert!(got.iter().all(|r| r.headers.len() == 1 && r.headers[0].key == "codec"));
+    assert_eq!(text(&got.last().unwrap().key), "k3");
+}
