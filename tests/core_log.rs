@@ -199,7 +199,9 @@ async fn compressed_batches_come_back_as_plain_records_for_other_languages() {
     let client = client(&c).await;
     client.create_topic("packed", 1, 1, HashMap::new()).await.unwrap();
     let mut sent = Vec::new();
-    for (i, codec) in [Compression::Lz4, Compression::Zstd, Compression::Gzip, Compression::None].into_iter().enumerate() {
+    for (i, codec) in
+        [Compression::Lz4, Compression::Zstd, Compression::Gzip, Compression::None].into_iter().enumerate()
+    {
         let producer = Producer::new(client.clone(), ProducerConfig { compression: codec, ..Default::default() });
         for j in 0..50 {
             let v = format!("{}-{j}-{}", codec.name(), "x".repeat(100));
@@ -214,12 +216,21 @@ async fn compressed_batches_come_back_as_plain_records_for_other_languages() {
     }
     // The gateway decodes stored batches into plain records when asked, from an offset inside a batch.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let start = FetchStart { topic: "packed".into(), partitions: vec![FetchPartition { partition: 0, offset: 10 }], max_bytes: 0, plain_records: true };
+    let start = FetchStart {
+        topic: "packed".into(),
+        partitions: vec![FetchPartition { partition: 0, offset: 10 }],
+        max_bytes: 0,
+        plain_records: true,
+    };
     tx.send(FetchRequest { kind: Some(Kind::Start(start)) }).await.unwrap();
     let mut s = client.broker().fetch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
     let mut got = Vec::new();
     while got.len() < sent.len() - 10 {
-        let resp = tokio::time::timeout(Duration::from_secs(10), s.message()).await.expect("records in time").unwrap().unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), s.message())
+            .await
+            .expect("records in time")
+            .unwrap()
+            .unwrap();
         assert!(resp.error.is_none(), "{:?}", resp.error);
         assert!(resp.batches.is_empty(), "plain records replace the batches");
         got.extend(resp.records);

@@ -68,6 +68,10 @@ pub struct StorageSettings {
     pub retention_check_interval_ms: u64,
     /// sled page cache, bytes.
     pub cache_bytes: u64,
+    /// How often sled writes out and fsyncs what acks=0/1 appends left in its buffers,
+    /// milliseconds. A process crash loses at most this much acks=1 data; acks=all is always
+    /// flushed before it is acknowledged.
+    pub flush_interval_ms: u64,
 }
 
 impl Default for Settings {
@@ -98,7 +102,7 @@ impl Default for GatewaySettings {
 
 impl Default for StorageSettings {
     fn default() -> Self {
-        Self { retention_check_interval_ms: 30_000, cache_bytes: 256 << 20 }
+        Self { retention_check_interval_ms: 30_000, cache_bytes: 256 << 20, flush_interval_ms: 500 }
     }
 }
 

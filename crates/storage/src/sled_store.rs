@@ -18,6 +18,8 @@ use crate::{AppendInfo, LogOffsets, LogStore, PartitionId, PartitionLog, ReadRes
 /// retention moved it. Index keys are exactly 8 bytes, so this one cannot collide.
 const START_KEY: &[u8] = b"meta:log_start";
 const TREE_PREFIX: &str = "log/";
+/// Background flush interval when none is configured.
+pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 500;
 /// sled page cache when none is configured.
 pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 /// sled segment size (a power of two, at most 16 MiB).
@@ -161,11 +163,12 @@ impl SledStore {
     /// Opens (or creates) the store under `dir`. Must be called inside a tokio runtime: the
     /// group-commit flusher runs as a task.
     pub fn open(dir: &Path) -> Result<Arc<Self>, StorageError> {
-        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+        Self::open_with(dir, DEFAULT_CACHE_BYTES, DEFAULT_FLUSH_INTERVAL_MS)
     }
 
-    /// Like [`SledStore::open`], with sled's page cache set to `cache_bytes`.
-    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Arc<Self>, StorageError> {
+    /// Like [`SledStore::open`], with sled's page cache set to `cache_bytes` and its background
+    /// flush every `flush_interval_ms` (0 turns it off: only acks=all flushes).
+    pub fn open_with(dir: &Path, cache_bytes: u64, flush_interval_ms: u64) -> Result<Arc<Self>, StorageError> {
         // sled writes any value above a quarter of a segment to a file of its own (a "blob"):
         // with the default 512 KiB segments every batch would cost a file creation. 8 MiB
         // segments keep batches up to 2 MiB inline in the log.
@@ -173,7 +176,7 @@ impl SledStore {
             .path(dir)
             .cache_capacity(cache_bytes)
             .segment_size(SEGMENT_SIZE)
-            .flush_every_ms(Some(500))
+            .flush_every_ms((flush_interval_ms > 0).then_some(flush_interval_ms))
             .open()?;
         let (flush_tx, mut flush_rx) = mpsc::unbounded_channel::<FlushWaiter>();
         tokio::spawn(async move {

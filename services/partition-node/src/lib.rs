@@ -142,7 +142,8 @@ pub async fn start(
 ) -> anyhow::Result<Arc<Node>> {
     let dir = settings.data_dir.clone();
     std::fs::create_dir_all(&dir)?;
-    let store: Arc<dyn LogStore> = SledStore::open_with_cache(&dir.join("sled"), settings.storage.cache_bytes)?;
+    let store: Arc<dyn LogStore> =
+        SledStore::open_with(&dir.join("sled"), settings.storage.cache_bytes, settings.storage.flush_interval_ms)?;
     let node = Arc::new(Node {
         id: settings.node_id,
         store,
