@@ -182,6 +182,16 @@ async fn cluster_up_writes_its_manifest_and_down_stops_everything() {
     let dir = tempfile::tempdir().unwrap();
     let cdir = dir.path().join("c");
     let cdir_s = cdir.display().to_string();
+    // Whatever happens below, the processes of this cluster are stopped at the end.
+    struct Down(String);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            if let Ok(bin) = sluice_testkit::binary("sluice") {
+                let _ = std::process::Command::new(bin).args(["cluster", "down", "--dir", &self.0]).output();
+            }
+        }
+    }
+    let _down = Down(cdir_s.clone());
     let up = sluice("", &["cluster", "up", "--nodes", "2", "--dir", &cdir_s], "").await;
     assert_eq!(up.code, 0, "{}", up.stderr);
     let gw = up.stdout.trim().to_string();

@@ -92,15 +92,19 @@ pub async fn run(a: ProduceArgs) -> anyhow::Result<ExitCode> {
         (ok, failed)
     });
 
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    while let Some(line) = lines.next_line().await? {
-        let (key, value) = match &a.key_separator {
-            Some(sep) => match line.split_once(sep.as_str()) {
-                Some((k, v)) => (Some(Bytes::from(k.to_string())), Bytes::from(v.to_string())),
-                None => (None, Bytes::from(line)),
-            },
-            None => (None, Bytes::from(line)),
-        };
+    // Lines are bytes, not necessarily UTF-8; a trailing "\r" (CRLF input) is dropped.
+    let mut input = tokio::io::BufReader::new(tokio::io::stdin()).split(b'\n');
+    let sep = a.key_separator.as_deref().map(str::as_bytes).filter(|s| !s.is_empty());
+    while let Some(mut line) = input.next_segment().await? {
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        let line = Bytes::from(line);
+        let (key, value) =
+            match sep.and_then(|sep| line.windows(sep.len()).position(|w| w == sep).map(|at| (at, sep.len()))) {
+                Some((at, n)) => (Some(line.slice(..at)), line.slice(at + n..)),
+                None => (None, line),
+            };
         let rec = ProducerRecord {
             topic: a.topic.clone(),
             partition: a.partition,
