@@ -106,11 +106,20 @@ pub struct ClusterSpec {
     /// Extra environment for the Sluice services (e.g. short retention intervals in tests).
     pub env: Vec<(String, String)>,
     pub health_timeout: Duration,
+    /// False starts etcd alone (for tests of the metadata store itself).
+    pub services: bool,
 }
 
 impl ClusterSpec {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), nodes: 3, coordinators: 1, env: Vec::new(), health_timeout: Duration::from_secs(60) }
+        Self {
+            dir: dir.into(),
+            nodes: 3,
+            coordinators: 1,
+            env: Vec::new(),
+            health_timeout: Duration::from_secs(60),
+            services: true,
+        }
     }
 }
 
@@ -257,6 +266,10 @@ impl Cluster {
         )?;
         c.manifest.etcd = client_url.clone();
         c.wait_healthy("etcd", 1).await?;
+        if !c.spec.services {
+            c.write_manifest()?;
+            return Ok(c);
+        }
 
         let env = c.spec.env.clone();
         let service = |role: &str, bin: &str, id: u64| -> Result<ProcessEntry, TestkitError> {
