@@ -240,3 +240,46 @@ async fn compressed_batches_come_back_as_plain_records_for_other_languages() {
     assert!(got.iter().all(|r| r.headers.len() == 1 && r.headers[0].key == "codec"));
     assert_eq!(text(&got.last().unwrap().key), "k3");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_answers_health_and_reflection() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let (c, _dir) = cluster(1).await;
+    let expected = [
+        ("gateway", vec!["sluice.v1.Admin", "sluice.v1.Broker"]),
+        ("partition-node", vec!["sluice.v1.PartitionNode"]),
+        ("group-coordinator", vec!["sluice.v1.GroupCoordinator"]),
+    ];
+    for (role, services) in expected {
+        let addr = &c.entry(role, 1).expect("process").addr;
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let mut health = HealthClient::new(ch.clone());
+        for s in &services {
+            let r = health.check(HealthCheckRequest { service: s.to_string() }).await.unwrap();
+            assert_eq!(r.get_ref().status, ServingStatus::Serving as i32, "{role} {s}");
+        }
+        let mut refl = ServerReflectionClient::new(ch);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = refl.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+        let resp = stream.message().await.unwrap().expect("a reflection answer");
+        let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+            panic!("{role}: no service list")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(names.iter().any(|n| n == "grpc.health.v1.Health"), "{role}: {names:?}");
+        // Exactly the Sluice services this process serves are described, so grpcurl can call them.
+        let mut sluice: Vec<&str> = names.iter().map(String::as_str).filter(|n| n.starts_with("sluice.v1.")).collect();
+        sluice.sort();
+        let served: Vec<&str> = services.iter().copied().filter(|s| *s != "sluice.v1.GroupCoordinator").collect();
+        assert_eq!(sluice, served, "{role}");
+    }
+}

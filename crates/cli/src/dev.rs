@@ -49,7 +49,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
     .await;
     let router = sluice_runtime::server()
         .add_service(health)
-        .add_service(sluice_runtime::reflection()?)
+        .add_service(sluice_runtime::reflection(&["sluice.v1.Admin", "sluice.v1.Broker", "sluice.v1.PartitionNode"])?)
         .add_service(gateway.admin_server())
         .add_service(gateway.broker_server())
         .add_service(NodeService::new(node.clone()).into_server());

@@ -287,14 +287,22 @@ pub async fn health(
     (reporter, service)
 }
 
-/// gRPC reflection for the Sluice API and the health service, so grpcurl works.
-pub fn reflection() -> anyhow::Result<
+/// gRPC reflection advertising `services` (the Sluice services this process serves) and
+/// the health service, so grpcurl lists and calls exactly what is there.
+pub fn reflection(
+    services: &[&str],
+) -> anyhow::Result<
     tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
 > {
-    Ok(tonic_reflection::server::Builder::configure()
+    let mut b = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?)
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection");
+    for s in services {
+        b = b.with_service_name(*s);
+    }
+    Ok(b.build_v1()?)
 }
 
 /// The server builder with the settings all services use.

@@ -12,7 +12,7 @@ async fn main() -> anyhow::Result<()> {
     let (_health, health) = sluice_runtime::health(&["sluice.v1.Admin", "sluice.v1.Broker"]).await;
     let router = sluice_runtime::server()
         .add_service(health)
-        .add_service(sluice_runtime::reflection()?)
+        .add_service(sluice_runtime::reflection(&["sluice.v1.Admin", "sluice.v1.Broker"])?)
         .add_service(service.admin_server())
         .add_service(service.broker_server());
     tracing::info!(%addr, "gateway listening");

@@ -12,7 +12,7 @@ async fn main() -> anyhow::Result<()> {
     let (_health, health) = sluice_runtime::health(&["sluice.v1.PartitionNode"]).await;
     let router = sluice_runtime::server()
         .add_service(health)
-        .add_service(sluice_runtime::reflection()?)
+        .add_service(sluice_runtime::reflection(&["sluice.v1.PartitionNode"])?)
         .add_service(NodeService::new(node.clone()).into_server());
     tracing::info!(%addr, node_id = node.id, "partition node listening");
     sluice_runtime::serve(router, listener, shutdown).await?;
