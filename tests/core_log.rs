@@ -223,14 +223,14 @@ async fn compressed_batches_come_back_as_plain_records_for_other_languages() {
         plain_records: true,
     };
     tx.send(FetchRequest { kind: Some(Kind::Start(start)) }).await.unwrap();
+    // A simple client sends its start and closes its side: it still gets what its credit
+    // (1 MiB by default) covers, then the end of the stream.
+    drop(tx);
     let mut s = client.broker().fetch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
     let mut got = Vec::new();
-    while got.len() < sent.len() - 10 {
-        let resp = tokio::time::timeout(Duration::from_secs(10), s.message())
-            .await
-            .expect("records in time")
-            .unwrap()
-            .unwrap();
+    while let Some(resp) =
+        tokio::time::timeout(Duration::from_secs(10), s.message()).await.expect("records in time").unwrap()
+    {
         assert!(resp.error.is_none(), "{:?}", resp.error);
         assert!(resp.batches.is_empty(), "plain records replace the batches");
         got.extend(resp.records);

@@ -88,6 +88,7 @@ async fn read_loop(
     tx: mpsc::Sender<Result<ReadResponse, Status>>,
 ) {
     let mut credit = if start.max_bytes == 0 { DEFAULT_CREDIT } else { start.max_bytes };
+    let mut input_open = true;
     let mut cursors = Vec::new();
     for p in start.partitions {
         match open_cursor(&node, p) {
@@ -146,12 +147,18 @@ async fn read_loop(
         if progressed && credit > 0 {
             continue;
         }
+        if !input_open && (credit == 0 || !progressed) {
+            // A reader that closed its side gets what is there, up to its credit, then the end
+            // (it can no longer grant credit, and nobody would wait for its long poll).
+            return;
+        }
         let any_change = select_all(cursors.iter_mut().map(|c| Box::pin(c.end.changed())));
         tokio::select! {
-            msg = input.next() => match msg {
+            msg = input.next(), if input_open => match msg {
                 Some(Ok(ReadRequest { kind: Some(Kind::Credit(c)) })) => credit = credit.saturating_add(c.bytes),
                 Some(Ok(_)) => {}
-                None | Some(Err(_)) => return,
+                None => input_open = false,
+                Some(Err(_)) => return,
             },
             _ = any_change, if credit > 0 => {}
             _ = tx.closed() => return,
