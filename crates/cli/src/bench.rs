@@ -130,10 +130,9 @@ impl Stats {
     }
 }
 
-fn histogram() -> Histogram<u64> {
+fn histogram() -> anyhow::Result<Histogram<u64>> {
     // Microseconds up to an hour, 3 significant digits.
-    Histogram::new_with_bounds(1, 3_600_000_000, 3)
-        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+    Ok(Histogram::new_with_bounds(1, 3_600_000_000, 3)?)
 }
 
 /// A progress line on stderr, redrawn twice a second.
@@ -224,8 +223,8 @@ async fn produce(a: &BenchArgs, rate: Option<u64>, mode: &'static str) -> anyhow
     let reader = {
         let (window, sent_at, done, bytes) = (window.clone(), sent_at.clone(), done.clone(), bytes.clone());
         let record_size = a.record_size as u64;
+        let mut hist = histogram()?;
         tokio::spawn(async move {
-            let mut hist = histogram();
             let mut failed = 0u64;
             let mut first_error = None;
             while let Ok(Some(resp)) = responses.message().await {
@@ -350,7 +349,7 @@ async fn consume(a: &BenchArgs) -> anyhow::Result<Stats> {
         records: done.load(Ordering::Relaxed),
         bytes: bytes.load(Ordering::Relaxed),
         elapsed,
-        hist: histogram(),
+        hist: histogram()?,
         failed: 0,
     })
 }
@@ -369,8 +368,8 @@ async fn e2e(a: &BenchArgs) -> anyhow::Result<Stats> {
     .await?;
     let (target, _) = limits(a);
     let expected = target.unwrap_or(u64::MAX);
+    let mut hist = histogram()?;
     let consumer_task = tokio::spawn(async move {
-        let mut hist = histogram();
         let mut n = 0u64;
         let mut bytes = 0u64;
         while n < expected {
