@@ -283,3 +283,60 @@ async fn every_service_answers_health_and_reflection() {
         assert_eq!(sluice, served, "{role}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_topic_keeps_the_latest_record_per_key() {
+    let (c, _dir) = cluster(1).await;
+    let client = client(&c).await;
+    let cfg = HashMap::from([
+        ("cleanup.policy".to_string(), "compact".to_string()),
+        ("delete.retention.ms".to_string(), "100".to_string()),
+    ]);
+    client.create_topic("profiles", 1, 1, cfg).await.unwrap();
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig { linger: Duration::ZERO, max_in_flight: 1, ..Default::default() },
+    );
+    // Ten rounds of updates for five keys, one batch each; key 4 ends with a tombstone.
+    for round in 0..10 {
+        for k in 0..5 {
+            let value = if round == 9 && k == 4 { None } else { Some(Bytes::from(format!("user{k}-v{round}"))) };
+            let r = ProducerRecord {
+                topic: "profiles".into(),
+                key: Some(Bytes::from(format!("user{k}"))),
+                value,
+                ..Default::default()
+            };
+            producer.send(r).await.unwrap().await.unwrap().unwrap();
+        }
+    }
+    // A keyless record is refused on a compacted topic, with a sentence saying why.
+    let keyless = producer.send(record("profiles", None, "x".into())).await.unwrap().await.unwrap();
+    let e = keyless.expect_err("keyless record on a compacted topic");
+    assert_eq!(e.code(), Some(tonic::Code::InvalidArgument), "{e}");
+    assert!(e.to_string().contains("every record needs a key"), "{e}");
+
+    let latest = eventually("compaction to keep one record per key", Duration::from_secs(20), || {
+        let client = client.clone();
+        async move {
+            let recs = consume_all(&client, "profiles", 50).await;
+            (recs.len() <= 5).then_some(recs)
+        }
+    })
+    .await;
+    let got: Vec<(String, String, i64)> = latest.iter().map(|r| (text(&r.key), text(&r.value), r.offset)).collect();
+    // The newest batch (the head) is never compacted, so user4's tombstone is still there;
+    // every other key keeps only its last value, at its original offset.
+    assert_eq!(
+        got,
+        vec![
+            ("user0".into(), "user0-v9".into(), 45),
+            ("user1".into(), "user1-v9".into(), 46),
+            ("user2".into(), "user2-v9".into(), 47),
+            ("user3".into(), "user3-v9".into(), 48),
+            ("user4".into(), String::new(), 49),
+        ]
+    );
+    let d = client.describe_topic("profiles").await.unwrap();
+    assert_eq!((d.partitions[0].log_start_offset, d.partitions[0].log_end_offset), (0, 50));
+}
