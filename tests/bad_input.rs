@@ -7,7 +7,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use sluice_core::batch::BatchBuilder;
 use sluice_core::compression::Compression;
-use sluice_proto::v1::fetch_request::Kind;
 use sluice_proto::v1::*;
 use sluice_tests::*;
 use tokio_stream::wrappers::ReceiverStream;
@@ -118,28 +117,12 @@ async fn produce_and_fetch_refuse_bad_records_and_offsets() {
     assert_eq!(Code::from_i32(empty.error.expect("empty request").code), Code::InvalidArgument);
 
     // Fetch: out of range names the valid range; unknown partition is NOT_FOUND.
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let start = FetchStart {
-        topic: "small".into(),
-        partitions: vec![FetchPartition { partition: 0, offset: 50 }],
-        max_bytes: 0,
-        plain_records: true,
-    };
-    tx.send(FetchRequest { kind: Some(Kind::Start(start)) }).await.unwrap();
-    let mut s = client.broker().fetch(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut s = fetch_plain(&client, "small", 0, 50).await.unwrap();
     let resp = tokio::time::timeout(Duration::from_secs(10), s.message()).await.unwrap().unwrap().unwrap();
     let e = resp.error.expect("out of range");
     assert_eq!(Code::from_i32(e.code), Code::OutOfRange);
     assert!(e.message.contains("valid offsets are 0 to 1"), "{}", e.message);
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let start = FetchStart {
-        topic: "small".into(),
-        partitions: vec![FetchPartition { partition: 5, offset: 0 }],
-        max_bytes: 0,
-        plain_records: true,
-    };
-    tx.send(FetchRequest { kind: Some(Kind::Start(start)) }).await.unwrap();
-    let status = client.broker().fetch(ReceiverStream::new(rx)).await.expect_err("unknown partition");
+    let status = fetch_plain(&client, "small", 5, 0).await.expect_err("unknown partition");
     assert_eq!(status.code(), Code::NotFound);
 
     // The service is still up and nothing bad was stored: only "fine" is there.

@@ -192,8 +192,6 @@ async fn a_dead_node_vanishes_from_the_metadata_and_comes_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressed_batches_come_back_as_plain_records_for_other_languages() {
     use sluice_core::compression::Compression;
-    use sluice_proto::v1::fetch_request::Kind;
-    use sluice_proto::v1::{FetchPartition, FetchRequest, FetchStart};
 
     let (c, _dir) = cluster(1).await;
     let client = client(&c).await;
@@ -214,19 +212,10 @@ async fn compressed_batches_come_back_as_plain_records_for_other_languages() {
         }
         producer.close().await;
     }
-    // The gateway decodes stored batches into plain records when asked, from an offset inside a batch.
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let start = FetchStart {
-        topic: "packed".into(),
-        partitions: vec![FetchPartition { partition: 0, offset: 10 }],
-        max_bytes: 0,
-        plain_records: true,
-    };
-    tx.send(FetchRequest { kind: Some(Kind::Start(start)) }).await.unwrap();
-    // A simple client sends its start and closes its side: it still gets what its credit
+    // The gateway decodes stored batches into plain records when asked, from an offset inside
+    // a batch. The reader closes its side after the start: it still gets what its credit
     // (1 MiB by default) covers, then the end of the stream.
-    drop(tx);
-    let mut s = client.broker().fetch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut s = fetch_plain(&client, "packed", 0, 10).await.unwrap();
     let mut got = Vec::new();
     while let Some(resp) =
         tokio::time::timeout(Duration::from_secs(10), s.message()).await.expect("records in time").unwrap()

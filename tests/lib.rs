@@ -90,3 +90,25 @@ pub fn by_partition(records: &[ConsumerRecord]) -> HashMap<u32, Vec<&ConsumerRec
 pub fn text(b: &Option<bytes::Bytes>) -> String {
     b.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()
 }
+
+/// Opens a plain-records fetch of one partition from `offset` and closes the request side at
+/// once (a one-shot reader, as a simple client in another language would be).
+pub async fn fetch_plain(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+    offset: i64,
+) -> Result<tonic::Streaming<sluice_proto::v1::FetchResponse>, tonic::Status> {
+    use sluice_proto::v1::fetch_request::Kind;
+    use sluice_proto::v1::{FetchPartition, FetchRequest, FetchStart};
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let start = FetchStart {
+        topic: topic.into(),
+        partitions: vec![FetchPartition { partition, offset }],
+        max_bytes: 0,
+        plain_records: true,
+    };
+    tx.send(FetchRequest { kind: Some(Kind::Start(start)) }).await.expect("queue the start");
+    drop(tx);
+    Ok(client.broker().fetch(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner())
+}
