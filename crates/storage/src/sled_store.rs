@@ -69,6 +69,11 @@ pub(crate) fn encode_meta(m: &BatchMeta) -> [u8; 24] {
     v
 }
 
+/// A stored batch that no longer parses or checks out.
+fn damaged(id: &PartitionId, offset: i64, e: batch::BatchError) -> StorageError {
+    StorageError::Damaged { partition: id.to_string(), offset, reason: e.to_string() }
+}
+
 fn be_i64(b: &[u8]) -> i64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[..8]);
@@ -118,11 +123,7 @@ fn load_index(
             continue;
         }
         let base = be_i64(&k);
-        let h = BatchHeader::parse(&v).map_err(|e| StorageError::Damaged {
-            partition: id.to_string(),
-            offset: base,
-            reason: e.to_string(),
-        })?;
+        let h = BatchHeader::parse(&v).map_err(|e| damaged(id, base, e))?;
         let m = BatchMeta { last_offset: h.last_offset(), max_timestamp: h.max_timestamp, size: v.len() as u64 };
         repair.insert(&base.to_be_bytes(), &encode_meta(&m));
         index.insert(base, m);
@@ -388,19 +389,10 @@ impl PartitionLog for SledPartition {
         let mut out = BytesMut::with_capacity(total as usize);
         let mut next = offset;
         for (base, last, _) in keys {
-            // Retention may have removed the batch since the index was read; stop there.
             // Retention or compaction may have removed the batch since the index was read.
             let Some(v) = self.tree.get(base.to_be_bytes())? else { continue };
-            let h = BatchHeader::parse(&v).map_err(|e| StorageError::Damaged {
-                partition: self.id.to_string(),
-                offset: base,
-                reason: e.to_string(),
-            })?;
-            batch::check_crc(&v, &h).map_err(|e| StorageError::Damaged {
-                partition: self.id.to_string(),
-                offset: base,
-                reason: e.to_string(),
-            })?;
+            let h = BatchHeader::parse(&v).map_err(|e| damaged(&self.id, base, e))?;
+            batch::check_crc(&v, &h).map_err(|e| damaged(&self.id, base, e))?;
             out.extend_from_slice(&v);
             next = last + 1;
         }

@@ -43,3 +43,35 @@ impl Gateway {
         })
     }
 }
+
+/// Partitions grouped by the node leading them, and those that could not be placed.
+pub struct ByLeader<T> {
+    pub nodes: Vec<(Arc<NodeConn>, Vec<T>)>,
+    pub failed: Vec<(u32, SluiceError)>,
+}
+
+impl Gateway {
+    /// Groups `items` (partition, extra) by leader so each node gets one request for all of its
+    /// partitions; `make` builds the per-partition entry of that request.
+    pub fn by_leader<X, T>(
+        &self,
+        view: &ClusterView,
+        t: &TopicMeta,
+        items: impl IntoIterator<Item = (u32, X)>,
+        make: impl Fn(PartitionRef, X) -> T,
+    ) -> ByLeader<T> {
+        let mut nodes: std::collections::BTreeMap<u64, (Arc<NodeConn>, Vec<T>)> = Default::default();
+        let mut failed = Vec::new();
+        for (p, x) in items {
+            match self.target(view, t, p) {
+                Ok(target) => nodes
+                    .entry(target.conn.id)
+                    .or_insert_with(|| (target.conn.clone(), Vec::new()))
+                    .1
+                    .push(make(target.pref, x)),
+                Err(e) => failed.push((p, e)),
+            }
+        }
+        ByLeader { nodes: nodes.into_values().collect(), failed }
+    }
+}

@@ -123,7 +123,7 @@ impl Node {
             self.logs.read().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (*k, v.clone())).collect();
         let now = sluice_core::settings::now_ms();
         for ((topic_id, _), log) in logs {
-            let Some(topic) = view.topics.values().find(|t| t.topic_id == topic_id) else { continue };
+            let Some(topic) = view.topics.get(&log.id().topic).filter(|t| t.topic_id == topic_id) else { continue };
             match log.clean(&topic.config(), now) {
                 Ok(s) if s != Default::default() => tracing::info!(partition = %log.id(), ?s, "cleaned"),
                 Ok(_) => {}

@@ -61,23 +61,15 @@ pub(super) async fn serve(
     let credit = if start.max_bytes == 0 { DEFAULT_CREDIT } else { start.max_bytes };
     let (tx, rx) = mpsc::channel::<Result<FetchResponse, Status>>(16);
 
-    let mut per_node: BTreeMap<u64, (Arc<crate::pool::NodeConn>, Vec<ReadPartition>)> = BTreeMap::new();
-    for (p, offset) in &wanted {
-        match gw.target(&view, &t, *p) {
-            Ok(target) => per_node
-                .entry(target.conn.id)
-                .or_insert_with(|| (target.conn.clone(), Vec::new()))
-                .1
-                .push(ReadPartition { partition: Some(target.pref), offset: *offset }),
-            Err(e) => {
-                let _ = tx.send(Ok(partition_error(*p, &e.to_proto()))).await;
-            }
-        }
+    let groups =
+        gw.by_leader(&view, &t, wanted.iter().copied(), |pref, offset| ReadPartition { partition: Some(pref), offset });
+    for (p, e) in groups.failed {
+        let _ = tx.send(Ok(partition_error(p, &e.to_proto()))).await;
     }
 
     let mut credit_senders = Vec::new();
     let span = tracing::info_span!("fetch_stream", topic = %t.name, partitions = wanted.len());
-    for (_, (conn, partitions)) in per_node {
+    for (conn, partitions) in groups.nodes {
         let (ctx, crx) = mpsc::channel::<ReadRequest>(64);
         let begin = ReadRequest {
             kind: Some(read_request::Kind::Start(ReadStart { partitions: partitions.clone(), max_bytes: credit })),

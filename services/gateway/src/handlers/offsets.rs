@@ -1,7 +1,5 @@
 //! `ListOffsets`: earliest, latest, or the first offset at or after a timestamp, per partition.
 
-use std::collections::BTreeMap;
-
 use sluice_core::SluiceError;
 use sluice_meta::TopicMeta;
 use sluice_proto::v1::{
@@ -50,18 +48,9 @@ pub async fn query_offsets(
     timestamp_ms: Option<i64>,
 ) -> Vec<(u32, Result<PartitionOffsetsEntry, Error>)> {
     let view = gw.snapshot();
-    let mut out = Vec::new();
-    let mut per_node: BTreeMap<u64, (std::sync::Arc<crate::pool::NodeConn>, Vec<sluice_proto::v1::PartitionRef>)> =
-        BTreeMap::new();
-    for &p in partitions {
-        match gw.target(&view, t, p) {
-            Ok(target) => {
-                per_node.entry(target.conn.id).or_insert_with(|| (target.conn.clone(), Vec::new())).1.push(target.pref)
-            }
-            Err(e) => out.push((p, Err(e.to_proto()))),
-        }
-    }
-    let calls = per_node.into_values().map(|(conn, refs)| async move {
+    let groups = gw.by_leader(&view, t, partitions.iter().map(|p| (*p, ())), |pref, ()| pref);
+    let mut out: Vec<_> = groups.failed.into_iter().map(|(p, e)| (p, Err(e.to_proto()))).collect();
+    let calls = groups.nodes.into_iter().map(|(conn, refs)| async move {
         let req = PartitionOffsetsRequest { partitions: refs.clone(), timestamp_ms };
         let call = conn.api().partition_offsets(req);
         match tokio::time::timeout(std::time::Duration::from_secs(5), call).await {
