@@ -37,6 +37,8 @@ pub enum StorageError {
     Batch(#[from] sluice_core::batch::BatchError),
     #[error("offset {offset} is out of range: valid offsets are {start} to {end}")]
     OffsetOutOfRange { offset: i64, start: i64, end: i64 },
+    #[error("replicated batch starts at offset {got}, the log ends at {expected}")]
+    NotContiguous { expected: i64, got: i64 },
     #[error("compacted topics need a key on every record")]
     MissingKey,
     #[error("sled: {0}")]
@@ -76,11 +78,32 @@ pub struct LogOffsets {
 /// One partition's log.
 pub trait PartitionLog: Send + Sync {
     fn id(&self) -> &PartitionId;
-    /// Validates (size, CRC, records) and appends back-to-back batches, assigning offsets.
-    fn append(&self, batches: &[u8], config: &TopicConfig, now_ms: i64) -> Result<AppendInfo, StorageError>;
+    /// Validates (size, CRC, records) and appends back-to-back batches as the leader of
+    /// `leader_epoch`: assigns offsets and stamps the epoch in every batch.
+    fn append(&self, batches: &[u8], config: &TopicConfig, now_ms: i64, leader_epoch: i32)
+    -> Result<AppendInfo, StorageError>;
+    /// Appends batches copied from the leader as they are (offsets and epochs already set); the
+    /// first must start at the log end. Returns the new log end.
+    fn append_replica(&self, batches: &[u8]) -> Result<i64, StorageError>;
+    /// Removes everything at or after `offset` (a batch holding it goes whole); returns the new
+    /// log end.
+    fn truncate(&self, offset: i64) -> Result<i64, StorageError>;
+    /// Empties the log and starts it again at `offset` (a replica too far behind the leader's
+    /// retention).
+    fn reset(&self, offset: i64) -> Result<(), StorageError>;
+    /// The epoch of the last batch, -1 for an empty log.
+    fn last_epoch(&self) -> i32;
+    /// The largest epoch at or below `epoch` in this log and the offset where it ends (the
+    /// start of the next epoch, or the log end); `(-1, log start)` when there is none.
+    fn epoch_end(&self, epoch: i32) -> (i32, i64);
     /// Reads whole batches from the one holding `offset`, up to about `max_bytes` (at least one
-    /// batch when any is there). `offset == log end` returns nothing.
-    fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, StorageError>;
+    /// batch when any is there), none reaching `max_offset` or beyond. `offset == log end`
+    /// returns nothing.
+    fn read_to(&self, offset: i64, max_bytes: usize, max_offset: i64) -> Result<ReadResult, StorageError>;
+    /// [`PartitionLog::read_to`] up to the log end.
+    fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, StorageError> {
+        self.read_to(offset, max_bytes, i64::MAX)
+    }
     fn offsets(&self) -> LogOffsets;
     /// The first record at or after `timestamp_ms`: its offset and timestamp.
     fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>, StorageError>;

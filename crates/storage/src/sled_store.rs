@@ -31,6 +31,9 @@ pub(crate) struct BatchMeta {
     pub last_offset: i64,
     pub max_timestamp: i64,
     pub size: u64,
+    /// The leader epoch stamped in the batch header: where each epoch starts is what a
+    /// returning replica compares to find where its log diverged.
+    pub epoch: i32,
 }
 
 pub(crate) struct LogState {
@@ -56,17 +59,29 @@ pub struct SledStore {
     flush_tx: mpsc::UnboundedSender<FlushWaiter>,
 }
 
-/// Each partition has a second, small tree: base offset -> (last offset, max timestamp, size),
-/// so that opening a partition reads these 24-byte entries instead of every batch. Keeping them
+/// Each partition has a second, small tree: base offset -> (last offset, max timestamp, size,
+/// leader epoch), so that opening a partition reads these 28-byte entries instead of every batch. Keeping them
 /// out of the batch tree keeps its leaves holding batches only.
 const INDEX_PREFIX: &str = "idx/";
 
-pub(crate) fn encode_meta(m: &BatchMeta) -> [u8; 24] {
-    let mut v = [0u8; 24];
+pub(crate) fn encode_meta(m: &BatchMeta) -> [u8; 28] {
+    let mut v = [0u8; 28];
     v[..8].copy_from_slice(&m.last_offset.to_be_bytes());
     v[8..16].copy_from_slice(&m.max_timestamp.to_be_bytes());
-    v[16..].copy_from_slice(&m.size.to_be_bytes());
+    v[16..24].copy_from_slice(&m.size.to_be_bytes());
+    v[24..].copy_from_slice(&m.epoch.to_be_bytes());
     v
+}
+
+impl BatchMeta {
+    fn of(h: &BatchHeader, size: usize) -> Self {
+        Self {
+            last_offset: h.last_offset(),
+            max_timestamp: h.max_timestamp,
+            size: size as u64,
+            epoch: h.partition_leader_epoch,
+        }
+    }
 }
 
 /// A stored batch that no longer parses or checks out.
@@ -81,10 +96,11 @@ fn be_i64(b: &[u8]) -> i64 {
 }
 
 fn decode_meta(v: &[u8]) -> Option<BatchMeta> {
-    (v.len() == 24).then(|| BatchMeta {
+    (v.len() == 28).then(|| BatchMeta {
         last_offset: be_i64(&v[..8]),
         max_timestamp: be_i64(&v[8..16]),
-        size: be_i64(&v[16..]) as u64,
+        size: be_i64(&v[16..24]) as u64,
+        epoch: i32::from_be_bytes([v[24], v[25], v[26], v[27]]),
     })
 }
 
@@ -124,7 +140,7 @@ fn load_index(
         }
         let base = be_i64(&k);
         let h = BatchHeader::parse(&v).map_err(|e| damaged(id, base, e))?;
-        let m = BatchMeta { last_offset: h.last_offset(), max_timestamp: h.max_timestamp, size: v.len() as u64 };
+        let m = BatchMeta::of(&h, v.len());
         repair.insert(&base.to_be_bytes(), &encode_meta(&m));
         index.insert(base, m);
         repaired += 1;
@@ -286,6 +302,20 @@ impl SledPartition {
         Ok(())
     }
 
+    /// Stores batches at the end of the log (the caller holds the state lock) and publishes the
+    /// new end.
+    fn store_locked(&self, st: &mut LogState, items: Vec<(i64, sled::IVec, BatchMeta)>) -> Result<(), StorageError> {
+        let metas: Vec<(i64, BatchMeta)> = items.iter().map(|(b, _, m)| (*b, *m)).collect();
+        self.put_batches(items)?;
+        for (base, m) in metas {
+            st.bytes += m.size;
+            st.next_offset = m.last_offset + 1;
+            st.index.insert(base, m);
+        }
+        self.end_tx.send_replace(st.next_offset);
+        Ok(())
+    }
+
     /// Removes batches, then their index entries.
     pub(crate) fn remove_batches(&self, bases: &[i64]) -> Result<(), StorageError> {
         let (mut data, mut idx) = (sled::Batch::default(), sled::Batch::default());
@@ -304,7 +334,13 @@ impl PartitionLog for SledPartition {
         &self.id
     }
 
-    fn append(&self, batches: &[u8], config: &TopicConfig, now_ms: i64) -> Result<AppendInfo, StorageError> {
+    fn append(
+        &self,
+        batches: &[u8],
+        config: &TopicConfig,
+        now_ms: i64,
+        leader_epoch: i32,
+    ) -> Result<AppendInfo, StorageError> {
         // Everything that can refuse the request happens before the lock and before any write:
         // a request is stored whole or not at all.
         let parts = batch::split_batches(batches)?;
@@ -324,38 +360,29 @@ impl PartitionLog for SledPartition {
         let mut st = self.lock();
         let base_offset = st.next_offset;
         let mut count = 0u32;
-        let mut values = Vec::with_capacity(parts.len());
-        let mut metas = Vec::with_capacity(parts.len());
+        let mut items = Vec::with_capacity(parts.len());
         for (h, range) in &parts {
             // One copy, straight into sled's own buffer type.
             let mut v = sled::IVec::from(&batches[range.clone()]);
             let v_mut: &mut [u8] = v.as_mut();
             let base = st.next_offset + count as i64;
             batch::set_base_offset(v_mut, base);
+            batch::set_partition_leader_epoch(v_mut, leader_epoch);
             if log_append {
                 batch::set_log_append_time(v_mut, now_ms);
             }
-            let max_ts = if log_append { now_ms } else { h.max_timestamp };
-            metas.push((
-                base,
-                BatchMeta {
-                    last_offset: base + h.last_offset_delta as i64,
-                    max_timestamp: max_ts,
-                    size: v.len() as u64,
-                },
-            ));
-            values.push((base, v));
+            let meta = BatchMeta {
+                last_offset: base + h.last_offset_delta as i64,
+                max_timestamp: if log_append { now_ms } else { h.max_timestamp },
+                size: v.len() as u64,
+                epoch: leader_epoch,
+            };
+            items.push((base, v, meta));
             count += h.record_count as u32;
         }
-        self.put_batches(values.into_iter().zip(&metas).map(|((base, v), (_, m))| (base, v, *m)).collect())?;
-        for (base, m) in metas {
-            st.bytes += m.size;
-            st.index.insert(base, m);
-        }
-        st.next_offset = base_offset + count as i64;
-        let end = st.next_offset;
+        self.store_locked(&mut st, items)?;
         drop(st);
-        self.end_tx.send_replace(end);
+        let end = base_offset + count as i64;
         Ok(AppendInfo {
             base_offset,
             last_offset: end - 1,
@@ -364,7 +391,87 @@ impl PartitionLog for SledPartition {
         })
     }
 
-    fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, StorageError> {
+    fn append_replica(&self, batches: &[u8]) -> Result<i64, StorageError> {
+        let parts = batch::split_batches(batches)?;
+        let mut st = self.lock();
+        let mut expected = st.next_offset;
+        let mut items = Vec::with_capacity(parts.len());
+        for (h, range) in &parts {
+            // The leader validated the records (and compaction may have left gaps in offset
+            // deltas that a fresh batch could not have); the CRC still guards the copy.
+            batch::check_crc(&batches[range.clone()], h)?;
+            if h.base_offset != expected {
+                return Err(StorageError::NotContiguous { expected, got: h.base_offset });
+            }
+            expected = h.last_offset() + 1;
+            items.push((h.base_offset, sled::IVec::from(&batches[range.clone()]), BatchMeta::of(h, range.len())));
+        }
+        if !items.is_empty() {
+            self.store_locked(&mut st, items)?;
+        }
+        Ok(st.next_offset)
+    }
+
+    fn truncate(&self, offset: i64) -> Result<i64, StorageError> {
+        let mut st = self.lock();
+        if offset >= st.next_offset {
+            return Ok(st.next_offset);
+        }
+        // A batch is kept whole or not at all: one that straddles `offset` goes too.
+        let cut = st.index.range(..=offset).next_back().filter(|(_, m)| m.last_offset >= offset).map(|(b, _)| *b);
+        let from = cut.unwrap_or(offset);
+        let doomed: Vec<i64> = st.index.range(from..).map(|(b, _)| *b).collect();
+        self.remove_batches(&doomed)?;
+        for b in &doomed {
+            if let Some(m) = st.index.remove(b) {
+                st.bytes -= m.size;
+            }
+        }
+        st.next_offset = from.max(st.log_start);
+        let end = st.next_offset;
+        if from < st.log_start {
+            st.log_start = end;
+        }
+        drop(st);
+        self.end_tx.send_replace(end);
+        tracing::info!(partition = %self.id, end, removed = doomed.len(), "truncated");
+        Ok(end)
+    }
+
+    fn reset(&self, offset: i64) -> Result<(), StorageError> {
+        let mut st = self.lock();
+        let doomed: Vec<i64> = st.index.keys().copied().collect();
+        self.remove_batches(&doomed)?;
+        self.persist_log_start(offset)?;
+        st.index.clear();
+        st.bytes = 0;
+        st.log_start = offset;
+        st.next_offset = offset;
+        drop(st);
+        self.end_tx.send_replace(offset);
+        tracing::info!(partition = %self.id, offset, "log reset to a new start");
+        Ok(())
+    }
+
+    fn last_epoch(&self) -> i32 {
+        self.lock().index.values().next_back().map(|m| m.epoch).unwrap_or(-1)
+    }
+
+    fn epoch_end(&self, epoch: i32) -> (i32, i64) {
+        let st = self.lock();
+        // Walk back over the batches of later epochs: the first batch at or below `epoch`
+        // tells which epoch it is, and the batch after it where that epoch ended.
+        let mut end = st.next_offset;
+        for (base, m) in st.index.iter().rev() {
+            if m.epoch <= epoch {
+                return (m.epoch, end);
+            }
+            end = *base;
+        }
+        (-1, st.log_start)
+    }
+
+    fn read_to(&self, offset: i64, max_bytes: usize, max_offset: i64) -> Result<ReadResult, StorageError> {
         let (keys, start, end) = {
             let st = self.lock();
             if offset < st.log_start || offset > st.next_offset {
@@ -377,7 +484,7 @@ impl PartitionLog for SledPartition {
             let mut keys = Vec::new();
             let mut total = 0u64;
             for (base, m) in st.index.range(from..) {
-                if total > 0 && total + m.size > max_bytes as u64 {
+                if m.last_offset >= max_offset || (total > 0 && total + m.size > max_bytes as u64) {
                     break;
                 }
                 total += m.size;

@@ -57,11 +57,11 @@ async fn offsets_are_dense_and_survive_a_restart() {
     {
         let store = SledStore::open(dir.path()).unwrap();
         let log = store.open(&pid()).unwrap();
-        let a = log.append(&batch(&[(None, Some("a"), 1), (None, Some("b"), 2)], Compression::None), &cfg, 10).unwrap();
+        let a = log.append(&batch(&[(None, Some("a"), 1), (None, Some("b"), 2)], Compression::None), &cfg, 10, 0).unwrap();
         assert_eq!((a.base_offset, a.last_offset, a.record_count), (0, 1, 2));
         let mut two = batch(&[(None, Some("c"), 3)], Compression::Lz4).to_vec();
         two.extend_from_slice(&batch(&[(None, Some("d"), 4), (None, Some("e"), 5)], Compression::Zstd));
-        let b = log.append(&two, &cfg, 10).unwrap();
+        let b = log.append(&two, &cfg, 10, 0).unwrap();
         assert_eq!((b.base_offset, b.last_offset), (2, 4));
         store.sync().await.unwrap();
     }
@@ -71,7 +71,7 @@ async fn offsets_are_dense_and_survive_a_restart() {
     let recs = all_records(&*log, 0);
     assert_eq!(recs.iter().map(|r| r.0).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
     assert_eq!(recs[3].2.as_deref(), Some("d"));
-    assert_eq!(log.append(&batch(&[(None, Some("f"), 6)], Compression::None), &cfg, 10).unwrap().base_offset, 5);
+    assert_eq!(log.append(&batch(&[(None, Some("f"), 6)], Compression::None), &cfg, 10, 0).unwrap().base_offset, 5);
     assert_eq!(store.list().unwrap(), vec![pid()]);
 }
 
@@ -87,14 +87,14 @@ async fn bad_batches_are_refused_and_nothing_is_stored() {
     corrupt[n - 2] ^= 1;
     let mut mixed = good.to_vec();
     mixed.extend_from_slice(&corrupt);
-    assert!(log.append(&corrupt, &cfg, 0).is_err());
-    assert!(log.append(&mixed, &cfg, 0).is_err(), "one bad batch refuses the whole request");
+    assert!(log.append(&corrupt, &cfg, 0, 0).is_err());
+    assert!(log.append(&mixed, &cfg, 0, 0).is_err(), "one bad batch refuses the whole request");
     let big = "x".repeat(300);
     assert!(matches!(
-        log.append(&batch(&[(None, Some(&big), 1)], Compression::None), &cfg, 0),
+        log.append(&batch(&[(None, Some(&big), 1)], Compression::None), &cfg, 0, 0),
         Err(StorageError::Batch(sluice_core::batch::BatchError::TooLarge { limit: 200, .. }))
     ));
-    assert!(log.append(&[], &cfg, 0).is_err());
+    assert!(log.append(&[], &cfg, 0, 0).is_err());
     assert_eq!(log.offsets().log_end_offset, 0);
     assert!(matches!(log.read(5, 100), Err(StorageError::OffsetOutOfRange { offset: 5, start: 0, end: 0 })));
 }
@@ -106,7 +106,7 @@ async fn retention_by_time_and_size_moves_the_log_start() {
     let log = store.open(&pid()).unwrap();
     let cfg = TopicConfig::default();
     for ts in [1_000, 2_000, 3_000, 4_000] {
-        log.append(&batch(&[(None, Some("v"), ts), (None, Some("w"), ts)], Compression::None), &cfg, 0).unwrap();
+        log.append(&batch(&[(None, Some("v"), ts), (None, Some("w"), ts)], Compression::None), &cfg, 0, 0).unwrap();
     }
     let timed = TopicConfig { retention_ms: 1_500, ..cfg.clone() };
     assert_eq!(log.clean(&timed, 4_000).unwrap().deleted_batches, 2);
@@ -124,7 +124,7 @@ async fn retention_by_time_and_size_moves_the_log_start() {
     let store = reopen(dir.path()).await;
     let log = store.open(&pid()).unwrap();
     assert_eq!(log.offsets().log_end_offset, 8, "an emptied log keeps its next offset across restarts");
-    assert_eq!(log.append(&batch(&[(None, Some("n"), 5)], Compression::None), &cfg, 0).unwrap().base_offset, 8);
+    assert_eq!(log.append(&batch(&[(None, Some("n"), 5)], Compression::None), &cfg, 0, 0).unwrap().base_offset, 8);
 }
 
 #[tokio::test]
@@ -137,12 +137,12 @@ async fn compaction_keeps_the_latest_value_per_key() {
         ("delete.retention.ms".to_string(), "1000".to_string()),
     ]))
     .unwrap();
-    log.append(&batch(&[(Some("a"), Some("a1"), 10), (Some("b"), Some("b1"), 10)], Compression::Zstd), &cfg, 0)
+    log.append(&batch(&[(Some("a"), Some("a1"), 10), (Some("b"), Some("b1"), 10)], Compression::Zstd), &cfg, 0, 0)
         .unwrap();
-    log.append(&batch(&[(Some("a"), Some("a2"), 20), (Some("c"), None, 20)], Compression::None), &cfg, 0).unwrap();
-    log.append(&batch(&[(Some("b"), Some("b2"), 30)], Compression::None), &cfg, 0).unwrap();
+    log.append(&batch(&[(Some("a"), Some("a2"), 20), (Some("c"), None, 20)], Compression::None), &cfg, 0, 0).unwrap();
+    log.append(&batch(&[(Some("b"), Some("b2"), 30)], Compression::None), &cfg, 0, 0).unwrap();
     assert!(matches!(
-        log.append(&batch(&[(None, Some("keyless"), 1)], Compression::None), &cfg, 0),
+        log.append(&batch(&[(None, Some("keyless"), 1)], Compression::None), &cfg, 0, 0),
         Err(StorageError::MissingKey)
     ));
     let stats = log.clean(&cfg, 500).unwrap();
@@ -177,8 +177,8 @@ async fn timestamp_lookup_finds_the_first_record_at_or_after() {
     let store = SledStore::open(dir.path()).unwrap();
     let log = store.open(&pid()).unwrap();
     let cfg = TopicConfig::default();
-    log.append(&batch(&[(None, Some("a"), 100), (None, Some("b"), 200)], Compression::None), &cfg, 0).unwrap();
-    log.append(&batch(&[(None, Some("c"), 300), (None, Some("d"), 400)], Compression::Lz4), &cfg, 0).unwrap();
+    log.append(&batch(&[(None, Some("a"), 100), (None, Some("b"), 200)], Compression::None), &cfg, 0, 0).unwrap();
+    log.append(&batch(&[(None, Some("c"), 300), (None, Some("d"), 400)], Compression::Lz4), &cfg, 0, 0).unwrap();
     assert_eq!(log.offset_for_timestamp(0).unwrap(), Some((0, 100)));
     assert_eq!(log.offset_for_timestamp(150).unwrap(), Some((1, 200)));
     assert_eq!(log.offset_for_timestamp(300).unwrap(), Some((2, 300)));
@@ -193,7 +193,7 @@ async fn concurrent_syncs_share_flushes() {
     let cfg = TopicConfig::default();
     let mut tasks = Vec::new();
     for i in 0..32 {
-        log.append(&batch(&[(None, Some("v"), i)], Compression::None), &cfg, 0).unwrap();
+        log.append(&batch(&[(None, Some("v"), i)], Compression::None), &cfg, 0, 0).unwrap();
         let s = store.clone();
         tasks.push(tokio::spawn(async move { s.sync().await }));
     }
@@ -201,4 +201,50 @@ async fn concurrent_syncs_share_flushes() {
         t.await.unwrap().unwrap();
     }
     assert_eq!(log.offsets().log_end_offset, 32);
+}
+
+#[tokio::test]
+async fn replica_copies_truncates_by_epoch_and_resets() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TopicConfig::default();
+    let store = SledStore::open(dir.path()).unwrap();
+    let leader = store.open(&pid()).unwrap();
+    let follower = store.open(&PartitionId { partition: 1, ..pid() }).unwrap();
+    // Epoch 1: offsets 0-2; epoch 3: offsets 3-4.
+    leader.append(&batch(&[(None, Some("a"), 1), (None, Some("b"), 1)], Compression::None), &cfg, 0, 1).unwrap();
+    leader.append(&batch(&[(None, Some("c"), 1)], Compression::None), &cfg, 0, 1).unwrap();
+    leader.append(&batch(&[(None, Some("d"), 1), (None, Some("e"), 1)], Compression::Lz4), &cfg, 0, 3).unwrap();
+    assert_eq!(leader.last_epoch(), 3);
+    assert_eq!(leader.epoch_end(1), (1, 3));
+    assert_eq!(leader.epoch_end(2), (1, 3), "an epoch without batches ends where the next begins");
+    assert_eq!(leader.epoch_end(3), (3, 5));
+    assert_eq!(leader.epoch_end(9), (3, 5));
+    assert_eq!(leader.epoch_end(0), (-1, 0));
+
+    // The follower copies bytes as they are, and only at its log end.
+    let copy = leader.read(0, usize::MAX).unwrap().batches;
+    assert_eq!(follower.append_replica(&copy).unwrap(), 5);
+    assert_eq!(follower.read(0, usize::MAX).unwrap().batches, copy, "replica bytes identical to the leader's");
+    assert!(matches!(follower.append_replica(&copy), Err(StorageError::NotContiguous { expected: 5, got: 0 })));
+    assert_eq!(follower.epoch_end(3), (3, 5));
+
+    // A divergent tail written at epoch 3 on the follower is cut at the batch boundary.
+    follower.append(&batch(&[(None, Some("x"), 1)], Compression::None), &cfg, 0, 3).unwrap();
+    assert_eq!(follower.truncate(4).unwrap(), 3, "the batch holding offset 4 starts at 3 and goes whole");
+    assert_eq!(all_records(&*follower, 0).iter().map(|r| r.2.clone().unwrap()).collect::<Vec<_>>(), ["a", "b", "c"]);
+    assert_eq!(follower.truncate(10).unwrap(), 3, "truncating past the end changes nothing");
+
+    // Reads can stop below a limit (the high watermark).
+    let r = leader.read_to(0, usize::MAX, 3).unwrap();
+    assert_eq!(r.next_offset, 3);
+
+    follower.reset(42).unwrap();
+    let o = follower.offsets();
+    assert_eq!((o.log_start_offset, o.log_end_offset), (42, 42));
+    drop((leader, follower, store));
+    let store = reopen(dir.path()).await;
+    let follower = store.open(&PartitionId { partition: 1, ..pid() }).unwrap();
+    assert_eq!(follower.offsets().log_start_offset, 42, "a reset survives a restart");
+    let leader = store.open(&pid()).unwrap();
+    assert_eq!(leader.epoch_end(1), (1, 3), "epochs survive a restart through the index");
 }

@@ -31,7 +31,7 @@ pub fn map_storage(p: &PartitionId, e: StorageError) -> SluiceError {
         StorageError::MissingKey => {
             SluiceError::InvalidRequest(format!("topic '{}' is compacted: every record needs a key", p.topic))
         }
-        e @ (StorageError::Sled(_) | StorageError::Damaged { .. }) => {
+        e @ (StorageError::Sled(_) | StorageError::Damaged { .. } | StorageError::NotContiguous { .. }) => {
             tracing::error!(partition = %p, error = %e, "storage failure");
             SluiceError::Storage(format!("partition {p}: {e}"))
         }

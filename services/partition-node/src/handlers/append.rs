@@ -107,7 +107,7 @@ fn append_one(node: &Node, req: AppendRequest) -> Result<AppendResponse, SluiceE
     let pid = PartitionId { topic: r.topic.clone(), topic_id: served.topic.topic_id, partition: r.partition };
     let info = served
         .log
-        .append(&req.batches, &served.topic.config(), sluice_core::settings::now_ms())
+        .append(&req.batches, &served.topic.config(), sluice_core::settings::now_ms(), 0)
         .map_err(|e| map_storage(&pid, e))?;
     Ok(AppendResponse {
         id: req.id,
