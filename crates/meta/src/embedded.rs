@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 use sluice_core::SluiceError;
 use tokio::sync::watch;
 
-use crate::{ClusterView, MetaError, MetaStore, NewTopic, NodeInfo, TopicLimits, TopicMeta, plan_topic};
+use crate::{
+    ClusterView, MetaError, MetaStore, NewTopic, NodeInfo, PartitionAssignment, PartitionState, TopicLimits, TopicMeta,
+    plan_topic,
+};
 
 #[derive(Default, Serialize, Deserialize)]
 struct Persisted {
@@ -31,7 +34,20 @@ impl EmbeddedMeta {
             match std::fs::read(f) {
                 Ok(bytes) => {
                     let p: Persisted = serde_json::from_slice(&bytes)?;
-                    view.topics = p.topics.into_iter().map(|t| (t.name.clone(), Arc::new(t))).collect();
+                    view.revision = 1;
+                    view.topics = p
+                        .topics
+                        .into_iter()
+                        .map(|mut t| {
+                            t.revision = 1;
+                            for a in &mut t.partitions {
+                                if a.isr.is_empty() {
+                                    a.isr = a.replicas.clone();
+                                }
+                            }
+                            (t.name.clone(), Arc::new(t))
+                        })
+                        .collect();
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => return Err(MetaError::File { path: f.display().to_string(), source }),
@@ -50,9 +66,11 @@ impl EmbeddedMeta {
         std::fs::rename(&tmp, f).map_err(io)
     }
 
+    /// Applies `f` to a copy of the view at the next revision; persists when it says so.
     fn update(&self, f: impl FnOnce(&mut ClusterView) -> Result<bool, MetaError>) -> Result<(), MetaError> {
         let _g = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = (**self.tx.borrow()).clone();
+        next.revision += 1;
         if f(&mut next)? {
             self.persist(&next)?;
         }
@@ -73,7 +91,8 @@ impl MetaStore for EmbeddedMeta {
     async fn create_topic(&self, topic: NewTopic, limits: TopicLimits) -> Result<TopicMeta, MetaError> {
         let mut created = None;
         self.update(|v| {
-            let t = plan_topic(v, &topic, limits, rand::random())?;
+            let mut t = plan_topic(v, &topic, limits, rand::random())?;
+            t.revision = v.revision;
             v.topics.insert(t.name.clone(), Arc::new(t.clone()));
             created = Some(t);
             Ok(true)
@@ -90,5 +109,34 @@ impl MetaStore for EmbeddedMeta {
 
     fn view(&self) -> watch::Receiver<Arc<ClusterView>> {
         self.tx.subscribe()
+    }
+
+    async fn update_partition(
+        &self,
+        topic: &TopicMeta,
+        partition: u32,
+        expected: &PartitionAssignment,
+        next: PartitionState,
+    ) -> Result<Option<i64>, MetaError> {
+        let mut written = None;
+        self.update(|v| {
+            let rev = v.revision;
+            let Some(t) = v.topics.get_mut(&topic.name).filter(|t| t.revision == topic.revision) else {
+                return Ok(false);
+            };
+            let current = t.partitions.get(partition as usize).map(|a| a.revision);
+            if current != Some(expected.revision) {
+                return Ok(false);
+            }
+            ClusterView::apply_state(Arc::make_mut(t), partition, &next, rev);
+            written = Some(rev);
+            Ok(true)
+        })?;
+        Ok(written)
+    }
+
+    fn session_valid(&self) -> bool {
+        // The process is the whole cluster: nobody can declare it dead.
+        true
     }
 }

@@ -5,22 +5,31 @@
 //!   lease, so it vanishes when the node stops renewing it.
 //! - `{prefix}/topics/{name}`: a topic and its partition assignments (JSON [`TopicMeta`]),
 //!   created and deleted with transactions that compare the key's version.
+//! - `{prefix}/partitions/{topic_id}/{partition}`: a partition's leader, leader epoch and
+//!   in-sync replicas (JSON [`PartitionState`]), absent until the first election or ISR
+//!   change, written only by compare-and-set on its revision and the topic's, deleted with
+//!   the topic.
 //!
 //! A background task loads the prefix once, then follows it with a watch from the next
 //! revision; if the watch breaks (etcd restarted, revision compacted) it reloads and watches
 //! again. The last good view stays published meanwhile, so the data path keeps working while
 //! etcd is away.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
 };
 use sluice_core::SluiceError;
 use tokio::sync::watch;
 
-use crate::{ClusterView, MetaError, MetaStore, NewTopic, NodeInfo, TopicLimits, TopicMeta, plan_topic};
+use crate::{
+    ClusterView, MetaError, MetaStore, NewTopic, NodeInfo, PartitionAssignment, PartitionState, TopicLimits, TopicMeta,
+    plan_topic,
+};
 
 /// Metadata kept in an etcd cluster.
 pub struct EtcdMeta {
@@ -28,7 +37,8 @@ pub struct EtcdMeta {
     prefix: String,
     lease_ttl_secs: i64,
     tx: watch::Sender<Arc<ClusterView>>,
-    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    session: Arc<Mutex<Session>>,
 }
 
 impl Drop for EtcdMeta {
@@ -39,30 +49,88 @@ impl Drop for EtcdMeta {
     }
 }
 
-fn apply(view: &mut ClusterView, prefix: &str, key: &[u8], value: Option<&[u8]>) {
-    let Ok(key) = std::str::from_utf8(key) else { return };
-    let Some(rest) = key.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) else { return };
-    if let Some(id) = rest.strip_prefix("nodes/") {
-        let Ok(id) = id.parse::<u64>() else { return };
-        match value.map(serde_json::from_slice::<NodeInfo>) {
-            Some(Ok(n)) => {
-                view.nodes.insert(id, n);
+/// What the watch has seen, before partition states are overlaid on their topics.
+#[derive(Default)]
+struct Raw {
+    topics: BTreeMap<String, TopicMeta>,
+    /// topic id -> partition -> (state, revision).
+    states: HashMap<u64, BTreeMap<u32, (PartitionState, i64)>>,
+}
+
+impl Raw {
+    /// Applies one key change to `raw` and the nodes of `view`; returns the topic whose merged
+    /// form must be rebuilt, if any.
+    fn apply(
+        &mut self,
+        view: &mut ClusterView,
+        prefix: &str,
+        key: &[u8],
+        value: Option<&[u8]>,
+        revision: i64,
+    ) -> Option<String> {
+        let key = std::str::from_utf8(key).ok()?;
+        let rest = key.strip_prefix(prefix).and_then(|r| r.strip_prefix('/'))?;
+        if let Some(id) = rest.strip_prefix("nodes/") {
+            let id = id.parse::<u64>().ok()?;
+            match value.map(serde_json::from_slice::<NodeInfo>) {
+                Some(Ok(n)) => {
+                    view.nodes.insert(id, n);
+                }
+                Some(Err(e)) => tracing::warn!(key, error = %e, "ignoring unreadable node entry"),
+                None => {
+                    view.nodes.remove(&id);
+                }
             }
-            Some(Err(e)) => tracing::warn!(key, error = %e, "ignoring unreadable node entry"),
-            None => {
-                view.nodes.remove(&id);
+            None
+        } else if let Some(name) = rest.strip_prefix("topics/") {
+            match value.map(serde_json::from_slice::<TopicMeta>) {
+                Some(Ok(mut t)) => {
+                    t.revision = revision;
+                    for a in &mut t.partitions {
+                        if a.isr.is_empty() {
+                            a.isr = a.replicas.clone();
+                        }
+                    }
+                    self.topics.insert(name.to_string(), t);
+                }
+                Some(Err(e)) => tracing::warn!(key, error = %e, "ignoring unreadable topic entry"),
+                None => {
+                    if let Some(t) = self.topics.remove(name) {
+                        self.states.remove(&t.topic_id);
+                    }
+                }
             }
+            Some(name.to_string())
+        } else if let Some(path) = rest.strip_prefix("partitions/") {
+            let (topic_id, p) = path.split_once('/')?;
+            let (topic_id, p) = (topic_id.parse::<u64>().ok()?, p.parse::<u32>().ok()?);
+            let states = self.states.entry(topic_id).or_default();
+            match value.map(serde_json::from_slice::<PartitionState>) {
+                Some(Ok(st)) => {
+                    states.insert(p, (st, revision));
+                }
+                Some(Err(e)) => tracing::warn!(key, error = %e, "ignoring unreadable partition state"),
+                None => {
+                    states.remove(&p);
+                }
+            }
+            self.topics.iter().find(|(_, t)| t.topic_id == topic_id).map(|(n, _)| n.clone())
+        } else {
+            None
         }
-    } else if let Some(name) = rest.strip_prefix("topics/") {
-        match value.map(serde_json::from_slice::<TopicMeta>) {
-            Some(Ok(t)) => {
-                view.topics.insert(name.to_string(), Arc::new(t));
-            }
-            Some(Err(e)) => tracing::warn!(key, error = %e, "ignoring unreadable topic entry"),
-            None => {
-                view.topics.remove(name);
-            }
+    }
+
+    /// The topic as services see it: its initial assignment with every written state on top.
+    fn rebuild(&self, view: &mut ClusterView, name: &str) {
+        let Some(t) = self.topics.get(name) else {
+            view.topics.remove(name);
+            return;
+        };
+        let mut merged = t.clone();
+        for (p, (st, rev)) in self.states.get(&t.topic_id).into_iter().flatten() {
+            ClusterView::apply_state(&mut merged, *p, st, *rev);
         }
+        view.topics.insert(name.to_string(), Arc::new(merged));
     }
 }
 
@@ -73,9 +141,14 @@ async fn load_and_watch(
 ) -> Result<(), MetaError> {
     let resp = client.get(format!("{prefix}/"), Some(GetOptions::new().with_prefix())).await?;
     let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-    let mut view = ClusterView { loaded: true, ..ClusterView::default() };
+    let mut raw = Raw::default();
+    let mut view = ClusterView { loaded: true, revision, ..ClusterView::default() };
     for kv in resp.kvs() {
-        apply(&mut view, prefix, kv.key(), Some(kv.value()));
+        raw.apply(&mut view, prefix, kv.key(), Some(kv.value()), kv.mod_revision());
+    }
+    let names: Vec<String> = raw.topics.keys().cloned().collect();
+    for name in names {
+        raw.rebuild(&mut view, &name);
     }
     tx.send_replace(Arc::new(view));
     let opts = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
@@ -89,15 +162,33 @@ async fn load_and_watch(
             continue;
         }
         let mut next = (**tx.borrow()).clone();
+        let mut touched = BTreeSet::new();
         for ev in resp.events() {
             if let Some(kv) = ev.kv() {
                 let value = (ev.event_type() == EventType::Put).then(|| kv.value());
-                apply(&mut next, prefix, kv.key(), value);
+                touched.extend(raw.apply(&mut next, prefix, kv.key(), value, kv.mod_revision()));
+                next.revision = next.revision.max(kv.mod_revision());
             }
+        }
+        if let Some(h) = resp.header() {
+            next.revision = next.revision.max(h.revision());
+        }
+        for name in touched {
+            raw.rebuild(&mut next, &name);
         }
         tx.send_replace(Arc::new(next));
     }
     Ok(())
+}
+
+/// When this process last certainly held its registration.
+#[derive(Default)]
+struct Session {
+    /// When the last successful renewal was sent: the lease lives at least a TTL past it.
+    renewed_at: Option<Instant>,
+    /// The revision of the latest registration: until the view has seen it, the view may
+    /// predate an election that happened while this process was away.
+    registered_rev: i64,
 }
 
 impl EtcdMeta {
@@ -129,6 +220,7 @@ impl EtcdMeta {
             lease_ttl_secs,
             tx: tx.clone(),
             tasks: Default::default(),
+            session: Default::default(),
         });
         let mut watch_client = client;
         let task = tokio::spawn(async move {
@@ -153,9 +245,20 @@ impl EtcdMeta {
         format!("{}/{kind}/{name}", self.prefix)
     }
 
-    async fn put_with_lease(client: &mut Client, key: &str, value: &[u8], ttl: i64) -> Result<i64, MetaError> {
+    /// Registers under a new lease; records the session as held from before the grant.
+    async fn put_with_lease(
+        client: &mut Client,
+        key: &str,
+        value: &[u8],
+        ttl: i64,
+        session: &Mutex<Session>,
+    ) -> Result<i64, MetaError> {
+        let t0 = Instant::now();
         let lease = client.lease_grant(ttl, None).await?.id();
-        client.put(key, value, Some(PutOptions::new().with_lease(lease))).await?;
+        let put = client.put(key, value, Some(PutOptions::new().with_lease(lease))).await?;
+        let mut s = session.lock().unwrap_or_else(|p| p.into_inner());
+        s.renewed_at = Some(t0);
+        s.registered_rev = put.header().map(|h| h.revision()).unwrap_or(0);
         Ok(lease)
     }
 
@@ -173,7 +276,8 @@ impl MetaStore for EtcdMeta {
         let value = serde_json::to_vec(&node)?;
         let ttl = self.lease_ttl_secs.max(1);
         let mut client = self.client.clone();
-        let mut lease = Self::put_with_lease(&mut client, &key, &value, ttl).await?;
+        let session = self.session.clone();
+        let mut lease = Self::put_with_lease(&mut client, &key, &value, ttl, &session).await?;
         let task = tokio::spawn(async move {
             let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(200));
             loop {
@@ -181,18 +285,22 @@ impl MetaStore for EtcdMeta {
                 // then register again under a new lease.
                 match client.lease_keep_alive(lease).await {
                     Ok((mut keeper, mut stream)) => loop {
+                        let sent = Instant::now();
                         if keeper.keep_alive().await.is_err() {
                             break;
                         }
                         match stream.message().await {
-                            Ok(Some(r)) if r.ttl() > 0 => tokio::time::sleep(period).await,
+                            Ok(Some(r)) if r.ttl() > 0 => {
+                                session.lock().unwrap_or_else(|p| p.into_inner()).renewed_at = Some(sent);
+                                tokio::time::sleep(period).await
+                            }
                             _ => break,
                         }
                     },
                     Err(e) => tracing::warn!(error = %e, "lease keep-alive failed"),
                 }
                 loop {
-                    match Self::put_with_lease(&mut client, &key, &value, ttl).await {
+                    match Self::put_with_lease(&mut client, &key, &value, ttl, &session).await {
                         Ok(l) => {
                             tracing::info!(key, "re-registered node under a new lease");
                             lease = l;
@@ -231,9 +339,14 @@ impl MetaStore for EtcdMeta {
 
     async fn delete_topic(&self, name: &str) -> Result<(), MetaError> {
         let key = self.key("topics", name);
-        let txn = Txn::new()
-            .when([Compare::version(key.as_str(), CompareOp::Greater, 0)])
-            .and_then([TxnOp::delete(key.as_str(), None)]);
+        let Some(topic_id) = self.tx.borrow().topics.get(name).map(|t| t.topic_id) else {
+            return Err(SluiceError::UnknownTopic(name.to_string()).into());
+        };
+        let states = format!("{}/partitions/{topic_id}/", self.prefix);
+        let txn = Txn::new().when([Compare::version(key.as_str(), CompareOp::Greater, 0)]).and_then([
+            TxnOp::delete(key.as_str(), None),
+            TxnOp::delete(states.as_str(), Some(DeleteOptions::new().with_prefix())),
+        ]);
         if !self.client.clone().txn(txn).await?.succeeded() {
             return Err(SluiceError::UnknownTopic(name.to_string()).into());
         }
@@ -243,5 +356,36 @@ impl MetaStore for EtcdMeta {
 
     fn view(&self) -> watch::Receiver<Arc<ClusterView>> {
         self.tx.subscribe()
+    }
+
+    async fn update_partition(
+        &self,
+        topic: &TopicMeta,
+        partition: u32,
+        expected: &PartitionAssignment,
+        next: PartitionState,
+    ) -> Result<Option<i64>, MetaError> {
+        let topic_key = self.key("topics", &topic.name);
+        let key = format!("{}/partitions/{}/{partition}", self.prefix, topic.topic_id);
+        // A missing key compares as revision 0: the first change of a partition's state.
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(topic_key.as_str(), CompareOp::Equal, topic.revision),
+                Compare::mod_revision(key.as_str(), CompareOp::Equal, expected.revision),
+            ])
+            .and_then([TxnOp::put(key.as_str(), serde_json::to_vec(&next)?, None)]);
+        let resp = self.client.clone().txn(txn).await?;
+        if !resp.succeeded() {
+            return Ok(None);
+        }
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        self.await_view(|v| v.revision >= rev).await;
+        Ok(Some(rev))
+    }
+
+    fn session_valid(&self) -> bool {
+        let s = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let ttl = Duration::from_secs(self.lease_ttl_secs.max(1) as u64);
+        s.renewed_at.is_some_and(|t| t.elapsed() < ttl) && self.tx.borrow().revision >= s.registered_rev
     }
 }

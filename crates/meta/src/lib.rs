@@ -13,7 +13,9 @@ mod model;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-pub use model::{ClusterView, NodeInfo, PartitionAssignment, TopicMeta, plan_topic};
+pub use model::{
+    ClusterView, NodeInfo, PartitionAssignment, PartitionState, TopicMeta, default_min_insync, plan_topic,
+};
 use sluice_core::SluiceError;
 use tokio::sync::watch;
 
@@ -74,4 +76,20 @@ pub trait MetaStore: Send + Sync {
     async fn delete_topic(&self, name: &str) -> Result<(), MetaError>;
     /// The current view and every change to it.
     fn view(&self) -> watch::Receiver<Arc<ClusterView>>;
+    /// Writes a partition's new leadership if neither the topic nor the partition's state
+    /// changed since `topic` and `expected` were read (a compare-and-set of their revisions).
+    /// Returns the new revision, or `None` when someone else changed it first. Once this
+    /// returns, this store's own view includes the change.
+    async fn update_partition(
+        &self,
+        topic: &TopicMeta,
+        partition: u32,
+        expected: &PartitionAssignment,
+        next: PartitionState,
+    ) -> Result<Option<i64>, MetaError>;
+    /// Whether this process's registration is certainly still alive: its lease was renewed
+    /// less than a TTL ago, and the view has caught up with its latest registration. A
+    /// partition node that cannot say so may have been declared dead and replaced, and must
+    /// not accept writes.
+    fn session_valid(&self) -> bool;
 }

@@ -17,7 +17,7 @@ pub struct NodeInfo {
     pub addr: String,
 }
 
-/// Where one partition lives.
+/// Where one partition lives, and its current leadership.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionAssignment {
     /// Preferred order: the first is the preferred leader.
@@ -25,6 +25,36 @@ pub struct PartitionAssignment {
     pub leader: u64,
     /// Bumped on every leader change; stale leaders are fenced by it.
     pub leader_epoch: u64,
+    /// The in-sync replicas: those holding every record the leader acknowledged. Only they
+    /// may be elected.
+    #[serde(default)]
+    pub isr: Vec<u64>,
+    /// Metadata revision of the partition's state (0 while it is the topic's initial one):
+    /// what a compare-and-set of the state compares.
+    #[serde(skip)]
+    pub revision: i64,
+}
+
+impl PartitionAssignment {
+    /// The state part, as written by an election or an ISR change.
+    pub fn state(&self, topic_id: u64) -> PartitionState {
+        PartitionState { topic_id, leader: self.leader, leader_epoch: self.leader_epoch, isr: self.isr.clone() }
+    }
+
+    /// The first replica, in preferred order, that is in sync, alive and passes `ok`.
+    pub fn first_in_sync(&self, alive: impl Fn(u64) -> bool) -> Option<u64> {
+        self.replicas.iter().copied().find(|r| self.isr.contains(r) && alive(*r))
+    }
+}
+
+/// Leadership of one partition, written by elections and ISR changes under a compare-and-set
+/// of its revision; overlaid on the topic's initial assignment in the view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionState {
+    pub topic_id: u64,
+    pub leader: u64,
+    pub leader_epoch: u64,
+    pub isr: Vec<u64>,
 }
 
 /// A topic as stored in the metadata.
@@ -38,14 +68,29 @@ pub struct TopicMeta {
     pub config: BTreeMap<String, String>,
     pub partitions: Vec<PartitionAssignment>,
     pub created_ms: i64,
+    /// Metadata revision of the topic itself: a state change compares it, so nothing is
+    /// written for a topic deleted (or re-created) meanwhile.
+    #[serde(skip)]
+    pub revision: i64,
 }
 
 impl TopicMeta {
     /// The effective configuration. Stored configs were validated on creation; should one be
     /// unreadable anyway, the defaults apply rather than failing every request.
     pub fn config(&self) -> TopicConfig {
-        TopicConfig::from_map(&self.config).unwrap_or_default()
+        let mut c = TopicConfig::from_map(&self.config).unwrap_or_default();
+        if !self.config.contains_key("min.insync.replicas") {
+            c.min_insync_replicas = default_min_insync(self.replication_factor);
+        }
+        c
     }
+}
+
+/// `min.insync.replicas` when a topic does not set it: 2 from a replication factor of 3 (one
+/// replica may fail without refusing acks=all writes, and an acknowledged write is always on
+/// two nodes), 1 below.
+pub fn default_min_insync(replication_factor: u32) -> u32 {
+    if replication_factor >= 3 { 2 } else { 1 }
 }
 
 /// Everything a service needs to route and serve, as of one moment.
@@ -55,6 +100,23 @@ pub struct ClusterView {
     pub topics: BTreeMap<String, Arc<TopicMeta>>,
     /// False until the first complete load: nothing may be deleted on an empty view.
     pub loaded: bool,
+    /// The metadata revision this view reflects.
+    pub revision: i64,
+}
+
+impl ClusterView {
+    /// Overlays a partition's state on its topic (ignored when the topic id does not match).
+    pub fn apply_state(topic: &mut TopicMeta, partition: u32, state: &PartitionState, revision: i64) {
+        if state.topic_id != topic.topic_id {
+            return;
+        }
+        if let Some(a) = topic.partitions.get_mut(partition as usize) {
+            a.leader = state.leader;
+            a.leader_epoch = state.leader_epoch;
+            a.isr = state.isr.clone();
+            a.revision = revision;
+        }
+    }
 }
 
 /// Checks a creation request and places its partitions on the live nodes, spreading replicas
@@ -73,7 +135,7 @@ pub fn plan_topic(view: &ClusterView, t: &NewTopic, limits: TopicLimits, seed: u
             reason: format!("the maximum is {} (max_partitions)", limits.max_partitions),
         });
     }
-    TopicConfig::from_map(&t.config)?;
+    let cfg = TopicConfig::from_map(&t.config)?;
     if view.topics.contains_key(&t.name) {
         return Err(SluiceError::TopicExists(t.name.clone()));
     }
@@ -88,11 +150,17 @@ pub fn plan_topic(view: &ClusterView, t: &NewTopic, limits: TopicLimits, seed: u
             reason: format!("only {} partition node(s) are alive", nodes.len()),
         });
     }
+    if t.config.contains_key("min.insync.replicas") && cfg.min_insync_replicas > rf {
+        return Err(SluiceError::InvalidConfig(format!(
+            "min.insync.replicas={} is larger than the replication factor {rf}: acks=all writes could never succeed",
+            cfg.min_insync_replicas
+        )));
+    }
     let start = (seed % nodes.len() as u64) as usize;
     let partitions = (0..t.partitions as usize)
         .map(|p| {
             let replicas: Vec<u64> = (0..rf as usize).map(|j| nodes[(start + p + j) % nodes.len()]).collect();
-            PartitionAssignment { leader: replicas[0], replicas, leader_epoch: 0 }
+            PartitionAssignment { leader: replicas[0], isr: replicas.clone(), replicas, leader_epoch: 1, revision: 0 }
         })
         .collect();
     Ok(TopicMeta {
@@ -102,6 +170,7 @@ pub fn plan_topic(view: &ClusterView, t: &NewTopic, limits: TopicLimits, seed: u
         config: t.config.clone(),
         partitions,
         created_ms: sluice_core::settings::now_ms(),
+        revision: 0,
     })
 }
 
@@ -111,7 +180,7 @@ mod tests {
 
     fn view(n: u64) -> ClusterView {
         let nodes = (1..=n).map(|id| (id, NodeInfo { id, addr: format!("127.0.0.1:{id}") })).collect();
-        ClusterView { nodes, topics: BTreeMap::new(), loaded: true }
+        ClusterView { nodes, topics: BTreeMap::new(), loaded: true, revision: 1 }
     }
 
     fn req(name: &str, partitions: u32, rf: u32) -> NewTopic {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sluice_core::SluiceError;
 use sluice_meta::embedded::EmbeddedMeta;
 use sluice_meta::etcd::EtcdMeta;
-use sluice_meta::{MetaError, MetaStore, NewTopic, NodeInfo, TopicLimits};
+use sluice_meta::{MetaError, MetaStore, NewTopic, NodeInfo, PartitionState, TopicLimits};
 use sluice_testkit::{Cluster, ClusterSpec};
 
 fn topic(name: &str, partitions: u32) -> NewTopic {
@@ -40,6 +40,23 @@ async fn contract(meta: Arc<dyn MetaStore>) {
     assert!(matches!(e, MetaError::Request(SluiceError::UnknownTopic(_))), "{e}");
     let again = meta.create_topic(topic("t", 1), limits).await.unwrap();
     assert_ne!(again.topic_id, t.topic_id, "a re-created topic gets a new id");
+
+    // Leadership changes are compare-and-set on the partition's revision.
+    let t = meta.view().borrow().topics["t"].clone();
+    let a = t.partitions[0].clone();
+    assert_eq!((a.leader_epoch, a.isr.clone(), a.revision), (1, vec![7], 0), "initial state");
+    let next = PartitionState { topic_id: t.topic_id, leader: 7, leader_epoch: 2, isr: vec![7] };
+    let rev = meta.update_partition(&t, 0, &a, next.clone()).await.unwrap().expect("the first change succeeds");
+    let seen = meta.view().borrow().topics["t"].partitions[0].clone();
+    assert_eq!((seen.leader_epoch, seen.revision), (2, rev), "the store's own view has the change");
+    assert!(meta.update_partition(&t, 0, &a, next.clone()).await.unwrap().is_none(), "a stale write is refused");
+    assert!(meta.session_valid());
+    // A topic deleted and re-created meanwhile refuses writes meant for the old one.
+    meta.delete_topic("t").await.unwrap();
+    meta.create_topic(topic("t", 1), limits).await.unwrap();
+    assert!(meta.update_partition(&t, 0, &seen, next).await.unwrap().is_none());
+    let fresh = meta.view().borrow().topics["t"].partitions[0].clone();
+    assert_eq!(fresh.leader_epoch, 1, "the new topic starts from its own state");
 }
 
 #[tokio::test]
