@@ -38,6 +38,10 @@ pub enum SluiceError {
     NotLeader { topic: String, partition: u32, node: u64 },
     #[error("node unavailable: {0}")]
     NodeUnavailable(String),
+    #[error(
+        "partition {partition} of '{topic}' has {isr} in-sync replica(s), fewer than min.insync.replicas={min}: acks=all writes are refused until replicas catch up"
+    )]
+    NotEnoughReplicas { topic: String, partition: u32, isr: u32, min: u32 },
     #[error("metadata store unavailable: {0}")]
     MetadataUnavailable(String),
     #[error("timed out: {0}")]
@@ -46,6 +50,14 @@ pub enum SluiceError {
     Storage(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Codes other services act on.
+pub mod codes {
+    pub const OFFSET_OUT_OF_RANGE: u32 = 2003;
+    pub const NOT_LEADER: u32 = 3001;
+    pub const NODE_UNAVAILABLE: u32 = 3002;
+    pub const NOT_ENOUGH_REPLICAS: u32 = 3005;
 }
 
 impl SluiceError {
@@ -62,11 +74,12 @@ impl SluiceError {
             Self::InvalidReplicationFactor { .. } => 1007,
             Self::RecordTooLarge { .. } => 2001,
             Self::CorruptBatch(_) => 2002,
-            Self::OffsetOutOfRange { .. } => 2003,
-            Self::NotLeader { .. } => 3001,
-            Self::NodeUnavailable(_) => 3002,
+            Self::OffsetOutOfRange { .. } => codes::OFFSET_OUT_OF_RANGE,
+            Self::NotLeader { .. } => codes::NOT_LEADER,
+            Self::NodeUnavailable(_) => codes::NODE_UNAVAILABLE,
             Self::MetadataUnavailable(_) => 3003,
             Self::Timeout(_) => 3004,
+            Self::NotEnoughReplicas { .. } => codes::NOT_ENOUGH_REPLICAS,
             Self::Storage(_) => 4001,
             Self::Internal(_) => 4002,
         }
@@ -85,7 +98,10 @@ impl SluiceError {
             Self::TopicExists(_) => Code::AlreadyExists,
             Self::UnknownTopic(_) | Self::UnknownPartition { .. } => Code::NotFound,
             Self::OffsetOutOfRange { .. } => Code::OutOfRange,
-            Self::NotLeader { .. } | Self::NodeUnavailable(_) | Self::MetadataUnavailable(_) => Code::Unavailable,
+            Self::NotLeader { .. }
+            | Self::NodeUnavailable(_)
+            | Self::MetadataUnavailable(_)
+            | Self::NotEnoughReplicas { .. } => Code::Unavailable,
             Self::Timeout(_) => Code::DeadlineExceeded,
             Self::Storage(_) | Self::Internal(_) => Code::Internal,
         }
@@ -95,7 +111,11 @@ impl SluiceError {
     pub fn retriable(&self) -> bool {
         matches!(
             self,
-            Self::NotLeader { .. } | Self::NodeUnavailable(_) | Self::MetadataUnavailable(_) | Self::Timeout(_)
+            Self::NotLeader { .. }
+                | Self::NodeUnavailable(_)
+                | Self::MetadataUnavailable(_)
+                | Self::Timeout(_)
+                | Self::NotEnoughReplicas { .. }
         )
     }
 
@@ -186,6 +206,11 @@ mod tests {
                 Code::OutOfRange,
             ),
             (SluiceError::NodeUnavailable(String::new()), 3002, Code::Unavailable),
+            (
+                SluiceError::NotEnoughReplicas { topic: String::new(), partition: 0, isr: 1, min: 2 },
+                3005,
+                Code::Unavailable,
+            ),
             (SluiceError::Storage(String::new()), 4001, Code::Internal),
         ];
         for (e, code, grpc) in pinned {

@@ -32,6 +32,7 @@ pub struct Settings {
     pub etcd: EtcdSettings,
     pub gateway: GatewaySettings,
     pub storage: StorageSettings,
+    pub replication: ReplicationSettings,
 }
 
 /// How to reach etcd.
@@ -74,6 +75,37 @@ pub struct StorageSettings {
     pub flush_interval_ms: u64,
 }
 
+/// Partition-node replication tuning.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReplicationSettings {
+    /// A follower behind the leader's log end for longer than this leaves the in-sync set
+    /// (Kafka's replica.lag.time.max.ms), milliseconds.
+    pub lag_time_max_ms: u64,
+    /// How often a leader hands leadership back to the preferred replica when that one is
+    /// in sync and caught up, milliseconds; 0 turns automatic rebalancing off.
+    pub leader_rebalance_interval_ms: u64,
+    /// Longest an acks=all append waits for the in-sync replicas, milliseconds.
+    pub ack_timeout_ms: u64,
+    /// Bytes a leader may push to a follower ahead of its acknowledgements.
+    pub fetch_window_bytes: u64,
+    /// How often leadership, in-sync sets and followers are checked besides metadata
+    /// changes, milliseconds.
+    pub check_interval_ms: u64,
+}
+
+impl Default for ReplicationSettings {
+    fn default() -> Self {
+        Self {
+            lag_time_max_ms: 10_000,
+            leader_rebalance_interval_ms: 10_000,
+            ack_timeout_ms: 30_000,
+            fetch_window_bytes: 8 << 20,
+            check_interval_ms: 250,
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -84,6 +116,7 @@ impl Default for Settings {
             etcd: EtcdSettings::default(),
             gateway: GatewaySettings::default(),
             storage: StorageSettings::default(),
+            replication: ReplicationSettings::default(),
         }
     }
 }

@@ -23,3 +23,22 @@ pub trait NodeApi: Send + Sync {
     async fn read(&self, input: mpsc::Receiver<ReadRequest>) -> Result<NodeStream<ReadResponse>, Status>;
     async fn partition_offsets(&self, req: PartitionOffsetsRequest) -> Result<PartitionOffsetsResponse, Status>;
 }
+
+/// A lazily connected client for the partition node at `addr` (host:port), tuned for large
+/// batches on long-lived streams; shared by gateways and by followers dialling leaders.
+pub fn dial_node(
+    addr: &str,
+) -> Result<sluice_proto::v1::partition_node_client::PartitionNodeClient<tonic::transport::Channel>, String> {
+    use std::time::Duration;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20));
+    Ok(sluice_proto::v1::partition_node_client::PartitionNodeClient::new(endpoint.connect_lazy())
+        .max_decoding_message_size(80 << 20)
+        .max_encoding_message_size(80 << 20))
+}

@@ -80,8 +80,13 @@ pub trait PartitionLog: Send + Sync {
     fn id(&self) -> &PartitionId;
     /// Validates (size, CRC, records) and appends back-to-back batches as the leader of
     /// `leader_epoch`: assigns offsets and stamps the epoch in every batch.
-    fn append(&self, batches: &[u8], config: &TopicConfig, now_ms: i64, leader_epoch: i32)
-    -> Result<AppendInfo, StorageError>;
+    fn append(
+        &self,
+        batches: &[u8],
+        config: &TopicConfig,
+        now_ms: i64,
+        leader_epoch: i32,
+    ) -> Result<AppendInfo, StorageError>;
     /// Appends batches copied from the leader as they are (offsets and epochs already set); the
     /// first must start at the log end. Returns the new log end.
     fn append_replica(&self, batches: &[u8]) -> Result<i64, StorageError>;

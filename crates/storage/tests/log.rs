@@ -57,7 +57,8 @@ async fn offsets_are_dense_and_survive_a_restart() {
     {
         let store = SledStore::open(dir.path()).unwrap();
         let log = store.open(&pid()).unwrap();
-        let a = log.append(&batch(&[(None, Some("a"), 1), (None, Some("b"), 2)], Compression::None), &cfg, 10, 0).unwrap();
+        let a =
+            log.append(&batch(&[(None, Some("a"), 1), (None, Some("b"), 2)], Compression::None), &cfg, 10, 0).unwrap();
         assert_eq!((a.base_offset, a.last_offset, a.record_count), (0, 1, 2));
         let mut two = batch(&[(None, Some("c"), 3)], Compression::Lz4).to_vec();
         two.extend_from_slice(&batch(&[(None, Some("d"), 4), (None, Some("e"), 5)], Compression::Zstd));

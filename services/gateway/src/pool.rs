@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use sluice_core::SluiceError;
 use sluice_meta::NodeInfo;
@@ -21,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// A node in another process, over gRPC.
 struct RemoteNode(PartitionNodeClient<Channel>);
@@ -95,17 +94,8 @@ impl NodePool {
             conns.insert(node.id, conn.clone());
             return Ok(conn);
         }
-        let endpoint = Endpoint::from_shared(format!("http://{}", node.addr))
-            .map_err(|e| unavailable(node.id, &node.addr, e))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .initial_stream_window_size(Some(8 << 20))
-            .initial_connection_window_size(Some(32 << 20));
-        let client = PartitionNodeClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(80 << 20)
-            .max_encoding_message_size(80 << 20);
+        let client =
+            sluice_runtime::node_api::dial_node(&node.addr).map_err(|e| unavailable(node.id, &node.addr, e))?;
         let conn = Arc::new(NodeConn {
             id: node.id,
             addr: node.addr.clone(),

@@ -1,23 +1,35 @@
-//! The partition node: owns partition logs on local storage and serves the internal
-//! `PartitionNode` API (append, read, offsets) to gateways.
+//! The partition node: owns partition replicas on local storage, serves the internal
+//! `PartitionNode` API (append, read, offsets) to gateways, and replicates: leaders push
+//! their logs to followers, followers copy them.
 //!
-//! - [`handlers`]: one file per RPC; they validate, find the log, and call the storage trait.
-//! - reconciliation: the node follows the metadata view, opens the partitions it leads and
-//!   deletes the data of topics that no longer exist.
+//! - [`handlers`]: one file per RPC; they validate, find the replica, and call the storage
+//!   trait.
+//! - [`replica`]: a replica's role, its followers' positions, in-sync set and high watermark.
+//! - `manager`: follows the metadata view: takes up or gives up leadership, runs a fetcher
+//!   per followed partition, elects a new leader from the in-sync set when one dies, shrinks
+//!   and grows in-sync sets, moves leadership back to preferred replicas; deletes the data
+//!   of topics that no longer exist.
+//! - `fetcher`: the follower side of replication, with truncation by leader epoch.
 //! - cleaning: retention and compaction run on every open partition in the background.
 //!
 //! Storage knows nothing of gRPC; this crate maps its errors to [`SluiceError`] in [`map_storage`].
 
+mod fetcher;
 pub mod handlers;
+mod manager;
+mod peers;
+pub mod replica;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use peers::Peers;
+use replica::{Replica, Role};
 use sluice_core::SluiceError;
-use sluice_meta::{ClusterView, MetaStore, NodeInfo, TopicMeta};
+use sluice_meta::{ClusterView, MetaStore, NodeInfo, PartitionAssignment, TopicMeta};
 use sluice_proto::v1::PartitionRef;
-use sluice_runtime::{Settings, Shutdown};
+use sluice_runtime::{ReplicationSettings, Settings, Shutdown};
 use sluice_storage::{LogStore, PartitionId, PartitionLog, SledStore, StorageError};
 use tokio::sync::watch;
 
@@ -43,46 +55,99 @@ pub struct Node {
     pub id: u64,
     store: Arc<dyn LogStore>,
     view: watch::Receiver<Arc<ClusterView>>,
-    /// Held for the node's lifetime: dropping the store would stop the metadata watch and
-    /// the lease renewal that keeps this node registered.
-    _meta: Arc<dyn MetaStore>,
-    logs: RwLock<HashMap<(u64, u32), Arc<dyn PartitionLog>>>,
+    /// Holds the lease that keeps this node registered, and writes leadership changes.
+    meta: Arc<dyn MetaStore>,
+    replicas: RwLock<HashMap<(u64, u32), Arc<Replica>>>,
+    pub(crate) settings: ReplicationSettings,
+    pub(crate) peers: Peers,
+    pub(crate) control: manager::Control,
 }
 
-/// A partition this node serves, with the metadata it was resolved against.
+/// A partition this node leads, with the metadata it was resolved against.
 pub struct Served {
-    pub log: Arc<dyn PartitionLog>,
+    pub replica: Arc<Replica>,
     pub topic: Arc<TopicMeta>,
+    pub epoch: u64,
+}
+
+impl Served {
+    pub fn log(&self) -> &Arc<dyn PartitionLog> {
+        &self.replica.log
+    }
 }
 
 impl Node {
-    /// The log for `r` when this node leads it, opening it on first use.
-    pub fn partition(&self, r: &PartitionRef, leader_epoch: Option<u64>) -> Result<Served, SluiceError> {
+    fn not_leader(&self, r: &PartitionRef) -> SluiceError {
+        SluiceError::NotLeader { topic: r.topic.clone(), partition: r.partition, node: self.id }
+    }
+
+    /// The topic and assignment `r` names in the current view.
+    pub(crate) fn resolve(&self, r: &PartitionRef) -> Result<(Arc<TopicMeta>, PartitionAssignment), SluiceError> {
         let view = self.view.borrow().clone();
         let topic = view
             .topics
             .get(&r.topic)
             .filter(|t| r.topic_id == 0 || t.topic_id == r.topic_id)
             .cloned()
-            // The gateway routed here from its own view, so a topic this node does not know
+            // The sender routed here from its own view, so a topic this node does not know
             // yet is metadata still propagating: retriable, not NOT_FOUND.
-            .ok_or_else(|| SluiceError::NotLeader { topic: r.topic.clone(), partition: r.partition, node: self.id })?;
-        let a = topic.partitions.get(r.partition as usize).ok_or_else(|| SluiceError::UnknownPartition {
+            .ok_or_else(|| self.not_leader(r))?;
+        let a = topic.partitions.get(r.partition as usize).cloned().ok_or_else(|| SluiceError::UnknownPartition {
             topic: r.topic.clone(),
             partition: r.partition,
             count: topic.partitions.len() as u32,
         })?;
+        Ok((topic, a))
+    }
+
+    /// The replica for `r` when this node leads it now (at `leader_epoch` when given): the
+    /// metadata names it leader, it has taken up that leadership, and its own registration is
+    /// certainly alive (a node paused past its lease may have been replaced without knowing).
+    pub fn leader(&self, r: &PartitionRef, leader_epoch: Option<u64>) -> Result<Served, SluiceError> {
+        let (topic, a) = self.resolve(r)?;
         if a.leader != self.id || leader_epoch.is_some_and(|e| e != a.leader_epoch) {
-            return Err(SluiceError::NotLeader { topic: r.topic.clone(), partition: r.partition, node: self.id });
+            return Err(self.not_leader(r));
         }
-        let key = (topic.topic_id, r.partition);
-        if let Some(log) = self.logs.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return Ok(Served { log: log.clone(), topic });
+        let replica = self.existing(topic.topic_id, r.partition).ok_or_else(|| self.not_leader(r))?;
+        if replica.role() != (Role::Leader { epoch: a.leader_epoch }) {
+            return Err(self.not_leader(r));
         }
-        let id = PartitionId { topic: topic.name.clone(), topic_id: topic.topic_id, partition: r.partition };
+        if !self.meta.session_valid() {
+            return Err(SluiceError::NotLeader { topic: r.topic.clone(), partition: r.partition, node: self.id })
+                .inspect_err(|_| tracing::warn!(partition = r.partition, topic = %r.topic, "refusing: metadata session not confirmed"));
+        }
+        Ok(Served { replica, topic, epoch: a.leader_epoch })
+    }
+
+    fn existing(&self, topic_id: u64, partition: u32) -> Option<Arc<Replica>> {
+        self.replicas.read().unwrap_or_else(|p| p.into_inner()).get(&(topic_id, partition)).cloned()
+    }
+
+    /// The replica of partition `p` of `topic`, opening its log on first use.
+    pub(crate) fn replica(&self, topic: &TopicMeta, p: u32) -> Result<Arc<Replica>, SluiceError> {
+        if let Some(r) = self.existing(topic.topic_id, p) {
+            return Ok(r);
+        }
+        let id = PartitionId { topic: topic.name.clone(), topic_id: topic.topic_id, partition: p };
         let log = self.store.open(&id).map_err(|e| map_storage(&id, e))?;
-        self.logs.write().unwrap_or_else(|p| p.into_inner()).insert(key, log.clone());
-        Ok(Served { log, topic })
+        let mut map = self.replicas.write().unwrap_or_else(|p| p.into_inner());
+        Ok(map.entry((topic.topic_id, p)).or_insert_with(|| Arc::new(Replica::new(id, log, self.id))).clone())
+    }
+
+    pub(crate) fn all_replicas(&self) -> Vec<((u64, u32), Arc<Replica>)> {
+        self.replicas.read().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (*k, v.clone())).collect()
+    }
+
+    pub(crate) fn forget(&self, key: (u64, u32)) {
+        self.replicas.write().unwrap_or_else(|p| p.into_inner()).remove(&key);
+    }
+
+    pub(crate) fn snapshot(&self) -> Arc<ClusterView> {
+        self.view.borrow().clone()
+    }
+
+    pub(crate) fn meta(&self) -> &Arc<dyn MetaStore> {
+        &self.meta
     }
 
     /// Makes appends durable (group commit).
@@ -106,7 +171,7 @@ impl Node {
         for id in stored {
             let keep = live.get(&id.topic_id).is_some_and(|t| (id.partition as usize) < t.partitions.len());
             if !keep {
-                self.logs.write().unwrap_or_else(|p| p.into_inner()).remove(&(id.topic_id, id.partition));
+                self.forget((id.topic_id, id.partition));
                 match self.store.remove(&id) {
                     Ok(()) => {
                         tracing::info!(partition = %id, topic_id = id.topic_id, "deleted data of a removed topic")
@@ -119,10 +184,9 @@ impl Node {
 
     fn clean_all(&self) {
         let view = self.view.borrow().clone();
-        let logs: Vec<_> =
-            self.logs.read().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (*k, v.clone())).collect();
         let now = sluice_core::settings::now_ms();
-        for ((topic_id, _), log) in logs {
+        for ((topic_id, _), replica) in self.all_replicas() {
+            let log = &replica.log;
             let Some(topic) = view.topics.get(&log.id().topic).filter(|t| t.topic_id == topic_id) else { continue };
             match log.clean(&topic.config(), now) {
                 Ok(s) if s != Default::default() => tracing::info!(partition = %log.id(), ?s, "cleaned"),
@@ -148,10 +212,18 @@ pub async fn start(
         id: settings.node_id,
         store,
         view: meta.view(),
-        _meta: meta.clone(),
-        logs: RwLock::new(HashMap::new()),
+        meta: meta.clone(),
+        replicas: RwLock::new(HashMap::new()),
+        settings: settings.replication.clone(),
+        peers: Peers::default(),
+        control: Default::default(),
     });
+    // Partitions this node led before it stopped: it gives that leadership up (or takes it
+    // again under a new epoch) before serving them, since it may have lost writes a
+    // follower still has.
+    node.control.note_previous_leadership(&meta.view().borrow(), node.id);
     meta.register_node(NodeInfo { id: settings.node_id, addr: advertised }).await?;
+    manager::spawn(node.clone(), shutdown.clone());
 
     let mut view_rx = meta.view();
     let n = node.clone();

@@ -1,5 +1,6 @@
 //! The gRPC services of the gateway, one file per RPC.
 
+mod elect;
 mod fetch;
 mod nodes;
 mod offsets;
@@ -66,6 +67,10 @@ impl Admin for GatewayService {
 
     async fn list_nodes(&self, r: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
         Ok(Response::new(nodes::handle(&self.gw, r.into_inner())))
+    }
+
+    async fn elect_leaders(&self, r: Request<ElectLeadersRequest>) -> Result<Response<ElectLeadersResponse>, Status> {
+        elect::handle(&self.gw, r.into_inner()).await.map(Response::new).map_err(Into::into)
     }
 }
 

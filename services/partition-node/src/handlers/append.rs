@@ -3,8 +3,9 @@
 //! Each partition gets a worker for the life of the stream: appends to one partition are
 //! applied in the order they arrived (a producer's pipelined requests keep their order), while
 //! different partitions are written concurrently on the blocking pool, so one stream can use
-//! every core. Acknowledgements that wait for durability are completed by separate tasks, so
-//! that concurrent acks=all writes share one group commit.
+//! every core. acks=1 is answered once the leader stored the records; acks=all once they are
+//! flushed here and every in-sync replica acknowledged them (the high watermark passed them),
+//! by separate tasks, so that concurrent acks=all writes share one group commit.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,7 +20,8 @@ use tonic::Status;
 use tracing::Instrument;
 
 use super::RpcStream;
-use crate::{Node, map_storage};
+use crate::replica::Role;
+use crate::{Node, Served, map_storage};
 
 type Responder = mpsc::Sender<Result<AppendResponse, Status>>;
 
@@ -69,22 +71,22 @@ fn spawn_worker(node: Arc<Node>, tx: Responder) -> mpsc::Sender<AppendRequest> {
             let acks = Acks::try_from(req.acks).unwrap_or(Acks::All);
             let n = node.clone();
             // sled writes are blocking work: keep them off the async workers.
-            let result = match tokio::task::spawn_blocking(move || append_one(&n, req)).await {
+            let result = match tokio::task::spawn_blocking(move || append_one(&n, req, acks)).await {
                 Ok(r) => r,
                 Err(e) => Err(SluiceError::Internal(format!("append task failed: {e}"))),
             };
             match (result, acks) {
-                (Ok(resp), Acks::All | Acks::Unspecified) => {
+                (Ok((resp, wait)), Acks::All | Acks::Unspecified) => {
                     let (node, tx) = (node.clone(), tx.clone());
                     tokio::spawn(async move {
-                        let resp = match node.sync().await {
-                            Ok(()) => resp,
+                        let resp = match tokio::try_join!(node.sync(), committed(&node, wait)) {
+                            Ok(_) => resp,
                             Err(e) => failure(id, e),
                         };
                         let _ = tx.send(Ok(resp)).await;
                     });
                 }
-                (Ok(resp), _) => {
+                (Ok((resp, _)), _) => {
                     if tx.send(Ok(resp)).await.is_err() {
                         break;
                     }
@@ -100,21 +102,80 @@ fn spawn_worker(node: Arc<Node>, tx: Responder) -> mpsc::Sender<AppendRequest> {
     wtx
 }
 
-fn append_one(node: &Node, req: AppendRequest) -> Result<AppendResponse, SluiceError> {
+/// What an acks=all append waits for: the high watermark past `target` while this node still
+/// leads `epoch`.
+struct Wait {
+    served: Served,
+    target: i64,
+    min_isr: u32,
+}
+
+/// Waits until every in-sync replica has the append (the high watermark passed it). Fails
+/// when this node stops leading (the records may be truncated by the new leader), when the
+/// in-sync set shrinks below `min.insync.replicas`, or after `replication.ack_timeout_ms`.
+async fn committed(node: &Node, w: Wait) -> Result<(), SluiceError> {
+    let mut rx = w.served.replica.committed();
+    let epoch = w.served.epoch;
+    let timeout = std::time::Duration::from_millis(node.settings.ack_timeout_ms);
+    let c = tokio::time::timeout(
+        timeout,
+        rx.wait_for(|c| c.leading != epoch || c.hw >= w.target || (c.isr as u32) < w.min_isr),
+    )
+    .await
+    .map_err(|_| {
+        SluiceError::Timeout(format!("the in-sync replicas did not all store the records within {timeout:?}"))
+    })?
+    .map(|c| *c)
+    .map_err(|_| SluiceError::Internal("replica closed".into()))?;
+    let pid = &w.served.replica.pid;
+    if c.hw >= w.target {
+        Ok(())
+    } else if c.leading != epoch {
+        Err(SluiceError::NotLeader { topic: pid.topic.clone(), partition: pid.partition, node: node.id })
+    } else {
+        Err(SluiceError::NotEnoughReplicas {
+            topic: pid.topic.clone(),
+            partition: pid.partition,
+            isr: c.isr as u32,
+            min: w.min_isr,
+        })
+    }
+}
+
+fn append_one(node: &Node, req: AppendRequest, acks: Acks) -> Result<(AppendResponse, Wait), SluiceError> {
     let r = req.partition.ok_or_else(|| SluiceError::InvalidRequest("append without a partition".into()))?;
     let epoch = (req.leader_epoch > 0).then_some(req.leader_epoch);
-    let served = node.partition(&r, epoch)?;
+    let served = node.leader(&r, epoch)?;
+    let cfg = served.topic.config();
     let pid = PartitionId { topic: r.topic.clone(), topic_id: served.topic.topic_id, partition: r.partition };
-    let info = served
-        .log
-        .append(&req.batches, &served.topic.config(), sluice_core::settings::now_ms(), 0)
-        .map_err(|e| map_storage(&pid, e))?;
-    Ok(AppendResponse {
+    let info = {
+        // Holding the role: leadership cannot change under this append.
+        let role = served.replica.hold();
+        if *role != (Role::Leader { epoch: served.epoch }) {
+            return Err(SluiceError::NotLeader { topic: r.topic.clone(), partition: r.partition, node: node.id });
+        }
+        let isr = served.replica.committed().borrow().isr as u32;
+        if matches!(acks, Acks::All | Acks::Unspecified) && isr < cfg.min_insync_replicas {
+            return Err(SluiceError::NotEnoughReplicas {
+                topic: r.topic.clone(),
+                partition: r.partition,
+                isr,
+                min: cfg.min_insync_replicas,
+            });
+        }
+        served
+            .log()
+            .append(&req.batches, &cfg, sluice_core::settings::now_ms(), served.epoch as i32)
+            .map_err(|e| map_storage(&pid, e))?
+    };
+    served.replica.update_hw();
+    let resp = AppendResponse {
         id: req.id,
         base_offset: info.base_offset,
         last_offset: info.last_offset,
         record_count: info.record_count,
         error: None,
         log_append_time_ms: info.log_append_time,
-    })
+    };
+    Ok((resp, Wait { served, target: info.last_offset + 1, min_isr: cfg.min_insync_replicas }))
 }

@@ -3,13 +3,15 @@
 mod append;
 mod offsets;
 mod read;
+mod replicate;
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use sluice_proto::v1::partition_node_server::{PartitionNode, PartitionNodeServer};
 use sluice_proto::v1::{
-    AppendRequest, AppendResponse, PartitionOffsetsRequest, PartitionOffsetsResponse, ReadRequest, ReadResponse,
+    AppendRequest, AppendResponse, EpochEndRequest, EpochEndResponse, PartitionOffsetsRequest,
+    PartitionOffsetsResponse, ReadRequest, ReadResponse, ReplicaRequest, ReplicaResponse,
 };
 use sluice_runtime::node_api::{NodeApi, NodeStream};
 use tokio::sync::mpsc;
@@ -63,6 +65,7 @@ impl NodeApi for LocalNode {
 impl PartitionNode for NodeService {
     type AppendStream = RpcStream<AppendResponse>;
     type ReadStream = RpcStream<ReadResponse>;
+    type ReplicateStream = RpcStream<ReplicaResponse>;
 
     async fn append(&self, request: Request<Streaming<AppendRequest>>) -> Result<Response<Self::AppendStream>, Status> {
         Ok(Response::new(append::serve(self.node.clone(), request.into_inner())))
@@ -77,5 +80,16 @@ impl PartitionNode for NodeService {
         request: Request<PartitionOffsetsRequest>,
     ) -> Result<Response<PartitionOffsetsResponse>, Status> {
         Ok(Response::new(offsets::serve(&self.node, request.into_inner()).await))
+    }
+
+    async fn epoch_end(&self, request: Request<EpochEndRequest>) -> Result<Response<EpochEndResponse>, Status> {
+        Ok(Response::new(replicate::epoch_end(&self.node, request.into_inner())))
+    }
+
+    async fn replicate(
+        &self,
+        request: Request<Streaming<ReplicaRequest>>,
+    ) -> Result<Response<Self::ReplicateStream>, Status> {
+        Ok(Response::new(replicate::serve(self.node.clone(), request.into_inner()).await?))
     }
 }

@@ -22,14 +22,14 @@ fn entry(node: &Node, r: sluice_proto::v1::PartitionRef, ts: Option<i64>) -> Par
         error: None,
     };
     let res: Result<(), SluiceError> = (|| {
-        let served = node.partition(&r, None)?;
-        let o = served.log.offsets();
+        let served = node.leader(&r, None)?;
+        let o = served.log().offsets();
         e.log_start_offset = o.log_start_offset;
         e.log_end_offset = o.log_end_offset;
-        e.high_watermark = o.log_end_offset;
+        e.high_watermark = served.replica.high_watermark();
         if let Some(ts) = ts {
             let pid = PartitionId { topic: r.topic.clone(), topic_id: served.topic.topic_id, partition: r.partition };
-            if let Some((off, found)) = served.log.offset_for_timestamp(ts).map_err(|err| map_storage(&pid, err))? {
+            if let Some((off, found)) = served.log().offset_for_timestamp(ts).map_err(|err| map_storage(&pid, err))? {
                 e.timestamp_offset = off;
                 e.timestamp_found_ms = found;
             }

@@ -15,6 +15,7 @@ use tonic::Status;
 use tracing::Instrument;
 
 use super::RpcStream;
+use crate::replica::Committed;
 use crate::{Node, map_storage};
 
 /// Largest single response; the rest follows in later messages.
@@ -27,7 +28,9 @@ struct Cursor {
     pid: PartitionId,
     log: Arc<dyn PartitionLog>,
     offset: i64,
-    end: watch::Receiver<i64>,
+    /// Readers see records below the high watermark only.
+    committed: watch::Receiver<Committed>,
+    epoch: u64,
 }
 
 fn error_response(r: PartitionRef, e: SluiceError) -> ReadResponse {
@@ -59,12 +62,12 @@ fn open_cursor(node: &Node, p: sluice_proto::v1::ReadPartition) -> Result<Cursor
     let r = p
         .partition
         .ok_or_else(|| (PartitionRef::default(), SluiceError::InvalidRequest("read without a partition".into())))?;
-    let served = node.partition(&r, None).map_err(|e| (r.clone(), e))?;
+    let served = node.leader(&r, None).map_err(|e| (r.clone(), e))?;
     let pid = PartitionId { topic: r.topic.clone(), topic_id: served.topic.topic_id, partition: r.partition };
-    let o = served.log.offsets();
+    let o = served.log().offsets();
     let offset = match p.offset {
         -2 => o.log_start_offset,
-        -1 => o.log_end_offset,
+        -1 => served.replica.high_watermark(),
         n => n,
     };
     if offset < o.log_start_offset || offset > o.log_end_offset {
@@ -77,8 +80,8 @@ fn open_cursor(node: &Node, p: sluice_proto::v1::ReadPartition) -> Result<Cursor
         };
         return Err((r, e));
     }
-    let end = served.log.subscribe();
-    Ok(Cursor { r, pid, log: served.log, offset, end })
+    let committed = served.replica.committed();
+    Ok(Cursor { r, pid, log: served.replica.log.clone(), offset, committed, epoch: served.epoch })
 }
 
 async fn read_loop(
@@ -107,11 +110,19 @@ async fn read_loop(
             if credit == 0 {
                 break;
             }
-            let end = *c.end.borrow_and_update();
-            if c.offset >= end {
+            let com = *c.committed.borrow_and_update();
+            if com.leading != c.epoch {
+                let e = SluiceError::NotLeader { topic: c.r.topic.clone(), partition: c.r.partition, node: node.id };
+                if tx.send(Ok(error_response(c.r.clone(), e))).await.is_err() {
+                    return;
+                }
+                failed.push(i);
                 continue;
             }
-            match c.log.read(c.offset, credit.min(MAX_CHUNK) as usize) {
+            if c.offset >= com.hw {
+                continue;
+            }
+            match c.log.read_to(c.offset, credit.min(MAX_CHUNK) as usize, com.hw) {
                 Ok(r) if r.batches.is_empty() => {}
                 Ok(r) => {
                     credit = credit.saturating_sub(r.batches.len() as u64);
@@ -120,7 +131,7 @@ async fn read_loop(
                     let resp = ReadResponse {
                         partition: Some(c.r.clone()),
                         batches: r.batches,
-                        high_watermark: r.log_end_offset,
+                        high_watermark: com.hw,
                         log_start_offset: r.log_start_offset,
                         next_offset: r.next_offset,
                         error: None,
@@ -152,7 +163,7 @@ async fn read_loop(
             // (it can no longer grant credit, and nobody would wait for its long poll).
             return;
         }
-        let any_change = select_all(cursors.iter_mut().map(|c| Box::pin(c.end.changed())));
+        let any_change = select_all(cursors.iter_mut().map(|c| Box::pin(c.committed.changed())));
         tokio::select! {
             msg = input.next(), if input_open => match msg {
                 Some(Ok(ReadRequest { kind: Some(Kind::Credit(c)) })) => credit = credit.saturating_add(c.bytes),

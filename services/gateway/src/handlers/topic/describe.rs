@@ -34,6 +34,7 @@ pub async fn describe(gw: &Gateway, t: &TopicMeta) -> TopicDescription {
                 log_end_offset: -1,
                 high_watermark: -1,
                 error: None,
+                isr: a.isr.clone(),
             };
             match offsets.get(&p) {
                 Some(Ok(o)) => {

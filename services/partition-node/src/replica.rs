@@ -1,0 +1,310 @@
+//! One partition replica on this node: its log, its role (leader or follower at an epoch),
+//! and, when leading, what the leader knows of its followers: their flushed log ends, the
+//! in-sync set and the high watermark.
+//!
+//! The high watermark is the smallest flushed log end among the in-sync replicas (the leader
+//! counting its own log end). Consumers read below it, and an acks=all append is acknowledged
+//! once it passes the append's last offset. The in-sync set used here is the one last written
+//! to the metadata, widened by a follower being added (never narrowed before the metadata
+//! write succeeded): a replica that may be elected always holds every acknowledged record.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
+
+use sluice_core::SluiceError;
+use sluice_storage::{PartitionId, PartitionLog};
+use tokio::sync::watch;
+
+/// What this node is for the partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Not serving yet (just opened, or resigning after a restart).
+    Idle,
+    Leader {
+        epoch: u64,
+    },
+    Follower {
+        epoch: u64,
+        leader: u64,
+    },
+}
+
+/// What readers and acks=all waiters watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    pub hw: i64,
+    /// The epoch this node leads, 0 when it does not lead.
+    pub leading: u64,
+    /// Size of the in-sync set.
+    pub isr: usize,
+}
+
+/// A follower as its leader sees it.
+#[derive(Debug, Clone, Copy)]
+struct FollowerPos {
+    /// Flushed log end, -1 until it reports.
+    end: i64,
+    /// Last time it was known to have everything the leader had a round earlier.
+    caught_up_at: Instant,
+    /// Leader log end and time at its previous acknowledgement.
+    prev_leo: i64,
+    prev_at: Instant,
+}
+
+#[derive(Debug)]
+struct LeaderState {
+    epoch: u64,
+    /// Log end when this epoch began: a follower must reach it to be in sync.
+    epoch_start: i64,
+    /// In-sync set as last written (includes this node).
+    isr: Vec<u64>,
+    /// Metadata revision of that write (or of the state this leadership started from).
+    revision: i64,
+    /// A follower being added, counted for the high watermark already.
+    adding: Option<u64>,
+    followers: HashMap<u64, FollowerPos>,
+}
+
+pub struct Replica {
+    pub pid: PartitionId,
+    pub log: Arc<dyn PartitionLog>,
+    node: u64,
+    /// Held shared across a leader append or a follower copy, exclusively to change roles:
+    /// a write can never land under a role the node no longer has.
+    role: RwLock<Role>,
+    leader: Mutex<Option<LeaderState>>,
+    committed: watch::Sender<Committed>,
+    /// The high watermark learned from the leader while following.
+    follower_hw: Mutex<i64>,
+}
+
+/// A change of the in-sync set the leader wants written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsrChange {
+    pub epoch: u64,
+    pub revision: i64,
+    pub isr: Vec<u64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Replica {
+    pub fn new(pid: PartitionId, log: Arc<dyn PartitionLog>, node: u64) -> Self {
+        let (committed, _) = watch::channel(Committed { hw: 0, leading: 0, isr: 0 });
+        Self {
+            pid,
+            log,
+            node,
+            role: RwLock::new(Role::Idle),
+            leader: Mutex::new(None),
+            committed,
+            follower_hw: Mutex::new(0),
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        *self.role.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The role, held: no role change happens until the guard is dropped.
+    pub fn hold(&self) -> RwLockReadGuard<'_, Role> {
+        self.role.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn committed(&self) -> watch::Receiver<Committed> {
+        self.committed.subscribe()
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        self.committed.borrow().hw
+    }
+
+    /// Starts leading `epoch` with the in-sync set `isr` read at `revision`.
+    pub fn become_leader(&self, epoch: u64, isr: Vec<u64>, revision: i64) {
+        let mut role = self.role.write().unwrap_or_else(|p| p.into_inner());
+        let leo = self.log.offsets().log_end_offset;
+        let now = Instant::now();
+        let followers = isr
+            .iter()
+            .filter(|r| **r != self.node)
+            .map(|r| (*r, FollowerPos { end: -1, caught_up_at: now, prev_leo: leo, prev_at: now }))
+            .collect();
+        // Start from what the previous leader had committed; it moves up as followers report.
+        let hw = (*lock(&self.follower_hw)).max(self.committed.borrow().hw).min(leo);
+        *lock(&self.leader) =
+            Some(LeaderState { epoch, epoch_start: leo, isr: isr.clone(), revision, adding: None, followers });
+        *role = Role::Leader { epoch };
+        self.committed.send_replace(Committed { hw, leading: epoch, isr: isr.len() });
+        drop(role);
+        self.update_hw();
+        tracing::info!(partition = %self.pid, epoch, ?isr, hw, log_end = leo, "leading");
+    }
+
+    /// Follows `leader` at `epoch` (or stays idle when `leader` is `None`). Pending acks=all
+    /// waiters learn at once that this node no longer leads.
+    pub fn become_follower(&self, epoch: u64, leader: Option<u64>) {
+        let mut role = self.role.write().unwrap_or_else(|p| p.into_inner());
+        let was = *role;
+        *role = match leader {
+            Some(leader) => Role::Follower { epoch, leader },
+            None => Role::Idle,
+        };
+        *lock(&self.leader) = None;
+        let hw = self.committed.borrow().hw;
+        self.committed.send_replace(Committed { hw, leading: 0, isr: 0 });
+        if matches!(was, Role::Leader { .. }) {
+            tracing::info!(partition = %self.pid, epoch, ?leader, "no longer leading");
+        }
+    }
+
+    /// Recomputes the high watermark after the log or a follower moved.
+    pub fn update_hw(&self) {
+        let leo = self.log.offsets().log_end_offset;
+        let guard = lock(&self.leader);
+        let Some(l) = guard.as_ref() else { return };
+        let mut hw = leo;
+        for r in l.isr.iter().chain(l.adding.iter()) {
+            if *r == self.node {
+                continue;
+            }
+            let end = l.followers.get(r).map(|f| f.end).unwrap_or(-1);
+            hw = hw.min(end);
+        }
+        let isr = l.isr.len();
+        drop(guard);
+        self.committed.send_if_modified(|c| {
+            let next = c.hw.max(hw);
+            let changed = next != c.hw || c.isr != isr;
+            c.hw = next;
+            c.isr = isr;
+            changed
+        });
+    }
+
+    /// A follower's acknowledged, flushed log end. Returns the in-sync set to write when the
+    /// follower just caught up and is not in it.
+    pub fn on_follower_ack(&self, follower: u64, end: i64) -> Option<IsrChange> {
+        let leo = self.log.offsets().log_end_offset;
+        let hw = self.high_watermark();
+        let now = Instant::now();
+        let change = {
+            let mut guard = lock(&self.leader);
+            let l = guard.as_mut()?;
+            let f = l.followers.entry(follower).or_insert(FollowerPos {
+                end: -1,
+                caught_up_at: now - Duration::from_secs(3600),
+                prev_leo: leo,
+                prev_at: now,
+            });
+            if end >= leo {
+                f.caught_up_at = now;
+            } else if end >= f.prev_leo {
+                f.caught_up_at = f.caught_up_at.max(f.prev_at);
+            }
+            f.end = end;
+            f.prev_leo = leo;
+            f.prev_at = now;
+            let joins = !l.isr.contains(&follower) && l.adding.is_none() && end >= hw && end >= l.epoch_start;
+            joins.then(|| {
+                l.adding = Some(follower);
+                let mut isr = l.isr.clone();
+                isr.push(follower);
+                IsrChange { epoch: l.epoch, revision: l.revision, isr }
+            })
+        };
+        self.update_hw();
+        change
+    }
+
+    /// Followers to drop from the in-sync set: behind the log end for longer than `lag`, or
+    /// behind and no longer alive.
+    pub fn laggards(&self, lag: Duration, alive: impl Fn(u64) -> bool) -> Option<IsrChange> {
+        let leo = self.log.offsets().log_end_offset;
+        let guard = lock(&self.leader);
+        let l = guard.as_ref()?;
+        let keep: Vec<u64> = l
+            .isr
+            .iter()
+            .copied()
+            .filter(|r| {
+                if *r == self.node {
+                    return true;
+                }
+                let Some(f) = l.followers.get(r) else { return true };
+                f.end >= leo || (f.caught_up_at.elapsed() <= lag && alive(*r))
+            })
+            .collect();
+        (keep.len() != l.isr.len()).then(|| IsrChange { epoch: l.epoch, revision: l.revision, isr: keep })
+    }
+
+    /// Records the outcome of an in-sync set write: `Some(revision)` when it was written.
+    pub fn isr_written(&self, change: &IsrChange, revision: Option<i64>) {
+        {
+            let mut guard = lock(&self.leader);
+            let Some(l) = guard.as_mut().filter(|l| l.epoch == change.epoch) else { return };
+            l.adding = None;
+            if let Some(rev) = revision {
+                l.isr = change.isr.clone();
+                l.revision = rev;
+                tracing::info!(partition = %self.pid, isr = ?change.isr, "in-sync replicas changed");
+            }
+        }
+        self.update_hw();
+    }
+
+    /// Adopts a newer in-sync set from the metadata (this leader's own write seen back, or an
+    /// operator's).
+    pub fn observe_isr(&self, epoch: u64, isr: &[u64], revision: i64) {
+        {
+            let mut guard = lock(&self.leader);
+            let Some(l) = guard.as_mut().filter(|l| l.epoch == epoch && revision > l.revision) else { return };
+            l.isr = isr.to_vec();
+            l.revision = revision;
+        }
+        self.update_hw();
+    }
+
+    /// The revision and in-sync set this leader believes current.
+    pub fn leader_state(&self) -> Option<(u64, i64, Vec<u64>)> {
+        lock(&self.leader).as_ref().map(|l| (l.epoch, l.revision, l.isr.clone()))
+    }
+
+    /// Whether `follower` has everything this leader has.
+    pub fn caught_up(&self, follower: u64) -> bool {
+        let leo = self.log.offsets().log_end_offset;
+        lock(&self.leader).as_ref().and_then(|l| l.followers.get(&follower)).is_some_and(|f| f.end >= leo)
+    }
+
+    /// Remembers the high watermark the leader sent.
+    pub fn learn_hw(&self, hw: i64) {
+        let mut h = lock(&self.follower_hw);
+        *h = (*h).max(hw);
+    }
+
+    /// Appends a leader's batches while following `epoch` of `leader`; refused once the role
+    /// changed, so a copy still in flight cannot land after this node took over.
+    pub fn append_as_follower(&self, epoch: u64, leader: u64, batches: &[u8]) -> Result<i64, SluiceError> {
+        let role = self.hold();
+        if *role != (Role::Follower { epoch, leader }) {
+            return Err(SluiceError::NotLeader {
+                topic: self.pid.topic.clone(),
+                partition: self.pid.partition,
+                node: leader,
+            });
+        }
+        self.log.append_replica(batches).map_err(|e| crate::map_storage(&self.pid, e))
+    }
+
+    /// Truncates (or resets) the log while following `epoch` of `leader`.
+    pub fn truncate_as_follower(&self, epoch: u64, leader: u64, to: i64, reset: bool) -> Result<(), SluiceError> {
+        let role = self.hold();
+        if *role != (Role::Follower { epoch, leader }) {
+            return Ok(());
+        }
+        let r = if reset { self.log.reset(to) } else { self.log.truncate(to).map(|_| ()) };
+        r.map_err(|e| crate::map_storage(&self.pid, e))
+    }
+}
