@@ -1,9 +1,12 @@
-//! `sluice cluster up|down`: a local cluster of separate processes on loopback.
+//! `sluice cluster up|down|nodes|elect-leaders`: a local cluster of separate processes on
+//! loopback, and the state of a cluster's nodes and leaders.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use sluice_testkit::{Cluster, ClusterSpec};
+
+use crate::GatewayArg;
 
 #[derive(clap::Subcommand)]
 pub enum ClusterCmd {
@@ -23,6 +26,20 @@ pub enum ClusterCmd {
     Down {
         #[arg(long, default_value = ".sluice/cluster", value_name = "DIR")]
         dir: PathBuf,
+    },
+    /// List the partition nodes: alive or down, partitions led, held and out of sync.
+    Nodes {
+        #[command(flatten)]
+        gw: GatewayArg,
+    },
+    /// Move leadership back to each partition's preferred replica where it is alive and in
+    /// sync (nodes also do this on their own every replication.leader_rebalance_interval_ms).
+    ElectLeaders {
+        /// Only this topic (default: every topic).
+        #[arg(long)]
+        topic: Option<String>,
+        #[command(flatten)]
+        gw: GatewayArg,
     },
 }
 
@@ -51,6 +68,36 @@ pub async fn run(c: ClusterCmd) -> anyhow::Result<ExitCode> {
         ClusterCmd::Down { dir } => {
             let n = Cluster::down(&dir).await?;
             eprintln!("cluster down: stopped {n} processes");
+        }
+        ClusterCmd::Nodes { gw } => {
+            for n in gw.connect().await?.list_nodes().await? {
+                println!(
+                    "Node: {}\tState: {}\tAddress: {}\tLeader: {}\tReplicas: {}\tOutOfSync: {}",
+                    n.id,
+                    if n.alive { "alive" } else { "down" },
+                    if n.addr.is_empty() { "-" } else { &n.addr },
+                    n.leader_partitions,
+                    n.replica_partitions,
+                    n.out_of_sync_partitions
+                );
+            }
+        }
+        ClusterCmd::ElectLeaders { topic, gw } => {
+            let mut failed = 0;
+            for r in gw.connect().await?.elect_leaders(topic.as_deref()).await? {
+                match r.error {
+                    Some(e) => {
+                        failed += 1;
+                        println!("{}-{}\tLeader: {}\tnot moved: {}", r.topic, r.partition, r.leader, e.message)
+                    }
+                    None => {
+                        println!("{}-{}\tLeader: {}\tLeaderEpoch: {}", r.topic, r.partition, r.leader, r.leader_epoch)
+                    }
+                }
+            }
+            if failed > 0 {
+                return Ok(ExitCode::from(1));
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

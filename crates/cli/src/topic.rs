@@ -26,7 +26,8 @@ pub enum TopicCmd {
         #[command(flatten)]
         gw: GatewayArg,
     },
-    /// Show a topic's partitions (leader, replicas, offsets) and configuration.
+    /// Show a topic's partitions (leader, replicas, in-sync replicas, leader epoch, offsets
+    /// and high watermark) and configuration.
     Describe {
         name: String,
         #[command(flatten)]
@@ -75,12 +76,13 @@ pub async fn run(c: TopicCmd) -> anyhow::Result<ExitCode> {
             cfg.sort();
             println!("Config: {}", cfg.join(", "));
             for p in &t.partitions {
-                let replicas: Vec<String> = p.replicas.iter().map(u64::to_string).collect();
+                let ids = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
                 print!(
-                    "\tPartition: {}\tLeader: {}\tReplicas: {}\tLeaderEpoch: {}\tEarliest: {}\tLatest: {}\tHighWatermark: {}",
+                    "\tPartition: {}\tLeader: {}\tReplicas: {}\tIsr: {}\tLeaderEpoch: {}\tEarliest: {}\tLatest: {}\tHighWatermark: {}",
                     p.partition,
                     p.leader,
-                    replicas.join(","),
+                    ids(&p.replicas),
+                    ids(&p.isr),
                     p.leader_epoch,
                     p.log_start_offset,
                     p.log_end_offset,

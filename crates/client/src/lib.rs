@@ -140,6 +140,12 @@ impl Client {
     pub async fn list_nodes(&self) -> Result<Vec<NodeDescription>, ClientError> {
         Ok(self.admin().list_nodes(ListNodesRequest {}).await?.into_inner().nodes)
     }
+
+    /// Moves leadership back to preferred replicas (of `topic`, or of every topic when `None`).
+    pub async fn elect_leaders(&self, topic: Option<&str>) -> Result<Vec<ElectionResult>, ClientError> {
+        let req = ElectLeadersRequest { topic: topic.unwrap_or_default().to_string() };
+        Ok(self.admin().elect_leaders(req).await?.into_inner().results)
+    }
 }
 
 /// The error and its causes in one line (tonic's transport errors hide the useful part).

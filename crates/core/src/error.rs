@@ -42,6 +42,14 @@ pub enum SluiceError {
         "partition {partition} of '{topic}' has {isr} in-sync replica(s), fewer than min.insync.replicas={min}: acks=all writes are refused until replicas catch up"
     )]
     NotEnoughReplicas { topic: String, partition: u32, isr: u32, min: u32 },
+    #[error(
+        "partition {partition} of '{topic}' lost in-sync replicas while an acks=all write waited ({isr} left, min.insync.replicas={min}): the records were stored on the leader but may not survive its failure"
+    )]
+    NotEnoughReplicasAfterAppend { topic: String, partition: u32, isr: u32, min: u32 },
+    #[error(
+        "partition {partition} of '{topic}' has no live leader (node {node} is not alive); an in-sync replica will be elected"
+    )]
+    LeaderNotAvailable { topic: String, partition: u32, node: u64 },
     #[error("metadata store unavailable: {0}")]
     MetadataUnavailable(String),
     #[error("timed out: {0}")]
@@ -58,6 +66,8 @@ pub mod codes {
     pub const NOT_LEADER: u32 = 3001;
     pub const NODE_UNAVAILABLE: u32 = 3002;
     pub const NOT_ENOUGH_REPLICAS: u32 = 3005;
+    pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: u32 = 3006;
+    pub const LEADER_NOT_AVAILABLE: u32 = 3007;
 }
 
 impl SluiceError {
@@ -80,6 +90,8 @@ impl SluiceError {
             Self::MetadataUnavailable(_) => 3003,
             Self::Timeout(_) => 3004,
             Self::NotEnoughReplicas { .. } => codes::NOT_ENOUGH_REPLICAS,
+            Self::NotEnoughReplicasAfterAppend { .. } => codes::NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+            Self::LeaderNotAvailable { .. } => codes::LEADER_NOT_AVAILABLE,
             Self::Storage(_) => 4001,
             Self::Internal(_) => 4002,
         }
@@ -101,7 +113,9 @@ impl SluiceError {
             Self::NotLeader { .. }
             | Self::NodeUnavailable(_)
             | Self::MetadataUnavailable(_)
-            | Self::NotEnoughReplicas { .. } => Code::Unavailable,
+            | Self::NotEnoughReplicas { .. }
+            | Self::NotEnoughReplicasAfterAppend { .. }
+            | Self::LeaderNotAvailable { .. } => Code::Unavailable,
             Self::Timeout(_) => Code::DeadlineExceeded,
             Self::Storage(_) | Self::Internal(_) => Code::Internal,
         }
@@ -116,6 +130,8 @@ impl SluiceError {
                 | Self::MetadataUnavailable(_)
                 | Self::Timeout(_)
                 | Self::NotEnoughReplicas { .. }
+                | Self::NotEnoughReplicasAfterAppend { .. }
+                | Self::LeaderNotAvailable { .. }
         )
     }
 

@@ -23,18 +23,17 @@ pub struct Target {
 
 impl Gateway {
     /// Where partition `p` of `t` is served; NOT_FOUND for a partition the topic lacks and
-    /// UNAVAILABLE (retriable) when its leader is not alive.
+    /// LEADER_NOT_AVAILABLE (UNAVAILABLE, retriable) when its leader is not alive.
     pub fn target(&self, view: &ClusterView, t: &TopicMeta, p: u32) -> Result<Target, SluiceError> {
         let a = t.partitions.get(p as usize).ok_or_else(|| SluiceError::UnknownPartition {
             topic: t.name.clone(),
             partition: p,
             count: t.partitions.len() as u32,
         })?;
-        let node = view.nodes.get(&a.leader).ok_or_else(|| {
-            SluiceError::NodeUnavailable(format!(
-                "node {} leading partition {p} of '{}' is not alive",
-                a.leader, t.name
-            ))
+        let node = view.nodes.get(&a.leader).ok_or_else(|| SluiceError::LeaderNotAvailable {
+            topic: t.name.clone(),
+            partition: p,
+            node: a.leader,
         })?;
         Ok(Target {
             conn: self.pool.get(node)?,

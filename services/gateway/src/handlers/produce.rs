@@ -14,8 +14,12 @@ use bytes::{Bytes, BytesMut};
 use sluice_core::SluiceError;
 use sluice_core::batch::{BatchBuilder, HEADER_LEN};
 use sluice_core::compression::Compression;
+use sluice_core::error::codes;
 use sluice_core::partitioner::{StickyPartitioner, partition_for_key};
-use sluice_proto::v1::{Acks, AppendRequest, AppendResponse, PartitionProduceResult, ProduceRequest, ProduceResponse};
+use sluice_meta::{ClusterView, TopicMeta};
+use sluice_proto::v1::{
+    self, Acks, AppendRequest, AppendResponse, PartitionProduceResult, ProduceRequest, ProduceResponse,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
@@ -95,7 +99,7 @@ enum Pending {
 
 #[tracing::instrument(skip_all, fields(topic = %req.topic, id = req.id))]
 async fn dispatch(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     req: ProduceRequest,
     sticky: &mut StickyPartitioner,
 ) -> Result<impl Future<Output = ProduceResponse> + use<>, SluiceError> {
@@ -157,64 +161,110 @@ async fn dispatch(
     let mut sent = Vec::with_capacity(parts.len());
     for (p, mut part) in parts {
         part.seal()?;
+        let data = part.data();
         let pending = match part.error.take() {
             Some(e) => Pending::Failed(e),
-            None => match gw.target(&view, &t, p) {
-                Err(e) => Pending::Failed(e),
-                Ok(target) => {
-                    let append = AppendRequest {
-                        id: 0,
-                        partition: Some(target.pref),
-                        batches: part.data(),
-                        acks: acks as i32,
-                        leader_epoch: target.leader_epoch,
-                    };
-                    match target.conn.append(append).await {
-                        Ok(rx) => Pending::Sent(rx),
-                        Err(e) => Pending::Failed(e),
-                    }
-                }
-            },
+            None => send(gw, &view, &t, p, data.clone(), acks).await,
         };
-        sent.push((p, part.records, std::mem::take(&mut part.indexes), pending));
+        sent.push((p, part.records, std::mem::take(&mut part.indexes), data, pending));
     }
     let timeout =
         Duration::from_millis(if req.timeout_ms > 0 { req.timeout_ms as u64 } else { gw.settings.request_timeout_ms });
+    let deadline = tokio::time::Instant::now() + timeout;
     let id = req.id;
+    let gw = gw.clone();
+    let t = t.clone();
     Ok(async move {
-        let waits = sent.into_iter().map(|(p, records, record_indexes, pending)| async move {
-            let mut r = PartitionProduceResult {
-                partition: p,
-                base_offset: -1,
-                record_count: records,
-                error: None,
-                record_indexes,
-            };
-            let outcome = match pending {
-                Pending::Failed(e) => Err(e.to_proto()),
-                Pending::Sent(_) if acks == Acks::None => Ok(None),
-                Pending::Sent(rx) => match tokio::time::timeout(timeout, rx).await {
-                    Ok(Ok(Ok(resp))) => match resp.error {
-                        Some(e) => Err(e),
-                        None => Ok(Some(resp)),
-                    },
-                    Ok(Ok(Err(e))) => Err(e.to_proto()),
-                    Ok(Err(_)) => Err(SluiceError::NodeUnavailable("the node connection closed".into()).to_proto()),
-                    Err(_) => {
-                        Err(SluiceError::Timeout(format!("no answer from the node within {timeout:?}")).to_proto())
+        let waits = sent.into_iter().map(|(p, records, record_indexes, data, pending)| {
+            let (gw, t) = (gw.clone(), t.clone());
+            async move {
+                let mut r = PartitionProduceResult {
+                    partition: p,
+                    base_offset: -1,
+                    record_count: records,
+                    error: None,
+                    record_indexes,
+                };
+                match answer(&gw, &t, p, data, acks, pending, deadline).await {
+                    Ok(Some(resp)) => {
+                        r.base_offset = resp.base_offset;
+                        r.record_count = resp.record_count;
                     }
-                },
-            };
-            match outcome {
-                Ok(Some(resp)) => {
-                    r.base_offset = resp.base_offset;
-                    r.record_count = resp.record_count;
+                    Ok(None) => {}
+                    Err(e) => r.error = Some(e),
                 }
-                Ok(None) => {}
-                Err(e) => r.error = Some(e),
+                r
             }
-            r
         });
         ProduceResponse { id, error: None, partitions: futures_util::future::join_all(waits).await }
     })
+}
+
+/// Sends one partition's batches to its leader.
+async fn send(gw: &Gateway, view: &ClusterView, t: &TopicMeta, p: u32, data: Bytes, acks: Acks) -> Pending {
+    let target = match gw.target(view, t, p) {
+        Ok(target) => target,
+        Err(e) => return Pending::Failed(e),
+    };
+    let append = AppendRequest {
+        id: 0,
+        partition: Some(target.pref),
+        batches: data,
+        acks: acks as i32,
+        leader_epoch: target.leader_epoch,
+    };
+    match target.conn.append(append).await {
+        Ok(rx) => Pending::Sent(rx),
+        Err(e) => Pending::Failed(e),
+    }
+}
+
+/// Whether a failure certainly left the records unwritten, so that sending them again cannot
+/// duplicate them: the node refused them (not the leader, or not enough in-sync replicas
+/// before the append), or no leader was alive to send them to.
+fn unwritten(e: &v1::Error) -> bool {
+    [codes::NOT_LEADER, codes::NOT_ENOUGH_REPLICAS, codes::LEADER_NOT_AVAILABLE].contains(&e.sluice_code)
+}
+
+/// Awaits a partition's answer. During a leader change the records are sent again to the new
+/// leader (once the metadata names one) as long as they were certainly not written, until the
+/// request's deadline: a failover is a pause, not an error, for the producer.
+async fn answer(
+    gw: &Gateway,
+    t: &TopicMeta,
+    p: u32,
+    data: Bytes,
+    acks: Acks,
+    mut pending: Pending,
+    deadline: tokio::time::Instant,
+) -> Result<Option<AppendResponse>, v1::Error> {
+    let mut view_rx = gw.view.clone();
+    loop {
+        let e = match pending {
+            Pending::Failed(e) => e.to_proto(),
+            Pending::Sent(_) if acks == Acks::None => return Ok(None),
+            Pending::Sent(rx) => match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(Ok(resp))) => match resp.error {
+                    Some(e) => e,
+                    None => return Ok(Some(resp)),
+                },
+                Ok(Ok(Err(e))) => e.to_proto(),
+                Ok(Err(_)) => SluiceError::NodeUnavailable("the node connection closed".into()).to_proto(),
+                Err(_) => return Err(SluiceError::Timeout("no answer from the node in time".into()).to_proto()),
+            },
+        };
+        if !unwritten(&e) {
+            return Err(e);
+        }
+        // Wait for the metadata to move (a new leader or epoch), then try again.
+        view_rx.borrow_and_update();
+        let moved = tokio::time::timeout_at(deadline, view_rx.changed()).await;
+        if !matches!(moved, Ok(Ok(()))) {
+            return Err(e);
+        }
+        let view = gw.snapshot();
+        let Some(t2) = view.topics.get(&t.name).filter(|x| x.topic_id == t.topic_id).cloned() else { return Err(e) };
+        tracing::debug!(topic = %t.name, partition = p, reason = %e.message, "sending again after a leader change");
+        pending = send(gw, &view, &t2, p, data.clone(), acks).await;
+    }
 }

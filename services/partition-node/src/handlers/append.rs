@@ -133,7 +133,7 @@ async fn committed(node: &Node, w: Wait) -> Result<(), SluiceError> {
     } else if c.leading != epoch {
         Err(SluiceError::NotLeader { topic: pid.topic.clone(), partition: pid.partition, node: node.id })
     } else {
-        Err(SluiceError::NotEnoughReplicas {
+        Err(SluiceError::NotEnoughReplicasAfterAppend {
             topic: pid.topic.clone(),
             partition: pid.partition,
             isr: c.isr as u32,
