@@ -11,6 +11,11 @@ use sluice_testkit::{Cluster, ClusterSpec};
 
 /// A cluster of `nodes` partition nodes with short leases and frequent cleaning.
 pub async fn cluster(nodes: u32) -> (Cluster, tempfile::TempDir) {
+    cluster_with(nodes, &[]).await
+}
+
+/// [`cluster`] with extra environment for every service.
+pub async fn cluster_with(nodes: u32, extra_env: &[(&str, &str)]) -> (Cluster, tempfile::TempDir) {
     // SLUICE_KEEP_TEST_DIRS=1 keeps data and logs for a post-mortem.
     let keep = std::env::var_os("SLUICE_KEEP_TEST_DIRS").is_some();
     let dir = tempfile::Builder::new().prefix("sluice-test-").disable_cleanup(keep).tempdir().expect("temp dir");
@@ -24,6 +29,7 @@ pub async fn cluster(nodes: u32) -> (Cluster, tempfile::TempDir) {
         ("SLUICE_STORAGE__RETENTION_CHECK_INTERVAL_MS".into(), "200".into()),
         ("RUST_LOG".into(), "info".into()),
     ];
+    spec.env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let c = Cluster::start(spec, true).await.unwrap_or_else(|e| panic!("cluster did not start: {e}"));
     (c, dir)
 }

@@ -219,8 +219,8 @@ impl Replica {
         change
     }
 
-    /// Followers to drop from the in-sync set: behind the log end for longer than `lag`, or
-    /// behind and no longer alive.
+    /// Followers to drop from the in-sync set: behind the log end for longer than `lag`, or no
+    /// longer alive (their lease expired: whatever they hold, they cannot acknowledge writes).
     pub fn laggards(&self, lag: Duration, alive: impl Fn(u64) -> bool) -> Option<IsrChange> {
         let leo = self.log.offsets().log_end_offset;
         let guard = lock(&self.leader);
@@ -233,8 +233,11 @@ impl Replica {
                 if *r == self.node {
                     return true;
                 }
+                if !alive(*r) {
+                    return false;
+                }
                 let Some(f) = l.followers.get(r) else { return true };
-                f.end >= leo || (f.caught_up_at.elapsed() <= lag && alive(*r))
+                f.end >= leo || f.caught_up_at.elapsed() <= lag
             })
             .collect();
         (keep.len() != l.isr.len()).then(|| IsrChange { epoch: l.epoch, revision: l.revision, isr: keep })

@@ -1,0 +1,443 @@
+//! Replication under faults, against a real etcd and real partition-node processes.
+//!
+//! Each run is seeded (the seed is printed) and bounded. `SLUICE_FAULT_SECS` sets how long
+//! the fault loops run (default 12 s, the short version CI runs; `scripts/faults.sh` runs them
+//! longer). What each test proves is written in docs/FAULTS.md.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::{RngExt, SeedableRng};
+use sluice_client::Client;
+use sluice_proto::v1::partition_node_client::PartitionNodeClient;
+use sluice_proto::v1::{Acks, AppendRequest, PartitionRef, ProduceRequest, ProduceResponse, Record, TopicDescription};
+use sluice_storage::{LogStore, PartitionId, SledStore};
+use sluice_testkit::Cluster;
+use sluice_tests::{by_partition, client, cluster_with, consume_all, eventually, seed, text};
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Test timings: 2 s leases (from the shared helper), followers out of sync after 1.5 s,
+/// leadership rebalanced every 2 s.
+const ENV: &[(&str, &str)] = &[
+    ("SLUICE_REPLICATION__LAG_TIME_MAX_MS", "1500"),
+    ("SLUICE_REPLICATION__LEADER_REBALANCE_INTERVAL_MS", "2000"),
+    ("SLUICE_REPLICATION__ACK_TIMEOUT_MS", "10000"),
+];
+
+fn fault_secs() -> u64 {
+    std::env::var("SLUICE_FAULT_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(12)
+}
+
+fn keyed(key: &str, value: &str) -> Record {
+    Record {
+        key: Some(Bytes::copy_from_slice(key.as_bytes())),
+        value: Some(Bytes::copy_from_slice(value.as_bytes())),
+        headers: vec![],
+        timestamp_ms: 0,
+        partition: None,
+    }
+}
+
+async fn produce(client: &Client, req: ProduceRequest) -> Option<ProduceResponse> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(req).await.ok()?;
+    let mut s = client.broker().produce(ReceiverStream::new(rx)).await.ok()?.into_inner();
+    tokio::time::timeout(Duration::from_secs(30), s.message()).await.ok()?.ok()?
+}
+
+/// (partition, offset) -> value of every record the cluster acknowledged.
+type Acked = BTreeMap<(u32, i64), String>;
+
+fn record_acks(resp: &ProduceResponse, values: &[String], acked: &mut Acked) -> usize {
+    let mut n = 0;
+    for p in resp.partitions.iter().filter(|p| p.error.is_none()) {
+        for (i, idx) in p.record_indexes.iter().enumerate() {
+            acked.insert((p.partition, p.base_offset + i as i64), values[*idx as usize].clone());
+            n += 1;
+        }
+    }
+    n
+}
+
+/// A producer sending 20 keyed records per request with `acks` until stopped; returns what
+/// was acknowledged and how many requests had a failed partition.
+fn spawn_load(
+    client: Client,
+    topic: &str,
+    tag: &str,
+    acks: Acks,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(Acked, usize)> {
+    let (topic, tag) = (topic.to_string(), tag.to_string());
+    tokio::spawn(async move {
+        let (mut acked, mut failures, mut seq) = (Acked::new(), 0, 0u64);
+        while !stop.load(Ordering::Relaxed) {
+            let values: Vec<String> = (0..20).map(|i| format!("{tag}-{}", seq + i)).collect();
+            seq += 20;
+            let records =
+                values.iter().enumerate().map(|(i, v)| keyed(&format!("k{}", (seq as usize + i) % 16), v)).collect();
+            let req = ProduceRequest {
+                id: seq,
+                topic: topic.clone(),
+                acks: acks as i32,
+                records,
+                timeout_ms: 15_000,
+                ..Default::default()
+            };
+            match produce(&client, req).await {
+                Some(resp) => {
+                    record_acks(&resp, &values, &mut acked);
+                    if resp.partitions.iter().any(|p| p.error.is_some()) {
+                        failures += 1;
+                    }
+                }
+                None => {
+                    failures += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        (acked, failures)
+    })
+}
+
+async fn describe(client: &Client, topic: &str) -> TopicDescription {
+    client.describe_topic(topic).await.expect("describe")
+}
+
+/// Waits until every partition has its whole replica set in sync and a live leader.
+async fn all_in_sync(client: &Client, topic: &str, rf: usize) -> TopicDescription {
+    eventually("every replica back in sync", Duration::from_secs(60), || async {
+        let d = client.describe_topic(topic).await.ok()?;
+        d.partitions.iter().all(|p| p.isr.len() == rf && p.error.is_none()).then_some(d)
+    })
+    .await
+}
+
+/// Every acknowledged record is there, at its offset, with its value; offsets are dense and
+/// each holds one record.
+async fn check_acked(client: &Client, topic: &str, acked: &Acked) {
+    let d = describe(client, topic).await;
+    let total: i64 = d.partitions.iter().map(|p| p.high_watermark).sum();
+    let records = consume_all(client, topic, total as usize).await;
+    assert_eq!(records.len() as i64, total, "everything below the high watermarks is readable");
+    by_partition(&records);
+    let seen: HashMap<(u32, i64), String> = records.iter().map(|r| ((r.partition, r.offset), text(&r.value))).collect();
+    assert_eq!(seen.len(), records.len(), "one record per offset");
+    let mut missing = 0;
+    for (k, v) in acked {
+        match seen.get(k) {
+            Some(s) if s == v => {}
+            other => {
+                missing += 1;
+                if missing < 5 {
+                    eprintln!("acknowledged {v} at {k:?}, found {other:?}");
+                }
+            }
+        }
+    }
+    assert_eq!(missing, 0, "{missing} of {} acknowledged records lost or changed", acked.len());
+}
+
+/// Stops every process, then reads each node's copy of `topic` straight from its sled store:
+/// below the high watermark, all replicas hold the very same batches.
+async fn assert_replicas_identical(c: &mut Cluster, d: &TopicDescription) {
+    let nodes: Vec<(u64, std::path::PathBuf)> = c
+        .manifest
+        .processes
+        .iter()
+        .filter(|e| e.role == "partition-node")
+        .map(|e| (e.id, e.data_dir.join("sled")))
+        .collect();
+    for (id, _) in &nodes {
+        c.kill("partition-node", *id);
+    }
+    for p in &d.partitions {
+        let mut copies = Vec::new();
+        for (id, dir) in nodes.iter().filter(|(id, _)| p.replicas.contains(id)) {
+            let store = open_store(dir).await;
+            let pid = PartitionId { topic: d.name.clone(), topic_id: d.topic_id, partition: p.partition };
+            let log = store.open(&pid).expect("open replica");
+            let r = log.read_to(0, usize::MAX, p.high_watermark).expect("read replica");
+            assert_eq!(
+                r.next_offset, p.high_watermark,
+                "node {id} holds partition {} up to its high watermark",
+                p.partition
+            );
+            copies.push((*id, r.batches));
+        }
+        for (id, b) in &copies[1..] {
+            assert!(*b == copies[0].1, "partition {}: node {id} differs from node {}", p.partition, copies[0].0);
+        }
+    }
+}
+
+async fn open_store(dir: &std::path::Path) -> Arc<SledStore> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match SledStore::open(dir) {
+            Ok(s) => return s,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("open {}: {e}", dir.display()),
+        }
+    }
+}
+
+fn leader_of(d: &TopicDescription, p: u32) -> u64 {
+    d.partitions[p as usize].leader
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_leaders_under_acks_all_loses_no_acknowledged_record() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed("kill-leaders"));
+    let (mut c, _dir) = cluster_with(3, ENV).await;
+    let client = client(&c).await;
+    client.create_topic("ha", 3, 3, HashMap::new()).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = spawn_load(client.clone(), "ha", "v", Acks::All, stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let until = Instant::now() + Duration::from_secs(fault_secs());
+    let mut kills = 0;
+    while Instant::now() < until {
+        let d = describe(&client, "ha").await;
+        let victim = leader_of(&d, rng.random_range(0..3));
+        eprintln!(
+            "kill -9 partition node {victim} (leading; epochs {:?})",
+            d.partitions.iter().map(|p| p.leader_epoch).collect::<Vec<_>>()
+        );
+        c.kill("partition-node", victim);
+        kills += 1;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(2500..4000))).await;
+        c.restart("partition-node", victim).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1000..2500))).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (acked, failures) = load.await.unwrap();
+    eprintln!(
+        "{kills} leaders killed; {} records acknowledged; {failures} requests with a failed partition",
+        acked.len()
+    );
+    assert!(acked.len() > 1000, "the producer made progress through the failovers");
+
+    let d = all_in_sync(&client, "ha", 3).await;
+    assert!(d.partitions.iter().any(|p| p.leader_epoch > 1), "leaders changed");
+    check_acked(&client, "ha", &acked).await;
+    // Writes are accepted again by whoever leads now.
+    let r = produce(
+        &client,
+        ProduceRequest {
+            id: 1,
+            topic: "ha".into(),
+            acks: Acks::All as i32,
+            records: vec![keyed("end", "end")],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(r.partitions[0].error.is_none(), "{:?}", r.partitions[0].error);
+    let d = all_in_sync(&client, "ha", 3).await;
+    let d = eventually("high watermarks at the log ends", Duration::from_secs(20), || {
+        let (client, d) = (client.clone(), d.clone());
+        async move {
+            let now = client.describe_topic(&d.name).await.ok()?;
+            now.partitions.iter().all(|p| p.high_watermark == p.log_end_offset).then_some(now)
+        }
+    })
+    .await;
+    assert_replicas_identical(&mut c, &d).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_leader_is_fenced_and_acknowledges_nothing() {
+    seed("paused-leader");
+    let (mut c, _dir) = cluster_with(3, ENV).await;
+    let client = client(&c).await;
+    client.create_topic("fence", 1, 3, HashMap::new()).await.unwrap();
+    let mut acked = Acked::new();
+    let before: Vec<String> = (0..10).map(|i| format!("before-{i}")).collect();
+    let req = ProduceRequest {
+        id: 1,
+        topic: "fence".into(),
+        acks: Acks::All as i32,
+        records: before.iter().map(|v| keyed("k", v)).collect(),
+        ..Default::default()
+    };
+    let r = produce(&client, req).await.unwrap();
+    assert_eq!(record_acks(&r, &before, &mut acked), 10);
+
+    let d = describe(&client, "fence").await;
+    let (old, epoch) = (d.partitions[0].leader, d.partitions[0].leader_epoch);
+    let addr = client.list_nodes().await.unwrap().into_iter().find(|n| n.id == old).unwrap().addr;
+    // A stale gateway: an append stream to the old leader, opened while it still leads.
+    let mut direct = sluice_runtime_dial(&addr).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut answers = direct.append(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let pref = PartitionRef { topic: "fence".into(), topic_id: d.topic_id, partition: 0 };
+    let stale_batch = |v: &str| {
+        let mut b = sluice_core::batch::BatchBuilder::new(sluice_core::compression::Compression::None);
+        b.push(sluice_core::settings::now_ms(), Some(b"k"), Some(v.as_bytes()), &[]);
+        b.build().unwrap()
+    };
+    let append = |id: u64, v: &str, acks: Acks| AppendRequest {
+        id,
+        partition: Some(pref.clone()),
+        batches: stale_batch(v),
+        acks: acks as i32,
+        leader_epoch: epoch,
+    };
+    tx.send(append(1, "warm-up", Acks::All)).await.unwrap();
+    let warm = answers.message().await.unwrap().unwrap();
+    assert!(warm.error.is_none(), "{:?}", warm.error);
+    acked.insert((0, warm.base_offset), "warm-up".into());
+
+    assert!(c.signal("partition-node", old, "STOP"));
+    eprintln!("paused node {old}, leader of epoch {epoch}");
+    // Writes queued at the paused leader: it will see them only when it resumes.
+    tx.send(append(2, "stale-all", Acks::All)).await.unwrap();
+    tx.send(append(3, "stale-one", Acks::Leader)).await.unwrap();
+    let d = eventually("a new leader", Duration::from_secs(20), || async {
+        let d = client.describe_topic("fence").await.ok()?;
+        (d.partitions[0].leader != old && d.partitions[0].error.is_none()).then_some(d)
+    })
+    .await;
+    assert!(d.partitions[0].leader_epoch > epoch);
+    let after: Vec<String> = (0..10).map(|i| format!("after-{i}")).collect();
+    let req = ProduceRequest {
+        id: 2,
+        topic: "fence".into(),
+        acks: Acks::All as i32,
+        records: after.iter().map(|v| keyed("k", v)).collect(),
+        ..Default::default()
+    };
+    let r = produce(&client, req).await.unwrap();
+    assert_eq!(record_acks(&r, &after, &mut acked), 10, "the new leader takes writes: {:?}", r.partitions[0].error);
+
+    assert!(c.signal("partition-node", old, "CONT"));
+    for _ in 0..2 {
+        let a = tokio::time::timeout(Duration::from_secs(20), answers.message())
+            .await
+            .expect("an answer")
+            .unwrap()
+            .unwrap();
+        let e = a
+            .error
+            .unwrap_or_else(|| panic!("the fenced leader acknowledged request {} at offset {}", a.id, a.base_offset));
+        eprintln!("stale write {} refused: {}", a.id, e.message);
+    }
+    tx.send(append(4, "stale-late", Acks::Leader)).await.unwrap();
+    let a =
+        tokio::time::timeout(Duration::from_secs(20), answers.message()).await.expect("an answer").unwrap().unwrap();
+    assert!(a.error.is_some(), "a write at the old epoch is refused after resuming");
+
+    let d = all_in_sync(&client, "fence", 3).await;
+    check_acked(&client, "fence", &acked).await;
+    let all = consume_all(&client, "fence", d.partitions[0].high_watermark as usize).await;
+    assert!(all.iter().all(|r| !text(&r.value).starts_with("stale")), "nothing the fenced leader took is visible");
+    let d = eventually("high watermark at the log end", Duration::from_secs(20), || async {
+        let d = client.describe_topic("fence").await.ok()?;
+        (d.partitions[0].high_watermark == d.partitions[0].log_end_offset).then_some(d)
+    })
+    .await;
+    assert_replicas_identical(&mut c, &d).await;
+}
+
+async fn sluice_runtime_dial(addr: &str) -> PartitionNodeClient<tonic::transport::Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    PartitionNodeClient::new(ch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn too_few_in_sync_replicas_refuse_acks_all_but_not_acks_1() {
+    seed("min-isr");
+    let (mut c, _dir) = cluster_with(3, ENV).await;
+    let client = client(&c).await;
+    client.create_topic("minisr", 1, 3, HashMap::new()).await.unwrap();
+    let mut acked = Acked::new();
+    let send = |id: u64, acks: Acks, values: Vec<String>| {
+        let client = client.clone();
+        async move {
+            let req = ProduceRequest {
+                id,
+                topic: "minisr".into(),
+                acks: acks as i32,
+                records: values.iter().map(|v| keyed("k", v)).collect(),
+                timeout_ms: 5_000,
+                ..Default::default()
+            };
+            (produce(&client, req).await.unwrap(), values)
+        }
+    };
+    let (r, v) = send(1, Acks::All, vec!["a1".into(), "a2".into()]).await;
+    assert_eq!(record_acks(&r, &v, &mut acked), 2);
+    let leader = describe(&client, "minisr").await.partitions[0].leader;
+    let followers: Vec<u64> = (1..=3).filter(|n| *n != leader).collect();
+    for f in &followers {
+        c.kill("partition-node", *f);
+    }
+    eventually("the in-sync set to shrink to the leader", Duration::from_secs(20), || async {
+        let d = client.describe_topic("minisr").await.ok()?;
+        (d.partitions[0].isr == vec![leader]).then_some(())
+    })
+    .await;
+    let (r, _) = send(2, Acks::All, vec!["refused".into()]).await;
+    let e = r.partitions[0].error.clone().expect("acks=all refused");
+    assert_eq!(e.sluice_code, sluice_core::error::codes::NOT_ENOUGH_REPLICAS, "{}", e.message);
+    assert!(e.retriable && e.message.contains("min.insync.replicas=2"), "{}", e.message);
+    let (r, v) = send(3, Acks::Leader, vec!["one1".into(), "one2".into()]).await;
+    assert_eq!(record_acks(&r, &v, &mut acked), 2, "acks=1 still works: {:?}", r.partitions[0].error);
+
+    for f in &followers {
+        c.restart("partition-node", *f).await.unwrap();
+    }
+    all_in_sync(&client, "minisr", 3).await;
+    let (r, v) = send(4, Acks::All, vec!["back".into()]).await;
+    assert_eq!(record_acks(&r, &v, &mut acked), 1, "acks=all works again: {:?}", r.partitions[0].error);
+    check_acked(&client, "minisr", &acked).await;
+    let all = consume_all(&client, "minisr", 5).await;
+    assert!(all.iter().all(|r| text(&r.value) != "refused"), "a refused write is not stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cluster_carries_on_after_etcd_restarts_under_load() {
+    seed("etcd-restart");
+    let (mut c, _dir) = cluster_with(3, ENV).await;
+    let client = client(&c).await;
+    client.create_topic("meta", 2, 3, HashMap::new()).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = spawn_load(client.clone(), "meta", "m", Acks::All, stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.kill("etcd", 1);
+    eprintln!("etcd killed");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    c.restart("etcd", 1).await.unwrap();
+    eprintln!("etcd restarted");
+    tokio::time::sleep(Duration::from_secs(fault_secs().min(8))).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, failures) = load.await.unwrap();
+    eprintln!("{} records acknowledged; {failures} requests with a failed partition", acked.len());
+    // Writes go through once etcd is back.
+    let r = produce(
+        &client,
+        ProduceRequest {
+            id: 9,
+            topic: "meta".into(),
+            acks: Acks::All as i32,
+            records: vec![keyed("after", "after")],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(r.partitions[0].error.is_none(), "{:?}", r.partitions[0].error);
+    all_in_sync(&client, "meta", 3).await;
+    check_acked(&client, "meta", &acked).await;
+    assert_eq!(client.list_nodes().await.unwrap().iter().filter(|n| n.alive).count(), 3, "every node registered again");
+}
