@@ -33,6 +33,9 @@ pub struct BenchArgs {
     /// Partitions of the topic when the bench creates it.
     #[arg(long, default_value_t = 8)]
     partitions: u32,
+    /// Replication factor of the topic when the bench creates it.
+    #[arg(long, default_value_t = 1)]
+    replication_factor: u32,
     #[arg(long, default_value_t = 1024, value_name = "BYTES")]
     record_size: usize,
     /// Records to send or read (default 1,000,000 unless --duration is given).
@@ -101,6 +104,7 @@ impl Stats {
                 "max_ms": self.hist.max() as f64 / 1000.0,
                 "record_size": a.record_size,
                 "partitions": a.partitions,
+                "replication_factor": a.replication_factor,
                 "acks": format!("{:?}", a.acks),
                 "batch_bytes": a.batch_bytes,
                 "in_flight": a.in_flight,
@@ -171,7 +175,7 @@ async fn ensure_topic(client: &Client, a: &BenchArgs) -> anyhow::Result<u32> {
     match client.describe_topic(&a.topic).await {
         Ok(t) => Ok(t.partitions.len() as u32),
         Err(e) if e.code() == Some(tonic::Code::NotFound) => {
-            let t = client.create_topic(&a.topic, a.partitions, 1, HashMap::new()).await?;
+            let t = client.create_topic(&a.topic, a.partitions, a.replication_factor, HashMap::new()).await?;
             Ok(t.partitions.len() as u32)
         }
         Err(e) => Err(e.into()),

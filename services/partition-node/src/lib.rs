@@ -113,8 +113,8 @@ impl Node {
             return Err(self.not_leader(r));
         }
         if !self.meta.session_valid() {
-            return Err(SluiceError::NotLeader { topic: r.topic.clone(), partition: r.partition, node: self.id })
-                .inspect_err(|_| tracing::warn!(partition = r.partition, topic = %r.topic, "refusing: metadata session not confirmed"));
+            tracing::debug!(topic = %r.topic, partition = r.partition, "refusing to lead: metadata session not confirmed");
+            return Err(self.not_leader(r));
         }
         Ok(Served { replica, topic, epoch: a.leader_epoch })
     }

@@ -240,7 +240,7 @@ impl Replica {
                 f.end >= leo || f.caught_up_at.elapsed() <= lag
             })
             .collect();
-        (keep.len() != l.isr.len()).then(|| IsrChange { epoch: l.epoch, revision: l.revision, isr: keep })
+        (keep.len() != l.isr.len()).then_some(IsrChange { epoch: l.epoch, revision: l.revision, isr: keep })
     }
 
     /// Records the outcome of an in-sync set write: `Some(revision)` when it was written.
