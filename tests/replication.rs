@@ -27,6 +27,10 @@ const ENV: &[(&str, &str)] = &[
     ("SLUICE_REPLICATION__ACK_TIMEOUT_MS", "10000"),
 ];
 
+/// One fault run at a time: four 5-process clusters at once on a 2-core machine would test
+/// the scheduler more than Sluice.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn fault_secs() -> u64 {
     std::env::var("SLUICE_FAULT_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(12)
 }
@@ -195,6 +199,7 @@ fn leader_of(d: &TopicDescription, p: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_leaders_under_acks_all_loses_no_acknowledged_record() {
+    let _serial = SERIAL.lock().await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed("kill-leaders"));
     let (mut c, _dir) = cluster_with(3, ENV).await;
     let client = client(&c).await;
@@ -257,6 +262,7 @@ async fn killing_leaders_under_acks_all_loses_no_acknowledged_record() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_leader_is_fenced_and_acknowledges_nothing() {
+    let _serial = SERIAL.lock().await;
     seed("paused-leader");
     let (mut c, _dir) = cluster_with(3, ENV).await;
     let client = client(&c).await;
@@ -356,6 +362,7 @@ async fn sluice_runtime_dial(addr: &str) -> PartitionNodeClient<tonic::transport
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn too_few_in_sync_replicas_refuse_acks_all_but_not_acks_1() {
+    let _serial = SERIAL.lock().await;
     seed("min-isr");
     let (mut c, _dir) = cluster_with(3, ENV).await;
     let client = client(&c).await;
@@ -407,6 +414,7 @@ async fn too_few_in_sync_replicas_refuse_acks_all_but_not_acks_1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_cluster_carries_on_after_etcd_restarts_under_load() {
+    let _serial = SERIAL.lock().await;
     seed("etcd-restart");
     let (mut c, _dir) = cluster_with(3, ENV).await;
     let client = client(&c).await;

@@ -28,6 +28,9 @@ use tracing::Instrument;
 use super::RpcStream;
 use crate::{Gateway, route};
 
+/// Longest wait between two sends of records a leader change left unwritten.
+const RETRY_PAUSE: Duration = Duration::from_millis(250);
+
 /// Largest batch the gateway builds from plain records (below max.message.bytes too).
 const MAX_BUILT_BATCH: usize = 1 << 20;
 
@@ -256,12 +259,14 @@ async fn answer(
         if !unwritten(&e) {
             return Err(e);
         }
-        // Wait for the metadata to move (a new leader or epoch), then try again.
+        // Wait for the metadata to move (a new leader or epoch), or a moment when the refusal
+        // was not about the metadata (a leader briefly unsure of its own lease), then try again.
         view_rx.borrow_and_update();
-        let moved = tokio::time::timeout_at(deadline, view_rx.changed()).await;
-        if !matches!(moved, Ok(Ok(()))) {
+        let pause = tokio::time::Instant::now() + RETRY_PAUSE;
+        if pause >= deadline {
             return Err(e);
         }
+        let _ = tokio::time::timeout_at(pause, view_rx.changed()).await;
         let view = gw.snapshot();
         let Some(t2) = view.topics.get(&t.name).filter(|x| x.topic_id == t.topic_id).cloned() else { return Err(e) };
         tracing::debug!(topic = %t.name, partition = p, reason = %e.message, "sending again after a leader change");
