@@ -7,7 +7,7 @@ use futures_util::future::select_all;
 use sluice_core::SluiceError;
 use sluice_proto::v1::read_request::Kind;
 use sluice_proto::v1::{PartitionRef, ReadRequest, ReadResponse, ReadStart};
-use sluice_storage::{PartitionId, PartitionLog};
+use sluice_storage::PartitionId;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -15,7 +15,7 @@ use tonic::Status;
 use tracing::Instrument;
 
 use super::RpcStream;
-use crate::replica::Committed;
+use crate::replica::{Committed, Replica};
 use crate::{Node, map_storage};
 
 /// Largest single response; the rest follows in later messages.
@@ -26,7 +26,8 @@ const DEFAULT_CREDIT: u64 = 1 << 20;
 struct Cursor {
     r: PartitionRef,
     pid: PartitionId,
-    log: Arc<dyn PartitionLog>,
+    /// Held so that the watch below stays open while the cursor lives.
+    replica: Arc<Replica>,
     offset: i64,
     /// Readers see records below the high watermark only.
     committed: watch::Receiver<Committed>,
@@ -81,7 +82,7 @@ fn open_cursor(node: &Node, p: sluice_proto::v1::ReadPartition) -> Result<Cursor
         return Err((r, e));
     }
     let committed = served.replica.committed();
-    Ok(Cursor { r, pid, log: served.replica.log.clone(), offset, committed, epoch: served.epoch })
+    Ok(Cursor { r, pid, replica: served.replica.clone(), offset, committed, epoch: served.epoch })
 }
 
 async fn read_loop(
@@ -122,7 +123,7 @@ async fn read_loop(
             if c.offset >= com.hw {
                 continue;
             }
-            match c.log.read_to(c.offset, credit.min(MAX_CHUNK) as usize, com.hw) {
+            match c.replica.log.read_to(c.offset, credit.min(MAX_CHUNK) as usize, com.hw) {
                 Ok(r) if r.batches.is_empty() => {}
                 Ok(r) => {
                     credit = credit.saturating_sub(r.batches.len() as u64);
