@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rand::{RngExt, SeedableRng};
 use sluice_client::Client;
+use sluice_client::consumer::{Consumer, ConsumerConfig, StartFrom};
 use sluice_proto::v1::partition_node_client::PartitionNodeClient;
 use sluice_proto::v1::{Acks, AppendRequest, PartitionRef, ProduceRequest, ProduceResponse, Record, TopicDescription};
 use sluice_storage::{LogStore, PartitionId, SledStore};
@@ -123,7 +124,7 @@ async fn all_in_sync(client: &Client, topic: &str, rf: usize) -> TopicDescriptio
 
 /// Every acknowledged record is there, at its offset, with its value; offsets are dense and
 /// each holds one record.
-async fn check_acked(client: &Client, topic: &str, acked: &Acked) {
+async fn check_acked(client: &Client, topic: &str, acked: &Acked) -> HashMap<(u32, i64), String> {
     let d = describe(client, topic).await;
     let total: i64 = d.partitions.iter().map(|p| p.high_watermark).sum();
     let records = consume_all(client, topic, total as usize).await;
@@ -144,6 +145,28 @@ async fn check_acked(client: &Client, topic: &str, acked: &Acked) {
         }
     }
     assert_eq!(missing, 0, "{missing} of {} acknowledged records lost or changed", acked.len());
+    seen
+}
+
+/// A consumer reading `topic` from the start while faults happen, until `stop`; returns what
+/// it saw. It rides through leader changes by itself (reconnecting on retriable errors).
+fn spawn_reader(
+    client: Client,
+    topic: &str,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(u32, i64, String)>> {
+    let topic = topic.to_string();
+    tokio::spawn(async move {
+        let mut c = Consumer::assign(client, &topic, &[], StartFrom::Earliest, ConsumerConfig::default())
+            .await
+            .expect("assign");
+        let mut seen = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let recs = c.poll(Duration::from_millis(500)).await.expect("the consumer rides through failovers");
+            seen.extend(recs.into_iter().map(|r| (r.partition, r.offset, text(&r.value))));
+        }
+        seen
+    })
 }
 
 /// Stops every process, then reads each node's copy of `topic` straight from its sled store:
@@ -206,6 +229,8 @@ async fn killing_leaders_under_acks_all_loses_no_acknowledged_record() {
     client.create_topic("ha", 3, 3, HashMap::new()).await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let load = spawn_load(client.clone(), "ha", "v", Acks::All, stop.clone());
+    let reader_stop = Arc::new(AtomicBool::new(false));
+    let reader = spawn_reader(client.clone(), "ha", reader_stop.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let until = Instant::now() + Duration::from_secs(fault_secs());
@@ -233,7 +258,20 @@ async fn killing_leaders_under_acks_all_loses_no_acknowledged_record() {
 
     let d = all_in_sync(&client, "ha", 3).await;
     assert!(d.partitions.iter().any(|p| p.leader_epoch > 1), "leaders changed");
-    check_acked(&client, "ha", &acked).await;
+    let fin = check_acked(&client, "ha", &acked).await;
+    reader_stop.store(true, Ordering::Relaxed);
+    let live = reader.await.unwrap();
+    eprintln!("the live consumer saw {} records during the faults", live.len());
+    assert!(!live.is_empty(), "the live consumer made progress");
+    let mut next: HashMap<u32, i64> = HashMap::new();
+    for (p, o, v) in &live {
+        // Consumers only see records below the high watermark: nothing they saw is ever
+        // truncated or replaced by a later leader, and they see each offset once, in order.
+        assert_eq!(fin.get(&(*p, *o)), Some(v), "the live consumer saw {v} at {p}/{o}, which did not survive");
+        let n = next.entry(*p).or_insert(0);
+        assert_eq!(*o, *n, "partition {p}: the live consumer skipped or repeated an offset");
+        *n += 1;
+    }
     // Writes are accepted again by whoever leads now.
     let r = produce(
         &client,
