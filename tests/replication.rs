@@ -487,3 +487,69 @@ async fn the_cluster_carries_on_after_etcd_restarts_under_load() {
     check_acked(&client, "meta", &acked).await;
     assert_eq!(client.list_nodes().await.unwrap().iter().filter(|n| n.alive).count(), 3, "every node registered again");
 }
+
+async fn cli(gateway: &str, args: &[&str]) -> (i32, String) {
+    let bin = sluice_testkit::binary("sluice").expect("sluice binary");
+    let out = tokio::process::Command::new(bin).args(args).env("SLUICE_GATEWAY", gateway).kill_on_drop(true).output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out).await.expect("sluice finished in time").expect("ran");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_node_follows_and_gets_leadership_back_on_demand() {
+    let _serial = SERIAL.lock().await;
+    seed("restart-and-elect");
+    // Automatic rebalancing off: leadership only moves back when asked.
+    let env: Vec<(&str, &str)> = ENV
+        .iter()
+        .copied()
+        .filter(|(k, _)| !k.contains("REBALANCE"))
+        .chain([("SLUICE_REPLICATION__LEADER_REBALANCE_INTERVAL_MS", "0")])
+        .collect();
+    let (mut c, _dir) = cluster_with(3, &env).await;
+    let client = client(&c).await;
+    let gw = c.gateway().to_string();
+    client.create_topic("back", 1, 3, HashMap::new()).await.unwrap();
+    let d = describe(&client, "back").await;
+    let preferred = d.partitions[0].replicas[0];
+    assert_eq!(d.partitions[0].leader, preferred, "the preferred replica leads a new topic");
+
+    c.kill("partition-node", preferred);
+    eventually("another leader", Duration::from_secs(20), || async {
+        let d = client.describe_topic("back").await.ok()?;
+        (d.partitions[0].leader != preferred && d.partitions[0].error.is_none()).then_some(d)
+    })
+    .await;
+    let (code, out) = cli(&gw, &["cluster", "nodes"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("Node: {preferred}\tState: down")), "{out}");
+    let mut acked = Acked::new();
+    let values: Vec<String> = (0..50).map(|i| format!("while-down-{i}")).collect();
+    let req = ProduceRequest {
+        id: 1,
+        topic: "back".into(),
+        acks: Acks::All as i32,
+        records: values.iter().map(|v| keyed("k", v)).collect(),
+        ..Default::default()
+    };
+    let r = produce(&client, req).await.unwrap();
+    assert_eq!(record_acks(&r, &values, &mut acked), 50, "{:?}", r.partitions[0].error);
+
+    c.restart("partition-node", preferred).await.unwrap();
+    let d = all_in_sync(&client, "back", 3).await;
+    assert_ne!(d.partitions[0].leader, preferred, "no automatic move back when rebalancing is off");
+    let (code, out) = cli(&gw, &["topic", "describe", "back"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("Isr: ") && out.contains(&format!("LeaderEpoch: {}", d.partitions[0].leader_epoch)), "{out}");
+
+    let (code, out) = cli(&gw, &["cluster", "elect-leaders", "--topic", "back"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("back-0\tLeader: {preferred}")), "{out}");
+    let d = eventually("the preferred replica leading again", Duration::from_secs(20), || async {
+        let d = client.describe_topic("back").await.ok()?;
+        (d.partitions[0].leader == preferred && d.partitions[0].error.is_none()).then_some(d)
+    })
+    .await;
+    assert!(d.partitions[0].high_watermark >= 50);
+    check_acked(&client, "back", &acked).await;
+}
