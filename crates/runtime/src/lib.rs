@@ -359,7 +359,10 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // The builder's tcp_nodelay applies only to listeners tonic binds itself: set it on this
+    // one, or Nagle's algorithm holds small messages (replication acks, credit, answers)
+    // until the peer's delayed ACK, ~40 ms each.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let stop = shutdown.clone();
     let server = router.serve_with_incoming_shutdown(incoming, async move { stop.wait().await });
     tokio::select! {
