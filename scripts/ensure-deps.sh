@@ -2,14 +2,24 @@
 # Installs what building and testing Sluice need, when it is missing (Debian/Ubuntu):
 #   protoc  (protobuf-compiler)  needed to build: etcd-client and sluice-proto compile .proto files
 #   etcd    (etcd-server)        needed by the tests and by `sluice cluster up`
+#   .tools/venv (python3-venv + PyPI helm-python-sdk, kubernetes-validate, PyYAML)
+#                                needed by the tests: the Helm chart is rendered, linted and
+#                                validated against the Kubernetes schemas offline
 # Usage: scripts/ensure-deps.sh [build|test]   (default: test = both)
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 want="${1:-test}"
 missing=()
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+tools=.tools/venv
+need_tools=no
 if [ "$want" = test ]; then
   command -v etcd >/dev/null 2>&1 || missing+=(etcd-server etcd-client)
+  if ! "$tools/bin/python" -c 'import helm_python, kubernetes_validate, yaml' >/dev/null 2>&1; then
+    need_tools=yes
+    python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+  fi
 fi
 command -v cargo >/dev/null 2>&1 || { echo "error: cargo is not installed; install Rust from https://rustup.rs" >&2; exit 1; }
 
@@ -23,4 +33,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]} ..." >&2
   $sudo apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >&2
+fi
+
+if [ "$need_tools" = yes ]; then
+  echo "installing the chart test tools into $tools ..." >&2
+  rm -rf "$tools"
+  python3 -m venv "$tools" >&2
+  "$tools/bin/pip" install -q --disable-pip-version-check \
+    helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 PyYAML==6.0.4 >&2
 fi
