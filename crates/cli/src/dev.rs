@@ -24,6 +24,7 @@ pub struct DevArgs {
 
 pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
     let mut settings: Settings = sluice_core::settings::load(a.config.as_deref())?;
+    let telemetry = sluice_runtime::init_telemetry(&settings, "sluice-dev")?;
     settings.listen = a.listen.clone();
     settings.etcd.endpoints.clear();
     let (listener, addr) = sluice_runtime::bind(&settings.listen).await?;
@@ -58,6 +59,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
     sluice_runtime::serve(router, listener, shutdown).await?;
     // Everything appended is made durable before the process ends.
     node.sync().await?;
+    telemetry.shutdown().await;
     println!("Sluice dev stopped.");
     Ok(ExitCode::SUCCESS)
 }

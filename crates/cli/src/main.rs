@@ -58,10 +58,21 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Client commands stay quiet unless RUST_LOG asks; the server logs by default.
-    if matches!(cli.command, Command::Dev(_)) || std::env::var_os("RUST_LOG").is_some() {
-        sluice_core::settings::init_tracing();
-    }
+    // `sluice dev` sets up its own logs and telemetry from its settings. Client commands log
+    // warnings only unless RUST_LOG asks, and export traces when OTEL_EXPORTER_OTLP_ENDPOINT
+    // is set.
+    let telemetry = if matches!(cli.command, Command::Dev(_)) {
+        sluice_telemetry::Telemetry::default()
+    } else {
+        let cfg = sluice_telemetry::TelemetryConfig {
+            log_filter: "warn".into(),
+            ..sluice_telemetry::TelemetryConfig::resolve("", "sluice-cli", 10_000)
+        };
+        sluice_telemetry::init(&cfg).unwrap_or_else(|e| {
+            eprintln!("warning: {e}; continuing without telemetry");
+            sluice_telemetry::Telemetry::default()
+        })
+    };
     let result = match cli.command {
         Command::Dev(a) => dev::run(a).await,
         Command::Cluster(c) => cluster::run(c).await,
@@ -70,6 +81,7 @@ async fn main() -> ExitCode {
         Command::Consume(a) => consume::run(a).await,
         Command::Bench(c) => bench::run(c).await,
     };
+    telemetry.shutdown().await;
     match result {
         Ok(code) => code,
         Err(e) => {

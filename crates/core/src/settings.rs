@@ -39,14 +39,6 @@ pub fn load<T: Serialize + DeserializeOwned + Default>(file: Option<&Path>) -> R
     b.build().and_then(|c| c.try_deserialize()).map_err(|e| SettingsError(e.to_string()))
 }
 
-/// Log output on stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
-}
-
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sluice_meta::MetaStore;
+pub use sluice_telemetry::Telemetry;
+use sluice_telemetry::TelemetryConfig;
 use tokio::sync::watch;
 
 /// Settings shared by all services; each reads the sections it needs.
@@ -33,6 +35,25 @@ pub struct Settings {
     pub gateway: GatewaySettings,
     pub storage: StorageSettings,
     pub replication: ReplicationSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+/// OpenTelemetry export (off unless an endpoint is set here or in
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`, which wins, as does `OTEL_SERVICE_NAME`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TelemetrySettings {
+    /// OTLP/gRPC endpoint receiving traces and metrics, e.g. `http://otel-collector:4317`;
+    /// empty turns export off.
+    pub otlp_endpoint: String,
+    /// How often metrics are exported, milliseconds.
+    pub metrics_interval_ms: u64,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self { otlp_endpoint: String::new(), metrics_interval_ms: 10_000 }
+    }
 }
 
 /// How to reach etcd.
@@ -117,6 +138,7 @@ impl Default for Settings {
             gateway: GatewaySettings::default(),
             storage: StorageSettings::default(),
             replication: ReplicationSettings::default(),
+            telemetry: TelemetrySettings::default(),
         }
     }
 }
@@ -205,21 +227,29 @@ pub struct Service {
     pub listener: tokio::net::TcpListener,
     pub addr: SocketAddr,
     pub shutdown: Shutdown,
+    /// Flush with [`Telemetry::shutdown`] before the process ends.
+    pub telemetry: Telemetry,
 }
 
 impl Service {
-    /// Sets up logging, reads the flags (`about` is the `--help` headline), file and
-    /// environment, and binds the listen address.
-    pub async fn start(about: &'static str) -> anyhow::Result<Self> {
+    /// Reads the flags (`about` is the `--help` headline), file and environment, sets up logs
+    /// and OpenTelemetry (`name` is the default `service.name`), and binds the listen address.
+    pub async fn start(name: &'static str, about: &'static str) -> anyhow::Result<Self> {
         use clap::{CommandFactory, FromArgMatches};
-        sluice_core::settings::init_tracing();
         let matches = ServiceArgs::command().about(about).get_matches();
         let settings = ServiceArgs::from_arg_matches(&matches)?.common.settings()?;
+        let telemetry = init_telemetry(&settings, name)?;
         let (listener, addr) = bind(&settings.listen).await?;
         let shutdown = Shutdown::new();
         shutdown.on_signals();
-        Ok(Self { settings, listener, addr, shutdown })
+        Ok(Self { settings, listener, addr, shutdown, telemetry })
     }
+}
+
+/// Logs and, when configured, OpenTelemetry export for a process named `name`.
+pub fn init_telemetry(settings: &Settings, name: &str) -> anyhow::Result<Telemetry> {
+    let cfg = TelemetryConfig::resolve(&settings.telemetry.otlp_endpoint, name, settings.telemetry.metrics_interval_ms);
+    Ok(sluice_telemetry::init(&cfg)?)
 }
 
 /// The metadata store the settings ask for: etcd when endpoints are given, else embedded
@@ -341,6 +371,8 @@ pub fn reflection(
 /// The server builder with the settings all services use.
 pub fn server() -> tonic::transport::Server {
     tonic::transport::Server::builder()
+        // A span per RPC, continuing the caller's trace when the request carries one.
+        .trace_fn(sluice_telemetry::server_span)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))

@@ -6,7 +6,8 @@ use sluice_runtime::Service;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Service { settings, listener, addr, shutdown } = Service::start("Sluice gateway").await?;
+    let Service { settings, listener, addr, shutdown, telemetry } =
+        Service::start("sluice-gateway", "Sluice gateway").await?;
     let meta = sluice_runtime::connect_meta(&settings).await?;
     let service = GatewayService::new(Gateway::new(meta, settings.gateway.clone()));
     let (_health, health) = sluice_runtime::health(&["sluice.v1.Admin", "sluice.v1.Broker"]).await;
@@ -16,5 +17,7 @@ async fn main() -> anyhow::Result<()> {
         .add_service(service.admin_server())
         .add_service(service.broker_server());
     tracing::info!(%addr, "gateway listening");
-    sluice_runtime::serve(router, listener, shutdown).await
+    sluice_runtime::serve(router, listener, shutdown).await?;
+    telemetry.shutdown().await;
+    Ok(())
 }

@@ -5,7 +5,8 @@ use sluice_runtime::Service;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Service { settings, listener, addr, shutdown } = Service::start("Sluice partition node").await?;
+    let Service { settings, listener, addr, shutdown, telemetry } =
+        Service::start("sluice-partition-node", "Sluice partition node").await?;
     let advertised = if settings.advertise.is_empty() { addr.to_string() } else { settings.advertise.clone() };
     let meta = sluice_runtime::connect_meta(&settings).await?;
     let node = sluice_partition_node::start(&settings, meta, advertised, shutdown.clone()).await?;
@@ -19,5 +20,6 @@ async fn main() -> anyhow::Result<()> {
     // Everything appended is made durable before the process ends.
     node.sync().await?;
     tracing::info!("partition node stopped");
+    telemetry.shutdown().await;
     Ok(())
 }
