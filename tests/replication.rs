@@ -336,6 +336,7 @@ async fn a_paused_leader_is_fenced_and_acknowledges_nothing() {
         batches: stale_batch(v),
         acks: acks as i32,
         leader_epoch: epoch,
+        traceparent: String::new(),
     };
     tx.send(append(1, "warm-up", Acks::All)).await.unwrap();
     let warm = answers.message().await.unwrap().unwrap();

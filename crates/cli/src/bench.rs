@@ -277,6 +277,7 @@ async fn produce(a: &BenchArgs, rate: Option<u64>, mode: &'static str) -> anyhow
             records: Vec::new(),
             batches: vec![PartitionBatches { partition, data: b.build()? }],
             timeout_ms: 30_000,
+            ..Default::default()
         };
         sent_at.lock().await.insert(id, (Instant::now(), n));
         if tx.send(req).await.is_err() {

@@ -115,7 +115,7 @@ pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
             if a.max_messages.is_some_and(|m| count >= m) {
                 break;
             }
-            render(&a.format, &a.topic, &r, &mut buf);
+            r.process_span(&a.topic).in_scope(|| render(&a.format, &a.topic, &r, &mut buf));
             count += 1;
         }
         let mut out = stdout.lock();

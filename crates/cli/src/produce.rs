@@ -47,6 +47,12 @@ pub fn parse_acks(s: &str) -> Result<Acks, String> {
 }
 
 pub async fn run(a: ProduceArgs) -> anyhow::Result<ExitCode> {
+    // When traces are exported, the records carry this span's context to their consumers.
+    let span = tracing::info_span!("send", otel.kind = "producer", messaging.destination.name = %a.topic);
+    tracing::Instrument::instrument(produce(a), span).await
+}
+
+async fn produce(a: ProduceArgs) -> anyhow::Result<ExitCode> {
     let client = a.gw.connect().await?;
     // Fail fast with the clear sentence when the topic is missing.
     client.describe_topic(&a.topic).await?;

@@ -60,6 +60,27 @@ pub struct ConsumerRecord {
     pub headers: Vec<(String, Bytes)>,
 }
 
+impl ConsumerRecord {
+    /// A span for processing this record: a child of the producer's span when the record
+    /// carries its trace context (the `traceparent` header), with a link to it as well, so
+    /// that one trace runs from producer to consumer. Enter it while processing.
+    pub fn process_span(&self, topic: &str) -> tracing::Span {
+        let span = tracing::info_span!(
+            "process",
+            otel.kind = "consumer",
+            messaging.destination.name = %topic,
+            messaging.destination.partition.id = self.partition,
+            messaging.kafka.offset = self.offset,
+        );
+        let header = self.headers.iter().find(|(k, _)| k == sluice_telemetry::RECORD_HEADER);
+        if let Some(tp) = header.and_then(|(_, v)| std::str::from_utf8(v).ok()) {
+            sluice_telemetry::continue_from(&span, tp);
+            sluice_telemetry::link_to(&span, tp);
+        }
+        span
+    }
+}
+
 /// Consumer settings.
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {

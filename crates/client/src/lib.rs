@@ -16,7 +16,11 @@ use sluice_core::RemoteError;
 use sluice_proto::v1::admin_client::AdminClient;
 use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::*;
+use sluice_telemetry::Propagate;
 use tonic::transport::{Channel, Endpoint};
+
+/// A channel whose requests carry the caller's trace context.
+pub type Traced = tonic::service::interceptor::InterceptedService<Channel, Propagate>;
 
 /// What a client call can fail with.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -92,12 +96,16 @@ impl Client {
         &self.addr
     }
 
-    pub fn admin(&self) -> AdminClient<Channel> {
-        AdminClient::new(self.channel.clone())
+    /// The Admin API; every call carries the caller's trace context.
+    pub fn admin(&self) -> AdminClient<Traced> {
+        AdminClient::with_interceptor(self.channel.clone(), Propagate)
     }
 
-    pub fn broker(&self) -> BrokerClient<Channel> {
-        BrokerClient::new(self.channel.clone()).max_decoding_message_size(80 << 20).max_encoding_message_size(80 << 20)
+    /// The Broker API; every stream opens with the caller's trace context.
+    pub fn broker(&self) -> BrokerClient<Traced> {
+        BrokerClient::with_interceptor(self.channel.clone(), Propagate)
+            .max_decoding_message_size(80 << 20)
+            .max_encoding_message_size(80 << 20)
     }
 
     pub async fn create_topic(

@@ -100,7 +100,14 @@ impl Producer {
     }
 
     /// Queues a record; waits only while the producer's queue is full.
-    pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
+    pub async fn send(&self, mut record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
+        // When traced, the record carries the sender's trace context, so that whoever
+        // consumes it can continue the trace.
+        if let Some(tp) = sluice_telemetry::traceparent()
+            && !record.headers.iter().any(|(k, _)| k == sluice_telemetry::RECORD_HEADER)
+        {
+            record.headers.push((sluice_telemetry::RECORD_HEADER.to_string(), Bytes::from(tp)));
+        }
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Send(record, tx))
@@ -131,6 +138,8 @@ struct Acc {
     builder: BatchBuilder,
     waiters: Vec<Waiter>,
     since: Instant,
+    /// Trace context of the first traced record, for the request that carries the batch.
+    traceparent: Option<String>,
 }
 
 struct Batch {
@@ -139,6 +148,7 @@ struct Batch {
     data: Bytes,
     waiters: Vec<Waiter>,
     first_sent: Instant,
+    traceparent: Option<String>,
 }
 
 impl Batch {
@@ -292,7 +302,15 @@ impl Engine {
             builder: BatchBuilder::new(compression),
             waiters: Vec::new(),
             since: Instant::now(),
+            traceparent: None,
         });
+        if acc.traceparent.is_none() {
+            acc.traceparent = r
+                .headers
+                .iter()
+                .find(|(k, _)| k == sluice_telemetry::RECORD_HEADER)
+                .and_then(|(_, v)| std::str::from_utf8(v).ok().map(str::to_string));
+        }
         let ts = if r.timestamp_ms > 0 { r.timestamp_ms } else { sluice_core::settings::now_ms() };
         acc.builder.push(ts, r.key.as_deref(), r.value.as_deref(), &headers);
         acc.waiters.push(w);
@@ -310,6 +328,7 @@ impl Engine {
                 data,
                 waiters: acc.waiters,
                 first_sent: Instant::now(),
+                traceparent: acc.traceparent,
             }),
             Err(e) => {
                 for w in acc.waiters {
@@ -368,6 +387,7 @@ impl Engine {
                     .map(|b| PartitionBatches { partition: b.partition, data: b.data.clone() })
                     .collect(),
                 timeout_ms: self.cfg.request_timeout.as_millis() as u32,
+                traceparent: batches.iter().find_map(|b| b.traceparent.clone()).unwrap_or_default(),
             };
             self.inflight.insert(id, batches);
             let sent = match &self.conn {

@@ -175,6 +175,18 @@ pub fn split_batches(b: &[u8]) -> Result<Vec<(BatchHeader, std::ops::Range<usize
     Ok(out)
 }
 
+/// Records in back-to-back batches, from their headers alone (stops at the first malformed
+/// one: a count for metrics, not a validation).
+pub fn record_count(b: &[u8]) -> u64 {
+    let (mut pos, mut n) = (0usize, 0u64);
+    while pos < b.len() {
+        let Ok(h) = BatchHeader::parse(&b[pos..]) else { break };
+        n += h.record_count.max(0) as u64;
+        pos = pos.saturating_add(h.total_len());
+    }
+    n
+}
+
 /// Full validation before a batch is stored: size limit, CRC, record count and the offset and
 /// length of every record (decompressing when needed), so a stored batch always decodes.
 pub fn verify_batch(b: &[u8], max_bytes: usize) -> Result<BatchHeader, BatchError> {

@@ -204,6 +204,15 @@ pub fn continue_from(span: &tracing::Span, traceparent: &str) {
     }
 }
 
+/// Adds a link from `span` to the span named by `traceparent`, when it names one.
+pub fn link_to(span: &tracing::Span, traceparent: &str) {
+    let cx = context_from(traceparent);
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() {
+        span.add_link(sc);
+    }
+}
+
 /// The span of one incoming RPC (`Server::trace_fn`): named after the method, a child of the
 /// caller's context when the request carries one.
 pub fn server_span(req: &http::Request<()>) -> tracing::Span {
@@ -222,4 +231,15 @@ pub fn server_span(req: &http::Request<()>) -> tracing::Span {
         let _ = span.set_parent(cx);
     }
     span
+}
+
+/// A client interceptor putting the caller's trace context into every request's metadata.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Propagate;
+
+impl tonic::service::Interceptor for Propagate {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        inject(req.metadata_mut());
+        Ok(req)
+    }
 }

@@ -8,6 +8,7 @@
 //! - [`route`]: resolving topics, partitions and their leaders from the view.
 
 pub mod handlers;
+pub mod metrics;
 pub mod pool;
 pub mod route;
 
@@ -23,12 +24,13 @@ pub struct Gateway {
     pub view: watch::Receiver<Arc<ClusterView>>,
     pub pool: pool::NodePool,
     pub settings: GatewaySettings,
+    pub metrics: metrics::GatewayMetrics,
 }
 
 impl Gateway {
     pub fn new(meta: Arc<dyn MetaStore>, settings: GatewaySettings) -> Arc<Self> {
         let view = meta.view();
-        Arc::new(Self { meta, view, pool: pool::NodePool::default(), settings })
+        Arc::new(Self { meta, view, pool: pool::NodePool::default(), settings, metrics: Default::default() })
     }
 
     pub fn limits(&self) -> TopicLimits {

@@ -151,7 +151,10 @@ async fn session(
             if !m.batches.is_empty() {
                 copied += m.batches.len() as u64;
                 let r = replica.clone();
-                blocking(move || r.append_as_follower(epoch, leader, &m.batches)).await?;
+                // The copy continues the trace of the append it carries, when traced.
+                let span = tracing::info_span!("replicate", partition = %replica.pid, leader, otel.kind = "consumer");
+                sluice_telemetry::continue_from(&span, &m.traceparent);
+                blocking(move || span.in_scope(|| r.append_as_follower(epoch, leader, &m.batches))).await?;
             }
         }
         if copied > 0 {

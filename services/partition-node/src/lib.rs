@@ -17,6 +17,7 @@
 mod fetcher;
 pub mod handlers;
 mod manager;
+mod metrics;
 mod peers;
 pub mod replica;
 
@@ -61,6 +62,7 @@ pub struct Node {
     pub(crate) settings: ReplicationSettings,
     pub(crate) peers: Peers,
     pub(crate) control: manager::Control,
+    gauges: std::sync::OnceLock<metrics::NodeGauges>,
 }
 
 /// A partition this node leads, with the metadata it was resolved against.
@@ -217,7 +219,9 @@ pub async fn start(
         settings: settings.replication.clone(),
         peers: Peers::default(),
         control: Default::default(),
+        gauges: std::sync::OnceLock::new(),
     });
+    let _ = node.gauges.set(metrics::register(&node));
     // Partitions this node led before it stopped: it gives that leadership up (or takes it
     // again under a new epoch) before serving them, since it may have lost writes a
     // follower still has.

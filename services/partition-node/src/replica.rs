@@ -77,6 +77,9 @@ pub struct Replica {
     committed: watch::Sender<Committed>,
     /// The high watermark learned from the leader while following.
     follower_hw: Mutex<i64>,
+    /// The last offset and trace context of the newest traced append, passed on to followers
+    /// with the batches holding it.
+    traced: Mutex<Option<(i64, String)>>,
 }
 
 /// A change of the in-sync set the leader wants written.
@@ -102,6 +105,7 @@ impl Replica {
             leader: Mutex::new(None),
             committed,
             follower_hw: Mutex::new(0),
+            traced: Mutex::new(None),
         }
     }
 
@@ -279,6 +283,16 @@ impl Replica {
     pub fn caught_up(&self, follower: u64) -> bool {
         let leo = self.log.offsets().log_end_offset;
         lock(&self.leader).as_ref().and_then(|l| l.followers.get(&follower)).is_some_and(|f| f.end >= leo)
+    }
+
+    /// Remembers the trace context of an append ending at `last_offset`.
+    pub fn note_traced(&self, last_offset: i64, traceparent: String) {
+        *lock(&self.traced) = Some((last_offset, traceparent));
+    }
+
+    /// The trace context of the newest traced append ending in `[from, to)`.
+    pub fn traced_within(&self, from: i64, to: i64) -> Option<String> {
+        lock(&self.traced).as_ref().filter(|(o, _)| (from..to).contains(o)).map(|(_, t)| t.clone())
     }
 
     /// Remembers the high watermark the leader sent.

@@ -78,6 +78,7 @@ pub(super) async fn serve(
         credit_senders.push(ctx);
         let tx = tx.clone();
         let plain = start.plain_records;
+        let (gw, attrs) = (gw.clone(), crate::metrics::topic(&t.name));
         tokio::spawn(
             async move {
                 let failed = |why: String| {
@@ -101,6 +102,10 @@ pub(super) async fn serve(
                 loop {
                     match stream.next().await {
                         Some(Ok(resp)) => {
+                            if !resp.batches.is_empty() {
+                                gw.metrics.fetch_bytes.add(resp.batches.len() as u64, &attrs);
+                                gw.metrics.fetch_responses.add(1, &attrs);
+                            }
                             let out = convert(resp, plain, &mut next);
                             if tx.send(Ok(out)).await.is_err() {
                                 return;
@@ -129,7 +134,12 @@ pub(super) async fn serve(
             }
         }
     });
-    Ok(Box::pin(ReceiverStream::new(rx)))
+    // Counted as open for as long as the client holds the response stream.
+    let open = crate::metrics::StreamGuard::open(&gw.metrics.active_streams, "fetch");
+    Ok(Box::pin(tokio_stream::StreamExt::map(ReceiverStream::new(rx), move |m| {
+        let _ = &open;
+        m
+    })))
 }
 
 fn convert(resp: ReadResponse, plain: bool, next: &mut BTreeMap<u32, i64>) -> FetchResponse {

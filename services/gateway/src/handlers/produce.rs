@@ -39,16 +39,28 @@ pub(super) fn serve(gw: Arc<Gateway>, mut input: Streaming<ProduceRequest>) -> R
     let span = tracing::info_span!("produce_stream");
     tokio::spawn(
         async move {
+            let _open = crate::metrics::StreamGuard::open(&gw.metrics.active_streams, "produce");
             let mut sticky = StickyPartitioner::new(gw.settings.batch_bytes, rand::random());
             while let Ok(Some(req)) = input.message().await {
                 let id = req.id;
                 let topic = req.topic.clone();
-                match dispatch(&gw, req, &mut sticky).await {
+                // One span per request, continuing the producer's trace.
+                let span = tracing::info_span!("produce", %topic, id, otel.kind = "server");
+                sluice_telemetry::continue_from(&span, &req.traceparent);
+                let started = std::time::Instant::now();
+                gw.metrics.produce_requests.add(1, &crate::metrics::topic(&topic));
+                match dispatch(&gw, req, &mut sticky).instrument(span.clone()).await {
                     Ok(answer) => {
-                        let tx = tx.clone();
-                        tokio::spawn(async move {
-                            let _ = tx.send(Ok(answer.await)).await;
-                        });
+                        let (tx, gw) = (tx.clone(), gw.clone());
+                        tokio::spawn(
+                            async move {
+                                let resp = answer.await;
+                                let ms = started.elapsed().as_secs_f64() * 1000.0;
+                                gw.metrics.produce_duration.record(ms, &crate::metrics::topic(&topic));
+                                let _ = tx.send(Ok(resp)).await;
+                            }
+                            .instrument(span),
+                        );
                     }
                     Err(e) => {
                         tracing::debug!(%topic, error = %e, "produce refused");
@@ -100,7 +112,6 @@ enum Pending {
     Failed(SluiceError),
 }
 
-#[tracing::instrument(skip_all, fields(topic = %req.topic, id = req.id))]
 async fn dispatch(
     gw: &Arc<Gateway>,
     req: ProduceRequest,
@@ -167,7 +178,13 @@ async fn dispatch(
         let data = part.data();
         let pending = match part.error.take() {
             Some(e) => Pending::Failed(e),
-            None => send(gw, &view, &t, p, data.clone(), acks).await,
+            None => {
+                let attrs = crate::metrics::topic(&t.name);
+                // From the batch headers: plain records and ready-made batches alike.
+                gw.metrics.produce_records.add(sluice_core::batch::record_count(&data), &attrs);
+                gw.metrics.produce_bytes.add(data.len() as u64, &attrs);
+                send(gw, &view, &t, p, data.clone(), acks).await
+            }
         };
         sent.push((p, part.records, std::mem::take(&mut part.indexes), data, pending));
     }
@@ -215,6 +232,7 @@ async fn send(gw: &Gateway, view: &ClusterView, t: &TopicMeta, p: u32, data: Byt
         batches: data,
         acks: acks as i32,
         leader_epoch: target.leader_epoch,
+        traceparent: sluice_telemetry::traceparent().unwrap_or_default(),
     };
     match target.conn.append(append).await {
         Ok(rx) => Pending::Sent(rx),

@@ -144,6 +144,9 @@ async fn committed(node: &Node, w: Wait) -> Result<(), SluiceError> {
 
 fn append_one(node: &Node, req: AppendRequest, acks: Acks) -> Result<(AppendResponse, Wait), SluiceError> {
     let r = req.partition.ok_or_else(|| SluiceError::InvalidRequest("append without a partition".into()))?;
+    let span = tracing::info_span!("append", topic = %r.topic, partition = r.partition, otel.kind = "server");
+    sluice_telemetry::continue_from(&span, &req.traceparent);
+    let _entered = span.enter();
     let epoch = (req.leader_epoch > 0).then_some(req.leader_epoch);
     let served = node.leader(&r, epoch)?;
     let cfg = served.topic.config();
@@ -169,6 +172,9 @@ fn append_one(node: &Node, req: AppendRequest, acks: Acks) -> Result<(AppendResp
             .map_err(|e| map_storage(&pid, e))?
     };
     served.replica.update_hw();
+    if let Some(tp) = sluice_telemetry::traceparent() {
+        served.replica.note_traced(info.last_offset, tp);
+    }
     let resp = AppendResponse {
         id: req.id,
         base_offset: info.base_offset,

@@ -57,6 +57,7 @@ fn error_response(e: SluiceError, log_start: i64) -> ReplicaResponse {
         high_watermark: -1,
         log_start_offset: log_start,
         error: Some(e.to_proto()),
+        traceparent: String::new(),
     }
 }
 
@@ -127,6 +128,7 @@ async fn push(
             match log.read(pos, credit.min(MAX_CHUNK) as usize) {
                 Ok(rr) if !rr.batches.is_empty() => {
                     credit = credit.saturating_sub(rr.batches.len() as u64);
+                    let traceparent = replica.traced_within(pos, rr.next_offset).unwrap_or_default();
                     pos = rr.next_offset;
                     sent_hw = c.hw;
                     let msg = ReplicaResponse {
@@ -134,6 +136,7 @@ async fn push(
                         high_watermark: c.hw,
                         log_start_offset: rr.log_start_offset,
                         error: None,
+                        traceparent,
                     };
                     if tx.send(Ok(msg)).await.is_err() {
                         return;
@@ -155,6 +158,7 @@ async fn push(
                 high_watermark: c.hw,
                 log_start_offset: log.offsets().log_start_offset,
                 error: None,
+                traceparent: String::new(),
             };
             if tx.send(Ok(msg)).await.is_err() {
                 return;
