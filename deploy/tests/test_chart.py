@@ -95,6 +95,10 @@ class Chart(unittest.TestCase):
         endpoints = find(docs, "ConfigMap", "demo-sluice-gateway")["data"]["sluice.toml"]
         self.assertEqual(endpoints.count(".demo-sluice-etcd.streaming.svc:2379"), 5)
         self.assertIn("3-12 (autoscaled)", notes)
+        import tomllib
+
+        node = tomllib.loads(find(docs, "ConfigMap", "demo-sluice-partition-node")["data"]["sluice.toml"])
+        self.assertEqual(node["telemetry"], {"otlp_endpoint": "http://otel-collector.observability:4317", "metrics_interval_ms": 5000})
 
     def test_external_etcd(self):
         docs, notes = render({"etcd": {"enabled": False, "endpoints": ["etcd.infra:2379"]}})
@@ -160,6 +164,38 @@ class Chart(unittest.TestCase):
             if not documented:
                 undocumented.append(line.strip())
         self.assertEqual(undocumented, [])
+
+
+class Observability(unittest.TestCase):
+    # How the collector's Prometheus exporter names the OTLP metrics the services export
+    # (tests/telemetry.rs checks those arrive): dots become underscores, counters get _total,
+    # the ms unit becomes _milliseconds.
+    EXPORTED = {
+        "sluice_produce_requests_total", "sluice_produce_records_total", "sluice_produce_bytes_total",
+        "sluice_produce_duration_milliseconds_bucket", "sluice_fetch_bytes_total", "sluice_fetch_responses_total",
+        "sluice_gateway_active_streams", "sluice_partition_log_end_offset", "sluice_partition_high_watermark",
+        "sluice_partition_isr_size", "sluice_partition_storage_bytes", "sluice_node_under_replicated_partitions",
+    }
+
+    def test_dashboard_queries_only_exported_metrics(self):
+        import json
+
+        d = json.loads((ROOT / "deploy" / "grafana" / "sluice-dashboard.json").read_text())
+        self.assertGreaterEqual(len(d["panels"]), 10)
+        used = set()
+        for p in d["panels"]:
+            self.assertTrue(p["targets"], p["title"])
+            for t in p["targets"]:
+                used.update(re.findall(r"sluice_[a-z_]+", t["expr"]))
+        self.assertEqual(used - self.EXPORTED, set(), "panels query metrics nothing exports")
+        self.assertGreaterEqual(len(used), 10)
+
+    def test_collector_receives_otlp_and_serves_prometheus(self):
+        c = yaml.safe_load((ROOT / "deploy" / "otel-collector.yaml").read_text())
+        self.assertIn("grpc", c["receivers"]["otlp"]["protocols"])
+        metrics = c["service"]["pipelines"]["metrics"]
+        self.assertEqual((metrics["receivers"], metrics["exporters"]), (["otlp"], ["prometheus"]))
+        self.assertIn("otlp", c["service"]["pipelines"]["traces"]["receivers"])
 
 
 class Compose(unittest.TestCase):

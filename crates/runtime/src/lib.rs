@@ -248,7 +248,10 @@ impl Service {
 
 /// Logs and, when configured, OpenTelemetry export for a process named `name`.
 pub fn init_telemetry(settings: &Settings, name: &str) -> anyhow::Result<Telemetry> {
-    let cfg = TelemetryConfig::resolve(&settings.telemetry.otlp_endpoint, name, settings.telemetry.metrics_interval_ms);
+    let cfg = TelemetryConfig {
+        instance_id: Some(settings.advertised()),
+        ..TelemetryConfig::resolve(&settings.telemetry.otlp_endpoint, name, settings.telemetry.metrics_interval_ms)
+    };
     Ok(sluice_telemetry::init(&cfg)?)
 }
 

@@ -38,6 +38,8 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
     /// `service.name` of everything this process exports.
     pub service_name: String,
+    /// `service.instance.id`: tells apart processes of one service (their address).
+    pub instance_id: Option<String>,
     /// How often metrics are exported.
     pub metrics_interval: Duration,
     /// How long finished spans wait before being exported in a batch.
@@ -57,6 +59,7 @@ impl TelemetryConfig {
         Self {
             otlp_endpoint: endpoint,
             service_name: env("OTEL_SERVICE_NAME").unwrap_or_else(|| default_service.to_string()),
+            instance_id: None,
             metrics_interval: Duration::from_millis(metrics_interval_ms.max(100)),
             span_delay: Duration::from_millis(500),
             log_filter: "info".into(),
@@ -91,7 +94,11 @@ pub fn init(cfg: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         return Ok(Telemetry::default());
     };
     let err = |e: &dyn std::fmt::Display| TelemetryError::Exporter(e.to_string());
-    let resource = opentelemetry_sdk::Resource::builder().with_service_name(cfg.service_name.clone()).build();
+    let mut resource = opentelemetry_sdk::Resource::builder().with_service_name(cfg.service_name.clone());
+    if let Some(id) = &cfg.instance_id {
+        resource = resource.with_attribute(KeyValue::new("service.instance.id", id.clone()));
+    }
+    let resource = resource.build();
     let spans = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint.clone())

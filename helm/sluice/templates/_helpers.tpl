@@ -54,13 +54,18 @@ app.kubernetes.io/component: {{ .component }}
 {{- $list | toJson -}}
 {{- end -}}
 
-{{/* The [etcd] section every service's config file has (after its top-level keys). */}}
+{{/* The [etcd] and [telemetry] sections every service's config file has (after its
+top-level keys). */}}
 {{- define "sluice.etcdConfig" -}}
 [etcd]
 endpoints = {{ include "sluice.etcdEndpoints" . }}
 prefix = {{ .Values.etcd.prefix | quote }}
 lease_ttl_secs = {{ .Values.partitionNode.leaseTtlSecs }}
 connect_timeout_ms = 60000
+
+[telemetry]
+otlp_endpoint = {{ .Values.telemetry.otlpEndpoint | quote }}
+metrics_interval_ms = {{ .Values.telemetry.metricsIntervalMs }}
 {{- end -}}
 
 {{/* Pod-level settings shared by every Sluice pod: (dict "ctx" . "component" "gateway"). */}}
