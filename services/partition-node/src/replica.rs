@@ -77,7 +77,7 @@ pub struct Replica {
     committed: watch::Sender<Committed>,
     /// The high watermark learned from the leader while following.
     follower_hw: Mutex<i64>,
-    /// The last offset and trace context of the newest traced append, passed on to followers
+    /// The base offset and trace context of the newest traced append, passed on to followers
     /// with the batches holding it.
     traced: Mutex<Option<(i64, String)>>,
 }
@@ -285,12 +285,12 @@ impl Replica {
         lock(&self.leader).as_ref().and_then(|l| l.followers.get(&follower)).is_some_and(|f| f.end >= leo)
     }
 
-    /// Remembers the trace context of an append ending at `last_offset`.
-    pub fn note_traced(&self, last_offset: i64, traceparent: String) {
-        *lock(&self.traced) = Some((last_offset, traceparent));
+    /// Remembers the trace context of an append starting at `base_offset`.
+    pub fn note_traced(&self, base_offset: i64, traceparent: String) {
+        *lock(&self.traced) = Some((base_offset, traceparent));
     }
 
-    /// The trace context of the newest traced append ending in `[from, to)`.
+    /// The trace context of the newest traced append starting in `[from, to)`.
     pub fn traced_within(&self, from: i64, to: i64) -> Option<String> {
         lock(&self.traced).as_ref().filter(|(o, _)| (from..to).contains(o)).map(|(_, t)| t.clone())
     }

@@ -166,15 +166,17 @@ fn append_one(node: &Node, req: AppendRequest, acks: Acks) -> Result<(AppendResp
                 min: cfg.min_insync_replicas,
             });
         }
+        // Noted before the append: the leader may push the batches to followers the moment
+        // they are stored, and the push passes this context on.
+        if let Some(tp) = sluice_telemetry::traceparent() {
+            served.replica.note_traced(served.log().offsets().log_end_offset, tp);
+        }
         served
             .log()
             .append(&req.batches, &cfg, sluice_core::settings::now_ms(), served.epoch as i32)
             .map_err(|e| map_storage(&pid, e))?
     };
     served.replica.update_hw();
-    if let Some(tp) = sluice_telemetry::traceparent() {
-        served.replica.note_traced(info.last_offset, tp);
-    }
     let resp = AppendResponse {
         id: req.id,
         base_offset: info.base_offset,
