@@ -208,6 +208,8 @@ async fn one_trace_from_producer_to_consumer_and_the_metrics_arrive() {
                 && ok("sluice.produce.bytes", 60.0)
                 && ok("sluice.produce.duration", 1.0)
                 && ok("sluice.fetch.bytes", 60.0)
+                && ok("sluice.fetch.records", 1.0)
+                && ok("sluice.fetch.requests", 1.0)
                 && ok("sluice.partition.high_watermark", 1.0)
                 && ok("sluice.partition.log_end_offset", 1.0)
                 && ok("sluice.partition.isr_size", 3.0)

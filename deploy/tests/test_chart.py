@@ -173,6 +173,7 @@ class Observability(unittest.TestCase):
     EXPORTED = {
         "sluice_produce_requests_total", "sluice_produce_records_total", "sluice_produce_bytes_total",
         "sluice_produce_duration_milliseconds_bucket", "sluice_fetch_bytes_total", "sluice_fetch_responses_total",
+        "sluice_fetch_records_total", "sluice_fetch_requests_total",
         "sluice_gateway_active_streams", "sluice_partition_log_end_offset", "sluice_partition_high_watermark",
         "sluice_partition_isr_size", "sluice_partition_storage_bytes", "sluice_node_under_replicated_partitions",
     }

@@ -13,6 +13,10 @@ pub struct GatewayMetrics {
     pub produce_bytes: Counter<u64>,
     /// From a produce request's arrival to its answer.
     pub produce_duration: Histogram<f64>,
+    /// Fetch streams opened by consumers.
+    pub fetch_requests: Counter<u64>,
+    /// Records served to consumers (counted from batch headers, so whole batches).
+    pub fetch_records: Counter<u64>,
     /// Record batch bytes served to consumers.
     pub fetch_bytes: Counter<u64>,
     /// Fetch responses with data served to consumers.
@@ -37,6 +41,11 @@ impl Default for GatewayMetrics {
                 .with_unit("ms")
                 .with_description("Produce request latency, arrival to answer")
                 .with_boundaries(vec![0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0])
+                .build(),
+            fetch_requests: m.u64_counter("sluice.fetch.requests").with_description("Fetch streams opened").build(),
+            fetch_records: m
+                .u64_counter("sluice.fetch.records")
+                .with_description("Records served to consumers")
                 .build(),
             fetch_bytes: m
                 .u64_counter("sluice.fetch.bytes")

@@ -47,6 +47,7 @@ pub(super) async fn serve(
     };
     let view = gw.snapshot();
     let t = route::topic(&view, &start.topic)?;
+    gw.metrics.fetch_requests.add(1, &crate::metrics::topic(&t.name));
     let count = t.partitions.len() as u32;
     let wanted: Vec<(u32, i64)> = if start.partitions.is_empty() {
         (0..count).map(|p| (p, -2)).collect()
@@ -104,6 +105,7 @@ pub(super) async fn serve(
                         Some(Ok(resp)) => {
                             if !resp.batches.is_empty() {
                                 gw.metrics.fetch_bytes.add(resp.batches.len() as u64, &attrs);
+                                gw.metrics.fetch_records.add(sluice_core::batch::record_count(&resp.batches), &attrs);
                                 gw.metrics.fetch_responses.add(1, &attrs);
                             }
                             let out = convert(resp, plain, &mut next);
