@@ -5,7 +5,8 @@
 //! KIP-279: truncation by leader epoch, not by high watermark, so a replica never keeps
 //! records the leader does not have, nor drops acknowledged ones). Then it opens `Replicate`
 //! at its log end: the leader pushes batches within the granted credit; the replica stores
-//! them as they are, flushes, and acknowledges its new log end with more credit.
+//! them as they are and acknowledges its new log end with more credit, then acknowledges
+//! again once a flush (shared with other partitions) has made them durable.
 //! Sessions restart with a backoff on any failure until the manager stops the task.
 
 use std::sync::Arc;
@@ -158,11 +159,20 @@ async fn session(
             }
         }
         if copied > 0 {
-            node.sync().await?;
-            let ack = ReplicaAck { log_end_offset: replica.log.offsets().log_end_offset, credit: copied };
+            // Stored: the leader may show these records to consumers. Flushed, a moment later:
+            // it may acknowledge acks=all writes. The flush runs beside the next copies.
+            let end = replica.log.offsets().log_end_offset;
+            let ack = ReplicaAck { log_end_offset: end, credit: copied, flushed_offset: -1 };
             if tx.send(ReplicaRequest { kind: Some(Kind::Ack(ack)) }).await.is_err() {
                 return Ok(());
             }
+            let (node, tx) = (node.clone(), tx.clone());
+            tokio::spawn(async move {
+                if node.sync().await.is_ok() {
+                    let ack = ReplicaAck { log_end_offset: end, credit: 0, flushed_offset: end };
+                    let _ = tx.send(ReplicaRequest { kind: Some(Kind::Ack(ack)) }).await;
+                }
+            });
         }
     }
 }

@@ -2,9 +2,11 @@
 //! and, when leading, what the leader knows of its followers: their flushed log ends, the
 //! in-sync set and the high watermark.
 //!
-//! The high watermark is the smallest flushed log end among the in-sync replicas (the leader
-//! counting its own log end). Consumers read below it, and an acks=all append is acknowledged
-//! once it passes the append's last offset. The in-sync set used here is the one last written
+//! The high watermark is the smallest log end among the in-sync replicas (the leader counting
+//! its own): consumers read below it. The durable watermark is the smallest *flushed* log end
+//! among them: an acks=all append is acknowledged once it passes the append's last offset
+//! (and the leader flushed too). Followers report both, the flush a moment later, so that
+//! records become visible without waiting for fsyncs while acknowledgements still do. The in-sync set used here is the one last written
 //! to the metadata, widened by a follower being added (never narrowed before the metadata
 //! write succeeded): a replica that may be elected always holds every acknowledged record.
 
@@ -34,6 +36,8 @@ pub enum Role {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Committed {
     pub hw: i64,
+    /// Offsets below this are flushed on every in-sync follower.
+    pub durable: i64,
     /// The epoch this node leads, 0 when it does not lead.
     pub leading: u64,
     /// Size of the in-sync set.
@@ -43,8 +47,10 @@ pub struct Committed {
 /// A follower as its leader sees it.
 #[derive(Debug, Clone, Copy)]
 struct FollowerPos {
-    /// Flushed log end, -1 until it reports.
+    /// Stored log end, -1 until it reports.
     end: i64,
+    /// Flushed log end, -1 until it reports.
+    flushed: i64,
     /// Last time it was known to have everything the leader had a round earlier.
     caught_up_at: Instant,
     /// Leader log end and time at its previous acknowledgement.
@@ -96,7 +102,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Replica {
     pub fn new(pid: PartitionId, log: Arc<dyn PartitionLog>, node: u64) -> Self {
-        let (committed, _) = watch::channel(Committed { hw: 0, leading: 0, isr: 0 });
+        let (committed, _) = watch::channel(Committed { hw: 0, durable: 0, leading: 0, isr: 0 });
         Self {
             pid,
             log,
@@ -134,14 +140,15 @@ impl Replica {
         let followers = isr
             .iter()
             .filter(|r| **r != self.node)
-            .map(|r| (*r, FollowerPos { end: -1, caught_up_at: now, prev_leo: leo, prev_at: now }))
+            .map(|r| (*r, FollowerPos { end: -1, flushed: -1, caught_up_at: now, prev_leo: leo, prev_at: now }))
             .collect();
         // Start from what the previous leader had committed; it moves up as followers report.
         let hw = (*lock(&self.follower_hw)).max(self.committed.borrow().hw).min(leo);
         *lock(&self.leader) =
             Some(LeaderState { epoch, epoch_start: leo, isr: isr.clone(), revision, adding: None, followers });
         *role = Role::Leader { epoch };
-        self.committed.send_replace(Committed { hw, leading: epoch, isr: isr.len() });
+        let durable = self.committed.borrow().durable.min(hw);
+        self.committed.send_replace(Committed { hw, durable, leading: epoch, isr: isr.len() });
         drop(role);
         self.update_hw();
         tracing::info!(partition = %self.pid, epoch, ?isr, hw, log_end = leo, "leading");
@@ -157,8 +164,8 @@ impl Replica {
             None => Role::Idle,
         };
         *lock(&self.leader) = None;
-        let hw = self.committed.borrow().hw;
-        self.committed.send_replace(Committed { hw, leading: 0, isr: 0 });
+        let Committed { hw, durable, .. } = *self.committed.borrow();
+        self.committed.send_replace(Committed { hw, durable, leading: 0, isr: 0 });
         if matches!(was, Role::Leader { .. }) {
             tracing::info!(partition = %self.pid, epoch, ?leader, "no longer leading");
         }
@@ -169,28 +176,31 @@ impl Replica {
         let leo = self.log.offsets().log_end_offset;
         let guard = lock(&self.leader);
         let Some(l) = guard.as_ref() else { return };
-        let mut hw = leo;
+        let (mut hw, mut durable) = (leo, leo);
         for r in l.isr.iter().chain(l.adding.iter()) {
             if *r == self.node {
                 continue;
             }
-            let end = l.followers.get(r).map(|f| f.end).unwrap_or(-1);
-            hw = hw.min(end);
+            let f = l.followers.get(r);
+            hw = hw.min(f.map_or(-1, |f| f.end));
+            durable = durable.min(f.map_or(-1, |f| f.flushed));
         }
         let isr = l.isr.len();
         drop(guard);
         self.committed.send_if_modified(|c| {
-            let next = c.hw.max(hw);
-            let changed = next != c.hw || c.isr != isr;
+            let (next, next_durable) = (c.hw.max(hw), c.durable.max(durable));
+            let changed = next != c.hw || next_durable != c.durable || c.isr != isr;
             c.hw = next;
+            c.durable = next_durable;
             c.isr = isr;
             changed
         });
     }
 
-    /// A follower's acknowledged, flushed log end. Returns the in-sync set to write when the
-    /// follower just caught up and is not in it.
-    pub fn on_follower_ack(&self, follower: u64, end: i64) -> Option<IsrChange> {
+    /// A follower's acknowledged log end, and how far it is flushed when the ack says (-1
+    /// otherwise). Returns the in-sync set to write when the follower just caught up and is
+    /// not in it.
+    pub fn on_follower_ack(&self, follower: u64, end: i64, flushed: i64) -> Option<IsrChange> {
         let leo = self.log.offsets().log_end_offset;
         let hw = self.high_watermark();
         let now = Instant::now();
@@ -199,6 +209,7 @@ impl Replica {
             let l = guard.as_mut()?;
             let f = l.followers.entry(follower).or_insert(FollowerPos {
                 end: -1,
+                flushed: -1,
                 caught_up_at: now - Duration::from_secs(3600),
                 prev_leo: leo,
                 prev_at: now,
@@ -208,7 +219,8 @@ impl Replica {
             } else if end >= f.prev_leo {
                 f.caught_up_at = f.caught_up_at.max(f.prev_at);
             }
-            f.end = end;
+            f.end = f.end.max(end);
+            f.flushed = f.flushed.max(flushed.min(f.end));
             f.prev_leo = leo;
             f.prev_at = now;
             let joins = !l.isr.contains(&follower) && l.adding.is_none() && end >= hw && end >= l.epoch_start;

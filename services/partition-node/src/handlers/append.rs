@@ -110,7 +110,8 @@ struct Wait {
     min_isr: u32,
 }
 
-/// Waits until every in-sync replica has the append (the high watermark passed it). Fails
+/// Waits until every in-sync replica has the append on disk (the durable watermark passed
+/// it). Fails
 /// when this node stops leading (the records may be truncated by the new leader), when the
 /// in-sync set shrinks below `min.insync.replicas`, or after `replication.ack_timeout_ms`.
 async fn committed(node: &Node, w: Wait) -> Result<(), SluiceError> {
@@ -119,7 +120,7 @@ async fn committed(node: &Node, w: Wait) -> Result<(), SluiceError> {
     let timeout = std::time::Duration::from_millis(node.settings.ack_timeout_ms);
     let c = tokio::time::timeout(
         timeout,
-        rx.wait_for(|c| c.leading != epoch || c.hw >= w.target || (c.isr as u32) < w.min_isr),
+        rx.wait_for(|c| c.leading != epoch || c.durable >= w.target || (c.isr as u32) < w.min_isr),
     )
     .await
     .map_err(|_| {
@@ -128,7 +129,7 @@ async fn committed(node: &Node, w: Wait) -> Result<(), SluiceError> {
     .map(|c| *c)
     .map_err(|_| SluiceError::Internal("replica closed".into()))?;
     let pid = &w.served.replica.pid;
-    if c.hw >= w.target {
+    if c.durable >= w.target {
         Ok(())
     } else if c.leading != epoch {
         Err(SluiceError::NotLeader { topic: pid.topic.clone(), partition: pid.partition, node: node.id })

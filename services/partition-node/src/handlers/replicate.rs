@@ -105,12 +105,13 @@ async fn push(
         let _ = tx.send(Ok(error_response(e, o.log_start_offset))).await;
         return;
     }
-    let ack = |end: i64| {
-        if let Some(change) = replica.on_follower_ack(follower, end) {
+    let ack = |end: i64, flushed: i64| {
+        if let Some(change) = replica.on_follower_ack(follower, end, flushed) {
             manager::follower_caught_up(&node, &r, replica.clone(), change);
         }
     };
-    ack(start.offset);
+    // The follower flushed everything before it started this session.
+    ack(start.offset, start.offset);
     let mut pos = start.offset;
     let mut credit = start.credit.max(MAX_CHUNK);
     let mut sent_hw = -1;
@@ -168,7 +169,7 @@ async fn push(
             msg = input.next() => match msg {
                 Some(Ok(ReplicaRequest { kind: Some(Kind::Ack(a)) })) => {
                     credit = credit.saturating_add(a.credit);
-                    ack(a.log_end_offset);
+                    ack(a.log_end_offset, a.flushed_offset);
                 }
                 Some(Ok(_)) => {}
                 None | Some(Err(_)) => return,
