@@ -148,6 +148,9 @@ async fn check_acked(client: &Client, topic: &str, acked: &Acked) -> HashMap<(u3
     seen
 }
 
+/// (partition, offset, value) of records a reader saw.
+type Seen = Vec<(u32, i64, String)>;
+
 /// A reader in the style of another language's client: one plain-records `Broker.Fetch`
 /// stream kept open with credit, never re-opened. Returns the records and every error the
 /// gateway sent (a failover must not show as one).
@@ -156,7 +159,7 @@ fn spawn_plain_reader(
     topic: &str,
     partitions: u32,
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(Vec<(u32, i64, String)>, Vec<String>)> {
+) -> tokio::task::JoinHandle<(Seen, Vec<String>)> {
     use sluice_proto::v1::fetch_request::Kind;
     use sluice_proto::v1::{FetchCredit, FetchPartition, FetchRequest, FetchStart};
     let topic = topic.to_string();
