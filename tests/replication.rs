@@ -79,6 +79,7 @@ fn spawn_load(
     let (topic, tag) = (topic.to_string(), tag.to_string());
     tokio::spawn(async move {
         let (mut acked, mut failures, mut seq) = (Acked::new(), 0, 0u64);
+        let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
         while !stop.load(Ordering::Relaxed) {
             let values: Vec<String> = (0..20).map(|i| format!("{tag}-{}", seq + i)).collect();
             seq += 20;
@@ -98,12 +99,20 @@ fn spawn_load(
                     if resp.partitions.iter().any(|p| p.error.is_some()) {
                         failures += 1;
                     }
+                    for e in resp.partitions.iter().filter_map(|p| p.error.as_ref()) {
+                        // Counted by kind, for the run's summary.
+                        let kind: String = e.message.chars().take(60).collect();
+                        *kinds.entry(kind).or_insert(0usize) += 1;
+                    }
                 }
                 None => {
                     failures += 1;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
+        }
+        if !kinds.is_empty() {
+            eprintln!("failed partitions by error: {kinds:#?}");
         }
         (acked, failures)
     })

@@ -154,19 +154,20 @@ impl NodeConn {
     }
 
     /// Sends an append; the answer arrives on the returned receiver. Appends sent by one caller
-    /// reach the node in the order of the calls.
+    /// reach the node in the order of the calls. A failure says whether the request may have
+    /// reached the node (`true`) or certainly did not (`false`: the stream could not be opened).
     pub async fn append(
         &self,
         mut req: AppendRequest,
-    ) -> Result<oneshot::Receiver<Result<AppendResponse, SluiceError>>, SluiceError> {
-        let mux = self.mux().await?;
+    ) -> Result<oneshot::Receiver<Result<AppendResponse, SluiceError>>, (SluiceError, bool)> {
+        let mux = self.mux().await.map_err(|e| (e, false))?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         req.id = id;
         let (tx, rx) = oneshot::channel();
         mux.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
         if mux.tx.send(req).await.is_err() || !mux.alive.load(Ordering::Acquire) {
             mux.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-            return Err(self.unavailable("append stream closed"));
+            return Err((self.unavailable("append stream closed"), true));
         }
         Ok(rx)
     }

@@ -110,6 +110,9 @@ impl Part {
 enum Pending {
     Sent(oneshot::Receiver<Result<AppendResponse, SluiceError>>),
     Failed(SluiceError),
+    /// The node could not be reached at all (e.g. a dead leader whose lease has not expired
+    /// yet): certainly not written, so it is sent again once a leader is reachable.
+    Unsent(SluiceError),
 }
 
 async fn dispatch(
@@ -236,7 +239,8 @@ async fn send(gw: &Gateway, view: &ClusterView, t: &TopicMeta, p: u32, data: Byt
     };
     match target.conn.append(append).await {
         Ok(rx) => Pending::Sent(rx),
-        Err(e) => Pending::Failed(e),
+        Err((e, false)) => Pending::Unsent(e),
+        Err((e, true)) => Pending::Failed(e),
     }
 }
 
@@ -261,20 +265,28 @@ async fn answer(
 ) -> Result<Option<AppendResponse>, v1::Error> {
     let mut view_rx = gw.view.clone();
     loop {
-        let e = match pending {
-            Pending::Failed(e) => e.to_proto(),
+        let (e, retry) = match pending {
+            Pending::Unsent(e) => (e.to_proto(), true),
+            Pending::Failed(e) => {
+                let e = e.to_proto();
+                (e.clone(), unwritten(&e))
+            }
             Pending::Sent(_) if acks == Acks::None => return Ok(None),
-            Pending::Sent(rx) => match tokio::time::timeout_at(deadline, rx).await {
-                Ok(Ok(Ok(resp))) => match resp.error {
-                    Some(e) => e,
-                    None => return Ok(Some(resp)),
-                },
-                Ok(Ok(Err(e))) => e.to_proto(),
-                Ok(Err(_)) => SluiceError::NodeUnavailable("the node connection closed".into()).to_proto(),
-                Err(_) => return Err(SluiceError::Timeout("no answer from the node in time".into()).to_proto()),
-            },
+            Pending::Sent(rx) => {
+                let e = match tokio::time::timeout_at(deadline, rx).await {
+                    Ok(Ok(Ok(resp))) => match resp.error {
+                        Some(e) => e,
+                        None => return Ok(Some(resp)),
+                    },
+                    Ok(Ok(Err(e))) => e.to_proto(),
+                    Ok(Err(_)) => SluiceError::NodeUnavailable("the node connection closed".into()).to_proto(),
+                    Err(_) => return Err(SluiceError::Timeout("no answer from the node in time".into()).to_proto()),
+                };
+                let retry = unwritten(&e);
+                (e, retry)
+            }
         };
-        if !unwritten(&e) {
+        if !retry {
             return Err(e);
         }
         // Wait for the metadata to move (a new leader or epoch), or a moment when the refusal
