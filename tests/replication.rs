@@ -624,3 +624,39 @@ async fn a_restarted_node_follows_and_gets_leadership_back_on_demand() {
     assert!(d.partitions[0].high_watermark >= 50);
     check_acked(&client, "back", &acked).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_to_a_just_killed_leader_waits_for_the_new_one() {
+    let _serial = SERIAL.lock().await;
+    seed("write-to-dead-leader");
+    let (mut c, _dir) = cluster_with(3, ENV).await;
+    let client = client(&c).await;
+    client.create_topic("handover", 1, 3, HashMap::new()).await.unwrap();
+    let mut acked = Acked::new();
+    let first = vec!["before".to_string()];
+    let req = |id: u64, values: &[String]| ProduceRequest {
+        id,
+        topic: "handover".into(),
+        acks: Acks::All as i32,
+        records: values.iter().map(|v| keyed("k", v)).collect(),
+        timeout_ms: 20_000,
+        ..Default::default()
+    };
+    let r = produce(&client, req(1, &first)).await.unwrap();
+    assert_eq!(record_acks(&r, &first, &mut acked), 1);
+    let old = describe(&client, "handover").await.partitions[0].leader;
+    c.kill("partition-node", old);
+    // Long enough for the gateway to see its stream to the node break, far shorter than the
+    // lease: the metadata still names the dead node as leader.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = vec!["after".to_string()];
+    let r = produce(&client, req(2, &second)).await.unwrap();
+    assert_eq!(
+        record_acks(&r, &second, &mut acked),
+        1,
+        "the gateway holds the write until a new leader takes it: {:?}",
+        r.partitions[0].error
+    );
+    assert_ne!(describe(&client, "handover").await.partitions[0].leader, old);
+    check_acked(&client, "handover", &acked).await;
+}

@@ -40,11 +40,6 @@ impl PartitionAssignment {
     pub fn state(&self, topic_id: u64) -> PartitionState {
         PartitionState { topic_id, leader: self.leader, leader_epoch: self.leader_epoch, isr: self.isr.clone() }
     }
-
-    /// The first replica, in preferred order, that is in sync, alive and passes `ok`.
-    pub fn first_in_sync(&self, alive: impl Fn(u64) -> bool) -> Option<u64> {
-        self.replicas.iter().copied().find(|r| self.isr.contains(r) && alive(*r))
-    }
 }
 
 /// Leadership of one partition, written by elections and ISR changes under a compare-and-set

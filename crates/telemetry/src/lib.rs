@@ -28,6 +28,10 @@ use tracing_subscriber::util::SubscriberInitExt;
 pub use opentelemetry::KeyValue;
 pub use opentelemetry::metrics::Meter;
 
+/// Set once OpenTelemetry export is installed: until then context lookups return at once
+/// (the producer asks for every record).
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The record header carrying the producer's trace context.
 pub const RECORD_HEADER: &str = "traceparent";
 
@@ -122,17 +126,14 @@ pub fn init(cfg: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let otel = tracing_opentelemetry::layer()
         .with_tracer(traces.tracer("sluice"))
         .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
-    let _ = tracing_subscriber::registry().with(fmt).with(otel).try_init();
+    if tracing_subscriber::registry().with(fmt).with(otel).try_init().is_ok() {
+        EXPORTING.store(true, std::sync::atomic::Ordering::Release);
+    }
     tracing::info!(%endpoint, service = %cfg.service_name, "exporting traces and metrics over OTLP");
     Ok(Telemetry { traces: Some(traces), metrics: Some(metrics) })
 }
 
 impl Telemetry {
-    /// Whether OpenTelemetry export is on.
-    pub fn enabled(&self) -> bool {
-        self.traces.is_some()
-    }
-
     /// Exports what is pending and stops the exporters. Blocking work, done off the async
     /// workers.
     pub async fn shutdown(self) {
@@ -182,12 +183,18 @@ impl Extractor for HeaderExtractor<'_> {
 
 /// Puts the current span's trace context into outgoing gRPC metadata.
 pub fn inject(metadata: &mut tonic::metadata::MetadataMap) {
+    if !EXPORTING.load(std::sync::atomic::Ordering::Acquire) {
+        return;
+    }
     let cx = tracing::Span::current().context();
     TraceContextPropagator::new().inject_context(&cx, &mut MetadataInjector(metadata));
 }
 
 /// The current span's context as a `traceparent` value, when it is being traced.
 pub fn traceparent() -> Option<String> {
+    if !EXPORTING.load(std::sync::atomic::Ordering::Acquire) {
+        return None;
+    }
     let cx = tracing::Span::current().context();
     if !cx.span().span_context().is_valid() {
         return None;
@@ -205,6 +212,9 @@ pub fn context_from(traceparent: &str) -> opentelemetry::Context {
 
 /// Makes `span` a child of the context in `traceparent`, when it names one.
 pub fn continue_from(span: &tracing::Span, traceparent: &str) {
+    if traceparent.is_empty() {
+        return;
+    }
     let cx = context_from(traceparent);
     if cx.span().span_context().is_valid() {
         let _ = span.set_parent(cx);

@@ -158,7 +158,7 @@ impl Node {
     }
 
     /// Deletes the data of partitions whose topic is gone (or was re-created under a new id).
-    fn reconcile(&self, view: &ClusterView) {
+    pub(crate) fn reconcile(&self, view: &ClusterView) {
         if !view.loaded {
             return;
         }
@@ -229,19 +229,6 @@ pub async fn start(
     meta.register_node(NodeInfo { id: settings.node_id, addr: advertised }).await?;
     manager::spawn(node.clone(), shutdown.clone());
 
-    let mut view_rx = meta.view();
-    let n = node.clone();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        loop {
-            let v = view_rx.borrow_and_update().clone();
-            n.reconcile(&v);
-            tokio::select! {
-                r = view_rx.changed() => if r.is_err() { break },
-                _ = stop.wait() => break,
-            }
-        }
-    });
     let n = node.clone();
     let period = Duration::from_millis(settings.storage.retention_check_interval_ms.max(10));
     tokio::spawn(async move {

@@ -1,7 +1,8 @@
 //! Follows the metadata and keeps this node's replicas in the roles it gives them.
 //!
-//! On every view change and every `replication.check_interval_ms`, for each partition with a
-//! replica here:
+//! On every view change it first deletes the data of topics that are gone. Then, on every
+//! view change and every `replication.check_interval_ms`, for each partition with a replica
+//! here:
 //! - named leader: take up leadership (stopping the fetcher first), or, when this node led the
 //!   same epoch before it restarted, give it up first: hand it to another live in-sync replica
 //!   or take it again under a new epoch, since the restart may have lost unflushed writes;
@@ -81,14 +82,19 @@ pub fn spawn(node: Arc<Node>, shutdown: Shutdown) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut changed = true;
         loop {
-            view_rx.borrow_and_update();
-            check(&node).await;
-            tokio::select! {
-                r = view_rx.changed() => if r.is_err() { break },
-                _ = tick.tick() => {}
-                _ = shutdown.wait() => break,
+            let view = view_rx.borrow_and_update().clone();
+            if changed {
+                // Data of topics that are gone goes only when the metadata changed.
+                node.reconcile(&view);
             }
+            check(&node).await;
+            changed = tokio::select! {
+                r = view_rx.changed() => if r.is_err() { break } else { true },
+                _ = tick.tick() => false,
+                _ = shutdown.wait() => break,
+            };
         }
         let fetchers: Vec<Fetcher> = node.control.fetchers.lock().await.drain().map(|(_, f)| f).collect();
         for f in fetchers {

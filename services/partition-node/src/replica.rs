@@ -286,11 +286,6 @@ impl Replica {
         self.update_hw();
     }
 
-    /// The revision and in-sync set this leader believes current.
-    pub fn leader_state(&self) -> Option<(u64, i64, Vec<u64>)> {
-        lock(&self.leader).as_ref().map(|l| (l.epoch, l.revision, l.isr.clone()))
-    }
-
     /// Whether `follower` has everything this leader has.
     pub fn caught_up(&self, follower: u64) -> bool {
         let leo = self.log.offsets().log_end_offset;
