@@ -241,9 +241,9 @@ async fn every_service_answers_health_and_reflection() {
 
     let (c, _dir) = cluster(1).await;
     let expected = [
-        ("gateway", vec!["sluice.v1.Admin", "sluice.v1.Broker"]),
+        ("gateway", vec!["sluice.v1.Admin", "sluice.v1.Broker", "sluice.v1.Groups"]),
         ("partition-node", vec!["sluice.v1.PartitionNode"]),
-        ("group-coordinator", vec!["sluice.v1.GroupCoordinator"]),
+        ("group-coordinator", vec!["sluice.v1.Groups"]),
     ];
     for (role, services) in expected {
         let addr = &c.entry(role, 1).expect("process").addr;
@@ -268,8 +268,7 @@ async fn every_service_answers_health_and_reflection() {
         // Exactly the Sluice services this process serves are described, so grpcurl can call them.
         let mut sluice: Vec<&str> = names.iter().map(String::as_str).filter(|n| n.starts_with("sluice.v1.")).collect();
         sluice.sort();
-        let served: Vec<&str> = services.iter().copied().filter(|s| *s != "sluice.v1.GroupCoordinator").collect();
-        assert_eq!(sluice, served, "{role}");
+        assert_eq!(sluice, services, "{role}");
     }
 }
 

@@ -1,7 +1,7 @@
 //! The one error type clients see, with stable numeric codes and the single mapping to gRPC.
 //!
 //! Codes are grouped by domain and never reused: 1xxx requests and topics, 2xxx records and
-//! offsets, 3xxx availability, 4xxx server faults. The code travels in the `sluice-code` status
+//! offsets, 3xxx availability, 4xxx server faults, 5xxx consumer groups. The code travels in the `sluice-code` status
 //! metadata and in `v1::Error::sluice_code`.
 
 use sluice_proto::v1;
@@ -50,6 +50,18 @@ pub enum SluiceError {
         "partition {partition} of '{topic}' has no live leader (node {node} is not alive); an in-sync replica will be elected"
     )]
     LeaderNotAvailable { topic: String, partition: u32, node: u64 },
+    #[error("invalid group id '{name}': {reason}")]
+    InvalidGroupId { name: String, reason: String },
+    #[error("group '{0}' does not exist")]
+    UnknownGroup(String),
+    #[error("group '{group}' has {members} active member(s): {action} is refused until they leave")]
+    GroupNotEmpty { group: String, members: usize, action: String },
+    #[error("member '{member}' is not in group '{group}' (its session expired or it left); rejoin as a new member")]
+    UnknownMember { group: String, member: String },
+    #[error("{0}")]
+    StaleGeneration(String),
+    #[error("no group coordinator is active: {0}")]
+    CoordinatorNotAvailable(String),
     #[error("metadata store unavailable: {0}")]
     MetadataUnavailable(String),
     #[error("timed out: {0}")]
@@ -68,6 +80,9 @@ pub mod codes {
     pub const NOT_ENOUGH_REPLICAS: u32 = 3005;
     pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: u32 = 3006;
     pub const LEADER_NOT_AVAILABLE: u32 = 3007;
+    pub const UNKNOWN_MEMBER: u32 = 5004;
+    pub const STALE_GENERATION: u32 = 5005;
+    pub const COORDINATOR_NOT_AVAILABLE: u32 = 5006;
 }
 
 impl SluiceError {
@@ -92,6 +107,12 @@ impl SluiceError {
             Self::NotEnoughReplicas { .. } => codes::NOT_ENOUGH_REPLICAS,
             Self::NotEnoughReplicasAfterAppend { .. } => codes::NOT_ENOUGH_REPLICAS_AFTER_APPEND,
             Self::LeaderNotAvailable { .. } => codes::LEADER_NOT_AVAILABLE,
+            Self::InvalidGroupId { .. } => 5001,
+            Self::UnknownGroup(_) => 5002,
+            Self::GroupNotEmpty { .. } => 5003,
+            Self::UnknownMember { .. } => codes::UNKNOWN_MEMBER,
+            Self::StaleGeneration(_) => codes::STALE_GENERATION,
+            Self::CoordinatorNotAvailable(_) => codes::COORDINATOR_NOT_AVAILABLE,
             Self::Storage(_) => 4001,
             Self::Internal(_) => 4002,
         }
@@ -106,7 +127,10 @@ impl SluiceError {
             | Self::InvalidConfig(_)
             | Self::InvalidReplicationFactor { .. }
             | Self::RecordTooLarge { .. }
-            | Self::CorruptBatch(_) => Code::InvalidArgument,
+            | Self::CorruptBatch(_)
+            | Self::InvalidGroupId { .. } => Code::InvalidArgument,
+            Self::UnknownGroup(_) | Self::UnknownMember { .. } => Code::NotFound,
+            Self::GroupNotEmpty { .. } | Self::StaleGeneration(_) => Code::FailedPrecondition,
             Self::TopicExists(_) => Code::AlreadyExists,
             Self::UnknownTopic(_) | Self::UnknownPartition { .. } => Code::NotFound,
             Self::OffsetOutOfRange { .. } => Code::OutOfRange,
@@ -115,7 +139,8 @@ impl SluiceError {
             | Self::MetadataUnavailable(_)
             | Self::NotEnoughReplicas { .. }
             | Self::NotEnoughReplicasAfterAppend { .. }
-            | Self::LeaderNotAvailable { .. } => Code::Unavailable,
+            | Self::LeaderNotAvailable { .. }
+            | Self::CoordinatorNotAvailable(_) => Code::Unavailable,
             Self::Timeout(_) => Code::DeadlineExceeded,
             Self::Storage(_) | Self::Internal(_) => Code::Internal,
         }
@@ -132,6 +157,7 @@ impl SluiceError {
                 | Self::NotEnoughReplicas { .. }
                 | Self::NotEnoughReplicasAfterAppend { .. }
                 | Self::LeaderNotAvailable { .. }
+                | Self::CoordinatorNotAvailable(_)
         )
     }
 
@@ -228,6 +254,9 @@ mod tests {
                 Code::Unavailable,
             ),
             (SluiceError::Storage(String::new()), 4001, Code::Internal),
+            (SluiceError::UnknownGroup(String::new()), 5002, Code::NotFound),
+            (SluiceError::StaleGeneration(String::new()), 5005, Code::FailedPrecondition),
+            (SluiceError::CoordinatorNotAvailable(String::new()), 5006, Code::Unavailable),
         ];
         for (e, code, grpc) in pinned {
             assert_eq!(e.code(), code, "{e:?}");

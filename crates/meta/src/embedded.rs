@@ -139,4 +139,14 @@ impl MetaStore for EmbeddedMeta {
         // The process is the whole cluster: nobody can declare it dead.
         true
     }
+
+    async fn campaign_coordinator(&self, addr: &str) -> Result<u64, MetaError> {
+        // Wall-clock milliseconds keep epochs increasing across restarts of the process.
+        let epoch = sluice_core::settings::now_ms().max(1) as u64;
+        self.update(|v| {
+            v.coordinator = Some(crate::CoordinatorInfo { addr: addr.to_string(), epoch });
+            Ok(false)
+        })?;
+        Ok(epoch)
+    }
 }

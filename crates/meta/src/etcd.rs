@@ -9,6 +9,9 @@
 //!   in-sync replicas (JSON [`PartitionState`]), absent until the first election or ISR
 //!   change, written only by compare-and-set on its revision and the topic's, deleted with
 //!   the topic.
+//! - `{prefix}/coordinator`: the active group coordinator (JSON [`crate::CoordinatorInfo`]),
+//!   created only when absent, under the holder's lease; its creation revision is the
+//!   coordinator epoch.
 //!
 //! A background task loads the prefix once, then follows it with a watch from the next
 //! revision; if the watch breaks (etcd restarted, revision compacted) it reloads and watches
@@ -70,7 +73,17 @@ impl Raw {
     ) -> Option<String> {
         let key = std::str::from_utf8(key).ok()?;
         let rest = key.strip_prefix(prefix).and_then(|r| r.strip_prefix('/'))?;
-        if let Some(id) = rest.strip_prefix("nodes/") {
+        if rest == "coordinator" {
+            view.coordinator = match value.map(serde_json::from_slice::<crate::CoordinatorInfo>) {
+                Some(Ok(c)) => Some(crate::CoordinatorInfo { epoch: revision as u64, ..c }),
+                Some(Err(e)) => {
+                    tracing::warn!(key, error = %e, "ignoring unreadable coordinator entry");
+                    None
+                }
+                None => None,
+            };
+            None
+        } else if let Some(id) = rest.strip_prefix("nodes/") {
             let id = id.parse::<u64>().ok()?;
             match value.map(serde_json::from_slice::<NodeInfo>) {
                 Some(Ok(n)) => {
@@ -181,6 +194,32 @@ async fn load_and_watch(
     Ok(())
 }
 
+/// How often a lease of `ttl` seconds is renewed.
+fn renew_period(ttl: i64) -> Duration {
+    Duration::from_millis((ttl as u64 * 1000 / 3).max(200))
+}
+
+/// Renews `lease` until it is lost (etcd unreachable past the TTL, or revoked), recording each
+/// renewal in `session`.
+async fn keep_alive(client: &mut Client, lease: i64, session: &Mutex<Session>, period: Duration) {
+    match client.lease_keep_alive(lease).await {
+        Ok((mut keeper, mut stream)) => loop {
+            let sent = Instant::now();
+            if keeper.keep_alive().await.is_err() {
+                break;
+            }
+            match stream.message().await {
+                Ok(Some(r)) if r.ttl() > 0 => {
+                    session.lock().unwrap_or_else(|p| p.into_inner()).renewed_at = Some(sent);
+                    tokio::time::sleep(period).await
+                }
+                _ => break,
+            }
+        },
+        Err(e) => tracing::warn!(error = %e, "lease keep-alive failed"),
+    }
+}
+
 /// When this process last certainly held its registration.
 #[derive(Default)]
 struct Session {
@@ -279,26 +318,11 @@ impl MetaStore for EtcdMeta {
         let session = self.session.clone();
         let mut lease = Self::put_with_lease(&mut client, &key, &value, ttl, &session).await?;
         let task = tokio::spawn(async move {
-            let period = Duration::from_millis((ttl as u64 * 1000 / 3).max(200));
+            let period = renew_period(ttl);
             loop {
                 // Renew until the lease is lost (etcd unreachable past the TTL, or revoked),
                 // then register again under a new lease.
-                match client.lease_keep_alive(lease).await {
-                    Ok((mut keeper, mut stream)) => loop {
-                        let sent = Instant::now();
-                        if keeper.keep_alive().await.is_err() {
-                            break;
-                        }
-                        match stream.message().await {
-                            Ok(Some(r)) if r.ttl() > 0 => {
-                                session.lock().unwrap_or_else(|p| p.into_inner()).renewed_at = Some(sent);
-                                tokio::time::sleep(period).await
-                            }
-                            _ => break,
-                        }
-                    },
-                    Err(e) => tracing::warn!(error = %e, "lease keep-alive failed"),
-                }
+                keep_alive(&mut client, lease, &session, period).await;
                 loop {
                     match Self::put_with_lease(&mut client, &key, &value, ttl, &session).await {
                         Ok(l) => {
@@ -387,5 +411,42 @@ impl MetaStore for EtcdMeta {
         let s = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let ttl = Duration::from_secs(self.lease_ttl_secs.max(1) as u64);
         s.renewed_at.is_some_and(|t| t.elapsed() < ttl) && self.tx.borrow().revision >= s.registered_rev
+    }
+
+    async fn campaign_coordinator(&self, addr: &str) -> Result<u64, MetaError> {
+        let key = format!("{}/coordinator", self.prefix);
+        let value = serde_json::to_vec(&crate::CoordinatorInfo { addr: addr.to_string(), epoch: 0 })?;
+        let ttl = self.lease_ttl_secs.max(1);
+        let mut client = self.client.clone();
+        let mut rx = self.tx.subscribe();
+        loop {
+            // Only a vacant role is worth a transaction; the watch says when it frees up.
+            let _ = rx.wait_for(|v| v.coordinator.is_none()).await;
+            let t0 = Instant::now();
+            let lease = client.lease_grant(ttl, None).await?.id();
+            let txn = Txn::new().when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)]).and_then([
+                TxnOp::put(key.as_str(), value.clone(), Some(PutOptions::new().with_lease(lease))),
+            ]);
+            let resp = client.txn(txn).await?;
+            if !resp.succeeded() {
+                let _ = client.lease_revoke(lease).await;
+                // The view may lag the winner's write: wait for it rather than spin.
+                let _ = tokio::time::timeout(Duration::from_secs(1), rx.wait_for(|v| v.coordinator.is_some())).await;
+                continue;
+            }
+            let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+            {
+                let mut s = self.session.lock().unwrap_or_else(|p| p.into_inner());
+                s.renewed_at = Some(t0);
+                s.registered_rev = rev;
+            }
+            let session = self.session.clone();
+            let mut keeper = client.clone();
+            // The role ends with the lease: no re-registration, another process may hold it.
+            let task = tokio::spawn(async move { keep_alive(&mut keeper, lease, &session, renew_period(ttl)).await });
+            self.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
+            self.await_view(|v| v.revision >= rev).await;
+            return Ok(rev as u64);
+        }
     }
 }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub use model::{
-    ClusterView, NodeInfo, PartitionAssignment, PartitionState, TopicMeta, default_min_insync, plan_topic,
+    ClusterView, CoordinatorInfo, NodeInfo, PartitionAssignment, PartitionState, TopicMeta, default_min_insync, plan_topic,
 };
 use sluice_core::SluiceError;
 use tokio::sync::watch;
@@ -92,4 +92,9 @@ pub trait MetaStore: Send + Sync {
     /// partition node that cannot say so may have been declared dead and replaced, and must
     /// not accept writes.
     fn session_valid(&self) -> bool;
+    /// Campaigns for the group-coordinator role: returns once this process holds it, with its
+    /// epoch (larger than any earlier holder's). The role is held under this process's lease
+    /// and lost when it stops renewing it; [`MetaStore::session_valid`] then turns false and
+    /// the view names another coordinator or none.
+    async fn campaign_coordinator(&self, addr: &str) -> Result<u64, MetaError>;
 }

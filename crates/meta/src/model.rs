@@ -88,6 +88,16 @@ pub fn default_min_insync(replication_factor: u32) -> u32 {
     if replication_factor >= 3 { 2 } else { 1 }
 }
 
+/// The active group coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoordinatorInfo {
+    /// Its advertised address, which also names it.
+    pub addr: String,
+    /// Larger than every earlier coordinator's: the revision at which it took the role.
+    #[serde(default)]
+    pub epoch: u64,
+}
+
 /// Everything a service needs to route and serve, as of one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterView {
@@ -97,6 +107,8 @@ pub struct ClusterView {
     pub loaded: bool,
     /// The metadata revision this view reflects.
     pub revision: i64,
+    /// The group coordinator holding the role, if any.
+    pub coordinator: Option<CoordinatorInfo>,
 }
 
 impl ClusterView {
@@ -175,7 +187,7 @@ mod tests {
 
     fn view(n: u64) -> ClusterView {
         let nodes = (1..=n).map(|id| (id, NodeInfo { id, addr: format!("127.0.0.1:{id}") })).collect();
-        ClusterView { nodes, topics: BTreeMap::new(), loaded: true, revision: 1 }
+        ClusterView { nodes, topics: BTreeMap::new(), loaded: true, revision: 1, coordinator: None }
     }
 
     fn req(name: &str, partitions: u32, rf: u32) -> NewTopic {

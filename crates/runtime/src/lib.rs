@@ -35,7 +35,44 @@ pub struct Settings {
     pub gateway: GatewaySettings,
     pub storage: StorageSettings,
     pub replication: ReplicationSettings,
+    pub groups: GroupSettings,
     pub telemetry: TelemetrySettings,
+}
+
+/// Group-coordinator tuning.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GroupSettings {
+    /// Partitions of the internal `__consumer_offsets` topic, when a coordinator creates it.
+    pub offsets_topic_partitions: u32,
+    /// Its replication factor (lowered to the live nodes when fewer).
+    pub offsets_topic_replication_factor: u32,
+    /// Session timeout of members that do not ask for one, milliseconds.
+    pub session_timeout_ms: u64,
+    /// Shortest and longest session timeout a member may ask for, milliseconds.
+    pub min_session_timeout_ms: u64,
+    pub max_session_timeout_ms: u64,
+    /// How long a member may take to release revoked partitions when it does not say,
+    /// milliseconds.
+    pub rebalance_timeout_ms: u64,
+    /// After taking over, how long a new coordinator keeps partitions nobody has claimed
+    /// unassigned, so that members of the previous one rejoin with what they hold,
+    /// milliseconds.
+    pub takeover_hold_back_ms: u64,
+}
+
+impl Default for GroupSettings {
+    fn default() -> Self {
+        Self {
+            offsets_topic_partitions: 8,
+            offsets_topic_replication_factor: 3,
+            session_timeout_ms: 10_000,
+            min_session_timeout_ms: 1_000,
+            max_session_timeout_ms: 300_000,
+            rebalance_timeout_ms: 30_000,
+            takeover_hold_back_ms: 10_000,
+        }
+    }
 }
 
 /// OpenTelemetry export (off unless an endpoint is set here or in
@@ -138,6 +175,7 @@ impl Default for Settings {
             gateway: GatewaySettings::default(),
             storage: StorageSettings::default(),
             replication: ReplicationSettings::default(),
+            groups: GroupSettings::default(),
             telemetry: TelemetrySettings::default(),
         }
     }

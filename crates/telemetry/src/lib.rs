@@ -152,6 +152,12 @@ impl Telemetry {
     }
 }
 
+/// Whether traces and metrics are being exported (work that only feeds them can be skipped
+/// otherwise).
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Acquire)
+}
+
 /// The meter every Sluice instrument comes from (no-op until [`init`] installed exporters).
 pub fn meter() -> Meter {
     opentelemetry::global::meter("sluice")

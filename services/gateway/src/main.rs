@@ -2,6 +2,7 @@
 
 use sluice_gateway::Gateway;
 use sluice_gateway::handlers::GatewayService;
+use sluice_gateway::handlers::groups::GroupsProxy;
 use sluice_runtime::Service;
 
 #[tokio::main]
@@ -10,12 +11,15 @@ async fn main() -> anyhow::Result<()> {
         Service::start("sluice-gateway", "Sluice gateway").await?;
     let meta = sluice_runtime::connect_meta(&settings).await?;
     let service = GatewayService::new(Gateway::new(meta, settings.gateway.clone()));
-    let (_health, health) = sluice_runtime::health(&["sluice.v1.Admin", "sluice.v1.Broker"]).await;
+    let groups = GroupsProxy::new(service.gateway().clone());
+    let served = ["sluice.v1.Admin", "sluice.v1.Broker", "sluice.v1.Groups"];
+    let (_health, health) = sluice_runtime::health(&served).await;
     let router = sluice_runtime::server()
         .add_service(health)
-        .add_service(sluice_runtime::reflection(&["sluice.v1.Admin", "sluice.v1.Broker"])?)
+        .add_service(sluice_runtime::reflection(&served)?)
         .add_service(service.admin_server())
-        .add_service(service.broker_server());
+        .add_service(service.broker_server())
+        .add_service(groups.into_server());
     tracing::info!(%addr, "gateway listening");
     sluice_runtime::serve(router, listener, shutdown).await?;
     telemetry.shutdown().await;

@@ -1,14 +1,277 @@
-//! The group-coordinator service: consumer groups (membership, assignment, committed offsets) and, later, transactions.
+//! The group-coordinator service: consumer groups (membership, assignment, committed offsets).
 //!
-//! Its gRPC API arrives with its own issue; until then the process joins the mesh, reports
-//! health as `sluice.v1.GroupCoordinator` and is started by `sluice dev`, `sluice cluster up` and the chart, so
-//! deployment and supervision are settled before the logic lands.
+//! Any number of coordinators run; one is active (it holds the `coordinator` key in etcd,
+//! whose creation revision is its epoch) and the others campaign for the role when it frees
+//! up. The active one loads every committed offset from the internal topic (see [`store`]),
+//! serves `sluice.v1.Groups` and follows the metadata for partition counts; standbys answer
+//! COORDINATOR_NOT_AVAILABLE (retriable), which gateways never see because they route to
+//! the active one. A coordinator that cannot prove it still holds the role (its lease not
+//! renewed within a TTL) refuses commits, so a paused one cannot write after a successor took
+//! over.
+//!
+//! - [`assignor`]: range, round-robin and sticky.
+//! - [`group`]: membership, incremental rebalancing and commit fencing for one group.
+//! - [`store`]: the offsets topic.
+//! - [`service`]: the gRPC API.
+//! - [`metrics`]: group lag and member gauges.
+
+pub mod assignor;
+pub mod group;
+pub mod metrics;
+pub mod service;
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use sluice_core::SluiceError;
+use sluice_meta::{ClusterView, MetaStore};
+use sluice_runtime::{GroupSettings, Shutdown};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::group::Group;
+use crate::store::{OFFSETS_TOPIC, OffsetStore};
 
 /// The health-service name this service reports under.
-pub const SERVICE_NAME: &str = "sluice.v1.GroupCoordinator";
+pub const SERVICE_NAME: &str = "sluice.v1.Groups";
 
-/// Builds the server for this service: health and reflection.
-pub async fn router() -> anyhow::Result<tonic::transport::server::Router> {
-    let (_reporter, health) = sluice_runtime::health(&[SERVICE_NAME]).await;
-    Ok(sluice_runtime::server().add_service(health).add_service(sluice_runtime::reflection(&[])?))
+/// Longest group id accepted.
+pub const MAX_GROUP_ID_LEN: usize = 255;
+
+/// Checks a group id: not empty, at most [`MAX_GROUP_ID_LEN`] bytes, no control characters.
+pub fn validate_group_id(id: &str) -> Result<(), SluiceError> {
+    let bad = |reason: String| Err(SluiceError::InvalidGroupId { name: id.chars().take(60).collect(), reason });
+    if id.is_empty() {
+        return bad("the id is empty".into());
+    }
+    if id.len() > MAX_GROUP_ID_LEN {
+        return bad(format!("the id is {} bytes long, the maximum is {MAX_GROUP_ID_LEN}", id.len()));
+    }
+    if let Some(c) = id.chars().find(|c| c.is_control()) {
+        return bad(format!("control character {c:?} is not allowed"));
+    }
+    Ok(())
+}
+
+/// While this coordinator is the active one.
+struct Active {
+    epoch: u64,
+    store: Arc<OffsetStore>,
+}
+
+#[derive(Default)]
+struct State {
+    active: Option<Active>,
+    groups: BTreeMap<String, Group>,
+}
+
+/// One coordinator process.
+pub struct Coordinator {
+    settings: GroupSettings,
+    meta: Arc<dyn MetaStore>,
+    view: watch::Receiver<Arc<ClusterView>>,
+    /// Advertised address: names this coordinator in etcd.
+    addr: String,
+    /// A gateway for the offsets topic and log ends.
+    gateway: String,
+    state: Mutex<State>,
+    next_conn: AtomicU64,
+}
+
+impl Coordinator {
+    /// Starts campaigning for the role; serves once active. `gateway` is the address of a
+    /// gateway (the coordinator binary runs one in process on loopback).
+    pub fn start(
+        settings: GroupSettings,
+        meta: Arc<dyn MetaStore>,
+        addr: String,
+        gateway: String,
+        shutdown: Shutdown,
+    ) -> Arc<Self> {
+        let view = meta.view();
+        let me = Arc::new(Self {
+            settings,
+            meta,
+            view,
+            addr,
+            gateway,
+            state: Mutex::new(State::default()),
+            next_conn: AtomicU64::new(1),
+        });
+        let run = me.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = run.run() => {}
+                _ = shutdown.wait() => {}
+            }
+        });
+        me
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The epoch and store while this coordinator is active and can prove it.
+    fn active(&self) -> Result<(u64, Arc<OffsetStore>), SluiceError> {
+        let st = self.lock();
+        let Some(a) = &st.active else {
+            return Err(SluiceError::CoordinatorNotAvailable(format!("coordinator {} is on standby", self.addr)));
+        };
+        if !self.meta.session_valid() {
+            return Err(SluiceError::CoordinatorNotAvailable(format!(
+                "coordinator {} cannot confirm it still holds the role (metadata store unreachable)",
+                self.addr
+            )));
+        }
+        Ok((a.epoch, a.store.clone()))
+    }
+
+    /// Partition counts of every topic, from the current view.
+    fn partition_counts(&self) -> BTreeMap<String, u32> {
+        self.view
+            .borrow()
+            .topics
+            .iter()
+            .filter(|(n, _)| n.as_str() != OFFSETS_TOPIC)
+            .map(|(n, t)| (n.clone(), t.partitions.len() as u32))
+            .collect()
+    }
+
+    async fn run(self: Arc<Self>) {
+        let client = loop {
+            match sluice_client::Client::connect(&self.gateway).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reach the gateway for the offsets topic; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        loop {
+            let epoch = match self.meta.campaign_coordinator(&self.addr).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, "campaign for the coordinator role failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            tracing::info!(epoch, addr = %self.addr, "coordinator role won; loading committed offsets");
+            let Some((store, offsets)) = self.load(&client, epoch).await else {
+                tracing::warn!(epoch, "lost the coordinator role while loading");
+                continue;
+            };
+            let hold_back = Instant::now() + Duration::from_millis(self.settings.takeover_hold_back_ms);
+            let groups = offsets.len();
+            {
+                let mut st = self.lock();
+                st.groups = offsets
+                    .into_iter()
+                    .map(|(id, o)| (id.clone(), Group::new(id, o, Some(hold_back))))
+                    .collect();
+                st.active = Some(Active { epoch, store: Arc::new(store) });
+            }
+            tracing::info!(epoch, groups, "coordinator active");
+            self.serve_role(epoch).await;
+            tracing::warn!(epoch, "coordinator role lost; standing by");
+            let mut st = self.lock();
+            st.active = None;
+            let why = || SluiceError::CoordinatorNotAvailable("the coordinator changed; rejoin".into());
+            for g in st.groups.values_mut() {
+                let ids: Vec<String> = g.members.keys().cloned().collect();
+                for id in ids {
+                    g.remove(&id, why());
+                }
+            }
+            st.groups.clear();
+        }
+    }
+
+    /// Opens the offsets topic and reads it, retrying while this coordinator holds the role.
+    async fn load(
+        &self,
+        client: &sluice_client::Client,
+        epoch: u64,
+    ) -> Option<(OffsetStore, store::AllOffsets)> {
+        loop {
+            if !self.holds(epoch) {
+                return None;
+            }
+            let s = &self.settings;
+            let r = async {
+                let store =
+                    OffsetStore::open(client.clone(), s.offsets_topic_partitions, s.offsets_topic_replication_factor)
+                        .await?;
+                let offsets = store.load().await?;
+                Ok::<_, SluiceError>((store, offsets))
+            }
+            .await;
+            match r {
+                Ok(x) => return Some(x),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot load committed offsets yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    fn holds(&self, epoch: u64) -> bool {
+        self.view.borrow().coordinator.as_ref().is_some_and(|c| c.epoch == epoch && c.addr == self.addr)
+    }
+
+    /// Runs the group timers and follows topic changes until the role is lost.
+    async fn serve_role(&self, epoch: u64) {
+        let mut view = self.view.clone();
+        let mut seen = 0i64;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                r = view.changed() => if r.is_err() { return },
+            }
+            if !self.holds(epoch) {
+                return;
+            }
+            let rev = self.view.borrow().revision;
+            let topics_changed = rev != seen;
+            seen = rev;
+            let counts = if topics_changed { Some(self.partition_counts()) } else { None };
+            let now = Instant::now();
+            let mut st = self.lock();
+            let mut lazy_counts = counts;
+            for g in st.groups.values_mut() {
+                let expired = g.expire(now);
+                let ended = g.hold_back_ended(now);
+                if expired || ended || topics_changed {
+                    let counts = lazy_counts.get_or_insert_with(|| self.partition_counts());
+                    g.reconcile(counts, now);
+                }
+            }
+            st.groups.retain(|_, g| !g.members.is_empty() || !g.offsets.is_empty());
+        }
+    }
+
+    /// Applies `f` to a group (created when missing) and reconciles it.
+    fn with_group<R>(&self, id: &str, f: impl FnOnce(&mut Group) -> R) -> R {
+        let counts = self.partition_counts();
+        let mut st = self.lock();
+        let g = st.groups.entry(id.to_string()).or_insert_with(|| Group::new(id.to_string(), BTreeMap::new(), None));
+        let r = f(g);
+        g.reconcile(&counts, Instant::now());
+        r
+    }
+
+    /// Subscribed topics of a group's members, for describing it.
+    fn topics_of(g: &Group) -> BTreeSet<String> {
+        g.members.values().flat_map(|m| m.topics.iter().cloned()).chain(g.offsets.keys().map(|tp| tp.0.clone())).collect()
+    }
 }

@@ -2,6 +2,7 @@
 
 mod elect;
 mod fetch;
+pub mod groups;
 mod nodes;
 mod offsets;
 mod produce;
@@ -18,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::Gateway;
 
-type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub(crate) type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// `sluice.v1.Admin` and `sluice.v1.Broker` over one [`Gateway`].
 #[derive(Clone)]
@@ -29,6 +30,10 @@ pub struct GatewayService {
 impl GatewayService {
     pub fn new(gw: Arc<Gateway>) -> Self {
         Self { gw }
+    }
+
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gw
     }
 
     pub fn admin_server(&self) -> AdminServer<Self> {

@@ -1,0 +1,498 @@
+//! One consumer group's membership and assignment: the incremental rebalancing protocol.
+//!
+//! The coordinator computes a target assignment (see [`crate::assignor`]) whenever members,
+//! subscriptions or partition counts change. Each member is then sent the set it should hold
+//! now: what it holds that is still its target, plus target partitions nobody holds. A
+//! partition leaving a member is simply missing from its next set; the member releases it and
+//! acknowledges, and only then is the partition handed to its new owner. A member that does
+//! not release within its rebalance timeout, or goes silent for its session timeout, is
+//! removed and what it held is free.
+//!
+//! Commits are fenced here: a member may commit a partition only while it holds it, under a
+//! generation no older than the one it was handed the partition at.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_core::SluiceError;
+use sluice_proto::v1::member_event::Kind as EventKind;
+use sluice_proto::v1::{Assignment, CommittedOffset, MemberEvent, TopicPartitions};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tonic::Status;
+
+use crate::assignor::{Assignor, MemberSpec, Tp};
+use crate::store::Committed;
+
+/// How events reach a member's stream.
+pub type EventTx = mpsc::UnboundedSender<Result<MemberEvent, Status>>;
+
+/// A member's open stream.
+pub struct Conn {
+    pub id: u64,
+    pub tx: EventTx,
+    /// Tells the stream's task to stop reading (the member was removed or replaced).
+    pub kick: Arc<Notify>,
+}
+
+impl Conn {
+    fn send(&self, kind: EventKind) {
+        let _ = self.tx.send(Ok(MemberEvent { kind: Some(kind) }));
+    }
+
+    /// Ends the stream with `status`.
+    fn close(&self, status: Status) {
+        let _ = self.tx.send(Err(status));
+        self.kick.notify_one();
+    }
+}
+
+/// What a member asked for when it joined.
+pub struct JoinSpec {
+    pub member_id: String,
+    pub instance_id: String,
+    pub client_id: String,
+    pub topics: BTreeSet<String>,
+    pub assignor: Assignor,
+    pub session_timeout: Duration,
+    pub rebalance_timeout: Duration,
+    /// Partitions it says it still holds (it rejoins after a broken stream or a new
+    /// coordinator).
+    pub owned: Vec<Tp>,
+}
+
+pub struct Member {
+    pub id: String,
+    pub instance_id: String,
+    pub client_id: String,
+    pub topics: BTreeSet<String>,
+    pub assignor: Assignor,
+    pub session_timeout: Duration,
+    pub rebalance_timeout: Duration,
+    pub last_seen: Instant,
+    /// `None` for a static member whose stream closed: kept for its session timeout.
+    pub conn: Option<Conn>,
+    /// What the member holds, with the generation it was handed each partition at (0 for
+    /// partitions it already held when it joined).
+    pub held: BTreeMap<Tp, u64>,
+    /// The last set sent.
+    pub sent: BTreeSet<Tp>,
+    /// The generation of the last set sent.
+    pub generation: u64,
+    /// Sets sent and not yet acknowledged, by generation.
+    unacked: BTreeMap<u64, BTreeSet<Tp>>,
+    /// When a revocation must be acknowledged by.
+    revoke_deadline: Option<Instant>,
+    /// A new stream: send the whole assignment, with offsets, even if it did not change.
+    needs_full: bool,
+}
+
+impl Member {
+    /// Held partitions it was asked to release.
+    pub fn revoking(&self) -> impl Iterator<Item = &Tp> {
+        self.held.keys().filter(|tp| !self.sent.contains(*tp))
+    }
+}
+
+/// One group.
+pub struct Group {
+    pub id: String,
+    pub members: BTreeMap<String, Member>,
+    /// Bumped whenever the target assignment changes.
+    pub generation: u64,
+    pub target: BTreeMap<String, BTreeSet<Tp>>,
+    pub assignor: Assignor,
+    pub offsets: BTreeMap<Tp, Committed>,
+    /// Members removed for silence: a rejoin under their id is refused (they must start over).
+    expired: VecDeque<String>,
+    /// Until then no partition nobody claims is handed out: members of a coordinator that
+    /// failed may still hold them and are on their way back.
+    hold_back_until: Option<Instant>,
+}
+
+/// Removed ids remembered per group, for fencing.
+const EXPIRED_KEPT: usize = 1000;
+
+impl Group {
+    pub fn new(id: String, offsets: BTreeMap<Tp, Committed>, hold_back_until: Option<Instant>) -> Self {
+        // Generations continue above the ones offsets were committed under.
+        let generation = offsets.values().map(|c| c.generation).max().unwrap_or(0);
+        Self {
+            id,
+            members: BTreeMap::new(),
+            generation,
+            target: BTreeMap::new(),
+            assignor: Assignor::Sticky,
+            offsets,
+            expired: VecDeque::new(),
+            hold_back_until,
+        }
+    }
+
+    /// "Empty", "Stable" (everyone holds exactly its target) or "Reconciling".
+    pub fn state(&self) -> &'static str {
+        if self.members.is_empty() {
+            "Empty"
+        } else if self.members.values().all(|m| {
+            let target = self.target.get(&m.id);
+            m.held.keys().eq(m.sent.iter()) && target.is_some_and(|t| t == &m.sent)
+        }) {
+            "Stable"
+        } else {
+            "Reconciling"
+        }
+    }
+
+    /// Adds a member or re-attaches one; returns its id. The caller reconciles afterwards.
+    pub fn join(&mut self, spec: JoinSpec, conn: Conn, now: Instant) -> Result<String, SluiceError> {
+        let existing = if !spec.instance_id.is_empty() {
+            self.members.values().find(|m| m.instance_id == spec.instance_id).map(|m| m.id.clone())
+        } else if !spec.member_id.is_empty() && self.members.contains_key(&spec.member_id) {
+            Some(spec.member_id.clone())
+        } else {
+            None
+        };
+        if let Some(id) = existing {
+            let m = self.members.get_mut(&id).ok_or_else(|| SluiceError::Internal("member vanished".into()))?;
+            if let Some(old) = m.conn.take() {
+                old.close(replaced(&self.id, &id));
+            }
+            m.conn = Some(conn);
+            m.topics = spec.topics;
+            m.assignor = spec.assignor;
+            m.client_id = spec.client_id;
+            m.session_timeout = spec.session_timeout;
+            m.rebalance_timeout = spec.rebalance_timeout;
+            m.last_seen = now;
+            m.needs_full = true;
+            return Ok(id);
+        }
+        if !spec.member_id.is_empty() && self.expired.contains(&spec.member_id) {
+            return Err(SluiceError::UnknownMember { group: self.id.clone(), member: spec.member_id });
+        }
+        let id = if spec.member_id.is_empty() {
+            let prefix = if spec.client_id.is_empty() { "member" } else { spec.client_id.as_str() };
+            format!("{prefix}-{:016x}", rand::random::<u64>())
+        } else {
+            spec.member_id
+        };
+        // A member rejoining after its stream broke keeps what it holds, where nobody else
+        // took it meanwhile.
+        let taken: BTreeSet<&Tp> = self.members.values().flat_map(|m| m.held.keys()).collect();
+        let held: BTreeMap<Tp, u64> =
+            spec.owned.into_iter().filter(|tp| !taken.contains(tp)).map(|tp| (tp, 0)).collect();
+        let m = Member {
+            id: id.clone(),
+            instance_id: spec.instance_id,
+            client_id: spec.client_id,
+            topics: spec.topics,
+            assignor: spec.assignor,
+            session_timeout: spec.session_timeout,
+            rebalance_timeout: spec.rebalance_timeout,
+            last_seen: now,
+            conn: Some(conn),
+            sent: held.keys().cloned().collect(),
+            held,
+            generation: 0,
+            unacked: BTreeMap::new(),
+            revoke_deadline: None,
+            needs_full: true,
+        };
+        self.members.insert(id.clone(), m);
+        Ok(id)
+    }
+
+    /// The member's stream `conn` closed: a dynamic member leaves, a static one stays for its
+    /// session timeout. Returns whether anything changed.
+    pub fn disconnected(&mut self, member: &str, conn: u64) -> bool {
+        let Some(m) = self.members.get_mut(member) else { return false };
+        if m.conn.as_ref().is_none_or(|c| c.id != conn) {
+            return false;
+        }
+        if m.instance_id.is_empty() {
+            self.members.remove(member);
+        } else {
+            m.conn = None;
+        }
+        true
+    }
+
+    /// Removes a member and ends its stream with `why`.
+    pub fn remove(&mut self, member: &str, why: SluiceError) {
+        if let Some(m) = self.members.remove(member) {
+            tracing::info!(group = %self.id, member, reason = %why, "member removed");
+            if let Some(c) = m.conn {
+                c.close(why.into());
+            }
+            self.expired.push_back(member.to_string());
+            if self.expired.len() > EXPIRED_KEPT {
+                self.expired.pop_front();
+            }
+        }
+    }
+
+    pub fn touch(&mut self, member: &str, conn: u64, now: Instant) {
+        if let Some(m) = self.members.get_mut(member).filter(|m| m.conn.as_ref().is_some_and(|c| c.id == conn)) {
+            m.last_seen = now;
+        }
+    }
+
+    /// The member holds exactly the set of `generation`: what it released is free.
+    pub fn ack(&mut self, member: &str, generation: u64) {
+        let Some(m) = self.members.get_mut(member) else { return };
+        let Some(set) = m.unacked.get(&generation).cloned() else { return };
+        m.held.retain(|tp, since| set.contains(tp) || *since > generation);
+        m.unacked.retain(|g, _| *g > generation);
+        if m.revoking().next().is_none() {
+            m.revoke_deadline = None;
+        }
+    }
+
+    /// Removes members silent past their session timeout or late releasing partitions.
+    /// Returns whether any was removed.
+    pub fn expire(&mut self, now: Instant) -> bool {
+        let mut gone = Vec::new();
+        for m in self.members.values() {
+            if now.duration_since(m.last_seen) > m.session_timeout {
+                gone.push((m.id.clone(), format!("no heartbeat for {:?} (session timeout)", m.session_timeout)));
+            } else if m.revoke_deadline.is_some_and(|d| now > d) {
+                gone.push((
+                    m.id.clone(),
+                    format!("revoked partitions not released within {:?} (rebalance timeout)", m.rebalance_timeout),
+                ));
+            }
+        }
+        for (id, why) in &gone {
+            tracing::info!(group = %self.id, member = %id, why, "member expired");
+            self.remove(id, SluiceError::UnknownMember { group: self.id.clone(), member: id.clone() });
+        }
+        !gone.is_empty()
+    }
+
+    /// Whether a hold-back period just ended (the caller reconciles).
+    pub fn hold_back_ended(&mut self, now: Instant) -> bool {
+        if self.hold_back_until.is_some_and(|t| now >= t) {
+            self.hold_back_until = None;
+            return true;
+        }
+        false
+    }
+
+    /// Recomputes the target and sends every member whose set changes its new set.
+    /// `partitions`: partition count of each existing topic.
+    pub fn reconcile(&mut self, partitions: &BTreeMap<String, u32>, now: Instant) {
+        // The assignor most members ask for; ties go to the first in Assignor's order.
+        let mut votes: BTreeMap<Assignor, usize> = BTreeMap::new();
+        for m in self.members.values() {
+            *votes.entry(m.assignor).or_default() += 1;
+        }
+        if let Some(best) = votes.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))).map(|(a, _)| *a) {
+            self.assignor = best;
+        }
+        let relevant: BTreeMap<String, u32> = partitions
+            .iter()
+            .filter(|(t, _)| self.members.values().any(|m| m.topics.contains(*t)))
+            .map(|(t, n)| (t.clone(), *n))
+            .collect();
+        let specs: Vec<MemberSpec<'_>> = self
+            .members
+            .values()
+            .map(|m| MemberSpec {
+                id: &m.id,
+                sort_key: if m.instance_id.is_empty() { &m.id } else { &m.instance_id },
+                topics: &m.topics,
+                owned: m.held.keys().collect(),
+            })
+            .collect();
+        let target = self.assignor.assign(&specs, &relevant);
+        if target != self.target {
+            self.generation += 1;
+            self.target = target;
+        }
+        let holding_back = self.hold_back_until.is_some_and(|t| now < t);
+        let mut holders: BTreeSet<Tp> = self.members.values().flat_map(|m| m.held.keys().cloned()).collect();
+        let generation = self.generation;
+        for m in self.members.values_mut() {
+            let Some(conn) = &m.conn else { continue };
+            let desired = self.target.get(&m.id).cloned().unwrap_or_default();
+            let mut next: BTreeSet<Tp> = m.held.keys().filter(|tp| desired.contains(*tp)).cloned().collect();
+            let mut added = Vec::new();
+            if !holding_back {
+                for tp in desired.iter().filter(|tp| !holders.contains(*tp)) {
+                    next.insert(tp.clone());
+                    added.push(tp.clone());
+                }
+            }
+            if next == m.sent && !m.needs_full {
+                continue;
+            }
+            for tp in &added {
+                m.held.insert(tp.clone(), generation);
+                holders.insert(tp.clone());
+            }
+            let fresh: Vec<&Tp> = if m.needs_full { next.iter().collect() } else { added.iter().collect() };
+            let offsets = fresh
+                .into_iter()
+                .filter_map(|tp| {
+                    self.offsets.get(tp).map(|c| CommittedOffset {
+                        topic: tp.0.clone(),
+                        partition: tp.1,
+                        offset: c.offset,
+                        metadata: c.metadata.clone(),
+                        commit_time_ms: c.commit_time_ms,
+                    })
+                })
+                .collect();
+            conn.send(EventKind::Assignment(Assignment { generation, partitions: by_topic(&next), offsets }));
+            m.sent = next.clone();
+            m.generation = generation;
+            m.unacked.insert(generation, next);
+            m.needs_full = false;
+            if m.revoking().next().is_some() {
+                m.revoke_deadline.get_or_insert(now + m.rebalance_timeout);
+            } else {
+                m.revoke_deadline = None;
+            }
+        }
+    }
+
+    /// Whether `member` may commit `tp` under `generation`.
+    pub fn check_commit(&self, member: &str, generation: u64, tp: &Tp) -> Result<(), SluiceError> {
+        let m = self
+            .members
+            .get(member)
+            .ok_or_else(|| SluiceError::UnknownMember { group: self.id.clone(), member: member.to_string() })?;
+        match m.held.get(tp) {
+            None => Err(SluiceError::StaleGeneration(format!(
+                "member '{member}' of group '{}' does not hold partition {} of '{}' (it was reassigned): the commit is refused",
+                self.id, tp.1, tp.0
+            ))),
+            Some(since) if generation < *since => Err(SluiceError::StaleGeneration(format!(
+                "commit for partition {} of '{}' from generation {generation}, but member '{member}' was handed it at generation {since}: the commit is refused",
+                tp.1, tp.0
+            ))),
+            Some(_) if generation > m.generation => Err(SluiceError::StaleGeneration(format!(
+                "commit from generation {generation}, but group '{}' gave member '{member}' generation {} at most",
+                self.id, m.generation
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// A set of partitions grouped by topic, as sent on the wire.
+pub fn by_topic<'a>(tps: impl IntoIterator<Item = &'a Tp>) -> Vec<TopicPartitions> {
+    let mut m: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for tp in tps {
+        m.entry(tp.0.as_str()).or_default().push(tp.1);
+    }
+    m.into_iter().map(|(t, partitions)| TopicPartitions { topic: t.to_string(), partitions }).collect()
+}
+
+/// The status sent to a stream taken over by a newer one of the same member.
+fn replaced(group: &str, member: &str) -> Status {
+    let mut s = Status::not_found(format!(
+        "member '{member}' of group '{group}' was replaced by a newer stream of the same member (same group.instance.id)"
+    ));
+    s.metadata_mut().insert("sluice-code", sluice_core::error::codes::UNKNOWN_MEMBER.into());
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(id: u64) -> (Conn, mpsc::UnboundedReceiver<Result<MemberEvent, Status>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Conn { id, tx, kick: Arc::new(Notify::new()) }, rx)
+    }
+
+    fn spec(instance: &str) -> JoinSpec {
+        JoinSpec {
+            member_id: String::new(),
+            instance_id: instance.into(),
+            client_id: "c".into(),
+            topics: ["t".to_string()].into(),
+            assignor: Assignor::Sticky,
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(10),
+            owned: vec![],
+        }
+    }
+
+    fn last_assignment(rx: &mut mpsc::UnboundedReceiver<Result<MemberEvent, Status>>) -> Option<(u64, Vec<u32>)> {
+        let mut last = None;
+        while let Ok(Ok(ev)) = rx.try_recv() {
+            if let Some(EventKind::Assignment(a)) = ev.kind {
+                last = Some((a.generation, a.partitions.iter().flat_map(|t| t.partitions.clone()).collect()));
+            }
+        }
+        last
+    }
+
+    #[tokio::test]
+    async fn partitions_move_only_after_release_and_commits_are_fenced() {
+        let parts: BTreeMap<String, u32> = [("t".to_string(), 4)].into();
+        let now = Instant::now();
+        let mut g = Group::new("g".into(), BTreeMap::new(), None);
+        let (c1, mut r1) = conn(1);
+        let a = g.join(spec(""), c1, now).unwrap();
+        g.reconcile(&parts, now);
+        let (gen1, p1) = last_assignment(&mut r1).unwrap();
+        assert_eq!(p1, vec![0, 1, 2, 3]);
+        g.ack(&a, gen1);
+        let (c2, mut r2) = conn(2);
+        let b = g.join(spec(""), c2, now).unwrap();
+        g.reconcile(&parts, now);
+        // The first member is asked to give two up; the newcomer gets nothing yet.
+        let (gen2, p1) = last_assignment(&mut r1).unwrap();
+        assert_eq!(p1.len(), 2);
+        assert!(last_assignment(&mut r2).is_none_or(|(_, p)| p.is_empty()));
+        assert_eq!(g.state(), "Reconciling");
+        let gone: Vec<u32> = (0..4).filter(|p| !p1.contains(p)).collect();
+        let moving = ("t".to_string(), gone[0]);
+        // Until released, the old owner may still commit it; the newcomer may not.
+        assert!(g.check_commit(&a, gen2, &moving).is_ok());
+        assert!(g.check_commit(&b, gen2, &moving).is_err());
+        g.ack(&a, gen2);
+        g.reconcile(&parts, now);
+        let (_, p2) = last_assignment(&mut r2).unwrap();
+        assert_eq!(p2, gone);
+        assert_eq!(g.state(), "Stable");
+        // The old owner is now fenced for the moved partition.
+        let err = g.check_commit(&a, gen2, &moving).unwrap_err();
+        assert!(matches!(err, SluiceError::StaleGeneration(_)), "{err}");
+        assert!(g.check_commit(&b, gen1, &moving).is_err(), "a generation older than the handover");
+        assert!(g.check_commit(&b, gen2, &moving).is_ok());
+        // Silence past the session timeout removes a member and frees its partitions.
+        assert!(g.expire(now + Duration::from_secs(11)));
+        assert!(g.members.is_empty());
+        assert!(matches!(g.check_commit(&b, gen2, &moving), Err(SluiceError::UnknownMember { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_static_member_returns_to_its_partitions() {
+        let parts: BTreeMap<String, u32> = [("t".to_string(), 4)].into();
+        let now = Instant::now();
+        let mut g = Group::new("g".into(), BTreeMap::new(), None);
+        let (c1, mut r1) = conn(1);
+        let (c2, mut r2) = conn(2);
+        let a = g.join(spec("i-1"), c1, now).unwrap();
+        let _b = g.join(spec("i-2"), c2, now).unwrap();
+        g.reconcile(&parts, now);
+        let (_, before) = last_assignment(&mut r1).unwrap();
+        last_assignment(&mut r2);
+        assert!(g.disconnected(&a, 1));
+        g.reconcile(&parts, now);
+        let generation = g.generation;
+        let (c3, mut r3) = conn(3);
+        let again = g.join(spec("i-1"), c3, now).unwrap();
+        assert_eq!(again, a);
+        g.reconcile(&parts, now);
+        let (_, after) = last_assignment(&mut r3).unwrap();
+        assert_eq!(before, after);
+        assert_eq!(g.generation, generation, "no rebalance");
+        assert!(last_assignment(&mut r2).is_none());
+    }
+}

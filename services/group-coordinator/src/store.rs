@@ -1,0 +1,241 @@
+//! Committed offsets, kept in the internal compacted topic `__consumer_offsets` on the
+//! partition nodes, as Kafka does: replicated like any topic, compacted to the last commit of
+//! each (group, topic, partition), and read back whole by a coordinator taking over.
+//!
+//! All records of a group go to one partition (murmur2 of the group id), so a group's
+//! commits stay in order. Key and value are small versioned binary encodings:
+//! key `[0][u16 len][group][u16 len][topic][u32 partition]`, value
+//! `[0][i64 offset][i64 commit time ms][u64 generation][u64 coordinator epoch][u16 len][metadata]`;
+//! a tombstone (no value) forgets the offset.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use sluice_client::consumer::{Consumer, ConsumerConfig, StartFrom};
+use sluice_client::producer::{Producer, ProducerConfig, ProducerRecord};
+use sluice_client::{Client, ClientError};
+use sluice_core::SluiceError;
+use sluice_proto::v1::{Acks, OffsetSpec};
+
+use crate::assignor::Tp;
+
+/// The internal topic holding committed offsets.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// One committed offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub offset: i64,
+    pub metadata: String,
+    pub commit_time_ms: i64,
+    pub generation: u64,
+    pub epoch: u64,
+}
+
+/// Every group's committed offsets.
+pub type AllOffsets = HashMap<String, BTreeMap<Tp, Committed>>;
+
+pub fn encode_key(group: &str, tp: &Tp) -> Bytes {
+    let mut b = BytesMut::with_capacity(9 + group.len() + tp.0.len());
+    b.put_u8(0);
+    b.put_u16(group.len() as u16);
+    b.put_slice(group.as_bytes());
+    b.put_u16(tp.0.len() as u16);
+    b.put_slice(tp.0.as_bytes());
+    b.put_u32(tp.1);
+    b.freeze()
+}
+
+pub fn encode_value(c: &Committed) -> Bytes {
+    let mut b = BytesMut::with_capacity(35 + c.metadata.len());
+    b.put_u8(0);
+    b.put_i64(c.offset);
+    b.put_i64(c.commit_time_ms);
+    b.put_u64(c.generation);
+    b.put_u64(c.epoch);
+    b.put_u16(c.metadata.len() as u16);
+    b.put_slice(c.metadata.as_bytes());
+    b.freeze()
+}
+
+fn take_str(b: &mut &[u8]) -> Option<String> {
+    if b.remaining() < 2 {
+        return None;
+    }
+    let n = b.get_u16() as usize;
+    if b.remaining() < n {
+        return None;
+    }
+    let s = std::str::from_utf8(&b[..n]).ok()?.to_string();
+    b.advance(n);
+    Some(s)
+}
+
+pub fn decode_key(mut b: &[u8]) -> Option<(String, Tp)> {
+    if b.first() != Some(&0) {
+        return None;
+    }
+    b.advance(1);
+    let group = take_str(&mut b)?;
+    let topic = take_str(&mut b)?;
+    (b.remaining() == 4).then(|| (group, (topic, b.get_u32())))
+}
+
+pub fn decode_value(mut b: &[u8]) -> Option<Committed> {
+    if b.first() != Some(&0) || b.len() < 35 {
+        return None;
+    }
+    b.advance(1);
+    let (offset, commit_time_ms, generation, epoch) = (b.get_i64(), b.get_i64(), b.get_u64(), b.get_u64());
+    let metadata = take_str(&mut b)?;
+    Some(Committed { offset, metadata, commit_time_ms, generation, epoch })
+}
+
+/// Longest metadata string a commit may carry (Kafka's offset.metadata.max.bytes).
+pub const MAX_METADATA: usize = 4096;
+
+fn remote(e: ClientError) -> SluiceError {
+    match e {
+        ClientError::Remote(r) if r.retriable => SluiceError::NodeUnavailable(r.message),
+        ClientError::Remote(r) => SluiceError::Internal(r.message),
+        ClientError::Connect { .. } | ClientError::Disconnected(_) | ClientError::Exhausted { .. } => {
+            SluiceError::NodeUnavailable(format!("the offsets topic cannot be written: {e}"))
+        }
+        ClientError::Invalid(m) => SluiceError::Internal(m),
+    }
+}
+
+/// Reads and writes the offsets topic through a gateway.
+pub struct OffsetStore {
+    client: Client,
+    producer: Producer,
+    partitions: u32,
+}
+
+impl OffsetStore {
+    /// Creates the offsets topic when it is missing (`partitions`, replication factor up to
+    /// `replication_factor` within the live nodes, compacted).
+    pub async fn open(client: Client, partitions: u32, replication_factor: u32) -> Result<Self, SluiceError> {
+        let partitions = match client.describe_topic(OFFSETS_TOPIC).await {
+            Ok(d) => d.partitions.len() as u32,
+            Err(ClientError::Remote(r)) if r.code == tonic::Code::NotFound => {
+                let live = client.list_nodes().await.map_err(remote)?.iter().filter(|n| n.alive).count() as u32;
+                let rf = replication_factor.min(live).max(1);
+                let config = [("cleanup.policy".to_string(), "compact".to_string())].into();
+                match client.create_topic(OFFSETS_TOPIC, partitions, rf, config).await {
+                    Ok(d) => d.partitions.len() as u32,
+                    Err(ClientError::Remote(r)) if r.code == tonic::Code::AlreadyExists => {
+                        client.describe_topic(OFFSETS_TOPIC).await.map_err(remote)?.partitions.len() as u32
+                    }
+                    Err(e) => return Err(remote(e)),
+                }
+            }
+            Err(e) => return Err(remote(e)),
+        };
+        let cfg = ProducerConfig {
+            acks: Acks::All,
+            linger: Duration::ZERO,
+            delivery_timeout: Duration::from_secs(15),
+            request_timeout: Duration::from_secs(10),
+            max_in_flight: 1,
+            ..ProducerConfig::default()
+        };
+        let producer = Producer::new(client.clone(), cfg);
+        Ok(Self { client, producer, partitions })
+    }
+
+    fn partition_of(&self, group: &str) -> u32 {
+        sluice_core::partitioner::partition_for_key(group.as_bytes(), self.partitions)
+    }
+
+    /// Writes a group's changes (a value, or `None` to forget) durably on every in-sync
+    /// replica; returns once all are acknowledged.
+    pub async fn write(&self, group: &str, changes: &[(Tp, Option<Committed>)]) -> Result<(), SluiceError> {
+        let partition = Some(self.partition_of(group));
+        let mut pending = Vec::with_capacity(changes.len());
+        for (tp, c) in changes {
+            let record = ProducerRecord {
+                topic: OFFSETS_TOPIC.to_string(),
+                partition,
+                key: Some(encode_key(group, tp)),
+                value: c.as_ref().map(encode_value),
+                ..ProducerRecord::default()
+            };
+            pending.push(self.producer.send(record).await.map_err(remote)?);
+        }
+        for rx in pending {
+            rx.await.map_err(|_| SluiceError::Internal("the offsets producer stopped".into()))?.map_err(remote)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the whole topic up to its high watermark: the last value of each key wins.
+    pub async fn load(&self) -> Result<AllOffsets, SluiceError> {
+        let ends = self.client.list_offsets(OFFSETS_TOPIC, vec![], OffsetSpec::Latest, 0).await.map_err(remote)?;
+        let mut out = AllOffsets::new();
+        let mut wanted: BTreeMap<u32, i64> = BTreeMap::new();
+        for e in ends {
+            if let Some(err) = e.error {
+                return Err(SluiceError::NodeUnavailable(err.message));
+            }
+            if e.offset > 0 {
+                wanted.insert(e.partition, e.offset);
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(out);
+        }
+        let parts: Vec<u32> = wanted.keys().copied().collect();
+        let cfg = ConsumerConfig { retry_timeout: Duration::from_secs(30), ..ConsumerConfig::default() };
+        let mut consumer =
+            Consumer::assign(self.client.clone(), OFFSETS_TOPIC, &parts, StartFrom::Earliest, cfg).await.map_err(remote)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while wanted.iter().any(|(p, end)| consumer.positions().get(p).copied().unwrap_or(0) < *end) {
+            if tokio::time::Instant::now() > deadline {
+                return Err(SluiceError::Timeout("reading the offsets topic took more than 60 s".into()));
+            }
+            for r in consumer.poll(Duration::from_millis(500)).await.map_err(remote)? {
+                let Some((group, tp)) = r.key.as_deref().and_then(decode_key) else {
+                    tracing::warn!(partition = r.partition, offset = r.offset, "skipping an unreadable offsets key");
+                    continue;
+                };
+                match r.value.as_deref() {
+                    None => {
+                        if let Some(g) = out.get_mut(&group) {
+                            g.remove(&tp);
+                        }
+                    }
+                    Some(v) => match decode_value(v) {
+                        Some(c) => {
+                            out.entry(group).or_default().insert(tp, c);
+                        }
+                        None => tracing::warn!(partition = r.partition, offset = r.offset, "skipping an unreadable offset"),
+                    },
+                }
+            }
+        }
+        out.retain(|_, g| !g.is_empty());
+        Ok(out)
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_values_round_trip() {
+        let tp = ("orders".to_string(), 7);
+        let k = encode_key("g-1", &tp);
+        assert_eq!(decode_key(&k), Some(("g-1".to_string(), tp)));
+        let c = Committed { offset: 42, metadata: "m".into(), commit_time_ms: 5, generation: 3, epoch: 9 };
+        assert_eq!(decode_value(&encode_value(&c)), Some(c));
+        assert_eq!(decode_key(&k[..k.len() - 1]), None);
+        assert_eq!(decode_value(&[1, 2, 3]), None);
+    }
+}
