@@ -67,8 +67,13 @@ async fn topic_admin_refuses_bad_requests_with_precise_codes() {
     let e = client.delete_topic("missing").await.unwrap_err();
     assert_eq!(e.code(), Some(Code::NotFound));
     // Nothing of the above left a trace.
-    let names: Vec<String> = client.list_topics().await.unwrap().into_iter().map(|t| t.name).collect();
+    let names: Vec<String> =
+        client.list_topics().await.unwrap().into_iter().map(|t| t.name).filter(|n| !n.starts_with("__")).collect();
     assert_eq!(names.len(), 2, "{names:?}");
+    // The internal offsets topic cannot be deleted.
+    let e = client.delete_topic("__consumer_offsets").await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::InvalidArgument), "{e}");
+    assert!(e.to_string().contains("internal topic"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -199,7 +199,10 @@ async fn cluster_up_writes_its_manifest_and_down_stops_everything() {
         serde_json::from_slice(&std::fs::read(cdir.join("cluster.json")).unwrap()).unwrap();
     let procs = manifest["processes"].as_array().unwrap().clone();
     let roles: Vec<&str> = procs.iter().map(|p| p["role"].as_str().unwrap()).collect();
-    assert_eq!(roles, vec!["etcd", "partition-node", "partition-node", "gateway", "group-coordinator"]);
+    assert_eq!(
+        roles,
+        vec!["etcd", "partition-node", "partition-node", "gateway", "group-coordinator", "group-coordinator"]
+    );
     for p in &procs {
         for field in ["role", "id", "pid", "addr", "data_dir", "log", "cmd"] {
             assert!(!p[field].is_null(), "{field} missing in {p}");

@@ -16,6 +16,11 @@ pub async fn cluster(nodes: u32) -> (Cluster, tempfile::TempDir) {
 
 /// [`cluster`] with extra environment for every service.
 pub async fn cluster_with(nodes: u32, extra_env: &[(&str, &str)]) -> (Cluster, tempfile::TempDir) {
+    cluster_spec(nodes, 1, extra_env).await
+}
+
+/// [`cluster_with`] and `coordinators` group coordinators.
+pub async fn cluster_spec(nodes: u32, coordinators: u32, extra_env: &[(&str, &str)]) -> (Cluster, tempfile::TempDir) {
     // SLUICE_KEEP_TEST_DIRS=1 keeps data and logs for a post-mortem.
     let keep = std::env::var_os("SLUICE_KEEP_TEST_DIRS").is_some();
     let dir = tempfile::Builder::new().prefix("sluice-test-").disable_cleanup(keep).tempdir().expect("temp dir");
@@ -24,6 +29,7 @@ pub async fn cluster_with(nodes: u32, extra_env: &[(&str, &str)]) -> (Cluster, t
     }
     let mut spec = ClusterSpec::new(dir.path().join("cluster"));
     spec.nodes = nodes;
+    spec.coordinators = coordinators;
     spec.env = vec![
         ("SLUICE_ETCD__LEASE_TTL_SECS".into(), "2".into()),
         ("SLUICE_STORAGE__RETENTION_CHECK_INTERVAL_MS".into(), "200".into()),

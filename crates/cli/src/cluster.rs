@@ -10,13 +10,13 @@ use crate::GatewayArg;
 
 #[derive(clap::Subcommand)]
 pub enum ClusterCmd {
-    /// Start etcd, N partition nodes, a gateway and a group coordinator; print the gateway.
+    /// Start etcd, N partition nodes, a gateway and group coordinators; print the gateway.
     Up {
         /// Partition nodes to start.
         #[arg(long, default_value_t = 3)]
         nodes: u32,
-        /// Group coordinators to start.
-        #[arg(long, default_value_t = 1)]
+        /// Group coordinators to start (one is active, the others take over when it dies).
+        #[arg(long, default_value_t = 2)]
         coordinators: u32,
         /// Where data, logs and cluster.json go.
         #[arg(long, default_value = ".sluice/cluster", value_name = "DIR")]

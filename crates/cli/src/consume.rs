@@ -5,18 +5,39 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use sluice_client::consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartFrom};
+use sluice_client::group::{DeliveryMode, GroupConfig, GroupConsumer, RebalanceListener, TopicPartition};
 
 use crate::GatewayArg;
 
 #[derive(clap::Args)]
 pub struct ConsumeArgs {
     topic: String,
-    /// Read only this partition (default: all).
-    #[arg(long)]
+    /// Read only this partition (default: all). Not with --group.
+    #[arg(long, conflicts_with = "group")]
     partition: Option<u32>,
-    /// earliest, latest, an offset, or @TIMESTAMP_MS.
+    /// earliest, latest, an offset, or @TIMESTAMP_MS. With --group: where partitions without a
+    /// committed offset start (earliest or latest).
     #[arg(long, default_value = "earliest")]
     from: StartFrom,
+    /// Join this consumer group: the coordinator assigns partitions, offsets are committed.
+    #[arg(long, value_name = "GROUP")]
+    group: Option<String>,
+    /// With --group: a static member id (group.instance.id); restarted within the session
+    /// timeout, the member gets its partitions back without a rebalance.
+    #[arg(long, requires = "group", value_name = "ID")]
+    instance_id: Option<String>,
+    /// With --group: at-least-once (commit after printing) or at-most-once (commit before).
+    #[arg(long, default_value = "at-least-once", requires = "group")]
+    delivery: DeliveryMode,
+    /// With --group: sticky, range or round-robin.
+    #[arg(long, default_value = "sticky", requires = "group")]
+    assignor: String,
+    /// With --group: session timeout, milliseconds.
+    #[arg(long, default_value_t = 10_000, requires = "group", value_name = "MS")]
+    session_timeout_ms: u64,
+    /// With --group and at-least-once: how often printed records are committed, milliseconds.
+    #[arg(long, default_value_t = 1_000, requires = "group", value_name = "MS")]
+    commit_interval_ms: u64,
     /// Stop after this many records.
     #[arg(long, value_name = "N")]
     max_messages: Option<u64>,
@@ -80,10 +101,70 @@ pub fn render(fmt: &str, topic: &str, r: &ConsumerRecord, out: &mut Vec<u8>) {
     }
 }
 
+/// Reports assignment changes on stderr, one line each (what `sluice group describe` shows).
+struct Report;
+
+fn list(tps: &[TopicPartition]) -> String {
+    tps.iter().map(|(t, p)| format!("{t}-{p}")).collect::<Vec<_>>().join(",")
+}
+
+impl RebalanceListener for Report {
+    fn on_assigned(&mut self, tps: &[TopicPartition]) {
+        eprintln!("assigned: {}", list(tps));
+    }
+    fn on_revoked(&mut self, tps: &[TopicPartition]) {
+        eprintln!("revoked: {}", list(tps));
+    }
+    fn on_lost(&mut self, tps: &[TopicPartition]) {
+        eprintln!("lost: {}", list(tps));
+    }
+}
+
+/// Where records come from: assigned partitions, or a group.
+enum Source {
+    Assigned(Consumer),
+    Group(GroupConsumer),
+}
+
+impl Source {
+    async fn poll(&mut self, wait: Duration) -> Result<Vec<ConsumerRecord>, sluice_client::ClientError> {
+        match self {
+            Self::Assigned(c) => c.poll(wait).await,
+            Self::Group(g) => g.poll(wait).await,
+        }
+    }
+}
+
 pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
     let client = a.gw.connect().await?;
-    let partitions: Vec<u32> = a.partition.into_iter().collect();
-    let mut consumer = Consumer::assign(client, &a.topic, &partitions, a.from, ConsumerConfig::default()).await?;
+    let mut consumer = match &a.group {
+        None => {
+            let partitions: Vec<u32> = a.partition.into_iter().collect();
+            Source::Assigned(Consumer::assign(client, &a.topic, &partitions, a.from, ConsumerConfig::default()).await?)
+        }
+        Some(group) => {
+            if !matches!(a.from, StartFrom::Earliest | StartFrom::Latest) {
+                anyhow::bail!("with --group, --from must be earliest or latest (committed offsets decide the rest)");
+            }
+            let cfg = GroupConfig {
+                instance_id: a.instance_id.clone(),
+                client_id: "sluice-cli".into(),
+                assignor: a.assignor.clone(),
+                session_timeout: Duration::from_millis(a.session_timeout_ms),
+                auto_offset_reset: a.from,
+                delivery: a.delivery,
+                auto_commit_interval: Some(Duration::from_millis(a.commit_interval_ms)),
+                ..GroupConfig::new(group)
+            };
+            let mut g = GroupConsumer::subscribe(client, &[a.topic.as_str()], cfg).await?;
+            g.set_listener(Report);
+            eprintln!("joined group '{group}' as {}", g.member_id());
+            Source::Group(g)
+        }
+    };
+    // With a group, the records printed and not yet committed, per partition (next offset).
+    let mut printed: std::collections::BTreeMap<u32, i64> = Default::default();
+    let mut cut_short = false;
     let idle = a.idle_timeout_ms.map(Duration::from_millis);
     let mut last = Instant::now();
     let mut count = 0u64;
@@ -113,8 +194,10 @@ pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
         buf.clear();
         for r in records {
             if a.max_messages.is_some_and(|m| count >= m) {
+                cut_short = true;
                 break;
             }
+            printed.insert(r.partition, r.offset + 1);
             r.process_span(&a.topic).in_scope(|| render(&a.format, &a.topic, &r, &mut buf));
             count += 1;
         }
@@ -123,6 +206,22 @@ pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
             // The reader went away (e.g. `| head`): that is a normal end.
             return Ok(ExitCode::SUCCESS);
         }
+    }
+    if let Source::Group(mut g) = consumer {
+        if a.delivery == DeliveryMode::AtLeastOnce {
+            // Everything printed is committed; with --max-messages the last batch may have
+            // been cut short, so only what was printed.
+            if cut_short {
+                let printed = printed.into_iter().map(|(p, o)| ((a.topic.clone(), p), o)).collect();
+                let refused = g.commit_offsets(&printed).await?;
+                if !refused.is_empty() {
+                    eprintln!("warning: commits refused for reassigned partitions: {}", list(&refused));
+                }
+            } else {
+                g.commit_sync().await?;
+            }
+        }
+        drop(g);
     }
     eprintln!("consumed {count} records from '{}'", a.topic);
     Ok(ExitCode::SUCCESS)
@@ -135,6 +234,7 @@ mod tests {
     #[test]
     fn renders_kcat_placeholders() {
         let r = ConsumerRecord {
+            topic: "orders".into(),
             partition: 3,
             offset: 42,
             timestamp_ms: 1000,

@@ -8,6 +8,7 @@ mod bench;
 mod cluster;
 mod consume;
 mod dev;
+mod group;
 mod produce;
 mod topic;
 
@@ -48,8 +49,11 @@ enum Command {
     Topic(topic::TopicCmd),
     /// Produce one record per line of standard input.
     Produce(produce::ProduceArgs),
-    /// Print records, one per line.
+    /// Print records, one per line (alone, or as a member of a consumer group).
     Consume(consume::ConsumeArgs),
+    /// List, describe, reset and delete consumer groups.
+    #[command(subcommand)]
+    Group(group::GroupCmd),
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -79,6 +83,7 @@ async fn main() -> ExitCode {
         Command::Topic(c) => topic::run(c).await,
         Command::Produce(a) => produce::run(a).await,
         Command::Consume(a) => consume::run(a).await,
+        Command::Group(c) => group::run(c).await,
         Command::Bench(c) => bench::run(c).await,
     };
     telemetry.shutdown().await;

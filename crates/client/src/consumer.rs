@@ -6,6 +6,7 @@
 //! hold. On a transient failure the consumer reconnects and resumes from its positions.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -52,6 +53,7 @@ impl std::str::FromStr for StartFrom {
 /// A record as consumed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerRecord {
+    pub topic: Arc<str>,
     pub partition: u32,
     pub offset: i64,
     pub timestamp_ms: i64,
@@ -105,6 +107,7 @@ struct Stream {
 pub struct Consumer {
     client: Client,
     topic: String,
+    topic_name: Arc<str>,
     cfg: ConsumerConfig,
     positions: BTreeMap<u32, i64>,
     buffered: VecDeque<ConsumerRecord>,
@@ -148,15 +151,43 @@ impl Consumer {
                 m
             }
         };
-        Ok(Self {
+        Ok(Self::at(client, topic, positions, cfg))
+    }
+
+    /// Reads `positions` (partition -> next offset) of `topic`, as they are.
+    pub fn at(client: Client, topic: &str, positions: BTreeMap<u32, i64>, cfg: ConsumerConfig) -> Self {
+        Self {
             client,
             topic: topic.to_string(),
+            topic_name: Arc::from(topic),
             cfg,
             positions,
             buffered: VecDeque::new(),
             stream: None,
             failing_since: None,
-        })
+        }
+    }
+
+    /// Moves a partition's position; the next poll reads from there.
+    pub fn seek(&mut self, partition: u32, offset: i64) -> Result<(), ClientError> {
+        if !self.positions.contains_key(&partition) {
+            return Err(ClientError::Invalid(format!(
+                "partition {partition} of '{}' is not assigned to this consumer",
+                self.topic
+            )));
+        }
+        if offset < 0 {
+            return Err(ClientError::Invalid(format!("offset {offset} is negative")));
+        }
+        self.positions.insert(partition, offset);
+        self.buffered.retain(|r| r.partition != partition);
+        // Reopened from the new positions at the next poll.
+        self.stream = None;
+        Ok(())
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
     }
 
     /// The next offset to be returned, per partition.
@@ -254,6 +285,7 @@ impl Consumer {
                 decode_records(&b).map_err(|e| ClientError::Invalid(format!("bad batch from the gateway: {e}")))?;
             for r in recs.into_iter().filter(|r| r.offset >= from) {
                 self.buffered.push_back(ConsumerRecord {
+                    topic: self.topic_name.clone(),
                     partition: p,
                     offset: r.offset,
                     timestamp_ms: r.timestamp,

@@ -5,8 +5,11 @@
 //!   stream, Kafka-compatible key partitioning, retries of transient errors.
 //! - [`consumer::Consumer`]: reads assigned partitions from chosen positions over one fetch
 //!   stream with flow control, and resumes where it was after a transient failure.
+//! - [`group::GroupConsumer`]: a consumer-group member: assignment from the group coordinator,
+//!   rebalance callbacks, commits (sync, async, automatic), at-least-once or at-most-once.
 
 pub mod consumer;
+pub mod group;
 pub mod producer;
 
 use std::collections::HashMap;
@@ -15,6 +18,7 @@ use std::time::Duration;
 use sluice_core::RemoteError;
 use sluice_proto::v1::admin_client::AdminClient;
 use sluice_proto::v1::broker_client::BrokerClient;
+use sluice_proto::v1::groups_client::GroupsClient;
 use sluice_proto::v1::*;
 use sluice_telemetry::Propagate;
 use tonic::transport::{Channel, Endpoint};
@@ -106,6 +110,66 @@ impl Client {
         BrokerClient::with_interceptor(self.channel.clone(), Propagate)
             .max_decoding_message_size(80 << 20)
             .max_encoding_message_size(80 << 20)
+    }
+
+    /// The Groups API; every call carries the caller's trace context.
+    pub fn groups(&self) -> GroupsClient<Traced> {
+        GroupsClient::with_interceptor(self.channel.clone(), Propagate)
+    }
+
+    pub async fn list_groups(&self) -> Result<Vec<GroupSummary>, ClientError> {
+        Ok(self.groups().list_groups(ListGroupsRequest {}).await?.into_inner().groups)
+    }
+
+    /// Members, assignment, and per partition the committed offset, log end and lag.
+    pub async fn describe_group(&self, group: &str) -> Result<DescribeGroupResponse, ClientError> {
+        Ok(self.groups().describe_group(DescribeGroupRequest { group_id: group.to_string() }).await?.into_inner())
+    }
+
+    /// Moves a group's committed offsets for `topic` (every partition when `partitions` is
+    /// empty): to `offset` when given, else to what `spec` designates. Refused while the group
+    /// has members.
+    pub async fn reset_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: Vec<u32>,
+        spec: OffsetSpec,
+        timestamp_ms: i64,
+        offset: Option<i64>,
+    ) -> Result<Vec<CommittedOffset>, ClientError> {
+        let req = ResetOffsetsRequest {
+            group_id: group.to_string(),
+            topic: topic.to_string(),
+            partitions,
+            spec: spec as i32,
+            timestamp_ms,
+            offset,
+        };
+        Ok(self.groups().reset_offsets(req).await?.into_inner().offsets)
+    }
+
+    /// Forgets a group and its committed offsets. Refused while the group has members.
+    pub async fn delete_group(&self, group: &str) -> Result<(), ClientError> {
+        self.groups().delete_group(DeleteGroupRequest { group_id: group.to_string() }).await?;
+        Ok(())
+    }
+
+    /// A group's committed offsets (of `topic`, or of every topic when `None`).
+    pub async fn fetch_offsets(&self, group: &str, topic: Option<&str>) -> Result<Vec<CommittedOffset>, ClientError> {
+        let req = FetchOffsetsRequest { group_id: group.to_string(), topic: topic.unwrap_or_default().to_string() };
+        Ok(self.groups().fetch_offsets(req).await?.into_inner().offsets)
+    }
+
+    /// Commits offsets for a group without members (consumers that assign partitions
+    /// themselves); members commit through [`group::GroupConsumer`].
+    pub async fn commit_offsets(&self, group: &str, offsets: Vec<CommittedOffset>) -> Result<(), ClientError> {
+        let req = CommitOffsetsRequest { group_id: group.to_string(), offsets, ..Default::default() };
+        let resp = self.groups().commit_offsets(req).await?.into_inner();
+        match resp.results.iter().find_map(|r| r.error.as_ref()) {
+            Some(e) => Err(RemoteError::from(e).into()),
+            None => Ok(()),
+        }
     }
 
     pub async fn create_topic(

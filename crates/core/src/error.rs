@@ -83,6 +83,8 @@ pub mod codes {
     pub const UNKNOWN_MEMBER: u32 = 5004;
     pub const STALE_GENERATION: u32 = 5005;
     pub const COORDINATOR_NOT_AVAILABLE: u32 = 5006;
+    /// A static member's stream was taken over by a newer one with the same instance id.
+    pub const FENCED_INSTANCE: u32 = 5007;
 }
 
 impl SluiceError {

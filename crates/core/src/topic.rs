@@ -7,6 +7,10 @@ use crate::error::SluiceError;
 /// Longest topic name accepted, as in Kafka.
 pub const MAX_TOPIC_NAME_LEN: usize = 249;
 
+/// The internal topic holding consumer groups' committed offsets (written by the group
+/// coordinator).
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
 /// Checks a topic name: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
 pub fn validate_topic_name(name: &str) -> Result<(), SluiceError> {
     let bad = |reason: &str| {

@@ -310,8 +310,36 @@ impl Cluster {
         }
         c.manifest.gateway = c.entry("gateway", 1).map(|e| e.addr.clone()).unwrap_or_default();
         c.wait_nodes(c.spec.nodes as usize).await?;
+        if c.spec.coordinators > 0 {
+            c.wait_coordinator().await?;
+        }
         c.write_manifest()?;
         Ok(c)
+    }
+
+    /// Waits until a group coordinator is active behind the gateway (it has loaded the
+    /// committed offsets and answers group calls).
+    pub async fn wait_coordinator(&self) -> Result<(), TestkitError> {
+        let deadline = Instant::now() + self.spec.health_timeout;
+        loop {
+            if let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{}", self.gateway()))
+                && let Ok(ch) = ep.connect_timeout(Duration::from_millis(500)).connect().await
+            {
+                let mut c = sluice_proto::v1::groups_client::GroupsClient::new(ch);
+                let req = sluice_proto::v1::ListGroupsRequest {};
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), c.list_groups(req)).await {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(TestkitError::NotHealthy {
+                    what: "an active group coordinator".into(),
+                    secs: self.spec.health_timeout.as_secs(),
+                    log: self.entry("group-coordinator", 1).map(|e| e.log.display().to_string()).unwrap_or_default(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     fn add(&mut self, mut e: ProcessEntry, env: &[(String, String)]) -> Result<(), TestkitError> {

@@ -395,7 +395,7 @@ fn replaced(group: &str, member: &str) -> Status {
     let mut s = Status::not_found(format!(
         "member '{member}' of group '{group}' was replaced by a newer stream of the same member (same group.instance.id)"
     ));
-    s.metadata_mut().insert("sluice-code", sluice_core::error::codes::UNKNOWN_MEMBER.into());
+    s.metadata_mut().insert("sluice-code", sluice_core::error::codes::FENCED_INSTANCE.into());
     s
 }
 

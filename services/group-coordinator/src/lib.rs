@@ -146,6 +146,7 @@ impl Coordinator {
     }
 
     async fn run(self: Arc<Self>) {
+        tracing::debug!(gateway = %self.gateway, "connecting to the gateway for the offsets topic");
         let client = loop {
             match sluice_client::Client::connect(&self.gateway).await {
                 Ok(c) => break c,
@@ -156,6 +157,7 @@ impl Coordinator {
             }
         };
         loop {
+            tracing::debug!("campaigning for the coordinator role");
             let epoch = match self.meta.campaign_coordinator(&self.addr).await {
                 Ok(e) => e,
                 Err(e) => {

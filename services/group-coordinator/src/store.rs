@@ -20,8 +20,7 @@ use sluice_proto::v1::{Acks, OffsetSpec};
 
 use crate::assignor::Tp;
 
-/// The internal topic holding committed offsets.
-pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+pub use sluice_core::topic::OFFSETS_TOPIC;
 
 /// One committed offset.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,6 +9,12 @@ use crate::Gateway;
 #[tracing::instrument(skip_all, fields(topic = %req.name))]
 pub async fn handle(gw: &Gateway, req: DeleteTopicRequest) -> Result<DeleteTopicResponse, SluiceError> {
     validate_topic_name(&req.name)?;
+    if req.name == sluice_core::topic::OFFSETS_TOPIC {
+        return Err(SluiceError::InvalidRequest(format!(
+            "'{}' is an internal topic (consumer groups' committed offsets) and cannot be deleted",
+            req.name
+        )));
+    }
     gw.meta.delete_topic(&req.name).await?;
     tracing::info!("topic deleted");
     Ok(DeleteTopicResponse {})
