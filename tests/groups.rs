@@ -56,8 +56,11 @@ fn collect(reader: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Arc<Mu
 impl CliMember {
     fn spawn(gateway: &str, topic: &str, group: &str, extra: &[&str]) -> Self {
         let bin = sluice_testkit::binary("sluice").expect("sluice binary");
+        let session: &[&str] =
+            if extra.contains(&"--session-timeout-ms") { &[] } else { &["--session-timeout-ms", "3000"] };
         let mut child = Command::new(bin)
-            .args(["consume", topic, "--group", group, "--format", "%p\\t%o\\t%s\\n", "--session-timeout-ms", "3000"])
+            .args(["consume", topic, "--group", group, "--format", "%p\\t%o\\t%s\\n"])
+            .args(session)
             .args(["--commit-interval-ms", "200"])
             .args(extra)
             .env("SLUICE_GATEWAY", gateway)
@@ -560,7 +563,7 @@ async fn commits_are_fenced_by_generation_and_membership() {
         session_timeout_ms: 1000,
         ..Default::default()
     };
-    let (tx_a, mut a, _id_a) = open_member(&client, join("")).await;
+    let (tx_a, mut a, id_a) = open_member(&client, join("")).await;
     let first = next_assignment(&mut a).await;
     assert_eq!(held_of(&first), vec![0, 1]);
     let beat = |tx: tokio::sync::mpsc::UnboundedSender<MemberRequest>| {
@@ -573,7 +576,7 @@ async fn commits_are_fenced_by_generation_and_membership() {
     let beat_a = beat(tx_a.clone());
     tx_a.send(MemberRequest { kind: Some(RequestKind::Ack(AssignmentAck { generation: first.generation })) }).unwrap();
     let (tx_b, mut b, id_b) = open_member(&client, join("")).await;
-    let _beat_b = beat(tx_b.clone());
+    let beat_b = beat(tx_b.clone());
     let second = next_assignment(&mut a).await;
     assert_eq!(held_of(&second).len(), 1);
     let moving = if held_of(&second) == vec![0] { 1 } else { 0 };
@@ -600,10 +603,9 @@ async fn commits_are_fenced_by_generation_and_membership() {
     };
     let e = client.groups().commit_offsets(req).await.expect_err("refused");
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{}", e.message());
-    // A member that goes silent is removed; its id cannot rejoin.
+    // A member that goes silent (its stream open, no heartbeat) is removed after its session
+    // timeout: its stream ends with UNKNOWN_MEMBER, and its id cannot rejoin.
     beat_a.abort();
-    drop(tx_a);
-    let _keep_b = tx_b;
     let end = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match a.message().await {
@@ -613,16 +615,25 @@ async fn commits_are_fenced_by_generation_and_membership() {
         }
     })
     .await
-    .expect("stream ended");
-    let _ = end;
+    .expect("the silent member's stream ended");
+    let status = end.expect_err("ended with an error");
+    assert_eq!(status.code(), tonic::Code::NotFound, "{}", status.message());
+    assert!(status.message().contains(&id_a), "{}", status.message());
+    drop(tx_a);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(MemberRequest { kind: Some(RequestKind::Join(join(&id_a))) }).unwrap();
+    let rejoin = client.groups().membership(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await;
+    let e = rejoin.map(|_| ()).expect_err("an expired member id is refused");
+    assert_eq!(e.code(), tonic::Code::NotFound, "{}", e.message());
+    // A member that closes its stream leaves at once.
+    beat_b.abort();
+    drop(tx_b);
     drop(b);
-    let id = id_b.clone();
-    let removed = eventually("b to be removed after its stream closed", Duration::from_secs(10), || async {
+    eventually("b to leave after closing its stream", Duration::from_secs(5), || async {
         let d = client.describe_group("g-fence").await.ok()?;
-        (!d.members.iter().any(|m| m.member_id == id)).then_some(())
+        (!d.members.iter().any(|m| m.member_id == id_b)).then_some(())
     })
     .await;
-    let _ = removed;
     assert!(assert_commits_never_go_back(&client, &["g-fence"]).await > 0);
 }
 

@@ -54,9 +54,10 @@ impl GroupsProxy {
     }
 }
 
-/// A coordinator that cannot be reached is, to the client, one that is not available.
+/// A coordinator that cannot be reached, or whose connection broke (statuses the coordinator
+/// itself sends always carry a Sluice code), is, to the client, one that is not available.
 fn unreachable(s: Status) -> Status {
-    if s.code() == tonic::Code::Unavailable && s.metadata().get("sluice-code").is_none() {
+    if s.metadata().get("sluice-code").is_none() && s.code() != tonic::Code::DeadlineExceeded {
         return SluiceError::CoordinatorNotAvailable(format!("the coordinator cannot be reached: {}", s.message()))
             .into();
     }
