@@ -165,6 +165,10 @@ pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
     // With a group, the records printed and not yet committed, per partition (next offset).
     let mut printed: std::collections::BTreeMap<u32, i64> = Default::default();
     let mut cut_short = false;
+    let mut member = match &consumer {
+        Source::Group(g) => g.member_id().to_string(),
+        Source::Assigned(_) => String::new(),
+    };
     let idle = a.idle_timeout_ms.map(Duration::from_millis);
     let mut last = Instant::now();
     let mut count = 0u64;
@@ -187,6 +191,13 @@ pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
             r = consumer.poll(wait) => r?,
             _ = shutdown.wait() => break,
         };
+        if let (Source::Group(g), Some(group)) = (&consumer, &a.group)
+            && g.member_id() != member
+        {
+            // Removed from the group (e.g. after a pause past the session timeout) and back.
+            member = g.member_id().to_string();
+            eprintln!("joined group '{group}' as {member}");
+        }
         if records.is_empty() {
             continue;
         }
