@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need, builds every binary (the end-to-end tests
-# start real etcd and Sluice processes), then runs every test of the workspace and prints
+# start real etcd and Sluice processes, and run the client examples), then runs every test of the workspace and prints
 # one closing line with the totals.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh test
-cargo build --workspace --bins
+cargo build --workspace --bins --examples
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

@@ -150,7 +150,7 @@ async fn produce(client: &Client, topic: &str, start: usize, count: usize, per_s
             ..Default::default()
         };
         pending.push((v, p.send(rec).await.expect("queue")));
-        if (i - start + 1) % step == 0 {
+        if (i - start + 1).is_multiple_of(step) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -356,7 +356,12 @@ async fn a_killed_member_is_replaced_and_at_least_once_misses_nothing() {
     }
     let processed: BTreeSet<String> = m.iter().flat_map(|x| x.records().into_iter().map(|r| r.2)).collect();
     let missed: Vec<&String> = acked.iter().filter(|v| !processed.contains(*v)).collect();
-    assert!(missed.is_empty(), "{} acknowledged records never processed, e.g. {:?}", missed.len(), &missed[..missed.len().min(5)]);
+    assert!(
+        missed.is_empty(),
+        "{} acknowledged records never processed, e.g. {:?}",
+        missed.len(),
+        &missed[..missed.len().min(5)]
+    );
     let total: usize = m.iter().map(|x| x.records().len()).sum();
     eprintln!("{} acknowledged, {total} processed ({} re-deliveries)", acked.len(), total - processed.len());
     assert!(assert_commits_never_go_back(&client, &["g-alo"]).await > 0);
@@ -467,7 +472,12 @@ async fn the_standby_coordinator_takes_over_with_offsets_intact() {
         client.describe_group("g-fo").await.ok().filter(|d| d.coordinator != before.coordinator)
     })
     .await;
-    assert!(after.coordinator_epoch > before.coordinator_epoch, "{} <= {}", after.coordinator_epoch, before.coordinator_epoch);
+    assert!(
+        after.coordinator_epoch > before.coordinator_epoch,
+        "{} <= {}",
+        after.coordinator_epoch,
+        before.coordinator_epoch
+    );
     assert_eq!(committed(&after), committed(&before), "committed offsets changed across the failover");
     // Members carry on: new records are consumed and committed.
     acked.extend(produce(&client, "fo", 2000, 1000, 2000).await);
@@ -711,7 +721,11 @@ async fn bad_group_requests_get_clear_errors() {
                 .output()
                 .await
                 .expect("run sluice");
-            (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
         }
     };
     let (code, _, err) = sluice(vec!["group", "reset-offsets", "g-late", "--topic", "later", "--to-earliest"]).await;
@@ -749,4 +763,48 @@ async fn bad_group_requests_get_clear_errors() {
     assert_eq!(code, Some(0), "{err}");
     let (code, _, err) = sluice(vec!["group", "describe", "g-late"]).await;
     assert!(code == Some(1) && err.contains("group 'g-late' does not exist"), "{err}");
+}
+
+/// The client's example programs, run as a user would: records produced while they run are
+/// printed, committed, and Ctrl-C makes them commit and leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delivery_mode_examples_consume_and_commit() {
+    let (c, _dir) = group_cluster(1, 1).await;
+    let client = client(&c).await;
+    client.create_topic("ex", 2, 1, Default::default()).await.expect("topic");
+    // Each example's group is new and starts from the earliest offset: it sees what the
+    // earlier runs produced too.
+    for (round, (example, group)) in
+        [("at_least_once", "g-ex-alo"), ("at_most_once", "g-ex-amo")].into_iter().enumerate()
+    {
+        let expected = 50 * (round + 1);
+        let bin = sluice_testkit::bin_dir().join("examples").join(example);
+        assert!(bin.is_file(), "{} is missing: build with cargo build --examples", bin.display());
+        let mut child = Command::new(&bin)
+            .args([c.gateway(), "ex", group])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run the example");
+        let out = collect(child.stdout.take().expect("stdout"));
+        let err = collect(child.stderr.take().expect("stderr"));
+        eventually("the example to join", Duration::from_secs(20), || async {
+            err.lock().unwrap().iter().any(|l| l.starts_with("member ")).then_some(())
+        })
+        .await;
+        produce(&client, "ex", round * 50, 50, 1000).await;
+        let printed = eventually("the example to print every record", Duration::from_secs(20), || async {
+            let n = out.lock().unwrap().len();
+            (n >= expected).then_some(n)
+        })
+        .await;
+        assert_eq!(printed, expected, "{example}: {:?}", out.lock().unwrap());
+        sluice_testkit::signal(child.id().expect("pid"), "INT");
+        let status =
+            tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("exited").expect("status");
+        assert!(status.success(), "{example}: {:?}", err.lock().unwrap());
+        let d = wait_caught_up(&client, group, "ex", Duration::from_secs(10)).await;
+        assert!(d.members.is_empty(), "{example} did not leave: {d:?}");
+    }
 }

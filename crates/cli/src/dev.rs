@@ -44,18 +44,14 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
     let gateway = GatewayService::new(gw);
     // The coordinator keeps committed offsets in the internal topic through this process's
     // own gateway address; it connects once the server below is up.
-    let coordinator = Coordinator::start(
-        settings.groups.clone(),
-        meta.clone(),
-        addr.to_string(),
-        addr.to_string(),
-        shutdown.clone(),
-    );
+    let coordinator =
+        Coordinator::start(settings.groups.clone(), meta.clone(), addr.to_string(), addr.to_string(), shutdown.clone());
     let _gauges = sluice_group_coordinator::metrics::register(
         &coordinator,
         std::time::Duration::from_millis(settings.telemetry.metrics_interval_ms),
     );
-    let served = ["sluice.v1.Admin", "sluice.v1.Broker", "sluice.v1.PartitionNode", sluice_group_coordinator::SERVICE_NAME];
+    let served =
+        ["sluice.v1.Admin", "sluice.v1.Broker", "sluice.v1.PartitionNode", sluice_group_coordinator::SERVICE_NAME];
     let (_health, health) =
         sluice_runtime::health(&[&served[..], &[sluice_connect_runner::SERVICE_NAME]].concat()).await;
     let router = sluice_runtime::server()

@@ -50,7 +50,8 @@ pub enum GroupCmd {
 }
 
 fn tps(list: &[TopicPartitions]) -> String {
-    let s: Vec<String> = list.iter().flat_map(|t| t.partitions.iter().map(move |p| format!("{}-{p}", t.topic))).collect();
+    let s: Vec<String> =
+        list.iter().flat_map(|t| t.partitions.iter().map(move |p| format!("{}-{p}", t.topic))).collect();
     if s.is_empty() { "-".into() } else { s.join(",") }
 }
 
@@ -101,9 +102,7 @@ pub async fn run(c: GroupCmd) -> anyhow::Result<ExitCode> {
                 (_, true, _) => (OffsetSpec::Latest, 0),
                 (_, _, Some(ms)) => (OffsetSpec::Timestamp, ms),
                 _ if to_offset.is_some() => (OffsetSpec::Latest, 0),
-                _ => anyhow::bail!(
-                    "say where to: --to-earliest, --to-latest, --to-offset N or --to-timestamp MS"
-                ),
+                _ => anyhow::bail!("say where to: --to-earliest, --to-latest, --to-offset N or --to-timestamp MS"),
             };
             let client = gw.connect().await?;
             for o in client.reset_offsets(&group, &topic, partitions, spec, ts, to_offset).await? {

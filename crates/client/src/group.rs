@@ -242,10 +242,7 @@ impl GroupConsumer {
 
     /// The next offset to be returned, per held partition.
     pub fn positions(&self) -> BTreeMap<TopicPartition, i64> {
-        self.readers
-            .iter()
-            .flat_map(|(t, r)| r.positions().iter().map(move |(p, o)| ((t.clone(), *p), *o)))
-            .collect()
+        self.readers.iter().flat_map(|(t, r)| r.positions().iter().map(move |(p, o)| ((t.clone(), *p), *o))).collect()
     }
 
     /// Moves a held partition's position.
@@ -372,8 +369,12 @@ impl GroupConsumer {
             }
         }
         if !added.is_empty() {
-            let committed: HashMap<TopicPartition, i64> =
-                a.offsets.iter().filter(|o| o.offset >= 0).map(|o| ((o.topic.clone(), o.partition), o.offset)).collect();
+            let committed: HashMap<TopicPartition, i64> = a
+                .offsets
+                .iter()
+                .filter(|o| o.offset >= 0)
+                .map(|o| ((o.topic.clone(), o.partition), o.offset))
+                .collect();
             let mut missing: BTreeMap<String, Vec<u32>> = BTreeMap::new();
             for tp in &added {
                 match committed.get(tp) {
@@ -539,7 +540,8 @@ async fn membership(
             Ok(resp) => {
                 let mut stream = resp.into_inner();
                 let mut pending: HashMap<u64, Reply> = HashMap::new();
-                let mut beat = tokio::time::interval(Duration::from_millis((join.session_timeout_ms as u64 / 3).max(100)));
+                let mut beat =
+                    tokio::time::interval(Duration::from_millis((join.session_timeout_ms as u64 / 3).max(100)));
                 let failure = loop {
                     tokio::select! {
                         _ = beat.tick() => {

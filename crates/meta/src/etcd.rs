@@ -424,9 +424,9 @@ impl MetaStore for EtcdMeta {
             let _ = rx.wait_for(|v| v.coordinator.is_none()).await;
             let t0 = Instant::now();
             let lease = client.lease_grant(ttl, None).await?.id();
-            let txn = Txn::new().when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)]).and_then([
-                TxnOp::put(key.as_str(), value.clone(), Some(PutOptions::new().with_lease(lease))),
-            ]);
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key.as_str(), value.clone(), Some(PutOptions::new().with_lease(lease)))]);
             let resp = client.txn(txn).await?;
             if !resp.succeeded() {
                 let _ = client.lease_revoke(lease).await;

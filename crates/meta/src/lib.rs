@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub use model::{
-    ClusterView, CoordinatorInfo, NodeInfo, PartitionAssignment, PartitionState, TopicMeta, default_min_insync, plan_topic,
+    ClusterView, CoordinatorInfo, NodeInfo, PartitionAssignment, PartitionState, TopicMeta, default_min_insync,
+    plan_topic,
 };
 use sluice_core::SluiceError;
 use tokio::sync::watch;

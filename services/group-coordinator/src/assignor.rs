@@ -54,10 +54,15 @@ impl Assignor {
 
     /// The target assignment: member id -> partitions. `partitions` gives each existing topic's
     /// partition count; subscribed topics that do not exist are skipped.
-    pub fn assign(self, members: &[MemberSpec<'_>], partitions: &BTreeMap<String, u32>) -> BTreeMap<String, BTreeSet<Tp>> {
+    pub fn assign(
+        self,
+        members: &[MemberSpec<'_>],
+        partitions: &BTreeMap<String, u32>,
+    ) -> BTreeMap<String, BTreeSet<Tp>> {
         let mut sorted: Vec<&MemberSpec<'_>> = members.iter().collect();
         sorted.sort_by(|a, b| (a.sort_key, a.id).cmp(&(b.sort_key, b.id)));
-        let mut out: BTreeMap<String, BTreeSet<Tp>> = sorted.iter().map(|m| (m.id.to_string(), BTreeSet::new())).collect();
+        let mut out: BTreeMap<String, BTreeSet<Tp>> =
+            sorted.iter().map(|m| (m.id.to_string(), BTreeSet::new())).collect();
         match self {
             Self::Range => range(&sorted, partitions, &mut out),
             Self::RoundRobin => round_robin(&sorted, partitions, &mut out),

@@ -60,12 +60,22 @@ pub fn validate_group_id(id: &str) -> Result<(), SluiceError> {
 struct Active {
     epoch: u64,
     store: Arc<OffsetStore>,
+    /// Groups met before then hold back unclaimed partitions (see [`Group`]).
+    hold_back_until: Instant,
 }
 
 #[derive(Default)]
 struct State {
     active: Option<Active>,
     groups: BTreeMap<String, Group>,
+}
+
+/// A group, created when missing. A group first met soon after a takeover may have members
+/// of the previous coordinator still holding partitions: it holds back what nobody claims.
+fn group_entry<'a>(st: &'a mut State, id: &str) -> &'a mut Group {
+    let now = Instant::now();
+    let hold_back = st.active.as_ref().map(|a| a.hold_back_until).filter(|t| *t > now);
+    st.groups.entry(id.to_string()).or_insert_with(|| Group::new(id.to_string(), BTreeMap::new(), hold_back))
 }
 
 /// One coordinator process.
@@ -171,15 +181,16 @@ impl Coordinator {
                 tracing::warn!(epoch, "lost the coordinator role while loading");
                 continue;
             };
-            let hold_back = Instant::now() + Duration::from_millis(self.settings.takeover_hold_back_ms);
+            // Members of an earlier coordinator may still hold partitions; with a brand-new
+            // offsets topic there was none.
+            let wait = if store.created { 0 } else { self.settings.takeover_hold_back_ms };
+            let hold_back = Instant::now() + Duration::from_millis(wait);
             let groups = offsets.len();
             {
                 let mut st = self.lock();
-                st.groups = offsets
-                    .into_iter()
-                    .map(|(id, o)| (id.clone(), Group::new(id, o, Some(hold_back))))
-                    .collect();
-                st.active = Some(Active { epoch, store: Arc::new(store) });
+                st.groups =
+                    offsets.into_iter().map(|(id, o)| (id.clone(), Group::new(id, o, Some(hold_back)))).collect();
+                st.active = Some(Active { epoch, store: Arc::new(store), hold_back_until: hold_back });
             }
             tracing::info!(epoch, groups, "coordinator active");
             self.serve_role(epoch).await;
@@ -198,11 +209,7 @@ impl Coordinator {
     }
 
     /// Opens the offsets topic and reads it, retrying while this coordinator holds the role.
-    async fn load(
-        &self,
-        client: &sluice_client::Client,
-        epoch: u64,
-    ) -> Option<(OffsetStore, store::AllOffsets)> {
+    async fn load(&self, client: &sluice_client::Client, epoch: u64) -> Option<(OffsetStore, store::AllOffsets)> {
         loop {
             if !self.holds(epoch) {
                 return None;
@@ -266,7 +273,7 @@ impl Coordinator {
     fn with_group<R>(&self, id: &str, f: impl FnOnce(&mut Group) -> R) -> R {
         let counts = self.partition_counts();
         let mut st = self.lock();
-        let g = st.groups.entry(id.to_string()).or_insert_with(|| Group::new(id.to_string(), BTreeMap::new(), None));
+        let g = group_entry(&mut st, id);
         let r = f(g);
         g.reconcile(&counts, Instant::now());
         r
@@ -274,6 +281,10 @@ impl Coordinator {
 
     /// Subscribed topics of a group's members, for describing it.
     fn topics_of(g: &Group) -> BTreeSet<String> {
-        g.members.values().flat_map(|m| m.topics.iter().cloned()).chain(g.offsets.keys().map(|tp| tp.0.clone())).collect()
+        g.members
+            .values()
+            .flat_map(|m| m.topics.iter().cloned())
+            .chain(g.offsets.keys().map(|tp| tp.0.clone()))
+            .collect()
     }
 }

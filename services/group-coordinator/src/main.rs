@@ -22,8 +22,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(sluice_runtime::serve(gw_router, gw_listener, shutdown.clone()));
     let coordinator =
         Coordinator::start(settings.groups.clone(), meta, settings.advertised(), gw_addr.to_string(), shutdown.clone());
-    let _gauges =
-        metrics::register(&coordinator, Duration::from_millis(settings.telemetry.metrics_interval_ms));
+    let _gauges = metrics::register(&coordinator, Duration::from_millis(settings.telemetry.metrics_interval_ms));
     let (_health, health) = sluice_runtime::health(&[SERVICE_NAME]).await;
     let router = sluice_runtime::server()
         .add_service(health)

@@ -60,7 +60,8 @@ impl Coordinator {
                 s.min_session_timeout_ms, s.max_session_timeout_ms
             )));
         }
-        let rebalance = if j.rebalance_timeout_ms == 0 { s.rebalance_timeout_ms } else { j.rebalance_timeout_ms as u64 };
+        let rebalance =
+            if j.rebalance_timeout_ms == 0 { s.rebalance_timeout_ms } else { j.rebalance_timeout_ms as u64 };
         let owned = j.owned.iter().flat_map(|t| t.partitions.iter().map(|p| (t.topic.clone(), *p))).collect();
         Ok(JoinSpec {
             member_id: j.member_id,
@@ -137,11 +138,9 @@ impl Coordinator {
                         accepted.push((tp.clone(), Some(c)));
                         results.push(PartitionCommitResult { topic: tp.0, partition: tp.1, error: None });
                     }
-                    Err(e) => results.push(PartitionCommitResult {
-                        topic: tp.0,
-                        partition: tp.1,
-                        error: Some(e.to_proto()),
-                    }),
+                    Err(e) => {
+                        results.push(PartitionCommitResult { topic: tp.0, partition: tp.1, error: Some(e.to_proto()) })
+                    }
                 }
             }
         }
@@ -161,10 +160,7 @@ impl Coordinator {
     /// Applies written changes to the cache.
     fn remember(&self, group: &str, changes: Vec<(Tp, Option<Committed>)>) {
         let mut st = self.lock();
-        let g = st
-            .groups
-            .entry(group.to_string())
-            .or_insert_with(|| crate::group::Group::new(group.to_string(), BTreeMap::new(), None));
+        let g = crate::group_entry(&mut st, group);
         for (tp, c) in changes {
             match c {
                 Some(c) => {
@@ -178,7 +174,11 @@ impl Coordinator {
     }
 
     /// Serves one membership stream after its JoinGroup.
-    fn attach(self: &Arc<Self>, join: JoinGroup, mut input: Streaming<MemberRequest>) -> Result<EventStream, SluiceError> {
+    fn attach(
+        self: &Arc<Self>,
+        join: JoinGroup,
+        mut input: Streaming<MemberRequest>,
+    ) -> Result<EventStream, SluiceError> {
         let spec = self.join_spec(join.clone())?;
         self.active()?;
         let group_id = join.group_id;
@@ -191,10 +191,7 @@ impl Coordinator {
         let counts = self.partition_counts();
         let member_id = {
             let mut st = self.lock();
-            let g = st
-                .groups
-                .entry(group_id.clone())
-                .or_insert_with(|| crate::group::Group::new(group_id.clone(), BTreeMap::new(), None));
+            let g = crate::group_entry(&mut st, &group_id);
             let id = g.join(spec, conn, Instant::now())?;
             let _ = tx.send(Ok(MemberEvent {
                 kind: Some(EventKind::Joined(Joined {
@@ -368,9 +365,10 @@ impl Coordinator {
             let topic = r.topic.clone();
             let store = store.clone();
             async move {
-                let v = store.client().list_offsets(&topic, parts, spec, ts).await.map_err(|e| {
-                    SluiceError::NodeUnavailable(format!("cannot read the offsets of '{topic}': {e}"))
-                })?;
+                let v =
+                    store.client().list_offsets(&topic, parts, spec, ts).await.map_err(|e| {
+                        SluiceError::NodeUnavailable(format!("cannot read the offsets of '{topic}': {e}"))
+                    })?;
                 let mut m = BTreeMap::new();
                 for o in v {
                     if let Some(e) = o.error {
@@ -413,7 +411,8 @@ impl Coordinator {
         let changes: Vec<(Tp, Option<Committed>)> = targets
             .iter()
             .map(|(p, o)| {
-                let c = Committed { offset: *o, metadata: String::new(), commit_time_ms: now_ms(), generation: 0, epoch };
+                let c =
+                    Committed { offset: *o, metadata: String::new(), commit_time_ms: now_ms(), generation: 0, epoch };
                 ((r.topic.clone(), *p), Some(c))
             })
             .collect();
@@ -465,13 +464,18 @@ impl Groups for GroupsService {
             .await
             .map_err(|_| Status::deadline_exceeded("no JoinGroup within 10 s of opening the stream"))??;
         let Some(MemberRequest { kind: Some(RequestKind::Join(join)) }) = first else {
-            return Err(SluiceError::InvalidRequest("the first message of a membership stream must be a JoinGroup".into())
-                .into());
+            return Err(SluiceError::InvalidRequest(
+                "the first message of a membership stream must be a JoinGroup".into(),
+            )
+            .into());
         };
         Ok(Response::new(self.0.attach(join, input)?))
     }
 
-    async fn commit_offsets(&self, r: Request<CommitOffsetsRequest>) -> Result<Response<CommitOffsetsResponse>, Status> {
+    async fn commit_offsets(
+        &self,
+        r: Request<CommitOffsetsRequest>,
+    ) -> Result<Response<CommitOffsetsResponse>, Status> {
         let resp = self.0.commit(None, r.into_inner()).await;
         if let Some(e) = &resp.error {
             let e = sluice_core::RemoteError::from(e);
@@ -515,12 +519,19 @@ impl Groups for GroupsService {
         let groups = st
             .groups
             .values()
-            .map(|g| GroupSummary { group_id: g.id.clone(), state: g.state().to_string(), members: g.members.len() as u32 })
+            .map(|g| GroupSummary {
+                group_id: g.id.clone(),
+                state: g.state().to_string(),
+                members: g.members.len() as u32,
+            })
             .collect();
         Ok(Response::new(ListGroupsResponse { groups }))
     }
 
-    async fn describe_group(&self, r: Request<DescribeGroupRequest>) -> Result<Response<DescribeGroupResponse>, Status> {
+    async fn describe_group(
+        &self,
+        r: Request<DescribeGroupRequest>,
+    ) -> Result<Response<DescribeGroupResponse>, Status> {
         let (mut resp, topics) = self.0.describe(&r.into_inner().group_id)?;
         self.0.add_lag(&mut resp, topics).await;
         Ok(Response::new(resp))

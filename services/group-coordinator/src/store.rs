@@ -110,12 +110,15 @@ pub struct OffsetStore {
     client: Client,
     producer: Producer,
     partitions: u32,
+    /// Whether this coordinator created the topic (so no coordinator was ever active before).
+    pub created: bool,
 }
 
 impl OffsetStore {
     /// Creates the offsets topic when it is missing (`partitions`, replication factor up to
     /// `replication_factor` within the live nodes, compacted).
     pub async fn open(client: Client, partitions: u32, replication_factor: u32) -> Result<Self, SluiceError> {
+        let mut created = false;
         let partitions = match client.describe_topic(OFFSETS_TOPIC).await {
             Ok(d) => d.partitions.len() as u32,
             Err(ClientError::Remote(r)) if r.code == tonic::Code::NotFound => {
@@ -123,7 +126,10 @@ impl OffsetStore {
                 let rf = replication_factor.min(live).max(1);
                 let config = [("cleanup.policy".to_string(), "compact".to_string())].into();
                 match client.create_topic(OFFSETS_TOPIC, partitions, rf, config).await {
-                    Ok(d) => d.partitions.len() as u32,
+                    Ok(d) => {
+                        created = true;
+                        d.partitions.len() as u32
+                    }
                     Err(ClientError::Remote(r)) if r.code == tonic::Code::AlreadyExists => {
                         client.describe_topic(OFFSETS_TOPIC).await.map_err(remote)?.partitions.len() as u32
                     }
@@ -141,7 +147,7 @@ impl OffsetStore {
             ..ProducerConfig::default()
         };
         let producer = Producer::new(client.clone(), cfg);
-        Ok(Self { client, producer, partitions })
+        Ok(Self { client, producer, partitions, created })
     }
 
     fn partition_of(&self, group: &str) -> u32 {
@@ -187,8 +193,9 @@ impl OffsetStore {
         }
         let parts: Vec<u32> = wanted.keys().copied().collect();
         let cfg = ConsumerConfig { retry_timeout: Duration::from_secs(30), ..ConsumerConfig::default() };
-        let mut consumer =
-            Consumer::assign(self.client.clone(), OFFSETS_TOPIC, &parts, StartFrom::Earliest, cfg).await.map_err(remote)?;
+        let mut consumer = Consumer::assign(self.client.clone(), OFFSETS_TOPIC, &parts, StartFrom::Earliest, cfg)
+            .await
+            .map_err(remote)?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while wanted.iter().any(|(p, end)| consumer.positions().get(p).copied().unwrap_or(0) < *end) {
             if tokio::time::Instant::now() > deadline {
@@ -209,7 +216,9 @@ impl OffsetStore {
                         Some(c) => {
                             out.entry(group).or_default().insert(tp, c);
                         }
-                        None => tracing::warn!(partition = r.partition, offset = r.offset, "skipping an unreadable offset"),
+                        None => {
+                            tracing::warn!(partition = r.partition, offset = r.offset, "skipping an unreadable offset")
+                        }
                     },
                 }
             }

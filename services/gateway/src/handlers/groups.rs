@@ -34,8 +34,10 @@ impl GroupsProxy {
 
     fn coordinator(&self) -> Result<GroupsClient<Channel>, Status> {
         let Some(c) = self.gw.snapshot().coordinator.clone() else {
-            return Err(SluiceError::CoordinatorNotAvailable("none holds the role (is a group-coordinator running?)".into())
-                .into());
+            return Err(SluiceError::CoordinatorNotAvailable(
+                "none holds the role (is a group-coordinator running?)".into(),
+            )
+            .into());
         };
         let mut cached = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((addr, ch)) = cached.as_ref().filter(|(a, _)| *a == c.addr) {
@@ -78,7 +80,10 @@ impl Groups for GroupsProxy {
         Ok(Response::new(Box::pin(upstream.map(|r| r.map_err(unreachable)))))
     }
 
-    async fn commit_offsets(&self, r: Request<CommitOffsetsRequest>) -> Result<Response<CommitOffsetsResponse>, Status> {
+    async fn commit_offsets(
+        &self,
+        r: Request<CommitOffsetsRequest>,
+    ) -> Result<Response<CommitOffsetsResponse>, Status> {
         self.coordinator()?.commit_offsets(r.into_inner()).await.map_err(unreachable)
     }
 
@@ -90,7 +95,10 @@ impl Groups for GroupsProxy {
         self.coordinator()?.list_groups(r.into_inner()).await.map_err(unreachable)
     }
 
-    async fn describe_group(&self, r: Request<DescribeGroupRequest>) -> Result<Response<DescribeGroupResponse>, Status> {
+    async fn describe_group(
+        &self,
+        r: Request<DescribeGroupRequest>,
+    ) -> Result<Response<DescribeGroupResponse>, Status> {
         self.coordinator()?.describe_group(r.into_inner()).await.map_err(unreachable)
     }
 
