@@ -155,7 +155,7 @@ async fn one_trace_from_producer_to_consumer_and_the_metrics_arrive() {
     cli(&cli_env, &["produce", "traced", "--acks", "all"], "hello\n").await;
     let out = cli(
         &cli_env,
-        &["consume", "traced", "--from", "earliest", "--max-messages", "1", "--idle-timeout-ms", "5000"],
+        &["consume", "traced", "--group", "traced-g", "--max-messages", "1", "--idle-timeout-ms", "5000"],
         "",
     )
     .await;
@@ -215,6 +215,8 @@ async fn one_trace_from_producer_to_consumer_and_the_metrics_arrive() {
                 && ok("sluice.partition.isr_size", 3.0)
                 && ok("sluice.partition.storage_bytes", 60.0)
                 && last_value(&m, "sluice.node.under_replicated_partitions").is_some()
+                && last_value(&m, "sluice.group.members").is_some()
+                && group_lag(&m).is_some()
                 && last_value(&m, "sluice.gateway.active_streams").is_some())
             .then_some(m)
         }
@@ -226,4 +228,21 @@ async fn one_trace_from_producer_to_consumer_and_the_metrics_arrive() {
     let (hw, attrs) = last_value(&metrics, "sluice.partition.high_watermark").unwrap();
     assert_eq!((hw, attr(&attrs, "partition").as_deref()), (1.0, Some("0")));
     assert_eq!(last_value(&metrics, "sluice.node.under_replicated_partitions").unwrap().0, 0.0);
+    // The group committed the one record it consumed: no lag.
+    assert_eq!(group_lag(&metrics), Some(0.0));
+}
+
+/// The consumer group's lag on `traced` partition 0, from the latest export that has it.
+fn group_lag(metrics: &[(String, Metric)]) -> Option<f64> {
+    metrics.iter().rev().filter(|(_, m)| m.name == "sluice.group.lag").find_map(|(_, m)| match &m.data {
+        Some(Data::Gauge(g)) => g
+            .data_points
+            .iter()
+            .find(|p| {
+                attr(&p.attributes, "group").as_deref() == Some("traced-g")
+                    && attr(&p.attributes, "topic").as_deref() == Some("traced")
+            })
+            .map(|p| number(&p.value)),
+        _ => None,
+    })
 }

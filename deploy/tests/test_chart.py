@@ -67,7 +67,12 @@ class Chart(unittest.TestCase):
         self.assertEqual(find(docs, "StatefulSet", "demo-sluice-partition-node")["spec"]["replicas"], 3)
         self.assertEqual(find(docs, "StatefulSet", "demo-sluice-etcd")["spec"]["replicas"], 3)
         self.assertEqual(find(docs, "Deployment", "demo-sluice-gateway")["spec"]["replicas"], 2)
-        self.assertEqual(find(docs, "Deployment", "demo-sluice-group-coordinator")["spec"]["replicas"], 2)
+        coordinator = find(docs, "Deployment", "demo-sluice-group-coordinator")
+        self.assertEqual(coordinator["spec"]["replicas"], 2)
+        # Each coordinator advertises its pod IP: gateways dial the active one directly.
+        env = {e["name"]: e for e in coordinator["spec"]["template"]["spec"]["containers"][0]["env"]}
+        self.assertEqual(env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP")
+        self.assertTrue(env["SLUICE_ADVERTISE"]["value"].startswith("$(POD_IP):"))
         self.assertEqual(find(docs, "Deployment", "demo-sluice-connect-runner")["spec"]["replicas"], 1)
         self.assertFalse([d for d in docs if d["kind"] == "HorizontalPodAutoscaler"])
         self.assertIn("kubectl -n streaming port-forward svc/demo-sluice-gateway 7070:7070", notes)
@@ -176,6 +181,7 @@ class Observability(unittest.TestCase):
         "sluice_fetch_records_total", "sluice_fetch_requests_total",
         "sluice_gateway_active_streams", "sluice_partition_log_end_offset", "sluice_partition_high_watermark",
         "sluice_partition_isr_size", "sluice_partition_storage_bytes", "sluice_node_under_replicated_partitions",
+        "sluice_group_lag", "sluice_group_members",
     }
 
     def test_dashboard_queries_only_exported_metrics(self):
@@ -204,7 +210,10 @@ class Compose(unittest.TestCase):
         c = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
         names = set(c["services"])
         self.assertTrue({"etcd", "partition-node-1", "partition-node-2", "partition-node-3", "gateway",
-                         "group-coordinator", "connect-runner"} <= names, names)
+                         "group-coordinator-1", "group-coordinator-2", "connect-runner"} <= names, names)
+        for n in (1, 2):
+            env = c["services"][f"group-coordinator-{n}"]["environment"]
+            self.assertEqual(env["SLUICE_ADVERTISE"], f"group-coordinator-{n}:7070")
         for n in (1, 2, 3):
             env = c["services"][f"partition-node-{n}"]["environment"]
             self.assertEqual(str(env["SLUICE_NODE_ID"]), str(n))

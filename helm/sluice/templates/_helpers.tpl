@@ -131,4 +131,9 @@ env:
     valueFrom:
       fieldRef:
         fieldPath: status.podIP
+  {{- if eq .component "group-coordinator" }}
+  # Gateways dial the active coordinator at the address it advertises in etcd.
+  - name: SLUICE_ADVERTISE
+    value: "$(POD_IP):{{ .ctx.Values.grpcPort }}"
+  {{- end }}
 {{- end -}}
