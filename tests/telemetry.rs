@@ -114,21 +114,27 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// The largest value of `name` in the latest export that has it, leaving out the internal
+/// offsets topic (the group coordinator writes to it too).
 fn last_value(metrics: &[(String, Metric)], name: &str) -> Option<(f64, Vec<KeyValue>)> {
+    let user = |a: &[KeyValue]| !attr(a, "topic").is_some_and(|t| t.starts_with("__"));
     metrics.iter().rev().filter(|(_, m)| m.name == name).find_map(|(_, m)| match &m.data {
         Some(Data::Gauge(g)) => g
             .data_points
             .iter()
+            .filter(|p| user(&p.attributes))
             .map(|p| (number(&p.value), p.attributes.clone()))
             .reduce(|a, b| if b.0 > a.0 { b } else { a }),
         Some(Data::Sum(s)) => s
             .data_points
             .iter()
+            .filter(|p| user(&p.attributes))
             .map(|p| (number(&p.value), p.attributes.clone()))
             .reduce(|a, b| if b.0 > a.0 { b } else { a }),
         Some(Data::Histogram(h)) => h
             .data_points
             .iter()
+            .filter(|p| user(&p.attributes))
             .map(|p| (p.count as f64, p.attributes.clone()))
             .reduce(|a, b| if b.0 > a.0 { b } else { a }),
         _ => None,

@@ -121,6 +121,8 @@ enum ToTask {
 enum FromTask {
     Joined(String),
     Assignment(Assignment),
+    /// An asynchronous commit of these partitions failed: they are committed again later.
+    CommitFailed(Vec<TopicPartition>),
     Lost(ClientError),
     Fatal(ClientError),
 }
@@ -333,6 +335,11 @@ impl GroupConsumer {
         match ev {
             FromTask::Joined(id) => self.member_id = id,
             FromTask::Assignment(a) => self.apply(a).await?,
+            FromTask::CommitFailed(tps) => {
+                for tp in tps {
+                    self.committed.remove(&tp);
+                }
+            }
             FromTask::Lost(e) => {
                 let lost: Vec<TopicPartition> = std::mem::take(&mut self.assigned).into_iter().collect();
                 tracing::warn!(error = %e, partitions = lost.len(), "removed from the group; partitions lost");
@@ -540,6 +547,8 @@ async fn membership(
             Ok(resp) => {
                 let mut stream = resp.into_inner();
                 let mut pending: HashMap<u64, Reply> = HashMap::new();
+                // Asynchronous commits in flight: their partitions, retried when they fail.
+                let mut unanswered: HashMap<u64, Vec<TopicPartition>> = HashMap::new();
                 let mut beat =
                     tokio::time::interval(Duration::from_millis((join.session_timeout_ms as u64 / 3).max(100)));
                 let failure = loop {
@@ -556,8 +565,14 @@ async fn membership(
                             Some(ToTask::Commit(mut req, reply)) => {
                                 req.id = next_id;
                                 next_id += 1;
-                                if let Some(r) = reply {
-                                    pending.insert(req.id, r);
+                                match reply {
+                                    Some(r) => {
+                                        pending.insert(req.id, r);
+                                    }
+                                    None => {
+                                        let tps = req.offsets.iter().map(|o| (o.topic.clone(), o.partition)).collect();
+                                        unanswered.insert(req.id, tps);
+                                    }
                                 }
                                 let _ = tx.send(MemberRequest { kind: Some(RequestKind::Commit(req)) });
                             }
@@ -576,8 +591,18 @@ async fn membership(
                                 EventKind::Commit(r) => {
                                     if let Some(reply) = pending.remove(&r.id) {
                                         let _ = reply.send(Ok(r));
-                                    } else if let Some(e) = r.error.as_ref().or_else(|| r.results.iter().find_map(|x| x.error.as_ref())) {
-                                        tracing::warn!(error = %e.message, "asynchronous commit refused");
+                                    } else if let Some(tps) = unanswered.remove(&r.id) {
+                                        let failed: Vec<TopicPartition> = if r.error.is_some() {
+                                            tps
+                                        } else {
+                                            r.results.iter().filter(|x| x.error.is_some()).map(|x| (x.topic.clone(), x.partition)).collect()
+                                        };
+                                        if let Some(e) = r.error.as_ref().or_else(|| r.results.iter().find_map(|x| x.error.as_ref())) {
+                                            tracing::warn!(error = %e.message, "asynchronous commit refused");
+                                        }
+                                        if !failed.is_empty() {
+                                            let _ = events.send(FromTask::CommitFailed(failed));
+                                        }
                                     }
                                 }
                             },
@@ -589,6 +614,10 @@ async fn membership(
                 };
                 for (_, r) in pending.drain() {
                     let _ = r.send(Err(failure.clone()));
+                }
+                let lost: Vec<TopicPartition> = unanswered.drain().flat_map(|(_, tps)| tps).collect();
+                if !lost.is_empty() {
+                    let _ = events.send(FromTask::CommitFailed(lost));
                 }
                 failure
             }

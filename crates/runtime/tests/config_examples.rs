@@ -29,3 +29,9 @@ fn a_missing_file_is_a_clear_error() {
     let e = sluice_core::settings::load::<Settings>(Some(&example("nope.toml"))).unwrap_err();
     assert!(e.to_string().contains("does not exist"), "{e}");
 }
+
+#[test]
+fn the_group_coordinator_example_states_the_group_defaults() {
+    let s: Settings = sluice_core::settings::load(Some(&example("group-coordinator.example.toml"))).unwrap();
+    assert_eq!(format!("{:?}", s.groups), format!("{:?}", Settings::default().groups));
+}

@@ -86,6 +86,9 @@ pub struct Member {
     revoke_deadline: Option<Instant>,
     /// A new stream: send the whole assignment, with offsets, even if it did not change.
     needs_full: bool,
+    /// Commits accepted and being written: a member is not expired meanwhile, so that a new
+    /// owner never starts from an offset older than one about to be committed.
+    pub commits_in_flight: usize,
 }
 
 impl Member {
@@ -198,6 +201,7 @@ impl Group {
             unacked: BTreeMap::new(),
             revoke_deadline: None,
             needs_full: true,
+            commits_in_flight: 0,
         };
         self.members.insert(id.clone(), m);
         Ok(id)
@@ -253,7 +257,7 @@ impl Group {
     /// Returns whether any was removed.
     pub fn expire(&mut self, now: Instant) -> bool {
         let mut gone = Vec::new();
-        for m in self.members.values() {
+        for m in self.members.values().filter(|m| m.commits_in_flight == 0) {
             if now.duration_since(m.last_seen) > m.session_timeout {
                 gone.push((m.id.clone(), format!("no heartbeat for {:?} (session timeout)", m.session_timeout)));
             } else if m.revoke_deadline.is_some_and(|d| now > d) {

@@ -91,7 +91,7 @@ impl Coordinator {
         let mut accepted: Vec<(Tp, Option<Committed>)> = Vec::new();
         let mut slots = Vec::new();
         {
-            let st = self.lock();
+            let mut st = self.lock();
             let group = st.groups.get(&req.group_id);
             if member.is_none() {
                 if !req.member_id.is_empty() {
@@ -143,15 +143,27 @@ impl Coordinator {
                     }
                 }
             }
+            if let Some(m) = member.filter(|_| !accepted.is_empty())
+                && let Some(x) = st.groups.get_mut(&req.group_id).and_then(|g| g.members.get_mut(m))
+            {
+                x.commits_in_flight += 1;
+            }
         }
-        if !accepted.is_empty() {
-            match store.write(&req.group_id, &accepted).await {
-                Ok(()) => self.remember(&req.group_id, accepted),
-                Err(e) => {
-                    for i in slots {
-                        results[i].error = Some(e.to_proto());
-                    }
+        if accepted.is_empty() {
+            return CommitOffsetsResponse { id, results, error: None };
+        }
+        match store.write(&req.group_id, &accepted).await {
+            Ok(()) => self.remember(&req.group_id, accepted),
+            Err(e) => {
+                for i in slots {
+                    results[i].error = Some(e.to_proto());
                 }
+            }
+        }
+        if let Some(m) = member {
+            let mut st = self.lock();
+            if let Some(x) = st.groups.get_mut(&req.group_id).and_then(|g| g.members.get_mut(m)) {
+                x.commits_in_flight = x.commits_in_flight.saturating_sub(1);
             }
         }
         CommitOffsetsResponse { id, results, error: None }
