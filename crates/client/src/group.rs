@@ -311,11 +311,13 @@ impl GroupConsumer {
         &mut self,
         mut records: Vec<ConsumerRecord>,
     ) -> Result<Vec<ConsumerRecord>, ClientError> {
-        let mut upto: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+        // Keyed by the shared topic name: no allocation per record.
+        let mut upto: BTreeMap<(Arc<str>, u32), i64> = BTreeMap::new();
         for r in &records {
-            let e = upto.entry((r.topic.to_string(), r.partition)).or_insert(0);
+            let e = upto.entry((r.topic.clone(), r.partition)).or_insert(0);
             *e = (*e).max(r.offset + 1);
         }
+        let upto: BTreeMap<TopicPartition, i64> = upto.into_iter().map(|((t, p), o)| ((t.to_string(), p), o)).collect();
         let failed = self.commit_offsets(&upto).await?;
         if !failed.is_empty() {
             tracing::warn!(partitions = ?failed, "commit refused; dropping those records (at-most-once)");

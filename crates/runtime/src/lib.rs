@@ -55,10 +55,6 @@ pub struct GroupSettings {
     /// How long a member may take to release revoked partitions when it does not say,
     /// milliseconds.
     pub rebalance_timeout_ms: u64,
-    /// After taking over, how long a new coordinator keeps partitions nobody has claimed
-    /// unassigned, so that members of the previous one rejoin with what they hold,
-    /// milliseconds.
-    pub takeover_hold_back_ms: u64,
 }
 
 impl Default for GroupSettings {
@@ -70,7 +66,6 @@ impl Default for GroupSettings {
             min_session_timeout_ms: 1_000,
             max_session_timeout_ms: 300_000,
             rebalance_timeout_ms: 30_000,
-            takeover_hold_back_ms: 10_000,
         }
     }
 }

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tonic::Status;
 
 use crate::assignor::{Assignor, MemberSpec, Tp};
-use crate::store::Committed;
+use crate::store::{Committed, GroupSnapshot, MemberSnapshot};
 
 /// How events reach a member's stream.
 pub type EventTx = mpsc::UnboundedSender<Result<MemberEvent, Status>>;
@@ -109,16 +109,13 @@ pub struct Group {
     pub offsets: BTreeMap<Tp, Committed>,
     /// Members removed for silence: a rejoin under their id is refused (they must start over).
     expired: VecDeque<String>,
-    /// Until then no partition nobody claims is handed out: members of a coordinator that
-    /// failed may still hold them and are on their way back.
-    hold_back_until: Option<Instant>,
 }
 
 /// Removed ids remembered per group, for fencing.
 const EXPIRED_KEPT: usize = 1000;
 
 impl Group {
-    pub fn new(id: String, offsets: BTreeMap<Tp, Committed>, hold_back_until: Option<Instant>) -> Self {
+    pub fn new(id: String, offsets: BTreeMap<Tp, Committed>) -> Self {
         // Generations continue above the ones offsets were committed under.
         let generation = offsets.values().map(|c| c.generation).max().unwrap_or(0);
         Self {
@@ -129,7 +126,59 @@ impl Group {
             assignor: Assignor::Sticky,
             offsets,
             expired: VecDeque::new(),
-            hold_back_until,
+        }
+    }
+
+    /// The group as a coordinator that took over finds it: the members of the snapshot hold
+    /// what they held, without a stream, until they rejoin (under their member id or instance
+    /// id) or their session times out from `now`.
+    pub fn restore(id: String, offsets: BTreeMap<Tp, Committed>, snap: &GroupSnapshot, now: Instant) -> Self {
+        let mut g = Self::new(id, offsets);
+        g.generation = g.generation.max(snap.generation);
+        for m in &snap.members {
+            let member = Member {
+                id: m.id.clone(),
+                instance_id: m.instance_id.clone(),
+                client_id: m.client_id.clone(),
+                topics: m.topics.iter().cloned().collect(),
+                assignor: Assignor::parse(&m.assignor).unwrap_or(Assignor::Sticky),
+                session_timeout: Duration::from_millis(m.session_timeout_ms),
+                rebalance_timeout: Duration::from_millis(m.rebalance_timeout_ms.max(1)),
+                last_seen: now,
+                conn: None,
+                held: m.held.iter().map(|(t, p, since)| ((t.clone(), *p), *since)).collect(),
+                sent: m.sent.iter().cloned().collect(),
+                generation: m.generation,
+                unacked: BTreeMap::new(),
+                revoke_deadline: None,
+                needs_full: true,
+                commits_in_flight: 0,
+            };
+            g.members.insert(m.id.clone(), member);
+        }
+        g
+    }
+
+    /// The membership to write down (see [`crate::store`]).
+    pub fn snapshot(&self) -> GroupSnapshot {
+        GroupSnapshot {
+            generation: self.generation,
+            members: self
+                .members
+                .values()
+                .map(|m| MemberSnapshot {
+                    id: m.id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    topics: m.topics.iter().cloned().collect(),
+                    assignor: m.assignor.name().to_string(),
+                    session_timeout_ms: m.session_timeout.as_millis() as u64,
+                    rebalance_timeout_ms: m.rebalance_timeout.as_millis() as u64,
+                    held: m.held.iter().map(|((t, p), since)| (t.clone(), *p, *since)).collect(),
+                    sent: m.sent.iter().cloned().collect(),
+                    generation: m.generation,
+                })
+                .collect(),
         }
     }
 
@@ -274,15 +323,6 @@ impl Group {
         !gone.is_empty()
     }
 
-    /// Whether a hold-back period just ended (the caller reconciles).
-    pub fn hold_back_ended(&mut self, now: Instant) -> bool {
-        if self.hold_back_until.is_some_and(|t| now >= t) {
-            self.hold_back_until = None;
-            return true;
-        }
-        false
-    }
-
     /// Recomputes the target and sends every member whose set changes its new set.
     /// `partitions`: partition count of each existing topic.
     pub fn reconcile(&mut self, partitions: &BTreeMap<String, u32>, now: Instant) {
@@ -314,7 +354,6 @@ impl Group {
             self.generation += 1;
             self.target = target;
         }
-        let holding_back = self.hold_back_until.is_some_and(|t| now < t);
         let mut holders: BTreeSet<Tp> = self.members.values().flat_map(|m| m.held.keys().cloned()).collect();
         let generation = self.generation;
         for m in self.members.values_mut() {
@@ -322,11 +361,9 @@ impl Group {
             let desired = self.target.get(&m.id).cloned().unwrap_or_default();
             let mut next: BTreeSet<Tp> = m.held.keys().filter(|tp| desired.contains(*tp)).cloned().collect();
             let mut added = Vec::new();
-            if !holding_back {
-                for tp in desired.iter().filter(|tp| !holders.contains(*tp)) {
-                    next.insert(tp.clone());
-                    added.push(tp.clone());
-                }
+            for tp in desired.iter().filter(|tp| !holders.contains(*tp)) {
+                next.insert(tp.clone());
+                added.push(tp.clone());
             }
             if next == m.sent && !m.needs_full {
                 continue;
@@ -439,7 +476,7 @@ mod tests {
     async fn partitions_move_only_after_release_and_commits_are_fenced() {
         let parts: BTreeMap<String, u32> = [("t".to_string(), 4)].into();
         let now = Instant::now();
-        let mut g = Group::new("g".into(), BTreeMap::new(), None);
+        let mut g = Group::new("g".into(), BTreeMap::new());
         let (c1, mut r1) = conn(1);
         let a = g.join(spec(""), c1, now).unwrap();
         g.reconcile(&parts, now);
@@ -479,7 +516,7 @@ mod tests {
     async fn a_static_member_returns_to_its_partitions() {
         let parts: BTreeMap<String, u32> = [("t".to_string(), 4)].into();
         let now = Instant::now();
-        let mut g = Group::new("g".into(), BTreeMap::new(), None);
+        let mut g = Group::new("g".into(), BTreeMap::new());
         let (c1, mut r1) = conn(1);
         let (c2, mut r2) = conn(2);
         let a = g.join(spec("i-1"), c1, now).unwrap();

@@ -21,7 +21,7 @@ pub mod metrics;
 pub mod service;
 pub mod store;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -29,7 +29,7 @@ use std::time::Duration;
 use sluice_core::SluiceError;
 use sluice_meta::{ClusterView, MetaStore};
 use sluice_runtime::{GroupSettings, Shutdown};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::group::Group;
@@ -60,8 +60,8 @@ pub fn validate_group_id(id: &str) -> Result<(), SluiceError> {
 struct Active {
     epoch: u64,
     store: Arc<OffsetStore>,
-    /// Groups met before then hold back unclaimed partitions (see [`Group`]).
-    hold_back_until: Instant,
+    /// Groups whose membership changed, for the snapshot writer.
+    dirty: mpsc::UnboundedSender<String>,
 }
 
 #[derive(Default)]
@@ -70,12 +70,16 @@ struct State {
     groups: BTreeMap<String, Group>,
 }
 
-/// A group, created when missing. A group first met soon after a takeover may have members
-/// of the previous coordinator still holding partitions: it holds back what nobody claims.
+/// A group, created when missing.
 fn group_entry<'a>(st: &'a mut State, id: &str) -> &'a mut Group {
-    let now = Instant::now();
-    let hold_back = st.active.as_ref().map(|a| a.hold_back_until).filter(|t| *t > now);
-    st.groups.entry(id.to_string()).or_insert_with(|| Group::new(id.to_string(), BTreeMap::new(), hold_back))
+    st.groups.entry(id.to_string()).or_insert_with(|| Group::new(id.to_string(), BTreeMap::new()))
+}
+
+/// Notes that a group's membership may have changed: the snapshot writer compares and writes.
+fn mark(st: &State, id: &str) {
+    if let Some(a) = &st.active {
+        let _ = a.dirty.send(id.to_string());
+    }
 }
 
 /// One coordinator process.
@@ -177,21 +181,29 @@ impl Coordinator {
                 }
             };
             tracing::info!(epoch, addr = %self.addr, "coordinator role won; loading committed offsets");
-            let Some((store, offsets)) = self.load(&client, epoch).await else {
+            let Some((store, loaded)) = self.load(&client, epoch).await else {
                 tracing::warn!(epoch, "lost the coordinator role while loading");
                 continue;
             };
-            // Members of an earlier coordinator may still hold partitions; with a brand-new
-            // offsets topic there was none.
-            let wait = if store.created { 0 } else { self.settings.takeover_hold_back_ms };
-            let hold_back = Instant::now() + Duration::from_millis(wait);
-            let groups = offsets.len();
+            let store = Arc::new(store);
+            let now = Instant::now();
+            let groups = loaded.offsets.len().max(loaded.groups.len());
+            let (dirty, dirty_rx) = mpsc::unbounded_channel();
             {
                 let mut st = self.lock();
-                st.groups =
-                    offsets.into_iter().map(|(id, o)| (id.clone(), Group::new(id, o, Some(hold_back)))).collect();
-                st.active = Some(Active { epoch, store: Arc::new(store), hold_back_until: hold_back });
+                let mut offsets = loaded.offsets;
+                // Members of the previous coordinator keep what they held until they rejoin
+                // or their sessions expire: nothing moves because the coordinator changed.
+                for (id, snap) in &loaded.groups {
+                    let o = offsets.remove(id).unwrap_or_default();
+                    st.groups.insert(id.clone(), Group::restore(id.clone(), o, snap, now));
+                }
+                for (id, o) in offsets {
+                    st.groups.insert(id.clone(), Group::new(id, o));
+                }
+                st.active = Some(Active { epoch, store: store.clone(), dirty });
             }
+            tokio::spawn(self.clone().write_snapshots(store, dirty_rx, loaded.groups));
             tracing::info!(epoch, groups, "coordinator active");
             self.serve_role(epoch).await;
             tracing::warn!(epoch, "coordinator role lost; standing by");
@@ -209,7 +221,7 @@ impl Coordinator {
     }
 
     /// Opens the offsets topic and reads it, retrying while this coordinator holds the role.
-    async fn load(&self, client: &sluice_client::Client, epoch: u64) -> Option<(OffsetStore, store::AllOffsets)> {
+    async fn load(&self, client: &sluice_client::Client, epoch: u64) -> Option<(OffsetStore, store::Loaded)> {
         loop {
             if !self.holds(epoch) {
                 return None;
@@ -257,15 +269,19 @@ impl Coordinator {
             let now = Instant::now();
             let mut st = self.lock();
             let mut lazy_counts = counts;
+            let mut changed = Vec::new();
             for g in st.groups.values_mut() {
                 let expired = g.expire(now);
-                let ended = g.hold_back_ended(now);
-                if expired || ended || topics_changed {
+                if expired || topics_changed {
                     let counts = lazy_counts.get_or_insert_with(|| self.partition_counts());
                     g.reconcile(counts, now);
+                    changed.push(g.id.clone());
                 }
             }
             st.groups.retain(|_, g| !g.members.is_empty() || !g.offsets.is_empty());
+            for id in changed {
+                mark(&st, &id);
+            }
         }
     }
 
@@ -276,7 +292,57 @@ impl Coordinator {
         let g = group_entry(&mut st, id);
         let r = f(g);
         g.reconcile(&counts, Instant::now());
+        mark(&st, id);
         r
+    }
+
+    /// Writes the membership of groups marked dirty whenever it differs from what was last
+    /// written (an empty group's snapshot is removed), until the role is lost. Writes go one
+    /// at a time, so the last one written is the newest state.
+    async fn write_snapshots(
+        self: Arc<Self>,
+        store: Arc<OffsetStore>,
+        mut dirty: mpsc::UnboundedReceiver<String>,
+        loaded: HashMap<String, store::GroupSnapshot>,
+    ) {
+        let mut written: HashMap<String, store::GroupSnapshot> = loaded;
+        let mut retry: BTreeSet<String> = BTreeSet::new();
+        loop {
+            let wait = if retry.is_empty() { Duration::from_secs(3600) } else { Duration::from_millis(500) };
+            match tokio::time::timeout(wait, dirty.recv()).await {
+                Ok(None) => return,
+                Ok(Some(id)) => {
+                    retry.insert(id);
+                }
+                Err(_) => {}
+            }
+            while let Ok(id) = dirty.try_recv() {
+                retry.insert(id);
+            }
+            for id in std::mem::take(&mut retry) {
+                let now = self.lock().groups.get(&id).map(|g| g.snapshot()).filter(|s| !s.members.is_empty());
+                if now.as_ref() == written.get(&id) {
+                    continue;
+                }
+                if self.active().is_err() {
+                    return;
+                }
+                match store.write_snapshot(&id, now.as_ref()).await {
+                    Ok(()) => match now {
+                        Some(s) => {
+                            written.insert(id, s);
+                        }
+                        None => {
+                            written.remove(&id);
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(group = %id, error = %e, "group snapshot not written; retrying");
+                        retry.insert(id);
+                    }
+                }
+            }
+        }
     }
 
     /// Subscribed topics of a group's members, for describing it.

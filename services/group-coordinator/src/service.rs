@@ -214,6 +214,7 @@ impl Coordinator {
                 })),
             }));
             g.reconcile(&counts, Instant::now());
+            crate::mark(&st, &group_id);
             id
         };
         tracing::info!(group = %group_id, member = %member_id, "member joined");
@@ -234,6 +235,7 @@ impl Coordinator {
                         {
                             tracing::info!(group = %group_id, member = %member_id, "member stream closed");
                             g.reconcile(&me.partition_counts(), Instant::now());
+                            crate::mark(&st, &group_id);
                         }
                         break;
                     }
@@ -458,6 +460,7 @@ impl Coordinator {
         let mut st = self.lock();
         if st.groups.get(group_id).is_some_and(|g| g.members.is_empty()) {
             st.groups.remove(group_id);
+            crate::mark(&st, group_id);
         }
         Ok(())
     }

@@ -3,10 +3,15 @@
 //! each (group, topic, partition), and read back whole by a coordinator taking over.
 //!
 //! All records of a group go to one partition (murmur2 of the group id), so a group's
-//! commits stay in order. Key and value are small versioned binary encodings:
-//! key `[0][u16 len][group][u16 len][topic][u32 partition]`, value
-//! `[0][i64 offset][i64 commit time ms][u64 generation][u64 coordinator epoch][u16 len][metadata]`;
-//! a tombstone (no value) forgets the offset.
+//! commits stay in order. Two kinds of record, told apart by the key's first byte:
+//! - an offset: key `[0][u16 len][group][u16 len][topic][u32 partition]`, value
+//!   `[0][i64 offset][i64 commit time ms][u64 generation][u64 coordinator epoch][u16 len][metadata]`;
+//! - a group's membership: key `[1][u16 len][group]`, value a JSON [`GroupSnapshot`]
+//!   (members, what each holds, generations), written whenever it changes, so that a
+//!   coordinator taking over knows who holds what and moves nothing until those members
+//!   rejoin or their sessions expire.
+//!
+//! A tombstone (no value) forgets the key.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -34,6 +39,53 @@ pub struct Committed {
 
 /// Every group's committed offsets.
 pub type AllOffsets = HashMap<String, BTreeMap<Tp, Committed>>;
+
+/// A group's membership as last written.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GroupSnapshot {
+    pub generation: u64,
+    pub members: Vec<MemberSnapshot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemberSnapshot {
+    pub id: String,
+    pub instance_id: String,
+    pub client_id: String,
+    pub topics: Vec<String>,
+    pub assignor: String,
+    pub session_timeout_ms: u64,
+    pub rebalance_timeout_ms: u64,
+    /// Held partitions with the generation each was handed at.
+    pub held: Vec<(String, u32, u64)>,
+    /// The last set sent (held minus what it is releasing).
+    pub sent: Vec<(String, u32)>,
+    pub generation: u64,
+}
+
+/// What a coordinator taking over reads.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub offsets: AllOffsets,
+    pub groups: HashMap<String, GroupSnapshot>,
+}
+
+pub fn encode_group_key(group: &str) -> Bytes {
+    let mut b = BytesMut::with_capacity(3 + group.len());
+    b.put_u8(1);
+    b.put_u16(group.len() as u16);
+    b.put_slice(group.as_bytes());
+    b.freeze()
+}
+
+pub fn decode_group_key(mut b: &[u8]) -> Option<String> {
+    if b.first() != Some(&1) {
+        return None;
+    }
+    b.advance(1);
+    let group = take_str(&mut b)?;
+    b.is_empty().then_some(group)
+}
 
 pub fn encode_key(group: &str, tp: &Tp) -> Bytes {
     let mut b = BytesMut::with_capacity(9 + group.len() + tp.0.len());
@@ -110,15 +162,12 @@ pub struct OffsetStore {
     client: Client,
     producer: Producer,
     partitions: u32,
-    /// Whether this coordinator created the topic (so no coordinator was ever active before).
-    pub created: bool,
 }
 
 impl OffsetStore {
     /// Creates the offsets topic when it is missing (`partitions`, replication factor up to
     /// `replication_factor` within the live nodes, compacted).
     pub async fn open(client: Client, partitions: u32, replication_factor: u32) -> Result<Self, SluiceError> {
-        let mut created = false;
         let partitions = match client.describe_topic(OFFSETS_TOPIC).await {
             Ok(d) => d.partitions.len() as u32,
             Err(ClientError::Remote(r)) if r.code == tonic::Code::NotFound => {
@@ -126,10 +175,7 @@ impl OffsetStore {
                 let rf = replication_factor.min(live).max(1);
                 let config = [("cleanup.policy".to_string(), "compact".to_string())].into();
                 match client.create_topic(OFFSETS_TOPIC, partitions, rf, config).await {
-                    Ok(d) => {
-                        created = true;
-                        d.partitions.len() as u32
-                    }
+                    Ok(d) => d.partitions.len() as u32,
                     Err(ClientError::Remote(r)) if r.code == tonic::Code::AlreadyExists => {
                         client.describe_topic(OFFSETS_TOPIC).await.map_err(remote)?.partitions.len() as u32
                     }
@@ -147,24 +193,40 @@ impl OffsetStore {
             ..ProducerConfig::default()
         };
         let producer = Producer::new(client.clone(), cfg);
-        Ok(Self { client, producer, partitions, created })
+        Ok(Self { client, producer, partitions })
     }
 
     fn partition_of(&self, group: &str) -> u32 {
         sluice_core::partitioner::partition_for_key(group.as_bytes(), self.partitions)
     }
 
-    /// Writes a group's changes (a value, or `None` to forget) durably on every in-sync
-    /// replica; returns once all are acknowledged.
+    /// Writes a group's offset changes (a value, or `None` to forget) durably on every
+    /// in-sync replica; returns once all are acknowledged.
     pub async fn write(&self, group: &str, changes: &[(Tp, Option<Committed>)]) -> Result<(), SluiceError> {
+        let records = changes.iter().map(|(tp, c)| (encode_key(group, tp), c.as_ref().map(encode_value)));
+        self.put(group, records).await
+    }
+
+    /// Writes a group's membership (or forgets it with `None`), durably.
+    pub async fn write_snapshot(&self, group: &str, snapshot: Option<&GroupSnapshot>) -> Result<(), SluiceError> {
+        let value = match snapshot {
+            Some(s) => Some(Bytes::from(
+                serde_json::to_vec(s).map_err(|e| SluiceError::Internal(format!("group snapshot: {e}")))?,
+            )),
+            None => None,
+        };
+        self.put(group, std::iter::once((encode_group_key(group), value))).await
+    }
+
+    async fn put(&self, group: &str, records: impl Iterator<Item = (Bytes, Option<Bytes>)>) -> Result<(), SluiceError> {
         let partition = Some(self.partition_of(group));
-        let mut pending = Vec::with_capacity(changes.len());
-        for (tp, c) in changes {
+        let mut pending = Vec::new();
+        for (key, value) in records {
             let record = ProducerRecord {
                 topic: OFFSETS_TOPIC.to_string(),
                 partition,
-                key: Some(encode_key(group, tp)),
-                value: c.as_ref().map(encode_value),
+                key: Some(key),
+                value,
                 ..ProducerRecord::default()
             };
             pending.push(self.producer.send(record).await.map_err(remote)?);
@@ -176,9 +238,10 @@ impl OffsetStore {
     }
 
     /// Reads the whole topic up to its high watermark: the last value of each key wins.
-    pub async fn load(&self) -> Result<AllOffsets, SluiceError> {
+    pub async fn load(&self) -> Result<Loaded, SluiceError> {
         let ends = self.client.list_offsets(OFFSETS_TOPIC, vec![], OffsetSpec::Latest, 0).await.map_err(remote)?;
-        let mut out = AllOffsets::new();
+        let mut loaded = Loaded::default();
+        let out = &mut loaded.offsets;
         let mut wanted: BTreeMap<u32, i64> = BTreeMap::new();
         for e in ends {
             if let Some(err) = e.error {
@@ -189,7 +252,7 @@ impl OffsetStore {
             }
         }
         if wanted.is_empty() {
-            return Ok(out);
+            return Ok(loaded);
         }
         let parts: Vec<u32> = wanted.keys().copied().collect();
         let cfg = ConsumerConfig { retry_timeout: Duration::from_secs(30), ..ConsumerConfig::default() };
@@ -202,6 +265,18 @@ impl OffsetStore {
                 return Err(SluiceError::Timeout("reading the offsets topic took more than 60 s".into()));
             }
             for r in consumer.poll(Duration::from_millis(500)).await.map_err(remote)? {
+                if let Some(group) = r.key.as_deref().and_then(decode_group_key) {
+                    match r.value.as_deref().map(serde_json::from_slice::<GroupSnapshot>) {
+                        Some(Ok(s)) => {
+                            loaded.groups.insert(group, s);
+                        }
+                        Some(Err(e)) => tracing::warn!(%group, error = %e, "skipping an unreadable group snapshot"),
+                        None => {
+                            loaded.groups.remove(&group);
+                        }
+                    }
+                    continue;
+                }
                 let Some((group, tp)) = r.key.as_deref().and_then(decode_key) else {
                     tracing::warn!(partition = r.partition, offset = r.offset, "skipping an unreadable offsets key");
                     continue;
@@ -223,8 +298,8 @@ impl OffsetStore {
                 }
             }
         }
-        out.retain(|_, g| !g.is_empty());
-        Ok(out)
+        loaded.offsets.retain(|_, g| !g.is_empty());
+        Ok(loaded)
     }
 
     pub fn client(&self) -> &Client {
@@ -245,5 +320,9 @@ mod tests {
         assert_eq!(decode_value(&encode_value(&c)), Some(c));
         assert_eq!(decode_key(&k[..k.len() - 1]), None);
         assert_eq!(decode_value(&[1, 2, 3]), None);
+        let g = encode_group_key("g-1");
+        assert_eq!(decode_group_key(&g).as_deref(), Some("g-1"));
+        assert_eq!(decode_key(&g), None, "the two kinds never mix");
+        assert_eq!(decode_group_key(&k), None);
     }
 }
