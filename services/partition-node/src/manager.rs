@@ -195,6 +195,10 @@ async fn lead(
         write_isr(node, t.clone(), p, a, replica.clone(), change);
         return;
     }
+    if let Some(change) = replica.joiner(alive) {
+        write_isr(node, t.clone(), p, a, replica.clone(), change);
+        return;
+    }
     let preferred = a.replicas.first().copied().unwrap_or(node.id);
     if rebalance
         && preferred != node.id

@@ -235,6 +235,26 @@ impl Replica {
         change
     }
 
+    /// A follower out of the in-sync set that has caught up, to add, when no addition is being
+    /// written. Acks propose additions as they come; this catches the ones whose write failed
+    /// (etcd away, a concurrent change) while no new ack arrives because nothing is written.
+    pub fn joiner(&self, alive: impl Fn(u64) -> bool) -> Option<IsrChange> {
+        let hw = self.high_watermark();
+        let mut guard = lock(&self.leader);
+        let l = guard.as_mut()?;
+        if l.adding.is_some() {
+            return None;
+        }
+        let (&follower, _) = l
+            .followers
+            .iter()
+            .find(|(id, f)| !l.isr.contains(id) && alive(**id) && f.end >= hw && f.end >= l.epoch_start)?;
+        l.adding = Some(follower);
+        let mut isr = l.isr.clone();
+        isr.push(follower);
+        Some(IsrChange { epoch: l.epoch, revision: l.revision, isr })
+    }
+
     /// Followers to drop from the in-sync set: behind the log end for longer than `lag`, or no
     /// longer alive (their lease expired: whatever they hold, they cannot acknowledge writes).
     pub fn laggards(&self, lag: Duration, alive: impl Fn(u64) -> bool) -> Option<IsrChange> {
