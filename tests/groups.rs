@@ -288,6 +288,7 @@ async fn members_share_partitions_and_a_newcomer_moves_only_what_it_must() {
     for x in &mut m {
         x.stop().await;
     }
+    assert_commits_never_go_back(&client, &["g-share"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,6 +365,57 @@ async fn a_killed_member_is_replaced_and_at_least_once_misses_nothing() {
     let total: usize = m.iter().map(|x| x.records().len()).sum();
     eprintln!("{} acknowledged, {total} processed ({} re-deliveries)", acked.len(), total - processed.len());
     assert!(assert_commits_never_go_back(&client, &["g-alo"]).await > 0);
+}
+
+/// Members killed with -9 and replaced, again and again, while a producer runs (as an
+/// operator would check it from outside): every acknowledged record is processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_killed_again_and_again_under_load_miss_nothing() {
+    let seed = seed("churn");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (c, _dir) = group_cluster(3, 2).await;
+    let client = client(&c).await;
+    client.create_topic("churn", 6, 3, Default::default()).await.expect("topic");
+    let gw = c.gateway().to_string();
+    let mut live: Vec<CliMember> = (0..3).map(|_| CliMember::spawn(&gw, "churn", "g-churn", &[])).collect();
+    let mut dead: Vec<CliMember> = Vec::new();
+    let secs = fault_secs();
+    let rate = 500;
+    let producer = {
+        let client = client.clone();
+        tokio::spawn(async move { produce(&client, "churn", 0, secs as usize * rate, rate).await })
+    };
+    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let mut kills = 0;
+    while tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1500..3500))).await;
+        let i = rng.random_range(0..live.len());
+        let mut victim = live.swap_remove(i);
+        victim.kill9().await;
+        dead.push(victim);
+        kills += 1;
+        live.push(CliMember::spawn(&gw, "churn", "g-churn", &[]));
+    }
+    let acked = producer.await.expect("producer");
+    wait_caught_up(&client, "g-churn", "churn", Duration::from_secs(60)).await;
+    // The group as described is the group the live consumers report.
+    let d = eventually("a stable group of the live members", Duration::from_secs(20), || async {
+        let d = client.describe_group("g-churn").await.ok()?;
+        let reported: BTreeMap<String, BTreeSet<Tp>> =
+            live.iter().filter_map(|x| Some((x.member_id()?, x.held()))).collect();
+        (d.state == "Stable" && members(&d) == reported).then_some(d)
+    })
+    .await;
+    assert_eq!(d.members.len(), 3);
+    for x in &mut live {
+        x.stop().await;
+    }
+    let processed: BTreeSet<String> =
+        live.iter().chain(dead.iter()).flat_map(|x| x.records().into_iter().map(|r| r.2)).collect();
+    let missed = acked.iter().filter(|v| !processed.contains(*v)).count();
+    eprintln!("{kills} members killed; {} records acknowledged, {missed} never processed", acked.len());
+    assert_eq!(missed, 0);
+    assert!(assert_commits_never_go_back(&client, &["g-churn"]).await > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -536,6 +588,7 @@ async fn a_static_member_restarting_within_its_session_keeps_its_partitions() {
     assert!(since.is_empty(), "the other member saw changes: {since:?}");
     a2.stop().await;
     b.stop().await;
+    assert_commits_never_go_back(&client, &["g-st"]).await;
 }
 
 async fn open_member(

@@ -52,6 +52,11 @@ pub fn seed(test: &str) -> u64 {
     s
 }
 
+/// How long fault loops run: `SLUICE_FAULT_SECS` (scripts/faults.sh), 12 s by default (CI).
+pub fn fault_secs() -> u64 {
+    std::env::var("SLUICE_FAULT_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(12)
+}
+
 /// Polls `f` until it returns Some, failing the test after `limit`.
 pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
 where

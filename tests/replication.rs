@@ -17,7 +17,7 @@ use sluice_proto::v1::partition_node_client::PartitionNodeClient;
 use sluice_proto::v1::{Acks, AppendRequest, PartitionRef, ProduceRequest, ProduceResponse, Record, TopicDescription};
 use sluice_storage::{LogStore, PartitionId, SledStore};
 use sluice_testkit::Cluster;
-use sluice_tests::{by_partition, client, cluster_with, consume_all, eventually, seed, text};
+use sluice_tests::{by_partition, client, cluster_with, consume_all, eventually, fault_secs, seed, text};
 use tokio_stream::wrappers::ReceiverStream;
 
 /// Test timings: 2 s leases (from the shared helper), followers out of sync after 1.5 s,
@@ -31,10 +31,6 @@ const ENV: &[(&str, &str)] = &[
 /// One fault run at a time: four 5-process clusters at once on a 2-core machine would test
 /// the scheduler more than Sluice.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn fault_secs() -> u64 {
-    std::env::var("SLUICE_FAULT_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(12)
-}
 
 fn keyed(key: &str, value: &str) -> Record {
     Record {
