@@ -541,6 +541,28 @@ async fn the_standby_coordinator_takes_over_with_offsets_intact() {
     acked.extend(produce(&client, "fo", 2000, 1000, 2000).await);
     let d = wait_caught_up(&client, "g-fo", "fo", Duration::from_secs(40)).await;
     assert_eq!(d.members.len(), 2, "{d:?}");
+    // The first coordinator comes back as a standby; the active one is stopped cleanly
+    // (SIGTERM): it hands the role over, and the group carries on there unchanged.
+    c.restart("group-coordinator", active).await.expect("restart the coordinator");
+    let standby = c.entry("group-coordinator", active).expect("entry").addr.clone();
+    let second = c
+        .manifest
+        .processes
+        .iter()
+        .find(|e| e.role == "group-coordinator" && e.addr == d.coordinator)
+        .map(|e| e.id)
+        .expect("the active coordinator");
+    assert!(c.signal("group-coordinator", second, "TERM"));
+    let third = eventually("the restarted coordinator to take over", Duration::from_secs(30), || async {
+        let x = client.describe_group("g-fo").await.ok()?;
+        (x.coordinator == standby && x.members.iter().all(|m| m.connected)).then_some(x)
+    })
+    .await;
+    assert!(third.coordinator_epoch > d.coordinator_epoch);
+    assert_eq!(members(&third), members(&d), "partitions moved on a clean hand-over");
+    assert_eq!(committed(&third), committed(&d));
+    acked.extend(produce(&client, "fo", 3000, 500, 2000).await);
+    wait_caught_up(&client, "g-fo", "fo", Duration::from_secs(40)).await;
     let mut seen = BTreeSet::new();
     for r in &running {
         let _ = r.stop.send(true);

@@ -149,4 +149,13 @@ impl MetaStore for EmbeddedMeta {
         })?;
         Ok(epoch)
     }
+
+    async fn resign_coordinator(&self, epoch: u64) -> Result<(), MetaError> {
+        self.update(|v| {
+            if v.coordinator.as_ref().is_some_and(|c| c.epoch == epoch) {
+                v.coordinator = None;
+            }
+            Ok(false)
+        })
+    }
 }

@@ -449,4 +449,14 @@ impl MetaStore for EtcdMeta {
             return Ok(rev as u64);
         }
     }
+
+    async fn resign_coordinator(&self, epoch: u64) -> Result<(), MetaError> {
+        let key = format!("{}/coordinator", self.prefix);
+        // Only the holder's own key, created at its epoch, is removed.
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, epoch as i64)])
+            .and_then([TxnOp::delete(key.as_str(), None)]);
+        self.client.clone().txn(txn).await?;
+        Ok(())
+    }
 }

@@ -98,4 +98,7 @@ pub trait MetaStore: Send + Sync {
     /// and lost when it stops renewing it; [`MetaStore::session_valid`] then turns false and
     /// the view names another coordinator or none.
     async fn campaign_coordinator(&self, addr: &str) -> Result<u64, MetaError>;
+    /// Gives the role up if this process still holds it at `epoch` (a clean shutdown), so a
+    /// standby takes over at once instead of after the lease expires.
+    async fn resign_coordinator(&self, epoch: u64) -> Result<(), MetaError>;
 }

@@ -285,6 +285,14 @@ impl Group {
         }
     }
 
+    /// Ends a member's stream with `why` but keeps the member (and what it holds): used when
+    /// this coordinator stops and a successor will restore the group.
+    pub fn close(&mut self, member: &str, why: SluiceError) {
+        if let Some(c) = self.members.get_mut(member).and_then(|m| m.conn.take()) {
+            c.close(why.into());
+        }
+    }
+
     pub fn touch(&mut self, member: &str, conn: u64, now: Instant) {
         if let Some(m) = self.members.get_mut(member).filter(|m| m.conn.as_ref().is_some_and(|c| c.id == conn)) {
             m.last_seen = now;

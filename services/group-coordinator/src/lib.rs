@@ -245,6 +245,29 @@ impl Coordinator {
         }
     }
 
+    /// Gives the role up on a clean stop, so that a standby takes over at once; members are
+    /// told to rejoin there.
+    pub async fn resign(&self) {
+        let epoch = {
+            let mut st = self.lock();
+            let Some(a) = st.active.take() else { return };
+            let why = || SluiceError::CoordinatorNotAvailable("the coordinator is stopping; rejoin".into());
+            for g in st.groups.values_mut() {
+                let ids: Vec<String> = g.members.keys().cloned().collect();
+                for id in ids {
+                    g.close(&id, why());
+                }
+            }
+            a.epoch
+        };
+        match self.meta.resign_coordinator(epoch).await {
+            Ok(()) => tracing::info!(epoch, "coordinator role given up"),
+            Err(e) => {
+                tracing::warn!(epoch, error = %e, "could not give the coordinator role up; it lapses with the lease")
+            }
+        }
+    }
+
     fn holds(&self, epoch: u64) -> bool {
         self.view.borrow().coordinator.as_ref().is_some_and(|c| c.epoch == epoch && c.addr == self.addr)
     }

@@ -23,6 +23,15 @@ async fn main() -> anyhow::Result<()> {
     let coordinator =
         Coordinator::start(settings.groups.clone(), meta, settings.advertised(), gw_addr.to_string(), shutdown.clone());
     let _gauges = metrics::register(&coordinator, Duration::from_millis(settings.telemetry.metrics_interval_ms));
+    // A clean stop hands the role over at once (a standby takes it without waiting for the
+    // lease to lapse) and tells members to rejoin there.
+    let resigner = {
+        let (c, stop) = (coordinator.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            stop.wait().await;
+            c.resign().await;
+        })
+    };
     let (_health, health) = sluice_runtime::health(&[SERVICE_NAME]).await;
     let router = sluice_runtime::server()
         .add_service(health)
@@ -30,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
         .add_service(GroupsService(coordinator).into_server());
     tracing::info!(%addr, "group-coordinator listening");
     sluice_runtime::serve(router, listener, shutdown).await?;
+    let _ = resigner.await;
     telemetry.shutdown().await;
     Ok(())
 }
