@@ -76,17 +76,15 @@ impl Coordinator {
     }
 
     /// Validates and commits offsets for `member` (or, outside a membership stream, for a
-    /// group without members); answers per partition.
-    async fn commit(&self, member: Option<&str>, req: CommitOffsetsRequest) -> CommitOffsetsResponse {
+    /// group without members); answers per partition, or fails the whole request.
+    async fn commit(
+        &self,
+        member: Option<&str>,
+        req: CommitOffsetsRequest,
+    ) -> Result<CommitOffsetsResponse, SluiceError> {
         let id = req.id;
-        let fail = |e: SluiceError| CommitOffsetsResponse { id, results: vec![], error: Some(e.to_proto()) };
-        if let Err(e) = validate_group_id(&req.group_id) {
-            return fail(e);
-        }
-        let (epoch, store) = match self.active() {
-            Ok(a) => a,
-            Err(e) => return fail(e),
-        };
+        validate_group_id(&req.group_id)?;
+        let (epoch, store) = self.active()?;
         let mut results = Vec::with_capacity(req.offsets.len());
         let mut accepted: Vec<(Tp, Option<Committed>)> = Vec::new();
         let mut slots = Vec::new();
@@ -95,12 +93,12 @@ impl Coordinator {
             let group = st.groups.get(&req.group_id);
             if member.is_none() {
                 if !req.member_id.is_empty() {
-                    return fail(SluiceError::InvalidRequest(
+                    return Err(SluiceError::InvalidRequest(
                         "member commits go on the member's stream; outside one, member_id must be empty".into(),
                     ));
                 }
                 if let Some(g) = group.filter(|g| !g.members.is_empty()) {
-                    return fail(SluiceError::GroupNotEmpty {
+                    return Err(SluiceError::GroupNotEmpty {
                         group: req.group_id.clone(),
                         members: g.members.len(),
                         action: "committing without membership".into(),
@@ -150,7 +148,7 @@ impl Coordinator {
             }
         }
         if accepted.is_empty() {
-            return CommitOffsetsResponse { id, results, error: None };
+            return Ok(CommitOffsetsResponse { id, results, error: None });
         }
         match store.write(&req.group_id, &accepted).await {
             Ok(()) => self.remember(&req.group_id, accepted),
@@ -166,7 +164,7 @@ impl Coordinator {
                 x.commits_in_flight = x.commits_in_flight.saturating_sub(1);
             }
         }
-        CommitOffsetsResponse { id, results, error: None }
+        Ok(CommitOffsetsResponse { id, results, error: None })
     }
 
     /// Applies written changes to the cache.
@@ -250,7 +248,13 @@ impl Coordinator {
                     RequestKind::Ack(a) => me.with_group(&group_id, |g| g.ack(&member_id, a.generation)),
                     RequestKind::Commit(mut c) => {
                         c.group_id = group_id.clone();
-                        let r = me.commit(Some(&member_id), c).await;
+                        let id = c.id;
+                        // On the stream a failed request is an answer, not the stream's end.
+                        let r = me.commit(Some(&member_id), c).await.unwrap_or_else(|e| CommitOffsetsResponse {
+                            id,
+                            results: vec![],
+                            error: Some(e.to_proto()),
+                        });
                         let _ = tx.send(Ok(MemberEvent { kind: Some(EventKind::Commit(r)) }));
                     }
                     RequestKind::Join(_) => {
@@ -491,16 +495,7 @@ impl Groups for GroupsService {
         &self,
         r: Request<CommitOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
-        let resp = self.0.commit(None, r.into_inner()).await;
-        if let Some(e) = &resp.error {
-            let e = sluice_core::RemoteError::from(e);
-            let mut s = Status::new(e.code, e.message);
-            if let Ok(v) = e.sluice_code.to_string().parse() {
-                s.metadata_mut().insert("sluice-code", v);
-            }
-            return Err(s);
-        }
-        Ok(Response::new(resp))
+        Ok(Response::new(self.0.commit(None, r.into_inner()).await?))
     }
 
     async fn fetch_offsets(&self, r: Request<FetchOffsetsRequest>) -> Result<Response<FetchOffsetsResponse>, Status> {
