@@ -165,6 +165,10 @@ async fn dev_mode_serves_stops_on_sigterm_and_keeps_data() {
     assert_eq!(sluice(&addr, &["topic", "create", "keep", "--partitions", "2"], "").await.code, 0);
     let p = sluice(&addr, &["produce", "keep", "--key-separator", ":"], "a:1\nb:2\nc:3\n").await;
     assert_eq!(p.code, 0, "{}", p.stderr);
+    // A consumer group in dev mode: the embedded coordinator commits what was printed.
+    let group = ["consume", "keep", "--group", "g", "--idle-timeout-ms", "1500", "--format", "%k=%s\\n"];
+    let g = sluice(&addr, &group, "").await;
+    assert_eq!((g.code, g.stdout.lines().count()), (0, 3), "{}", g.stderr);
     assert!(sluice_testkit::signal(dev.id().unwrap(), "TERM"));
     let status =
         tokio::time::timeout(Duration::from_secs(15), dev.wait()).await.expect("dev stops on SIGTERM").unwrap();
@@ -175,6 +179,13 @@ async fn dev_mode_serves_stops_on_sigterm_and_keeps_data() {
     let mut got: Vec<&str> = c.stdout.lines().collect();
     got.sort();
     assert_eq!(got, vec!["a=1", "b=2", "c=3"]);
+    // The group's offsets survived the restart: it resumes after what it consumed.
+    let p = sluice(&addr, &["produce", "keep", "--key-separator", ":"], "d:4\n").await;
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    let g = sluice(&addr, &group, "").await;
+    assert_eq!((g.code, g.stdout.trim()), (0, "d=4"), "{}", g.stderr);
+    let d = sluice(&addr, &["group", "describe", "g"], "").await;
+    assert!(d.stdout.lines().filter(|l| l.contains("Lag: 0")).count() == 2, "{}", d.stdout);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
