@@ -26,6 +26,10 @@ use tokio::process::{Child, Command};
 
 type Tp = (String, u32);
 
+/// The runs that start many processes and kill them go one at a time: on a 2-core machine two
+/// of them at once starve each other's clusters.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Group timings short enough for tests.
 const GROUP_ENV: &[(&str, &str)] = &[("SLUICE_GROUPS__MIN_SESSION_TIMEOUT_MS", "500")];
 
@@ -293,6 +297,7 @@ async fn members_share_partitions_and_a_newcomer_moves_only_what_it_must() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_member_is_replaced_and_at_least_once_misses_nothing() {
+    let _heavy = HEAVY.lock().await;
     let seed = seed("at_least_once");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let (c, _dir) = group_cluster(3, 2).await;
@@ -371,6 +376,7 @@ async fn a_killed_member_is_replaced_and_at_least_once_misses_nothing() {
 /// operator would check it from outside): every acknowledged record is processed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_killed_again_and_again_under_load_miss_nothing() {
+    let _heavy = HEAVY.lock().await;
     let seed = seed("churn");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let (c, _dir) = group_cluster(3, 2).await;
@@ -420,6 +426,7 @@ async fn members_killed_again_and_again_under_load_miss_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_most_once_never_processes_a_record_twice() {
+    let _heavy = HEAVY.lock().await;
     let seed = seed("at_most_once");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let (c, _dir) = group_cluster(3, 1).await;
@@ -490,6 +497,7 @@ fn run_member(mut g: GroupConsumer) -> Running {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standby_coordinator_takes_over_with_offsets_intact() {
+    let _heavy = HEAVY.lock().await;
     let (c, _dir) = group_cluster(3, 2).await;
     let client = client(&c).await;
     client.create_topic("fo", 4, 3, Default::default()).await.expect("topic");

@@ -36,8 +36,14 @@ pub async fn cluster_spec(nodes: u32, coordinators: u32, extra_env: &[(&str, &st
         ("RUST_LOG".into(), "info".into()),
     ];
     spec.env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let c = Cluster::start(spec, true).await.unwrap_or_else(|e| panic!("cluster did not start: {e}"));
-    (c, dir)
+    match Cluster::start(spec, true).await {
+        Ok(c) => (c, dir),
+        Err(e) => {
+            // Keep the logs the error points at.
+            let kept = dir.keep();
+            panic!("cluster did not start: {e} (logs kept in {})", kept.display())
+        }
+    }
 }
 
 pub async fn client(c: &Cluster) -> Client {
