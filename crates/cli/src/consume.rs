@@ -208,7 +208,9 @@ pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
                 cut_short = true;
                 break;
             }
-            printed.insert(r.partition, r.offset + 1);
+            if a.group.is_some() {
+                printed.insert(r.partition, r.offset + 1);
+            }
             r.process_span(&a.topic).in_scope(|| render(&a.format, &a.topic, &r, &mut buf));
             count += 1;
         }

@@ -30,8 +30,8 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use crate::consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartFrom};
 use crate::{Client, ClientError};
 
-/// A topic partition.
-pub type TopicPartition = (String, u32);
+pub use sluice_core::topic::TopicPartition;
+use sluice_core::topic::{flatten_topics, group_by_topic};
 
 /// When offsets are committed relative to processing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -150,18 +150,6 @@ impl Drop for GroupConsumer {
         // Closing the stream is how a member leaves.
         self.task.abort();
     }
-}
-
-fn tps(list: &[TopicPartitions]) -> BTreeSet<TopicPartition> {
-    list.iter().flat_map(|t| t.partitions.iter().map(|p| (t.topic.clone(), *p))).collect()
-}
-
-fn by_topic<'a>(set: impl IntoIterator<Item = &'a TopicPartition>) -> Vec<TopicPartitions> {
-    let mut m: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-    for (t, p) in set {
-        m.entry(t).or_default().push(*p);
-    }
-    m.into_iter().map(|(t, partitions)| TopicPartitions { topic: t.to_string(), partitions }).collect()
 }
 
 impl GroupConsumer {
@@ -358,7 +346,7 @@ impl GroupConsumer {
     }
 
     async fn apply(&mut self, a: Assignment) -> Result<(), ClientError> {
-        let next = tps(&a.partitions);
+        let next: BTreeSet<TopicPartition> = flatten_topics(&a.partitions);
         let revoked: Vec<TopicPartition> = self.assigned.difference(&next).cloned().collect();
         let added: Vec<TopicPartition> = next.difference(&self.assigned).cloned().collect();
         let mut positions = self.positions();
@@ -541,7 +529,7 @@ async fn membership(
     let mut backoff = Duration::from_millis(100);
     let mut next_id = 1u64;
     loop {
-        join.owned = by_topic(owned.lock().unwrap_or_else(|p| p.into_inner()).iter());
+        join.owned = group_by_topic(owned.lock().unwrap_or_else(|p| p.into_inner()).iter());
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(MemberRequest { kind: Some(RequestKind::Join(join.clone())) });
         let failure = match client.groups().membership(UnboundedReceiverStream::new(rx)).await {

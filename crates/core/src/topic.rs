@@ -11,6 +11,25 @@ pub const MAX_TOPIC_NAME_LEN: usize = 249;
 /// coordinator).
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
+/// A topic partition, as consumer groups name it.
+pub type TopicPartition = (String, u32);
+
+/// Topic partitions grouped by topic, as `TopicPartitions` messages carry them.
+pub fn group_by_topic<'a>(tps: impl IntoIterator<Item = &'a TopicPartition>) -> Vec<sluice_proto::v1::TopicPartitions> {
+    let mut m: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for (t, p) in tps {
+        m.entry(t).or_default().push(*p);
+    }
+    m.into_iter()
+        .map(|(t, partitions)| sluice_proto::v1::TopicPartitions { topic: t.to_string(), partitions })
+        .collect()
+}
+
+/// The topic partitions listed in `TopicPartitions` messages.
+pub fn flatten_topics<C: FromIterator<TopicPartition>>(list: &[sluice_proto::v1::TopicPartitions]) -> C {
+    list.iter().flat_map(|t| t.partitions.iter().map(|p| (t.topic.clone(), *p))).collect()
+}
+
 /// Checks a topic name: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
 pub fn validate_topic_name(name: &str) -> Result<(), SluiceError> {
     let bad = |reason: &str| {

@@ -24,11 +24,10 @@ pub trait NodeApi: Send + Sync {
     async fn partition_offsets(&self, req: PartitionOffsetsRequest) -> Result<PartitionOffsetsResponse, Status>;
 }
 
-/// A lazily connected client for the partition node at `addr` (host:port), tuned for large
-/// batches on long-lived streams; shared by gateways and by followers dialling leaders.
-pub fn dial_node(
-    addr: &str,
-) -> Result<sluice_proto::v1::partition_node_client::PartitionNodeClient<tonic::transport::Channel>, String> {
+/// A lazily connected channel to another Sluice service at `addr` (host:port), tuned for
+/// large batches on long-lived streams, with keep-alives that notice a dead peer within
+/// seconds; used for partition nodes and group coordinators.
+pub fn service_channel(addr: &str) -> Result<tonic::transport::Channel, String> {
     use std::time::Duration;
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| e.to_string())?
@@ -38,7 +37,15 @@ pub fn dial_node(
         .keep_alive_timeout(Duration::from_secs(5))
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20));
-    Ok(sluice_proto::v1::partition_node_client::PartitionNodeClient::new(endpoint.connect_lazy())
+    Ok(endpoint.connect_lazy())
+}
+
+/// A lazily connected client for the partition node at `addr` (host:port); shared by gateways
+/// and by followers dialling leaders.
+pub fn dial_node(
+    addr: &str,
+) -> Result<sluice_proto::v1::partition_node_client::PartitionNodeClient<tonic::transport::Channel>, String> {
+    Ok(sluice_proto::v1::partition_node_client::PartitionNodeClient::new(service_channel(addr)?)
         .max_decoding_message_size(80 << 20)
         .max_encoding_message_size(80 << 20))
 }

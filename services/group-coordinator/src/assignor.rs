@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A topic partition.
-pub type Tp = (String, u32);
+pub use sluice_core::topic::TopicPartition as Tp;
 
 /// One member, as an assignor sees it.
 pub struct MemberSpec<'a> {

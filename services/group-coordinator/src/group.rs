@@ -17,10 +17,12 @@ use std::time::Duration;
 
 use sluice_core::SluiceError;
 use sluice_proto::v1::member_event::Kind as EventKind;
-use sluice_proto::v1::{Assignment, CommittedOffset, MemberEvent, TopicPartitions};
+use sluice_proto::v1::{Assignment, CommittedOffset, MemberEvent};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tonic::Status;
+
+use sluice_core::topic::group_by_topic;
 
 use crate::assignor::{Assignor, MemberSpec, Tp};
 use crate::store::{Committed, GroupSnapshot, MemberSnapshot};
@@ -393,7 +395,7 @@ impl Group {
                     })
                 })
                 .collect();
-            conn.send(EventKind::Assignment(Assignment { generation, partitions: by_topic(&next), offsets }));
+            conn.send(EventKind::Assignment(Assignment { generation, partitions: group_by_topic(&next), offsets }));
             m.sent = next.clone();
             m.generation = generation;
             m.unacked.insert(generation, next);
@@ -428,15 +430,6 @@ impl Group {
             Some(_) => Ok(()),
         }
     }
-}
-
-/// A set of partitions grouped by topic, as sent on the wire.
-pub fn by_topic<'a>(tps: impl IntoIterator<Item = &'a Tp>) -> Vec<TopicPartitions> {
-    let mut m: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-    for tp in tps {
-        m.entry(tp.0.as_str()).or_default().push(tp.1);
-    }
-    m.into_iter().map(|(t, partitions)| TopicPartitions { topic: t.to_string(), partitions }).collect()
 }
 
 /// The status sent to a stream taken over by a newer one of the same member.

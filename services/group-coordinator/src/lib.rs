@@ -70,6 +70,19 @@ struct State {
     groups: BTreeMap<String, Group>,
 }
 
+impl State {
+    /// Ends every member's stream with a retriable error (members rejoin, at the successor);
+    /// the members themselves stay, as the successor restores them.
+    fn close_streams(&mut self, why: &str) {
+        for g in self.groups.values_mut() {
+            let ids: Vec<String> = g.members.keys().cloned().collect();
+            for id in ids {
+                g.close(&id, SluiceError::CoordinatorNotAvailable(why.to_string()));
+            }
+        }
+    }
+}
+
 /// A group, created when missing.
 fn group_entry<'a>(st: &'a mut State, id: &str) -> &'a mut Group {
     st.groups.entry(id.to_string()).or_insert_with(|| Group::new(id.to_string(), BTreeMap::new()))
@@ -209,13 +222,7 @@ impl Coordinator {
             tracing::warn!(epoch, "coordinator role lost; standing by");
             let mut st = self.lock();
             st.active = None;
-            let why = || SluiceError::CoordinatorNotAvailable("the coordinator changed; rejoin".into());
-            for g in st.groups.values_mut() {
-                let ids: Vec<String> = g.members.keys().cloned().collect();
-                for id in ids {
-                    g.remove(&id, why());
-                }
-            }
+            st.close_streams("the coordinator changed; rejoin");
             st.groups.clear();
         }
     }
@@ -251,13 +258,7 @@ impl Coordinator {
         let epoch = {
             let mut st = self.lock();
             let Some(a) = st.active.take() else { return };
-            let why = || SluiceError::CoordinatorNotAvailable("the coordinator is stopping; rejoin".into());
-            for g in st.groups.values_mut() {
-                let ids: Vec<String> = g.members.keys().cloned().collect();
-                for id in ids {
-                    g.close(&id, why());
-                }
-            }
+            st.close_streams("the coordinator is stopping; rejoin");
             a.epoch
         };
         match self.meta.resign_coordinator(epoch).await {
@@ -286,17 +287,16 @@ impl Coordinator {
                 return;
             }
             let rev = self.view.borrow().revision;
-            let topics_changed = rev != seen;
+            let view_changed = rev != seen;
             seen = rev;
-            let counts = if topics_changed { Some(self.partition_counts()) } else { None };
             let now = Instant::now();
             let mut st = self.lock();
-            let mut lazy_counts = counts;
+            let mut counts = None;
             let mut changed = Vec::new();
             for g in st.groups.values_mut() {
                 let expired = g.expire(now);
-                if expired || topics_changed {
-                    let counts = lazy_counts.get_or_insert_with(|| self.partition_counts());
+                if expired || view_changed {
+                    let counts = counts.get_or_insert_with(|| self.partition_counts());
                     g.reconcile(counts, now);
                     changed.push(g.id.clone());
                 }

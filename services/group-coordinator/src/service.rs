@@ -17,7 +17,9 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::assignor::{Assignor, Tp};
-use crate::group::{Conn, JoinSpec, by_topic};
+use sluice_core::topic::{flatten_topics, group_by_topic};
+
+use crate::group::{Conn, JoinSpec};
 use crate::store::{Committed, MAX_METADATA};
 use crate::{Coordinator, validate_group_id};
 
@@ -62,7 +64,7 @@ impl Coordinator {
         }
         let rebalance =
             if j.rebalance_timeout_ms == 0 { s.rebalance_timeout_ms } else { j.rebalance_timeout_ms as u64 };
-        let owned = j.owned.iter().flat_map(|t| t.partitions.iter().map(|p| (t.topic.clone(), *p))).collect();
+        let owned = flatten_topics(&j.owned);
         Ok(JoinSpec {
             member_id: j.member_id,
             instance_id: j.instance_id,
@@ -189,32 +191,26 @@ impl Coordinator {
         join: JoinGroup,
         mut input: Streaming<MemberRequest>,
     ) -> Result<EventStream, SluiceError> {
-        let spec = self.join_spec(join.clone())?;
+        let group_id = join.group_id.clone();
+        let spec = self.join_spec(join)?;
         self.active()?;
-        let group_id = join.group_id;
         let (tx, rx) = mpsc::unbounded_channel();
         let kick = Arc::new(Notify::new());
         let conn_id = self.conn_id();
         let conn = Conn { id: conn_id, tx: tx.clone(), kick: kick.clone() };
-        let session = spec.session_timeout;
-        let assignor_asked = spec.assignor;
-        let counts = self.partition_counts();
-        let member_id = {
-            let mut st = self.lock();
-            let g = crate::group_entry(&mut st, &group_id);
-            let id = g.join(spec, conn, Instant::now())?;
-            let _ = tx.send(Ok(MemberEvent {
-                kind: Some(EventKind::Joined(Joined {
-                    member_id: id.clone(),
-                    heartbeat_interval_ms: (session.as_millis() / 3).max(100) as u32,
-                    session_timeout_ms: session.as_millis() as u32,
-                    assignor: assignor_asked.name().to_string(),
-                })),
-            }));
-            g.reconcile(&counts, Instant::now());
-            crate::mark(&st, &group_id);
-            id
+        let joined = Joined {
+            member_id: String::new(),
+            heartbeat_interval_ms: (spec.session_timeout.as_millis() / 3).max(100) as u32,
+            session_timeout_ms: spec.session_timeout.as_millis() as u32,
+            assignor: spec.assignor.name().to_string(),
         };
+        let member_id = self.with_group(&group_id, |g| {
+            let id = g.join(spec, conn, Instant::now())?;
+            // Joined goes out before the first assignment, which the reconcile sends.
+            let _ =
+                tx.send(Ok(MemberEvent { kind: Some(EventKind::Joined(Joined { member_id: id.clone(), ..joined })) }));
+            Ok::<_, SluiceError>(id)
+        })?;
         tracing::info!(group = %group_id, member = %member_id, "member joined");
         let me = self.clone();
         tokio::spawn(async move {
@@ -227,13 +223,8 @@ impl Coordinator {
                     Ok(Some(MemberRequest { kind: Some(k) })) => k,
                     Ok(Some(MemberRequest { kind: None })) => continue,
                     Ok(None) | Err(_) => {
-                        let mut st = me.lock();
-                        if let Some(g) = st.groups.get_mut(&group_id)
-                            && g.disconnected(&member_id, conn_id)
-                        {
+                        if me.with_group(&group_id, |g| g.disconnected(&member_id, conn_id)) {
                             tracing::info!(group = %group_id, member = %member_id, "member stream closed");
-                            g.reconcile(&me.partition_counts(), Instant::now());
-                            crate::mark(&st, &group_id);
                         }
                         break;
                     }
@@ -289,8 +280,8 @@ impl Coordinator {
                     instance_id: m.instance_id.clone(),
                     client_id: m.client_id.clone(),
                     topics: m.topics.iter().cloned().collect(),
-                    assigned: by_topic(m.held.keys()),
-                    revoking: by_topic(m.revoking()),
+                    assigned: group_by_topic(m.held.keys()),
+                    revoking: group_by_topic(m.revoking()),
                     generation: m.generation,
                     connected: m.conn.is_some(),
                 }

@@ -44,13 +44,8 @@ impl GroupsProxy {
             tracing::trace!(%addr, "reusing coordinator channel");
             return Ok(GroupsClient::new(ch.clone()));
         }
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.addr))
-            .map_err(|e| Status::internal(format!("bad coordinator address '{}': {e}", c.addr)))?
-            .connect_timeout(std::time::Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(std::time::Duration::from_secs(5))
-            .keep_alive_timeout(std::time::Duration::from_secs(5))
-            .connect_lazy();
+        let ch = sluice_runtime::node_api::service_channel(&c.addr)
+            .map_err(|e| Status::internal(format!("bad coordinator address '{}': {e}", c.addr)))?;
         *cached = Some((c.addr.clone(), ch.clone()));
         Ok(GroupsClient::new(ch))
     }
