@@ -187,9 +187,20 @@ pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
             },
             None => Duration::from_secs(1),
         };
-        let records = tokio::select! {
-            r = consumer.poll(wait) => r?,
+        let polled = tokio::select! {
+            r = consumer.poll(wait) => r,
             _ = shutdown.wait() => break,
+        };
+        let records = match polled {
+            Ok(records) => records,
+            // A consumer rides through what may pass (a coordinator or leader changing, a
+            // commit that could not be written yet) as Kafka's does; the rest ends the run.
+            Err(e) if e.is_retriable() => {
+                eprintln!("warning: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
         };
         if let (Source::Group(g), Some(group)) = (&consumer, &a.group)
             && g.member_id() != member

@@ -142,6 +142,8 @@ pub struct GroupConsumer {
     listener: Option<Box<dyn RebalanceListener>>,
     last_commit: Instant,
     committed: BTreeMap<TopicPartition, i64>,
+    /// At-most-once: offsets whose commit may or may not have been written.
+    unsure: BTreeMap<TopicPartition, i64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -208,6 +210,7 @@ impl GroupConsumer {
             listener: None,
             last_commit: Instant::now(),
             committed: BTreeMap::new(),
+            unsure: BTreeMap::new(),
             task,
         })
     }
@@ -293,25 +296,63 @@ impl GroupConsumer {
         Ok(out)
     }
 
-    /// At-most-once: the position after `records` is committed before they are returned;
-    /// records of partitions whose commit failed are dropped (never delivered twice).
+    /// At-most-once: the position after `records` is committed before they are returned.
+    ///
+    /// When a commit fails, the records of those partitions are not returned and the
+    /// partitions' positions go back to the first of them: they were not processed, so
+    /// reading them again (and committing first, again) delivers nothing twice, and a
+    /// transient failure neither loses them nor leaves the committed offset behind for good.
+    /// A commit whose outcome is unknown (no answer, whole request failed) may still have
+    /// landed, so later commits of that partition never go below it.
     async fn commit_before_handing_out(
         &mut self,
         mut records: Vec<ConsumerRecord>,
     ) -> Result<Vec<ConsumerRecord>, ClientError> {
-        // Keyed by the shared topic name: no allocation per record.
-        let mut upto: BTreeMap<(Arc<str>, u32), i64> = BTreeMap::new();
+        // (first offset, next offset) per partition, keyed by the shared topic name: no
+        // allocation per record.
+        let mut spans: BTreeMap<(Arc<str>, u32), (i64, i64)> = BTreeMap::new();
         for r in &records {
-            let e = upto.entry((r.topic.clone(), r.partition)).or_insert(0);
-            *e = (*e).max(r.offset + 1);
+            let e = spans.entry((r.topic.clone(), r.partition)).or_insert((r.offset, r.offset + 1));
+            e.0 = e.0.min(r.offset);
+            e.1 = e.1.max(r.offset + 1);
         }
-        let upto: BTreeMap<TopicPartition, i64> = upto.into_iter().map(|((t, p), o)| ((t.to_string(), p), o)).collect();
-        let failed = self.commit_offsets(&upto).await?;
+        let upto: BTreeMap<TopicPartition, i64> = spans
+            .iter()
+            .map(|((t, p), (_, next))| {
+                let tp = (t.to_string(), *p);
+                let at = self.unsure.get(&tp).map_or(*next, |u| (*u).max(*next));
+                (tp, at)
+            })
+            .collect();
+        let failed = match self.commit_offsets(&upto).await {
+            Ok(failed) => failed,
+            Err(e) => {
+                self.unsure.extend(upto);
+                self.rewind(&spans, |_| true);
+                return Err(e);
+            }
+        };
+        for tp in upto.keys().filter(|tp| !failed.contains(tp)) {
+            self.unsure.remove(tp);
+        }
         if !failed.is_empty() {
-            tracing::warn!(partitions = ?failed, "commit refused; dropping those records (at-most-once)");
-            records.retain(|r| !failed.iter().any(|(t, p)| **t == *r.topic && *p == r.partition));
+            tracing::warn!(partitions = ?failed, "commit refused; those records are not delivered (at-most-once)");
+            let refused = |t: &str, p: u32| failed.iter().any(|(ft, fp)| ft == t && *fp == p);
+            self.rewind(&spans, |(t, p)| refused(t, *p));
+            records.retain(|r| !refused(&r.topic, r.partition));
         }
         Ok(records)
+    }
+
+    /// Moves still-held partitions back to the first offset of their span in `spans`.
+    fn rewind(&mut self, spans: &BTreeMap<(Arc<str>, u32), (i64, i64)>, which: impl Fn(&(Arc<str>, u32)) -> bool) {
+        for (key, (first, _)) in spans.iter().filter(|(k, _)| which(k)) {
+            let (t, p) = (&*key.0, key.1);
+            if self.assigned.contains(&(t.to_string(), p)) {
+                // Cannot fail: the partition is held, so its reader exists.
+                let _ = self.seek(t, p, *first);
+            }
+        }
     }
 
     async fn handle_events(&mut self) -> Result<(), ClientError> {
@@ -334,6 +375,7 @@ impl GroupConsumer {
                 let lost: Vec<TopicPartition> = std::mem::take(&mut self.assigned).into_iter().collect();
                 tracing::warn!(error = %e, partitions = lost.len(), "removed from the group; partitions lost");
                 self.readers.clear();
+                self.unsure.clear();
                 self.owned.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 self.generation = 0;
                 if let Some(l) = self.listener.as_mut() {
@@ -363,6 +405,8 @@ impl GroupConsumer {
             }
             for tp in &revoked {
                 positions.remove(tp);
+                // Its next owner starts from what was really committed.
+                self.unsure.remove(tp);
             }
         }
         if !added.is_empty() {
