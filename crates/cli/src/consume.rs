@@ -239,7 +239,8 @@ pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
                 let printed = printed.into_iter().map(|(p, o)| ((a.topic.clone(), p), o)).collect();
                 let refused = g.commit_offsets(&printed).await?;
                 if !refused.is_empty() {
-                    eprintln!("warning: commits refused for reassigned partitions: {}", list(&refused));
+                    let tps: Vec<TopicPartition> = refused.iter().map(|(tp, _)| tp.clone()).collect();
+                    eprintln!("warning: commits failed for {}: {}", list(&tps), refused[0].1.message);
                 }
             } else {
                 g.commit_sync().await?;

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sluice_core::RemoteError;
 use sluice_core::error::codes;
 use sluice_proto::v1::member_event::Kind as EventKind;
 use sluice_proto::v1::member_request::Kind as RequestKind;
@@ -332,12 +333,24 @@ impl GroupConsumer {
                 return Err(e);
             }
         };
-        for tp in upto.keys().filter(|tp| !failed.contains(tp)) {
-            self.unsure.remove(tp);
+        for (tp, at) in upto {
+            match failed.iter().find(|(f, _)| *f == tp) {
+                None => {
+                    self.unsure.remove(&tp);
+                }
+                // A write that failed on the way (not a refusal) may have landed.
+                Some((_, e)) if e.retriable => {
+                    self.unsure.insert(tp, at);
+                }
+                Some(_) => {}
+            }
         }
         if !failed.is_empty() {
-            tracing::warn!(partitions = ?failed, "commit refused; those records are not delivered (at-most-once)");
-            let refused = |t: &str, p: u32| failed.iter().any(|(ft, fp)| ft == t && *fp == p);
+            tracing::warn!(
+                partitions = failed.len(),
+                "commit failed; those records are not delivered yet (at-most-once)"
+            );
+            let refused = |t: &str, p: u32| failed.iter().any(|((ft, fp), _)| ft == t && *fp == p);
             self.rewind(&spans, |(t, p)| refused(t, *p));
             records.retain(|r| !refused(&r.topic, r.partition));
         }
@@ -482,11 +495,12 @@ impl GroupConsumer {
     }
 
     /// Commits `offsets` (the next offset to read, per partition) and waits; returns the
-    /// partitions the coordinator refused (reassigned meanwhile).
+    /// partitions whose commit failed, each with why: refused (reassigned meanwhile, not
+    /// retriable) or not written (retriable; it may have landed all the same).
     pub async fn commit_offsets(
         &mut self,
         offsets: &BTreeMap<TopicPartition, i64>,
-    ) -> Result<Vec<TopicPartition>, ClientError> {
+    ) -> Result<Vec<(TopicPartition, RemoteError)>, ClientError> {
         if offsets.is_empty() {
             return Ok(Vec::new());
         }
@@ -499,7 +513,7 @@ impl GroupConsumer {
             .map_err(|_| ClientError::Exhausted { elapsed: self.cfg.commit_timeout, last: "commit unanswered".into() })?
             .map_err(|_| ClientError::Disconnected("the membership stream broke during the commit".into()))??;
         if let Some(e) = resp.error {
-            return Err(sluice_core::RemoteError::from(&e).into());
+            return Err(RemoteError::from(&e).into());
         }
         let mut refused = Vec::new();
         for r in resp.results {
@@ -511,8 +525,8 @@ impl GroupConsumer {
                     }
                 }
                 Some(e) => {
-                    tracing::warn!(topic = %tp.0, partition = tp.1, error = %e.message, "commit refused");
-                    refused.push(tp);
+                    tracing::warn!(topic = %tp.0, partition = tp.1, error = %e.message, "commit failed");
+                    refused.push((tp, RemoteError::from(&e)));
                 }
             }
         }
@@ -523,16 +537,13 @@ impl GroupConsumer {
     /// Commits the positions of every held partition (what earlier polls returned) and waits.
     pub async fn commit_sync(&mut self) -> Result<(), ClientError> {
         let offsets = self.uncommitted();
-        let refused = self.commit_offsets(&offsets).await?;
-        if let Some((t, p)) = refused.first() {
-            return Err(ClientError::Remote(sluice_core::RemoteError {
-                code: tonic::Code::FailedPrecondition,
-                message: format!("the commit for partition {p} of '{t}' was refused: it was reassigned"),
-                retriable: false,
-                sluice_code: codes::STALE_GENERATION,
-            }));
+        match self.commit_offsets(&offsets).await?.into_iter().next() {
+            Some(((t, p), e)) => Err(ClientError::Remote(RemoteError {
+                message: format!("the commit for partition {p} of '{t}' failed: {}", e.message),
+                ..e
+            })),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Sends a commit of the current positions without waiting for the answer.
