@@ -37,6 +37,16 @@ async fn group_cluster(nodes: u32, coordinators: u32) -> (Cluster, tempfile::Tem
     cluster_spec(nodes, coordinators, GROUP_ENV).await
 }
 
+/// The test cluster's id of the coordinator that answered `d`.
+fn coordinator_id(c: &Cluster, d: &DescribeGroupResponse) -> u64 {
+    c.manifest
+        .processes
+        .iter()
+        .find(|e| e.role == "group-coordinator" && e.addr == d.coordinator)
+        .map(|e| e.id)
+        .expect("the active coordinator is one of this cluster's")
+}
+
 /// A `sluice consume --group` process, its output collected line by line.
 struct CliMember {
     child: Child,
@@ -538,13 +548,7 @@ async fn the_standby_coordinator_takes_over_with_offsets_intact() {
     let committed = |d: &DescribeGroupResponse| -> BTreeMap<u32, i64> {
         d.partitions.iter().map(|p| (p.partition, p.committed)).collect()
     };
-    let active = c
-        .manifest
-        .processes
-        .iter()
-        .find(|e| e.role == "group-coordinator" && e.addr == before.coordinator)
-        .map(|e| e.id)
-        .expect("the active coordinator is one of ours");
+    let active = coordinator_id(&c, &before);
     let mut c = c;
     c.kill("group-coordinator", active);
     let after = eventually("the standby to take over", Duration::from_secs(30), || async {
@@ -573,13 +577,7 @@ async fn the_standby_coordinator_takes_over_with_offsets_intact() {
     // (SIGTERM): it hands the role over, and the group carries on there unchanged.
     c.restart("group-coordinator", active).await.expect("restart the coordinator");
     let standby = c.entry("group-coordinator", active).expect("entry").addr.clone();
-    let second = c
-        .manifest
-        .processes
-        .iter()
-        .find(|e| e.role == "group-coordinator" && e.addr == d.coordinator)
-        .map(|e| e.id)
-        .expect("the active coordinator");
+    let second = coordinator_id(&c, &d);
     assert!(c.signal("group-coordinator", second, "TERM"));
     let third = eventually("the restarted coordinator to take over", Duration::from_secs(30), || async {
         let x = client.describe_group("g-fo").await.ok()?;
@@ -634,13 +632,7 @@ async fn at_most_once_rides_through_a_coordinator_failover_without_loss() {
     // Commits go out with every poll while records flow: the kill cuts some off.
     tokio::time::sleep(Duration::from_millis(rng.random_range(800..2000))).await;
     let before = client.describe_group("g-amof").await.expect("describe");
-    let active = c
-        .manifest
-        .processes
-        .iter()
-        .find(|e| e.role == "group-coordinator" && e.addr == before.coordinator)
-        .map(|e| e.id)
-        .expect("the active coordinator is one of ours");
+    let active = coordinator_id(&c, &before);
     c.kill("group-coordinator", active);
     let acked = producer.await.expect("producer");
     wait_caught_up(&client, "g-amof", "amof", Duration::from_secs(60)).await;
