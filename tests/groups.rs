@@ -652,6 +652,76 @@ async fn at_most_once_rides_through_a_coordinator_failover_without_loss() {
     assert!(assert_commits_never_go_back(&client, &["g-amof"]).await > 0);
 }
 
+/// The gateway the members go through is killed with -9 and restarted, then stopped cleanly
+/// and started again: each time the coordinator sees their streams break (not end), keeps
+/// them for their session timeout, and they re-attach under their ids to what they held. No
+/// rebalance, nothing revoked, nothing missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_restart_moves_no_partition() {
+    let _heavy = HEAVY.lock().await;
+    let (mut c, _dir) = group_cluster(1, 1).await;
+    let client = client(&c).await;
+    client.create_topic("gwr", 4, 1, Default::default()).await.expect("topic");
+    let gw = c.gateway().to_string();
+    let session = ["--session-timeout-ms", "10000"];
+    let mut m: Vec<CliMember> = (0..2).map(|_| CliMember::spawn(&gw, "gwr", "g-gwr", &session)).collect();
+    let before = eventually("two members holding the 4 partitions", Duration::from_secs(30), || async {
+        let d = client.describe_group("g-gwr").await.ok()?;
+        let held: usize = members(&d).values().map(|s| s.len()).sum();
+        (d.state == "Stable" && d.members.len() == 2 && held == 4).then_some(d)
+    })
+    .await;
+    let mut acked = produce(&client, "gwr", 0, 1000, 2000).await;
+    wait_cli_caught_up(&client, "g-gwr", "gwr", Duration::from_secs(30), &m).await;
+    let reported: Vec<usize> = m.iter().map(|x| x.err.lock().unwrap().len()).collect();
+    c.restart("gateway", 1).await.expect("restart the gateway");
+    let after = within(Duration::from_secs(20), || async {
+        let d = client.describe_group("g-gwr").await.ok()?;
+        (d.members.len() == 2 && d.members.iter().all(|m| m.connected)).then_some(d)
+    })
+    .await;
+    let Some(after) = after else {
+        eprintln!("group now: {:#?}", client.describe_group("g-gwr").await);
+        for x in &m {
+            eprintln!("--- member stderr:\n{}", x.stderr());
+        }
+        panic!("the members did not re-attach within 20 s of the gateway's restart");
+    };
+    assert_eq!(members(&after), members(&before), "partitions moved across a gateway restart");
+    assert_eq!(after.generation, before.generation, "a gateway restart caused a rebalance");
+    acked.extend(produce(&client, "gwr", 1000, 1000, 2000).await);
+    wait_cli_caught_up(&client, "g-gwr", "gwr", Duration::from_secs(30), &m).await;
+    // A clean stop resets the members' streams on purpose: the same outcome.
+    let stopped = tokio::time::Instant::now();
+    assert!(c.stop("gateway", 1, Duration::from_secs(15)).await, "the gateway did not stop on SIGTERM");
+    eprintln!("gateway stopped cleanly in {:?}", stopped.elapsed());
+    c.restart("gateway", 1).await.expect("start the gateway again");
+    let again = within(Duration::from_secs(20), || async {
+        let d = client.describe_group("g-gwr").await.ok()?;
+        (d.members.len() == 2 && d.members.iter().all(|m| m.connected)).then_some(d)
+    })
+    .await
+    .expect("the members to re-attach after a clean gateway stop");
+    assert_eq!(members(&again), members(&before), "partitions moved across a clean gateway stop");
+    assert_eq!(again.generation, before.generation, "a clean gateway stop caused a rebalance");
+    acked.extend(produce(&client, "gwr", 2000, 1000, 2000).await);
+    wait_cli_caught_up(&client, "g-gwr", "gwr", Duration::from_secs(30), &m).await;
+    // (Checked before stopping them: the first to leave hands its partitions to the other.)
+    for (x, from) in m.iter().zip(reported) {
+        let since: Vec<String> = x.err.lock().unwrap()[from..].to_vec();
+        assert!(
+            !since.iter().any(|l| ["assigned: ", "revoked: ", "lost: "].iter().any(|k| l.starts_with(k))),
+            "a member's partitions changed after the restart: {since:?}"
+        );
+    }
+    for x in &mut m {
+        x.stop().await;
+    }
+    let processed: BTreeSet<String> = m.iter().flat_map(|x| x.records().into_iter().map(|r| r.2)).collect();
+    let missed = acked.iter().filter(|v| !processed.contains(*v)).count();
+    assert_eq!(missed, 0, "{missed} of {} acknowledged records never processed", acked.len());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_static_member_restarting_within_its_session_keeps_its_partitions() {
     let (c, _dir) = group_cluster(1, 1).await;

@@ -667,19 +667,16 @@ async fn membership(
                 failure
             }
         };
-        let (code, transport) = match &failure {
-            // A stream cut by the transport (a gateway restarting) carries no Sluice code.
-            ClientError::Remote(r) => {
-                (r.sluice_code, r.sluice_code == 0 && matches!(r.code, tonic::Code::Unknown | tonic::Code::Cancelled))
-            }
-            _ => (0, false),
+        let code = match &failure {
+            ClientError::Remote(r) => r.sluice_code,
+            _ => 0,
         };
         if code == codes::UNKNOWN_MEMBER {
             // Removed from the group: start over as a new member, holding nothing.
             join.member_id.clear();
             owned.lock().unwrap_or_else(|p| p.into_inner()).clear();
             let _ = events.send(FromTask::Lost(failure));
-        } else if !failure.is_retriable() && !transport {
+        } else if !failure.is_retriable() {
             let _ = events.send(FromTask::Fatal(failure));
             return;
         } else {

@@ -209,8 +209,11 @@ impl From<tonic::Status> for RemoteError {
     fn from(s: tonic::Status) -> Self {
         let sluice_code =
             s.metadata().get("sluice-code").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
-        let retriable =
-            matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::ResourceExhausted);
+        // Statuses Sluice sends carry a sluice-code; one without it, Unknown or Cancelled, is
+        // the transport's: a connection that broke mid-call (a gateway restarting).
+        let broken = sluice_code == 0 && matches!(s.code(), Code::Unknown | Code::Cancelled);
+        let retriable = broken
+            || matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::ResourceExhausted);
         let message = if s.message().is_empty() { format!("{:?}", s.code()) } else { s.message().to_string() };
         Self { code: s.code(), message, retriable, sluice_code }
     }
@@ -273,5 +276,16 @@ mod tests {
         let r = RemoteError::from(s);
         assert_eq!(r.sluice_code, 1003);
         assert!(!r.retriable);
+    }
+
+    #[test]
+    fn a_broken_transport_is_retriable_a_refusal_is_not() {
+        let broken =
+            RemoteError::from(tonic::Status::unknown("h2 protocol error: error reading a body from connection"));
+        assert!(broken.retriable);
+        assert!(RemoteError::from(tonic::Status::cancelled("operation was canceled")).retriable);
+        assert!(!RemoteError::from(tonic::Status::invalid_argument("bad")).retriable);
+        let ours: tonic::Status = SluiceError::StaleGeneration("x".into()).into();
+        assert!(!RemoteError::from(ours).retriable);
     }
 }

@@ -327,6 +327,11 @@ impl Shutdown {
         self.tx.send_replace(true);
     }
 
+    /// Whether the signal was given.
+    pub fn is_triggered(&self) -> bool {
+        *self.tx.borrow()
+    }
+
     /// Resolves once the signal is given.
     pub async fn wait(&self) {
         let mut rx = self.tx.subscribe();

@@ -412,6 +412,23 @@ impl Cluster {
         }
     }
 
+    /// Stops a process cleanly (SIGTERM) and waits up to `limit` for it to exit; returns
+    /// whether it did (if not, it is killed with -9).
+    pub async fn stop(&mut self, role: &str, id: u64, limit: Duration) -> bool {
+        let Some(mut c) = self.children.remove(&(role.to_string(), id)) else { return false };
+        signal(c.id(), "TERM");
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if matches!(c.try_wait(), Ok(Some(_))) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
     /// Sends a signal to a process without forgetting it (`STOP`, `CONT`, `TERM`).
     pub fn signal(&self, role: &str, id: u64, sig: &str) -> bool {
         self.entry(role, id).is_some_and(|e| signal(e.pid, sig))

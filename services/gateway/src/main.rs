@@ -11,7 +11,7 @@ async fn main() -> anyhow::Result<()> {
         Service::start("sluice-gateway", "Sluice gateway").await?;
     let meta = sluice_runtime::connect_meta(&settings).await?;
     let service = GatewayService::new(Gateway::new(meta, settings.gateway.clone()));
-    let groups = GroupsProxy::new(service.gateway().clone());
+    let groups = GroupsProxy::new(service.gateway().clone(), shutdown.clone());
     let served = ["sluice.v1.Admin", "sluice.v1.Broker", "sluice.v1.Groups"];
     let (_health, health) = sluice_runtime::health(&served).await;
     let router = sluice_runtime::server()

@@ -258,14 +258,15 @@ impl Group {
         Ok(id)
     }
 
-    /// The member's stream `conn` closed: a dynamic member leaves, a static one stays for its
-    /// session timeout. Returns whether anything changed.
-    pub fn disconnected(&mut self, member: &str, conn: u64) -> bool {
+    /// The member's stream `conn` ended: when it `left` (a clean end), a dynamic member leaves;
+    /// a static one, or any whose connection broke, stays for its session timeout and may
+    /// re-attach. Returns whether anything changed.
+    pub fn disconnected(&mut self, member: &str, conn: u64, left: bool) -> bool {
         let Some(m) = self.members.get_mut(member) else { return false };
         if m.conn.as_ref().is_none_or(|c| c.id != conn) {
             return false;
         }
-        if m.instance_id.is_empty() {
+        if left && m.instance_id.is_empty() {
             self.members.remove(member);
         } else {
             m.conn = None;
@@ -525,7 +526,7 @@ mod tests {
         g.reconcile(&parts, now);
         let (_, before) = last_assignment(&mut r1).unwrap();
         last_assignment(&mut r2);
-        assert!(g.disconnected(&a, 1));
+        assert!(g.disconnected(&a, 1, true));
         g.reconcile(&parts, now);
         let generation = g.generation;
         let (c3, mut r3) = conn(3);
@@ -536,5 +537,41 @@ mod tests {
         assert_eq!(before, after);
         assert_eq!(g.generation, generation, "no rebalance");
         assert!(last_assignment(&mut r2).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_broken_connection_keeps_a_dynamic_member_a_clean_end_does_not() {
+        let parts: BTreeMap<String, u32> = [("t".to_string(), 4)].into();
+        let now = Instant::now();
+        let mut g = Group::new("g".into(), BTreeMap::new());
+        let (c1, mut r1) = conn(1);
+        let (c2, mut r2) = conn(2);
+        let a = g.join(spec(""), c1, now).unwrap();
+        let b = g.join(spec(""), c2, now).unwrap();
+        g.reconcile(&parts, now);
+        let (_, held_a) = last_assignment(&mut r1).unwrap();
+        last_assignment(&mut r2);
+        let generation = g.generation;
+        // Its gateway died: the member stays, nothing moves.
+        assert!(g.disconnected(&a, 1, false));
+        g.reconcile(&parts, now);
+        assert!(g.members.contains_key(&a));
+        assert!(last_assignment(&mut r2).is_none(), "the other member is not sent anything");
+        // It comes back through another gateway under its id, to the same partitions.
+        let (c3, mut r3) = conn(3);
+        let again = g.join(JoinSpec { member_id: a.clone(), ..spec("") }, c3, now).unwrap();
+        assert_eq!(again, a);
+        g.reconcile(&parts, now);
+        assert_eq!(last_assignment(&mut r3).unwrap().1, held_a);
+        assert_eq!(g.generation, generation, "no rebalance");
+        // A clean end is a leave: at once, and its partitions go to the other member.
+        assert!(g.disconnected(&a, 3, true));
+        assert!(!g.members.contains_key(&a));
+        g.reconcile(&parts, now);
+        assert_eq!(last_assignment(&mut r2).unwrap().1.len(), 4);
+        // A broken member that never comes back is removed after its session timeout.
+        assert!(g.disconnected(&b, 2, false));
+        assert!(g.expire(now + Duration::from_secs(11)));
+        assert!(g.members.is_empty());
     }
 }

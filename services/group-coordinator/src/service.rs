@@ -222,9 +222,18 @@ impl Coordinator {
                 let kind = match msg {
                     Ok(Some(MemberRequest { kind: Some(k) })) => k,
                     Ok(Some(MemberRequest { kind: None })) => continue,
-                    Ok(None) | Err(_) => {
-                        if me.with_group(&group_id, |g| g.disconnected(&member_id, conn_id)) {
+                    // The gateway ends the stream cleanly when the member left or died.
+                    Ok(None) => {
+                        if me.with_group(&group_id, |g| g.disconnected(&member_id, conn_id, true)) {
                             tracing::info!(group = %group_id, member = %member_id, "member stream closed");
+                        }
+                        break;
+                    }
+                    // The connection to its gateway broke: the member may be alive and back
+                    // through another gateway within its session timeout.
+                    Err(e) => {
+                        if me.with_group(&group_id, |g| g.disconnected(&member_id, conn_id, false)) {
+                            tracing::info!(group = %group_id, member = %member_id, error = %e, "member connection lost; kept for its session timeout");
                         }
                         break;
                     }

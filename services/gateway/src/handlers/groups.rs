@@ -1,19 +1,35 @@
 //! `sluice.v1.Groups` at the gateway: every call goes to the active group coordinator, named
 //! in the metadata view. A membership stream is piped both ways; when the coordinator
 //! changes, the stream ends with the coordinator's error and the member rejoins.
+//!
+//! When the member's side ends, however it ends (closed, or its connection died), the
+//! coordinator-side stream is ended cleanly and read until the coordinator closes it: a clean
+//! end is how the coordinator learns that the member left. Only this gateway dying breaks
+//! that stream, which the coordinator reads as a lost connection: the member keeps its place
+//! for its session timeout and re-attaches through another (or the restarted) gateway. A
+//! gateway that stops cleanly resets those streams on purpose, for the same outcome.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sluice_core::SluiceError;
 use sluice_proto::v1::groups_client::GroupsClient;
 use sluice_proto::v1::groups_server::{Groups, GroupsServer};
 use sluice_proto::v1::*;
+use sluice_runtime::Shutdown;
+use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::RpcStream;
 use crate::Gateway;
+
+/// Membership events waiting for a slow member before the coordinator side waits too.
+const EVENTS_BUFFERED: usize = 64;
+/// How long a departed member's stream is read until the coordinator closes it.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
 /// Forwards `sluice.v1.Groups` to the active coordinator.
 #[derive(Clone)]
@@ -21,11 +37,13 @@ pub struct GroupsProxy {
     gw: Arc<Gateway>,
     /// The channel to the last coordinator used, by address.
     conn: Arc<Mutex<Option<(String, Channel)>>>,
+    /// Given when this gateway stops.
+    stopping: Shutdown,
 }
 
 impl GroupsProxy {
-    pub fn new(gw: Arc<Gateway>) -> Self {
-        Self { gw, conn: Arc::default() }
+    pub fn new(gw: Arc<Gateway>, stopping: Shutdown) -> Self {
+        Self { gw, conn: Arc::default(), stopping }
     }
 
     pub fn into_server(self) -> GroupsServer<Self> {
@@ -69,10 +87,49 @@ impl Groups for GroupsProxy {
         &self,
         r: Request<Streaming<MemberRequest>>,
     ) -> Result<Response<Self::MembershipStream>, Status> {
-        // The member's messages until its side ends or fails; then the upstream side closes.
-        let input = r.into_inner().take_while(|m| m.is_ok()).filter_map(|m| m.ok());
-        let upstream = self.coordinator()?.membership(input).await.map_err(unreachable)?.into_inner();
-        Ok(Response::new(Box::pin(upstream.map(|r| r.map_err(unreachable)))))
+        // The member's messages until its side ends or fails; then the upstream side ends
+        // cleanly (the member left), unless this gateway is stopping: then it never ends, and
+        // the coordinator sees the connection break when the process exits.
+        let stopping = self.stopping.clone();
+        let held_open = futures_util::stream::once(async move {
+            if stopping.is_triggered() {
+                std::future::pending::<()>().await;
+            }
+            None::<MemberRequest>
+        })
+        .filter_map(|nothing| nothing);
+        let input = r.into_inner().take_while(|m| m.is_ok()).filter_map(|m| m.ok()).chain(held_open);
+        let mut upstream = self.coordinator()?.membership(input).await.map_err(unreachable)?.into_inner();
+        let (tx, rx) = mpsc::channel(EVENTS_BUFFERED);
+        // The upstream call is owned here, not by the member's response: dropping it with the
+        // member's response would reset it, which the coordinator takes for a broken connection.
+        let stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            loop {
+                let ev = tokio::select! {
+                    ev = upstream.next() => ev,
+                    // This gateway stops: the coordinator-side stream is reset (dropped), not
+                    // ended, so the member keeps its place and re-attaches elsewhere.
+                    _ = stopping.wait() => {
+                        let _ = tx.send(Err(Status::unavailable("the gateway is stopping; join again through another"))).await;
+                        break;
+                    }
+                };
+                let Some(ev) = ev else { break };
+                let ev = ev.map_err(unreachable);
+                let last = ev.is_err();
+                if tx.send(ev).await.is_err() {
+                    // The member is gone; its input has ended (or is ending) upstream, and the
+                    // coordinator closes the stream once it has seen that.
+                    let _ = tokio::time::timeout(DRAIN_LIMIT, async { while upstream.next().await.is_some() {} }).await;
+                    break;
+                }
+                if last {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn commit_offsets(
