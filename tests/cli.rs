@@ -169,6 +169,9 @@ async fn dev_mode_serves_stops_on_sigterm_and_keeps_data() {
     let group = ["consume", "keep", "--group", "g", "--idle-timeout-ms", "1500", "--format", "%k=%s\\n"];
     let g = sluice(&addr, &group, "").await;
     assert_eq!((g.code, g.stdout.lines().count()), (0, 3), "{}", g.stderr);
+    // It left as it exited (not kept for its session timeout): the group is empty at once.
+    let d = sluice(&addr, &["group", "describe", "g"], "").await;
+    assert!(d.stdout.contains("State: Empty"), "{}", d.stdout);
     assert!(sluice_testkit::signal(dev.id().unwrap(), "TERM"));
     let status =
         tokio::time::timeout(Duration::from_secs(15), dev.wait()).await.expect("dev stops on SIGTERM").unwrap();

@@ -246,7 +246,7 @@ pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
                 g.commit_sync().await?;
             }
         }
-        drop(g);
+        g.leave().await;
     }
     eprintln!("consumed {count} records from '{}'", a.topic);
     Ok(ExitCode::SUCCESS)

@@ -102,6 +102,9 @@ impl GroupConfig {
     }
 }
 
+/// How long leaving waits for the coordinator to close the membership stream.
+const LEAVE_WAIT: Duration = Duration::from_secs(3);
+
 /// Called from [`GroupConsumer::poll`] when the assignment changes.
 pub trait RebalanceListener: Send {
     /// Partitions handed to this member; reading starts at their committed offsets.
@@ -150,7 +153,9 @@ pub struct GroupConsumer {
 
 impl Drop for GroupConsumer {
     fn drop(&mut self) {
-        // Closing the stream is how a member leaves.
+        // Dropped without close() or leave(): the stream is cut. Through a gateway that still
+        // reads as a leave; on a coordinator reached directly (`sluice dev`) the member is kept
+        // for its session timeout, as a Kafka consumer that was not closed.
         self.task.abort();
     }
 }
@@ -568,7 +573,17 @@ impl GroupConsumer {
         if self.cfg.delivery == DeliveryMode::AtLeastOnce && self.cfg.auto_commit_interval.is_some() {
             self.commit_sync().await?;
         }
+        self.leave().await;
         Ok(())
+    }
+
+    /// Leaves the group now, so its partitions move at once: the membership stream is ended
+    /// cleanly and read until the coordinator closes it (a stream merely dropped may look
+    /// like a broken connection, and the member would be kept for its session timeout).
+    pub async fn leave(mut self) {
+        // Closing the command channel is what tells the membership task to leave.
+        self.to_task = mpsc::unbounded_channel().0;
+        let _ = tokio::time::timeout(LEAVE_WAIT, &mut self.task).await;
     }
 }
 
@@ -602,8 +617,16 @@ async fn membership(
                             let _ = tx.send(MemberRequest { kind: Some(RequestKind::Heartbeat(Heartbeat {})) });
                         }
                         cmd = cmds.recv() => match cmd {
-                            // The consumer is gone: dropping the stream leaves the group.
-                            None => return,
+                            // The consumer leaves: end this side, then read until the
+                            // coordinator closes its side.
+                            None => {
+                                drop(tx);
+                                let _ = tokio::time::timeout(LEAVE_WAIT, async {
+                                    while let Ok(Some(_)) = stream.message().await {}
+                                })
+                                .await;
+                                return;
+                            }
                             Some(ToTask::Ack(generation)) => {
                                 let _ = tx.send(MemberRequest { kind: Some(RequestKind::Ack(AssignmentAck { generation })) });
                             }
