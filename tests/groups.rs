@@ -722,6 +722,65 @@ async fn a_gateway_restart_moves_no_partition() {
     assert_eq!(missed, 0, "{missed} of {} acknowledged records never processed", acked.len());
 }
 
+/// Polls a group member until it returned `n` records (or 20 s passed); their values.
+async fn poll_values(g: &mut GroupConsumer, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while got.len() < n && tokio::time::Instant::now() < deadline {
+        if let Ok(recs) = g.poll(Duration::from_millis(300)).await {
+            got.extend(recs.iter().map(|r| text(&r.value)));
+        }
+    }
+    got
+}
+
+/// A deleted topic's committed offsets go with it: re-created under the same name, the topic
+/// is read by the group from its start, not from where the old one was, also when the
+/// coordinator restarted in between and read the old offsets back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_topic_is_read_from_its_start() {
+    let (mut c, _dir) = group_cluster(1, 1).await;
+    let client = client(&c).await;
+    client.create_topic("rc", 2, 1, Default::default()).await.expect("topic");
+    produce(&client, "rc", 0, 20, 1000).await;
+    let cfg = GroupConfig { auto_commit_interval: Some(Duration::from_millis(200)), ..GroupConfig::new("g-rc") };
+    let mut g = GroupConsumer::subscribe(client.clone(), &["rc"], cfg.clone()).await.expect("join");
+    assert_eq!(poll_values(&mut g, 20).await.len(), 20);
+    g.close().await.expect("close");
+    let d = client.describe_group("g-rc").await.expect("describe");
+    assert_eq!(d.partitions.iter().map(|p| p.committed).sum::<i64>(), 20, "{d:?}");
+    client.delete_topic("rc").await.expect("delete");
+    eventually("the deleted topic's offsets to go", Duration::from_secs(10), || async {
+        match client.describe_group("g-rc").await {
+            // Nothing left of the group: no members, no offsets.
+            Err(e) if e.code() == Some(tonic::Code::NotFound) => Some(()),
+            Ok(d) => d.partitions.iter().all(|p| p.topic != "rc").then_some(()),
+            Err(_) => None,
+        }
+    })
+    .await;
+    // A commit for a topic that does not exist is refused.
+    let req = CommitOffsetsRequest {
+        group_id: "g-rc".into(),
+        offsets: vec![CommittedOffset { topic: "rc".into(), partition: 0, offset: 3, ..Default::default() }],
+        ..Default::default()
+    };
+    let r = client.groups().commit_offsets(req).await.expect("answered").into_inner();
+    let e = r.results[0].error.as_ref().expect("refused");
+    assert_eq!(e.code, tonic::Code::NotFound as i32, "{}", e.message);
+    assert!(e.message.contains("'rc'"), "{}", e.message);
+    c.restart("group-coordinator", 1).await.expect("restart the coordinator");
+    client.create_topic("rc", 2, 1, Default::default()).await.expect("topic again");
+    let fresh = produce(&client, "rc", 100, 5, 1000).await;
+    let mut g = GroupConsumer::subscribe(client.clone(), &["rc"], cfg).await.expect("join again");
+    let mut got = poll_values(&mut g, 5).await;
+    got.sort();
+    let mut want = fresh.clone();
+    want.sort();
+    assert_eq!(got, want, "the re-created topic was not read from its start");
+    g.close().await.expect("close");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_static_member_restarting_within_its_session_keeps_its_partitions() {
     let (c, _dir) = group_cluster(1, 1).await;

@@ -172,6 +172,12 @@ impl Coordinator {
             .collect()
     }
 
+    /// The id of every topic in the current view, by name: committed offsets are kept only
+    /// for these (see [`store::Committed::is_for`]).
+    fn topic_ids(&self) -> HashMap<String, u64> {
+        self.view.borrow().topics.iter().map(|(n, t)| (n.clone(), t.topic_id)).collect()
+    }
+
     async fn run(self: Arc<Self>) {
         tracing::debug!(gateway = %self.gateway, "connecting to the gateway for the offsets topic");
         let client = loop {
@@ -203,8 +209,13 @@ impl Coordinator {
             let groups = loaded.offsets.len().max(loaded.groups.len());
             let (dirty, dirty_rx) = mpsc::unbounded_channel();
             {
+                let ids = self.topic_ids();
                 let mut st = self.lock();
                 let mut offsets = loaded.offsets;
+                // Offsets of topics deleted (or re-created) meanwhile are not restored.
+                for o in offsets.values_mut() {
+                    o.retain(|tp, c| c.is_for(ids.get(&tp.0).copied()));
+                }
                 // Members of the previous coordinator keep what they held until they rejoin
                 // or their sessions expire: nothing moves because the coordinator changed.
                 for (id, snap) in &loaded.groups {
@@ -290,10 +301,20 @@ impl Coordinator {
             let view_changed = rev != seen;
             seen = rev;
             let now = Instant::now();
+            let ids = view_changed.then(|| self.topic_ids());
             let mut st = self.lock();
             let mut counts = None;
             let mut changed = Vec::new();
             for g in st.groups.values_mut() {
+                if let Some(ids) = &ids {
+                    // A deleted or re-created topic's offsets go: a new topic of the same
+                    // name is read from its start, not from where the old one was.
+                    let before = g.offsets.len();
+                    g.offsets.retain(|tp, c| c.is_for(ids.get(&tp.0).copied()));
+                    if g.offsets.len() < before {
+                        tracing::info!(group = %g.id, dropped = before - g.offsets.len(), "committed offsets of deleted topics dropped");
+                    }
+                }
                 let expired = g.expire(now);
                 if expired || view_changed {
                     let counts = counts.get_or_insert_with(|| self.partition_counts());

@@ -87,6 +87,15 @@ impl Coordinator {
         let id = req.id;
         validate_group_id(&req.group_id)?;
         let (epoch, store) = self.active()?;
+        let topics: BTreeMap<String, (u64, u32)> = {
+            let view = self.view.borrow();
+            req.offsets
+                .iter()
+                .filter_map(|o| {
+                    view.topics.get(&o.topic).map(|t| (o.topic.clone(), (t.topic_id, t.partitions.len() as u32)))
+                })
+                .collect()
+        };
         let mut results = Vec::with_capacity(req.offsets.len());
         let mut accepted: Vec<(Tp, Option<Committed>)> = Vec::new();
         let mut slots = Vec::new();
@@ -109,8 +118,13 @@ impl Coordinator {
             }
             for o in &req.offsets {
                 let tp = (o.topic.clone(), o.partition);
+                let topic = topics.get(&o.topic);
                 let check = if o.offset < 0 {
                     Err(SluiceError::InvalidRequest(format!("offset {} is negative", o.offset)))
+                } else if let Some((_, count)) = topic.filter(|(_, count)| o.partition >= *count) {
+                    Err(SluiceError::UnknownPartition { topic: o.topic.clone(), partition: o.partition, count: *count })
+                } else if topic.is_none() {
+                    Err(SluiceError::UnknownTopic(o.topic.clone()))
                 } else if o.metadata.len() > MAX_METADATA {
                     Err(SluiceError::InvalidRequest(format!(
                         "metadata of {} bytes is longer than {MAX_METADATA}",
@@ -133,6 +147,7 @@ impl Coordinator {
                             commit_time_ms: now_ms(),
                             generation,
                             epoch,
+                            topic_id: topic.map_or(0, |t| t.0),
                         };
                         slots.push(results.len());
                         accepted.push((tp.clone(), Some(c)));
@@ -171,13 +186,16 @@ impl Coordinator {
 
     /// Applies written changes to the cache.
     fn remember(&self, group: &str, changes: Vec<(Tp, Option<Committed>)>) {
+        let ids = self.topic_ids();
         let mut st = self.lock();
         let g = crate::group_entry(&mut st, group);
         for (tp, c) in changes {
             match c {
-                Some(c) => {
+                // Unless its topic was deleted while it was being written.
+                Some(c) if c.is_for(ids.get(&tp.0).copied()) => {
                     g.offsets.insert(tp, c);
                 }
+                Some(_) => {}
                 None => {
                     g.offsets.remove(&tp);
                 }
@@ -367,12 +385,12 @@ impl Coordinator {
     async fn reset(&self, r: ResetOffsetsRequest) -> Result<ResetOffsetsResponse, SluiceError> {
         self.require_empty(&r.group_id, "resetting offsets")?;
         let (epoch, store) = self.active()?;
-        let count = self
+        let (topic_id, count) = self
             .view
             .borrow()
             .topics
             .get(&r.topic)
-            .map(|t| t.partitions.len() as u32)
+            .map(|t| (t.topic_id, t.partitions.len() as u32))
             .ok_or_else(|| SluiceError::UnknownTopic(r.topic.clone()))?;
         let parts: Vec<u32> = if r.partitions.is_empty() { (0..count).collect() } else { r.partitions.clone() };
         if let Some(p) = parts.iter().find(|p| **p >= count) {
@@ -429,8 +447,14 @@ impl Coordinator {
         let changes: Vec<(Tp, Option<Committed>)> = targets
             .iter()
             .map(|(p, o)| {
-                let c =
-                    Committed { offset: *o, metadata: String::new(), commit_time_ms: now_ms(), generation: 0, epoch };
+                let c = Committed {
+                    offset: *o,
+                    metadata: String::new(),
+                    commit_time_ms: now_ms(),
+                    generation: 0,
+                    epoch,
+                    topic_id,
+                };
                 ((r.topic.clone(), *p), Some(c))
             })
             .collect();

@@ -5,7 +5,11 @@
 //! All records of a group go to one partition (murmur2 of the group id), so a group's
 //! commits stay in order. Two kinds of record, told apart by the key's first byte:
 //! - an offset: key `[0][u16 len][group][u16 len][topic][u32 partition]`, value
-//!   `[0][i64 offset][i64 commit time ms][u64 generation][u64 coordinator epoch][u16 len][metadata]`;
+//!   `[1][i64 offset][i64 commit time ms][u64 generation][u64 coordinator epoch][u64 topic id][u16 len][metadata]`
+//!   (version 0, still read, had no topic id). The topic id tells an offset of a deleted
+//!   topic from one of a topic re-created under the same name: offsets whose topic is gone,
+//!   or now has another id, are ignored when read and dropped from the cache when the
+//!   metadata shows the change, so a re-created topic is read from its start;
 //! - a group's membership: key `[1][u16 len][group]`, value a JSON [`GroupSnapshot`]
 //!   (members, what each holds, generations), written whenever it changes, so that a
 //!   coordinator taking over knows who holds what and moves nothing until those members
@@ -35,6 +39,16 @@ pub struct Committed {
     pub commit_time_ms: i64,
     pub generation: u64,
     pub epoch: u64,
+    /// The id of the topic committed to (0: unknown, written before ids were kept).
+    pub topic_id: u64,
+}
+
+impl Committed {
+    /// Whether this offset belongs to the topic that now has this name (`live`: its id, or
+    /// None when no topic has it).
+    pub fn is_for(&self, live: Option<u64>) -> bool {
+        live.is_some_and(|id| self.topic_id == 0 || self.topic_id == id)
+    }
 }
 
 /// Every group's committed offsets.
@@ -99,12 +113,13 @@ pub fn encode_key(group: &str, tp: &Tp) -> Bytes {
 }
 
 pub fn encode_value(c: &Committed) -> Bytes {
-    let mut b = BytesMut::with_capacity(35 + c.metadata.len());
-    b.put_u8(0);
+    let mut b = BytesMut::with_capacity(43 + c.metadata.len());
+    b.put_u8(1);
     b.put_i64(c.offset);
     b.put_i64(c.commit_time_ms);
     b.put_u64(c.generation);
     b.put_u64(c.epoch);
+    b.put_u64(c.topic_id);
     b.put_u16(c.metadata.len() as u16);
     b.put_slice(c.metadata.as_bytes());
     b.freeze()
@@ -134,13 +149,20 @@ pub fn decode_key(mut b: &[u8]) -> Option<(String, Tp)> {
 }
 
 pub fn decode_value(mut b: &[u8]) -> Option<Committed> {
-    if b.first() != Some(&0) || b.len() < 35 {
+    let version = *b.first()?;
+    let fixed = match version {
+        0 => 35,
+        1 => 43,
+        _ => return None,
+    };
+    if b.len() < fixed {
         return None;
     }
     b.advance(1);
     let (offset, commit_time_ms, generation, epoch) = (b.get_i64(), b.get_i64(), b.get_u64(), b.get_u64());
+    let topic_id = if version >= 1 { b.get_u64() } else { 0 };
     let metadata = take_str(&mut b)?;
-    Some(Committed { offset, metadata, commit_time_ms, generation, epoch })
+    b.is_empty().then_some(Committed { offset, metadata, commit_time_ms, generation, epoch, topic_id })
 }
 
 /// Longest metadata string a commit may carry (Kafka's offset.metadata.max.bytes).
@@ -316,8 +338,21 @@ mod tests {
         let tp = ("orders".to_string(), 7);
         let k = encode_key("g-1", &tp);
         assert_eq!(decode_key(&k), Some(("g-1".to_string(), tp)));
-        let c = Committed { offset: 42, metadata: "m".into(), commit_time_ms: 5, generation: 3, epoch: 9 };
-        assert_eq!(decode_value(&encode_value(&c)), Some(c));
+        let c =
+            Committed { offset: 42, metadata: "m".into(), commit_time_ms: 5, generation: 3, epoch: 9, topic_id: 77 };
+        assert_eq!(decode_value(&encode_value(&c)), Some(c.clone()));
+        // Version 0 (no topic id) is still read, as an offset of an unknown topic id.
+        let mut v0 = vec![0u8];
+        for x in [42i64, 5, 3, 9] {
+            v0.extend_from_slice(&x.to_be_bytes());
+        }
+        v0.extend_from_slice(&[0, 1, b'm']);
+        assert_eq!(decode_value(&v0), Some(Committed { topic_id: 0, ..c.clone() }));
+        assert!(c.is_for(Some(77)) && !c.is_for(Some(78)) && !c.is_for(None));
+        assert!(Committed { topic_id: 0, ..c.clone() }.is_for(Some(78)));
+        let mut long = encode_value(&c).to_vec();
+        long.push(0);
+        assert_eq!(decode_value(&long), None, "trailing bytes");
         assert_eq!(decode_key(&k[..k.len() - 1]), None);
         assert_eq!(decode_value(&[1, 2, 3]), None);
         let g = encode_group_key("g-1");
