@@ -514,18 +514,28 @@ mod tests {
         assert!(matches!(g.check_commit(&b, gen2, &moving), Err(SluiceError::UnknownMember { .. })));
     }
 
-    #[tokio::test]
-    async fn a_static_member_returns_to_its_partitions() {
+    type Events = mpsc::UnboundedReceiver<Result<MemberEvent, Status>>;
+
+    /// A group on a 4-partition topic with two members (instance ids `ia`, `ib`; empty for
+    /// dynamic ones) on connections 1 and 2, reconciled: the group, the members' ids, the
+    /// partitions the first was given, and the second's event stream (drained).
+    fn two_members(ia: &str, ib: &str) -> (Group, BTreeMap<String, u32>, Instant, [String; 2], Vec<u32>, Events) {
         let parts: BTreeMap<String, u32> = [("t".to_string(), 4)].into();
         let now = Instant::now();
         let mut g = Group::new("g".into(), BTreeMap::new());
         let (c1, mut r1) = conn(1);
         let (c2, mut r2) = conn(2);
-        let a = g.join(spec("i-1"), c1, now).unwrap();
-        let _b = g.join(spec("i-2"), c2, now).unwrap();
+        let a = g.join(spec(ia), c1, now).unwrap();
+        let b = g.join(spec(ib), c2, now).unwrap();
         g.reconcile(&parts, now);
-        let (_, before) = last_assignment(&mut r1).unwrap();
+        let (_, held_a) = last_assignment(&mut r1).unwrap();
         last_assignment(&mut r2);
+        (g, parts, now, [a, b], held_a, r2)
+    }
+
+    #[tokio::test]
+    async fn a_static_member_returns_to_its_partitions() {
+        let (mut g, parts, now, [a, _b], before, mut r2) = two_members("i-1", "i-2");
         assert!(g.disconnected(&a, 1, true));
         g.reconcile(&parts, now);
         let generation = g.generation;
@@ -541,16 +551,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_broken_connection_keeps_a_dynamic_member_a_clean_end_does_not() {
-        let parts: BTreeMap<String, u32> = [("t".to_string(), 4)].into();
-        let now = Instant::now();
-        let mut g = Group::new("g".into(), BTreeMap::new());
-        let (c1, mut r1) = conn(1);
-        let (c2, mut r2) = conn(2);
-        let a = g.join(spec(""), c1, now).unwrap();
-        let b = g.join(spec(""), c2, now).unwrap();
-        g.reconcile(&parts, now);
-        let (_, held_a) = last_assignment(&mut r1).unwrap();
-        last_assignment(&mut r2);
+        let (mut g, parts, now, [a, b], held_a, mut r2) = two_members("", "");
         let generation = g.generation;
         // Its gateway died: the member stays, nothing moves.
         assert!(g.disconnected(&a, 1, false));
