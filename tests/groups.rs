@@ -722,6 +722,60 @@ async fn a_gateway_restart_moves_no_partition() {
     assert_eq!(missed, 0, "{missed} of {} acknowledged records never processed", acked.len());
 }
 
+/// Clients given two gateways (`a,b`, like Kafka's bootstrap.servers): the one they use is
+/// killed with -9 and stays dead. Producer and group members carry on through the other; the
+/// members re-attach there under their ids with the same partitions (no rebalance), and every
+/// acknowledged record is consumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_move_to_another_gateway_when_theirs_dies() {
+    let _heavy = HEAVY.lock().await;
+    let (mut c, _dir) = cluster_gateways(1, 1, 2, GROUP_ENV).await;
+    let both = c.gateways();
+    assert_eq!(both.split(',').count(), 2, "{both}");
+    let client = Client::connect(&both).await.expect("gateways reachable");
+    client.create_topic("gwf", 4, 1, Default::default()).await.expect("topic");
+    let cfg = GroupConfig {
+        session_timeout: Duration::from_secs(10),
+        auto_commit_interval: Some(Duration::from_millis(200)),
+        ..GroupConfig::new("g-gwf")
+    };
+    let mut running = Vec::new();
+    for _ in 0..2 {
+        let member_client = Client::connect(&both).await.expect("gateways reachable");
+        running.push(run_member(GroupConsumer::subscribe(member_client, &["gwf"], cfg.clone()).await.expect("join")));
+    }
+    let before = eventually("two members holding the 4 partitions", Duration::from_secs(30), || async {
+        let d = client.describe_group("g-gwf").await.ok()?;
+        let held: usize = members(&d).values().map(|s| s.len()).sum();
+        (d.state == "Stable" && d.members.len() == 2 && held == 4).then_some(d)
+    })
+    .await;
+    let producer = {
+        let client = client.clone();
+        tokio::spawn(async move { produce(&client, "gwf", 0, 3000, 1000).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Every client connected to the first gateway of the list.
+    c.kill("gateway", 1);
+    let acked = producer.await.expect("producer");
+    assert!(acked.len() >= 2900, "only {} of 3000 acknowledged through the failover", acked.len());
+    let after = wait_caught_up(&client, "g-gwf", "gwf", Duration::from_secs(40)).await;
+    assert!(after.members.iter().all(|m| m.connected), "{after:?}");
+    assert_eq!(members(&after), members(&before), "partitions moved when a gateway died");
+    assert_eq!(after.generation, before.generation, "a gateway's death caused a rebalance");
+    let mut seen = BTreeSet::new();
+    for r in &running {
+        let _ = r.stop.send(true);
+    }
+    for r in running {
+        let _ = tokio::time::timeout(Duration::from_secs(20), r.task).await;
+        seen.extend(r.seen.lock().unwrap().iter().cloned());
+        eprintln!("member errors: {:?}", r.errors.lock().unwrap());
+    }
+    let missed = acked.iter().filter(|v| !seen.contains(*v)).count();
+    assert_eq!(missed, 0, "{missed} of {} acknowledged records not consumed", acked.len());
+}
+
 /// Polls a group member until it returned `n` records (or 20 s passed); their values.
 async fn poll_values(g: &mut GroupConsumer, n: usize) -> Vec<String> {
     let mut got = Vec::new();

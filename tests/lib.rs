@@ -21,6 +21,16 @@ pub async fn cluster_with(nodes: u32, extra_env: &[(&str, &str)]) -> (Cluster, t
 
 /// [`cluster_with`] and `coordinators` group coordinators.
 pub async fn cluster_spec(nodes: u32, coordinators: u32, extra_env: &[(&str, &str)]) -> (Cluster, tempfile::TempDir) {
+    cluster_gateways(nodes, coordinators, 1, extra_env).await
+}
+
+/// [`cluster_spec`] with `gateways` gateways.
+pub async fn cluster_gateways(
+    nodes: u32,
+    coordinators: u32,
+    gateways: u32,
+    extra_env: &[(&str, &str)],
+) -> (Cluster, tempfile::TempDir) {
     // SLUICE_KEEP_TEST_DIRS=1 keeps data and logs for a post-mortem.
     let keep = std::env::var_os("SLUICE_KEEP_TEST_DIRS").is_some();
     let dir = tempfile::Builder::new().prefix("sluice-test-").disable_cleanup(keep).tempdir().expect("temp dir");
@@ -30,6 +40,7 @@ pub async fn cluster_spec(nodes: u32, coordinators: u32, extra_env: &[(&str, &st
     let mut spec = ClusterSpec::new(dir.path().join("cluster"));
     spec.nodes = nodes;
     spec.coordinators = coordinators;
+    spec.gateways = gateways;
     spec.env = vec![
         ("SLUICE_ETCD__LEASE_TTL_SECS".into(), "2".into()),
         ("SLUICE_STORAGE__RETENTION_CHECK_INTERVAL_MS".into(), "200".into()),

@@ -18,6 +18,9 @@ pub enum ClusterCmd {
         /// Group coordinators to start (one is active, the others take over when it dies).
         #[arg(long, default_value_t = 2)]
         coordinators: u32,
+        /// Gateways to start; clients given the printed list move to another when one dies.
+        #[arg(long, default_value_t = 1)]
+        gateways: u32,
         /// Where data, logs and cluster.json go.
         #[arg(long, default_value = ".sluice/cluster", value_name = "DIR")]
         dir: PathBuf,
@@ -45,9 +48,12 @@ pub enum ClusterCmd {
 
 pub async fn run(c: ClusterCmd) -> anyhow::Result<ExitCode> {
     match c {
-        ClusterCmd::Up { nodes, coordinators, dir } => {
+        ClusterCmd::Up { nodes, coordinators, gateways, dir } => {
             if nodes == 0 {
                 anyhow::bail!("a cluster needs at least one partition node (--nodes)");
+            }
+            if gateways == 0 {
+                anyhow::bail!("a cluster needs at least one gateway (--gateways)");
             }
             if dir.join("cluster.json").exists() {
                 anyhow::bail!(
@@ -56,14 +62,14 @@ pub async fn run(c: ClusterCmd) -> anyhow::Result<ExitCode> {
                     dir.display()
                 );
             }
-            let spec = ClusterSpec { nodes, coordinators, ..ClusterSpec::new(&dir) };
+            let spec = ClusterSpec { nodes, coordinators, gateways, ..ClusterSpec::new(&dir) };
             let cluster = Cluster::start(spec, false).await?;
             eprintln!(
                 "cluster up: {} processes, described in {}",
                 cluster.manifest.processes.len(),
                 cluster.manifest_path().display()
             );
-            println!("{}", cluster.gateway());
+            println!("{}", cluster.gateways());
         }
         ClusterCmd::Down { dir } => {
             let n = Cluster::down(&dir).await?;

@@ -13,6 +13,8 @@ pub mod group;
 pub mod producer;
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sluice_core::RemoteError;
@@ -71,6 +73,50 @@ impl From<tonic::Status> for ClientError {
     }
 }
 
+/// How long one gateway gets to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A connector over several gateways: each connection goes to the first that accepts one,
+/// starting after the gateway of the previous connection (which, when a connection is
+/// remade, is likely the one that just failed).
+fn failover(
+    addrs: Vec<String>,
+) -> impl tower::Service<
+    tonic::codegen::http::Uri,
+    Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>,
+    Error = std::io::Error,
+    Future = impl Future<Output = std::io::Result<hyper_util::rt::TokioIo<tokio::net::TcpStream>>> + Send,
+> + Clone
++ Send
++ 'static {
+    let addrs: Arc<[String]> = addrs.into();
+    let next = Arc::new(AtomicUsize::new(0));
+    tower::service_fn(move |_: tonic::codegen::http::Uri| {
+        let (addrs, next) = (addrs.clone(), next.clone());
+        async move {
+            let start = next.load(Ordering::Relaxed);
+            let mut failures = Vec::new();
+            for i in 0..addrs.len() {
+                let k = (start + i) % addrs.len();
+                match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&*addrs[k])).await {
+                    Ok(Ok(stream)) => {
+                        stream.set_nodelay(true)?;
+                        next.store(k + 1, Ordering::Relaxed);
+                        tracing::debug!(gateway = %addrs[k], "connected");
+                        return Ok(hyper_util::rt::TokioIo::new(stream));
+                    }
+                    Ok(Err(e)) => failures.push(format!("{}: {e}", addrs[k])),
+                    Err(_) => failures.push(format!("{}: no answer within {CONNECT_TIMEOUT:?}", addrs[k])),
+                }
+            }
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                format!("no gateway accepted a connection ({})", failures.join("; ")),
+            ))
+        }
+    })
+}
+
 /// A connection to a Sluice gateway.
 #[derive(Clone)]
 pub struct Client {
@@ -80,19 +126,34 @@ pub struct Client {
 
 impl Client {
     /// Connects to `addr` (`host:port` or a URL).
+    /// Connects to a gateway: `host:port`, or a comma-separated list of them (like Kafka's
+    /// `bootstrap.servers`). With a list, the connection goes to the first gateway that
+    /// answers, and whenever it breaks the channel reconnects to the next one that answers,
+    /// so everything built on this client (producers, consumers, group members) moves to
+    /// another gateway when one dies.
     pub async fn connect(addr: &str) -> Result<Self, ClientError> {
-        let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+        let addrs: Vec<String> = addr
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(|a| a.trim_start_matches("http://").to_string())
+            .collect();
         let err = |reason: String| ClientError::Connect { addr: addr.to_string(), reason };
-        let channel = Endpoint::from_shared(url)
+        let first = addrs.first().ok_or_else(|| err("no gateway address given".into()))?;
+        let url = if first.contains("://") { first.clone() } else { format!("http://{first}") };
+        let endpoint = Endpoint::from_shared(url)
             .map_err(|e| err(e.to_string()))?
-            .connect_timeout(Duration::from_secs(3))
+            .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .initial_stream_window_size(Some(8 << 20))
-            .initial_connection_window_size(Some(32 << 20))
-            .connect()
-            .await
-            .map_err(|e| err(source_chain(&e)))?;
+            .initial_connection_window_size(Some(32 << 20));
+        let channel = if addrs.len() == 1 {
+            endpoint.connect().await
+        } else {
+            endpoint.connect_with_connector(failover(addrs)).await
+        }
+        .map_err(|e| err(source_chain(&e)))?;
         Ok(Self { addr: addr.to_string(), channel })
     }
 

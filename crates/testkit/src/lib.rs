@@ -103,6 +103,7 @@ pub struct ClusterSpec {
     pub dir: PathBuf,
     pub nodes: u32,
     pub coordinators: u32,
+    pub gateways: u32,
     /// Extra environment for the Sluice services (e.g. short retention intervals in tests).
     pub env: Vec<(String, String)>,
     pub health_timeout: Duration,
@@ -116,6 +117,7 @@ impl ClusterSpec {
             dir: dir.into(),
             nodes: 3,
             coordinators: 1,
+            gateways: 1,
             env: Vec::new(),
             health_timeout: Duration::from_secs(60),
             services: true,
@@ -299,7 +301,9 @@ impl Cluster {
         for id in 1..=c.spec.nodes as u64 {
             c.add(service("partition-node", "sluice-partition-node", id)?, &env)?;
         }
-        c.add(service("gateway", "sluice-gateway", 1)?, &env)?;
+        for id in 1..=c.spec.gateways.max(1) as u64 {
+            c.add(service("gateway", "sluice-gateway", id)?, &env)?;
+        }
         for id in 1..=c.spec.coordinators as u64 {
             c.add(service("group-coordinator", "sluice-group-coordinator", id)?, &env)?;
         }
@@ -353,8 +357,16 @@ impl Cluster {
         self.manifest.processes.iter().find(|e| e.role == role && e.id == id)
     }
 
+    /// The first gateway's address.
     pub fn gateway(&self) -> &str {
         &self.manifest.gateway
+    }
+
+    /// Every gateway's address, comma-separated (what clients take for failover).
+    pub fn gateways(&self) -> String {
+        let all: Vec<&str> =
+            self.manifest.processes.iter().filter(|e| e.role == "gateway").map(|e| e.addr.as_str()).collect();
+        all.join(",")
     }
 
     pub fn manifest_path(&self) -> PathBuf {
