@@ -525,6 +525,20 @@ fn run_member(mut g: GroupConsumer) -> Running {
     Running { seen, errors, stop, task }
 }
 
+/// Stops in-process members (each leaves its group) and returns every value they processed.
+async fn stop_all(running: Vec<Running>) -> BTreeSet<String> {
+    for r in &running {
+        let _ = r.stop.send(true);
+    }
+    let mut seen = BTreeSet::new();
+    for r in running {
+        let _ = tokio::time::timeout(Duration::from_secs(20), r.task).await;
+        seen.extend(r.seen.lock().unwrap().iter().cloned());
+        eprintln!("member errors: {:?}", r.errors.lock().unwrap());
+    }
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standby_coordinator_takes_over_with_offsets_intact() {
     let _heavy = HEAVY.lock().await;
@@ -589,15 +603,7 @@ async fn the_standby_coordinator_takes_over_with_offsets_intact() {
     assert_eq!(committed(&third), committed(&d));
     acked.extend(produce(&client, "fo", 3000, 500, 2000).await);
     wait_caught_up(&client, "g-fo", "fo", Duration::from_secs(40)).await;
-    let mut seen = BTreeSet::new();
-    for r in &running {
-        let _ = r.stop.send(true);
-    }
-    for r in running {
-        let _ = tokio::time::timeout(Duration::from_secs(20), r.task).await;
-        seen.extend(r.seen.lock().unwrap().iter().cloned());
-        eprintln!("member errors: {:?}", r.errors.lock().unwrap());
-    }
+    let seen = stop_all(running).await;
     let missed = acked.iter().filter(|v| !seen.contains(*v)).count();
     assert_eq!(missed, 0, "{missed} acknowledged records not consumed");
     assert!(assert_commits_never_go_back(&client, &["g-fo"]).await > 0);
@@ -763,15 +769,7 @@ async fn clients_move_to_another_gateway_when_theirs_dies() {
     assert!(after.members.iter().all(|m| m.connected), "{after:?}");
     assert_eq!(members(&after), members(&before), "partitions moved when a gateway died");
     assert_eq!(after.generation, before.generation, "a gateway's death caused a rebalance");
-    let mut seen = BTreeSet::new();
-    for r in &running {
-        let _ = r.stop.send(true);
-    }
-    for r in running {
-        let _ = tokio::time::timeout(Duration::from_secs(20), r.task).await;
-        seen.extend(r.seen.lock().unwrap().iter().cloned());
-        eprintln!("member errors: {:?}", r.errors.lock().unwrap());
-    }
+    let seen = stop_all(running).await;
     let missed = acked.iter().filter(|v| !seen.contains(*v)).count();
     assert_eq!(missed, 0, "{missed} of {} acknowledged records not consumed", acked.len());
 }

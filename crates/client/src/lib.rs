@@ -143,7 +143,8 @@ impl Client {
         let url = if first.contains("://") { first.clone() } else { format!("http://{first}") };
         let endpoint = Endpoint::from_shared(url)
             .map_err(|e| err(e.to_string()))?
-            .connect_timeout(CONNECT_TIMEOUT)
+            // The failover connector tries each address in turn within this.
+            .connect_timeout(CONNECT_TIMEOUT * addrs.len() as u32)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .initial_stream_window_size(Some(8 << 20))
