@@ -125,7 +125,6 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `addr` (`host:port` or a URL).
     /// Connects to a gateway: `host:port`, or a comma-separated list of them (like Kafka's
     /// `bootstrap.servers`). With a list, the connection goes to the first gateway that
     /// answers, and whenever it breaks the channel reconnects to the next one that answers,

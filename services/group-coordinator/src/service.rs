@@ -186,13 +186,17 @@ impl Coordinator {
 
     /// Applies written changes to the cache.
     fn remember(&self, group: &str, changes: Vec<(Tp, Option<Committed>)>) {
-        let ids = self.topic_ids();
+        // The ids of just these topics now, not a map of every topic per commit.
+        let live: Vec<Option<u64>> = {
+            let view = self.view.borrow();
+            changes.iter().map(|(tp, _)| view.topics.get(&tp.0).map(|t| t.topic_id)).collect()
+        };
         let mut st = self.lock();
         let g = crate::group_entry(&mut st, group);
-        for (tp, c) in changes {
+        for ((tp, c), live) in changes.into_iter().zip(live) {
             match c {
                 // Unless its topic was deleted while it was being written.
-                Some(c) if c.is_for(ids.get(&tp.0).copied()) => {
+                Some(c) if c.is_for(live) => {
                     g.offsets.insert(tp, c);
                 }
                 Some(_) => {}
