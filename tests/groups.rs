@@ -823,6 +823,20 @@ async fn a_recreated_topic_is_read_from_its_start() {
     assert!(e.message.contains("'rc'"), "{}", e.message);
     c.restart("group-coordinator", 1).await.expect("restart the coordinator");
     client.create_topic("rc", 2, 1, Default::default()).await.expect("topic again");
+    // So is one for a partition the topic does not have.
+    let req = CommitOffsetsRequest {
+        group_id: "g-rc".into(),
+        offsets: vec![CommittedOffset { topic: "rc".into(), partition: 9, offset: 0, ..Default::default() }],
+        ..Default::default()
+    };
+    // (Once the restarted coordinator sees the re-created topic: before, the topic is unknown.)
+    let e = eventually("the partition to be named missing", Duration::from_secs(20), || async {
+        let r = client.groups().commit_offsets(req.clone()).await.ok()?.into_inner();
+        r.results.first()?.error.clone().filter(|e| e.message.contains("partition 9"))
+    })
+    .await;
+    assert_eq!(e.code, tonic::Code::NotFound as i32, "{}", e.message);
+    assert!(e.message.contains("has 2 partitions"), "{}", e.message);
     let fresh = produce(&client, "rc", 100, 5, 1000).await;
     let mut g = GroupConsumer::subscribe(client.clone(), &["rc"], cfg).await.expect("join again");
     let mut got = poll_values(&mut g, 5).await;
