@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use sluice_testkit::{Cluster, ClusterSpec};
+use sluice_launcher::{Cluster, ClusterSpec};
 
 use crate::GatewayArg;
 

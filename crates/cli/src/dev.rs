@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use sluice_gateway::Gateway;
+use sluice_gateway::Router;
 use sluice_gateway::handlers::GatewayService;
 use sluice_group_coordinator::Coordinator;
 use sluice_group_coordinator::service::GroupsService;
@@ -38,25 +38,23 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
     let mut node_settings = settings.clone();
     node_settings.data_dir = a.data_dir.join(format!("node-{}", settings.node_id));
     let node = sluice_partition_node::start(&node_settings, meta.clone(), addr.to_string(), shutdown.clone()).await?;
-    let gw = Gateway::new(meta.clone(), settings.gateway.clone());
-    // The gateway reaches this process's node by calling it, not over loopback gRPC.
-    gw.pool.add_local(node.id, std::sync::Arc::new(LocalNode(node.clone())));
-    let gateway = GatewayService::new(gw);
-    // The coordinator keeps committed offsets in the internal topic through this process's
-    // own gateway address; it connects once the server below is up.
+    // One data path for the gateway and the coordinator; it reaches this process's node by
+    // calling it, not over loopback gRPC.
+    let router = Router::new(meta.clone(), settings.gateway.clone());
+    router.pool.add_local(node.id, std::sync::Arc::new(LocalNode(node.clone())));
+    let gateway = GatewayService::new(router.clone());
     let coordinator =
-        Coordinator::start(settings.groups.clone(), meta.clone(), addr.to_string(), addr.to_string(), shutdown.clone());
+        Coordinator::start(settings.groups.clone(), meta.clone(), addr.to_string(), router, shutdown.clone());
     let _gauges = sluice_group_coordinator::metrics::register(
         &coordinator,
         std::time::Duration::from_millis(settings.telemetry.metrics_interval_ms),
     );
-    let served =
-        ["sluice.v1.Admin", "sluice.v1.Broker", "sluice.v1.PartitionNode", sluice_group_coordinator::SERVICE_NAME];
+    // The partition node is served too (its address is this one), but it is internal: the
+    // public port advertises only the client services.
+    let served = ["sluice.v1.Admin", "sluice.v1.Broker", sluice_group_coordinator::SERVICE_NAME];
     let (_health, health) =
         sluice_runtime::health(&[&served[..], &[sluice_connect_runner::SERVICE_NAME]].concat()).await;
-    let router = sluice_runtime::server()
-        .add_service(health)
-        .add_service(sluice_runtime::reflection(&served)?)
+    let router = sluice_runtime::add_reflection(sluice_runtime::server().add_service(health), &served)?
         .add_service(gateway.admin_server())
         .add_service(gateway.broker_server())
         .add_service(NodeService::new(node.clone()).into_server())

@@ -388,6 +388,7 @@ impl Engine {
                     .collect(),
                 timeout_ms: self.cfg.request_timeout.as_millis() as u32,
                 traceparent: batches.iter().find_map(|b| b.traceparent.clone()).unwrap_or_default(),
+                ..Default::default()
             };
             self.inflight.insert(id, batches);
             let sent = match &self.conn {

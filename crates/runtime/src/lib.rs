@@ -391,22 +391,27 @@ pub async fn health(
     (reporter, service)
 }
 
-/// gRPC reflection advertising `services` (the Sluice services this process serves) and
-/// the health service, so grpcurl lists and calls exactly what is there.
-pub fn reflection(
+/// Adds gRPC reflection advertising `services` (the public Sluice services this process
+/// serves) and the health service, so grpcurl lists and calls exactly what is there. Both
+/// protocol versions are served: v1, and v1alpha for clients that only speak that one
+/// (Python's grpcio-reflection, older grpcurl).
+pub fn add_reflection(
+    router: tonic::transport::server::Router,
     services: &[&str],
-) -> anyhow::Result<
-    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
-> {
-    let mut b = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .with_service_name("grpc.health.v1.Health")
-        .with_service_name("grpc.reflection.v1.ServerReflection");
-    for s in services {
-        b = b.with_service_name(*s);
-    }
-    Ok(b.build_v1()?)
+) -> anyhow::Result<tonic::transport::server::Router> {
+    let builder = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        for s in services {
+            b = b.with_service_name(*s);
+        }
+        b
+    };
+    Ok(router.add_service(builder().build_v1()?).add_service(builder().build_v1alpha()?))
 }
 
 /// The server builder with the settings all services use.

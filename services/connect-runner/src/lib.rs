@@ -10,5 +10,5 @@ pub const SERVICE_NAME: &str = "sluice.v1.ConnectRunner";
 /// Builds the server for this service: health and reflection.
 pub async fn router() -> anyhow::Result<tonic::transport::server::Router> {
     let (_reporter, health) = sluice_runtime::health(&[SERVICE_NAME]).await;
-    Ok(sluice_runtime::server().add_service(health).add_service(sluice_runtime::reflection(&[])?))
+    sluice_runtime::add_reflection(sluice_runtime::server().add_service(health), &[])
 }

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use sluice_core::SluiceError;
 use sluice_meta::{ClusterView, MetaStore};
+use sluice_router::Router;
 use sluice_runtime::{GroupSettings, Shutdown};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -102,20 +103,20 @@ pub struct Coordinator {
     view: watch::Receiver<Arc<ClusterView>>,
     /// Advertised address: names this coordinator in etcd.
     addr: String,
-    /// A gateway for the offsets topic and log ends.
-    gateway: String,
+    /// The data path, in process: the offsets topic and log ends.
+    router: Arc<Router>,
     state: Mutex<State>,
     next_conn: AtomicU64,
 }
 
 impl Coordinator {
-    /// Starts campaigning for the role; serves once active. `gateway` is the address of a
-    /// gateway (the coordinator binary runs one in process on loopback).
+    /// Starts campaigning for the role; serves once active. `router` is this process's data
+    /// path (over the same metadata store), through which the offsets topic is read and written.
     pub fn start(
         settings: GroupSettings,
         meta: Arc<dyn MetaStore>,
         addr: String,
-        gateway: String,
+        router: Arc<Router>,
         shutdown: Shutdown,
     ) -> Arc<Self> {
         let view = meta.view();
@@ -124,7 +125,7 @@ impl Coordinator {
             meta,
             view,
             addr,
-            gateway,
+            router,
             state: Mutex::new(State::default()),
             next_conn: AtomicU64::new(1),
         });
@@ -179,16 +180,6 @@ impl Coordinator {
     }
 
     async fn run(self: Arc<Self>) {
-        tracing::debug!(gateway = %self.gateway, "connecting to the gateway for the offsets topic");
-        let client = loop {
-            match sluice_client::Client::connect(&self.gateway).await {
-                Ok(c) => break c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot reach the gateway for the offsets topic; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        };
         loop {
             tracing::debug!("campaigning for the coordinator role");
             let epoch = match self.meta.campaign_coordinator(&self.addr).await {
@@ -200,7 +191,7 @@ impl Coordinator {
                 }
             };
             tracing::info!(epoch, addr = %self.addr, "coordinator role won; loading committed offsets");
-            let Some((store, loaded)) = self.load(&client, epoch).await else {
+            let Some((store, loaded)) = self.load(epoch).await else {
                 tracing::warn!(epoch, "lost the coordinator role while loading");
                 continue;
             };
@@ -239,16 +230,19 @@ impl Coordinator {
     }
 
     /// Opens the offsets topic and reads it, retrying while this coordinator holds the role.
-    async fn load(&self, client: &sluice_client::Client, epoch: u64) -> Option<(OffsetStore, store::Loaded)> {
+    async fn load(&self, epoch: u64) -> Option<(OffsetStore, store::Loaded)> {
         loop {
             if !self.holds(epoch) {
                 return None;
             }
             let s = &self.settings;
             let r = async {
-                let store =
-                    OffsetStore::open(client.clone(), s.offsets_topic_partitions, s.offsets_topic_replication_factor)
-                        .await?;
+                let store = OffsetStore::open(
+                    self.router.clone(),
+                    s.offsets_topic_partitions,
+                    s.offsets_topic_replication_factor,
+                )
+                .await?;
                 let offsets = store.load().await?;
                 Ok::<_, SluiceError>((store, offsets))
             }

@@ -357,7 +357,7 @@ impl Coordinator {
     pub(crate) async fn add_lag(&self, resp: &mut DescribeGroupResponse, topics: BTreeSet<String>) {
         let Ok((_, store)) = self.active() else { return };
         for t in topics {
-            let Ok(ends) = store.client().list_offsets(&t, vec![], OffsetSpec::Latest, 0).await else { continue };
+            let Ok(ends) = store.list_offsets(&t, vec![], OffsetSpec::Latest, 0).await else { continue };
             let ends: BTreeMap<u32, i64> =
                 ends.into_iter().filter(|e| e.error.is_none()).map(|e| (e.partition, e.offset)).collect();
             for p in resp.partitions.iter_mut().filter(|p| p.topic == t) {
@@ -405,10 +405,10 @@ impl Coordinator {
             let topic = r.topic.clone();
             let store = store.clone();
             async move {
-                let v =
-                    store.client().list_offsets(&topic, parts, spec, ts).await.map_err(|e| {
-                        SluiceError::NodeUnavailable(format!("cannot read the offsets of '{topic}': {e}"))
-                    })?;
+                let v = store
+                    .list_offsets(&topic, parts, spec, ts)
+                    .await
+                    .map_err(|e| SluiceError::NodeUnavailable(format!("cannot read the offsets of '{topic}': {e}")))?;
                 let mut m = BTreeMap::new();
                 for o in v {
                     if let Some(e) = o.error {

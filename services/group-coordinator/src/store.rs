@@ -18,18 +18,26 @@
 //! A tombstone (no value) forgets the key.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use sluice_client::consumer::{Consumer, ConsumerConfig, StartFrom};
-use sluice_client::producer::{Producer, ProducerConfig, ProducerRecord};
-use sluice_client::{Client, ClientError};
 use sluice_core::SluiceError;
-use sluice_proto::v1::{Acks, OffsetSpec};
+use sluice_proto::v1::{
+    self, Acks, ConsumedRecord, CreateTopicRequest, DescribeTopicRequest, FetchPartition, FetchStart, ListNodesRequest,
+    ListOffsetsRequest, OffsetSpec, PartitionOffset, ProduceRequest, Record,
+};
+use sluice_router::{Router, fetch};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::assignor::Tp;
 
 pub use sluice_core::topic::OFFSETS_TOPIC;
+
+/// Pause between two tries of a write that failed with a retriable error.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// One committed offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,54 +176,50 @@ pub fn decode_value(mut b: &[u8]) -> Option<Committed> {
 /// Longest metadata string a commit may carry (Kafka's offset.metadata.max.bytes).
 pub const MAX_METADATA: usize = 4096;
 
-fn remote(e: ClientError) -> SluiceError {
-    match e {
-        ClientError::Remote(r) if r.retriable => SluiceError::NodeUnavailable(r.message),
-        ClientError::Remote(r) => SluiceError::Internal(r.message),
-        ClientError::Connect { .. } | ClientError::Disconnected(_) | ClientError::Exhausted { .. } => {
-            SluiceError::NodeUnavailable(format!("the offsets topic cannot be written: {e}"))
-        }
-        ClientError::Invalid(m) => SluiceError::Internal(m),
-    }
-}
+/// How long one write keeps trying through leader changes and retriable failures.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Credit of the fetch that reads the topic back (and each node's window).
+const LOAD_CREDIT: u64 = 8 << 20;
 
-/// Reads and writes the offsets topic through a gateway.
+/// Reads and writes the offsets topic through the data path, in process.
 pub struct OffsetStore {
-    client: Client,
-    producer: Producer,
+    router: Arc<Router>,
     partitions: u32,
+    /// One writer at a time per offsets partition: a group's records keep the order in which
+    /// they were written, retries included (a later commit never lands before an earlier one).
+    writers: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl OffsetStore {
     /// Creates the offsets topic when it is missing (`partitions`, replication factor up to
     /// `replication_factor` within the live nodes, compacted).
-    pub async fn open(client: Client, partitions: u32, replication_factor: u32) -> Result<Self, SluiceError> {
-        let partitions = match client.describe_topic(OFFSETS_TOPIC).await {
-            Ok(d) => d.partitions.len() as u32,
-            Err(ClientError::Remote(r)) if r.code == tonic::Code::NotFound => {
-                let live = client.list_nodes().await.map_err(remote)?.iter().filter(|n| n.alive).count() as u32;
-                let rf = replication_factor.min(live).max(1);
-                let config = [("cleanup.policy".to_string(), "compact".to_string())].into();
-                match client.create_topic(OFFSETS_TOPIC, partitions, rf, config).await {
-                    Ok(d) => d.partitions.len() as u32,
-                    Err(ClientError::Remote(r)) if r.code == tonic::Code::AlreadyExists => {
-                        client.describe_topic(OFFSETS_TOPIC).await.map_err(remote)?.partitions.len() as u32
+    pub async fn open(router: Arc<Router>, partitions: u32, replication_factor: u32) -> Result<Self, SluiceError> {
+        let describe = || router.describe_topic(DescribeTopicRequest { name: OFFSETS_TOPIC.to_string() });
+        let partitions = match describe().await {
+            Ok(d) => d.topic.map_or(0, |t| t.partitions.len() as u32),
+            Err(SluiceError::UnknownTopic(_)) => {
+                let live = router.list_nodes(ListNodesRequest {}).nodes.iter().filter(|n| n.alive).count() as u32;
+                let req = CreateTopicRequest {
+                    name: OFFSETS_TOPIC.to_string(),
+                    partitions,
+                    replication_factor: replication_factor.min(live).max(1),
+                    config: [("cleanup.policy".to_string(), "compact".to_string())].into(),
+                };
+                match router.create_topic(req).await {
+                    Ok(d) => d.topic.map_or(0, |t| t.partitions.len() as u32),
+                    Err(SluiceError::TopicExists(_)) => {
+                        describe().await?.topic.map_or(0, |t| t.partitions.len() as u32)
                     }
-                    Err(e) => return Err(remote(e)),
+                    Err(e) => return Err(e),
                 }
             }
-            Err(e) => return Err(remote(e)),
+            Err(e) => return Err(e),
         };
-        let cfg = ProducerConfig {
-            acks: Acks::All,
-            linger: Duration::ZERO,
-            delivery_timeout: Duration::from_secs(15),
-            request_timeout: Duration::from_secs(10),
-            max_in_flight: 1,
-            ..ProducerConfig::default()
-        };
-        let producer = Producer::new(client.clone(), cfg);
-        Ok(Self { client, producer, partitions })
+        if partitions == 0 {
+            return Err(SluiceError::Internal(format!("the '{OFFSETS_TOPIC}' topic has no partitions")));
+        }
+        let writers = (0..partitions).map(|_| tokio::sync::Mutex::new(())).collect();
+        Ok(Self { router, partitions, writers })
     }
 
     fn partition_of(&self, group: &str) -> u32 {
@@ -240,30 +244,54 @@ impl OffsetStore {
         self.put(group, std::iter::once((encode_group_key(group), value))).await
     }
 
+    /// One acks=all produce of `records` to the group's partition, tried again on retriable
+    /// failures until [`WRITE_TIMEOUT`] (writing a key twice is harmless: the last value wins).
     async fn put(&self, group: &str, records: impl Iterator<Item = (Bytes, Option<Bytes>)>) -> Result<(), SluiceError> {
-        let partition = Some(self.partition_of(group));
-        let mut pending = Vec::new();
-        for (key, value) in records {
-            let record = ProducerRecord {
+        let partition = self.partition_of(group);
+        let records: Vec<Record> = records
+            .map(|(key, value)| Record { key: Some(key), value, partition: Some(partition), ..Record::default() })
+            .collect();
+        let _order = self.writers[partition as usize].lock().await;
+        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+        let mut id = 0;
+        loop {
+            id += 1;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let req = ProduceRequest {
+                id,
                 topic: OFFSETS_TOPIC.to_string(),
-                partition,
-                key: Some(key),
-                value,
-                ..ProducerRecord::default()
+                acks: Acks::All as i32,
+                records: records.clone(),
+                timeout_ms: left.as_millis().clamp(1, u32::MAX as u128) as u32,
+                ..ProduceRequest::default()
             };
-            pending.push(self.producer.send(record).await.map_err(remote)?);
+            let resp = self.router.produce(req).await?;
+            let failed = resp.error.or_else(|| resp.partitions.into_iter().find_map(|p| p.error));
+            let Some(e) = failed else { return Ok(()) };
+            if !e.retriable || tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(relayed(&e));
+            }
+            tracing::debug!(group, reason = %e.message, "offsets write failed; trying again");
+            tokio::time::sleep(RETRY_PAUSE).await;
         }
-        for rx in pending {
-            rx.await.map_err(|_| SluiceError::Internal("the offsets producer stopped".into()))?.map_err(remote)?;
-        }
-        Ok(())
+    }
+
+    /// Earliest, latest or by-timestamp offsets of a topic's partitions (all when empty).
+    pub async fn list_offsets(
+        &self,
+        topic: &str,
+        partitions: Vec<u32>,
+        spec: OffsetSpec,
+        timestamp_ms: i64,
+    ) -> Result<Vec<PartitionOffset>, SluiceError> {
+        let req = ListOffsetsRequest { topic: topic.to_string(), partitions, spec: spec as i32, timestamp_ms };
+        Ok(self.router.list_offsets(req).await?.offsets)
     }
 
     /// Reads the whole topic up to its high watermark: the last value of each key wins.
     pub async fn load(&self) -> Result<Loaded, SluiceError> {
-        let ends = self.client.list_offsets(OFFSETS_TOPIC, vec![], OffsetSpec::Latest, 0).await.map_err(remote)?;
+        let ends = self.list_offsets(OFFSETS_TOPIC, vec![], OffsetSpec::Latest, 0).await?;
         let mut loaded = Loaded::default();
-        let out = &mut loaded.offsets;
         let mut wanted: BTreeMap<u32, i64> = BTreeMap::new();
         for e in ends {
             if let Some(err) = e.error {
@@ -276,56 +304,74 @@ impl OffsetStore {
         if wanted.is_empty() {
             return Ok(loaded);
         }
-        let parts: Vec<u32> = wanted.keys().copied().collect();
-        let cfg = ConsumerConfig { retry_timeout: Duration::from_secs(30), ..ConsumerConfig::default() };
-        let mut consumer = Consumer::assign(self.client.clone(), OFFSETS_TOPIC, &parts, StartFrom::Earliest, cfg)
-            .await
-            .map_err(remote)?;
+        let start = FetchStart {
+            topic: OFFSETS_TOPIC.to_string(),
+            partitions: wanted.keys().map(|p| FetchPartition { partition: *p, offset: -2 }).collect(),
+            max_bytes: LOAD_CREDIT,
+            plain_records: true,
+        };
+        let (credit, credits) = mpsc::unbounded_channel::<u64>();
+        let mut stream = fetch::serve(self.router.clone(), start, UnboundedReceiverStream::new(credits)).await?;
+        let mut positions: BTreeMap<u32, i64> = BTreeMap::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while wanted.iter().any(|(p, end)| consumer.positions().get(p).copied().unwrap_or(0) < *end) {
-            if tokio::time::Instant::now() > deadline {
-                return Err(SluiceError::Timeout("reading the offsets topic took more than 60 s".into()));
+        while wanted.iter().any(|(p, end)| positions.get(p).copied().unwrap_or(0) < *end) {
+            let resp = match tokio::time::timeout_at(deadline, stream.next()).await {
+                Err(_) => return Err(SluiceError::Timeout("reading the offsets topic took more than 60 s".into())),
+                Ok(None) => return Err(SluiceError::NodeUnavailable("the offsets topic read ended early".into())),
+                Ok(Some(Err(s))) => return Err(SluiceError::NodeUnavailable(s.message().to_string())),
+                Ok(Some(Ok(r))) => r,
+            };
+            if let Some(e) = resp.error {
+                return Err(relayed(&e));
             }
-            for r in consumer.poll(Duration::from_millis(500)).await.map_err(remote)? {
-                if let Some(group) = r.key.as_deref().and_then(decode_group_key) {
-                    match r.value.as_deref().map(serde_json::from_slice::<GroupSnapshot>) {
-                        Some(Ok(s)) => {
-                            loaded.groups.insert(group, s);
-                        }
-                        Some(Err(e)) => tracing::warn!(%group, error = %e, "skipping an unreadable group snapshot"),
-                        None => {
-                            loaded.groups.remove(&group);
-                        }
-                    }
-                    continue;
-                }
-                let Some((group, tp)) = r.key.as_deref().and_then(decode_key) else {
-                    tracing::warn!(partition = r.partition, offset = r.offset, "skipping an unreadable offsets key");
-                    continue;
-                };
-                match r.value.as_deref() {
-                    None => {
-                        if let Some(g) = out.get_mut(&group) {
-                            g.remove(&tp);
-                        }
-                    }
-                    Some(v) => match decode_value(v) {
-                        Some(c) => {
-                            out.entry(group).or_default().insert(tp, c);
-                        }
-                        None => {
-                            tracing::warn!(partition = r.partition, offset = r.offset, "skipping an unreadable offset")
-                        }
-                    },
-                }
+            let _ = credit.send(resp.charged_bytes);
+            positions.insert(resp.partition, resp.next_offset);
+            for r in resp.records {
+                apply(&mut loaded, r);
             }
         }
         loaded.offsets.retain(|_, g| !g.is_empty());
         Ok(loaded)
     }
+}
 
-    pub fn client(&self) -> &Client {
-        &self.client
+/// A failure a partition node reported, as this coordinator reports it on.
+fn relayed(e: &v1::Error) -> SluiceError {
+    let what = format!("the offsets topic: {}", e.message);
+    if e.retriable { SluiceError::NodeUnavailable(what) } else { SluiceError::Internal(what) }
+}
+
+/// Folds one record of the offsets topic into what was loaded so far.
+fn apply(loaded: &mut Loaded, r: ConsumedRecord) {
+    if let Some(group) = r.key.as_deref().and_then(decode_group_key) {
+        match r.value.as_deref().map(serde_json::from_slice::<GroupSnapshot>) {
+            Some(Ok(s)) => {
+                loaded.groups.insert(group, s);
+            }
+            Some(Err(e)) => tracing::warn!(%group, error = %e, "skipping an unreadable group snapshot"),
+            None => {
+                loaded.groups.remove(&group);
+            }
+        }
+        return;
+    }
+    let Some((group, tp)) = r.key.as_deref().and_then(decode_key) else {
+        tracing::warn!(partition = r.partition, offset = r.offset, "skipping an unreadable offsets key");
+        return;
+    };
+    let out = &mut loaded.offsets;
+    match r.value.as_deref() {
+        None => {
+            if let Some(g) = out.get_mut(&group) {
+                g.remove(&tp);
+            }
+        }
+        Some(v) => match decode_value(v) {
+            Some(c) => {
+                out.entry(group).or_default().insert(tp, c);
+            }
+            None => tracing::warn!(partition = r.partition, offset = r.offset, "skipping an unreadable offset"),
+        },
     }
 }
 

@@ -11,10 +11,9 @@ async fn main() -> anyhow::Result<()> {
     let meta = sluice_runtime::connect_meta(&settings).await?;
     let node = sluice_partition_node::start(&settings, meta, advertised, shutdown.clone()).await?;
     let (_health, health) = sluice_runtime::health(&["sluice.v1.PartitionNode"]).await;
-    let router = sluice_runtime::server()
-        .add_service(health)
-        .add_service(sluice_runtime::reflection(&["sluice.v1.PartitionNode"])?)
-        .add_service(NodeService::new(node.clone()).into_server());
+    let router =
+        sluice_runtime::add_reflection(sluice_runtime::server().add_service(health), &["sluice.v1.PartitionNode"])?
+            .add_service(NodeService::new(node.clone()).into_server());
     tracing::info!(%addr, node_id = node.id, "partition node listening");
     sluice_runtime::serve(router, listener, shutdown).await?;
     // Everything appended is made durable before the process ends.

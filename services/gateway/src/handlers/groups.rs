@@ -23,8 +23,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::RpcStream;
-use crate::Gateway;
+use sluice_router::Router;
+use sluice_router::RpcStream;
 
 /// Membership events waiting for a slow member before the coordinator side waits too.
 const EVENTS_BUFFERED: usize = 64;
@@ -34,7 +34,7 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 /// Forwards `sluice.v1.Groups` to the active coordinator.
 #[derive(Clone)]
 pub struct GroupsProxy {
-    gw: Arc<Gateway>,
+    gw: Arc<Router>,
     /// The channel to the last coordinator used, by address.
     conn: Arc<Mutex<Option<(String, Channel)>>>,
     /// Given when this gateway stops.
@@ -42,7 +42,7 @@ pub struct GroupsProxy {
 }
 
 impl GroupsProxy {
-    pub fn new(gw: Arc<Gateway>, stopping: Shutdown) -> Self {
+    pub fn new(gw: Arc<Router>, stopping: Shutdown) -> Self {
         Self { gw, conn: Arc::default(), stopping }
     }
 

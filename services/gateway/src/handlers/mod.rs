@@ -1,39 +1,34 @@
-//! The gRPC services of the gateway, one file per RPC.
+//! The gRPC services of the gateway: each RPC is one call into the router, its error turned
+//! into a status by the one mapping in `sluice_core::error`.
 
-mod elect;
-mod fetch;
 pub mod groups;
-mod nodes;
-mod offsets;
-mod produce;
-mod topic;
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use sluice_proto::v1::admin_server::{Admin, AdminServer};
 use sluice_proto::v1::broker_server::{Broker, BrokerServer};
+use sluice_proto::v1::fetch_request::Kind;
 use sluice_proto::v1::*;
-use tokio_stream::Stream;
+use sluice_router::{Router, RpcStream, fetch, produce};
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::Gateway;
+/// Largest gRPC message on the data path (a produce request or fetch response of batches).
+pub const MAX_MESSAGE_BYTES: usize = 80 << 20;
 
-pub(crate) type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-/// `sluice.v1.Admin` and `sluice.v1.Broker` over one [`Gateway`].
+/// `sluice.v1.Admin` and `sluice.v1.Broker` over one [`Router`].
 #[derive(Clone)]
 pub struct GatewayService {
-    gw: Arc<Gateway>,
+    router: Arc<Router>,
 }
 
 impl GatewayService {
-    pub fn new(gw: Arc<Gateway>) -> Self {
-        Self { gw }
+    pub fn new(router: Arc<Router>) -> Self {
+        Self { router }
     }
 
-    pub fn gateway(&self) -> &Arc<Gateway> {
-        &self.gw
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
     }
 
     pub fn admin_server(&self) -> AdminServer<Self> {
@@ -41,41 +36,43 @@ impl GatewayService {
     }
 
     pub fn broker_server(&self) -> BrokerServer<Self> {
-        BrokerServer::new(self.clone()).max_decoding_message_size(80 << 20).max_encoding_message_size(80 << 20)
+        BrokerServer::new(self.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 }
 
 #[tonic::async_trait]
 impl Admin for GatewayService {
     async fn create_topic(&self, r: Request<CreateTopicRequest>) -> Result<Response<CreateTopicResponse>, Status> {
-        topic::create::handle(&self.gw, r.into_inner()).await.map(Response::new).map_err(Into::into)
+        Ok(Response::new(self.router.create_topic(r.into_inner()).await?))
     }
 
     async fn delete_topic(&self, r: Request<DeleteTopicRequest>) -> Result<Response<DeleteTopicResponse>, Status> {
-        topic::delete::handle(&self.gw, r.into_inner()).await.map(Response::new).map_err(Into::into)
+        Ok(Response::new(self.router.delete_topic(r.into_inner()).await?))
     }
 
     async fn list_topics(&self, r: Request<ListTopicsRequest>) -> Result<Response<ListTopicsResponse>, Status> {
-        Ok(Response::new(topic::list::handle(&self.gw, r.into_inner())))
+        Ok(Response::new(self.router.list_topics(r.into_inner())))
     }
 
     async fn describe_topic(
         &self,
         r: Request<DescribeTopicRequest>,
     ) -> Result<Response<DescribeTopicResponse>, Status> {
-        topic::describe::handle(&self.gw, r.into_inner()).await.map(Response::new).map_err(Into::into)
+        Ok(Response::new(self.router.describe_topic(r.into_inner()).await?))
     }
 
     async fn list_offsets(&self, r: Request<ListOffsetsRequest>) -> Result<Response<ListOffsetsResponse>, Status> {
-        offsets::handle(&self.gw, r.into_inner()).await.map(Response::new).map_err(Into::into)
+        Ok(Response::new(self.router.list_offsets(r.into_inner()).await?))
     }
 
     async fn list_nodes(&self, r: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
-        Ok(Response::new(nodes::handle(&self.gw, r.into_inner())))
+        Ok(Response::new(self.router.list_nodes(r.into_inner())))
     }
 
     async fn elect_leaders(&self, r: Request<ElectLeadersRequest>) -> Result<Response<ElectLeadersResponse>, Status> {
-        elect::handle(&self.gw, r.into_inner()).await.map(Response::new).map_err(Into::into)
+        Ok(Response::new(self.router.elect_leaders(r.into_inner()).await?))
     }
 }
 
@@ -85,10 +82,21 @@ impl Broker for GatewayService {
     type FetchStream = RpcStream<FetchResponse>;
 
     async fn produce(&self, r: Request<Streaming<ProduceRequest>>) -> Result<Response<Self::ProduceStream>, Status> {
-        Ok(Response::new(produce::serve(self.gw.clone(), r.into_inner())))
+        // A broken client stream ends the requests, as a closed one does.
+        let input = r.into_inner().map_while(Result::ok);
+        Ok(Response::new(produce::serve(self.router.clone(), input)))
     }
 
     async fn fetch(&self, r: Request<Streaming<FetchRequest>>) -> Result<Response<Self::FetchStream>, Status> {
-        Ok(Response::new(fetch::serve(self.gw.clone(), r.into_inner()).await?))
+        let mut input = r.into_inner();
+        let start = match input.message().await?.and_then(|m| m.kind) {
+            Some(Kind::Start(s)) => s,
+            _ => return Err(Status::invalid_argument("the first message of a fetch stream must be a FetchStart")),
+        };
+        let credits = input.map_while(Result::ok).filter_map(|m| match m.kind {
+            Some(Kind::Credit(c)) => Some(c.bytes),
+            _ => None,
+        });
+        Ok(Response::new(fetch::serve(self.router.clone(), start, credits).await?))
     }
 }

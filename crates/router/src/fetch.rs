@@ -1,11 +1,15 @@
-//! `Fetch`: one client stream fanned out to one `Read` stream per leader node.
+//! Fetch: one client stream fanned out to one `Read` stream per leader node.
 //!
-//! The client's credit (bytes it can take) is passed on to every node stream, and the client
-//! stream itself is bounded, so a slow consumer slows the nodes down instead of filling the
-//! gateway's memory. Batches go through untouched unless the client asked for plain records.
-//! When a partition's leader changes or its node dies, the gateway reads it from the new
-//! leader (once the metadata names one) from the next offset: consumers see a pause, not an
-//! error.
+//! The client's credit is one budget for the whole stream, however many nodes serve it: a
+//! forwarder hands responses to the client only while the client has credit left, charging
+//! each its stored batch bytes (`FetchResponse.charged_bytes`), and tops up the credit of the
+//! node a response came from by what it used. Each node therefore runs at most one window
+//! (the client's initial `max_bytes`) ahead of the client, so a slow consumer slows the nodes
+//! down, the gateway holds at most a window per node, and the client never receives more than
+//! it granted (the last response may pass the budget by less than one batch, as a batch is
+//! never split). Batches go through untouched unless the client asked for plain records.
+//! When a partition's leader changes or its node dies, it is read from the new leader (once
+//! the metadata names one) from the next offset: consumers see a pause, not an error.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,22 +20,24 @@ use sluice_core::SluiceError;
 use sluice_core::batch::{BatchHeader, decode_records};
 use sluice_core::error::codes;
 use sluice_meta::{ClusterView, TopicMeta};
-use sluice_proto::v1::fetch_request::Kind;
 use sluice_proto::v1::{
-    ConsumedRecord, FetchCredit, FetchRequest, FetchResponse, Header, ReadPartition, ReadRequest, ReadResponse,
+    ConsumedRecord, FetchCredit, FetchResponse, FetchStart, Header, ReadPartition, ReadRequest, ReadResponse,
     ReadStart, read_request,
 };
 use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Status, Streaming};
+use tokio_stream::{Stream, StreamExt};
+use tonic::Status;
 use tracing::Instrument;
 
-use super::RpcStream;
 use crate::pool::NodeConn;
-use crate::{Gateway, route};
+use crate::{Router, RpcStream, route};
 
-const DEFAULT_CREDIT: u64 = 1 << 20;
+/// Credit (and node window) when the client asked for none.
+pub const DEFAULT_CREDIT: u64 = 1 << 20;
+
+/// The reader id of responses made by the gateway itself (no node credit to top up).
+const NO_READER: u64 = u64::MAX;
 
 fn partition_error(partition: u32, e: &sluice_proto::v1::Error) -> FetchResponse {
     FetchResponse {
@@ -44,14 +50,13 @@ fn partition_error(partition: u32, e: &sluice_proto::v1::Error) -> FetchResponse
     }
 }
 
-pub(super) async fn serve(
-    gw: Arc<Gateway>,
-    mut input: Streaming<FetchRequest>,
-) -> Result<RpcStream<FetchResponse>, Status> {
-    let start = match input.message().await?.and_then(|m| m.kind) {
-        Some(Kind::Start(s)) => s,
-        _ => return Err(Status::invalid_argument("the first message of a fetch stream must be a FetchStart")),
-    };
+/// Serves one fetch: `start` says what to read, `credits` are the client's later grants (in
+/// bytes); the stream ends when the client's side ended and its credit is spent or nothing
+/// more is there, or when every partition failed.
+pub async fn serve<C>(gw: Arc<Router>, start: FetchStart, credits: C) -> Result<RpcStream<FetchResponse>, SluiceError>
+where
+    C: Stream<Item = u64> + Send + 'static,
+{
     let view = gw.snapshot();
     let t = route::topic(&view, &start.topic)?;
     gw.metrics.fetch_requests.add(1, &crate::metrics::topic(&t.name));
@@ -63,20 +68,22 @@ pub(super) async fn serve(
     };
     for (p, _) in &wanted {
         if *p >= count {
-            return Err(SluiceError::UnknownPartition { topic: t.name.clone(), partition: *p, count }.into());
+            return Err(SluiceError::UnknownPartition { topic: t.name.clone(), partition: *p, count });
         }
     }
     let credit = if start.max_bytes == 0 { DEFAULT_CREDIT } else { start.max_bytes };
-    let (tx, rx) = mpsc::channel::<Result<FetchResponse, Status>>(16);
+    let (out_tx, out_rx) = mpsc::channel::<Result<FetchResponse, Status>>(16);
+    let (merged_tx, merged_rx) = mpsc::channel::<(u64, FetchResponse)>(16);
     let (orphans_tx, orphans_rx) = mpsc::unbounded_channel();
+    let readers: Readers = Arc::default();
     let shared = Arc::new(Shared {
         gw: gw.clone(),
         topic: t.clone(),
-        tx,
+        tx: merged_tx,
         plain: start.plain_records,
-        credit,
+        window: credit,
         attrs: crate::metrics::topic(&t.name),
-        credit_senders: Mutex::new(BTreeMap::new()),
+        readers: readers.clone(),
         next_reader: AtomicU64::new(0),
         input_closed: AtomicBool::new(false),
         orphans: orphans_tx,
@@ -84,46 +91,95 @@ pub(super) async fn serve(
     });
     route_partitions(&shared, &view, wanted).await;
     tokio::spawn(reroute(Arc::downgrade(&shared), orphans_rx));
-    let credit_of = Arc::downgrade(&shared);
+    let closed = Arc::downgrade(&shared);
     drop(shared);
-    tokio::spawn(async move {
-        while let Ok(Some(msg)) = input.message().await {
-            if let Some(Kind::Credit(FetchCredit { bytes })) = msg.kind {
-                let Some(shared) = credit_of.upgrade() else { break };
-                let senders: Vec<_> =
-                    shared.credit_senders.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
-                for s in senders {
-                    let _ = s.send(ReadRequest { kind: Some(read_request::Kind::Credit(FetchCredit { bytes })) }).await;
-                }
-            }
-        }
-        // The client closed its side: the node streams get no more credit, so they end once
-        // they have sent what they could (and the response stream ends after them).
-        if let Some(shared) = credit_of.upgrade() {
-            shared.input_closed.store(true, Ordering::Release);
-            shared.credit_senders.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        }
-    });
+    tokio::spawn(forward(credit, credits, merged_rx, out_tx, readers, closed));
     // Counted as open for as long as the client holds the response stream.
     let open = crate::metrics::StreamGuard::open(&gw.metrics.active_streams, "fetch");
-    Ok(Box::pin(tokio_stream::StreamExt::map(ReceiverStream::new(rx), move |m| {
+    Ok(Box::pin(tokio_stream::StreamExt::map(ReceiverStream::new(out_rx), move |m| {
         let _ = &open;
         m
     })))
 }
 
+/// The node streams of one fetch, by reader id: the request side (the only holder, so
+/// dropping it ends the node stream) and the credit the node has not used yet.
+type Readers = Arc<Mutex<BTreeMap<u64, (mpsc::Sender<ReadRequest>, u64)>>>;
+
+/// Hands node responses to the client within its credit and tops up each node's window.
+async fn forward<C>(
+    mut remaining: u64,
+    credits: C,
+    mut merged: mpsc::Receiver<(u64, FetchResponse)>,
+    out: mpsc::Sender<Result<FetchResponse, Status>>,
+    readers: Readers,
+    shared: std::sync::Weak<Shared>,
+) where
+    C: Stream<Item = u64> + Send + 'static,
+{
+    let mut credits = std::pin::pin!(credits);
+    let mut credits_open = true;
+    loop {
+        if !credits_open && remaining == 0 {
+            // No more credit can come: what the client could take has been sent.
+            break;
+        }
+        tokio::select! {
+            grant = credits.next(), if credits_open => match grant {
+                Some(bytes) => remaining = remaining.saturating_add(bytes),
+                None => {
+                    // The client closed its side: the node streams get no more credit, so they
+                    // end once they have sent what they could (and this stream after them).
+                    credits_open = false;
+                    if let Some(s) = shared.upgrade() {
+                        s.input_closed.store(true, Ordering::Release);
+                    }
+                    readers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                }
+            },
+            next = merged.recv(), if remaining > 0 => {
+                let Some((reader, resp)) = next else { break };
+                let charged = resp.charged_bytes;
+                remaining = remaining.saturating_sub(charged);
+                if out.send(Ok(resp)).await.is_err() {
+                    break;
+                }
+                if charged > 0 {
+                    top_up(&readers, reader, charged, shared.upgrade().map_or(0, |s| s.window)).await;
+                }
+            }
+            _ = out.closed() => break,
+        }
+    }
+}
+
+/// Gives a node back the credit a forwarded response used, up to the window.
+async fn top_up(readers: &Readers, reader: u64, used: u64, window: u64) {
+    let grant = {
+        let mut map = readers.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((tx, unused)) = map.get_mut(&reader) else { return };
+        *unused = unused.saturating_sub(used);
+        let grant = window.saturating_sub(*unused);
+        *unused += grant;
+        (grant > 0).then(|| (tx.clone(), grant))
+    };
+    if let Some((tx, bytes)) = grant {
+        let _ = tx.send(ReadRequest { kind: Some(read_request::Kind::Credit(FetchCredit { bytes })) }).await;
+    }
+}
+
 /// What the node readers of one client fetch share. The response stream ends when the last
 /// reader (or partitions waiting for a new leader) lets go of it.
 struct Shared {
-    gw: Arc<Gateway>,
+    gw: Arc<Router>,
     topic: Arc<TopicMeta>,
-    tx: mpsc::Sender<Result<FetchResponse, Status>>,
+    /// To the forwarder, tagged with the reader id.
+    tx: mpsc::Sender<(u64, FetchResponse)>,
     plain: bool,
-    credit: u64,
+    /// The credit each node stream starts with and is topped up to.
+    window: u64,
     attrs: [opentelemetry::KeyValue; 1],
-    /// Every open node stream, to pass the client's credit on (the only holders of their
-    /// request sides, so that dropping them ends the node streams).
-    credit_senders: Mutex<BTreeMap<u64, mpsc::Sender<ReadRequest>>>,
+    readers: Readers,
     next_reader: AtomicU64,
     input_closed: AtomicBool,
     /// Partitions whose leader changed or went away, with their next offset.
@@ -153,7 +209,7 @@ async fn route_partitions(shared: &Arc<Shared>, view: &ClusterView, wanted: Vec<
         if moved(&e) {
             waiting.push((p, wanted.iter().find(|w| w.0 == p).map_or(-2, |w| w.1)));
         } else {
-            let _ = shared.tx.send(Ok(partition_error(p, &e))).await;
+            let _ = shared.tx.send((NO_READER, partition_error(p, &e))).await;
         }
     }
     if !waiting.is_empty() {
@@ -192,12 +248,12 @@ const REROUTE_PAUSE: std::time::Duration = std::time::Duration::from_millis(250)
 async fn spawn_reader(shared: Arc<Shared>, conn: Arc<NodeConn>, partitions: Vec<ReadPartition>) {
     let (ctx, crx) = mpsc::channel::<ReadRequest>(64);
     let begin = ReadRequest {
-        kind: Some(read_request::Kind::Start(ReadStart { partitions: partitions.clone(), max_bytes: shared.credit })),
+        kind: Some(read_request::Kind::Start(ReadStart { partitions: partitions.clone(), max_bytes: shared.window })),
     };
     let _ = ctx.send(begin).await;
     let id = shared.next_reader.fetch_add(1, Ordering::Relaxed);
     if !shared.input_closed.load(Ordering::Acquire) {
-        shared.credit_senders.lock().unwrap_or_else(|p| p.into_inner()).insert(id, ctx);
+        shared.readers.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (ctx, shared.window));
     }
     let span = shared.span.clone();
     tokio::spawn(
@@ -235,7 +291,7 @@ async fn spawn_reader(shared: Arc<Shared>, conn: Arc<NodeConn>, partitions: Vec<
                             shared.gw.metrics.fetch_responses.add(1, a);
                         }
                         let out = convert(resp, shared.plain, &mut next);
-                        if shared.tx.send(Ok(out)).await.is_err() {
+                        if shared.tx.send((id, out)).await.is_err() {
                             break;
                         }
                     }
@@ -248,7 +304,7 @@ async fn spawn_reader(shared: Arc<Shared>, conn: Arc<NodeConn>, partitions: Vec<
                 }
             }
             // This node stream is done: stop passing credit to it.
-            shared.credit_senders.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            shared.readers.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         }
         .instrument(span),
     );
@@ -258,6 +314,7 @@ fn convert(resp: ReadResponse, plain: bool, next: &mut BTreeMap<u32, i64>) -> Fe
     let partition = resp.partition.as_ref().map_or(0, |r| r.partition);
     let mut out = FetchResponse {
         partition,
+        charged_bytes: resp.batches.len() as u64,
         batches: Bytes::new(),
         records: Vec::new(),
         high_watermark: resp.high_watermark,

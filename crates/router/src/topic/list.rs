@@ -2,9 +2,9 @@
 
 use sluice_proto::v1::{ListTopicsRequest, ListTopicsResponse, TopicSummary};
 
-use crate::Gateway;
+use crate::Router;
 
-pub fn handle(gw: &Gateway, _req: ListTopicsRequest) -> ListTopicsResponse {
+pub fn handle(gw: &Router, _req: ListTopicsRequest) -> ListTopicsResponse {
     let view = gw.snapshot();
     let topics = view
         .topics

@@ -6,10 +6,10 @@ use sluice_core::SluiceError;
 use sluice_meta::PartitionState;
 use sluice_proto::v1::{ElectLeadersRequest, ElectLeadersResponse, ElectionResult};
 
-use crate::Gateway;
+use crate::Router;
 
 #[tracing::instrument(skip_all, fields(topic = %req.topic))]
-pub async fn handle(gw: &Gateway, req: ElectLeadersRequest) -> Result<ElectLeadersResponse, SluiceError> {
+pub async fn handle(gw: &Router, req: ElectLeadersRequest) -> Result<ElectLeadersResponse, SluiceError> {
     let view = gw.snapshot();
     let topics: Vec<_> = if req.topic.is_empty() {
         view.topics.values().cloned().collect()

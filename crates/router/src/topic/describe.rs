@@ -6,17 +6,17 @@ use sluice_core::SluiceError;
 use sluice_meta::TopicMeta;
 use sluice_proto::v1::{DescribeTopicRequest, DescribeTopicResponse, PartitionDescription, TopicDescription};
 
-use crate::Gateway;
-use crate::handlers::offsets::query_offsets;
+use crate::Router;
+use crate::offsets::query_offsets;
 
 #[tracing::instrument(skip_all, fields(topic = %req.name))]
-pub async fn handle(gw: &Gateway, req: DescribeTopicRequest) -> Result<DescribeTopicResponse, SluiceError> {
+pub async fn handle(gw: &Router, req: DescribeTopicRequest) -> Result<DescribeTopicResponse, SluiceError> {
     let t = crate::route::topic(&gw.snapshot(), &req.name)?;
     Ok(DescribeTopicResponse { topic: Some(describe(gw, &t).await) })
 }
 
 /// The full description of `t`, asking each leader for its offsets.
-pub async fn describe(gw: &Gateway, t: &TopicMeta) -> TopicDescription {
+pub async fn describe(gw: &Router, t: &TopicMeta) -> TopicDescription {
     let all: Vec<u32> = (0..t.partitions.len() as u32).collect();
     let offsets: BTreeMap<u32, _> = query_offsets(gw, t, &all, None).await.into_iter().collect();
     let partitions = t

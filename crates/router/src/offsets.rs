@@ -7,10 +7,10 @@ use sluice_proto::v1::{
     PartitionOffsetsRequest,
 };
 
-use crate::Gateway;
+use crate::Router;
 
 #[tracing::instrument(skip_all, fields(topic = %req.topic))]
-pub async fn handle(gw: &Gateway, req: ListOffsetsRequest) -> Result<ListOffsetsResponse, SluiceError> {
+pub async fn handle(gw: &Router, req: ListOffsetsRequest) -> Result<ListOffsetsResponse, SluiceError> {
     let t = crate::route::topic(&gw.snapshot(), &req.topic)?;
     let parts: Vec<u32> =
         if req.partitions.is_empty() { (0..t.partitions.len() as u32).collect() } else { req.partitions.clone() };
@@ -42,7 +42,7 @@ pub async fn handle(gw: &Gateway, req: ListOffsetsRequest) -> Result<ListOffsets
 
 /// Asks each leader about its partitions, one request per node, all nodes at once.
 pub async fn query_offsets(
-    gw: &Gateway,
+    gw: &Router,
     t: &TopicMeta,
     partitions: &[u32],
     timestamp_ms: Option<i64>,

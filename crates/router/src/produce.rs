@@ -5,9 +5,9 @@
 //! are partitioned here (explicit partition, murmur2 of the key as Kafka does, or sticky
 //! batches) and encoded into RecordBatch v2; ready-encoded batches are forwarded untouched.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -22,11 +22,10 @@ use sluice_proto::v1::{
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
+use tokio_stream::{Stream, StreamExt};
 use tracing::Instrument;
 
-use super::RpcStream;
-use crate::{Gateway, route};
+use crate::{Router, RpcStream, route};
 
 /// Longest wait between two sends of records a leader change left unwritten.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
@@ -34,14 +33,25 @@ const RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// Largest batch the gateway builds from plain records (below max.message.bytes too).
 const MAX_BUILT_BATCH: usize = 1 << 20;
 
-pub(super) fn serve(gw: Arc<Gateway>, mut input: Streaming<ProduceRequest>) -> RpcStream<ProduceResponse> {
+/// Serves a stream of produce requests: each is dispatched in arrival order and answered by
+/// id once its partitions answered. A request whose id is already in flight on this stream is
+/// a client bug that would make two answers share one id: it is not dispatched; the requests
+/// already in flight are answered, then the stream ends with INVALID_ARGUMENT naming the id.
+pub fn serve<S>(gw: Arc<Router>, input: S) -> RpcStream<ProduceResponse>
+where
+    S: Stream<Item = ProduceRequest> + Send + 'static,
+{
     let (tx, rx) = mpsc::channel(1024);
     let span = tracing::info_span!("produce_stream");
     tokio::spawn(
         async move {
             let _open = crate::metrics::StreamGuard::open(&gw.metrics.active_streams, "produce");
             let mut sticky = StickyPartitioner::new(gw.settings.batch_bytes, rand::random());
-            while let Ok(Some(req)) = input.message().await {
+            let in_flight: Arc<Mutex<HashSet<u64>>> = Arc::default();
+            let mut answers = tokio::task::JoinSet::new();
+            let mut input = std::pin::pin!(input);
+            while let Some(req) = input.next().await {
+                while answers.try_join_next().is_some() {}
                 let id = req.id;
                 let topic = req.topic.clone();
                 // One span per request, continuing the producer's trace.
@@ -49,14 +59,24 @@ pub(super) fn serve(gw: Arc<Gateway>, mut input: Streaming<ProduceRequest>) -> R
                 sluice_telemetry::continue_from(&span, &req.traceparent);
                 let started = std::time::Instant::now();
                 gw.metrics.produce_requests.add(1, &crate::metrics::topic(&topic));
+                if !in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(id) {
+                    let e = SluiceError::InvalidRequest(format!(
+                        "produce request id {id} is already in flight on this stream (ids must be unique among unanswered requests); the stream ends after the requests in flight are answered"
+                    ));
+                    tracing::debug!(%topic, id, "duplicate produce id");
+                    while answers.join_next().await.is_some() {}
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
                 match dispatch(&gw, req, &mut sticky).instrument(span.clone()).await {
                     Ok(answer) => {
-                        let (tx, gw) = (tx.clone(), gw.clone());
-                        tokio::spawn(
+                        let (tx, gw, in_flight) = (tx.clone(), gw.clone(), in_flight.clone());
+                        answers.spawn(
                             async move {
                                 let resp = answer.await;
                                 let ms = started.elapsed().as_secs_f64() * 1000.0;
                                 gw.metrics.produce_duration.record(ms, &crate::metrics::topic(&topic));
+                                in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                                 let _ = tx.send(Ok(resp)).await;
                             }
                             .instrument(span),
@@ -64,12 +84,15 @@ pub(super) fn serve(gw: Arc<Gateway>, mut input: Streaming<ProduceRequest>) -> R
                     }
                     Err(e) => {
                         tracing::debug!(%topic, error = %e, "produce refused");
+                        in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                         let _ = tx
                             .send(Ok(ProduceResponse { id, error: Some(e.to_proto()), partitions: Vec::new() }))
                             .await;
                     }
                 }
             }
+            // The client closed its side: the requests in flight are still answered.
+            while answers.join_next().await.is_some() {}
         }
         .instrument(span),
     );
@@ -115,8 +138,10 @@ enum Pending {
     Unsent(SluiceError),
 }
 
-async fn dispatch(
-    gw: &Arc<Gateway>,
+/// Partitions and encodes one request and sends each partition's batches to its leader, in
+/// the order of the calls; the returned future awaits the answers.
+pub async fn dispatch(
+    gw: &Arc<Router>,
     req: ProduceRequest,
     sticky: &mut StickyPartitioner,
 ) -> Result<impl Future<Output = ProduceResponse> + use<>, SluiceError> {
@@ -129,6 +154,7 @@ async fn dispatch(
     if req.records.is_empty() && req.batches.is_empty() {
         return Err(SluiceError::InvalidRequest("a produce request needs records or batches".into()));
     }
+    let compression = compression_of(req.compression)?;
     let limit = cfg.max_message_bytes.min(MAX_BUILT_BATCH);
     let now = sluice_core::settings::now_ms();
     let mut parts: BTreeMap<u32, Part> = BTreeMap::new();
@@ -156,7 +182,7 @@ async fn dispatch(
             part.seal()?;
         }
         let ts = if r.timestamp_ms > 0 { r.timestamp_ms } else { now };
-        part.builder.get_or_insert_with(|| BatchBuilder::new(Compression::None)).push(
+        part.builder.get_or_insert_with(|| BatchBuilder::new(compression)).push(
             ts,
             r.key.as_deref(),
             r.value.as_deref(),
@@ -223,8 +249,21 @@ async fn dispatch(
     })
 }
 
+/// The codec plain records are encoded with.
+fn compression_of(value: i32) -> Result<Compression, SluiceError> {
+    match v1::Compression::try_from(value) {
+        Ok(v1::Compression::Unspecified | v1::Compression::None) => Ok(Compression::None),
+        Ok(v1::Compression::Gzip) => Ok(Compression::Gzip),
+        Ok(v1::Compression::Lz4) => Ok(Compression::Lz4),
+        Ok(v1::Compression::Zstd) => Ok(Compression::Zstd),
+        Err(_) => Err(SluiceError::InvalidRequest(format!(
+            "unknown compression value {value} (expected 0 unspecified, 1 none, 2 gzip, 3 lz4 or 4 zstd)"
+        ))),
+    }
+}
+
 /// Sends one partition's batches to its leader.
-async fn send(gw: &Gateway, view: &ClusterView, t: &TopicMeta, p: u32, data: Bytes, acks: Acks) -> Pending {
+async fn send(gw: &Router, view: &ClusterView, t: &TopicMeta, p: u32, data: Bytes, acks: Acks) -> Pending {
     let target = match gw.target(view, t, p) {
         Ok(target) => target,
         Err(e) => return Pending::Failed(e),
@@ -255,7 +294,7 @@ fn unwritten(e: &v1::Error) -> bool {
 /// leader (once the metadata names one) as long as they were certainly not written, until the
 /// request's deadline: a failover is a pause, not an error, for the producer.
 async fn answer(
-    gw: &Gateway,
+    gw: &Router,
     t: &TopicMeta,
     p: u32,
     data: Bytes,

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use sluice_proto::v1::{ListNodesRequest, ListNodesResponse, NodeDescription};
 
-use crate::Gateway;
+use crate::Router;
 
-pub fn handle(gw: &Gateway, _req: ListNodesRequest) -> ListNodesResponse {
+pub fn handle(gw: &Router, _req: ListNodesRequest) -> ListNodesResponse {
     let view = gw.snapshot();
     let mut nodes: BTreeMap<u64, NodeDescription> = view
         .nodes

@@ -4,10 +4,10 @@ use sluice_core::SluiceError;
 use sluice_meta::NewTopic;
 use sluice_proto::v1::{CreateTopicRequest, CreateTopicResponse};
 
-use crate::Gateway;
+use crate::Router;
 
 #[tracing::instrument(skip_all, fields(topic = %req.name, partitions = req.partitions))]
-pub async fn handle(gw: &Gateway, req: CreateTopicRequest) -> Result<CreateTopicResponse, SluiceError> {
+pub async fn handle(gw: &Router, req: CreateTopicRequest) -> Result<CreateTopicResponse, SluiceError> {
     let t = NewTopic {
         name: req.name,
         partitions: req.partitions,

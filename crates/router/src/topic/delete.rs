@@ -4,10 +4,10 @@ use sluice_core::SluiceError;
 use sluice_core::topic::validate_topic_name;
 use sluice_proto::v1::{DeleteTopicRequest, DeleteTopicResponse};
 
-use crate::Gateway;
+use crate::Router;
 
 #[tracing::instrument(skip_all, fields(topic = %req.name))]
-pub async fn handle(gw: &Gateway, req: DeleteTopicRequest) -> Result<DeleteTopicResponse, SluiceError> {
+pub async fn handle(gw: &Router, req: DeleteTopicRequest) -> Result<DeleteTopicResponse, SluiceError> {
     validate_topic_name(&req.name)?;
     if req.name == sluice_core::topic::OFFSETS_TOPIC {
         return Err(SluiceError::InvalidRequest(format!(

@@ -6,7 +6,7 @@ use sluice_core::SluiceError;
 use sluice_meta::{ClusterView, TopicMeta};
 use sluice_proto::v1::PartitionRef;
 
-use crate::Gateway;
+use crate::Router;
 use crate::pool::NodeConn;
 
 /// The topic, or NOT_FOUND naming it.
@@ -21,7 +21,7 @@ pub struct Target {
     pub leader_epoch: u64,
 }
 
-impl Gateway {
+impl Router {
     /// Where partition `p` of `t` is served; NOT_FOUND for a partition the topic lacks and
     /// LEADER_NOT_AVAILABLE (UNAVAILABLE, retriable) when its leader is not alive.
     pub fn target(&self, view: &ClusterView, t: &TopicMeta, p: u32) -> Result<Target, SluiceError> {
@@ -49,7 +49,7 @@ pub struct ByLeader<T> {
     pub failed: Vec<(u32, SluiceError)>,
 }
 
-impl Gateway {
+impl Router {
     /// Groups `items` (partition, extra) by leader so each node gets one request for all of its
     /// partitions; `make` builds the per-partition entry of that request.
     pub fn by_leader<X, T>(
