@@ -2,9 +2,12 @@
 # Installs what building and testing Sluice need, when it is missing (Debian/Ubuntu):
 #   protoc  (protobuf-compiler)  needed to build: etcd-client and sluice-proto compile .proto files
 #   etcd    (etcd-server)        needed by the tests and by `sluice cluster up`
-#   .tools/venv (python3-venv + PyPI helm-python-sdk, kubernetes-validate, PyYAML)
+#   .tools/venv (python3-venv + PyPI helm-python-sdk, kubernetes-validate, PyYAML, grpcio,
+#                grpcio-tools, grpcio-reflection)
 #                                needed by the tests: the Helm chart is rendered, linted and
-#                                validated against the Kubernetes schemas offline
+#                                validated against the Kubernetes schemas offline, and the
+#                                Python client (clients/python) is generated from proto/ and
+#                                run against a real cluster
 # Usage: scripts/ensure-deps.sh [build|test]   (default: test = both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +19,7 @@ tools=.tools/venv
 need_tools=no
 if [ "$want" = test ]; then
   command -v etcd >/dev/null 2>&1 || missing+=(etcd-server etcd-client)
-  if ! "$tools/bin/python" -c 'import helm_python, kubernetes_validate, yaml' >/dev/null 2>&1; then
+  if ! "$tools/bin/python" -c 'import helm_python, kubernetes_validate, yaml, grpc, grpc_tools, grpc_reflection' >/dev/null 2>&1; then
     need_tools=yes
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
   fi
@@ -40,5 +43,6 @@ if [ "$need_tools" = yes ]; then
   rm -rf "$tools"
   python3 -m venv "$tools" >&2
   "$tools/bin/pip" install -q --disable-pip-version-check \
-    helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 PyYAML==6.0.4 >&2
+    helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 PyYAML==6.0.4 \
+    grpcio==1.85.1 grpcio-tools==1.85.1 grpcio-reflection==1.85.1 >&2
 fi

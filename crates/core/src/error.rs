@@ -60,6 +60,10 @@ pub enum SluiceError {
     UnknownMember { group: String, member: String },
     #[error("{0}")]
     StaleGeneration(String),
+    #[error(
+        "member '{member}' of group '{group}' was replaced by a newer stream of the same member (same group.instance.id)"
+    )]
+    FencedInstance { group: String, member: String },
     #[error("no group coordinator is active: {0}")]
     CoordinatorNotAvailable(String),
     #[error("metadata store unavailable: {0}")]
@@ -115,6 +119,7 @@ impl SluiceError {
             Self::UnknownMember { .. } => codes::UNKNOWN_MEMBER,
             Self::StaleGeneration(_) => codes::STALE_GENERATION,
             Self::CoordinatorNotAvailable(_) => codes::COORDINATOR_NOT_AVAILABLE,
+            Self::FencedInstance { .. } => codes::FENCED_INSTANCE,
             Self::Storage(_) => 4001,
             Self::Internal(_) => 4002,
         }
@@ -131,7 +136,7 @@ impl SluiceError {
             | Self::RecordTooLarge { .. }
             | Self::CorruptBatch(_)
             | Self::InvalidGroupId { .. } => Code::InvalidArgument,
-            Self::UnknownGroup(_) | Self::UnknownMember { .. } => Code::NotFound,
+            Self::UnknownGroup(_) | Self::UnknownMember { .. } | Self::FencedInstance { .. } => Code::NotFound,
             Self::GroupNotEmpty { .. } | Self::StaleGeneration(_) => Code::FailedPrecondition,
             Self::TopicExists(_) => Code::AlreadyExists,
             Self::UnknownTopic(_) | Self::UnknownPartition { .. } => Code::NotFound,
@@ -163,23 +168,48 @@ impl SluiceError {
         )
     }
 
+    /// What a client is told. Server faults (storage, internal) are not described to
+    /// clients, whose requests did nothing wrong and who could do nothing with the detail:
+    /// they get a generic sentence with an id, and the detail goes to this server's log under
+    /// the same id.
+    pub fn client_message(&self) -> String {
+        match self {
+            Self::Storage(_) | Self::Internal(_) => {
+                let id = fault_id();
+                tracing::error!(error_id = %id, error = %self, "server fault reported to a client");
+                let what = if matches!(self, Self::Storage(_)) { "storage error" } else { "internal error" };
+                format!("{what} on the server (error id {id}; the server log has the detail under that id)")
+            }
+            _ => self.to_string(),
+        }
+    }
+
     /// The wire form used inside responses (per partition, per request).
     pub fn to_proto(&self) -> v1::Error {
         v1::Error {
             code: self.grpc_code() as i32,
-            message: self.to_string(),
+            message: self.client_message(),
             retriable: self.retriable(),
             sluice_code: self.code(),
         }
     }
 }
 
+/// A short id naming one server fault in a client's error and in the server log.
+fn fault_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{:x}-{:x}-{n}", std::process::id(), now.as_millis() as u64 & 0xffff_ffff)
+}
+
+/// The only mapping from errors to gRPC statuses: the status code, the client's sentence, and
+/// the stable code in the `sluice-code` metadata.
 impl From<SluiceError> for tonic::Status {
     fn from(e: SluiceError) -> Self {
-        let mut status = tonic::Status::new(e.grpc_code(), e.to_string());
-        if let Ok(v) = e.code().to_string().parse() {
-            status.metadata_mut().insert("sluice-code", v);
-        }
+        let mut status = tonic::Status::new(e.grpc_code(), e.client_message());
+        status.metadata_mut().insert("sluice-code", e.code().into());
         status
     }
 }
@@ -238,35 +268,104 @@ impl From<crate::batch::BatchError> for SluiceError {
 mod tests {
     use super::*;
 
-    #[test]
-    fn codes_are_stable() {
-        let pinned = [
-            (SluiceError::InvalidRequest(String::new()), 1000, Code::InvalidArgument),
-            (SluiceError::TopicExists(String::new()), 1002, Code::AlreadyExists),
-            (SluiceError::UnknownTopic(String::new()), 1003, Code::NotFound),
-            (SluiceError::UnknownPartition { topic: String::new(), partition: 0, count: 0 }, 1004, Code::NotFound),
-            (SluiceError::InvalidConfig(String::new()), 1006, Code::InvalidArgument),
-            (SluiceError::RecordTooLarge { size: 0, limit: 0 }, 2001, Code::InvalidArgument),
-            (
-                SluiceError::OffsetOutOfRange { topic: String::new(), partition: 0, offset: 0, start: 0, end: 0 },
-                2003,
-                Code::OutOfRange,
-            ),
-            (SluiceError::NodeUnavailable(String::new()), 3002, Code::Unavailable),
-            (
-                SluiceError::NotEnoughReplicas { topic: String::new(), partition: 0, isr: 1, min: 2 },
-                3005,
-                Code::Unavailable,
-            ),
-            (SluiceError::Storage(String::new()), 4001, Code::Internal),
-            (SluiceError::UnknownGroup(String::new()), 5002, Code::NotFound),
-            (SluiceError::StaleGeneration(String::new()), 5005, Code::FailedPrecondition),
-            (SluiceError::CoordinatorNotAvailable(String::new()), 5006, Code::Unavailable),
-        ];
-        for (e, code, grpc) in pinned {
-            assert_eq!(e.code(), code, "{e:?}");
-            assert_eq!(e.grpc_code(), grpc, "{e:?}");
+    /// Every variant, with its pinned code and gRPC code. The match has no wildcard: a new
+    /// variant does not compile until it is pinned here.
+    fn pinned(e: &SluiceError) -> (u32, Code) {
+        use SluiceError::*;
+        match e {
+            InvalidRequest(_) => (1000, Code::InvalidArgument),
+            InvalidTopicName { .. } => (1001, Code::InvalidArgument),
+            TopicExists(_) => (1002, Code::AlreadyExists),
+            UnknownTopic(_) => (1003, Code::NotFound),
+            UnknownPartition { .. } => (1004, Code::NotFound),
+            InvalidPartitions { .. } => (1005, Code::InvalidArgument),
+            InvalidConfig(_) => (1006, Code::InvalidArgument),
+            InvalidReplicationFactor { .. } => (1007, Code::InvalidArgument),
+            RecordTooLarge { .. } => (2001, Code::InvalidArgument),
+            CorruptBatch(_) => (2002, Code::InvalidArgument),
+            OffsetOutOfRange { .. } => (2003, Code::OutOfRange),
+            NotLeader { .. } => (3001, Code::Unavailable),
+            NodeUnavailable(_) => (3002, Code::Unavailable),
+            MetadataUnavailable(_) => (3003, Code::Unavailable),
+            Timeout(_) => (3004, Code::DeadlineExceeded),
+            NotEnoughReplicas { .. } => (3005, Code::Unavailable),
+            NotEnoughReplicasAfterAppend { .. } => (3006, Code::Unavailable),
+            LeaderNotAvailable { .. } => (3007, Code::Unavailable),
+            Storage(_) => (4001, Code::Internal),
+            Internal(_) => (4002, Code::Internal),
+            InvalidGroupId { .. } => (5001, Code::InvalidArgument),
+            UnknownGroup(_) => (5002, Code::NotFound),
+            GroupNotEmpty { .. } => (5003, Code::FailedPrecondition),
+            UnknownMember { .. } => (5004, Code::NotFound),
+            StaleGeneration(_) => (5005, Code::FailedPrecondition),
+            CoordinatorNotAvailable(_) => (5006, Code::Unavailable),
+            FencedInstance { .. } => (5007, Code::NotFound),
         }
+    }
+
+    fn one_of_each() -> Vec<SluiceError> {
+        use SluiceError::*;
+        let s = String::new;
+        vec![
+            InvalidRequest(s()),
+            InvalidTopicName { name: s(), reason: s() },
+            TopicExists(s()),
+            UnknownTopic(s()),
+            UnknownPartition { topic: s(), partition: 0, count: 0 },
+            InvalidPartitions { count: 0, reason: s() },
+            InvalidConfig(s()),
+            InvalidReplicationFactor { factor: 0, reason: s() },
+            RecordTooLarge { size: 0, limit: 0 },
+            CorruptBatch(s()),
+            OffsetOutOfRange { topic: s(), partition: 0, offset: 0, start: 0, end: 0 },
+            NotLeader { topic: s(), partition: 0, node: 0 },
+            NodeUnavailable(s()),
+            MetadataUnavailable(s()),
+            Timeout(s()),
+            NotEnoughReplicas { topic: s(), partition: 0, isr: 1, min: 2 },
+            NotEnoughReplicasAfterAppend { topic: s(), partition: 0, isr: 1, min: 2 },
+            LeaderNotAvailable { topic: s(), partition: 0, node: 0 },
+            Storage(s()),
+            Internal(s()),
+            InvalidGroupId { name: s(), reason: s() },
+            UnknownGroup(s()),
+            GroupNotEmpty { group: s(), members: 1, action: s() },
+            UnknownMember { group: s(), member: s() },
+            StaleGeneration(s()),
+            CoordinatorNotAvailable(s()),
+            FencedInstance { group: s(), member: s() },
+        ]
+    }
+
+    #[test]
+    fn every_code_is_pinned_and_travels_in_statuses_and_responses() {
+        let all = one_of_each();
+        let kinds: std::collections::HashSet<_> = all.iter().map(std::mem::discriminant).collect();
+        assert_eq!(kinds.len(), all.len(), "one example per variant");
+        let codes: std::collections::HashSet<_> = all.iter().map(SluiceError::code).collect();
+        assert_eq!(codes.len(), all.len(), "codes are never shared");
+        for e in all {
+            let (code, grpc) = pinned(&e);
+            assert_eq!((e.code(), e.grpc_code()), (code, grpc), "{e:?}");
+            let p = e.to_proto();
+            assert_eq!((p.sluice_code, p.code, p.retriable), (code, grpc as i32, e.retriable()), "{e:?}");
+            let s = tonic::Status::from(e.clone());
+            assert_eq!(s.code(), grpc, "{e:?}");
+            assert_eq!(RemoteError::from(s).sluice_code, code, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn server_faults_reach_clients_as_an_id_not_their_detail() {
+        for e in [SluiceError::Storage("sled: Io(Os { code: 28 })".into()), SluiceError::Internal("lock".into())] {
+            let s = tonic::Status::from(e.clone());
+            assert!(!s.message().contains("sled") && !s.message().contains("lock"), "{}", s.message());
+            assert!(s.message().contains("error id"), "{}", s.message());
+            assert!(!e.to_proto().message.contains("sled"));
+        }
+        let a = SluiceError::Internal("x".into()).client_message();
+        let b = SluiceError::Internal("x".into()).client_message();
+        assert_ne!(a, b, "each fault gets its own id");
     }
 
     #[test]

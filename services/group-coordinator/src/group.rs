@@ -435,11 +435,7 @@ impl Group {
 
 /// The status sent to a stream taken over by a newer one of the same member.
 fn replaced(group: &str, member: &str) -> Status {
-    let mut s = Status::not_found(format!(
-        "member '{member}' of group '{group}' was replaced by a newer stream of the same member (same group.instance.id)"
-    ));
-    s.metadata_mut().insert("sluice-code", sluice_core::error::codes::FENCED_INSTANCE.into());
-    s
+    SluiceError::FencedInstance { group: group.to_string(), member: member.to_string() }.into()
 }
 
 #[cfg(test)]

@@ -509,7 +509,7 @@ impl Groups for GroupsService {
         let mut input = r.into_inner();
         let first = tokio::time::timeout(JOIN_WAIT, input.message())
             .await
-            .map_err(|_| Status::deadline_exceeded("no JoinGroup within 10 s of opening the stream"))??;
+            .map_err(|_| SluiceError::Timeout("no JoinGroup within 10 s of opening the stream".into()))??;
         let Some(MemberRequest { kind: Some(RequestKind::Join(join)) }) = first else {
             return Err(SluiceError::InvalidRequest(
                 "the first message of a membership stream must be a JoinGroup".into(),

@@ -63,7 +63,7 @@ impl GroupsProxy {
             return Ok(GroupsClient::new(ch.clone()));
         }
         let ch = sluice_runtime::node_api::service_channel(&c.addr)
-            .map_err(|e| Status::internal(format!("bad coordinator address '{}': {e}", c.addr)))?;
+            .map_err(|e| SluiceError::Internal(format!("bad coordinator address '{}': {e}", c.addr)))?;
         *cached = Some((c.addr.clone(), ch.clone()));
         Ok(GroupsClient::new(ch))
     }
@@ -111,7 +111,8 @@ impl Groups for GroupsProxy {
                     // This gateway stops: the coordinator-side stream is reset (dropped), not
                     // ended, so the member keeps its place and re-attaches elsewhere.
                     _ = stopping.wait() => {
-                        let _ = tx.send(Err(Status::unavailable("the gateway is stopping; join again through another"))).await;
+                        let stopping = SluiceError::CoordinatorNotAvailable("this gateway is stopping; join again through another".into());
+                        let _ = tx.send(Err(stopping.into())).await;
                         break;
                     }
                 };

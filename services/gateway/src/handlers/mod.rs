@@ -5,6 +5,7 @@ pub mod groups;
 
 use std::sync::Arc;
 
+use sluice_core::SluiceError;
 use sluice_proto::v1::admin_server::{Admin, AdminServer};
 use sluice_proto::v1::broker_server::{Broker, BrokerServer};
 use sluice_proto::v1::fetch_request::Kind;
@@ -91,7 +92,12 @@ impl Broker for GatewayService {
         let mut input = r.into_inner();
         let start = match input.message().await?.and_then(|m| m.kind) {
             Some(Kind::Start(s)) => s,
-            _ => return Err(Status::invalid_argument("the first message of a fetch stream must be a FetchStart")),
+            _ => {
+                return Err(SluiceError::InvalidRequest(
+                    "the first message of a fetch stream must be a FetchStart".into(),
+                )
+                .into());
+            }
         };
         let credits = input.map_while(Result::ok).filter_map(|m| match m.kind {
             Some(Kind::Credit(c)) => Some(c.bytes),

@@ -51,7 +51,11 @@ pub(super) async fn serve(
 ) -> Result<RpcStream<ReadResponse>, Status> {
     let start = match input.next().await.transpose()?.and_then(|m| m.kind) {
         Some(Kind::Start(s)) => s,
-        _ => return Err(Status::invalid_argument("the first message of a read stream must be a ReadStart")),
+        _ => {
+            return Err(
+                SluiceError::InvalidRequest("the first message of a read stream must be a ReadStart".into()).into()
+            );
+        }
     };
     let (tx, rx) = mpsc::channel::<Result<ReadResponse, Status>>(8);
     let span = tracing::info_span!("read_stream", node = node.id, partitions = start.partitions.len());

@@ -67,7 +67,12 @@ pub(super) async fn serve(
 ) -> Result<RpcStream<ReplicaResponse>, Status> {
     let start = match input.next().await.transpose()?.and_then(|m| m.kind) {
         Some(Kind::Start(s)) => s,
-        _ => return Err(Status::invalid_argument("the first message of a replication stream must be a ReplicaStart")),
+        _ => {
+            return Err(SluiceError::InvalidRequest(
+                "the first message of a replication stream must be a ReplicaStart".into(),
+            )
+            .into());
+        }
     };
     let (tx, rx) = mpsc::channel::<Result<ReplicaResponse, Status>>(8);
     let r = start.partition.clone().unwrap_or_default();
