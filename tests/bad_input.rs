@@ -152,11 +152,34 @@ async fn a_node_that_is_down_answers_unavailable_and_retriable() {
         timeout_ms: 5_000,
         ..Default::default()
     };
-    let r = produce_one(&client, req).await;
+    let r = produce_one(&client, req.clone()).await;
     let e = r.partitions[0].error.clone().expect("node down");
     assert_eq!(Code::from_i32(e.code), Code::Unavailable, "{}", e.message);
     assert!(e.retriable);
     let d = client.describe_topic("spread").await.unwrap();
     let e = d.partitions[0].error.clone().expect("describe reports the dead leader");
     assert_eq!(Code::from_i32(e.code), Code::Unavailable);
+
+    // A request for the dead leader stays in flight until its timeout: a second request
+    // under the same id is refused, once the first got its one answer, by ending the stream.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let slow = ProduceRequest { id: 9, timeout_ms: 2_000, ..req.clone() };
+    tx.send(slow.clone()).await.unwrap();
+    tx.send(slow).await.unwrap();
+    let mut s = client.broker().produce(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(20), s.message()).await.expect("in time").unwrap().unwrap();
+    assert_eq!(first.id, 9);
+    assert!(first.partitions[0].error.is_some(), "{first:?}");
+    let refused = tokio::time::timeout(Duration::from_secs(20), s.message()).await.expect("in time").unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("id 9 is already in flight"), "{}", refused.message());
+    assert_eq!(refused.metadata().get("sluice-code").and_then(|v| v.to_str().ok()), Some("1000"));
+    drop(tx);
+
+    // An unknown compression value is refused as a whole, before anything is sent.
+    let bad = ProduceRequest { id: 10, compression: 42, ..req.clone() };
+    let r = produce_one(&client, bad).await;
+    let e = r.error.expect("unknown codec");
+    assert_eq!(Code::from_i32(e.code), Code::InvalidArgument);
+    assert!(e.message.contains("unknown compression value 42"), "{}", e.message);
 }

@@ -162,6 +162,10 @@ async fn dev_mode_serves_stops_on_sigterm_and_keeps_data() {
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", sluice_testkit::free_port());
     let mut dev = start_dev(dir.path(), &addr).await;
+    // The public port advertises the client services, not the internal PartitionNode.
+    let services = sluice_tests::advertised_services(&addr).await;
+    assert!(services.iter().any(|s| s == "sluice.v1.Broker"), "{services:?}");
+    assert!(!services.iter().any(|s| s == "sluice.v1.PartitionNode"), "{services:?}");
     assert_eq!(sluice(&addr, &["topic", "create", "keep", "--partitions", "2"], "").await.code, 0);
     let p = sluice(&addr, &["produce", "keep", "--key-separator", ":"], "a:1\nb:2\nc:3\n").await;
     assert_eq!(p.code, 0, "{}", p.stderr);

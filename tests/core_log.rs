@@ -235,10 +235,6 @@ async fn compressed_batches_come_back_as_plain_records_for_other_languages() {
 async fn every_service_answers_health_and_reflection() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
     let (c, _dir) = cluster(1).await;
     let expected = [
@@ -254,18 +250,12 @@ async fn every_service_answers_health_and_reflection() {
             let r = health.check(HealthCheckRequest { service: s.to_string() }).await.unwrap();
             assert_eq!(r.get_ref().status, ServingStatus::Serving as i32, "{role} {s}");
         }
-        let mut refl = ServerReflectionClient::new(ch);
-        let req = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut stream = refl.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
-        let resp = stream.message().await.unwrap().expect("a reflection answer");
-        let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
-            panic!("{role}: no service list")
-        };
-        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        let names = sluice_tests::advertised_services(addr).await;
         assert!(names.iter().any(|n| n == "grpc.health.v1.Health"), "{role}: {names:?}");
+        // Both reflection versions are there (v1alpha for Python's grpcio-reflection).
+        for v in ["grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"] {
+            assert!(names.iter().any(|n| n == v), "{role}: {names:?}");
+        }
         // Exactly the Sluice services this process serves are described, so grpcurl can call them.
         let mut sluice: Vec<&str> = names.iter().map(String::as_str).filter(|n| n.starts_with("sluice.v1.")).collect();
         sluice.sort();

@@ -161,3 +161,26 @@ pub async fn fetch_plain(
     drop(tx);
     Ok(client.broker().fetch(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner())
 }
+
+/// The services a process advertises through gRPC reflection (v1).
+pub async fn advertised_services(addr: &str) -> Vec<String> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = ServerReflectionClient::new(ch)
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.message().await.unwrap().expect("a reflection answer");
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("{addr}: no service list")
+    };
+    list.service.into_iter().map(|s| s.name).collect()
+}
