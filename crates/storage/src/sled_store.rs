@@ -43,13 +43,62 @@ pub(crate) struct LogState {
     pub bytes: u64,
 }
 
+/// What [`LogState`] says of the log as a whole, copied out whenever the state lock is
+/// released: the answers that async code needs at once (offsets, size, last epoch) never wait
+/// for a writer, who holds the state lock across its sled I/O.
+#[derive(Debug, Clone, Copy)]
+struct Summary {
+    offsets: LogOffsets,
+    bytes: u64,
+    last_epoch: i32,
+}
+
+impl Summary {
+    fn of(st: &LogState) -> Self {
+        Self {
+            offsets: LogOffsets { log_start_offset: st.log_start, log_end_offset: st.next_offset },
+            bytes: st.bytes,
+            last_epoch: st.index.values().next_back().map(|m| m.epoch).unwrap_or(-1),
+        }
+    }
+}
+
 /// A sled-backed partition log.
+///
+/// Lock order: `state` (held across sled I/O by writers, retention and compaction) before
+/// `summary` (held only to copy a [`Summary`] in or out, never across I/O).
 pub struct SledPartition {
     id: PartitionId,
     pub(crate) tree: sled::Tree,
     index_tree: sled::Tree,
-    pub(crate) state: Mutex<LogState>,
+    state: Mutex<LogState>,
+    summary: Mutex<Summary>,
     end_tx: watch::Sender<i64>,
+}
+
+/// The state lock, held; publishes the [`Summary`] when released.
+pub(crate) struct StateGuard<'a> {
+    st: MutexGuard<'a, LogState>,
+    summary: &'a Mutex<Summary>,
+}
+
+impl std::ops::Deref for StateGuard<'_> {
+    type Target = LogState;
+    fn deref(&self) -> &LogState {
+        &self.st
+    }
+}
+
+impl std::ops::DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut LogState {
+        &mut self.st
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        *self.summary.lock().unwrap_or_else(|p| p.into_inner()) = Summary::of(&self.st);
+    }
 }
 
 /// Many partitions in one sled database, with a group-commit flusher.
@@ -170,12 +219,6 @@ fn parse_tree_name(name: &[u8]) -> Option<PartitionId> {
     Some(PartitionId { topic: topic.to_string(), topic_id: id.parse().ok()?, partition: partition.parse().ok()? })
 }
 
-fn lock(m: &Mutex<LogState>) -> MutexGuard<'_, LogState> {
-    // A panic while holding the lock cannot leave the index half-updated in a way that loses
-    // data (sled holds the truth), so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl SledStore {
     /// Opens (or creates) the store under `dir`. Must be called inside a tokio runtime: the
     /// group-commit flusher runs as a task.
@@ -230,11 +273,13 @@ impl SledStore {
         let log_start = log_start.unwrap_or_else(|| index.keys().next().copied().unwrap_or(next_offset));
         let (end_tx, _) = watch::channel(next_offset);
         tracing::debug!(partition = %id, next_offset, log_start, batches = index.len(), "opened partition");
+        let state = LogState { index, next_offset, log_start, bytes };
         let p = Arc::new(SledPartition {
             id: id.clone(),
             tree,
             index_tree,
-            state: Mutex::new(LogState { index, next_offset, log_start, bytes }),
+            summary: Mutex::new(Summary::of(&state)),
+            state: Mutex::new(state),
             end_tx,
         });
         open.insert(id.clone(), p.clone());
@@ -275,8 +320,14 @@ impl LogStore for SledStore {
 }
 
 impl SledPartition {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, LogState> {
-        lock(&self.state)
+    pub(crate) fn lock(&self) -> StateGuard<'_> {
+        // A panic while holding the lock cannot leave the index half-updated in a way that
+        // loses data (sled holds the truth), so a poisoned lock is still usable.
+        StateGuard { st: self.state.lock().unwrap_or_else(|p| p.into_inner()), summary: &self.summary }
+    }
+
+    fn summary(&self) -> Summary {
+        *self.summary.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn persist_log_start(&self, start: i64) -> Result<(), StorageError> {
@@ -454,7 +505,7 @@ impl PartitionLog for SledPartition {
     }
 
     fn last_epoch(&self) -> i32 {
-        self.lock().index.values().next_back().map(|m| m.epoch).unwrap_or(-1)
+        self.summary().last_epoch
     }
 
     fn epoch_end(&self, epoch: i32) -> (i32, i64) {
@@ -512,8 +563,7 @@ impl PartitionLog for SledPartition {
     }
 
     fn offsets(&self) -> LogOffsets {
-        let st = self.lock();
-        LogOffsets { log_start_offset: st.log_start, log_end_offset: st.next_offset }
+        self.summary().offsets
     }
 
     fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>, StorageError> {
@@ -532,7 +582,7 @@ impl PartitionLog for SledPartition {
     }
 
     fn size_bytes(&self) -> u64 {
-        self.lock().bytes
+        self.summary().bytes
     }
 
     fn clean(&self, config: &TopicConfig, now_ms: i64) -> Result<CleanStats, StorageError> {

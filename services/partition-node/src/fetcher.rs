@@ -20,9 +20,10 @@ use sluice_proto::v1::{EpochEndRequest, PartitionRef, ReplicaAck, ReplicaRequest
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument;
 
-use crate::Node;
 use crate::replica::Replica;
+use crate::{Node, map_storage};
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
@@ -72,12 +73,6 @@ pub(crate) async fn run(
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, SluiceError> + Send + 'static,
-) -> Result<T, SluiceError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| SluiceError::Internal(format!("replica task failed: {e}")))?
-}
-
 async fn session(
     node: &Arc<Node>,
     replica: &Arc<Replica>,
@@ -108,12 +103,12 @@ async fn session(
     } else {
         // The leader lacks our last epoch: keep only what both logs have up to the largest
         // epoch the leader does have.
-        resp.end_offset.min(replica.log.epoch_end(resp.epoch).1)
+        let ours = replica.log.epoch_end(resp.epoch).await.map_err(|e| map_storage(&replica.pid, e))?;
+        resp.end_offset.min(ours.1)
     };
     if target < end {
         tracing::info!(partition = %replica.pid, from = end, to = target, last_epoch = last, leader_epoch = resp.epoch, "truncating divergent records");
-        let r = replica.clone();
-        blocking(move || r.truncate_as_follower(epoch, leader, target, false)).await?;
+        replica.truncate_as_follower(epoch, leader, target, false).await?;
         node.sync().await?;
     }
 
@@ -141,9 +136,9 @@ async fn session(
                 let behind = m.log_start_offset > replica.log.offsets().log_end_offset;
                 if e.sluice_code == codes::OFFSET_OUT_OF_RANGE && behind {
                     // The leader's retention passed this replica's log end: start over there.
-                    let (r, start) = (replica.clone(), m.log_start_offset);
+                    let start = m.log_start_offset;
                     tracing::info!(partition = %replica.pid, start, "behind the leader's log start: resetting");
-                    blocking(move || r.truncate_as_follower(epoch, leader, start, true)).await?;
+                    replica.truncate_as_follower(epoch, leader, start, true).await?;
                     return Ok(());
                 }
                 return Err(RemoteError::from(&e).into());
@@ -151,11 +146,10 @@ async fn session(
             replica.learn_hw(m.high_watermark);
             if !m.batches.is_empty() {
                 copied += m.batches.len() as u64;
-                let r = replica.clone();
                 // The copy continues the trace of the append it carries, when traced.
                 let span = tracing::info_span!("replicate", partition = %replica.pid, leader, otel.kind = "consumer");
                 sluice_telemetry::continue_from(&span, &m.traceparent);
-                blocking(move || span.in_scope(|| r.append_as_follower(epoch, leader, &m.batches))).await?;
+                replica.append_as_follower(epoch, leader, m.batches).instrument(span).await?;
             }
         }
         if copied > 0 {

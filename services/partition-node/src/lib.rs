@@ -31,7 +31,7 @@ use sluice_core::SluiceError;
 use sluice_meta::{ClusterView, MetaStore, NodeInfo, PartitionAssignment, TopicMeta};
 use sluice_proto::v1::PartitionRef;
 use sluice_runtime::{ReplicationSettings, Settings, Shutdown};
-use sluice_storage::{LogStore, PartitionId, PartitionLog, SledStore, StorageError};
+use sluice_storage::{AsyncLog, AsyncStore, LogStore, PartitionId, SledStore, StorageError};
 use tokio::sync::watch;
 
 /// Maps a storage failure for `p` to what the client is told. The only such mapping.
@@ -44,7 +44,10 @@ pub fn map_storage(p: &PartitionId, e: StorageError) -> SluiceError {
         StorageError::MissingKey => {
             SluiceError::InvalidRequest(format!("topic '{}' is compacted: every record needs a key", p.topic))
         }
-        e @ (StorageError::Sled(_) | StorageError::Damaged { .. } | StorageError::NotContiguous { .. }) => {
+        e @ (StorageError::Sled(_)
+        | StorageError::Damaged { .. }
+        | StorageError::NotContiguous { .. }
+        | StorageError::Task(_)) => {
             tracing::error!(partition = %p, error = %e, "storage failure");
             SluiceError::Storage(format!("partition {p}: {e}"))
         }
@@ -54,7 +57,7 @@ pub fn map_storage(p: &PartitionId, e: StorageError) -> SluiceError {
 /// A running partition node's shared state.
 pub struct Node {
     pub id: u64,
-    store: Arc<dyn LogStore>,
+    store: AsyncStore,
     view: watch::Receiver<Arc<ClusterView>>,
     /// Holds the lease that keeps this node registered, and writes leadership changes.
     meta: Arc<dyn MetaStore>,
@@ -73,7 +76,7 @@ pub struct Served {
 }
 
 impl Served {
-    pub fn log(&self) -> &Arc<dyn PartitionLog> {
+    pub fn log(&self) -> &AsyncLog {
         &self.replica.log
     }
 }
@@ -126,12 +129,12 @@ impl Node {
     }
 
     /// The replica of partition `p` of `topic`, opening its log on first use.
-    pub(crate) fn replica(&self, topic: &TopicMeta, p: u32) -> Result<Arc<Replica>, SluiceError> {
+    pub(crate) async fn replica(&self, topic: &TopicMeta, p: u32) -> Result<Arc<Replica>, SluiceError> {
         if let Some(r) = self.existing(topic.topic_id, p) {
             return Ok(r);
         }
         let id = PartitionId { topic: topic.name.clone(), topic_id: topic.topic_id, partition: p };
-        let log = self.store.open(&id).map_err(|e| map_storage(&id, e))?;
+        let log = self.store.open(&id).await.map_err(|e| map_storage(&id, e))?;
         let mut map = self.replicas.write().unwrap_or_else(|p| p.into_inner());
         Ok(map.entry((topic.topic_id, p)).or_insert_with(|| Arc::new(Replica::new(id, log, self.id))).clone())
     }
@@ -158,12 +161,12 @@ impl Node {
     }
 
     /// Deletes the data of partitions whose topic is gone (or was re-created under a new id).
-    pub(crate) fn reconcile(&self, view: &ClusterView) {
+    pub(crate) async fn reconcile(&self, view: &ClusterView) {
         if !view.loaded {
             return;
         }
-        let live: HashMap<u64, &TopicMeta> = view.topics.values().map(|t| (t.topic_id, &**t)).collect();
-        let stored = match self.store.list() {
+        let live: HashMap<u64, usize> = view.topics.values().map(|t| (t.topic_id, t.partitions.len())).collect();
+        let stored = match self.store.list().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list stored partitions");
@@ -171,10 +174,10 @@ impl Node {
             }
         };
         for id in stored {
-            let keep = live.get(&id.topic_id).is_some_and(|t| (id.partition as usize) < t.partitions.len());
+            let keep = live.get(&id.topic_id).is_some_and(|n| (id.partition as usize) < *n);
             if !keep {
                 self.forget((id.topic_id, id.partition));
-                match self.store.remove(&id) {
+                match self.store.remove(&id).await {
                     Ok(()) => {
                         tracing::info!(partition = %id, topic_id = id.topic_id, "deleted data of a removed topic")
                     }
@@ -184,13 +187,13 @@ impl Node {
         }
     }
 
-    fn clean_all(&self) {
+    async fn clean_all(&self) {
         let view = self.view.borrow().clone();
         let now = sluice_core::settings::now_ms();
         for ((topic_id, _), replica) in self.all_replicas() {
             let log = &replica.log;
             let Some(topic) = view.topics.get(&log.id().topic).filter(|t| t.topic_id == topic_id) else { continue };
-            match log.clean(&topic.config(), now) {
+            match log.clean(topic.config(), now).await {
                 Ok(s) if s != Default::default() => tracing::info!(partition = %log.id(), ?s, "cleaned"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(partition = %log.id(), error = %e, "cleaning failed"),
@@ -208,8 +211,15 @@ pub async fn start(
 ) -> anyhow::Result<Arc<Node>> {
     let dir = settings.data_dir.clone();
     std::fs::create_dir_all(&dir)?;
-    let store: Arc<dyn LogStore> =
-        SledStore::open_with(&dir.join("sled"), settings.storage.cache_bytes, settings.storage.flush_interval_ms)?;
+    // Opening replays sled's log: blocking work, kept off the async workers.
+    let (path, cache, flush) = (dir.join("sled"), settings.storage.cache_bytes, settings.storage.flush_interval_ms);
+    let handle = tokio::runtime::Handle::current();
+    let store: Arc<dyn LogStore> = tokio::task::spawn_blocking(move || {
+        let _runtime = handle.enter();
+        SledStore::open_with(&path, cache, flush)
+    })
+    .await??;
+    let store = AsyncStore::new(store);
     let node = Arc::new(Node {
         id: settings.node_id,
         store,
@@ -236,10 +246,7 @@ pub async fn start(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => {
-                    let n = n.clone();
-                    let _ = tokio::task::spawn_blocking(move || n.clean_all()).await;
-                }
+                _ = tick.tick() => n.clean_all().await,
                 _ = shutdown.wait() => break,
             }
         }

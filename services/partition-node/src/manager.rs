@@ -87,7 +87,7 @@ pub fn spawn(node: Arc<Node>, shutdown: Shutdown) {
             let view = view_rx.borrow_and_update().clone();
             if changed {
                 // Data of topics that are gone goes only when the metadata changed.
-                node.reconcile(&view);
+                node.reconcile(&view).await;
             }
             check(&node).await;
             changed = tokio::select! {
@@ -127,7 +127,7 @@ async fn check(node: &Arc<Node>) {
             }
             let key = (t.topic_id, p);
             seen.insert(key);
-            let replica = match node.replica(t, p) {
+            let replica = match node.replica(t, p).await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(topic = %t.name, partition = p, error = %e, "cannot open replica");
@@ -163,7 +163,7 @@ async fn lead(
     if previous == Some(a.leader_epoch) {
         // Led this very epoch before a restart: never resume it as if nothing happened.
         stop_fetcher(node, key).await;
-        replica.become_follower(a.leader_epoch, None);
+        replica.become_follower(a.leader_epoch, None).await;
         let others: Vec<u64> =
             a.replicas.iter().copied().filter(|r| *r != node.id && a.isr.contains(r) && alive(*r)).collect();
         let next = match others.first() {
@@ -185,7 +185,7 @@ async fn lead(
         Role::Leader { epoch } if epoch == a.leader_epoch => {}
         _ => {
             stop_fetcher(node, key).await;
-            replica.become_leader(a.leader_epoch, a.isr.clone(), a.revision);
+            replica.become_leader(a.leader_epoch, a.isr.clone(), a.revision).await;
             return;
         }
     }
@@ -224,13 +224,13 @@ async fn follow(
     if view.nodes.contains_key(&a.leader) {
         if replica.role() != (Role::Follower { epoch: a.leader_epoch, leader: a.leader }) {
             stop_fetcher(node, key).await;
-            replica.become_follower(a.leader_epoch, Some(a.leader));
+            replica.become_follower(a.leader_epoch, Some(a.leader)).await;
         }
         ensure_fetcher(node, key, t, p, a.leader, a.leader_epoch, replica).await;
         return;
     }
     if matches!(replica.role(), Role::Leader { .. }) {
-        replica.become_follower(a.leader_epoch, None);
+        replica.become_follower(a.leader_epoch, None).await;
     }
     if a.isr.contains(&node.id) {
         // The leader is dead: any live in-sync replica may take over; the compare-and-set

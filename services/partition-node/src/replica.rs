@@ -11,11 +11,13 @@
 //! write succeeded): a replica that may be elected always holds every acknowledged record.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use sluice_core::SluiceError;
-use sluice_storage::{PartitionId, PartitionLog};
+use sluice_core::topic::TopicConfig;
+use sluice_storage::{AppendInfo, AsyncLog, PartitionId, PartitionLog};
 use tokio::sync::watch;
 
 /// What this node is for the partition.
@@ -72,13 +74,21 @@ struct LeaderState {
     followers: HashMap<u64, FollowerPos>,
 }
 
+/// Lock order, for every method here: `role` (held shared across a log write, on the
+/// blocking pool only), then the log's own state lock (inside storage, held across its I/O),
+/// then `leader`, `follower_hw` and `traced` (never held across I/O or an await), then the
+/// `committed` and `role_now` watches. `role` is never taken on an async worker: appends,
+/// copies, truncations and role changes all run on the blocking pool ([`AsyncLog::with_log`]),
+/// and async code reads the role from `role_now`.
 pub struct Replica {
     pub pid: PartitionId,
-    pub log: Arc<dyn PartitionLog>,
+    pub log: AsyncLog,
     node: u64,
     /// Held shared across a leader append or a follower copy, exclusively to change roles:
     /// a write can never land under a role the node no longer has.
     role: RwLock<Role>,
+    /// The role as last set, for readers that must not wait for a write in progress.
+    role_now: watch::Sender<Role>,
     leader: Mutex<Option<LeaderState>>,
     committed: watch::Sender<Committed>,
     /// The high watermark learned from the leader while following.
@@ -101,13 +111,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Replica {
-    pub fn new(pid: PartitionId, log: Arc<dyn PartitionLog>, node: u64) -> Self {
+    pub fn new(pid: PartitionId, log: AsyncLog, node: u64) -> Self {
         let (committed, _) = watch::channel(Committed { hw: 0, durable: 0, leading: 0, isr: 0 });
         Self {
             pid,
             log,
             node,
             role: RwLock::new(Role::Idle),
+            role_now: watch::Sender::new(Role::Idle),
             leader: Mutex::new(None),
             committed,
             follower_hw: Mutex::new(0),
@@ -115,13 +126,40 @@ impl Replica {
         }
     }
 
+    /// The role as last set; never waits for a write in progress.
     pub fn role(&self) -> Role {
-        *self.role.read().unwrap_or_else(|p| p.into_inner())
+        *self.role_now.borrow()
     }
 
-    /// The role, held: no role change happens until the guard is dropped.
-    pub fn hold(&self) -> RwLockReadGuard<'_, Role> {
-        self.role.read().unwrap_or_else(|p| p.into_inner())
+    /// Runs `f` on the blocking pool with the role held (no role change until it returns)
+    /// and the log.
+    async fn under_role<R: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(Role, &Self, &dyn PartitionLog) -> Result<R, SluiceError> + Send + 'static,
+    ) -> Result<R, SluiceError> {
+        let me = self.clone();
+        self.log
+            .with_log(move |log| {
+                let role = me.role.read().unwrap_or_else(|p| p.into_inner());
+                f(*role, &me, log)
+            })
+            .await
+            .map_err(|e| crate::map_storage(&self.pid, e))?
+    }
+
+    /// Changes the role on the blocking pool (waiting there for writes in progress), then
+    /// `f` with the new role still held exclusively.
+    async fn change_role(self: &Arc<Self>, to: Role, f: impl FnOnce(Role, &Self) + Send + 'static) {
+        let me = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut role = me.role.write().unwrap_or_else(|p| p.into_inner());
+            let was = *role;
+            *role = to;
+            f(was, &me);
+            // Published once the role's state is in place.
+            me.role_now.send_replace(to);
+        })
+        .await;
     }
 
     pub fn committed(&self) -> watch::Receiver<Committed> {
@@ -133,42 +171,43 @@ impl Replica {
     }
 
     /// Starts leading `epoch` with the in-sync set `isr` read at `revision`.
-    pub fn become_leader(&self, epoch: u64, isr: Vec<u64>, revision: i64) {
-        let mut role = self.role.write().unwrap_or_else(|p| p.into_inner());
-        let leo = self.log.offsets().log_end_offset;
-        let now = Instant::now();
-        let followers = isr
-            .iter()
-            .filter(|r| **r != self.node)
-            .map(|r| (*r, FollowerPos { end: -1, flushed: -1, caught_up_at: now, prev_leo: leo, prev_at: now }))
-            .collect();
-        // Start from what the previous leader had committed; it moves up as followers report.
-        let hw = (*lock(&self.follower_hw)).max(self.committed.borrow().hw).min(leo);
-        *lock(&self.leader) =
-            Some(LeaderState { epoch, epoch_start: leo, isr: isr.clone(), revision, adding: None, followers });
-        *role = Role::Leader { epoch };
-        let durable = self.committed.borrow().durable.min(hw);
-        self.committed.send_replace(Committed { hw, durable, leading: epoch, isr: isr.len() });
-        drop(role);
+    pub async fn become_leader(self: &Arc<Self>, epoch: u64, isr: Vec<u64>, revision: i64) {
+        self.change_role(Role::Leader { epoch }, move |_, me| {
+            let leo = me.log.offsets().log_end_offset;
+            let now = Instant::now();
+            let followers = isr
+                .iter()
+                .filter(|r| **r != me.node)
+                .map(|r| (*r, FollowerPos { end: -1, flushed: -1, caught_up_at: now, prev_leo: leo, prev_at: now }))
+                .collect();
+            // Start from what the previous leader had committed; it moves up as followers report.
+            let hw = (*lock(&me.follower_hw)).max(me.committed.borrow().hw).min(leo);
+            *lock(&me.leader) =
+                Some(LeaderState { epoch, epoch_start: leo, isr: isr.clone(), revision, adding: None, followers });
+            let durable = me.committed.borrow().durable.min(hw);
+            me.committed.send_replace(Committed { hw, durable, leading: epoch, isr: isr.len() });
+            tracing::info!(partition = %me.pid, epoch, ?isr, hw, log_end = leo, "leading");
+        })
+        .await;
         self.update_hw();
-        tracing::info!(partition = %self.pid, epoch, ?isr, hw, log_end = leo, "leading");
     }
 
     /// Follows `leader` at `epoch` (or stays idle when `leader` is `None`). Pending acks=all
     /// waiters learn at once that this node no longer leads.
-    pub fn become_follower(&self, epoch: u64, leader: Option<u64>) {
-        let mut role = self.role.write().unwrap_or_else(|p| p.into_inner());
-        let was = *role;
-        *role = match leader {
+    pub async fn become_follower(self: &Arc<Self>, epoch: u64, leader: Option<u64>) {
+        let to = match leader {
             Some(leader) => Role::Follower { epoch, leader },
             None => Role::Idle,
         };
-        *lock(&self.leader) = None;
-        let Committed { hw, durable, .. } = *self.committed.borrow();
-        self.committed.send_replace(Committed { hw, durable, leading: 0, isr: 0 });
-        if matches!(was, Role::Leader { .. }) {
-            tracing::info!(partition = %self.pid, epoch, ?leader, "no longer leading");
-        }
+        self.change_role(to, move |was, me| {
+            *lock(&me.leader) = None;
+            let Committed { hw, durable, .. } = *me.committed.borrow();
+            me.committed.send_replace(Committed { hw, durable, leading: 0, isr: 0 });
+            if matches!(was, Role::Leader { .. }) {
+                tracing::info!(partition = %me.pid, epoch, ?leader, "no longer leading");
+            }
+        })
+        .await;
     }
 
     /// Recomputes the high watermark after the log or a follower moved.
@@ -328,27 +367,81 @@ impl Replica {
         *h = (*h).max(hw);
     }
 
+    /// Appends `batches` as the leader of `epoch`: refused (NOT_LEADER) unless this node
+    /// still leads it, and (`min_isr` given, for acks=all) when the in-sync set is smaller.
+    /// `traceparent` is remembered for the push to followers before the batches are stored,
+    /// since the push may take them the moment they are.
+    pub async fn append_as_leader(
+        self: &Arc<Self>,
+        epoch: u64,
+        batches: Bytes,
+        config: TopicConfig,
+        min_isr: Option<u32>,
+        traceparent: Option<String>,
+    ) -> Result<AppendInfo, SluiceError> {
+        self.under_role(move |role, me, log| {
+            let pid = &me.pid;
+            if role != (Role::Leader { epoch }) {
+                return Err(SluiceError::NotLeader {
+                    topic: pid.topic.clone(),
+                    partition: pid.partition,
+                    node: me.node,
+                });
+            }
+            let isr = me.committed.borrow().isr as u32;
+            if let Some(min) = min_isr.filter(|m| isr < *m) {
+                return Err(SluiceError::NotEnoughReplicas {
+                    topic: pid.topic.clone(),
+                    partition: pid.partition,
+                    isr,
+                    min,
+                });
+            }
+            if let Some(tp) = traceparent {
+                me.note_traced(log.offsets().log_end_offset, tp);
+            }
+            log.append(&batches, &config, sluice_core::settings::now_ms(), epoch as i32)
+                .map_err(|e| crate::map_storage(pid, e))
+        })
+        .await
+    }
+
     /// Appends a leader's batches while following `epoch` of `leader`; refused once the role
     /// changed, so a copy still in flight cannot land after this node took over.
-    pub fn append_as_follower(&self, epoch: u64, leader: u64, batches: &[u8]) -> Result<i64, SluiceError> {
-        let role = self.hold();
-        if *role != (Role::Follower { epoch, leader }) {
-            return Err(SluiceError::NotLeader {
-                topic: self.pid.topic.clone(),
-                partition: self.pid.partition,
-                node: leader,
-            });
-        }
-        self.log.append_replica(batches).map_err(|e| crate::map_storage(&self.pid, e))
+    pub async fn append_as_follower(
+        self: &Arc<Self>,
+        epoch: u64,
+        leader: u64,
+        batches: Bytes,
+    ) -> Result<i64, SluiceError> {
+        self.under_role(move |role, me, log| {
+            if role != (Role::Follower { epoch, leader }) {
+                return Err(SluiceError::NotLeader {
+                    topic: me.pid.topic.clone(),
+                    partition: me.pid.partition,
+                    node: leader,
+                });
+            }
+            log.append_replica(&batches).map_err(|e| crate::map_storage(&me.pid, e))
+        })
+        .await
     }
 
     /// Truncates (or resets) the log while following `epoch` of `leader`.
-    pub fn truncate_as_follower(&self, epoch: u64, leader: u64, to: i64, reset: bool) -> Result<(), SluiceError> {
-        let role = self.hold();
-        if *role != (Role::Follower { epoch, leader }) {
-            return Ok(());
-        }
-        let r = if reset { self.log.reset(to) } else { self.log.truncate(to).map(|_| ()) };
-        r.map_err(|e| crate::map_storage(&self.pid, e))
+    pub async fn truncate_as_follower(
+        self: &Arc<Self>,
+        epoch: u64,
+        leader: u64,
+        to: i64,
+        reset: bool,
+    ) -> Result<(), SluiceError> {
+        self.under_role(move |role, me, log| {
+            if role != (Role::Follower { epoch, leader }) {
+                return Ok(());
+            }
+            let r = if reset { log.reset(to) } else { log.truncate(to).map(|_| ()) };
+            r.map_err(|e| crate::map_storage(&me.pid, e))
+        })
+        .await
     }
 }

@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use sluice_core::SluiceError;
 use sluice_proto::v1::{Acks, AppendRequest, AppendResponse};
-use sluice_storage::PartitionId;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,8 +19,7 @@ use tonic::Status;
 use tracing::Instrument;
 
 use super::RpcStream;
-use crate::replica::Role;
-use crate::{Node, Served, map_storage};
+use crate::{Node, Served};
 
 type Responder = mpsc::Sender<Result<AppendResponse, Status>>;
 
@@ -69,12 +67,8 @@ fn spawn_worker(node: Arc<Node>, tx: Responder) -> mpsc::Sender<AppendRequest> {
         while let Some(req) = wrx.recv().await {
             let id = req.id;
             let acks = Acks::try_from(req.acks).unwrap_or(Acks::All);
-            let n = node.clone();
-            // sled writes are blocking work: keep them off the async workers.
-            let result = match tokio::task::spawn_blocking(move || append_one(&n, req, acks)).await {
-                Ok(r) => r,
-                Err(e) => Err(SluiceError::Internal(format!("append task failed: {e}"))),
-            };
+            // The write itself runs on the blocking pool (Replica::append_as_leader).
+            let result = append_one(&node, req, acks).await;
             match (result, acks) {
                 (Ok((resp, wait)), Acks::All | Acks::Unspecified) => {
                     let (node, tx) = (node.clone(), tx.clone());
@@ -143,40 +137,23 @@ async fn committed(node: &Node, w: Wait) -> Result<(), SluiceError> {
     }
 }
 
-fn append_one(node: &Node, req: AppendRequest, acks: Acks) -> Result<(AppendResponse, Wait), SluiceError> {
+async fn append_one(node: &Node, req: AppendRequest, acks: Acks) -> Result<(AppendResponse, Wait), SluiceError> {
     let r = req.partition.ok_or_else(|| SluiceError::InvalidRequest("append without a partition".into()))?;
     let span = tracing::info_span!("append", topic = %r.topic, partition = r.partition, otel.kind = "server");
     sluice_telemetry::continue_from(&span, &req.traceparent);
-    let _entered = span.enter();
     let epoch = (req.leader_epoch > 0).then_some(req.leader_epoch);
     let served = node.leader(&r, epoch)?;
     let cfg = served.topic.config();
-    let pid = PartitionId { topic: r.topic.clone(), topic_id: served.topic.topic_id, partition: r.partition };
-    let info = {
-        // Holding the role: leadership cannot change under this append.
-        let role = served.replica.hold();
-        if *role != (Role::Leader { epoch: served.epoch }) {
-            return Err(SluiceError::NotLeader { topic: r.topic.clone(), partition: r.partition, node: node.id });
-        }
-        let isr = served.replica.committed().borrow().isr as u32;
-        if matches!(acks, Acks::All | Acks::Unspecified) && isr < cfg.min_insync_replicas {
-            return Err(SluiceError::NotEnoughReplicas {
-                topic: r.topic.clone(),
-                partition: r.partition,
-                isr,
-                min: cfg.min_insync_replicas,
-            });
-        }
-        // Noted before the append: the leader may push the batches to followers the moment
-        // they are stored, and the push passes this context on.
-        if let Some(tp) = sluice_telemetry::traceparent() {
-            served.replica.note_traced(served.log().offsets().log_end_offset, tp);
-        }
-        served
-            .log()
-            .append(&req.batches, &cfg, sluice_core::settings::now_ms(), served.epoch as i32)
-            .map_err(|e| map_storage(&pid, e))?
-    };
+    let min_isr = cfg.min_insync_replicas;
+    let all = matches!(acks, Acks::All | Acks::Unspecified);
+    // Noted before the append: the leader may push the batches to followers the moment they
+    // are stored, and the push passes this context on.
+    let traceparent = span.in_scope(sluice_telemetry::traceparent);
+    let info = served
+        .replica
+        .append_as_leader(served.epoch, req.batches, cfg, all.then_some(min_isr), traceparent)
+        .instrument(span)
+        .await?;
     served.replica.update_hw();
     let resp = AppendResponse {
         id: req.id,
@@ -186,5 +163,5 @@ fn append_one(node: &Node, req: AppendRequest, acks: Acks) -> Result<(AppendResp
         error: None,
         log_append_time_ms: info.log_append_time,
     };
-    Ok((resp, Wait { served, target: info.last_offset + 1, min_isr: cfg.min_insync_replicas }))
+    Ok((resp, Wait { served, target: info.last_offset + 1, min_isr }))
 }

@@ -83,7 +83,7 @@ impl PartitionNode for NodeService {
     }
 
     async fn epoch_end(&self, request: Request<EpochEndRequest>) -> Result<Response<EpochEndResponse>, Status> {
-        Ok(Response::new(replicate::epoch_end(&self.node, request.into_inner())))
+        Ok(Response::new(replicate::epoch_end(&self.node, request.into_inner()).await))
     }
 
     async fn replicate(

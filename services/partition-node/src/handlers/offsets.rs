@@ -7,11 +7,11 @@ use sluice_storage::PartitionId;
 use crate::{Node, map_storage};
 
 pub(super) async fn serve(node: &Node, req: PartitionOffsetsRequest) -> PartitionOffsetsResponse {
-    let partitions = req.partitions.into_iter().map(|r| entry(node, r, req.timestamp_ms)).collect();
-    PartitionOffsetsResponse { partitions }
+    let asks = req.partitions.into_iter().map(|r| entry(node, r, req.timestamp_ms));
+    PartitionOffsetsResponse { partitions: futures_util::future::join_all(asks).await }
 }
 
-fn entry(node: &Node, r: sluice_proto::v1::PartitionRef, ts: Option<i64>) -> PartitionOffsetsEntry {
+async fn entry(node: &Node, r: sluice_proto::v1::PartitionRef, ts: Option<i64>) -> PartitionOffsetsEntry {
     let mut e = PartitionOffsetsEntry {
         partition: Some(r.clone()),
         log_start_offset: -1,
@@ -21,7 +21,7 @@ fn entry(node: &Node, r: sluice_proto::v1::PartitionRef, ts: Option<i64>) -> Par
         timestamp_found_ms: -1,
         error: None,
     };
-    let res: Result<(), SluiceError> = (|| {
+    let res: Result<(), SluiceError> = async {
         let served = node.leader(&r, None)?;
         let o = served.log().offsets();
         e.log_start_offset = o.log_start_offset;
@@ -29,13 +29,15 @@ fn entry(node: &Node, r: sluice_proto::v1::PartitionRef, ts: Option<i64>) -> Par
         e.high_watermark = served.replica.high_watermark();
         if let Some(ts) = ts {
             let pid = PartitionId { topic: r.topic.clone(), topic_id: served.topic.topic_id, partition: r.partition };
-            if let Some((off, found)) = served.log().offset_for_timestamp(ts).map_err(|err| map_storage(&pid, err))? {
+            let found = served.log().offset_for_timestamp(ts).await.map_err(|err| map_storage(&pid, err))?;
+            if let Some((off, found)) = found {
                 e.timestamp_offset = off;
                 e.timestamp_found_ms = found;
             }
         }
         Ok(())
-    })();
+    }
+    .await;
     if let Err(err) = res {
         e.error = Some(err.to_proto());
     }

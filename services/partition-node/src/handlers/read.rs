@@ -127,7 +127,7 @@ async fn read_loop(
             if c.offset >= com.hw {
                 continue;
             }
-            match c.replica.log.read_to(c.offset, credit.min(MAX_CHUNK) as usize, com.hw) {
+            match c.replica.log.read_to(c.offset, credit.min(MAX_CHUNK) as usize, com.hw).await {
                 Ok(r) if r.batches.is_empty() => {}
                 Ok(r) => {
                     credit = credit.saturating_sub(r.batches.len() as u64);

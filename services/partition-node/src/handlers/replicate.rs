@@ -40,13 +40,14 @@ fn served_for_follower(
     Ok(served)
 }
 
-pub(super) fn epoch_end(node: &Node, req: EpochEndRequest) -> EpochEndResponse {
+pub(super) async fn epoch_end(node: &Node, req: EpochEndRequest) -> EpochEndResponse {
     let r = req.partition.unwrap_or_default();
-    match served_for_follower(node, &r, req.follower, req.leader_epoch) {
-        Ok(s) => {
-            let (epoch, end_offset) = s.log().epoch_end(req.epoch);
-            EpochEndResponse { epoch, end_offset, error: None }
-        }
+    let found = match served_for_follower(node, &r, req.follower, req.leader_epoch) {
+        Ok(s) => s.log().epoch_end(req.epoch).await.map_err(|e| map_storage(&s.replica.pid, e)),
+        Err(e) => Err(e),
+    };
+    match found {
+        Ok((epoch, end_offset)) => EpochEndResponse { epoch, end_offset, error: None },
         Err(e) => EpochEndResponse { epoch: -1, end_offset: -1, error: Some(e.to_proto()) },
     }
 }
@@ -131,7 +132,7 @@ async fn push(
         }
         let end = *end_rx.borrow_and_update();
         if pos < end && credit > 0 {
-            match log.read(pos, credit.min(MAX_CHUNK) as usize) {
+            match log.read_to(pos, credit.min(MAX_CHUNK) as usize, i64::MAX).await {
                 Ok(rr) if !rr.batches.is_empty() => {
                     credit = credit.saturating_sub(rr.batches.len() as u64);
                     let traceparent = replica.traced_within(pos, rr.next_offset).unwrap_or_default();
