@@ -1,6 +1,7 @@
 //! Replication under faults, against a real etcd and real partition-node processes.
 //!
-//! Each run is seeded (the seed is printed) and bounded. `SLUICE_FAULT_SECS` sets how long
+//! Runs that choose at random (which leader to kill, when) print their seed, and `SLUICE_TEST_SEED`
+//! replays the same choices; every run is bounded. `SLUICE_FAULT_SECS` sets how long
 //! the fault loops run (default 12 s, the short version CI runs; `scripts/faults.sh` runs them
 //! longer). What each test proves is written in docs/FAULTS.md.
 
@@ -367,7 +368,6 @@ async fn killing_leaders_under_acks_all_loses_no_acknowledged_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_leader_is_fenced_and_acknowledges_nothing() {
     let _serial = SERIAL.lock().await;
-    seed("paused-leader");
     let (mut c, _dir) = cluster_with(3, ENV).await;
     let client = client(&c).await;
     client.create_topic("fence", 1, 3, HashMap::new()).await.unwrap();
@@ -468,7 +468,6 @@ async fn sluice_runtime_dial(addr: &str) -> PartitionNodeClient<tonic::transport
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn too_few_in_sync_replicas_refuse_acks_all_but_not_acks_1() {
     let _serial = SERIAL.lock().await;
-    seed("min-isr");
     let (mut c, _dir) = cluster_with(3, ENV).await;
     let client = client(&c).await;
     client.create_topic("minisr", 1, 3, HashMap::new()).await.unwrap();
@@ -520,7 +519,6 @@ async fn too_few_in_sync_replicas_refuse_acks_all_but_not_acks_1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_cluster_carries_on_after_etcd_restarts_under_load() {
     let _serial = SERIAL.lock().await;
-    seed("etcd-restart");
     let (mut c, _dir) = cluster_with(3, ENV).await;
     let client = client(&c).await;
     client.create_topic("meta", 2, 3, HashMap::new()).await.unwrap();
@@ -565,7 +563,6 @@ async fn cli(gateway: &str, args: &[&str]) -> (i32, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_node_follows_and_gets_leadership_back_on_demand() {
     let _serial = SERIAL.lock().await;
-    seed("restart-and-elect");
     // Automatic rebalancing off: leadership only moves back when asked.
     let env: Vec<(&str, &str)> = ENV
         .iter()
@@ -624,7 +621,6 @@ async fn a_restarted_node_follows_and_gets_leadership_back_on_demand() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_write_to_a_just_killed_leader_waits_for_the_new_one() {
     let _serial = SERIAL.lock().await;
-    seed("write-to-dead-leader");
     let (mut c, _dir) = cluster_with(3, ENV).await;
     let client = client(&c).await;
     client.create_topic("handover", 1, 3, HashMap::new()).await.unwrap();

@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use opentelemetry_proto::tonic::metrics::v1::{Metric, number_data_point};
 use opentelemetry_proto::tonic::trace::v1::Span;
-use sluice_tests::{client, cluster_with, eventually, seed};
+use sluice_tests::{client, cluster_with, eventually};
 use tonic::{Request, Response, Status};
 
 /// Everything received, with the `service.name` of the process that sent it.
@@ -151,7 +151,6 @@ fn number(v: &Option<number_data_point::Value>) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_trace_from_producer_to_consumer_and_the_metrics_arrive() {
-    seed("otel");
     let (receiver, endpoint) = start_receiver().await;
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("SLUICE_TELEMETRY__METRICS_INTERVAL_MS", "500")];
     let (c, _dir) = cluster_with(3, &env).await;
