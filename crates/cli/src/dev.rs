@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use sluice_gateway::Router;
 use sluice_gateway::handlers::GatewayService;
 use sluice_group_coordinator::Coordinator;
-use sluice_group_coordinator::service::GroupsService;
+use sluice_group_coordinator::handlers::GroupsService;
 use sluice_partition_node::handlers::{LocalNode, NodeService};
 use sluice_runtime::{Settings, Shutdown};
 

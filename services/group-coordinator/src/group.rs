@@ -10,9 +10,16 @@
 //!
 //! Commits are fenced here: a member may commit a partition only while it holds it, under a
 //! generation no older than the one it was handed the partition at.
+//!
+//! Events reach a member through a bounded queue ([`EVENTS_QUEUED`]). A member (or the
+//! gateway in front of it) that does not read them fills it; its stream is then ended with a
+//! retriable COORDINATOR_NOT_AVAILABLE and the member is kept for its session timeout, as
+//! after a broken connection: it re-attaches under its id with what it holds, and the
+//! coordinator's memory stays bounded whatever members do.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sluice_core::SluiceError;
@@ -27,26 +34,58 @@ use sluice_core::topic::group_by_topic;
 use crate::assignor::{Assignor, MemberSpec, Tp};
 use crate::store::{Committed, GroupSnapshot, MemberSnapshot};
 
+/// Events queued for a member's stream before it counts as not reading.
+pub const EVENTS_QUEUED: usize = 64;
+
 /// How events reach a member's stream.
-pub type EventTx = mpsc::UnboundedSender<Result<MemberEvent, Status>>;
+pub type EventTx = mpsc::Sender<Result<MemberEvent, Status>>;
 
 /// A member's open stream.
 pub struct Conn {
     pub id: u64,
     pub tx: EventTx,
-    /// Tells the stream's task to stop reading (the member was removed or replaced).
+    /// Tells the stream's task to stop reading (the member was removed or replaced, or does
+    /// not read its events).
     pub kick: Arc<Notify>,
+    /// Set once the queue overflowed: nothing more is sent, the stream is ending.
+    stalled: Arc<AtomicBool>,
 }
 
 impl Conn {
-    fn send(&self, kind: EventKind) {
-        let _ = self.tx.send(Ok(MemberEvent { kind: Some(kind) }));
+    pub fn new(id: u64, tx: EventTx, kick: Arc<Notify>) -> Self {
+        Self { id, tx, kick, stalled: Arc::default() }
+    }
+
+    /// Queues an event; a full queue ends the stream (see the module docs).
+    pub fn send(&self, kind: EventKind) {
+        if self.stalled.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Ok(MemberEvent { kind: Some(kind) })) {
+            self.stalled.store(true, Ordering::Release);
+            let why = SluiceError::CoordinatorNotAvailable(format!(
+                "{EVENTS_QUEUED} membership events were not read; rejoin under the same member id"
+            ));
+            self.end(why.into());
+        }
     }
 
     /// Ends the stream with `status`.
     fn close(&self, status: Status) {
-        let _ = self.tx.send(Err(status));
+        self.stalled.store(true, Ordering::Release);
+        self.end(status);
+    }
+
+    fn end(&self, status: Status) {
         self.kick.notify_one();
+        // The status waits for room behind the queued events, for a while: a member that
+        // never reads again just loses its stream when the queue is dropped.
+        let tx = self.tx.clone();
+        if let Err(mpsc::error::TrySendError::Full(last)) = tx.try_send(Err(status)) {
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(30), tx.send(last)).await;
+            });
+        }
     }
 }
 
@@ -313,6 +352,24 @@ impl Group {
         }
     }
 
+    /// When [`Group::expire`] may next remove a member: the earliest session or rebalance
+    /// deadline among members without commits in flight.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.members
+            .values()
+            .filter(|m| m.commits_in_flight == 0)
+            .flat_map(|m| [Some(m.last_seen + m.session_timeout), m.revoke_deadline])
+            .flatten()
+            .min()
+            // expire() removes strictly after a deadline.
+            .map(|d| d + Duration::from_millis(1))
+    }
+
+    /// Whether the group holds nothing worth keeping: no member and no committed offset.
+    pub fn is_idle(&self) -> bool {
+        self.members.is_empty() && self.offsets.is_empty()
+    }
+
     /// Removes members silent past their session timeout or late releasing partitions.
     /// Returns whether any was removed.
     pub fn expire(&mut self, now: Instant) -> bool {
@@ -442,9 +499,11 @@ fn replaced(group: &str, member: &str) -> Status {
 mod tests {
     use super::*;
 
-    fn conn(id: u64) -> (Conn, mpsc::UnboundedReceiver<Result<MemberEvent, Status>>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (Conn { id, tx, kick: Arc::new(Notify::new()) }, rx)
+    type Events = mpsc::Receiver<Result<MemberEvent, Status>>;
+
+    fn conn(id: u64) -> (Conn, Events) {
+        let (tx, rx) = mpsc::channel(EVENTS_QUEUED);
+        (Conn::new(id, tx, Arc::new(Notify::new())), rx)
     }
 
     fn spec(instance: &str) -> JoinSpec {
@@ -460,7 +519,7 @@ mod tests {
         }
     }
 
-    fn last_assignment(rx: &mut mpsc::UnboundedReceiver<Result<MemberEvent, Status>>) -> Option<(u64, Vec<u32>)> {
+    fn last_assignment(rx: &mut Events) -> Option<(u64, Vec<u32>)> {
         let mut last = None;
         while let Ok(Ok(ev)) = rx.try_recv() {
             if let Some(EventKind::Assignment(a)) = ev.kind {
@@ -509,8 +568,6 @@ mod tests {
         assert!(g.members.is_empty());
         assert!(matches!(g.check_commit(&b, gen2, &moving), Err(SluiceError::UnknownMember { .. })));
     }
-
-    type Events = mpsc::UnboundedReceiver<Result<MemberEvent, Status>>;
 
     /// A group on a 4-partition topic with two members (instance ids `ia`, `ib`; empty for
     /// dynamic ones) on connections 1 and 2, reconciled: the group, the members' ids, the
@@ -570,5 +627,50 @@ mod tests {
         assert!(g.disconnected(&b, 2, false));
         assert!(g.expire(now + Duration::from_secs(11)));
         assert!(g.members.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_member_that_does_not_read_is_cut_off_and_kept_for_its_session() {
+        let (mut g, parts, now, [a, _b], _held_a, _r2) = two_members("", "");
+        let (c3, mut r3) = conn(3);
+        let kick = c3.kick.clone();
+        g.join(JoinSpec { member_id: a.clone(), ..spec("") }, c3, now).unwrap();
+        // Nothing is read from r3: flood it with assignments.
+        for _ in 0..EVENTS_QUEUED + 5 {
+            g.members.get_mut(&a).unwrap().needs_full = true;
+            g.reconcile(&parts, now);
+        }
+        // The reader task is told to stop; the queue holds what fitted, then the end.
+        tokio::time::timeout(Duration::from_secs(1), kick.notified()).await.expect("kicked");
+        let mut events = 0;
+        let last = loop {
+            match r3.recv().await {
+                Some(Ok(_)) => events += 1,
+                Some(Err(s)) => break s,
+                None => panic!("the stream must end with a status"),
+            }
+        };
+        assert_eq!(events, EVENTS_QUEUED);
+        assert_eq!(last.code(), tonic::Code::Unavailable, "{last:?}");
+        assert!(last.message().contains("rejoin under the same member id"), "{}", last.message());
+        // The stream's task reports the end as a broken connection: the member stays.
+        assert!(g.disconnected(&a, 3, false));
+        assert!(g.members.contains_key(&a));
+    }
+
+    #[test]
+    fn the_next_deadline_is_the_earliest_session_end() {
+        let now = Instant::now();
+        let mut g = Group::new("g".into(), BTreeMap::new());
+        assert_eq!(g.next_deadline(), None);
+        let (c1, _r1) = conn(1);
+        let (c2, _r2) = conn(2);
+        g.join(JoinSpec { session_timeout: Duration::from_secs(5), ..spec("") }, c1, now).unwrap();
+        let b = g.join(JoinSpec { session_timeout: Duration::from_secs(3), ..spec("") }, c2, now).unwrap();
+        let d = g.next_deadline().unwrap();
+        assert!(d > now + Duration::from_secs(3) && d < now + Duration::from_secs(4), "{:?}", d - now);
+        assert!(!g.expire(d - Duration::from_millis(2)));
+        assert!(g.expire(d));
+        assert!(!g.members.contains_key(&b));
     }
 }

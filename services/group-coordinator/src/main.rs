@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use sluice_group_coordinator::service::GroupsService;
+use sluice_group_coordinator::handlers::GroupsService;
 use sluice_group_coordinator::{Coordinator, SERVICE_NAME, metrics};
 use sluice_router::Router;
 use sluice_runtime::Service;

@@ -29,9 +29,9 @@ pub fn register(c: &Arc<Coordinator>, interval: Duration) -> GroupGauges {
             .with_description("Members of each consumer group")
             .with_callback(move |obs| {
                 let Some(c) = weak.upgrade() else { return };
-                let st = c.lock();
-                for g in st.groups.values() {
-                    obs.observe(g.members.len() as i64, &[KeyValue::new("group", g.id.clone())]);
+                for cell in c.groups.cells() {
+                    let slot = cell.lock();
+                    obs.observe(slot.group.members.len() as i64, &[KeyValue::new("group", slot.group.id.clone())]);
                 }
             })
             .build()
@@ -57,7 +57,7 @@ pub fn register(c: &Arc<Coordinator>, interval: Duration) -> GroupGauges {
             if !sluice_telemetry::exporting() || c.active().is_err() {
                 continue;
             }
-            let ids: Vec<String> = c.lock().groups.keys().cloned().collect();
+            let ids = c.groups.ids();
             let mut points = Points::new();
             for id in ids {
                 let Ok((mut d, topics)) = c.describe(&id) else { continue };

@@ -1,0 +1,28 @@
+//! `FetchOffsets`: a group's committed offsets, from the cache loaded from the offsets topic.
+
+use sluice_core::SluiceError;
+use sluice_proto::v1::*;
+
+use crate::{Coordinator, validate_group_id};
+
+pub(super) fn handle(c: &Coordinator, r: FetchOffsetsRequest) -> Result<FetchOffsetsResponse, SluiceError> {
+    validate_group_id(&r.group_id)?;
+    c.active()?;
+    let offsets = c
+        .groups
+        .read(&r.group_id, |g| {
+            g.offsets
+                .iter()
+                .filter(|(tp, _)| r.topic.is_empty() || tp.0 == r.topic)
+                .map(|(tp, c)| CommittedOffset {
+                    topic: tp.0.clone(),
+                    partition: tp.1,
+                    offset: c.offset,
+                    metadata: c.metadata.clone(),
+                    commit_time_ms: c.commit_time_ms,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(FetchOffsetsResponse { offsets })
+}
