@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sluice_client::Client;
 use sluice_client::consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartFrom};
-use sluice_testkit::{Cluster, ClusterSpec};
+use sluice_testkit::Cluster;
 
 /// A cluster of `nodes` partition nodes with short leases and frequent cleaning.
 pub async fn cluster(nodes: u32) -> (Cluster, tempfile::TempDir) {
@@ -37,17 +37,17 @@ pub async fn cluster_gateways(
     if keep {
         eprintln!("keeping {}", dir.path().display());
     }
-    let mut spec = ClusterSpec::new(dir.path().join("cluster"));
-    spec.nodes = nodes;
-    spec.coordinators = coordinators;
-    spec.gateways = gateways;
-    spec.env = vec![
-        ("SLUICE_ETCD__LEASE_TTL_SECS".into(), "2".into()),
-        ("SLUICE_STORAGE__RETENTION_CHECK_INTERVAL_MS".into(), "200".into()),
-        ("RUST_LOG".into(), "info".into()),
-    ];
-    spec.env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    match Cluster::start(spec, true).await {
+    let mut b = Cluster::builder()
+        .nodes(nodes)
+        .coordinators(coordinators)
+        .gateways(gateways)
+        .env("SLUICE_ETCD__LEASE_TTL_SECS", "2")
+        .env("SLUICE_STORAGE__RETENTION_CHECK_INTERVAL_MS", "200")
+        .env("RUST_LOG", "info");
+    for (k, v) in extra_env {
+        b = b.env(k, v);
+    }
+    match b.start(dir.path().join("cluster")).await {
         Ok(c) => (c, dir),
         Err(e) => {
             // Keep the logs the error points at.

@@ -16,6 +16,16 @@ pub struct SettingsError(String);
 
 /// Builds `T` from its defaults, `file` when given, and the environment.
 pub fn load<T: Serialize + DeserializeOwned + Default>(file: Option<&Path>) -> Result<T, SettingsError> {
+    let env = std::env::vars().filter(|(k, _)| k.starts_with("SLUICE_") && !NOT_SETTINGS.contains(&k.as_str()));
+    load_with_env(file, env)
+}
+
+/// [`load`] with `SLUICE_*` overrides from `env` instead of the process environment (services
+/// sharing one process, each with its own settings).
+pub fn load_with_env<T: Serialize + DeserializeOwned + Default>(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<T, SettingsError> {
     let defaults = config::Config::try_from(&T::default()).map_err(|e| SettingsError(e.to_string()))?;
     let mut b = config::Config::builder().add_source(defaults);
     if let Some(f) = file {
@@ -25,8 +35,7 @@ pub fn load<T: Serialize + DeserializeOwned + Default>(file: Option<&Path>) -> R
         b = b.add_source(config::File::from(f).format(config::FileFormat::Toml));
     }
     // Variables that belong to the CLI and the tests, not to service settings.
-    let env: config::Map<String, String> =
-        std::env::vars().filter(|(k, _)| k.starts_with("SLUICE_") && !NOT_SETTINGS.contains(&k.as_str())).collect();
+    let env: config::Map<String, String> = env.into_iter().collect();
     b = b.add_source(
         config::Environment::with_prefix("SLUICE")
             .prefix_separator("_")

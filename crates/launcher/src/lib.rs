@@ -126,6 +126,51 @@ impl ClusterSpec {
     }
 }
 
+/// What [`Cluster::builder`] starts: `Cluster::builder().nodes(3).coordinators(2).gateways(2)`,
+/// then [`ClusterBuilder::start`] for real processes with real etcd. (The test kit adds an
+/// in-process mode to the same builder.)
+#[derive(Debug, Clone)]
+pub struct ClusterBuilder {
+    pub nodes: u32,
+    pub coordinators: u32,
+    pub gateways: u32,
+    pub env: Vec<(String, String)>,
+}
+
+impl ClusterBuilder {
+    pub fn nodes(mut self, n: u32) -> Self {
+        self.nodes = n;
+        self
+    }
+
+    pub fn coordinators(mut self, n: u32) -> Self {
+        self.coordinators = n;
+        self
+    }
+
+    pub fn gateways(mut self, n: u32) -> Self {
+        self.gateways = n;
+        self
+    }
+
+    /// A setting for every service, as `SLUICE_*` environment (e.g.
+    /// `("SLUICE_ETCD__LEASE_TTL_SECS", "2")`).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Starts etcd and the services as processes under `dir`, owned by the handle.
+    pub async fn start(self, dir: impl Into<PathBuf>) -> Result<Cluster, LauncherError> {
+        let mut spec = ClusterSpec::new(dir);
+        spec.nodes = self.nodes;
+        spec.coordinators = self.coordinators;
+        spec.gateways = self.gateways;
+        spec.env = self.env;
+        Cluster::start(spec, true).await
+    }
+}
+
 /// A running cluster. Dropping a handle that owns its processes kills them.
 pub struct Cluster {
     pub spec: ClusterSpec,
@@ -220,6 +265,11 @@ async fn live_nodes(gateway: &str) -> usize {
 }
 
 impl Cluster {
+    /// A cluster of 3 partition nodes, 1 coordinator and 1 gateway, to adjust.
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder { nodes: 3, coordinators: 1, gateways: 1, env: Vec::new() }
+    }
+
     /// Starts etcd and the services, waits until all are healthy and the gateway sees every
     /// node, and writes `DIR/cluster.json`.
     pub async fn start(spec: ClusterSpec, owned: bool) -> Result<Self, LauncherError> {

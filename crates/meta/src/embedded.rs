@@ -1,6 +1,10 @@
-//! In-process metadata for single-node mode: the same model as etcd, kept in memory and
-//! written to a JSON file (atomically, by rename) so topics survive a restart.
+//! In-process metadata: the same model as etcd, kept in memory and written to a JSON file
+//! (atomically, by rename) so topics survive a restart. `sluice dev` uses it directly; an
+//! in-process test cluster gives each of its services an [`EmbeddedSession`], a lease of its
+//! own that the test can expire and revive, as etcd expires the lease of a process that
+//! stopped renewing it.
 
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -24,6 +28,18 @@ pub struct EmbeddedMeta {
     // Serialises writers; readers use the watch channel.
     write: Mutex<()>,
     tx: watch::Sender<Arc<ClusterView>>,
+    leases: Mutex<Leases>,
+}
+
+/// What each lease holds, as etcd would attach keys to a lease. Lease 0 is the process's own
+/// (the store used directly), which never expires.
+#[derive(Default)]
+struct Leases {
+    next: u64,
+    expired: HashSet<u64>,
+    nodes: HashMap<u64, Vec<NodeInfo>>,
+    /// The lease holding the coordinator role.
+    coordinator: Option<u64>,
 }
 
 impl EmbeddedMeta {
@@ -54,7 +70,118 @@ impl EmbeddedMeta {
             }
         }
         let (tx, _) = watch::channel(Arc::new(view));
-        Ok(Arc::new(Self { file, write: Mutex::new(()), tx }))
+        Ok(Arc::new(Self { file, write: Mutex::new(()), tx, leases: Mutex::default() }))
+    }
+
+    fn leases(&self) -> std::sync::MutexGuard<'_, Leases> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new lease, for one service of an in-process cluster.
+    pub fn session(self: &Arc<Self>) -> Arc<EmbeddedSession> {
+        let lease = {
+            let mut l = self.leases();
+            l.next += 1;
+            l.next
+        };
+        Arc::new(EmbeddedSession { meta: self.clone(), lease })
+    }
+
+    /// Expires `lease`: what it registered leaves the view (the node is no longer alive, the
+    /// coordinator role is free) and its holder can no longer prove its session.
+    pub fn expire(&self, lease: u64) {
+        let (nodes, coordinator) = {
+            let mut l = self.leases();
+            l.expired.insert(lease);
+            let held = l.coordinator == Some(lease);
+            if held {
+                l.coordinator = None;
+            }
+            (l.nodes.get(&lease).cloned().unwrap_or_default(), held)
+        };
+        let _ = self.update(|v| {
+            for n in &nodes {
+                v.nodes.remove(&n.id);
+            }
+            if coordinator {
+                v.coordinator = None;
+            }
+            Ok(false)
+        });
+    }
+
+    /// Renews an expired lease: its holder's session is valid again and the nodes it
+    /// registered are back (a process that was paused and kept its registration going).
+    pub fn revive(&self, lease: u64) {
+        let nodes = {
+            let mut l = self.leases();
+            l.expired.remove(&lease);
+            l.nodes.get(&lease).cloned().unwrap_or_default()
+        };
+        let _ = self.update(|v| {
+            for n in nodes {
+                v.nodes.insert(n.id, n);
+            }
+            Ok(false)
+        });
+    }
+
+    fn register_under(&self, lease: u64, node: NodeInfo) -> Result<(), MetaError> {
+        {
+            let mut l = self.leases();
+            let held = l.nodes.entry(lease).or_default();
+            held.retain(|n| n.id != node.id);
+            held.push(node.clone());
+        }
+        self.update(|v| {
+            v.nodes.insert(node.id, node);
+            Ok(false)
+        })
+    }
+
+    /// Waits until no lease holds the coordinator role, then takes it under `lease`.
+    async fn campaign_under(&self, lease: u64, addr: &str) -> Result<u64, MetaError> {
+        let mut view = self.tx.subscribe();
+        loop {
+            let taken = {
+                let mut l = self.leases();
+                if l.coordinator.is_none() && !l.expired.contains(&lease) {
+                    l.coordinator = Some(lease);
+                    true
+                } else {
+                    false
+                }
+            };
+            if taken {
+                // Wall-clock milliseconds keep epochs increasing across restarts; never below
+                // an earlier epoch of this process.
+                let prev = self.tx.borrow().coordinator.as_ref().map_or(0, |c| c.epoch);
+                let epoch = (sluice_core::settings::now_ms().max(1) as u64).max(prev + 1);
+                self.update(|v| {
+                    v.coordinator = Some(crate::CoordinatorInfo { addr: addr.to_string(), epoch });
+                    Ok(false)
+                })?;
+                return Ok(epoch);
+            }
+            if view.changed().await.is_err() {
+                return Err(MetaError::Request(SluiceError::MetadataUnavailable("metadata store closed".into())));
+            }
+        }
+    }
+
+    fn resign_under(&self, lease: u64, epoch: u64) -> Result<(), MetaError> {
+        {
+            let mut l = self.leases();
+            if l.coordinator == Some(lease) {
+                l.coordinator = None;
+            }
+        }
+        self.update(|v| {
+            if v.coordinator.as_ref().is_some_and(|c| c.epoch == epoch) {
+                v.coordinator = None;
+            }
+            Ok(false)
+        })
     }
 
     fn persist(&self, view: &ClusterView) -> Result<(), MetaError> {
@@ -82,10 +209,7 @@ impl EmbeddedMeta {
 #[async_trait::async_trait]
 impl MetaStore for EmbeddedMeta {
     async fn register_node(&self, node: NodeInfo) -> Result<(), MetaError> {
-        self.update(|v| {
-            v.nodes.insert(node.id, node);
-            Ok(false)
-        })
+        self.register_under(0, node)
     }
 
     async fn create_topic(&self, topic: NewTopic, limits: TopicLimits) -> Result<TopicMeta, MetaError> {
@@ -141,21 +265,66 @@ impl MetaStore for EmbeddedMeta {
     }
 
     async fn campaign_coordinator(&self, addr: &str) -> Result<u64, MetaError> {
-        // Wall-clock milliseconds keep epochs increasing across restarts of the process.
-        let epoch = sluice_core::settings::now_ms().max(1) as u64;
-        self.update(|v| {
-            v.coordinator = Some(crate::CoordinatorInfo { addr: addr.to_string(), epoch });
-            Ok(false)
-        })?;
-        Ok(epoch)
+        self.campaign_under(0, addr).await
     }
 
     async fn resign_coordinator(&self, epoch: u64) -> Result<(), MetaError> {
-        self.update(|v| {
-            if v.coordinator.as_ref().is_some_and(|c| c.epoch == epoch) {
-                v.coordinator = None;
-            }
-            Ok(false)
-        })
+        self.resign_under(0, epoch)
+    }
+}
+
+/// One service's view of an [`EmbeddedMeta`], under a lease of its own.
+pub struct EmbeddedSession {
+    meta: Arc<EmbeddedMeta>,
+    lease: u64,
+}
+
+impl EmbeddedSession {
+    pub fn lease(&self) -> u64 {
+        self.lease
+    }
+}
+
+#[async_trait::async_trait]
+impl MetaStore for EmbeddedSession {
+    async fn register_node(&self, node: NodeInfo) -> Result<(), MetaError> {
+        self.meta.register_under(self.lease, node)
+    }
+
+    async fn create_topic(&self, topic: NewTopic, limits: TopicLimits) -> Result<TopicMeta, MetaError> {
+        self.meta.create_topic(topic, limits).await
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<(), MetaError> {
+        self.meta.delete_topic(name).await
+    }
+
+    fn view(&self) -> watch::Receiver<Arc<ClusterView>> {
+        self.meta.view()
+    }
+
+    async fn update_partition(
+        &self,
+        topic: &TopicMeta,
+        partition: u32,
+        expected: &PartitionAssignment,
+        next: PartitionState,
+    ) -> Result<Option<i64>, MetaError> {
+        if !self.session_valid() {
+            return Err(MetaError::Request(SluiceError::MetadataUnavailable(format!("lease {} expired", self.lease))));
+        }
+        self.meta.update_partition(topic, partition, expected, next).await
+    }
+
+    fn session_valid(&self) -> bool {
+        !self.meta.leases().expired.contains(&self.lease)
+    }
+
+    async fn campaign_coordinator(&self, addr: &str) -> Result<u64, MetaError> {
+        self.meta.campaign_under(self.lease, addr).await
+    }
+
+    async fn resign_coordinator(&self, epoch: u64) -> Result<(), MetaError> {
+        self.meta.resign_under(self.lease, epoch)
     }
 }

@@ -1,0 +1,97 @@
+//! The in-process cluster (`Cluster::builder()...in_process()`): every service in this test's
+//! process over embedded metadata with leases the test controls. Replication, leader failover
+//! and coordinator failover in a few seconds, with no process to start.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_client::Client;
+use sluice_client::producer::{Producer, ProducerConfig, ProducerRecord};
+use sluice_proto::v1::{Acks, CommittedOffset};
+use sluice_testkit::{Cluster, InProcessExt};
+use sluice_tests::{consume_all, eventually, text};
+
+async fn produce(client: &Client, topic: &str, from: usize, n: usize) {
+    let p = Producer::new(
+        client.clone(),
+        ProducerConfig { acks: Acks::All, linger: Duration::from_millis(2), ..Default::default() },
+    );
+    let mut acks = Vec::new();
+    for i in from..from + n {
+        let r = ProducerRecord {
+            topic: topic.into(),
+            key: Some(Bytes::from(format!("k{}", i % 7))),
+            value: Some(Bytes::from(format!("v{i}"))),
+            ..Default::default()
+        };
+        acks.push(p.send(r).await.expect("queued"));
+    }
+    for a in acks {
+        a.await.expect("answered").expect("acknowledged");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_whose_lease_expires_is_replaced_and_nothing_acknowledged_is_lost() {
+    let c = Cluster::builder().nodes(3).coordinators(2).gateways(2).in_process().start().await.expect("cluster");
+    let client = Client::connect(&c.gateways()).await.expect("gateway");
+    client.create_topic("ip", 2, 3, HashMap::new()).await.expect("topic");
+    produce(&client, "ip", 0, 300).await;
+
+    let d = client.describe_topic("ip").await.unwrap();
+    let (leader, epoch) = (d.partitions[0].leader, d.partitions[0].leader_epoch);
+    c.expire_node(leader);
+    let d = eventually("a new leader", Duration::from_secs(10), || async {
+        let d = client.describe_topic("ip").await.ok()?;
+        (d.partitions[0].leader != leader && d.partitions[0].error.is_none()).then_some(d)
+    })
+    .await;
+    assert!(d.partitions[0].leader_epoch > epoch);
+    // The old leader still runs but cannot prove its lease: it acknowledges nothing.
+    produce(&client, "ip", 300, 300).await;
+    let got = consume_all(&client, "ip", 600).await;
+    let mut values: Vec<String> = got.iter().map(|r| text(&r.value)).collect();
+    values.sort();
+    let mut want: Vec<String> = (0..600).map(|i| format!("v{i}")).collect();
+    want.sort();
+    assert_eq!(values, want, "every acknowledged record, once");
+
+    // Back with its lease, it follows and rejoins the in-sync set.
+    c.revive_node(leader);
+    eventually("the returning node back in sync", Duration::from_secs(20), || async {
+        let d = client.describe_topic("ip").await.ok()?;
+        d.partitions.iter().all(|p| p.isr.len() == 3).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_coordinator_takes_over_when_the_active_ones_lease_expires() {
+    let c = Cluster::builder().nodes(3).coordinators(2).in_process().start().await.expect("cluster");
+    let client = Client::connect(c.gateway()).await.expect("gateway");
+    client.create_topic("offs", 3, 3, HashMap::new()).await.expect("topic");
+    produce(&client, "offs", 0, 30).await;
+    let committed: Vec<CommittedOffset> = (0..3)
+        .map(|p| CommittedOffset { topic: "offs".into(), partition: p, offset: 5 + p as i64, ..Default::default() })
+        .collect();
+    eventually("a commit", Duration::from_secs(10), || async {
+        client.commit_offsets("ipg", committed.clone()).await.ok()
+    })
+    .await;
+    let before = c.view().coordinator.clone().expect("a coordinator");
+    let expired = c.expire_active_coordinator().expect("an active coordinator");
+    assert_eq!(expired, before.addr);
+    let after = eventually("another coordinator", Duration::from_secs(10), || async {
+        c.view().coordinator.clone().filter(|a| a.addr != before.addr)
+    })
+    .await;
+    assert!(after.epoch > before.epoch);
+    let got = eventually("the offsets, from the new coordinator", Duration::from_secs(10), || async {
+        client.fetch_offsets("ipg", Some("offs")).await.ok().filter(|o| o.len() == 3)
+    })
+    .await;
+    let mut got: Vec<(u32, i64)> = got.iter().map(|o| (o.partition, o.offset)).collect();
+    got.sort();
+    assert_eq!(got, vec![(0, 5), (1, 6), (2, 7)]);
+}
