@@ -5,15 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use sluice_core::SluiceError;
+use sluice_core::settings::now_ms;
 use sluice_proto::v1::*;
 
 use crate::assignor::Tp;
 use crate::store::Committed;
 use crate::{Coordinator, validate_group_id};
-
-fn now_ms() -> i64 {
-    sluice_core::settings::now_ms()
-}
 
 pub(super) async fn handle(
     c: &Arc<Coordinator>,
