@@ -323,7 +323,13 @@ impl Replica {
         {
             let mut guard = lock(&self.leader);
             let Some(l) = guard.as_mut().filter(|l| l.epoch == change.epoch) else { return };
-            l.adding = None;
+            // Only the outcome of the addition itself ends it: a shrink refused or written
+            // while the addition is in flight must not stop the joining follower from
+            // counting for the watermarks, or an addition written afterwards would put in the
+            // in-sync set a replica lacking acknowledged records.
+            if l.adding.is_some_and(|f| change.isr.contains(&f) && !l.isr.contains(&f)) {
+                l.adding = None;
+            }
             if let Some(rev) = revision {
                 l.isr = change.isr.clone();
                 l.revision = rev;
@@ -443,5 +449,467 @@ impl Replica {
             r.map_err(|e| crate::map_storage(&me.pid, e))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The replica logic against an in-memory partition log (`MemLog`), opened through
+    //! `AsyncStore` as the node opens its logs:
+    //! - the high watermark (smallest stored end in the in-sync set) and the durable watermark
+    //!   (smallest flushed end) as followers acknowledge, never going backwards;
+    //! - growing the in-sync set: a caught-up follower is proposed, counts for the watermarks
+    //!   while its write is pending, and is proposed again by `joiner` when the write failed;
+    //! - shrinking it: `laggards` proposes dropping followers behind for too long or dead, never
+    //!   the leader;
+    //! - role fencing of leader appends, follower copies and truncations;
+    //! - truncation by leader epoch, with the target computed as `fetcher.rs` computes it.
+
+    use super::*;
+    use sluice_core::batch::{self, BatchBuilder};
+    use sluice_core::compression::Compression;
+    use sluice_storage::cleaner::CleanStats;
+    use sluice_storage::{AsyncStore, LogOffsets, LogStore, ReadResult, StorageError};
+
+    /// A partition log in memory: whole batches as `(base offset, epoch, last offset, bytes)`.
+    struct MemLog {
+        id: PartitionId,
+        state: Mutex<MemState>,
+        end_tx: watch::Sender<i64>,
+    }
+
+    #[derive(Default)]
+    struct MemState {
+        start: i64,
+        end: i64,
+        batches: Vec<(i64, i32, i64, Bytes)>,
+    }
+
+    impl MemLog {
+        fn new() -> Self {
+            Self { id: pid(), state: Mutex::new(MemState::default()), end_tx: watch::Sender::new(0) }
+        }
+
+        /// Releases the state, then publishes the log end.
+        fn publish(&self, st: std::sync::MutexGuard<'_, MemState>) -> i64 {
+            let end = st.end;
+            drop(st);
+            self.end_tx.send_replace(end);
+            end
+        }
+    }
+
+    impl PartitionLog for MemLog {
+        fn id(&self) -> &PartitionId {
+            &self.id
+        }
+
+        fn append(
+            &self,
+            batches: &[u8],
+            _config: &TopicConfig,
+            _now_ms: i64,
+            leader_epoch: i32,
+        ) -> Result<AppendInfo, StorageError> {
+            let parts = batch::split_batches(batches)?;
+            let mut st = lock(&self.state);
+            let base_offset = st.end;
+            let mut record_count = 0u32;
+            for (h, range) in parts {
+                let base = st.end;
+                let mut b = batches[range].to_vec();
+                batch::set_base_offset(&mut b, base);
+                batch::set_partition_leader_epoch(&mut b, leader_epoch);
+                let last = base + h.last_offset_delta as i64;
+                st.batches.push((base, leader_epoch, last, Bytes::from(b)));
+                st.end = last + 1;
+                record_count += h.record_count as u32;
+            }
+            let end = self.publish(st);
+            Ok(AppendInfo { base_offset, last_offset: end - 1, record_count, log_append_time: -1 })
+        }
+
+        fn append_replica(&self, batches: &[u8]) -> Result<i64, StorageError> {
+            let parts = batch::split_batches(batches)?;
+            let mut st = lock(&self.state);
+            let mut expected = st.end;
+            for (h, _) in &parts {
+                if h.base_offset != expected {
+                    return Err(StorageError::NotContiguous { expected, got: h.base_offset });
+                }
+                expected = h.next_offset();
+            }
+            for (h, range) in parts {
+                let b = Bytes::copy_from_slice(&batches[range]);
+                st.batches.push((h.base_offset, h.partition_leader_epoch, h.last_offset(), b));
+            }
+            st.end = expected;
+            Ok(self.publish(st))
+        }
+
+        fn truncate(&self, offset: i64) -> Result<i64, StorageError> {
+            let mut st = lock(&self.state);
+            if offset < st.end {
+                // Whole batches only: the one holding `offset` goes too.
+                let keep = st.batches.iter().take_while(|b| b.2 < offset).count();
+                let from = st.batches.get(keep).map_or(offset, |b| b.0.min(offset));
+                let start = st.start;
+                st.batches.truncate(keep);
+                st.end = from.max(start);
+            }
+            Ok(self.publish(st))
+        }
+
+        fn reset(&self, offset: i64) -> Result<(), StorageError> {
+            let mut st = lock(&self.state);
+            *st = MemState { start: offset, end: offset, batches: Vec::new() };
+            self.publish(st);
+            Ok(())
+        }
+
+        fn last_epoch(&self) -> i32 {
+            lock(&self.state).batches.last().map_or(-1, |b| b.1)
+        }
+
+        fn epoch_end(&self, epoch: i32) -> (i32, i64) {
+            // As the sled log: walk back over later epochs; the first batch at or below `epoch`
+            // names the epoch, the batch after it (or the log end) where it ends.
+            let st = lock(&self.state);
+            let mut end = st.end;
+            for (base, e, _, _) in st.batches.iter().rev() {
+                if *e <= epoch {
+                    return (*e, end);
+                }
+                end = *base;
+            }
+            (-1, st.start)
+        }
+
+        fn read_to(&self, offset: i64, _max_bytes: usize, max_offset: i64) -> Result<ReadResult, StorageError> {
+            let st = lock(&self.state);
+            if offset < st.start || offset > st.end {
+                return Err(StorageError::OffsetOutOfRange { offset, start: st.start, end: st.end });
+            }
+            let (mut out, mut next_offset) = (Vec::<u8>::new(), offset);
+            for (_, _, last, b) in st.batches.iter().filter(|b| b.2 >= offset && b.2 < max_offset) {
+                out.extend_from_slice(b);
+                next_offset = last + 1;
+            }
+            Ok(ReadResult {
+                batches: Bytes::from(out),
+                next_offset,
+                log_start_offset: st.start,
+                log_end_offset: st.end,
+            })
+        }
+
+        fn offsets(&self) -> LogOffsets {
+            let st = lock(&self.state);
+            LogOffsets { log_start_offset: st.start, log_end_offset: st.end }
+        }
+
+        fn offset_for_timestamp(&self, _timestamp_ms: i64) -> Result<Option<(i64, i64)>, StorageError> {
+            Ok(None)
+        }
+
+        fn subscribe(&self) -> watch::Receiver<i64> {
+            self.end_tx.subscribe()
+        }
+
+        fn size_bytes(&self) -> u64 {
+            lock(&self.state).batches.iter().map(|b| b.3.len() as u64).sum()
+        }
+
+        fn clean(&self, _config: &TopicConfig, _now_ms: i64) -> Result<CleanStats, StorageError> {
+            Ok(Default::default())
+        }
+    }
+
+    /// `AsyncLog` has no public constructor: the fake log is opened through a store.
+    struct MemStore(Arc<MemLog>);
+
+    impl LogStore for MemStore {
+        fn open(&self, _id: &PartitionId) -> Result<Arc<dyn PartitionLog>, StorageError> {
+            let log: Arc<dyn PartitionLog> = self.0.clone();
+            Ok(log)
+        }
+
+        fn remove(&self, _id: &PartitionId) -> Result<(), StorageError> {
+            Ok(())
+        }
+
+        fn list(&self) -> Result<Vec<PartitionId>, StorageError> {
+            Ok(vec![self.0.id.clone()])
+        }
+
+        fn sync(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send + '_>> {
+            Box::pin(std::future::ready(Ok::<(), StorageError>(())))
+        }
+    }
+
+    fn pid() -> PartitionId {
+        PartitionId { topic: "t".into(), topic_id: 1, partition: 0 }
+    }
+
+    /// A batch of `n` records as a producer sends it (offsets from 0, no epoch).
+    fn records(n: usize) -> Bytes {
+        let mut b = BatchBuilder::new(Compression::None);
+        for i in 0..n {
+            b.push(1_000 + i as i64, None, Some(&b"v"[..]), &[]);
+        }
+        b.build().unwrap()
+    }
+
+    /// A batch of `n` records as a leader stored it: at `base`, stamped with `epoch`.
+    fn stored(n: usize, base: i64, epoch: i32) -> Bytes {
+        let mut b = records(n).to_vec();
+        batch::set_base_offset(&mut b, base);
+        batch::set_partition_leader_epoch(&mut b, epoch);
+        Bytes::from(b)
+    }
+
+    /// A replica on `node` over a fresh in-memory log, and that log.
+    async fn new_replica(node: u64) -> (Arc<Replica>, Arc<MemLog>) {
+        let mem = Arc::new(MemLog::new());
+        let log = AsyncStore::new(Arc::new(MemStore(mem.clone()))).open(&pid()).await.unwrap();
+        (Arc::new(Replica::new(pid(), log, node)), mem)
+    }
+
+    fn committed(r: &Replica) -> Committed {
+        *r.committed().borrow()
+    }
+
+    /// Appends `n` records as the leader of `epoch`, then moves the high watermark as the
+    /// append handler does.
+    async fn lead_append(r: &Arc<Replica>, epoch: u64, n: usize) -> AppendInfo {
+        let info = r.append_as_leader(epoch, records(n), TopicConfig::default(), None, None).await.unwrap();
+        r.update_hw();
+        info
+    }
+
+    /// Where a follower truncates before copying, computed as `fetcher::session` does from the
+    /// leader's `EpochEnd` answer for the follower's last epoch.
+    async fn truncation_target(follower: &Replica, leader: &MemLog) -> i64 {
+        let last = follower.log.last_epoch();
+        let (epoch, end_offset) = leader.epoch_end(last);
+        if epoch < 0 || epoch == last {
+            end_offset
+        } else {
+            end_offset.min(follower.log.epoch_end(epoch).await.unwrap().1)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watermarks_follow_the_slowest_in_sync_replica_and_never_go_back() {
+        let (r, _) = new_replica(1).await;
+        r.become_leader(1, vec![1, 2, 3], 10).await;
+        assert_eq!(r.role(), Role::Leader { epoch: 1 });
+        let c = |hw: i64, durable: i64, isr: usize| Committed { hw, durable, leading: 1, isr };
+        assert_eq!(committed(&r), c(0, 0, 3));
+
+        let info = lead_append(&r, 1, 5).await;
+        assert_eq!(info, AppendInfo { base_offset: 0, last_offset: 4, record_count: 5, log_append_time: -1 });
+        assert_eq!(committed(&r), c(0, 0, 3), "no follower has the records yet");
+
+        assert_eq!(r.on_follower_ack(2, 5, -1), None, "a member's ack proposes nothing");
+        assert_eq!(committed(&r), c(0, 0, 3), "follower 3 has not reported");
+        r.on_follower_ack(3, 3, -1);
+        assert_eq!(committed(&r), c(3, 0, 3));
+        r.on_follower_ack(3, 5, -1);
+        assert_eq!(committed(&r), c(5, 0, 3), "stored everywhere, flushed nowhere");
+        assert_eq!(r.high_watermark(), 5);
+
+        // The durable watermark moves with flushed ends only.
+        r.on_follower_ack(2, 5, 5);
+        assert_eq!(committed(&r), c(5, 0, 3), "follower 3 flushed nothing yet");
+        r.on_follower_ack(3, 5, 3);
+        assert_eq!(committed(&r), c(5, 3, 3));
+        r.on_follower_ack(3, 5, 5);
+        assert_eq!(committed(&r), c(5, 5, 3));
+
+        // Never backwards: a stale ack, a new member with nothing, new records.
+        r.on_follower_ack(3, 2, 2);
+        assert_eq!(committed(&r), c(5, 5, 3));
+        r.observe_isr(1, &[1, 2, 3, 4], 11);
+        assert_eq!(committed(&r), c(5, 5, 4), "follower 4 has reported nothing");
+        r.observe_isr(1, &[1], 11);
+        assert_eq!(committed(&r), c(5, 5, 4), "a revision that is not newer is ignored");
+        lead_append(&r, 1, 2).await;
+        r.on_follower_ack(2, 7, 7);
+        r.on_follower_ack(3, 7, 7);
+        assert_eq!(committed(&r), c(5, 5, 4));
+        r.on_follower_ack(4, 6, 6);
+        assert_eq!(committed(&r), c(6, 6, 4));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caught_up_follower_joins_and_counts_while_its_addition_is_written() {
+        let (r, mem) = new_replica(1).await;
+        // Three records of an earlier epoch: this leadership starts at offset 3.
+        mem.append(&records(3), &TopicConfig::default(), 0, 1).unwrap();
+        r.become_leader(2, vec![1, 2], 10).await;
+        let c = |hw: i64, durable: i64, isr: usize| Committed { hw, durable, leading: 2, isr };
+        assert_eq!(committed(&r), c(0, 0, 2));
+
+        assert_eq!(r.on_follower_ack(3, 1, -1), None, "short of the epoch start");
+        assert_eq!(r.on_follower_ack(2, 3, 3), None);
+        assert_eq!(committed(&r), c(3, 3, 2));
+        assert_eq!(r.on_follower_ack(3, 2, -1), None, "below the high watermark");
+
+        lead_append(&r, 2, 2).await;
+        let add = IsrChange { epoch: 2, revision: 10, isr: vec![1, 2, 3] };
+        assert_eq!(r.on_follower_ack(3, 3, -1), Some(add.clone()));
+        // While the addition is written, follower 3 holds both watermarks at its ends.
+        assert_eq!(r.on_follower_ack(2, 5, 5), None);
+        assert_eq!(committed(&r), c(3, 3, 2));
+        assert_eq!(r.on_follower_ack(3, 5, -1), None, "one addition at a time");
+        assert_eq!(committed(&r), c(5, 3, 2), "the durable watermark waits for its flush");
+        assert_eq!(r.joiner(|_| true), None, "an addition is being written");
+
+        // The write failed: follower 3 stops counting, and joiner proposes it again (alive).
+        r.isr_written(&add, None);
+        assert_eq!(committed(&r), c(5, 5, 2));
+        assert_eq!(r.joiner(|id| id != 3), None);
+        assert_eq!(r.joiner(|_| true), Some(add.clone()));
+        assert_eq!(r.joiner(|_| true), None, "pending again");
+
+        // Another change refused meanwhile (the partition's write slot is busy) leaves the
+        // addition pending: follower 3 still holds the watermarks.
+        lead_append(&r, 2, 1).await;
+        r.on_follower_ack(2, 6, 6);
+        r.isr_written(&IsrChange { epoch: 2, revision: 10, isr: vec![1] }, None);
+        assert_eq!(committed(&r), c(5, 5, 2), "the joining follower is at 5");
+        r.on_follower_ack(3, 6, 6);
+        assert_eq!(committed(&r), c(6, 6, 2));
+
+        // Written: a member at the new revision.
+        r.isr_written(&add, Some(11));
+        assert_eq!(committed(&r), c(6, 6, 3));
+        assert_eq!(r.on_follower_ack(3, 6, 6), None, "already a member");
+        lead_append(&r, 2, 1).await;
+        r.on_follower_ack(2, 7, 7);
+        assert_eq!(committed(&r), c(6, 6, 3));
+        r.on_follower_ack(3, 7, 7);
+        assert_eq!(committed(&r), c(7, 7, 3));
+        assert_eq!(
+            r.laggards(Duration::ZERO, |id| id != 3),
+            Some(IsrChange { epoch: 2, revision: 11, isr: vec![1, 2] }),
+            "later changes start from the written revision"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn laggards_are_followers_behind_too_long_or_dead_never_the_leader() {
+        let (r, _) = new_replica(1).await;
+        r.become_leader(1, vec![1, 2, 3], 10).await;
+        let shrink = |isr: Vec<u64>| Some(IsrChange { epoch: 1, revision: 10, isr });
+        let hour = Duration::from_secs(3600);
+        assert_eq!(r.laggards(hour, |_| true), None);
+
+        lead_append(&r, 1, 3).await;
+        assert_eq!(r.on_follower_ack(2, 3, 3), None);
+        assert_eq!(r.laggards(hour, |_| true), None, "follower 3 is behind, not for long");
+        assert_eq!(r.laggards(Duration::ZERO, |_| true), shrink(vec![1, 2]));
+        assert_eq!(r.laggards(hour, |id| id != 2), shrink(vec![1, 3]), "a dead follower goes at once");
+        assert_eq!(r.laggards(Duration::ZERO, |_| false), shrink(vec![1]), "never the leader");
+
+        // Proposals only: the in-sync set changes once written.
+        assert_eq!(committed(&r), Committed { hw: 0, durable: 0, leading: 1, isr: 3 });
+        r.isr_written(&shrink(vec![1, 2]).unwrap(), Some(11));
+        assert_eq!(committed(&r), Committed { hw: 3, durable: 3, leading: 1, isr: 2 });
+        assert_eq!(r.laggards(Duration::ZERO, |_| true), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_are_refused_under_a_role_the_node_does_not_have() {
+        let (r, mem) = new_replica(1).await;
+        assert_eq!(r.role(), Role::Idle);
+        assert!(matches!(
+            r.append_as_leader(1, records(1), TopicConfig::default(), None, None).await,
+            Err(SluiceError::NotLeader { node: 1, .. })
+        ));
+        r.become_leader(2, vec![1], 5).await;
+        assert!(
+            matches!(
+                r.append_as_leader(1, records(1), TopicConfig::default(), None, None).await,
+                Err(SluiceError::NotLeader { node: 1, .. })
+            ),
+            "another epoch"
+        );
+        assert!(matches!(
+            r.append_as_leader(2, records(1), TopicConfig::default(), Some(2), None).await,
+            Err(SluiceError::NotEnoughReplicas { isr: 1, min: 2, .. })
+        ));
+        assert_eq!(mem.offsets().log_end_offset, 0, "nothing refused was stored");
+        assert_eq!(lead_append(&r, 2, 3).await.last_offset, 2);
+        assert_eq!(committed(&r), Committed { hw: 3, durable: 3, leading: 2, isr: 1 });
+
+        let mut waiter = r.committed();
+        r.become_follower(3, Some(2)).await;
+        assert_eq!(r.role(), Role::Follower { epoch: 3, leader: 2 });
+        assert!(waiter.has_changed().unwrap(), "acks=all waiters learn at once");
+        assert_eq!(*waiter.borrow_and_update(), Committed { hw: 3, durable: 3, leading: 0, isr: 0 });
+        assert!(matches!(
+            r.append_as_leader(2, records(1), TopicConfig::default(), None, None).await,
+            Err(SluiceError::NotLeader { .. })
+        ));
+        assert_eq!(r.on_follower_ack(2, 3, 3), None, "no follower state once following");
+
+        // Copies only under the leader and epoch followed.
+        for (epoch, leader) in [(3, 5), (4, 2), (2, 2)] {
+            assert!(matches!(
+                r.append_as_follower(epoch, leader, stored(2, 3, 3)).await,
+                Err(SluiceError::NotLeader { .. })
+            ));
+        }
+        assert_eq!(mem.offsets().log_end_offset, 3);
+        assert_eq!(r.append_as_follower(3, 2, stored(2, 3, 3)).await.unwrap(), 5);
+
+        // Truncations likewise: no-ops under another role.
+        r.truncate_as_follower(4, 2, 0, false).await.unwrap();
+        r.truncate_as_follower(3, 5, 0, true).await.unwrap();
+        assert_eq!(mem.offsets(), LogOffsets { log_start_offset: 0, log_end_offset: 5 });
+        r.truncate_as_follower(3, 2, 3, false).await.unwrap();
+        assert_eq!(mem.offsets(), LogOffsets { log_start_offset: 0, log_end_offset: 3 });
+
+        r.become_follower(4, None).await;
+        assert_eq!(r.role(), Role::Idle);
+        r.truncate_as_follower(3, 2, 0, true).await.unwrap();
+        assert!(r.append_as_follower(3, 2, stored(1, 3, 3)).await.is_err());
+        assert_eq!(mem.offsets(), LogOffsets { log_start_offset: 0, log_end_offset: 3 });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_truncates_to_where_its_epochs_agree_with_the_leader() {
+        let cfg = TopicConfig::default();
+        // The follower copied offsets 0..5 of epoch 1, then wrote 5..7 itself at epoch 2.
+        let (r, mem) = new_replica(3).await;
+        for (n, epoch) in [(3, 1), (2, 1), (2, 2)] {
+            mem.append(&records(n), &cfg, 0, epoch).unwrap();
+        }
+        // The leader of epoch 3 had epoch 1 going on to offset 7, then wrote 7..10.
+        let leader = MemLog::new();
+        for (n, epoch) in [(3, 1), (2, 1), (2, 1), (3, 3)] {
+            leader.append(&records(n), &cfg, 0, epoch).unwrap();
+        }
+        r.become_follower(3, Some(2)).await;
+        assert_eq!((r.log.last_epoch(), r.log.offsets().log_end_offset), (2, 7));
+        assert_eq!(leader.epoch_end(2), (1, 7), "the leader lacks epoch 2: its epoch 1 ends at 7");
+        assert_eq!(r.log.epoch_end(1).await.unwrap(), (1, 5), "and the follower's at 5");
+
+        let target = truncation_target(&r, &leader).await;
+        assert_eq!(target, 5, "the smaller end: the leader's alone would keep offsets 5 and 6");
+        r.truncate_as_follower(3, 2, target, false).await.unwrap();
+        assert_eq!(r.log.offsets().log_end_offset, 5);
+        assert_eq!(r.log.last_epoch(), 1);
+        assert_eq!(r.log.epoch_end(2).await.unwrap(), (1, 5));
+
+        // The next session: the leader has epoch 1, nothing to cut; the copy resumes at 5.
+        assert_eq!(truncation_target(&r, &leader).await, 7);
+        let copy = leader.read_to(5, usize::MAX, i64::MAX).unwrap();
+        assert_eq!(r.append_as_follower(3, 2, copy.batches).await.unwrap(), 10);
+        assert_eq!(r.log.last_epoch(), 3);
+        assert_eq!(r.log.epoch_end(2).await.unwrap(), (1, 7));
+        assert_eq!(truncation_target(&r, &leader).await, 10);
     }
 }
