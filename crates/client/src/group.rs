@@ -148,6 +148,9 @@ pub struct GroupConsumer {
     committed: BTreeMap<TopicPartition, i64>,
     /// At-most-once: offsets whose commit may or may not have been written.
     unsure: BTreeMap<TopicPartition, i64>,
+    /// A reader's failure held back while other readers' records were handed out; the next
+    /// poll reports it.
+    deferred: Option<ClientError>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -217,6 +220,7 @@ impl GroupConsumer {
             last_commit: Instant::now(),
             committed: BTreeMap::new(),
             unsure: BTreeMap::new(),
+            deferred: None,
             task,
         })
     }
@@ -292,9 +296,22 @@ impl GroupConsumer {
             let r = self.readers.values_mut().next().ok_or_else(|| ClientError::Invalid("no reader".into()))?;
             return r.poll(step).await;
         }
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
         let mut out = Vec::new();
         for r in self.readers.values_mut() {
-            out.extend(r.poll(Duration::ZERO).await?);
+            match r.poll(Duration::ZERO).await {
+                Ok(records) => out.extend(records),
+                // Records already taken from other topics' readers moved their positions:
+                // they are handed out now, not dropped with this error, which the next poll
+                // reports.
+                Err(e) if !out.is_empty() => {
+                    self.deferred = Some(e);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
         }
         if out.is_empty() {
             tokio::time::sleep(Duration::from_millis(5).min(deadline.saturating_duration_since(Instant::now()))).await;
@@ -312,64 +329,36 @@ impl GroupConsumer {
     /// landed, so later commits of that partition never go below it.
     async fn commit_before_handing_out(
         &mut self,
-        mut records: Vec<ConsumerRecord>,
+        records: Vec<ConsumerRecord>,
     ) -> Result<Vec<ConsumerRecord>, ClientError> {
-        // (first offset, next offset) per partition, keyed by the shared topic name: no
-        // allocation per record.
-        let mut spans: BTreeMap<(Arc<str>, u32), (i64, i64)> = BTreeMap::new();
-        for r in &records {
-            let e = spans.entry((r.topic.clone(), r.partition)).or_insert((r.offset, r.offset + 1));
-            e.0 = e.0.min(r.offset);
-            e.1 = e.1.max(r.offset + 1);
-        }
-        let upto: BTreeMap<TopicPartition, i64> = spans
-            .iter()
-            .map(|((t, p), (_, next))| {
-                let tp = (t.to_string(), *p);
-                let at = self.unsure.get(&tp).map_or(*next, |u| (*u).max(*next));
-                (tp, at)
-            })
-            .collect();
-        let failed = match self.commit_offsets(&upto).await {
-            Ok(failed) => failed,
-            Err(e) => {
-                self.unsure.extend(upto);
-                self.rewind(&spans, |_| true);
-                return Err(e);
-            }
-        };
-        for (tp, at) in upto {
-            match failed.iter().find(|(f, _)| *f == tp) {
-                None => {
-                    self.unsure.remove(&tp);
-                }
-                // A write that failed on the way (not a refusal) may have landed.
-                Some((_, e)) if e.retriable => {
-                    self.unsure.insert(tp, at);
-                }
-                Some(_) => {}
-            }
-        }
-        if !failed.is_empty() {
+        let spans = record_spans(&records);
+        let upto = commit_targets(&spans, &self.unsure);
+        let outcome = self.commit_offsets(&upto).await;
+        let settled = settle_commit(
+            records,
+            &spans,
+            upto,
+            outcome.as_ref().ok().map(Vec::as_slice),
+            &self.assigned,
+            &mut self.unsure,
+        );
+        if let Ok(failed) = &outcome
+            && !failed.is_empty()
+        {
             tracing::warn!(
                 partitions = failed.len(),
                 "commit failed; those records are not delivered yet (at-most-once)"
             );
-            let refused = |t: &str, p: u32| failed.iter().any(|((ft, fp), _)| ft == t && *fp == p);
-            self.rewind(&spans, |(t, p)| refused(t, *p));
-            records.retain(|r| !refused(&r.topic, r.partition));
         }
-        Ok(records)
+        self.rewind(settled.rewind);
+        outcome.map(|_| settled.records)
     }
 
-    /// Moves still-held partitions back to the first offset of their span in `spans`.
-    fn rewind(&mut self, spans: &BTreeMap<(Arc<str>, u32), (i64, i64)>, which: impl Fn(&(Arc<str>, u32)) -> bool) {
-        for (key, (first, _)) in spans.iter().filter(|(k, _)| which(k)) {
-            let (t, p) = (&*key.0, key.1);
-            if self.assigned.contains(&(t.to_string(), p)) {
-                // Cannot fail: the partition is held, so its reader exists.
-                let _ = self.seek(t, p, *first);
-            }
+    /// Moves partitions back to where [`settle_commit`] says.
+    fn rewind(&mut self, to: Vec<(TopicPartition, i64)>) {
+        for ((t, p), at) in to {
+            // Cannot fail: only held partitions are rewound, so their reader exists.
+            let _ = self.seek(&t, p, at);
         }
     }
 
@@ -406,64 +395,36 @@ impl GroupConsumer {
     }
 
     async fn apply(&mut self, a: Assignment) -> Result<(), ClientError> {
-        let next: BTreeSet<TopicPartition> = flatten_topics(&a.partitions);
-        let revoked: Vec<TopicPartition> = self.assigned.difference(&next).cloned().collect();
-        let added: Vec<TopicPartition> = next.difference(&self.assigned).cloned().collect();
-        let mut positions = self.positions();
-        if !revoked.is_empty() {
-            if self.cfg.delivery == DeliveryMode::AtLeastOnce && self.cfg.auto_commit_interval.is_some() {
-                let offsets: BTreeMap<TopicPartition, i64> =
-                    revoked.iter().filter_map(|tp| positions.get(tp).map(|o| (tp.clone(), *o))).collect();
-                if let Err(e) = self.commit_offsets(&offsets).await {
-                    tracing::warn!(error = %e, "commit of revoked partitions failed");
-                }
+        let plan = plan_assignment(&self.assigned, &a);
+        let positions = self.positions();
+        if !plan.revoked.is_empty() {
+            let auto_commit = self.cfg.auto_commit_interval.is_some();
+            let offsets = revocation_commit(self.cfg.delivery, auto_commit, &plan.revoked, &positions);
+            if !offsets.is_empty()
+                && let Err(e) = self.commit_offsets(&offsets).await
+            {
+                tracing::warn!(error = %e, "commit of revoked partitions failed");
             }
             if let Some(l) = self.listener.as_mut() {
-                l.on_revoked(&revoked);
+                l.on_revoked(&plan.revoked);
             }
-            for tp in &revoked {
-                positions.remove(tp);
+            for tp in &plan.revoked {
                 // Its next owner starts from what was really committed.
                 self.unsure.remove(tp);
             }
         }
-        if !added.is_empty() {
-            let committed: HashMap<TopicPartition, i64> = a
-                .offsets
-                .iter()
-                .filter(|o| o.offset >= 0)
-                .map(|o| ((o.topic.clone(), o.partition), o.offset))
-                .collect();
-            let mut missing: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-            for tp in &added {
-                match committed.get(tp) {
-                    Some(o) => {
-                        positions.insert(tp.clone(), *o);
-                    }
-                    None => missing.entry(tp.0.clone()).or_default().push(tp.1),
-                }
-            }
-            let spec =
-                if self.cfg.auto_offset_reset == StartFrom::Latest { OffsetSpec::Latest } else { OffsetSpec::Earliest };
-            for (topic, parts) in missing {
-                for o in self.client.list_offsets(&topic, parts, spec, 0).await? {
-                    let at = if o.error.is_some() || o.offset < 0 { o.log_end_offset.max(0) } else { o.offset };
-                    positions.insert((topic.clone(), o.partition), at);
-                }
+        let spec = reset_spec(self.cfg.auto_offset_reset);
+        let mut reset_at = BTreeMap::new();
+        for (topic, parts) in &plan.reset {
+            for o in self.client.list_offsets(topic, parts.clone(), spec, 0).await? {
+                reset_at.insert((topic.clone(), o.partition), reset_position(&o));
             }
         }
-        // A full assignment after a rejoin may also restate partitions held all along: their
-        // committed offsets are not taken (the local position is ahead).
-        self.assigned = next;
-        self.generation = a.generation;
+        let rebuild = rebuilt_readers(&plan, positions, reset_at);
+        self.assigned = plan.held;
+        self.generation = plan.generation;
         *self.owned.lock().unwrap_or_else(|p| p.into_inner()) = self.assigned.clone();
-        let touched: BTreeSet<String> = revoked.iter().chain(added.iter()).map(|tp| tp.0.clone()).collect();
-        for topic in touched {
-            let parts: BTreeMap<u32, i64> = positions
-                .iter()
-                .filter(|(tp, _)| tp.0 == topic && self.assigned.contains(*tp))
-                .map(|(tp, o)| (tp.1, *o))
-                .collect();
+        for (topic, parts) in rebuild {
             if parts.is_empty() {
                 self.readers.remove(&topic);
             } else {
@@ -471,32 +432,17 @@ impl GroupConsumer {
                 self.readers.insert(topic, reader);
             }
         }
-        if !added.is_empty()
+        if !plan.added.is_empty()
             && let Some(l) = self.listener.as_mut()
         {
-            l.on_assigned(&added);
+            l.on_assigned(&plan.added);
         }
-        let _ = self.to_task.send(ToTask::Ack(a.generation));
+        let _ = self.to_task.send(ToTask::Ack(plan.generation));
         Ok(())
     }
 
     fn request(&self, offsets: &BTreeMap<TopicPartition, i64>) -> CommitOffsetsRequest {
-        CommitOffsetsRequest {
-            id: 0,
-            group_id: self.cfg.group_id.clone(),
-            member_id: String::new(),
-            generation: self.generation,
-            offsets: offsets
-                .iter()
-                .map(|((t, p), o)| CommittedOffset {
-                    topic: t.clone(),
-                    partition: *p,
-                    offset: *o,
-                    metadata: String::new(),
-                    commit_time_ms: 0,
-                })
-                .collect(),
-        }
+        commit_request(&self.cfg.group_id, self.generation, offsets)
     }
 
     /// Commits `offsets` (the next offset to read, per partition) and waits; returns the
@@ -517,26 +463,13 @@ impl GroupConsumer {
             .await
             .map_err(|_| ClientError::Exhausted { elapsed: self.cfg.commit_timeout, last: "commit unanswered".into() })?
             .map_err(|_| ClientError::Disconnected("the membership stream broke during the commit".into()))??;
-        if let Some(e) = resp.error {
-            return Err(RemoteError::from(&e).into());
+        let answer = read_commit_answer(offsets, resp)?;
+        for ((t, p), e) in &answer.failed {
+            tracing::warn!(topic = %t, partition = *p, error = %e.message, "commit failed");
         }
-        let mut refused = Vec::new();
-        for r in resp.results {
-            let tp = (r.topic, r.partition);
-            match r.error {
-                None => {
-                    if let Some(o) = offsets.get(&tp) {
-                        self.committed.insert(tp, *o);
-                    }
-                }
-                Some(e) => {
-                    tracing::warn!(topic = %tp.0, partition = tp.1, error = %e.message, "commit failed");
-                    refused.push((tp, RemoteError::from(&e)));
-                }
-            }
-        }
+        self.committed.extend(answer.committed);
         self.last_commit = Instant::now();
-        Ok(refused)
+        Ok(answer.failed)
     }
 
     /// Commits the positions of every held partition (what earlier polls returned) and waits.
@@ -565,7 +498,7 @@ impl GroupConsumer {
 
     /// Positions that moved since they were last committed.
     fn uncommitted(&self) -> BTreeMap<TopicPartition, i64> {
-        self.positions().into_iter().filter(|(tp, o)| self.committed.get(tp) != Some(o)).collect()
+        moved_since_commit(self.positions(), &self.committed)
     }
 
     /// Commits (at-least-once with auto-commit) and leaves the group.
@@ -585,6 +518,250 @@ impl GroupConsumer {
         self.to_task = mpsc::unbounded_channel().0;
         let _ = tokio::time::timeout(LEAVE_WAIT, &mut self.task).await;
     }
+}
+
+// The decisions of the group consumer, apart from its I/O (the membership task, the
+// readers, the client), so that they can be tested on their own.
+
+/// An assignment worked out against the partitions the member holds.
+#[derive(Debug, PartialEq, Eq)]
+struct AssignmentPlan {
+    generation: u64,
+    /// What the member holds once the assignment is applied.
+    held: BTreeSet<TopicPartition>,
+    /// Held now and not in the assignment.
+    revoked: Vec<TopicPartition>,
+    /// In the assignment and not held now.
+    added: Vec<TopicPartition>,
+    /// Added partitions that start at their committed offset.
+    committed: BTreeMap<TopicPartition, i64>,
+    /// Added partitions without a committed offset, by topic: they start where
+    /// `auto_offset_reset` says.
+    reset: BTreeMap<String, Vec<u32>>,
+}
+
+fn plan_assignment(held: &BTreeSet<TopicPartition>, a: &Assignment) -> AssignmentPlan {
+    let next: BTreeSet<TopicPartition> = flatten_topics(&a.partitions);
+    let revoked = held.difference(&next).cloned().collect();
+    let added: Vec<TopicPartition> = next.difference(held).cloned().collect();
+    let offsets: HashMap<TopicPartition, i64> =
+        a.offsets.iter().filter(|o| o.offset >= 0).map(|o| ((o.topic.clone(), o.partition), o.offset)).collect();
+    // A full assignment after a rejoin may also restate partitions held all along: their
+    // committed offsets are not taken (the local position is ahead).
+    let mut committed = BTreeMap::new();
+    let mut reset: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for tp in &added {
+        match offsets.get(tp) {
+            Some(o) => {
+                committed.insert(tp.clone(), *o);
+            }
+            None => reset.entry(tp.0.clone()).or_default().push(tp.1),
+        }
+    }
+    AssignmentPlan { generation: a.generation, held: next, revoked, added, committed, reset }
+}
+
+/// What is committed when `revoked` are taken away: their positions, with at-least-once and
+/// auto-commit; nothing otherwise (at-most-once committed before handing records out).
+fn revocation_commit(
+    delivery: DeliveryMode,
+    auto_commit: bool,
+    revoked: &[TopicPartition],
+    positions: &BTreeMap<TopicPartition, i64>,
+) -> BTreeMap<TopicPartition, i64> {
+    if delivery != DeliveryMode::AtLeastOnce || !auto_commit {
+        return BTreeMap::new();
+    }
+    revoked.iter().filter_map(|tp| positions.get(tp).map(|o| (tp.clone(), *o))).collect()
+}
+
+/// The offset lookup for partitions without a committed offset.
+fn reset_spec(auto_offset_reset: StartFrom) -> OffsetSpec {
+    if auto_offset_reset == StartFrom::Latest { OffsetSpec::Latest } else { OffsetSpec::Earliest }
+}
+
+/// Where a partition without a committed offset starts, from its lookup: the log end when the
+/// lookup failed or found nothing.
+fn reset_position(o: &PartitionOffset) -> i64 {
+    if o.error.is_some() || o.offset < 0 { o.log_end_offset.max(0) } else { o.offset }
+}
+
+/// The readers to rebuild once `plan` is applied: one per topic that lost or gained
+/// partitions, reading its held partitions, kept ones from `positions` (where they are) and
+/// added ones from their committed offset or `reset_at`. An empty map means the topic's
+/// reader goes.
+fn rebuilt_readers(
+    plan: &AssignmentPlan,
+    mut positions: BTreeMap<TopicPartition, i64>,
+    reset_at: BTreeMap<TopicPartition, i64>,
+) -> BTreeMap<String, BTreeMap<u32, i64>> {
+    positions.extend(plan.committed.iter().map(|(tp, o)| (tp.clone(), *o)));
+    positions.extend(reset_at);
+    let touched: BTreeSet<&str> = plan.revoked.iter().chain(&plan.added).map(|tp| tp.0.as_str()).collect();
+    touched
+        .into_iter()
+        .map(|topic| {
+            let parts: BTreeMap<u32, i64> = positions
+                .iter()
+                .filter(|(tp, _)| tp.0 == topic && plan.held.contains(*tp))
+                .map(|(tp, o)| (tp.1, *o))
+                .collect();
+            (topic.to_string(), parts)
+        })
+        .collect()
+}
+
+/// (first offset, next offset) per partition of polled records, keyed by the shared topic
+/// name: no allocation per record.
+type Spans = BTreeMap<(Arc<str>, u32), (i64, i64)>;
+
+fn record_spans(records: &[ConsumerRecord]) -> Spans {
+    let mut spans = Spans::new();
+    for r in records {
+        let e = spans.entry((r.topic.clone(), r.partition)).or_insert((r.offset, r.offset + 1));
+        e.0 = e.0.min(r.offset);
+        e.1 = e.1.max(r.offset + 1);
+    }
+    spans
+}
+
+/// At-most-once: what to commit before handing out the records of `spans`. The offset after
+/// them, but never below an earlier commit of the partition whose outcome is unknown
+/// (`unsure`): it may have landed, and the committed offset does not move back.
+fn commit_targets(spans: &Spans, unsure: &BTreeMap<TopicPartition, i64>) -> BTreeMap<TopicPartition, i64> {
+    spans
+        .iter()
+        .map(|((t, p), (_, next))| {
+            let tp = (t.to_string(), *p);
+            let at = unsure.get(&tp).map_or(*next, |u| (*u).max(*next));
+            (tp, at)
+        })
+        .collect()
+}
+
+/// What an at-most-once poll does once its commit is settled.
+#[derive(Debug, PartialEq, Eq)]
+struct Settled {
+    /// The records to hand out.
+    records: Vec<ConsumerRecord>,
+    /// Held partitions to move back to the first record held back.
+    rewind: Vec<(TopicPartition, i64)>,
+}
+
+/// At-most-once, once the commit of `upto` (from [`commit_targets`] over `spans`) is settled:
+/// `failed` lists the partitions whose commit failed, `None` when the outcome is unknown (no
+/// answer, or the whole request failed). Records of partitions not known to be committed
+/// are held back and those partitions rewound to them; `unsure` keeps the commits that may
+/// have landed.
+fn settle_commit(
+    mut records: Vec<ConsumerRecord>,
+    spans: &Spans,
+    upto: BTreeMap<TopicPartition, i64>,
+    failed: Option<&[(TopicPartition, RemoteError)]>,
+    held: &BTreeSet<TopicPartition>,
+    unsure: &mut BTreeMap<TopicPartition, i64>,
+) -> Settled {
+    let Some(failed) = failed else {
+        unsure.extend(upto);
+        return Settled { records: Vec::new(), rewind: rewind_points(spans, held, |_| true) };
+    };
+    for (tp, at) in upto {
+        match failed.iter().find(|(f, _)| *f == tp) {
+            None => {
+                unsure.remove(&tp);
+            }
+            // A write that failed on the way (not a refusal) may have landed.
+            Some((_, e)) if e.retriable => {
+                unsure.insert(tp, at);
+            }
+            Some(_) => {}
+        }
+    }
+    if failed.is_empty() {
+        return Settled { records, rewind: Vec::new() };
+    }
+    let refused = |t: &str, p: u32| failed.iter().any(|((ft, fp), _)| ft == t && *fp == p);
+    let rewind = rewind_points(spans, held, |(t, p)| refused(t, *p));
+    records.retain(|r| !refused(&r.topic, r.partition));
+    Settled { records, rewind }
+}
+
+/// The first offset of each span `which` selects, for partitions still held (a partition
+/// gone is not read here any more).
+fn rewind_points(
+    spans: &Spans,
+    held: &BTreeSet<TopicPartition>,
+    which: impl Fn(&(Arc<str>, u32)) -> bool,
+) -> Vec<(TopicPartition, i64)> {
+    spans
+        .iter()
+        .filter(|(k, _)| which(k))
+        .map(|((t, p), (first, _))| ((t.to_string(), *p), *first))
+        .filter(|(tp, _)| held.contains(tp))
+        .collect()
+}
+
+/// A commit of `offsets` (the next offset to read, per partition) on the membership stream,
+/// under `generation`; the membership task sets its id.
+fn commit_request(group_id: &str, generation: u64, offsets: &BTreeMap<TopicPartition, i64>) -> CommitOffsetsRequest {
+    CommitOffsetsRequest {
+        id: 0,
+        group_id: group_id.to_string(),
+        member_id: String::new(),
+        generation,
+        offsets: offsets
+            .iter()
+            .map(|((t, p), o)| CommittedOffset {
+                topic: t.clone(),
+                partition: *p,
+                offset: *o,
+                metadata: String::new(),
+                commit_time_ms: 0,
+            })
+            .collect(),
+    }
+}
+
+/// The answer to a commit, per partition.
+#[derive(Debug, PartialEq, Eq)]
+struct CommitAnswer {
+    /// The partitions committed, at the offset asked for.
+    committed: BTreeMap<TopicPartition, i64>,
+    /// The partitions whose commit failed, with why.
+    failed: Vec<(TopicPartition, RemoteError)>,
+}
+
+/// Reads the answer to a commit of `offsets`; `Err` when the whole request failed.
+fn read_commit_answer(
+    offsets: &BTreeMap<TopicPartition, i64>,
+    resp: CommitOffsetsResponse,
+) -> Result<CommitAnswer, RemoteError> {
+    if let Some(e) = resp.error {
+        return Err(RemoteError::from(&e));
+    }
+    let mut answer = CommitAnswer { committed: BTreeMap::new(), failed: Vec::new() };
+    for r in resp.results {
+        let tp = (r.topic, r.partition);
+        match r.error {
+            None => {
+                // A success for a partition not asked about records nothing.
+                if let Some(o) = offsets.get(&tp) {
+                    answer.committed.insert(tp, *o);
+                }
+            }
+            Some(e) => answer.failed.push((tp, RemoteError::from(&e))),
+        }
+    }
+    Ok(answer)
+}
+
+/// Positions that differ from the offset last committed (or sent asynchronously) for their
+/// partition.
+fn moved_since_commit(
+    positions: BTreeMap<TopicPartition, i64>,
+    committed: &BTreeMap<TopicPartition, i64>,
+) -> BTreeMap<TopicPartition, i64> {
+    positions.into_iter().filter(|(tp, o)| committed.get(tp) != Some(o)).collect()
 }
 
 /// Owns the membership stream: joins, heartbeats, forwards events, rejoins when it breaks.
@@ -707,5 +884,318 @@ async fn membership(
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp(t: &str, p: u32) -> TopicPartition {
+        (t.to_string(), p)
+    }
+
+    fn rec(t: &str, p: u32, offset: i64) -> ConsumerRecord {
+        ConsumerRecord {
+            topic: t.into(),
+            partition: p,
+            offset,
+            timestamp_ms: 0,
+            key: None,
+            value: None,
+            headers: vec![],
+        }
+    }
+
+    fn recs(t: &str, p: u32, offsets: std::ops::RangeInclusive<i64>) -> Vec<ConsumerRecord> {
+        offsets.map(|o| rec(t, p, o)).collect()
+    }
+
+    fn tps(t: &str, partitions: &[u32]) -> TopicPartitions {
+        TopicPartitions { topic: t.to_string(), partitions: partitions.to_vec() }
+    }
+
+    fn committed_offset(t: &str, p: u32, offset: i64) -> CommittedOffset {
+        CommittedOffset { topic: t.to_string(), partition: p, offset, metadata: String::new(), commit_time_ms: 0 }
+    }
+
+    /// A per-partition error as the coordinator sends it: retriable when the write failed on
+    /// the way (it may have landed), not when the commit was refused.
+    fn wire_error(retriable: bool) -> sluice_proto::v1::Error {
+        let (code, message) = if retriable { (14, "not written") } else { (9, "not held since that generation") };
+        sluice_proto::v1::Error { code, message: message.into(), retriable, sluice_code: 0 }
+    }
+
+    fn remote(retriable: bool) -> RemoteError {
+        RemoteError::from(&wire_error(retriable))
+    }
+
+    /// The answer to a commit that wrote every partition: none failed.
+    const ALL_WRITTEN: &[(TopicPartition, RemoteError)] = &[];
+
+    #[test]
+    fn assignment_splits_revoked_and_added_and_where_added_ones_start() {
+        let held = BTreeSet::from([tp("a", 0), tp("a", 1), tp("b", 0)]);
+        let a = Assignment {
+            generation: 7,
+            partitions: vec![tps("a", &[1, 2, 3, 4]), tps("c", &[0])],
+            offsets: vec![
+                committed_offset("a", 2, 40),
+                // Nothing committed: reset.
+                committed_offset("a", 3, -1),
+                // Zero is a committed offset.
+                committed_offset("a", 4, 0),
+                // Held all along: the local position stands.
+                committed_offset("a", 1, 5),
+                // Not assigned: ignored.
+                committed_offset("z", 9, 3),
+            ],
+        };
+        assert_eq!(
+            plan_assignment(&held, &a),
+            AssignmentPlan {
+                generation: 7,
+                held: BTreeSet::from([tp("a", 1), tp("a", 2), tp("a", 3), tp("a", 4), tp("c", 0)]),
+                revoked: vec![tp("a", 0), tp("b", 0)],
+                added: vec![tp("a", 2), tp("a", 3), tp("a", 4), tp("c", 0)],
+                committed: BTreeMap::from([(tp("a", 2), 40), (tp("a", 4), 0)]),
+                reset: BTreeMap::from([("a".to_string(), vec![3]), ("c".to_string(), vec![0])]),
+            }
+        );
+    }
+
+    #[test]
+    fn a_first_assignment_adds_all_and_a_restated_one_changes_nothing() {
+        let a = Assignment { generation: 1, partitions: vec![tps("a", &[0, 1])], offsets: vec![] };
+        let first = plan_assignment(&BTreeSet::new(), &a);
+        assert!(first.revoked.is_empty());
+        assert_eq!(first.added, vec![tp("a", 0), tp("a", 1)]);
+        assert_eq!(first.reset, BTreeMap::from([("a".to_string(), vec![0, 1])]));
+
+        // After a rejoin the coordinator restates what the member held, with committed
+        // offsets behind its positions: only the generation moves, no reader is rebuilt.
+        let again = Assignment {
+            generation: 2,
+            partitions: vec![tps("a", &[0, 1])],
+            offsets: vec![committed_offset("a", 0, 3), committed_offset("a", 1, 4)],
+        };
+        let plan = plan_assignment(&first.held, &again);
+        assert_eq!(
+            plan,
+            AssignmentPlan {
+                generation: 2,
+                held: first.held.clone(),
+                revoked: vec![],
+                added: vec![],
+                committed: BTreeMap::new(),
+                reset: BTreeMap::new(),
+            }
+        );
+        let positions = BTreeMap::from([(tp("a", 0), 10), (tp("a", 1), 20)]);
+        assert_eq!(rebuilt_readers(&plan, positions, BTreeMap::new()), BTreeMap::new());
+    }
+
+    #[test]
+    fn readers_are_rebuilt_for_the_topics_that_changed() {
+        let held = BTreeSet::from([tp("a", 0), tp("a", 1), tp("b", 0), tp("d", 0)]);
+        let positions = BTreeMap::from([(tp("a", 0), 10), (tp("a", 1), 17), (tp("b", 0), 3), (tp("d", 0), 8)]);
+        let a = Assignment {
+            generation: 4,
+            partitions: vec![tps("a", &[1, 2, 3]), tps("c", &[0]), tps("d", &[0])],
+            offsets: vec![committed_offset("a", 2, 40), committed_offset("a", 1, 5)],
+        };
+        let plan = plan_assignment(&held, &a);
+        assert_eq!(plan.reset, BTreeMap::from([("a".to_string(), vec![3]), ("c".to_string(), vec![0])]));
+        let reset_at = BTreeMap::from([(tp("a", 3), 100), (tp("c", 0), 0)]);
+        assert_eq!(
+            rebuilt_readers(&plan, positions, reset_at),
+            BTreeMap::from([
+                // Kept a1 where it was (not at the restated 5), a2 at its committed offset, a3
+                // where the reset put it; a0 dropped.
+                ("a".to_string(), BTreeMap::from([(1, 17), (2, 40), (3, 100)])),
+                // Nothing of b left: its reader goes.
+                ("b".to_string(), BTreeMap::new()),
+                ("c".to_string(), BTreeMap::from([(0, 0)])),
+                // d is untouched: its reader keeps reading.
+            ])
+        );
+    }
+
+    #[test]
+    fn partitions_without_a_committed_offset_start_where_the_reset_says() {
+        assert_eq!(reset_spec(StartFrom::Earliest), OffsetSpec::Earliest);
+        assert_eq!(reset_spec(StartFrom::Latest), OffsetSpec::Latest);
+        let found = PartitionOffset { partition: 0, offset: 7, timestamp_ms: -1, log_end_offset: 12, error: None };
+        assert_eq!(reset_position(&found), 7);
+        let none = PartitionOffset { offset: -1, ..found.clone() };
+        assert_eq!(reset_position(&none), 12);
+        // A failed lookup falls back to the log end, whatever offset came with it.
+        let failed = PartitionOffset { offset: 5, log_end_offset: 9, error: Some(wire_error(true)), ..found.clone() };
+        assert_eq!(reset_position(&failed), 9);
+        // The log end is -1 on error: the start is then 0.
+        let unknown = PartitionOffset { offset: -1, log_end_offset: -1, error: Some(wire_error(true)), ..found };
+        assert_eq!(reset_position(&unknown), 0);
+    }
+
+    #[test]
+    fn revoked_positions_are_committed_only_at_least_once_with_auto_commit() {
+        let positions = BTreeMap::from([(tp("a", 0), 10), (tp("a", 1), 17), (tp("b", 0), 3)]);
+        // z9 has no reader, hence no position: nothing to commit for it.
+        let revoked = [tp("a", 0), tp("b", 0), tp("z", 9)];
+        assert_eq!(
+            revocation_commit(DeliveryMode::AtLeastOnce, true, &revoked, &positions),
+            BTreeMap::from([(tp("a", 0), 10), (tp("b", 0), 3)])
+        );
+        assert_eq!(revocation_commit(DeliveryMode::AtLeastOnce, false, &revoked, &positions), BTreeMap::new());
+        assert_eq!(revocation_commit(DeliveryMode::AtMostOnce, true, &revoked, &positions), BTreeMap::new());
+        assert_eq!(revocation_commit(DeliveryMode::AtMostOnce, false, &revoked, &positions), BTreeMap::new());
+    }
+
+    #[test]
+    fn at_most_once_commits_the_offset_after_each_partitions_records() {
+        // Out of order and with a gap (compacted or transaction markers): first and next
+        // are the extremes.
+        let records = vec![rec("a", 0, 9), rec("b", 1, 0), rec("a", 0, 5), rec("a", 0, 6)];
+        let spans = record_spans(&records);
+        assert_eq!(spans, Spans::from([((Arc::<str>::from("a"), 0), (5, 10)), ((Arc::<str>::from("b"), 1), (0, 1))]));
+        assert_eq!(commit_targets(&spans, &BTreeMap::new()), BTreeMap::from([(tp("a", 0), 10), (tp("b", 1), 1)]));
+    }
+
+    #[test]
+    fn a_commit_that_succeeded_hands_out_every_record() {
+        let records = vec![rec("a", 0, 5), rec("a", 0, 6), rec("b", 1, 0)];
+        let held = BTreeSet::from([tp("a", 0), tp("b", 1)]);
+        let mut unsure = BTreeMap::from([(tp("a", 0), 3), (tp("c", 2), 50)]);
+        let spans = record_spans(&records);
+        let upto = commit_targets(&spans, &unsure);
+        assert_eq!(upto, BTreeMap::from([(tp("a", 0), 7), (tp("b", 1), 1)]));
+        let settled = settle_commit(records.clone(), &spans, upto, Some(ALL_WRITTEN), &held, &mut unsure);
+        assert_eq!(settled, Settled { records, rewind: vec![] });
+        // a0 is known committed now; c2 was not part of this commit.
+        assert_eq!(unsure, BTreeMap::from([(tp("c", 2), 50)]));
+    }
+
+    #[test]
+    fn records_of_partitions_whose_commit_failed_are_held_back_and_rewound() {
+        let records = vec![rec("a", 0, 5), rec("b", 1, 0), rec("c", 2, 8), rec("a", 0, 6), rec("c", 2, 9)];
+        let held = BTreeSet::from([tp("a", 0), tp("b", 1), tp("c", 2)]);
+        let mut unsure = BTreeMap::from([(tp("c", 2), 9)]);
+        let spans = record_spans(&records);
+        let upto = commit_targets(&spans, &unsure);
+        assert_eq!(upto, BTreeMap::from([(tp("a", 0), 7), (tp("b", 1), 1), (tp("c", 2), 10)]));
+        // a0 not written (it may have landed), b1 refused, c2 committed.
+        let failed = [(tp("a", 0), remote(true)), (tp("b", 1), remote(false))];
+        let settled = settle_commit(records, &spans, upto, Some(&failed[..]), &held, &mut unsure);
+        assert_eq!(
+            settled,
+            Settled { records: vec![rec("c", 2, 8), rec("c", 2, 9)], rewind: vec![(tp("a", 0), 5), (tp("b", 1), 0)] }
+        );
+        // a0's commit may have landed: a floor. A refusal wrote nothing: no floor for b1.
+        assert_eq!(unsure, BTreeMap::from([(tp("a", 0), 7)]));
+    }
+
+    #[test]
+    fn a_commit_without_an_answer_holds_every_record_back() {
+        let mut records = recs("a", 0, 10..=19);
+        records.push(rec("b", 1, 3));
+        // b1 is no longer held: it is not rewound (its reader is gone).
+        let held = BTreeSet::from([tp("a", 0)]);
+        let mut unsure = BTreeMap::new();
+        let spans = record_spans(&records);
+        let upto = commit_targets(&spans, &unsure);
+        let settled = settle_commit(records, &spans, upto, None, &held, &mut unsure);
+        assert_eq!(settled, Settled { records: vec![], rewind: vec![(tp("a", 0), 10)] });
+        assert_eq!(unsure, BTreeMap::from([(tp("a", 0), 20), (tp("b", 1), 4)]));
+    }
+
+    #[test]
+    fn commits_never_go_below_one_whose_outcome_is_unknown() {
+        let held = BTreeSet::from([tp("a", 0)]);
+        let mut unsure = BTreeMap::new();
+
+        // 10..=19 read; the commit of 20 gets no answer: nothing handed out, back to 10.
+        let records = recs("a", 0, 10..=19);
+        let spans = record_spans(&records);
+        let upto = commit_targets(&spans, &unsure);
+        assert_eq!(upto, BTreeMap::from([(tp("a", 0), 20)]));
+        let settled = settle_commit(records, &spans, upto, None, &held, &mut unsure);
+        assert_eq!(settled.rewind, vec![(tp("a", 0), 10)]);
+
+        // Only 10..=14 come back: the commit is still of 20, not 15. It fails on the way.
+        let records = recs("a", 0, 10..=14);
+        let spans = record_spans(&records);
+        let upto = commit_targets(&spans, &unsure);
+        assert_eq!(upto, BTreeMap::from([(tp("a", 0), 20)]));
+        let failed = [(tp("a", 0), remote(true))];
+        let settled = settle_commit(records, &spans, upto, Some(&failed[..]), &held, &mut unsure);
+        assert_eq!(settled, Settled { records: vec![], rewind: vec![(tp("a", 0), 10)] });
+        assert_eq!(unsure, BTreeMap::from([(tp("a", 0), 20)]));
+
+        // 10..=24 come back: past the floor, the commit is of 25; it succeeds.
+        let records = recs("a", 0, 10..=24);
+        let spans = record_spans(&records);
+        let upto = commit_targets(&spans, &unsure);
+        assert_eq!(upto, BTreeMap::from([(tp("a", 0), 25)]));
+        let settled = settle_commit(records.clone(), &spans, upto, Some(ALL_WRITTEN), &held, &mut unsure);
+        assert_eq!(settled, Settled { records, rewind: vec![] });
+        assert_eq!(unsure, BTreeMap::new());
+
+        // The floor is gone once a commit is known written.
+        let spans = record_spans(&[rec("a", 0, 25)]);
+        assert_eq!(commit_targets(&spans, &unsure), BTreeMap::from([(tp("a", 0), 26)]));
+    }
+
+    #[test]
+    fn a_commit_request_carries_the_generation_and_the_offsets() {
+        let offsets = BTreeMap::from([(tp("b", 1), 3), (tp("a", 0), 10)]);
+        assert_eq!(
+            commit_request("payments", 9, &offsets),
+            CommitOffsetsRequest {
+                id: 0,
+                group_id: "payments".into(),
+                member_id: String::new(),
+                generation: 9,
+                offsets: vec![committed_offset("a", 0, 10), committed_offset("b", 1, 3)],
+            }
+        );
+    }
+
+    #[test]
+    fn a_commit_answer_splits_committed_and_failed_partitions() {
+        let offsets = BTreeMap::from([(tp("a", 0), 10), (tp("b", 1), 3)]);
+        let result = |t: &str, p: u32, error: Option<sluice_proto::v1::Error>| PartitionCommitResult {
+            topic: t.to_string(),
+            partition: p,
+            error,
+        };
+        let resp = CommitOffsetsResponse {
+            id: 4,
+            results: vec![result("a", 0, None), result("b", 1, Some(wire_error(true))), result("z", 9, None)],
+            error: None,
+        };
+        assert_eq!(
+            read_commit_answer(&offsets, resp),
+            Ok(CommitAnswer {
+                // z9 was not asked about: nothing is recorded for it.
+                committed: BTreeMap::from([(tp("a", 0), 10)]),
+                failed: vec![(tp("b", 1), remote(true))],
+            })
+        );
+        let whole = CommitOffsetsResponse { id: 5, results: vec![], error: Some(wire_error(false)) };
+        assert_eq!(read_commit_answer(&offsets, whole), Err(remote(false)));
+    }
+
+    #[test]
+    fn uncommitted_positions_are_those_that_moved() {
+        let positions = BTreeMap::from([(tp("a", 0), 10), (tp("a", 1), 5), (tp("b", 0), 7)]);
+        let mut committed = BTreeMap::from([(tp("a", 0), 10), (tp("a", 1), 3), (tp("z", 9), 1)]);
+        assert_eq!(
+            moved_since_commit(positions.clone(), &committed),
+            BTreeMap::from([(tp("a", 1), 5), (tp("b", 0), 7)])
+        );
+        // An asynchronous commit of a0 failed (FromTask::CommitFailed forgets it): a0 is
+        // committed again.
+        committed.remove(&tp("a", 0));
+        assert_eq!(moved_since_commit(positions.clone(), &committed), positions);
     }
 }
