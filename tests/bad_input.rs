@@ -87,10 +87,14 @@ async fn produce_and_fetch_refuse_bad_records_and_offsets() {
     let ok = produce_one(&client, ProduceRequest { records: vec![plain(b"fine")], ..base.clone() }).await;
     assert!(ok.error.is_none() && ok.partitions[0].error.is_none(), "{ok:?}");
 
-    let big = produce_one(&client, ProduceRequest { records: vec![plain(&[7u8; 4000])], ..base.clone() }).await;
+    // A too-large record fails its partition; the answer lists every record routed there
+    // (the one before it, it, the one after it), so the client knows all three failed.
+    let records = vec![plain(b"before"), plain(&[7u8; 4000]), plain(b"after")];
+    let big = produce_one(&client, ProduceRequest { records, ..base.clone() }).await;
     let e = big.partitions[0].error.clone().expect("too large");
     assert_eq!(Code::from_i32(e.code), Code::InvalidArgument);
     assert!(e.message.contains("max.message.bytes (2048 bytes)"), "{}", e.message);
+    assert_eq!(big.partitions[0].record_indexes, vec![0, 1, 2]);
 
     let unknown =
         produce_one(&client, ProduceRequest { topic: "nope".into(), records: vec![plain(b"x")], ..base.clone() }).await;

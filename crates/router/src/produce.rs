@@ -167,6 +167,9 @@ pub async fn dispatch(
             (None, None) => sticky.next(count, size),
         };
         let part = parts.entry(p).or_default();
+        // Every record routed here is listed, also when the partition fails: the client maps
+        // the partition's outcome (offsets or error) to each of its records.
+        part.indexes.push(i as u32);
         if part.error.is_some() {
             continue;
         }
@@ -188,7 +191,6 @@ pub async fn dispatch(
             r.value.as_deref(),
             &headers,
         );
-        part.indexes.push(i as u32);
         part.records += 1;
     }
     for pb in req.batches {

@@ -91,7 +91,12 @@ impl Coordinator {
                 m
             }
             None => {
-                let spec = OffsetSpec::try_from(r.spec).unwrap_or(OffsetSpec::Latest);
+                let spec = OffsetSpec::try_from(r.spec).map_err(|_| {
+                    SluiceError::InvalidRequest(format!(
+                        "unknown offset spec {} (expected 0 latest, 1 earliest or 2 timestamp)",
+                        r.spec
+                    ))
+                })?;
                 ask(spec, r.timestamp_ms)
                     .await?
                     .into_iter()
