@@ -151,6 +151,9 @@ pub struct GroupConsumer {
     /// A reader's failure held back while other readers' records were handed out; the next
     /// poll reports it.
     deferred: Option<ClientError>,
+    /// An assignment whose start positions could not be looked up yet: applied again, whole,
+    /// by the next poll (nothing of it was applied).
+    pending: Option<Assignment>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -221,6 +224,7 @@ impl GroupConsumer {
             committed: BTreeMap::new(),
             unsure: BTreeMap::new(),
             deferred: None,
+            pending: None,
             task,
         })
     }
@@ -363,6 +367,9 @@ impl GroupConsumer {
     }
 
     async fn handle_events(&mut self) -> Result<(), ClientError> {
+        if let Some(a) = self.pending.take() {
+            self.apply(a).await?;
+        }
         while let Ok(ev) = self.from_task.try_recv() {
             self.on_event(ev).await?;
         }
@@ -372,7 +379,11 @@ impl GroupConsumer {
     async fn on_event(&mut self, ev: FromTask) -> Result<(), ClientError> {
         match ev {
             FromTask::Joined(id) => self.member_id = id,
-            FromTask::Assignment(a) => self.apply(a).await?,
+            FromTask::Assignment(a) => {
+                // The newest assignment is the whole truth: an older one still pending goes.
+                self.pending = None;
+                self.apply(a).await?
+            }
             FromTask::CommitFailed(tps) => {
                 for tp in tps {
                     self.committed.remove(&tp);
@@ -383,6 +394,7 @@ impl GroupConsumer {
                 tracing::warn!(error = %e, partitions = lost.len(), "removed from the group; partitions lost");
                 self.readers.clear();
                 self.unsure.clear();
+                self.pending = None;
                 self.owned.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 self.generation = 0;
                 if let Some(l) = self.listener.as_mut() {
@@ -396,6 +408,24 @@ impl GroupConsumer {
 
     async fn apply(&mut self, a: Assignment) -> Result<(), ClientError> {
         let plan = plan_assignment(&self.assigned, &a);
+        // Looked up before anything changes: when it fails, the assignment is kept whole for
+        // the next poll rather than half applied (revocations done, partitions not taken).
+        let spec = reset_spec(self.cfg.auto_offset_reset);
+        let mut reset_at = BTreeMap::new();
+        for (topic, parts) in &plan.reset {
+            match self.client.list_offsets(topic, parts.clone(), spec, 0).await {
+                Ok(found) => {
+                    for o in found {
+                        reset_at.insert((topic.clone(), o.partition), reset_position(&o));
+                    }
+                }
+                Err(e) => {
+                    // A newer assignment replaces this one; a pending one stays otherwise.
+                    self.pending = Some(a);
+                    return Err(e);
+                }
+            }
+        }
         let positions = self.positions();
         if !plan.revoked.is_empty() {
             let auto_commit = self.cfg.auto_commit_interval.is_some();
@@ -411,13 +441,6 @@ impl GroupConsumer {
             for tp in &plan.revoked {
                 // Its next owner starts from what was really committed.
                 self.unsure.remove(tp);
-            }
-        }
-        let spec = reset_spec(self.cfg.auto_offset_reset);
-        let mut reset_at = BTreeMap::new();
-        for (topic, parts) in &plan.reset {
-            for o in self.client.list_offsets(topic, parts.clone(), spec, 0).await? {
-                reset_at.insert((topic.clone(), o.partition), reset_position(&o));
             }
         }
         let rebuild = rebuilt_readers(&plan, positions, reset_at);
