@@ -519,9 +519,10 @@ impl GroupConsumer {
         let _ = self.to_task.send(ToTask::Commit(self.request(&offsets), None));
     }
 
-    /// Positions that moved since they were last committed.
+    /// Positions that moved since they were last committed, never below an at-most-once
+    /// commit whose outcome is unknown (committed offsets do not move back, whoever commits).
     fn uncommitted(&self) -> BTreeMap<TopicPartition, i64> {
-        moved_since_commit(self.positions(), &self.committed)
+        moved_since_commit(floored(self.positions(), &self.unsure), &self.committed)
     }
 
     /// Commits (at-least-once with auto-commit) and leaves the group.
@@ -660,6 +661,19 @@ fn commit_targets(spans: &Spans, unsure: &BTreeMap<TopicPartition, i64>) -> BTre
             (tp, at)
         })
         .collect()
+}
+
+/// `positions` raised to the `floors` of their partitions.
+fn floored(
+    mut positions: BTreeMap<TopicPartition, i64>,
+    floors: &BTreeMap<TopicPartition, i64>,
+) -> BTreeMap<TopicPartition, i64> {
+    for (tp, floor) in floors {
+        if let Some(at) = positions.get_mut(tp) {
+            *at = (*at).max(*floor);
+        }
+    }
+    positions
 }
 
 /// What an at-most-once poll does once its commit is settled.
@@ -1220,5 +1234,15 @@ mod tests {
         // committed again.
         committed.remove(&tp("a", 0));
         assert_eq!(moved_since_commit(positions.clone(), &committed), positions);
+    }
+
+    #[test]
+    fn manual_commits_never_go_below_an_unknown_outcome() {
+        let tp = |p: u32| ("t".to_string(), p);
+        // Partition 0 was rewound to 10 after a commit of 20 got no answer; 1 has no floor; a
+        // floor for a partition not held is ignored.
+        let positions = BTreeMap::from([(tp(0), 10), (tp(1), 7)]);
+        let floors = BTreeMap::from([(tp(0), 20), (tp(2), 5)]);
+        assert_eq!(floored(positions, &floors), BTreeMap::from([(tp(0), 20), (tp(1), 7)]));
     }
 }
