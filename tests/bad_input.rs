@@ -95,6 +95,7 @@ async fn produce_and_fetch_refuse_bad_records_and_offsets() {
     assert_eq!(Code::from_i32(e.code), Code::InvalidArgument);
     assert!(e.message.contains("max.message.bytes (2048 bytes)"), "{}", e.message);
     assert_eq!(big.partitions[0].record_indexes, vec![0, 1, 2]);
+    assert_eq!(big.partitions[0].record_count, 3);
 
     let unknown =
         produce_one(&client, ProduceRequest { topic: "nope".into(), records: vec![plain(b"x")], ..base.clone() }).await;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_client::Client;
+use sluice_client::consumer::{Consumer, ConsumerConfig, StartFrom};
 use sluice_client::producer::{Producer, ProducerConfig, ProducerRecord};
 use sluice_proto::v1::{Acks, CommittedOffset};
 use sluice_testkit::{Cluster, InProcessExt};
@@ -38,6 +39,16 @@ async fn a_leader_whose_lease_expires_is_replaced_and_nothing_acknowledged_is_lo
     let client = Client::connect(&c.gateways()).await.expect("gateway");
     client.create_topic("ip", 2, 3, HashMap::new()).await.expect("topic");
     produce(&client, "ip", 0, 300).await;
+    // A consumer reading live through the failover, on one fetch stream.
+    let mut live = Consumer::assign(client.clone(), "ip", &[], StartFrom::Earliest, ConsumerConfig::default())
+        .await
+        .expect("assign");
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 300 {
+        for r in live.poll(Duration::from_millis(500)).await.expect("poll") {
+            seen.insert(text(&r.value));
+        }
+    }
 
     let d = client.describe_topic("ip").await.unwrap();
     let (leader, epoch) = (d.partitions[0].leader, d.partitions[0].leader_epoch);
@@ -56,6 +67,15 @@ async fn a_leader_whose_lease_expires_is_replaced_and_nothing_acknowledged_is_lo
     let mut want: Vec<String> = (0..600).map(|i| format!("v{i}")).collect();
     want.sort();
     assert_eq!(values, want, "every acknowledged record, once");
+    // The live stream followed the partition to its new leader (read from the leader the
+    // metadata names now, not the one it named when the stream opened).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seen.len() < 600 && tokio::time::Instant::now() < deadline {
+        for r in live.poll(Duration::from_millis(500)).await.expect("poll") {
+            seen.insert(text(&r.value));
+        }
+    }
+    assert_eq!(seen.len(), 600, "the live consumer saw every record");
 
     // Back with its lease, it follows and rejoins the in-sync set.
     c.revive_node(leader);
@@ -94,4 +114,31 @@ async fn a_standby_coordinator_takes_over_when_the_active_ones_lease_expires() {
     let mut got: Vec<(u32, i64)> = got.iter().map(|o| (o.partition, o.offset)).collect();
     got.sort();
     assert_eq!(got, vec![(0, 5), (1, 6), (2, 7)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_consumer_tailing_an_in_process_node_under_load_keeps_up() {
+    // In process, the node reads its credit only between sends: the fetch's credit must never
+    // wait for room behind the node's data (it once did, and both stopped for good).
+    let c = Cluster::builder().nodes(1).coordinators(0).in_process().start().await.expect("cluster");
+    let client = Client::connect(c.gateway()).await.expect("gateway");
+    client.create_topic("tail", 1, 1, HashMap::new()).await.expect("topic");
+    let cfg = ConsumerConfig { max_buffer_bytes: 64 << 10, ..ConsumerConfig::default() };
+    let mut tail = Consumer::assign(client.clone(), "tail", &[], StartFrom::Earliest, cfg).await.expect("assign");
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for round in 0..100 {
+                produce(&client, "tail", round * 30, 30).await;
+            }
+        })
+    };
+    let mut seen = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen < 3000 {
+        assert!(tokio::time::Instant::now() < deadline, "stalled after {seen} of 3000 records");
+        seen += tail.poll(Duration::from_millis(200)).await.expect("poll").len();
+    }
+    writer.await.expect("writer");
+    assert_eq!(seen, 3000);
 }

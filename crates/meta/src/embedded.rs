@@ -38,8 +38,8 @@ struct Leases {
     next: u64,
     expired: HashSet<u64>,
     nodes: HashMap<u64, Vec<NodeInfo>>,
-    /// The lease holding the coordinator role.
-    coordinator: Option<u64>,
+    /// The lease holding the coordinator role, and its epoch.
+    coordinator: Option<(u64, u64)>,
 }
 
 impl EmbeddedMeta {
@@ -90,11 +90,11 @@ impl EmbeddedMeta {
     /// Expires `lease`: what it registered leaves the view (the node is no longer alive, the
     /// coordinator role is free) and its holder can no longer prove its session.
     pub fn expire(&self, lease: u64) {
-        let (nodes, coordinator) = {
+        let (nodes, held) = {
             let mut l = self.leases();
             l.expired.insert(lease);
-            let held = l.coordinator == Some(lease);
-            if held {
+            let held = l.coordinator.filter(|(holder, _)| *holder == lease).map(|(_, epoch)| epoch);
+            if held.is_some() {
                 l.coordinator = None;
             }
             (l.nodes.get(&lease).cloned().unwrap_or_default(), held)
@@ -103,7 +103,8 @@ impl EmbeddedMeta {
             for n in &nodes {
                 v.nodes.remove(&n.id);
             }
-            if coordinator {
+            // Only this lease's own tenure: a successor may already have taken the role.
+            if held.is_some() && v.coordinator.as_ref().map(|c| c.epoch) == held {
                 v.coordinator = None;
             }
             Ok(false)
@@ -146,17 +147,17 @@ impl EmbeddedMeta {
             let taken = {
                 let mut l = self.leases();
                 if l.coordinator.is_none() && !l.expired.contains(&lease) {
-                    l.coordinator = Some(lease);
-                    true
+                    // Wall-clock milliseconds keep epochs increasing across restarts; never
+                    // below an earlier epoch of this process.
+                    let prev = self.tx.borrow().coordinator.as_ref().map_or(0, |c| c.epoch);
+                    let epoch = (sluice_core::settings::now_ms().max(1) as u64).max(prev + 1);
+                    l.coordinator = Some((lease, epoch));
+                    Some(epoch)
                 } else {
-                    false
+                    None
                 }
             };
-            if taken {
-                // Wall-clock milliseconds keep epochs increasing across restarts; never below
-                // an earlier epoch of this process.
-                let prev = self.tx.borrow().coordinator.as_ref().map_or(0, |c| c.epoch);
-                let epoch = (sluice_core::settings::now_ms().max(1) as u64).max(prev + 1);
+            if let Some(epoch) = taken {
                 self.update(|v| {
                     v.coordinator = Some(crate::CoordinatorInfo { addr: addr.to_string(), epoch });
                     Ok(false)
@@ -172,7 +173,7 @@ impl EmbeddedMeta {
     fn resign_under(&self, lease: u64, epoch: u64) -> Result<(), MetaError> {
         {
             let mut l = self.leases();
-            if l.coordinator == Some(lease) {
+            if l.coordinator.is_some_and(|(holder, _)| holder == lease) {
                 l.coordinator = None;
             }
         }

@@ -5,9 +5,9 @@
 //! each its stored batch bytes (`FetchResponse.charged_bytes`), and tops up the credit of the
 //! node a response came from by what it used. Each node therefore runs at most one window
 //! (the client's initial `max_bytes`) ahead of the client, so a slow consumer slows the nodes
-//! down, the gateway holds at most a window per node, and the client never receives more than
-//! it granted (the last response may pass the budget by less than one batch, as a batch is
-//! never split). Batches go through untouched unless the client asked for plain records.
+//! down, the gateway holds at most a window per node, and a response is sent only while the
+//! client has credit left: the total passes what the client granted by less than one response
+//! (at most a window, or one batch when a single batch is larger). Batches go through untouched unless the client asked for plain records.
 //! When a partition's leader changes or its node dies, it is read from the new leader (once
 //! the metadata names one) from the next offset: consumers see a pause, not an error.
 
@@ -131,10 +131,7 @@ async fn forward<C>(
                     // The client closed its side: the node streams get no more credit, so they
                     // end once they have sent what they could (and this stream after them).
                     credits_open = false;
-                    if let Some(s) = shared.upgrade() {
-                        s.input_closed.store(true, Ordering::Release);
-                    }
-                    readers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    close_readers(&readers, &shared);
                 }
             },
             next = merged.recv(), if remaining > 0 => {
@@ -145,26 +142,43 @@ async fn forward<C>(
                     break;
                 }
                 if charged > 0 {
-                    top_up(&readers, reader, charged, shared.upgrade().map_or(0, |s| s.window)).await;
+                    top_up(&readers, reader, charged, shared.upgrade().map_or(0, |s| s.window));
                 }
             }
             _ = out.closed() => break,
         }
     }
+    // Done (credit spent with the client's side closed, the client gone, or nothing left to
+    // read): the node streams end now, not when their partitions next get data.
+    close_readers(&readers, &shared);
 }
 
-/// Gives a node back the credit a forwarded response used, up to the window.
-async fn top_up(readers: &Readers, reader: u64, used: u64, window: u64) {
-    let grant = {
-        let mut map = readers.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((tx, unused)) = map.get_mut(&reader) else { return };
-        *unused = unused.saturating_sub(used);
-        let grant = window.saturating_sub(*unused);
+/// Ends every node stream of the fetch (their request sides are dropped) and keeps new ones
+/// from starting with credit. The flag is set under the readers' lock, which `spawn_reader`
+/// also holds to check it and insert: no reader slips in after the clear.
+fn close_readers(readers: &Readers, shared: &std::sync::Weak<Shared>) {
+    let mut map = readers.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(s) = shared.upgrade() {
+        s.input_closed.store(true, Ordering::Release);
+    }
+    map.clear();
+}
+
+/// Gives a node back the credit a forwarded response used, up to the window. Never waits: an
+/// in-process node reads its credit only between sends, so waiting here for room while the
+/// node waits for room in our data queue would deadlock. A full queue means the node holds
+/// grants it has not read yet; what could not be queued is granted with the next top-up.
+fn top_up(readers: &Readers, reader: u64, used: u64, window: u64) {
+    let mut map = readers.lock().unwrap_or_else(|p| p.into_inner());
+    let Some((tx, unused)) = map.get_mut(&reader) else { return };
+    *unused = unused.saturating_sub(used);
+    let grant = window.saturating_sub(*unused);
+    if grant == 0 {
+        return;
+    }
+    let credit = ReadRequest { kind: Some(read_request::Kind::Credit(FetchCredit { bytes: grant })) };
+    if tx.try_send(credit).is_ok() {
         *unused += grant;
-        (grant > 0).then(|| (tx.clone(), grant))
-    };
-    if let Some((tx, bytes)) = grant {
-        let _ = tx.send(ReadRequest { kind: Some(read_request::Kind::Credit(FetchCredit { bytes })) }).await;
     }
 }
 
@@ -199,7 +213,15 @@ fn moved(e: &sluice_proto::v1::Error) -> bool {
 /// Opens a node stream per leader for `wanted` (partition, next offset); partitions without a
 /// live leader wait for one.
 async fn route_partitions(shared: &Arc<Shared>, view: &ClusterView, wanted: Vec<(u32, i64)>) {
-    let t = shared.topic.clone();
+    // Leaders from this view, not from the topic as it was when the stream opened: a
+    // partition whose leader moved is read from the new one.
+    let Some(t) = view.topics.get(&shared.topic.name).filter(|t| t.topic_id == shared.topic.topic_id).cloned() else {
+        let e = SluiceError::UnknownTopic(shared.topic.name.clone()).to_proto();
+        for (p, _) in wanted {
+            let _ = shared.tx.send((NO_READER, partition_error(p, &e))).await;
+        }
+        return;
+    };
     let groups = shared
         .gw
         .by_leader(view, &t, wanted.iter().copied(), |pref, offset| ReadPartition { partition: Some(pref), offset });
@@ -252,8 +274,11 @@ async fn spawn_reader(shared: Arc<Shared>, conn: Arc<NodeConn>, partitions: Vec<
     };
     let _ = ctx.send(begin).await;
     let id = shared.next_reader.fetch_add(1, Ordering::Relaxed);
-    if !shared.input_closed.load(Ordering::Acquire) {
-        shared.readers.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (ctx, shared.window));
+    {
+        let mut map = shared.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if !shared.input_closed.load(Ordering::Acquire) {
+            map.insert(id, (ctx, shared.window));
+        }
     }
     let span = shared.span.clone();
     tokio::spawn(

@@ -208,7 +208,11 @@ pub async fn dispatch(
         part.seal()?;
         let data = part.data();
         let pending = match part.error.take() {
-            Some(e) => Pending::Failed(e),
+            Some(e) => {
+                // Failed here: every plain record routed to the partition failed with it.
+                part.records = part.indexes.len() as u32;
+                Pending::Failed(e)
+            }
             None => {
                 let attrs = crate::metrics::topic(&t.name);
                 // From the batch headers: plain records and ready-made batches alike.

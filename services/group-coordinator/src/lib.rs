@@ -152,4 +152,8 @@ impl registry::Host for Coordinator {
             let _ = a.dirty.send(group.to_string());
         }
     }
+
+    fn registry(&self) -> &Registry {
+        &self.groups
+    }
 }

@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+use sluice_core::SluiceError;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -42,38 +43,55 @@ pub trait Host: Send + Sync + 'static {
     fn partition_counts(&self) -> BTreeMap<String, u32>;
     /// The group's membership may have changed (for the snapshot writer).
     fn mark(&self, group: &str);
+    /// The registry the group lives in.
+    fn registry(&self) -> &Registry;
+}
+
+/// The groups, while this coordinator is active: closed (nothing can be added) on standby,
+/// so that a call racing the loss of the role cannot leave a group behind.
+#[derive(Default)]
+pub struct Registry {
+    groups: Mutex<Groups>,
 }
 
 #[derive(Default)]
-pub struct Registry {
-    groups: Mutex<HashMap<String, Arc<Cell>>>,
+struct Groups {
+    open: bool,
+    map: HashMap<String, Arc<Cell>>,
 }
 
 impl Registry {
-    fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<Cell>>> {
+    fn lock(&self) -> MutexGuard<'_, Groups> {
         self.groups.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a group (as loaded by a new coordinator), starting its timer.
-    pub fn insert<H: Host>(&self, host: &Arc<H>, group: Group) {
-        let id = group.id.clone();
-        let cell = Arc::new(Cell { state: Mutex::new(Slot { group, dropped: false }), wake: Notify::new() });
-        spawn_timer(Arc::downgrade(host), Arc::downgrade(&cell));
-        self.map().insert(id, cell);
+    /// Opens the registry (the role was won) with the groups a new coordinator loaded,
+    /// starting their timers.
+    pub fn open<H: Host>(&self, host: &Arc<H>, groups: Vec<Group>) {
+        let mut g = self.lock();
+        for group in groups {
+            let id = group.id.clone();
+            let cell = Arc::new(Cell { state: Mutex::new(Slot { group, dropped: false }), wake: Notify::new() });
+            spawn_timer(Arc::downgrade(host), Arc::downgrade(&cell));
+            if let Some(old) = g.map.insert(id, cell) {
+                drop_cell(&old);
+            }
+        }
+        g.open = true;
     }
 
     /// The group's cell, if the group exists.
     pub fn get(&self, id: &str) -> Option<Arc<Cell>> {
-        self.map().get(id).cloned()
+        self.lock().map.get(id).cloned()
     }
 
     /// Every group's cell.
     pub fn cells(&self) -> Vec<Arc<Cell>> {
-        self.map().values().cloned().collect()
+        self.lock().map.values().cloned().collect()
     }
 
     pub fn ids(&self) -> Vec<String> {
-        self.map().keys().cloned().collect()
+        self.lock().map.keys().cloned().collect()
     }
 
     /// Reads a group without changing it (`None` when it does not exist).
@@ -85,13 +103,23 @@ impl Registry {
 
     /// Applies `f` to a group, created when missing, then reconciles it (`counts`: partition
     /// counts), marks it for the snapshot writer, wakes its timer, and drops it from the
-    /// registry when it is left with nothing to keep.
-    pub fn with_group<H: Host, R>(&self, host: &Arc<H>, id: &str, f: impl FnOnce(&mut Group) -> R) -> R {
+    /// registry when it is left with nothing to keep. Refused (COORDINATOR_NOT_AVAILABLE)
+    /// while the registry is closed.
+    pub fn with_group<H: Host, R>(
+        &self,
+        host: &Arc<H>,
+        id: &str,
+        f: impl FnOnce(&mut Group) -> R,
+    ) -> Result<R, SluiceError> {
         let counts = host.partition_counts();
         loop {
             let cell = {
-                let mut map = self.map();
-                map.entry(id.to_string())
+                let mut g = self.lock();
+                if !g.open {
+                    return Err(SluiceError::CoordinatorNotAvailable("this coordinator is on standby".into()));
+                }
+                g.map
+                    .entry(id.to_string())
                     .or_insert_with(|| {
                         let cell = Arc::new(Cell {
                             state: Mutex::new(Slot {
@@ -118,7 +146,7 @@ impl Registry {
             if idle {
                 self.drop_if_idle(id);
             }
-            return r;
+            return Ok(r);
         }
     }
 
@@ -137,26 +165,32 @@ impl Registry {
 
     /// Drops the group from the registry when it has no member and no offset left.
     pub fn drop_if_idle(&self, id: &str) -> bool {
-        let mut map = self.map();
-        let Some(cell) = map.get(id).cloned() else { return false };
+        let mut g = self.lock();
+        let Some(cell) = g.map.get(id).cloned() else { return false };
         let mut slot = cell.lock();
         if !slot.group.is_idle() {
             return false;
         }
         slot.dropped = true;
-        map.remove(id);
+        g.map.remove(id);
         drop(slot);
         cell.wake.notify_one();
         true
     }
 
-    /// Drops every group (the role is lost); their timers end.
+    /// Closes the registry and drops every group (the role is lost); their timers end.
     pub fn clear(&self) {
-        for (_, cell) in self.map().drain() {
-            cell.lock().dropped = true;
-            cell.wake.notify_one();
+        let mut g = self.lock();
+        g.open = false;
+        for (_, cell) in g.map.drain() {
+            drop_cell(&cell);
         }
     }
+}
+
+fn drop_cell(cell: &Cell) {
+    cell.lock().dropped = true;
+    cell.wake.notify_one();
 }
 
 /// Sleeps until the group's next deadline or a change, then expires late members and
@@ -196,9 +230,12 @@ fn spawn_timer<H: Host>(host: Weak<H>, cell: Weak<Cell>) {
             let now = Instant::now();
             if slot.group.expire(now) {
                 slot.group.reconcile(&h.partition_counts(), now);
-                let id = slot.group.id.clone();
+                let (id, idle) = (slot.group.id.clone(), slot.group.is_idle());
                 drop(slot);
                 h.mark(&id);
+                if idle {
+                    h.registry().drop_if_idle(&id);
+                }
             }
         }
     });

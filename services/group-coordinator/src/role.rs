@@ -53,13 +53,13 @@ impl Coordinator {
                 }
                 // Members of the previous coordinator keep what they held until they rejoin
                 // or their sessions expire: nothing moves because the coordinator changed.
+                let mut groups = Vec::new();
                 for (id, snap) in &loaded.groups {
                     let o = offsets.remove(id).unwrap_or_default();
-                    self.groups.insert(&self, Group::restore(id.clone(), o, snap, now));
+                    groups.push(Group::restore(id.clone(), o, snap, now));
                 }
-                for (id, o) in offsets {
-                    self.groups.insert(&self, Group::new(id, o));
-                }
+                groups.extend(offsets.into_iter().map(|(id, o)| Group::new(id, o)));
+                self.groups.open(&self, groups);
                 *self.active_slot() = Some(Active { epoch, store: store.clone(), dirty });
             }
             tokio::spawn(self.clone().write_snapshots(store, dirty_rx, loaded.groups));
@@ -73,19 +73,17 @@ impl Coordinator {
     }
 
     /// Opens the offsets topic and reads it, retrying while this coordinator holds the role.
-    async fn load(&self, epoch: u64) -> Option<(OffsetStore, store::Loaded)> {
+    async fn load(self: &Arc<Self>, epoch: u64) -> Option<(OffsetStore, store::Loaded)> {
         loop {
             if !self.holds(epoch) {
                 return None;
             }
             let s = &self.settings;
+            let me = Arc::downgrade(self);
+            let holds_role: store::RoleCheck = Box::new(move || me.upgrade().is_some_and(|c| c.active().is_ok()));
             let r = async {
-                let store = OffsetStore::open(
-                    self.router.clone(),
-                    s.offsets_topic_partitions,
-                    s.offsets_topic_replication_factor,
-                )
-                .await?;
+                let (parts, rf) = (s.offsets_topic_partitions, s.offsets_topic_replication_factor);
+                let store = OffsetStore::open(self.router.clone(), parts, rf, holds_role).await?;
                 let offsets = store.load().await?;
                 Ok::<_, SluiceError>((store, offsets))
             }

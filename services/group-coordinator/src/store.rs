@@ -181,10 +181,14 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Credit of the fetch that reads the topic back (and each node's window).
 const LOAD_CREDIT: u64 = 8 << 20;
 
+/// Whether this coordinator still holds the role (checked between write retries).
+pub type RoleCheck = Box<dyn Fn() -> bool + Send + Sync>;
+
 /// Reads and writes the offsets topic through the data path, in process.
 pub struct OffsetStore {
     router: Arc<Router>,
     partitions: u32,
+    holds_role: RoleCheck,
     /// One writer at a time per offsets partition: a group's records keep the order in which
     /// they were written, retries included (a later commit never lands before an earlier one).
     writers: Vec<tokio::sync::Mutex<()>>,
@@ -193,7 +197,12 @@ pub struct OffsetStore {
 impl OffsetStore {
     /// Creates the offsets topic when it is missing (`partitions`, replication factor up to
     /// `replication_factor` within the live nodes, compacted).
-    pub async fn open(router: Arc<Router>, partitions: u32, replication_factor: u32) -> Result<Self, SluiceError> {
+    pub async fn open(
+        router: Arc<Router>,
+        partitions: u32,
+        replication_factor: u32,
+        holds_role: RoleCheck,
+    ) -> Result<Self, SluiceError> {
         let describe = || router.describe_topic(DescribeTopicRequest { name: OFFSETS_TOPIC.to_string() });
         let partitions = match describe().await {
             Ok(d) => d.topic.map_or(0, |t| t.partitions.len() as u32),
@@ -219,7 +228,7 @@ impl OffsetStore {
             return Err(SluiceError::Internal(format!("the '{OFFSETS_TOPIC}' topic has no partitions")));
         }
         let writers = (0..partitions).map(|_| tokio::sync::Mutex::new(())).collect();
-        Ok(Self { router, partitions, writers })
+        Ok(Self { router, partitions, holds_role, writers })
     }
 
     fn partition_of(&self, group: &str) -> u32 {
@@ -251,8 +260,11 @@ impl OffsetStore {
         let records: Vec<Record> = records
             .map(|(key, value)| Record { key: Some(key), value, partition: Some(partition), ..Record::default() })
             .collect();
-        let _order = self.writers[partition as usize].lock().await;
+        // The deadline covers the wait for the partition's writer too.
         let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+        let _order = tokio::time::timeout_at(deadline, self.writers[partition as usize].lock())
+            .await
+            .map_err(|_| SluiceError::Timeout(format!("the offsets topic was busy for {WRITE_TIMEOUT:?}")))?;
         let mut id = 0;
         loop {
             id += 1;
@@ -268,7 +280,9 @@ impl OffsetStore {
             let resp = self.router.produce(req).await?;
             let failed = resp.error.or_else(|| resp.partitions.into_iter().find_map(|p| p.error));
             let Some(e) = failed else { return Ok(()) };
-            if !e.retriable || tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+            // A coordinator that lost its role stops: a late write could land after its
+            // successor's commit of the same key.
+            if !e.retriable || tokio::time::Instant::now() + RETRY_PAUSE >= deadline || !(self.holds_role)() {
                 return Err(relayed(&e));
             }
             tracing::debug!(group, reason = %e.message, "offsets write failed; trying again");

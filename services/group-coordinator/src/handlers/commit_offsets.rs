@@ -124,6 +124,9 @@ impl Coordinator {
             self.groups.update(&req.group_id, |g| {
                 if let Some(x) = g.members.get_mut(m) {
                     x.commits_in_flight = x.commits_in_flight.saturating_sub(1);
+                    // Alive all along: its heartbeats waited on the stream behind this write,
+                    // which may have outlasted its session timeout.
+                    x.last_seen = tokio::time::Instant::now();
                 }
             });
         }
@@ -137,7 +140,8 @@ impl Coordinator {
             let view = self.view.borrow();
             changes.iter().map(|(tp, _)| view.topics.get(&tp.0).map(|t| t.topic_id)).collect()
         };
-        self.groups.with_group(self, group, |g| {
+        // Refused only when the role was lost meanwhile: the successor reads the topic.
+        let _ = self.groups.with_group(self, group, |g| {
             for ((tp, c), live) in changes.into_iter().zip(live) {
                 match c {
                     // Unless its topic was deleted while it was being written.

@@ -97,7 +97,7 @@ impl Coordinator {
             let joined = Joined { member_id: id.clone(), ..joined };
             let _ = tx.try_send(Ok(MemberEvent { kind: Some(EventKind::Joined(joined)) }));
             Ok::<_, SluiceError>(id)
-        })?;
+        })??;
         tracing::info!(group = %group_id, member = %member_id, "member joined");
         let me = self.clone();
         tokio::spawn(async move {
@@ -116,7 +116,11 @@ impl Coordinator {
                     Ok(Some(MemberRequest { kind: None })) => continue,
                     // The gateway ends the stream cleanly when the member left or died.
                     Ok(None) => {
-                        if me.groups.with_group(&me, &group_id, |g| g.disconnected(&member_id, conn_id, true)) {
+                        if me
+                            .groups
+                            .with_group(&me, &group_id, |g| g.disconnected(&member_id, conn_id, true))
+                            .unwrap_or(false)
+                        {
                             tracing::info!(group = %group_id, member = %member_id, "member stream closed");
                         }
                         break;
@@ -124,7 +128,11 @@ impl Coordinator {
                     // The connection to its gateway broke: the member may be alive and back
                     // through another gateway within its session timeout.
                     Err(e) => {
-                        if me.groups.with_group(&me, &group_id, |g| g.disconnected(&member_id, conn_id, false)) {
+                        if me
+                            .groups
+                            .with_group(&me, &group_id, |g| g.disconnected(&member_id, conn_id, false))
+                            .unwrap_or(false)
+                        {
                             tracing::info!(group = %group_id, member = %member_id, error = %e, "member connection lost; kept for its session timeout");
                         }
                         break;
@@ -135,7 +143,9 @@ impl Coordinator {
                 }
                 match kind {
                     RequestKind::Heartbeat(_) => {}
-                    RequestKind::Ack(a) => me.groups.with_group(&me, &group_id, |g| g.ack(&member_id, a.generation)),
+                    RequestKind::Ack(a) => {
+                        let _ = me.groups.with_group(&me, &group_id, |g| g.ack(&member_id, a.generation));
+                    }
                     RequestKind::Commit(mut c) => {
                         c.group_id = group_id.clone();
                         let id = c.id;
