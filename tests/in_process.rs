@@ -124,7 +124,11 @@ async fn a_consumer_tailing_an_in_process_node_under_load_keeps_up() {
     let client = Client::connect(c.gateway()).await.expect("gateway");
     client.create_topic("tail", 1, 1, HashMap::new()).await.expect("topic");
     let cfg = ConsumerConfig { max_buffer_bytes: 64 << 10, ..ConsumerConfig::default() };
-    let mut tail = Consumer::assign(client.clone(), "tail", &[], StartFrom::Earliest, cfg).await.expect("assign");
+    // The new partition's leader may not have taken up its leadership yet.
+    let mut tail = eventually("the partition served", Duration::from_secs(10), || async {
+        Consumer::assign(client.clone(), "tail", &[], StartFrom::Earliest, cfg.clone()).await.ok()
+    })
+    .await;
     let writer = {
         let client = client.clone();
         tokio::spawn(async move {

@@ -327,7 +327,9 @@ impl Replica {
             // while the addition is in flight must not stop the joining follower from
             // counting for the watermarks, or an addition written afterwards would put in the
             // in-sync set a replica lacking acknowledged records.
-            if l.adding.is_some_and(|f| change.isr.contains(&f) && !l.isr.contains(&f)) {
+            // (A change naming the joining follower is its addition, possibly already seen
+            // back through the metadata by observe_isr.)
+            if l.adding.is_some_and(|f| change.isr.contains(&f)) {
                 l.adding = None;
             }
             if let Some(rev) = revision {
@@ -347,6 +349,10 @@ impl Replica {
             let Some(l) = guard.as_mut().filter(|l| l.epoch == epoch && revision > l.revision) else { return };
             l.isr = isr.to_vec();
             l.revision = revision;
+            // The joining follower is a member now: its addition is done.
+            if l.adding.is_some_and(|f| l.isr.contains(&f)) {
+                l.adding = None;
+            }
         }
         self.update_hw();
     }
@@ -911,5 +917,20 @@ mod tests {
         assert_eq!(r.log.last_epoch(), 3);
         assert_eq!(r.log.epoch_end(2).await.unwrap(), (1, 7));
         assert_eq!(truncation_target(&r, &leader).await, 10);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_addition_seen_back_through_the_metadata_first_still_ends() {
+        let (r, _) = new_replica(1).await;
+        r.become_leader(1, vec![1], 10).await;
+        lead_append(&r, 1, 2).await;
+        let add2 = IsrChange { epoch: 1, revision: 10, isr: vec![1, 2] };
+        assert_eq!(r.on_follower_ack(2, 2, 2), Some(add2.clone()));
+        // The leader's watch shows its own write before the write's answer arrives.
+        r.observe_isr(1, &[1, 2], 11);
+        r.isr_written(&add2, Some(11));
+        // Another follower can be added: the first addition did not stay pending for ever.
+        let add3 = IsrChange { epoch: 1, revision: 11, isr: vec![1, 2, 3] };
+        assert_eq!(r.on_follower_ack(3, 2, 2), Some(add3));
     }
 }
