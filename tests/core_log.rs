@@ -319,3 +319,23 @@ async fn a_compacted_topic_keeps_the_latest_record_per_key() {
     let d = client.describe_topic("profiles").await.unwrap();
     assert_eq!((d.partitions[0].log_start_offset, d.partitions[0].log_end_offset), (0, 50));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_whose_port_was_taken_starts_again_on_another() {
+    // Between picking a free port and the service binding it, another process may take it
+    // (this made whole test clusters fail to start now and then): the launcher notices the
+    // service exit and starts it on a new port.
+    let (mut c, _dir) = cluster(1).await;
+    let old = c.entry("gateway", 1).expect("gateway").addr.clone();
+    c.kill("gateway", 1);
+    let squatter =
+        eventually("the old port free", Duration::from_secs(10), || async { std::net::TcpListener::bind(&old).ok() })
+            .await;
+    c.restart("gateway", 1).await.expect("restarted elsewhere");
+    let new = c.entry("gateway", 1).expect("gateway").addr.clone();
+    assert_ne!(new, old);
+    assert_eq!(c.gateway(), new);
+    let client = sluice_client::Client::connect(&new).await.expect("the new gateway answers");
+    client.list_topics().await.expect("served");
+    drop(squatter);
+}

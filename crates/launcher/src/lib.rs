@@ -29,6 +29,8 @@ pub enum LauncherError {
     BinaryMissing(String, String),
     #[error("{what} did not become healthy within {secs} s; see its log {log}")]
     NotHealthy { what: String, secs: u64, log: String },
+    #[error("{what} exited while starting; see its log {log}")]
+    Exited { what: String, log: String },
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
     #[error("cluster file {0}: {1}")]
@@ -214,6 +216,11 @@ fn spawn(entry: &mut ProcessEntry, env: &[(String, String)]) -> Result<Child, La
     Ok(child)
 }
 
+/// Whether a service's log says it could not listen because its address was in use.
+fn address_taken(e: &ProcessEntry) -> bool {
+    std::fs::read_to_string(&e.log).is_ok_and(|l| l.contains("Address already in use"))
+}
+
 /// Sends a signal (`KILL`, `TERM`, `STOP`, `CONT`) to a process.
 pub fn signal(pid: u32, sig: &str) -> bool {
     Command::new("kill")
@@ -360,8 +367,20 @@ impl Cluster {
         }
         let entries: Vec<_> =
             c.manifest.processes.iter().filter(|e| e.role != "etcd").map(|e| (e.role.clone(), e.id)).collect();
-        for (role, id) in entries {
-            c.wait_healthy(&role, id).await?;
+        for (role, id) in &entries {
+            c.wait_healthy(role, *id).await?;
+        }
+        // A service that lost its port to another process after that process answered for
+        // it has exited by now: started again on a new port.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let dead: Vec<_> = entries.iter().filter(|(r, i)| c.exited(r, *i)).cloned().collect();
+            if dead.is_empty() {
+                break;
+            }
+            for (role, id) in &dead {
+                c.wait_healthy(role, *id).await?;
+            }
         }
         c.manifest.gateway = c.entry("gateway", 1).map(|e| e.addr.clone()).unwrap_or_default();
         c.wait_nodes(c.spec.nodes as usize).await?;
@@ -431,13 +450,25 @@ impl Cluster {
         std::fs::write(&path, json).map_err(io(format!("writing {}", path.display())))
     }
 
-    /// Waits until a process answers health checks.
-    pub async fn wait_healthy(&self, role: &str, id: u64) -> Result<(), LauncherError> {
-        let Some(e) = self.entry(role, id) else { return Ok(()) };
+    /// Waits until a process answers health checks. The process must be alive too: between
+    /// [`free_port`] and the service's own bind another process may take the port (and, if it
+    /// is a Sluice service of another cluster, answer the health check in its place); a
+    /// service that exited because its address was taken is started again on a new port.
+    pub async fn wait_healthy(&mut self, role: &str, id: u64) -> Result<(), LauncherError> {
         let deadline = Instant::now() + self.spec.health_timeout;
+        let mut rebinds = 0;
         loop {
+            let Some(e) = self.entry(role, id).cloned() else { return Ok(()) };
+            if self.exited(role, id) {
+                if rebinds < 5 && role != "etcd" && address_taken(&e) {
+                    rebinds += 1;
+                    self.rebind(role, id)?;
+                    continue;
+                }
+                return Err(LauncherError::Exited { what: format!("{role} {id}"), log: e.log.display().to_string() });
+            }
             let ok = if role == "etcd" { etcd_healthy(&e.addr) } else { grpc_serving(&e.addr).await };
-            if ok {
+            if ok && !self.exited(role, id) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -449,6 +480,33 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Whether a process of this cluster has ended.
+    fn exited(&mut self, role: &str, id: u64) -> bool {
+        self.children.get_mut(&(role.to_string(), id)).is_some_and(|c| c.try_wait().ok().flatten().is_some())
+    }
+
+    /// Starts a service again on a new free port.
+    fn rebind(&mut self, role: &str, id: u64) -> Result<(), LauncherError> {
+        let env = self.spec.env.clone();
+        let Some(pos) = self.manifest.processes.iter().position(|e| e.role == role && e.id == id) else {
+            return Ok(());
+        };
+        let mut e = self.manifest.processes[pos].clone();
+        let addr = format!("127.0.0.1:{}", free_port());
+        if let Some(i) = e.cmd.iter().position(|a| a == "--listen") {
+            e.cmd[i + 1] = addr.clone();
+        }
+        tracing::info!(role, id, from = %e.addr, to = %addr, "address taken meanwhile; starting again on another port");
+        e.addr = addr;
+        let child = spawn(&mut e, &env)?;
+        self.children.insert((role.to_string(), id), child);
+        if role == "gateway" && id == 1 {
+            self.manifest.gateway = e.addr.clone();
+        }
+        self.manifest.processes[pos] = e;
+        Ok(())
     }
 
     /// Waits until the gateway sees `n` live partition nodes.
