@@ -106,9 +106,10 @@ where
 /// dropping it ends the node stream) and the credit the node has not used yet.
 type Readers = Arc<Mutex<BTreeMap<u64, (mpsc::Sender<ReadRequest>, u64)>>>;
 
-/// Hands node responses to the client within its credit and tops up each node's window.
+/// Hands node responses to the client within its credit and tops up each node's window (the
+/// client's initial credit).
 async fn forward<C>(
-    mut remaining: u64,
+    window: u64,
     credits: C,
     mut merged: mpsc::Receiver<(u64, FetchResponse)>,
     out: mpsc::Sender<Result<FetchResponse, Status>>,
@@ -117,6 +118,7 @@ async fn forward<C>(
 ) where
     C: Stream<Item = u64> + Send + 'static,
 {
+    let mut remaining = window;
     let mut credits = std::pin::pin!(credits);
     let mut credits_open = true;
     loop {
@@ -142,7 +144,7 @@ async fn forward<C>(
                     break;
                 }
                 if charged > 0 {
-                    top_up(&readers, reader, charged, shared.upgrade().map_or(0, |s| s.window));
+                    top_up(&readers, reader, charged, window);
                 }
             }
             _ = out.closed() => break,

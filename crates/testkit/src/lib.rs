@@ -61,6 +61,12 @@ struct Service {
     addr: String,
 }
 
+impl Service {
+    fn meta(&self) -> Arc<dyn MetaStore> {
+        self.session.clone()
+    }
+}
+
 /// A cluster living in this process. Dropping it stops every service.
 pub struct InProcessCluster {
     pub meta: Arc<EmbeddedMeta>,
@@ -74,9 +80,15 @@ fn start_err(what: impl Into<String>, why: impl std::fmt::Display) -> InProcessE
     InProcessError::Start { what: what.into(), why: why.to_string() }
 }
 
-async fn listen(what: String) -> Result<(tokio::net::TcpListener, String), InProcessError> {
-    let (l, a) = sluice_runtime::bind("127.0.0.1:0").await.map_err(|e| start_err(what, e))?;
-    Ok((l, a.to_string()))
+/// What every service of the cluster starts with: its own lease, stop signal and port.
+async fn service(meta: &Arc<EmbeddedMeta>, what: String) -> Result<(Service, tokio::net::TcpListener), InProcessError> {
+    let (listener, addr) = sluice_runtime::bind("127.0.0.1:0").await.map_err(|e| start_err(what, e))?;
+    Ok((Service { session: meta.session(), shutdown: Shutdown::new(), addr: addr.to_string() }, listener))
+}
+
+/// Serves `router` on the service's port until the service is stopped.
+fn serve(s: &Service, listener: tokio::net::TcpListener, router: tonic::transport::server::Router) {
+    tokio::spawn(sluice_runtime::serve(router, listener, s.shutdown.clone()));
 }
 
 impl InProcessBuilder {
@@ -90,22 +102,18 @@ impl InProcessBuilder {
         let meta = EmbeddedMeta::open(None).map_err(|e| InProcessError::Settings(e.to_string()))?;
         let mut nodes = BTreeMap::new();
         for id in 1..=spec.nodes as u64 {
-            let mut s = base.clone();
-            s.node_id = id;
-            s.data_dir = dir.path().join(format!("node-{id}"));
-            let session = meta.session();
-            let shutdown = Shutdown::new();
-            let (listener, addr) = listen(format!("node {id}")).await?;
-            let node =
-                sluice_partition_node::start(&s, session.clone() as Arc<dyn MetaStore>, addr.clone(), shutdown.clone())
-                    .await
-                    .map_err(|e| start_err(format!("node {id}"), e))?;
-            let router = sluice_runtime::server().add_service(NodeService::new(node.clone()).into_server());
-            tokio::spawn(sluice_runtime::serve(router, listener, shutdown.clone()));
-            nodes.insert(id, (Service { session, shutdown, addr }, node));
+            let mut settings = base.clone();
+            settings.node_id = id;
+            settings.data_dir = dir.path().join(format!("node-{id}"));
+            let (s, listener) = service(&meta, format!("node {id}")).await?;
+            let node = sluice_partition_node::start(&settings, s.meta(), s.addr.clone(), s.shutdown.clone())
+                .await
+                .map_err(|e| start_err(format!("node {id}"), e))?;
+            serve(&s, listener, sluice_runtime::server().add_service(NodeService::new(node.clone()).into_server()));
+            nodes.insert(id, (s, node));
         }
-        let router_for = |session: &Arc<EmbeddedSession>| {
-            let r = Router::new(session.clone() as Arc<dyn MetaStore>, base.gateway.clone());
+        let router_for = |s: &Service| {
+            let r = Router::new(s.meta(), base.gateway.clone());
             // Nodes of this process are called directly, as in `sluice dev`.
             for (id, (_, node)) in &nodes {
                 r.pool.add_local(*id, Arc::new(LocalNode(node.clone())));
@@ -114,33 +122,23 @@ impl InProcessBuilder {
         };
         let mut coordinators = Vec::new();
         for i in 0..spec.coordinators {
-            let session = meta.session();
-            let shutdown = Shutdown::new();
-            let (listener, addr) = listen(format!("coordinator {i}")).await?;
-            let c = Coordinator::start(
-                base.groups.clone(),
-                session.clone() as Arc<dyn MetaStore>,
-                addr.clone(),
-                router_for(&session),
-                shutdown.clone(),
-            );
-            let router = sluice_runtime::server().add_service(GroupsService(c.clone()).into_server());
-            tokio::spawn(sluice_runtime::serve(router, listener, shutdown.clone()));
-            coordinators.push((Service { session, shutdown, addr }, c));
+            let (s, listener) = service(&meta, format!("coordinator {i}")).await?;
+            let c =
+                Coordinator::start(base.groups.clone(), s.meta(), s.addr.clone(), router_for(&s), s.shutdown.clone());
+            serve(&s, listener, sluice_runtime::server().add_service(GroupsService(c.clone()).into_server()));
+            coordinators.push((s, c));
         }
         let mut gateways = Vec::new();
         for i in 0..spec.gateways {
-            let session = meta.session();
-            let shutdown = Shutdown::new();
-            let (listener, addr) = listen(format!("gateway {i}")).await?;
-            let service = GatewayService::new(router_for(&session));
-            let groups = GroupsProxy::new(service.router().clone(), shutdown.clone());
+            let (s, listener) = service(&meta, format!("gateway {i}")).await?;
+            let gateway = GatewayService::new(router_for(&s));
+            let groups = GroupsProxy::new(gateway.router().clone(), s.shutdown.clone());
             let router = sluice_runtime::server()
-                .add_service(service.admin_server())
-                .add_service(service.broker_server())
+                .add_service(gateway.admin_server())
+                .add_service(gateway.broker_server())
                 .add_service(groups.into_server());
-            tokio::spawn(sluice_runtime::serve(router, listener, shutdown.clone()));
-            gateways.push(Service { session, shutdown, addr });
+            serve(&s, listener, router);
+            gateways.push(s);
         }
         let c = InProcessCluster { meta, nodes, gateways, coordinators, _dir: dir };
         c.wait_ready(Duration::from_secs(20)).await?;
