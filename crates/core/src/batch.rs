@@ -21,6 +21,7 @@ const MAGIC_OFFSET: usize = 16;
 const CRC_OFFSET: usize = 17;
 const ATTRIBUTES_OFFSET: usize = 21;
 const MAX_TIMESTAMP_OFFSET: usize = 35;
+const PRODUCER_ID_OFFSET: usize = 43;
 /// Attribute bit: timestamps are the broker's append time.
 pub const TIMESTAMP_TYPE_LOG_APPEND: i16 = 0x08;
 /// Attribute bit: the batch belongs to a transaction.
@@ -95,7 +96,7 @@ impl BatchHeader {
             last_offset_delta: i32_at(b, 23),
             base_timestamp: i64_at(b, 27),
             max_timestamp: i64_at(b, MAX_TIMESTAMP_OFFSET),
-            producer_id: i64_at(b, 43),
+            producer_id: i64_at(b, PRODUCER_ID_OFFSET),
             producer_epoch: i16_at(b, 51),
             base_sequence: i32_at(b, 53),
             record_count: i32_at(b, 57),
@@ -128,6 +129,36 @@ impl BatchHeader {
     pub fn is_control(&self) -> bool {
         self.attributes & CONTROL != 0
     }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & TRANSACTIONAL != 0
+    }
+
+    /// Whether the batch comes from an idempotent (or transactional) producer.
+    pub fn has_producer(&self) -> bool {
+        self.producer_id >= 0
+    }
+
+    /// The sequence of the batch's last record (sequences wrap from i32::MAX to 0, as Kafka's).
+    pub fn last_sequence(&self) -> i32 {
+        add_sequence(self.base_sequence, self.last_offset_delta)
+    }
+}
+
+/// `seq + n` in sequence space, which wraps from i32::MAX to 0.
+pub fn add_sequence(seq: i32, n: i32) -> i32 {
+    ((seq as i64 + n as i64) % (i32::MAX as i64 + 1)) as i32
+}
+
+/// Rewrites the producer id, epoch and base sequence of the batch at the start of `b` and
+/// recomputes its CRC (the fields are inside the CRC'd region).
+pub fn set_producer(b: &mut [u8], producer_id: i64, producer_epoch: i16, base_sequence: i32) {
+    b[PRODUCER_ID_OFFSET..PRODUCER_ID_OFFSET + 8].copy_from_slice(&producer_id.to_be_bytes());
+    b[PRODUCER_ID_OFFSET + 8..PRODUCER_ID_OFFSET + 10].copy_from_slice(&producer_epoch.to_be_bytes());
+    b[PRODUCER_ID_OFFSET + 10..PRODUCER_ID_OFFSET + 14].copy_from_slice(&base_sequence.to_be_bytes());
+    let len = (12 + i32_at(b, LENGTH_OFFSET) as usize).min(b.len());
+    let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..len]);
+    b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// Rewrites the base offset of the batch at the start of `b`.
@@ -599,5 +630,18 @@ mod tests {
             let _ = decode_records(&Bytes::from(v.clone()));
             let _ = verify_batch(&v, 1 << 20);
         }
+    }
+
+    #[test]
+    fn producer_fields_rewrite_keeps_crc_valid() {
+        let mut b = sample(Compression::None).to_vec();
+        set_producer(&mut b, 42, 3, i32::MAX - 1);
+        let h = verify_batch(&b, 1 << 20).expect("still valid");
+        assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (42, 3, i32::MAX - 1));
+        assert!(h.has_producer());
+        // Sequences wrap to 0 after i32::MAX.
+        assert_eq!(h.last_sequence(), add_sequence(i32::MAX - 1, h.last_offset_delta));
+        assert_eq!(add_sequence(i32::MAX, 1), 0);
+        assert_eq!(add_sequence(5, 3), 8);
     }
 }

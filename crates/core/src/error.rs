@@ -34,6 +34,18 @@ pub enum SluiceError {
         "offset {offset} is out of range for partition {partition} of '{topic}': valid offsets are {start} to {end}"
     )]
     OffsetOutOfRange { topic: String, partition: u32, offset: i64, start: i64, end: i64 },
+    #[error(
+        "out-of-order sequence from producer {producer_id} on partition {partition} of '{topic}': expected sequence {expected}, got {got} (an earlier batch is missing)"
+    )]
+    OutOfOrderSequence { topic: String, partition: u32, producer_id: i64, expected: i32, got: i32 },
+    #[error(
+        "producer {producer_id} used epoch {epoch} on partition {partition} of '{topic}', older than its current epoch {current}: a newer instance of this producer took over"
+    )]
+    InvalidProducerEpoch { topic: String, partition: u32, producer_id: i64, epoch: i16, current: i16 },
+    #[error(
+        "batch with sequence {sequence} from producer {producer_id} on partition {partition} of '{topic}' was already written, too long ago to tell its offsets"
+    )]
+    DuplicateSequence { topic: String, partition: u32, producer_id: i64, sequence: i32 },
     #[error("node {node} is not the leader of partition {partition} of '{topic}'")]
     NotLeader { topic: String, partition: u32, node: u64 },
     #[error("node unavailable: {0}")]
@@ -79,6 +91,12 @@ pub enum SluiceError {
 /// Codes other services act on.
 pub mod codes {
     pub const OFFSET_OUT_OF_RANGE: u32 = 2003;
+    /// A producer's batch does not follow its previous one (an earlier batch is missing).
+    pub const OUT_OF_ORDER_SEQUENCE: u32 = 2004;
+    /// A producer's epoch is older than the partition's: a newer instance took over.
+    pub const INVALID_PRODUCER_EPOCH: u32 = 2005;
+    /// A producer's batch was already written, too long ago to answer with its offsets.
+    pub const DUPLICATE_SEQUENCE: u32 = 2006;
     pub const NOT_LEADER: u32 = 3001;
     pub const NODE_UNAVAILABLE: u32 = 3002;
     pub const NOT_ENOUGH_REPLICAS: u32 = 3005;
@@ -106,6 +124,9 @@ impl SluiceError {
             Self::RecordTooLarge { .. } => 2001,
             Self::CorruptBatch(_) => 2002,
             Self::OffsetOutOfRange { .. } => codes::OFFSET_OUT_OF_RANGE,
+            Self::OutOfOrderSequence { .. } => codes::OUT_OF_ORDER_SEQUENCE,
+            Self::InvalidProducerEpoch { .. } => codes::INVALID_PRODUCER_EPOCH,
+            Self::DuplicateSequence { .. } => codes::DUPLICATE_SEQUENCE,
             Self::NotLeader { .. } => codes::NOT_LEADER,
             Self::NodeUnavailable(_) => codes::NODE_UNAVAILABLE,
             Self::MetadataUnavailable(_) => 3003,
@@ -137,7 +158,11 @@ impl SluiceError {
             | Self::CorruptBatch(_)
             | Self::InvalidGroupId { .. } => Code::InvalidArgument,
             Self::UnknownGroup(_) | Self::UnknownMember { .. } | Self::FencedInstance { .. } => Code::NotFound,
-            Self::GroupNotEmpty { .. } | Self::StaleGeneration(_) => Code::FailedPrecondition,
+            Self::GroupNotEmpty { .. }
+            | Self::StaleGeneration(_)
+            | Self::OutOfOrderSequence { .. }
+            | Self::InvalidProducerEpoch { .. } => Code::FailedPrecondition,
+            Self::DuplicateSequence { .. } => Code::AlreadyExists,
             Self::TopicExists(_) => Code::AlreadyExists,
             Self::UnknownTopic(_) | Self::UnknownPartition { .. } => Code::NotFound,
             Self::OffsetOutOfRange { .. } => Code::OutOfRange,
@@ -284,6 +309,9 @@ mod tests {
             RecordTooLarge { .. } => (2001, Code::InvalidArgument),
             CorruptBatch(_) => (2002, Code::InvalidArgument),
             OffsetOutOfRange { .. } => (2003, Code::OutOfRange),
+            OutOfOrderSequence { .. } => (2004, Code::FailedPrecondition),
+            InvalidProducerEpoch { .. } => (2005, Code::FailedPrecondition),
+            DuplicateSequence { .. } => (2006, Code::AlreadyExists),
             NotLeader { .. } => (3001, Code::Unavailable),
             NodeUnavailable(_) => (3002, Code::Unavailable),
             MetadataUnavailable(_) => (3003, Code::Unavailable),
@@ -318,6 +346,9 @@ mod tests {
             RecordTooLarge { size: 0, limit: 0 },
             CorruptBatch(s()),
             OffsetOutOfRange { topic: s(), partition: 0, offset: 0, start: 0, end: 0 },
+            OutOfOrderSequence { topic: s(), partition: 0, producer_id: 1, expected: 1, got: 3 },
+            InvalidProducerEpoch { topic: s(), partition: 0, producer_id: 1, epoch: 0, current: 1 },
+            DuplicateSequence { topic: s(), partition: 0, producer_id: 1, sequence: 0 },
             NotLeader { topic: s(), partition: 0, node: 0 },
             NodeUnavailable(s()),
             MetadataUnavailable(s()),

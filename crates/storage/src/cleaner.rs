@@ -56,6 +56,7 @@ fn apply_retention(p: &SledPartition, config: &TopicConfig, now_ms: i64) -> Resu
     if doomed.is_empty() {
         return Ok(0);
     }
+    p.snapshot_producers(&mut st, now_ms)?;
     p.remove_batches(&doomed)?;
     for base in &doomed {
         st.index.remove(base);
@@ -114,6 +115,7 @@ fn compact(p: &SledPartition, config: &TopicConfig, now_ms: i64) -> Result<(u64,
                 // read off the first batch after a restart.
                 p.persist_log_start(st.log_start)?;
             }
+            p.snapshot_producers(&mut st, now_ms)?;
             p.remove_batches(&[*base])?;
             if let Some(m) = st.index.remove(base) {
                 st.bytes -= m.size;

@@ -11,6 +11,7 @@
 //! "no sled call on an async worker" is kept by these types, not by habit.
 
 pub mod cleaner;
+pub mod producers;
 pub mod sled_store;
 
 use std::sync::Arc;
@@ -52,6 +53,13 @@ pub enum StorageError {
     Damaged { partition: String, offset: i64, reason: String },
     #[error("storage task failed: {0}")]
     Task(String),
+    /// A producer's batch was refused by its sequence or epoch; nothing was written.
+    #[error("producer sequence check failed: {0:?}")]
+    Sequence(producers::SeqError),
+    /// A request holds a batch already written beside others: answering it would need two
+    /// offset ranges. Producers send one batch per partition per request.
+    #[error("a request mixes a batch already written (producer {producer_id}, sequence {sequence}) with other batches")]
+    DuplicateInRequest { producer_id: i64, sequence: i32 },
 }
 
 /// What an append did.
@@ -62,6 +70,9 @@ pub struct AppendInfo {
     pub record_count: u32,
     /// The append time when the topic stamps records itself, -1 otherwise.
     pub log_append_time: i64,
+    /// The batch was already written (a producer's retry): these are its original offsets and
+    /// nothing was appended.
+    pub duplicate: bool,
 }
 
 /// Batches read from a log.

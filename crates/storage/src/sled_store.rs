@@ -12,11 +12,14 @@ use sluice_core::topic::{TimestampType, TopicConfig};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cleaner::{self, CleanStats};
+use crate::producers::{self, ProducerTable, SeqBatch, Verdict};
 use crate::{AppendInfo, LogOffsets, LogStore, PartitionId, PartitionLog, ReadResult, StorageError};
 
 /// Key (in the index tree) under which a partition remembers its log start offset once
 /// retention moved it. Index keys are exactly 8 bytes, so this one cannot collide.
 const START_KEY: &[u8] = b"meta:log_start";
+/// Key (in the index tree) of the producer snapshot.
+const PRODUCERS_KEY: &[u8] = b"meta:producers";
 const TREE_PREFIX: &str = "log/";
 /// Background flush interval when none is configured.
 pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 500;
@@ -34,6 +37,12 @@ pub(crate) struct BatchMeta {
     /// The leader epoch stamped in the batch header: where each epoch starts is what a
     /// returning replica compares to find where its log diverged.
     pub epoch: i32,
+    /// The batch's producer fields (-1 id when it has none): the producer state is rebuilt
+    /// from these without reading the batches.
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub attributes: i16,
 }
 
 pub(crate) struct LogState {
@@ -41,6 +50,32 @@ pub(crate) struct LogState {
     pub next_offset: i64,
     pub log_start: i64,
     pub bytes: u64,
+    /// Idempotent producers, as of the log end.
+    pub producers: ProducerTable,
+    /// The last producer snapshot written, and the offset it covers up to: what the index
+    /// alone cannot tell once retention or compaction removed batches.
+    pub producers_base: Option<(i64, ProducerTable)>,
+    /// Whether `producers` changed since the snapshot.
+    pub producers_dirty: bool,
+}
+
+impl LogState {
+    /// The producer table from the snapshot and the index entries after it.
+    fn rebuild_producers(&mut self) {
+        let (from, mut t) = match &self.producers_base {
+            Some((end, t)) => {
+                let from = (*end).min(self.next_offset);
+                let mut t = t.clone();
+                t.truncate(from);
+                (from, t)
+            }
+            None => (i64::MIN, ProducerTable::default()),
+        };
+        for (base, m) in self.index.range(from..) {
+            m.record_producer(*base, &mut t);
+        }
+        self.producers = t;
+    }
 }
 
 /// What [`LogState`] says of the log as a whole, copied out whenever the state lock is
@@ -109,16 +144,24 @@ pub struct SledStore {
 }
 
 /// Each partition has a second, small tree: base offset -> (last offset, max timestamp, size,
-/// leader epoch), so that opening a partition reads these 28-byte entries instead of every batch. Keeping them
-/// out of the batch tree keeps its leaves holding batches only.
+/// leader epoch, producer id, producer epoch, base sequence, attributes), so that opening a
+/// partition reads these 44-byte entries instead of every batch. Keeping them out of the
+/// batch tree keeps its leaves holding batches only. Entries written before the producer
+/// fields existed are 28 bytes and read as batches without a producer.
 const INDEX_PREFIX: &str = "idx/";
+const META_LEN: usize = 44;
+const OLD_META_LEN: usize = 28;
 
-pub(crate) fn encode_meta(m: &BatchMeta) -> [u8; 28] {
-    let mut v = [0u8; 28];
+pub(crate) fn encode_meta(m: &BatchMeta) -> [u8; META_LEN] {
+    let mut v = [0u8; META_LEN];
     v[..8].copy_from_slice(&m.last_offset.to_be_bytes());
     v[8..16].copy_from_slice(&m.max_timestamp.to_be_bytes());
     v[16..24].copy_from_slice(&m.size.to_be_bytes());
-    v[24..].copy_from_slice(&m.epoch.to_be_bytes());
+    v[24..28].copy_from_slice(&m.epoch.to_be_bytes());
+    v[28..36].copy_from_slice(&m.producer_id.to_be_bytes());
+    v[36..38].copy_from_slice(&m.producer_epoch.to_be_bytes());
+    v[38..42].copy_from_slice(&m.base_sequence.to_be_bytes());
+    v[42..44].copy_from_slice(&m.attributes.to_be_bytes());
     v
 }
 
@@ -129,8 +172,59 @@ impl BatchMeta {
             max_timestamp: h.max_timestamp,
             size: size as u64,
             epoch: h.partition_leader_epoch,
+            producer_id: h.producer_id,
+            producer_epoch: h.producer_epoch,
+            base_sequence: h.base_sequence,
+            attributes: h.attributes,
         }
     }
+
+    /// Adds the batch at `base` to `t` when it has a producer.
+    fn record_producer(&self, base: i64, t: &mut ProducerTable) {
+        if self.producer_id >= 0 {
+            let last_seq = batch::add_sequence(self.base_sequence, (self.last_offset - base) as i32);
+            let b =
+                SeqBatch { first_seq: self.base_sequence, last_seq, base_offset: base, last_offset: self.last_offset };
+            t.record(self.producer_id, self.producer_epoch, b, self.max_timestamp);
+        }
+    }
+}
+
+/// Checks the producer fields of a request's batches against the table. Returns the original
+/// offsets when the request is one batch already written; refuses gaps, stale epochs and a
+/// written batch beside others.
+fn check_producers(
+    table: &ProducerTable,
+    parts: &[(BatchHeader, std::ops::Range<usize>)],
+) -> Result<Option<SeqBatch>, StorageError> {
+    let mut scratch: Option<ProducerTable> = None;
+    for (i, (h, _)) in parts.iter().enumerate() {
+        if !h.has_producer() {
+            continue;
+        }
+        let t = scratch.as_ref().unwrap_or(table);
+        match t.check(h.producer_id, h.producer_epoch, h.base_sequence, h.last_sequence()) {
+            Ok(Verdict::Duplicate(b)) if parts.len() == 1 => return Ok(Some(b)),
+            Ok(Verdict::Duplicate(_)) => {
+                return Err(StorageError::DuplicateInRequest { producer_id: h.producer_id, sequence: h.base_sequence });
+            }
+            Ok(Verdict::Append) if i + 1 < parts.len() => {
+                // Later batches of the request are checked as if this one were written; the
+                // offsets do not matter for that.
+                let first_seq = h.base_sequence;
+                let b = SeqBatch { first_seq, last_seq: h.last_sequence(), base_offset: -1, last_offset: -1 };
+                scratch.get_or_insert_with(|| table.clone()).record(
+                    h.producer_id,
+                    h.producer_epoch,
+                    b,
+                    h.max_timestamp,
+                );
+            }
+            Ok(Verdict::Append) => {}
+            Err(e) => return Err(StorageError::Sequence(e)),
+        }
+    }
+    Ok(None)
 }
 
 /// A stored batch that no longer parses or checks out.
@@ -145,12 +239,26 @@ fn be_i64(b: &[u8]) -> i64 {
 }
 
 fn decode_meta(v: &[u8]) -> Option<BatchMeta> {
-    (v.len() == 28).then(|| BatchMeta {
+    if v.len() != META_LEN && v.len() != OLD_META_LEN {
+        return None;
+    }
+    let mut m = BatchMeta {
         last_offset: be_i64(&v[..8]),
         max_timestamp: be_i64(&v[8..16]),
         size: be_i64(&v[16..24]) as u64,
         epoch: i32::from_be_bytes([v[24], v[25], v[26], v[27]]),
-    })
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+        attributes: 0,
+    };
+    if v.len() == META_LEN {
+        m.producer_id = be_i64(&v[28..36]);
+        m.producer_epoch = i16::from_be_bytes([v[36], v[37]]);
+        m.base_sequence = i32::from_be_bytes([v[38], v[39], v[40], v[41]]);
+        m.attributes = i16::from_be_bytes([v[42], v[43]]);
+    }
+    Some(m)
 }
 
 /// Reads the index and reconciles it with the batches. Writes go batch first, index second,
@@ -190,7 +298,7 @@ fn load_index(
         let base = be_i64(&k);
         let h = BatchHeader::parse(&v).map_err(|e| damaged(id, base, e))?;
         let m = BatchMeta::of(&h, v.len());
-        repair.insert(&base.to_be_bytes(), &encode_meta(&m));
+        repair.insert(&base.to_be_bytes(), &encode_meta(&m)[..]);
         index.insert(base, m);
         repaired += 1;
     }
@@ -265,6 +373,18 @@ impl SledStore {
         let tree = self.db.open_tree(tree_name(id))?;
         let index_tree = self.db.open_tree(index_tree_name(id))?;
         let (index, log_start) = load_index(&tree, &index_tree, id)?;
+        let producers_base = match index_tree.get(PRODUCERS_KEY)? {
+            Some(v) => {
+                let snap = producers::decode(&v);
+                if snap.is_none() {
+                    // Rebuilt from the index instead: only producers whose batches retention
+                    // already removed are forgotten (they may start again at any sequence).
+                    tracing::warn!(partition = %id, "producer snapshot is damaged; rebuilding it from the log");
+                }
+                snap
+            }
+            None => None,
+        };
         let bytes = index.values().map(|m| m.size).sum();
         let end = index.values().next_back().map(|m| m.last_offset + 1).unwrap_or(0);
         let next_offset = end.max(log_start.unwrap_or(0));
@@ -273,7 +393,16 @@ impl SledStore {
         let log_start = log_start.unwrap_or_else(|| index.keys().next().copied().unwrap_or(next_offset));
         let (end_tx, _) = watch::channel(next_offset);
         tracing::debug!(partition = %id, next_offset, log_start, batches = index.len(), "opened partition");
-        let state = LogState { index, next_offset, log_start, bytes };
+        let mut state = LogState {
+            index,
+            next_offset,
+            log_start,
+            bytes,
+            producers: ProducerTable::default(),
+            producers_base,
+            producers_dirty: false,
+        };
+        state.rebuild_producers();
         let p = Arc::new(SledPartition {
             id: id.clone(),
             tree,
@@ -330,6 +459,20 @@ impl SledPartition {
         *self.summary.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Writes the producer snapshot when the table changed since the last one (the caller
+    /// holds the state lock): to be done before batches are removed from the front, whose
+    /// producers the index would no longer tell.
+    pub(crate) fn snapshot_producers(&self, st: &mut LogState, now_ms: i64) -> Result<(), StorageError> {
+        if !st.producers_dirty {
+            return Ok(());
+        }
+        st.producers.expire(now_ms, st.log_start);
+        self.index_tree.insert(PRODUCERS_KEY, producers::encode(st.next_offset, &st.producers))?;
+        st.producers_base = Some((st.next_offset, st.producers.clone()));
+        st.producers_dirty = false;
+        Ok(())
+    }
+
     pub(crate) fn persist_log_start(&self, start: i64) -> Result<(), StorageError> {
         self.index_tree.insert(START_KEY, &start.to_be_bytes())?;
         Ok(())
@@ -339,13 +482,13 @@ impl SledPartition {
     pub(crate) fn put_batches(&self, items: Vec<(i64, sled::IVec, BatchMeta)>) -> Result<(), StorageError> {
         if let [(base, v, m)] = items.as_slice() {
             self.tree.insert(base.to_be_bytes(), v.clone())?;
-            self.index_tree.insert(base.to_be_bytes(), &encode_meta(m))?;
+            self.index_tree.insert(base.to_be_bytes(), &encode_meta(m)[..])?;
             return Ok(());
         }
         let (mut data, mut idx) = (sled::Batch::default(), sled::Batch::default());
         for (base, v, m) in items {
             data.insert(&base.to_be_bytes(), v);
-            idx.insert(&base.to_be_bytes(), &encode_meta(&m));
+            idx.insert(&base.to_be_bytes(), &encode_meta(&m)[..]);
         }
         // The request's batches become visible (and durable) together.
         self.tree.apply_batch(data)?;
@@ -361,6 +504,10 @@ impl SledPartition {
         for (base, m) in metas {
             st.bytes += m.size;
             st.next_offset = m.last_offset + 1;
+            if m.producer_id >= 0 {
+                m.record_producer(base, &mut st.producers);
+                st.producers_dirty = true;
+            }
             st.index.insert(base, m);
         }
         self.end_tx.send_replace(st.next_offset);
@@ -409,6 +556,16 @@ impl PartitionLog for SledPartition {
         }
         let log_append = config.message_timestamp_type == TimestampType::LogAppendTime;
         let mut st = self.lock();
+        if let Some(dup) = check_producers(&st.producers, &parts)? {
+            let count = (dup.last_offset - dup.base_offset + 1) as u32;
+            return Ok(AppendInfo {
+                base_offset: dup.base_offset,
+                last_offset: dup.last_offset,
+                record_count: count,
+                log_append_time: -1,
+                duplicate: true,
+            });
+        }
         let base_offset = st.next_offset;
         let mut count = 0u32;
         let mut items = Vec::with_capacity(parts.len());
@@ -427,6 +584,10 @@ impl PartitionLog for SledPartition {
                 max_timestamp: if log_append { now_ms } else { h.max_timestamp },
                 size: v.len() as u64,
                 epoch: leader_epoch,
+                producer_id: h.producer_id,
+                producer_epoch: h.producer_epoch,
+                base_sequence: h.base_sequence,
+                attributes: if log_append { h.attributes | batch::TIMESTAMP_TYPE_LOG_APPEND } else { h.attributes },
             };
             items.push((base, v, meta));
             count += h.record_count as u32;
@@ -439,6 +600,7 @@ impl PartitionLog for SledPartition {
             last_offset: end - 1,
             record_count: count,
             log_append_time: if log_append { now_ms } else { -1 },
+            duplicate: false,
         })
     }
 
@@ -483,6 +645,7 @@ impl PartitionLog for SledPartition {
         if from < st.log_start {
             st.log_start = end;
         }
+        st.rebuild_producers();
         drop(st);
         self.end_tx.send_replace(end);
         tracing::info!(partition = %self.id, end, removed = doomed.len(), "truncated");
@@ -498,6 +661,11 @@ impl PartitionLog for SledPartition {
         st.bytes = 0;
         st.log_start = offset;
         st.next_offset = offset;
+        // What the leader's log holds after `offset` comes with its batches; producers that
+        // only wrote before it are forgotten, as after their expiry.
+        self.index_tree.remove(PRODUCERS_KEY)?;
+        st.producers_base = None;
+        st.rebuild_producers();
         drop(st);
         self.end_tx.send_replace(offset);
         tracing::info!(partition = %self.id, offset, "log reset to a new start");

@@ -249,3 +249,107 @@ async fn replica_copies_truncates_by_epoch_and_resets() {
     let leader = store.open(&pid()).unwrap();
     assert_eq!(leader.epoch_end(1), (1, 3), "epochs survive a restart through the index");
 }
+
+/// A batch of `n` records from producer `id` at `epoch`, starting at sequence `seq`.
+fn idem(id: i64, epoch: i16, seq: i32, n: usize, ts: i64) -> Bytes {
+    let mut b = BatchBuilder::new(Compression::None).producer(id, epoch, seq);
+    for i in 0..n {
+        b.push(ts, None, Some(format!("{id}-{}", seq as usize + i).as_bytes()), &[]);
+    }
+    b.build().unwrap()
+}
+
+fn seq_error(r: Result<sluice_storage::AppendInfo, StorageError>) -> sluice_storage::producers::SeqError {
+    match r {
+        Err(StorageError::Sequence(e)) => e,
+        other => panic!("expected a sequence error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn idempotent_batches_are_written_once_and_in_order_across_restarts() {
+    use sluice_storage::producers::SeqError;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TopicConfig::default();
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        let log = store.open(&pid()).unwrap();
+        let a = log.append(&idem(9, 0, 0, 3, 1), &cfg, 0, 1).unwrap();
+        assert_eq!((a.base_offset, a.last_offset, a.duplicate), (0, 2, false));
+        log.append(&batch(&[(None, Some("plain"), 1)], Compression::None), &cfg, 0, 1).unwrap();
+        let b = log.append(&idem(9, 0, 3, 2, 1), &cfg, 0, 1).unwrap();
+        assert_eq!((b.base_offset, b.last_offset), (4, 5));
+        // A retry of an earlier batch is answered with its offsets; nothing is written.
+        let again = log.append(&idem(9, 0, 0, 3, 1), &cfg, 0, 1).unwrap();
+        assert_eq!((again.base_offset, again.last_offset, again.record_count, again.duplicate), (0, 2, 3, true));
+        assert_eq!(log.offsets().log_end_offset, 6);
+        // A gap and a stale epoch are refused, nothing written.
+        assert_eq!(
+            seq_error(log.append(&idem(9, 0, 7, 1, 1), &cfg, 0, 1)),
+            SeqError::OutOfOrder { producer_id: 9, expected: 5, got: 7 }
+        );
+        // A request mixing a written batch with a new one is refused whole.
+        let mut mixed = idem(9, 0, 3, 2, 1).to_vec();
+        mixed.extend_from_slice(&idem(9, 0, 5, 1, 1));
+        assert!(matches!(log.append(&mixed, &cfg, 0, 1), Err(StorageError::DuplicateInRequest { .. })));
+        // Two new batches of one producer in one request are checked in order.
+        let mut two = idem(9, 0, 5, 1, 1).to_vec();
+        two.extend_from_slice(&idem(9, 0, 6, 1, 1));
+        assert_eq!(log.append(&two, &cfg, 0, 1).unwrap().last_offset, 7);
+        // A new epoch starts at sequence 0 and fences the old one.
+        assert!(matches!(seq_error(log.append(&idem(9, 1, 3, 1, 1), &cfg, 0, 1)), SeqError::OutOfOrder { .. }));
+        log.append(&idem(9, 1, 0, 1, 1), &cfg, 0, 1).unwrap();
+        assert_eq!(
+            seq_error(log.append(&idem(9, 0, 7, 1, 1), &cfg, 0, 1)),
+            SeqError::StaleEpoch { producer_id: 9, epoch: 0, current: 1 }
+        );
+        assert_eq!(log.offsets().log_end_offset, 9);
+        store.sync().await.unwrap();
+    }
+    // The state is rebuilt from the log: the same answers after a restart.
+    let store = reopen(dir.path()).await;
+    let log = store.open(&pid()).unwrap();
+    let again = log.append(&idem(9, 1, 0, 1, 1), &cfg, 0, 2).unwrap();
+    assert_eq!((again.base_offset, again.duplicate), (8, true));
+    assert!(matches!(seq_error(log.append(&idem(9, 0, 7, 1, 1), &cfg, 0, 2)), SeqError::StaleEpoch { .. }));
+    assert!(matches!(seq_error(log.append(&idem(9, 1, 5, 1, 1), &cfg, 0, 2)), SeqError::OutOfOrder { .. }));
+    assert_eq!(log.append(&idem(9, 1, 1, 1, 1), &cfg, 0, 2).unwrap().base_offset, 9);
+}
+
+#[tokio::test]
+async fn producer_state_outlives_retention_and_follows_replication_and_truncation() {
+    use sluice_storage::producers::SeqError;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TopicConfig::default();
+    let now = 10_000_000;
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        let log = store.open(&pid()).unwrap();
+        log.append(&idem(1, 0, 0, 2, now), &cfg, 0, 1).unwrap();
+        log.append(&idem(2, 0, 0, 2, now), &cfg, 0, 1).unwrap();
+        log.append(&batch(&[(None, Some("later"), now + 10)], Compression::None), &cfg, 0, 1).unwrap();
+        // Retention removes both producers' batches; the snapshot keeps their state.
+        let timed = TopicConfig { retention_ms: 5, ..cfg.clone() };
+        assert_eq!(log.clean(&timed, now + 10).unwrap().deleted_batches, 2);
+        assert_eq!(log.offsets().log_start_offset, 4);
+        store.sync().await.unwrap();
+    }
+    let store = reopen(dir.path()).await;
+    let log = store.open(&pid()).unwrap();
+    assert!(matches!(
+        seq_error(log.append(&idem(1, 0, 5, 1, now), &cfg, 0, 1)),
+        SeqError::OutOfOrder { expected: 2, .. }
+    ));
+    assert!(log.append(&idem(1, 0, 0, 2, now), &cfg, 0, 1).unwrap().duplicate);
+
+    // A follower's copy carries the producer state; truncating the copy takes it back.
+    let follower = store.open(&PartitionId { topic: "t".into(), topic_id: 7, partition: 1 }).unwrap();
+    let leader = store.open(&PartitionId { topic: "t".into(), topic_id: 7, partition: 2 }).unwrap();
+    leader.append(&idem(3, 0, 0, 1, now), &cfg, 0, 1).unwrap();
+    leader.append(&idem(3, 0, 1, 1, now), &cfg, 0, 1).unwrap();
+    follower.append_replica(&leader.read(0, usize::MAX).unwrap().batches).unwrap();
+    assert!(follower.append(&idem(3, 0, 1, 1, now), &cfg, 0, 2).unwrap().duplicate, "the copy knows batch 1");
+    follower.truncate(1).unwrap();
+    let b = follower.append(&idem(3, 0, 1, 1, now), &cfg, 0, 2).unwrap();
+    assert_eq!((b.base_offset, b.duplicate), (1, false), "the truncated batch is written again");
+}

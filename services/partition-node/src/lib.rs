@@ -31,6 +31,7 @@ use sluice_core::SluiceError;
 use sluice_meta::{ClusterView, MetaStore, NodeInfo, PartitionAssignment, TopicMeta};
 use sluice_proto::v1::PartitionRef;
 use sluice_runtime::{ReplicationSettings, Settings, Shutdown};
+use sluice_storage::producers::SeqError;
 use sluice_storage::{AsyncLog, AsyncStore, LogStore, PartitionId, SledStore, StorageError};
 use tokio::sync::watch;
 
@@ -41,6 +42,21 @@ pub fn map_storage(p: &PartitionId, e: StorageError) -> SluiceError {
         StorageError::OffsetOutOfRange { offset, start, end } => {
             SluiceError::OffsetOutOfRange { topic: p.topic.clone(), partition: p.partition, offset, start, end }
         }
+        StorageError::Sequence(e) => {
+            let (topic, partition) = (p.topic.clone(), p.partition);
+            match e {
+                SeqError::OutOfOrder { producer_id, expected, got } => {
+                    SluiceError::OutOfOrderSequence { topic, partition, producer_id, expected, got }
+                }
+                SeqError::StaleEpoch { producer_id, epoch, current } => {
+                    SluiceError::InvalidProducerEpoch { topic, partition, producer_id, epoch, current }
+                }
+                SeqError::OldDuplicate { producer_id, sequence } => {
+                    SluiceError::DuplicateSequence { topic, partition, producer_id, sequence }
+                }
+            }
+        }
+        e @ StorageError::DuplicateInRequest { .. } => SluiceError::InvalidRequest(e.to_string()),
         StorageError::MissingKey => {
             SluiceError::InvalidRequest(format!("topic '{}' is compacted: every record needs a key", p.topic))
         }

@@ -532,7 +532,7 @@ mod tests {
                 record_count += h.record_count as u32;
             }
             let end = self.publish(st);
-            Ok(AppendInfo { base_offset, last_offset: end - 1, record_count, log_append_time: -1 })
+            Ok(AppendInfo { base_offset, last_offset: end - 1, record_count, log_append_time: -1, duplicate: false })
         }
 
         fn append_replica(&self, batches: &[u8]) -> Result<i64, StorageError> {
@@ -714,7 +714,10 @@ mod tests {
         assert_eq!(committed(&r), c(0, 0, 3));
 
         let info = lead_append(&r, 1, 5).await;
-        assert_eq!(info, AppendInfo { base_offset: 0, last_offset: 4, record_count: 5, log_append_time: -1 });
+        assert_eq!(
+            info,
+            AppendInfo { base_offset: 0, last_offset: 4, record_count: 5, log_append_time: -1, duplicate: false }
+        );
         assert_eq!(committed(&r), c(0, 0, 3), "no follower has the records yet");
 
         assert_eq!(r.on_follower_ack(2, 5, -1), None, "a member's ack proposes nothing");
