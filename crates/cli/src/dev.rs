@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use sluice_gateway::Router;
 use sluice_gateway::handlers::GatewayService;
 use sluice_group_coordinator::Coordinator;
-use sluice_group_coordinator::handlers::GroupsService;
 use sluice_partition_node::handlers::{LocalNode, NodeService};
 use sluice_runtime::{Settings, Shutdown};
 
@@ -51,14 +50,13 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
     );
     // The partition node is served too (its address is this one), but it is internal: the
     // public port advertises only the client services.
-    let served = ["sluice.v1.Admin", "sluice.v1.Broker", sluice_group_coordinator::SERVICE_NAME];
+    let served = sluice_gateway::handlers::SERVICE_NAMES;
     let (_health, health) =
         sluice_runtime::health(&[&served[..], &[sluice_connect_runner::SERVICE_NAME]].concat()).await;
-    let router = sluice_runtime::add_reflection(sluice_runtime::server().add_service(health), &served)?
-        .add_service(gateway.admin_server())
-        .add_service(gateway.broker_server())
-        .add_service(NodeService::new(node.clone()).into_server())
-        .add_service(GroupsService(coordinator).into_server());
+    let routes = gateway.data_routes().add_service(NodeService::new(node.clone()).into_server());
+    let routes = sluice_group_coordinator::handlers::add_routes(routes, coordinator);
+    let router =
+        sluice_runtime::add_reflection(sluice_runtime::server().add_routes(routes).add_service(health), &served)?;
     tracing::info!(%addr, data_dir = %a.data_dir.display(), "sluice dev listening");
     println!("Sluice dev is ready. Gateway: {addr}");
     sluice_runtime::serve(router, listener, shutdown).await?;

@@ -20,6 +20,9 @@ use crate::{
 #[derive(Default, Serialize, Deserialize)]
 struct Persisted {
     topics: Vec<TopicMeta>,
+    /// The next producer id not yet reserved (0 in files written before it existed).
+    #[serde(default)]
+    next_producer_id: i64,
 }
 
 /// Metadata held by the process itself.
@@ -29,6 +32,8 @@ pub struct EmbeddedMeta {
     write: Mutex<()>,
     tx: watch::Sender<Arc<ClusterView>>,
     leases: Mutex<Leases>,
+    /// The next producer id not yet reserved; changed under `write`.
+    next_producer_id: std::sync::atomic::AtomicI64,
 }
 
 /// What each lease holds, as etcd would attach keys to a lease. Lease 0 is the process's own
@@ -46,10 +51,12 @@ impl EmbeddedMeta {
     /// Loads topics from `file` when it exists; `None` keeps everything in memory only.
     pub fn open(file: Option<PathBuf>) -> Result<Arc<Self>, MetaError> {
         let mut view = ClusterView { loaded: true, ..ClusterView::default() };
+        let mut next_producer_id = 1;
         if let Some(f) = &file {
             match std::fs::read(f) {
                 Ok(bytes) => {
                     let p: Persisted = serde_json::from_slice(&bytes)?;
+                    next_producer_id = p.next_producer_id.max(1);
                     view.revision = 1;
                     view.topics = p
                         .topics
@@ -70,7 +77,13 @@ impl EmbeddedMeta {
             }
         }
         let (tx, _) = watch::channel(Arc::new(view));
-        Ok(Arc::new(Self { file, write: Mutex::new(()), tx, leases: Mutex::default() }))
+        Ok(Arc::new(Self {
+            file,
+            write: Mutex::new(()),
+            tx,
+            leases: Mutex::default(),
+            next_producer_id: std::sync::atomic::AtomicI64::new(next_producer_id),
+        }))
     }
 
     fn leases(&self) -> std::sync::MutexGuard<'_, Leases> {
@@ -187,11 +200,30 @@ impl EmbeddedMeta {
 
     fn persist(&self, view: &ClusterView) -> Result<(), MetaError> {
         let Some(f) = &self.file else { return Ok(()) };
-        let p = Persisted { topics: view.topics.values().map(|t| (**t).clone()).collect() };
+        let p = Persisted {
+            topics: view.topics.values().map(|t| (**t).clone()).collect(),
+            next_producer_id: self.next_producer_id.load(std::sync::atomic::Ordering::SeqCst),
+        };
         let tmp = f.with_extension("json.tmp");
         let io = |source| MetaError::File { path: f.display().to_string(), source };
         std::fs::write(&tmp, serde_json::to_vec_pretty(&p)?).map_err(io)?;
         std::fs::rename(&tmp, f).map_err(io)
+    }
+
+    fn reserve_producer_ids_now(&self, count: u64) -> Result<std::ops::Range<i64>, MetaError> {
+        use std::sync::atomic::Ordering;
+        let _g = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let next = self.next_producer_id.load(Ordering::SeqCst);
+        let end = next
+            .checked_add(count as i64)
+            .ok_or_else(|| MetaError::Request(SluiceError::Internal("producer ids are exhausted".into())))?;
+        self.next_producer_id.store(end, Ordering::SeqCst);
+        let view = self.tx.borrow().clone();
+        if let Err(e) = self.persist(&view) {
+            self.next_producer_id.store(next, Ordering::SeqCst);
+            return Err(e);
+        }
+        Ok(next..end)
     }
 
     /// Applies `f` to a copy of the view at the next revision; persists when it says so.
@@ -272,6 +304,10 @@ impl MetaStore for EmbeddedMeta {
     async fn resign_coordinator(&self, epoch: u64) -> Result<(), MetaError> {
         self.resign_under(0, epoch)
     }
+
+    async fn reserve_producer_ids(&self, count: u64) -> Result<std::ops::Range<i64>, MetaError> {
+        self.reserve_producer_ids_now(count)
+    }
 }
 
 /// One service's view of an [`EmbeddedMeta`], under a lease of its own.
@@ -327,5 +363,9 @@ impl MetaStore for EmbeddedSession {
 
     async fn resign_coordinator(&self, epoch: u64) -> Result<(), MetaError> {
         self.meta.resign_under(self.lease, epoch)
+    }
+
+    async fn reserve_producer_ids(&self, count: u64) -> Result<std::ops::Range<i64>, MetaError> {
+        self.meta.reserve_producer_ids_now(count)
     }
 }

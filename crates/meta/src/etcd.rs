@@ -12,6 +12,8 @@
 //! - `{prefix}/coordinator`: the active group coordinator (JSON [`crate::CoordinatorInfo`]),
 //!   created only when absent, under the holder's lease; its creation revision is the
 //!   coordinator epoch.
+//! - `{prefix}/producer_ids`: the next producer id not yet reserved (decimal text), moved
+//!   forward a block at a time by compare-and-set.
 //!
 //! A background task loads the prefix once, then follows it with a watch from the next
 //! revision; if the watch breaks (etcd restarted, revision compacted) it reloads and watches
@@ -447,6 +449,30 @@ impl MetaStore for EtcdMeta {
             self.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
             self.await_view(|v| v.revision >= rev).await;
             return Ok(rev as u64);
+        }
+    }
+
+    async fn reserve_producer_ids(&self, count: u64) -> Result<std::ops::Range<i64>, MetaError> {
+        let key = format!("{}/producer_ids", self.prefix);
+        let mut client = self.client.clone();
+        loop {
+            let resp = client.get(key.as_str(), None).await?;
+            let (next, cmp) = match resp.kvs().first() {
+                Some(kv) => {
+                    let next = kv.value_str().ok().and_then(|v| v.trim().parse::<i64>().ok()).ok_or_else(|| {
+                        SluiceError::Internal(format!("metadata key {key} does not hold a producer id"))
+                    })?;
+                    (next, Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision()))
+                }
+                None => (1, Compare::create_revision(key.as_str(), CompareOp::Equal, 0)),
+            };
+            let end = next
+                .checked_add(count as i64)
+                .ok_or_else(|| SluiceError::Internal("producer ids are exhausted".into()))?;
+            let txn = Txn::new().when([cmp]).and_then([TxnOp::put(key.as_str(), end.to_string(), None)]);
+            if client.txn(txn).await?.succeeded() {
+                return Ok(next..end);
+            }
         }
     }
 

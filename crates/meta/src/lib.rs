@@ -101,4 +101,7 @@ pub trait MetaStore: Send + Sync {
     /// Gives the role up if this process still holds it at `epoch` (a clean shutdown), so a
     /// standby takes over at once instead of after the lease expires.
     async fn resign_coordinator(&self, epoch: u64) -> Result<(), MetaError>;
+    /// Reserves `count` producer ids no one else was or will be given (a block, so the
+    /// coordinator writes once per `count` producers); ids start at 1.
+    async fn reserve_producer_ids(&self, count: u64) -> Result<std::ops::Range<i64>, MetaError>;
 }

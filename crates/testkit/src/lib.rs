@@ -18,9 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_gateway::handlers::GatewayService;
-use sluice_gateway::handlers::groups::GroupsProxy;
 use sluice_group_coordinator::Coordinator;
-use sluice_group_coordinator::handlers::GroupsService;
 use sluice_meta::MetaStore;
 use sluice_meta::embedded::{EmbeddedMeta, EmbeddedSession};
 use sluice_partition_node::Node;
@@ -125,19 +123,18 @@ impl InProcessBuilder {
             let (s, listener) = service(&meta, format!("coordinator {i}")).await?;
             let c =
                 Coordinator::start(base.groups.clone(), s.meta(), s.addr.clone(), router_for(&s), s.shutdown.clone());
-            serve(&s, listener, sluice_runtime::server().add_service(GroupsService(c.clone()).into_server()));
+            serve(
+                &s,
+                listener,
+                sluice_runtime::server().add_routes(sluice_group_coordinator::handlers::routes(c.clone())),
+            );
             coordinators.push((s, c));
         }
         let mut gateways = Vec::new();
         for i in 0..spec.gateways {
             let (s, listener) = service(&meta, format!("gateway {i}")).await?;
             let gateway = GatewayService::new(router_for(&s));
-            let groups = GroupsProxy::new(gateway.router().clone(), s.shutdown.clone());
-            let router = sluice_runtime::server()
-                .add_service(gateway.admin_server())
-                .add_service(gateway.broker_server())
-                .add_service(groups.into_server());
-            serve(&s, listener, router);
+            serve(&s, listener, sluice_runtime::server().add_routes(gateway.routes(s.shutdown.clone())));
             gateways.push(s);
         }
         let c = InProcessCluster { meta, nodes, gateways, coordinators, _dir: dir };

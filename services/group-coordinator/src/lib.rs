@@ -14,6 +14,7 @@
 //! - [`group`]: membership, incremental rebalancing and commit fencing for one group.
 //! - [`assignor`]: range, round-robin and sticky.
 //! - [`store`]: the offsets topic, through the data path in process.
+//! - [`producer_ids`]: ids for idempotent producers, from blocks reserved in etcd.
 //! - [`handlers`]: the gRPC API, one file per RPC.
 //! - [`metrics`]: group lag and member gauges.
 
@@ -21,6 +22,7 @@ pub mod assignor;
 pub mod group;
 pub mod handlers;
 pub mod metrics;
+pub mod producer_ids;
 pub mod registry;
 pub mod role;
 pub mod store;
@@ -39,7 +41,7 @@ use crate::registry::Registry;
 use crate::role::Active;
 use crate::store::{OFFSETS_TOPIC, OffsetStore};
 
-/// The health-service name this service reports under.
+/// The health-service name of the groups service.
 pub const SERVICE_NAME: &str = "sluice.v1.Groups";
 
 /// Longest group id accepted.
@@ -73,6 +75,7 @@ pub struct Coordinator {
     active: Mutex<Option<Active>>,
     groups: Registry,
     next_conn: AtomicU64,
+    producer_ids: producer_ids::ProducerIds,
 }
 
 impl Coordinator {
@@ -88,6 +91,7 @@ impl Coordinator {
         let view = meta.view();
         let me = Arc::new(Self {
             settings,
+            producer_ids: producer_ids::ProducerIds::new(meta.clone()),
             meta,
             view,
             addr,

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use sluice_group_coordinator::handlers::GroupsService;
-use sluice_group_coordinator::{Coordinator, SERVICE_NAME, metrics};
+use sluice_group_coordinator::handlers::{self, SERVICE_NAMES};
+use sluice_group_coordinator::{Coordinator, metrics};
 use sluice_router::Router;
 use sluice_runtime::Service;
 
@@ -27,9 +27,11 @@ async fn main() -> anyhow::Result<()> {
             c.resign().await;
         })
     };
-    let (_health, health) = sluice_runtime::health(&[SERVICE_NAME]).await;
-    let router = sluice_runtime::add_reflection(sluice_runtime::server().add_service(health), &[SERVICE_NAME])?
-        .add_service(GroupsService(coordinator).into_server());
+    let (_health, health) = sluice_runtime::health(&SERVICE_NAMES).await;
+    let router = sluice_runtime::add_reflection(
+        sluice_runtime::server().add_routes(handlers::routes(coordinator)).add_service(health),
+        &SERVICE_NAMES,
+    )?;
     tracing::info!(%addr, "group-coordinator listening");
     sluice_runtime::serve(router, listener, shutdown).await?;
     let _ = resigner.await;

@@ -31,19 +31,25 @@ const EVENTS_BUFFERED: usize = 64;
 /// How long a departed member's stream is read until the coordinator closes it.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
-/// Forwards `sluice.v1.Groups` to the active coordinator.
+/// The channel to the active coordinator, shared by the proxies of its services.
 #[derive(Clone)]
-pub struct GroupsProxy {
+pub struct CoordinatorLink {
     gw: Arc<Router>,
     /// The channel to the last coordinator used, by address.
     conn: Arc<Mutex<Option<(String, Channel)>>>,
+}
+
+/// Forwards `sluice.v1.Groups` to the active coordinator.
+#[derive(Clone)]
+pub struct GroupsProxy {
+    link: CoordinatorLink,
     /// Given when this gateway stops.
     stopping: Shutdown,
 }
 
 impl GroupsProxy {
-    pub fn new(gw: Arc<Router>, stopping: Shutdown) -> Self {
-        Self { gw, conn: Arc::default(), stopping }
+    pub fn new(link: CoordinatorLink, stopping: Shutdown) -> Self {
+        Self { link, stopping }
     }
 
     pub fn into_server(self) -> GroupsServer<Self> {
@@ -51,6 +57,17 @@ impl GroupsProxy {
     }
 
     fn coordinator(&self) -> Result<GroupsClient<Channel>, Status> {
+        Ok(GroupsClient::new(self.link.channel()?))
+    }
+}
+
+impl CoordinatorLink {
+    pub fn new(gw: Arc<Router>) -> Self {
+        Self { gw, conn: Arc::default() }
+    }
+
+    /// A channel to the coordinator the metadata names now.
+    pub fn channel(&self) -> Result<Channel, Status> {
         let Some(c) = self.gw.snapshot().coordinator.clone() else {
             return Err(SluiceError::CoordinatorNotAvailable(
                 "none holds the role (is a group-coordinator running?)".into(),
@@ -60,18 +77,18 @@ impl GroupsProxy {
         let mut cached = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((addr, ch)) = cached.as_ref().filter(|(a, _)| *a == c.addr) {
             tracing::trace!(%addr, "reusing coordinator channel");
-            return Ok(GroupsClient::new(ch.clone()));
+            return Ok(ch.clone());
         }
         let ch = sluice_runtime::node_api::service_channel(&c.addr)
             .map_err(|e| SluiceError::Internal(format!("bad coordinator address '{}': {e}", c.addr)))?;
         *cached = Some((c.addr.clone(), ch.clone()));
-        Ok(GroupsClient::new(ch))
+        Ok(ch)
     }
 }
 
 /// A coordinator that cannot be reached, or whose connection broke (statuses the coordinator
 /// itself sends always carry a Sluice code), is, to the client, one that is not available.
-fn unreachable(s: Status) -> Status {
+pub(crate) fn unreachable(s: Status) -> Status {
     if s.metadata().get("sluice-code").is_none() && s.code() != tonic::Code::DeadlineExceeded {
         return SluiceError::CoordinatorNotAvailable(format!("the coordinator cannot be reached: {}", s.message()))
             .into();

@@ -2,6 +2,7 @@
 //! into a status by the one mapping in `sluice_core::error`.
 
 pub mod groups;
+pub mod transactions;
 
 use std::sync::Arc;
 
@@ -41,7 +42,26 @@ impl GatewayService {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
+
+    /// `sluice.v1.Admin` and `sluice.v1.Broker`: what a process with its own coordinator
+    /// serves beside that coordinator's services.
+    pub fn data_routes(&self) -> tonic::service::Routes {
+        tonic::service::Routes::new(self.admin_server()).add_service(self.broker_server())
+    }
+
+    /// Every service of a gateway: [`GatewayService::data_routes`] and the proxies to the
+    /// active coordinator ([`SERVICE_NAMES`]).
+    pub fn routes(&self, stopping: sluice_runtime::Shutdown) -> tonic::service::Routes {
+        let link = groups::CoordinatorLink::new(self.router.clone());
+        self.data_routes()
+            .add_service(groups::GroupsProxy::new(link.clone(), stopping).into_server())
+            .add_service(transactions::TransactionsProxy(link).into_server())
+    }
 }
+
+/// The public services a gateway serves (for health and reflection).
+pub const SERVICE_NAMES: [&str; 4] =
+    ["sluice.v1.Admin", "sluice.v1.Broker", "sluice.v1.Groups", "sluice.v1.Transactions"];
 
 #[tonic::async_trait]
 impl Admin for GatewayService {

@@ -4,6 +4,7 @@ mod commit_offsets;
 mod delete_group;
 mod describe_group;
 mod fetch_offsets;
+mod init_producer_id;
 mod list_groups;
 mod membership;
 mod reset_offsets;
@@ -12,6 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use sluice_proto::v1::groups_server::{Groups, GroupsServer};
+use sluice_proto::v1::transactions_server::{Transactions, TransactionsServer};
 use sluice_proto::v1::*;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -20,13 +22,42 @@ use crate::Coordinator;
 
 pub(crate) type EventStream = Pin<Box<dyn Stream<Item = Result<MemberEvent, Status>> + Send + 'static>>;
 
-/// The gRPC face of a [`Coordinator`].
+/// The public services a coordinator serves (for health and reflection).
+pub const SERVICE_NAMES: [&str; 2] = [crate::SERVICE_NAME, "sluice.v1.Transactions"];
+
+/// Every gRPC service of a coordinator.
+pub fn routes(c: Arc<Coordinator>) -> tonic::service::Routes {
+    add_routes(tonic::service::Routes::default(), c)
+}
+
+/// `routes` with every gRPC service of a coordinator added.
+pub fn add_routes(routes: tonic::service::Routes, c: Arc<Coordinator>) -> tonic::service::Routes {
+    routes
+        .add_service(GroupsService(c.clone()).into_server())
+        .add_service(TransactionsServer::new(TransactionsService(c)))
+}
+
+/// The groups face of a [`Coordinator`].
 #[derive(Clone)]
 pub struct GroupsService(pub Arc<Coordinator>);
 
 impl GroupsService {
     pub fn into_server(self) -> GroupsServer<Self> {
         GroupsServer::new(self)
+    }
+}
+
+/// The producer-id face of a [`Coordinator`].
+#[derive(Clone)]
+pub struct TransactionsService(pub Arc<Coordinator>);
+
+#[tonic::async_trait]
+impl Transactions for TransactionsService {
+    async fn init_producer_id(
+        &self,
+        r: Request<InitProducerIdRequest>,
+    ) -> Result<Response<InitProducerIdResponse>, Status> {
+        Ok(Response::new(init_producer_id::handle(&self.0, r.into_inner()).await?))
     }
 }
 
