@@ -21,6 +21,7 @@ use sluice_core::RemoteError;
 use sluice_proto::v1::admin_client::AdminClient;
 use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::groups_client::GroupsClient;
+use sluice_proto::v1::transactions_client::TransactionsClient;
 use sluice_proto::v1::*;
 use sluice_telemetry::Propagate;
 use tonic::transport::{Channel, Endpoint};
@@ -176,6 +177,20 @@ impl Client {
     /// The Groups API; every call carries the caller's trace context.
     pub fn groups(&self) -> GroupsClient<Traced> {
         GroupsClient::with_interceptor(self.channel.clone(), Propagate)
+    }
+
+    /// `sluice.v1.Transactions` (producer ids).
+    pub fn transactions(&self) -> TransactionsClient<Traced> {
+        TransactionsClient::with_interceptor(self.channel.clone(), Propagate)
+    }
+
+    /// A new producer id and its epoch, for an idempotent producer.
+    pub async fn init_producer_id(&self) -> Result<(i64, i16), ClientError> {
+        let r = self.transactions().init_producer_id(InitProducerIdRequest {}).await?.into_inner();
+        let epoch = i16::try_from(r.producer_epoch).map_err(|_| {
+            ClientError::Invalid(format!("the coordinator gave epoch {} out of range", r.producer_epoch))
+        })?;
+        Ok((r.producer_id, epoch))
     }
 
     pub async fn list_groups(&self) -> Result<Vec<GroupSummary>, ClientError> {

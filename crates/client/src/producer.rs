@@ -3,8 +3,16 @@
 //! bidirectional stream with up to `max_in_flight` requests outstanding, and retried on
 //! transient errors until `delivery_timeout`.
 //!
-//! Retries can reorder batches of one partition when more than one request is in flight, as in
-//! Kafka without idempotence; set `max_in_flight = 1` where strict order matters under failures.
+//! Idempotence is on by default (as in Kafka 3+): the producer gets an id from the
+//! coordinator and numbers its batches per partition; the partition leader writes each
+//! sequence once and in order, so retries (any number, across leader failovers) neither
+//! duplicate nor reorder records, with up to [`MAX_IN_FLIGHT_PER_PARTITION`] batches of a
+//! partition in flight. A refusal of the oldest unacknowledged batch of a partition proves
+//! that it and every later one were not written (a later sequence is only accepted after it):
+//! the partition then starts over under a new producer id, its batches renumbered in order
+//! (as Kafka's epoch bump of KIP-360 does). Without idempotence, retries can reorder batches
+//! of one partition when more than one request is in flight, and duplicate a batch whose
+//! answer was lost.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -37,11 +45,23 @@ pub struct ProducerConfig {
     pub max_in_flight: usize,
     /// [delivery.timeout.ms] Give up on a record after this long.
     pub delivery_timeout: Duration,
+    /// [buffer.memory] Bytes of sealed batches waiting to be acknowledged before `send` waits:
+    /// a producer faster than the cluster is slowed down instead of queueing without bound
+    /// (and its records timing out in the queue).
+    pub buffer_bytes: usize,
     /// [retry.backoff.ms]
     pub retry_backoff: Duration,
     /// [request.timeout.ms] How long the gateway waits for the nodes.
     pub request_timeout: Duration,
+    /// [enable.idempotence] Each batch written once, in order, whatever the retries. Only with
+    /// acks=all, as in Kafka (with fewer acks a failover may lose acknowledged batches, and
+    /// with them what the leader knew of the producer): otherwise it is off.
+    pub idempotence: bool,
 }
+
+/// Batches of one partition in flight at once with idempotence: as many as a partition
+/// leader remembers per producer to recognise a retry.
+pub const MAX_IN_FLIGHT_PER_PARTITION: usize = 5;
 
 impl Default for ProducerConfig {
     fn default() -> Self {
@@ -52,8 +72,10 @@ impl Default for ProducerConfig {
             compression: Compression::None,
             max_in_flight: 16,
             delivery_timeout: Duration::from_secs(60),
+            buffer_bytes: 32 << 20,
             retry_backoff: Duration::from_millis(100),
             request_timeout: Duration::from_secs(30),
+            idempotence: true,
         }
     }
 }
@@ -149,6 +171,10 @@ struct Batch {
     waiters: Vec<Waiter>,
     first_sent: Instant,
     traceparent: Option<String>,
+    /// With idempotence: the batch's place in its partition (never reused) and the producer
+    /// id its last sent copy carried.
+    ordinal: u64,
+    sent_pid: i64,
 }
 
 impl Batch {
@@ -164,6 +190,30 @@ struct Conn {
     rx: Streaming<ProduceResponse>,
 }
 
+/// An idempotent producer's numbering of one partition.
+struct Seq {
+    producer_id: i64,
+    epoch: i16,
+    /// The sequence of the next batch sealed.
+    next: i32,
+    next_ordinal: u64,
+    /// Ordinals of the batches sealed and neither acknowledged nor failed.
+    unacked: std::collections::BTreeSet<u64>,
+    /// Ordinals of the batches on the stream.
+    in_flight: std::collections::BTreeSet<u64>,
+    /// Every unacknowledged batch is known to be unwritten: renumber them under a new id.
+    restart: bool,
+}
+
+/// What an answer for an idempotent batch means.
+enum Outcome {
+    Retry,
+    /// Written long ago (beyond what the leader remembers): delivered, offsets unknown.
+    Written,
+    /// Certainly not written, and in the way of every later batch.
+    Refused,
+}
+
 struct Engine {
     client: Client,
     cfg: ProducerConfig,
@@ -176,10 +226,18 @@ struct Engine {
     next_id: u64,
     conn: Option<Conn>,
     flushes: Vec<oneshot::Sender<()>>,
+    /// With idempotence: the id new partitions are numbered under, and each partition's state.
+    identity: Option<(i64, i16)>,
+    seqs: HashMap<(String, u32), Seq>,
+    /// When to try again to get a producer id for a partition that must start over.
+    restart_retry: Option<Instant>,
+    /// Bytes of sealed batches not yet acknowledged or failed.
+    buffered: usize,
 }
 
 impl Engine {
-    fn new(client: Client, cfg: ProducerConfig) -> Self {
+    fn new(client: Client, mut cfg: ProducerConfig) -> Self {
+        cfg.idempotence &= matches!(cfg.acks, Acks::All | Acks::Unspecified);
         let sticky = StickyPartitioner::new(cfg.batch_bytes, rand::random());
         Self {
             client,
@@ -193,6 +251,10 @@ impl Engine {
             next_id: 1,
             conn: None,
             flushes: Vec::new(),
+            identity: None,
+            seqs: HashMap::new(),
+            restart_retry: None,
+            buffered: 0,
         }
     }
 
@@ -213,7 +275,8 @@ impl Engine {
                 }
             }
             let deadline = self.next_deadline();
-            let can_take = !closed && self.inflight.len() < self.cfg.max_in_flight;
+            let can_take =
+                !closed && self.inflight.len() < self.cfg.max_in_flight && self.buffered < self.cfg.buffer_bytes;
             tokio::select! {
                 cmd = rx.recv(), if can_take => match cmd {
                     Some(Cmd::Send(r, w)) => self.add(r, w).await,
@@ -246,11 +309,14 @@ impl Engine {
     fn next_deadline(&self) -> Option<Instant> {
         let linger = self.accs.values().map(|a| a.since + self.cfg.linger).min();
         let retry = self.retry.iter().map(|(t, _)| *t).min();
-        [linger, retry].into_iter().flatten().min()
+        [linger, retry, self.restart_retry].into_iter().flatten().min()
     }
 
     fn on_timer(&mut self) {
         let now = Instant::now();
+        if self.restart_retry.is_some_and(|t| t <= now) {
+            self.restart_retry = None;
+        }
         let due: Vec<_> =
             self.accs.iter().filter(|(_, a)| a.since + self.cfg.linger <= now).map(|(k, _)| k.clone()).collect();
         for k in due {
@@ -271,7 +337,31 @@ impl Engine {
         Ok(n)
     }
 
+    /// A new producer id, asked again on retriable failures until `delivery_timeout`.
+    async fn new_producer_id(&self) -> Result<(i64, i16), ClientError> {
+        let started = Instant::now();
+        loop {
+            match self.client.init_producer_id().await {
+                Ok(id) => return Ok(id),
+                Err(e) if e.is_retriable() && started.elapsed() < self.cfg.delivery_timeout => {
+                    tracing::debug!(error = %e, "no producer id yet; asking again");
+                    tokio::time::sleep(self.cfg.retry_backoff).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     async fn add(&mut self, r: ProducerRecord, w: Waiter) {
+        if self.cfg.idempotence && self.identity.is_none() {
+            match self.new_producer_id().await {
+                Ok(id) => self.identity = Some(id),
+                Err(e) => {
+                    let _ = w.send(Err(e));
+                    return;
+                }
+            }
+        }
         let count = match self.partition_count(&r.topic).await {
             Ok(n) => n,
             Err(e) => {
@@ -320,17 +410,46 @@ impl Engine {
     }
 
     fn seal(&mut self, key: &(String, u32)) {
-        let Some(acc) = self.accs.remove(key) else { return };
+        let Some(mut acc) = self.accs.remove(key) else { return };
+        let (mut ordinal, mut first_seq) = (0, 0);
+        if let Some((pid, epoch)) = self.identity {
+            let seq = self.seqs.entry(key.clone()).or_insert_with(|| Seq {
+                producer_id: pid,
+                epoch,
+                next: 0,
+                next_ordinal: 0,
+                unacked: Default::default(),
+                in_flight: Default::default(),
+                restart: false,
+            });
+            first_seq = seq.next;
+            acc.builder.set_producer(seq.producer_id, seq.epoch, seq.next);
+            seq.next = sluice_core::batch::add_sequence(seq.next, acc.builder.len() as i32);
+            ordinal = seq.next_ordinal;
+            seq.next_ordinal += 1;
+            seq.unacked.insert(ordinal);
+        }
         match acc.builder.build() {
-            Ok(data) => self.ready.push_back(Batch {
-                topic: key.0.clone(),
-                partition: key.1,
-                data,
-                waiters: acc.waiters,
-                first_sent: Instant::now(),
-                traceparent: acc.traceparent,
-            }),
+            Ok(data) => {
+                self.buffered += data.len();
+                self.ready.push_back(Batch {
+                    topic: key.0.clone(),
+                    partition: key.1,
+                    data,
+                    waiters: acc.waiters,
+                    first_sent: Instant::now(),
+                    traceparent: acc.traceparent,
+                    ordinal,
+                    sent_pid: -1,
+                })
+            }
             Err(e) => {
+                if let Some(seq) = self.seqs.get_mut(key) {
+                    // The newest batch of its partition: its sequences are given back.
+                    seq.unacked.remove(&ordinal);
+                    seq.next = first_seq;
+                    seq.next_ordinal = ordinal;
+                }
                 for w in acc.waiters {
                     let _ = w.send(Err(ClientError::Invalid(e.to_string())));
                 }
@@ -356,25 +475,87 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether a ready batch may go now. With idempotence a partition's batches go in order
+    /// (each only once every earlier unacknowledged one is on the stream: the leader accepts
+    /// them only in order, and one sent ahead would come back refused), at most as many as the
+    /// leader remembers, and none while the partition starts over.
+    fn sendable(&self, b: &Batch) -> bool {
+        match self.seqs.get(&(b.topic.clone(), b.partition)) {
+            Some(seq) => {
+                !seq.restart
+                    && seq.in_flight.len() < MAX_IN_FLIGHT_PER_PARTITION
+                    && seq.unacked.range(..b.ordinal).all(|o| seq.in_flight.contains(o))
+            }
+            None => true,
+        }
+    }
+
+    /// Partitions whose unacknowledged batches are all known to be unwritten start over under a
+    /// new producer id: their batches, wherever they wait, are renumbered from 0 in order.
+    async fn restart_partitions(&mut self) {
+        if self.restart_retry.is_some() {
+            return;
+        }
+        let keys: Vec<_> = self.seqs.iter().filter(|(_, s)| s.restart).map(|(k, _)| k.clone()).collect();
+        for key in keys {
+            let (pid, epoch) = match self.client.init_producer_id().await {
+                Ok(id) => id,
+                Err(e) => {
+                    tracing::debug!(error = %e, "no new producer id yet");
+                    self.restart_retry = Some(Instant::now() + self.cfg.retry_backoff);
+                    return;
+                }
+            };
+            let mut batches: Vec<&mut Batch> = self
+                .ready
+                .iter_mut()
+                .chain(self.retry.iter_mut().map(|(_, b)| b))
+                .chain(self.inflight.values_mut().flatten())
+                .filter(|b| b.topic == key.0 && b.partition == key.1)
+                .collect();
+            batches.sort_by_key(|b| b.ordinal);
+            let mut next = 0i32;
+            for b in batches {
+                let mut data = b.data.to_vec();
+                let h = sluice_core::batch::BatchHeader::parse(&data).ok();
+                sluice_core::batch::set_producer(&mut data, pid, epoch, next);
+                next = sluice_core::batch::add_sequence(next, h.map(|h| h.record_count).unwrap_or(0));
+                b.data = Bytes::from(data);
+            }
+            if let Some(seq) = self.seqs.get_mut(&key) {
+                tracing::info!(topic = %key.0, partition = key.1, old = seq.producer_id, new = pid, "partition starts over under a new producer id");
+                (seq.producer_id, seq.epoch, seq.next, seq.restart) = (pid, epoch, next, false);
+            }
+        }
+    }
+
     /// Sends ready batches: one request per topic, at most one batch per partition each.
     async fn pump(&mut self) {
-        while !self.ready.is_empty() && self.inflight.len() < self.cfg.max_in_flight {
+        self.restart_partitions().await;
+        while self.inflight.len() < self.cfg.max_in_flight {
+            let Some(first) = self.ready.iter().find(|b| self.sendable(b)) else { return };
+            let topic = first.topic.clone();
             if let Err(why) = self.connect().await {
                 self.retry_all_ready(&why);
                 return;
             }
-            let topic = self.ready[0].topic.clone();
             let mut batches = Vec::new();
             let mut rest = VecDeque::new();
             let mut taken = std::collections::HashSet::new();
             while let Some(b) = self.ready.pop_front() {
-                if b.topic == topic && taken.insert(b.partition) {
+                if b.topic == topic && self.sendable(&b) && taken.insert(b.partition) {
                     batches.push(b);
                 } else {
                     rest.push_back(b);
                 }
             }
             self.ready = rest;
+            for b in &mut batches {
+                if let Some(seq) = self.seqs.get_mut(&(b.topic.clone(), b.partition)) {
+                    seq.in_flight.insert(b.ordinal);
+                    b.sent_pid = seq.producer_id;
+                }
+            }
             let id = self.next_id;
             self.next_id += 1;
             let req = ProduceRequest {
@@ -409,10 +590,81 @@ impl Engine {
         }
     }
 
+    /// A batch has left the stream (answered, or its connection lost).
+    fn landed(&mut self, b: &Batch) {
+        if let Some(seq) = self.seqs.get_mut(&(b.topic.clone(), b.partition)) {
+            seq.in_flight.remove(&b.ordinal);
+        }
+    }
+
+    /// A batch is done with: acknowledged or failed for good.
+    fn forget(&mut self, b: &Batch) {
+        self.buffered = self.buffered.saturating_sub(b.data.len());
+        if let Some(seq) = self.seqs.get_mut(&(b.topic.clone(), b.partition)) {
+            seq.unacked.remove(&b.ordinal);
+        }
+    }
+
+    /// Fails a batch for good.
+    fn fail(&mut self, b: Batch, e: ClientError) {
+        self.forget(&b);
+        b.fail(e);
+    }
+
+    /// What a refusal of an idempotent batch means. A copy sent under an id its partition has
+    /// since left is simply sent again (renumbered). An out-of-order refusal while an earlier
+    /// batch is unacknowledged waits for that one. Otherwise the batch was not written and
+    /// neither was any later one of its partition, which then starts over.
+    fn outcome(&mut self, b: &Batch, e: &RemoteError) -> Outcome {
+        use sluice_core::error::codes;
+        if e.retriable || (4000..5000).contains(&e.sluice_code) {
+            // A server fault may have written it: sending the same sequence again is safe.
+            return Outcome::Retry;
+        }
+        if e.sluice_code == codes::DUPLICATE_SEQUENCE {
+            return Outcome::Written;
+        }
+        let Some(seq) = self.seqs.get_mut(&(b.topic.clone(), b.partition)) else { return Outcome::Refused };
+        if b.sent_pid != seq.producer_id {
+            return Outcome::Retry;
+        }
+        let oldest = seq.unacked.first() == Some(&b.ordinal);
+        if e.sluice_code == codes::OUT_OF_ORDER_SEQUENCE && !oldest {
+            return Outcome::Retry;
+        }
+        seq.restart = true;
+        if [codes::OUT_OF_ORDER_SEQUENCE, codes::INVALID_PRODUCER_EPOCH].contains(&e.sluice_code) {
+            // The leader lost (or never had) what this producer wrote before (acks=1 records
+            // lost in a failover): the batch goes again, renumbered.
+            tracing::warn!(topic = %b.topic, partition = b.partition, reason = %e.message, "partition refused the producer's sequence; starting over");
+            return Outcome::Retry;
+        }
+        Outcome::Refused
+    }
+
+    /// Handles a failed answer for a batch.
+    fn failed(&mut self, b: Batch, e: RemoteError) {
+        if !self.cfg.idempotence {
+            return if e.retriable { self.schedule_retry(b, &e.message) } else { self.fail(b, ClientError::Remote(e)) };
+        }
+        match self.outcome(&b, &e) {
+            Outcome::Retry => self.schedule_retry(b, &e.message),
+            Outcome::Written => {
+                self.forget(&b);
+                for w in b.waiters {
+                    let _ = w.send(Ok(Delivery { partition: b.partition, offset: -1 }));
+                }
+            }
+            Outcome::Refused => {
+                self.fail(b, ClientError::Remote(e));
+            }
+        }
+    }
+
     fn schedule_retry(&mut self, b: Batch, why: &str) {
         let elapsed = b.first_sent.elapsed();
         if elapsed >= self.cfg.delivery_timeout {
-            b.fail(ClientError::Exhausted { elapsed, last: why.to_string() });
+            self.fail(b, ClientError::Exhausted { elapsed, last: why.to_string() });
         } else {
             tracing::debug!(topic = %b.topic, partition = b.partition, reason = why, "retrying batch");
             self.retry.push((Instant::now() + self.cfg.retry_backoff, b));
@@ -423,6 +675,7 @@ impl Engine {
         self.conn = None;
         let inflight: Vec<_> = self.inflight.drain().flat_map(|(_, b)| b).collect();
         for b in inflight {
+            self.landed(&b);
             self.schedule_retry(b, &why);
         }
         self.retry_all_ready(&why);
@@ -430,14 +683,13 @@ impl Engine {
 
     fn on_response(&mut self, resp: ProduceResponse) {
         let Some(batches) = self.inflight.remove(&resp.id) else { return };
+        for b in &batches {
+            self.landed(b);
+        }
         if let Some(e) = resp.error {
             let e = RemoteError::from(&e);
             for b in batches {
-                if e.retriable {
-                    self.schedule_retry(b, &e.message);
-                } else {
-                    b.fail(ClientError::Remote(e.clone()));
-                }
+                self.failed(b, e.clone());
             }
             return;
         }
@@ -446,19 +698,13 @@ impl Engine {
             match results.remove(&b.partition) {
                 Some(r) => match r.error {
                     None => {
+                        self.forget(&b);
                         for (i, w) in b.waiters.into_iter().enumerate() {
                             let offset = if r.base_offset >= 0 { r.base_offset + i as i64 } else { -1 };
                             let _ = w.send(Ok(Delivery { partition: b.partition, offset }));
                         }
                     }
-                    Some(e) => {
-                        let e = RemoteError::from(&e);
-                        if e.retriable {
-                            self.schedule_retry(b, &e.message);
-                        } else {
-                            b.fail(ClientError::Remote(e));
-                        }
-                    }
+                    Some(e) => self.failed(b, RemoteError::from(&e)),
                 },
                 None => self.schedule_retry(b, "the gateway did not answer for this partition"),
             }

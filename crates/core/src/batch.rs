@@ -419,6 +419,13 @@ impl BatchBuilder {
         }
     }
 
+    /// Sets the idempotent-producer fields of a builder in use.
+    pub fn set_producer(&mut self, id: i64, epoch: i16, base_sequence: i32) {
+        self.producer_id = id;
+        self.producer_epoch = epoch;
+        self.base_sequence = base_sequence;
+    }
+
     /// Sets the idempotent-producer fields (left at -1 otherwise).
     pub fn producer(mut self, id: i64, epoch: i16, base_sequence: i32) -> Self {
         self.producer_id = id;

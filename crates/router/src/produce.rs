@@ -296,9 +296,17 @@ fn unwritten(e: &v1::Error) -> bool {
     [codes::NOT_LEADER, codes::NOT_ENOUGH_REPLICAS, codes::LEADER_NOT_AVAILABLE].contains(&e.sluice_code)
 }
 
+/// Whether the batches come from an idempotent producer: the leader then writes each at most
+/// once, so they may be sent again after any retriable failure, even one that may have
+/// written them (a leader that died before answering).
+fn idempotent(data: &[u8]) -> bool {
+    sluice_core::batch::BatchHeader::parse(data).is_ok_and(|h| h.has_producer())
+}
+
 /// Awaits a partition's answer. During a leader change the records are sent again to the new
-/// leader (once the metadata names one) as long as they were certainly not written, until the
-/// request's deadline: a failover is a pause, not an error, for the producer.
+/// leader (once the metadata names one) as long as they were certainly not written, or come
+/// from an idempotent producer, until the request's deadline: a failover is a pause, not an
+/// error, for the producer.
 async fn answer(
     gw: &Router,
     t: &TopicMeta,
@@ -309,12 +317,14 @@ async fn answer(
     deadline: tokio::time::Instant,
 ) -> Result<Option<AppendResponse>, v1::Error> {
     let mut view_rx = gw.view.clone();
+    let idempotent = idempotent(&data);
     loop {
         let (e, retry) = match pending {
             Pending::Unsent(e) => (e.to_proto(), true),
             Pending::Failed(e) => {
                 let e = e.to_proto();
-                (e.clone(), unwritten(&e))
+                let retry = unwritten(&e) || (idempotent && e.retriable);
+                (e, retry)
             }
             Pending::Sent(_) if acks == Acks::None => return Ok(None),
             Pending::Sent(rx) => {
@@ -327,7 +337,7 @@ async fn answer(
                     Ok(Err(_)) => SluiceError::NodeUnavailable("the node connection closed".into()).to_proto(),
                     Err(_) => return Err(SluiceError::Timeout("no answer from the node in time".into()).to_proto()),
                 };
-                let retry = unwritten(&e);
+                let retry = unwritten(&e) || (idempotent && e.retriable);
                 (e, retry)
             }
         };

@@ -97,9 +97,17 @@ impl ProducerTable {
 
     /// Checks a batch of `producer_id` at `epoch` holding sequences `first_seq..=last_seq`.
     pub fn check(&self, producer_id: i64, epoch: i16, first_seq: i32, last_seq: i32) -> Result<Verdict, SeqError> {
-        // Unknown producer (new, or forgotten after its batches expired): any sequence starts
-        // it, as Kafka accepts once it has no state for a producer.
-        let Some(e) = self.map.get(&producer_id) else { return Ok(Verdict::Append) };
+        // A producer this partition knows nothing of (new, or forgotten) starts at sequence 0.
+        // Accepting any sequence, as Kafka does, would let a batch overtake an earlier one of
+        // the same producer that a failover left unwritten, and the earlier one then pass for
+        // a duplicate. A producer that was forgotten is refused and starts over under a new id.
+        let Some(e) = self.map.get(&producer_id) else {
+            return if first_seq == 0 {
+                Ok(Verdict::Append)
+            } else {
+                Err(SeqError::OutOfOrder { producer_id, expected: 0, got: first_seq })
+            };
+        };
         if epoch < e.epoch {
             return Err(SeqError::StaleEpoch { producer_id, epoch, current: e.epoch });
         }
@@ -111,7 +119,14 @@ impl ProducerTable {
                 Err(SeqError::OutOfOrder { producer_id, expected: 0, got: first_seq })
             };
         }
-        let Some(last) = e.batches.back() else { return Ok(Verdict::Append) };
+        let Some(last) = e.batches.back() else {
+            // Everything it wrote was truncated away: as unknown.
+            return if first_seq == 0 {
+                Ok(Verdict::Append)
+            } else {
+                Err(SeqError::OutOfOrder { producer_id, expected: 0, got: first_seq })
+            };
+        };
         if let Some(b) = e.batches.iter().find(|b| b.first_seq == first_seq && b.last_seq == last_seq) {
             return Ok(Verdict::Duplicate(*b));
         }
@@ -245,8 +260,9 @@ mod tests {
         assert_eq!(t.check(7, 0, 10, 19), Ok(Verdict::Duplicate(batch(10, 19, 110))));
         // A gap is refused.
         assert_eq!(t.check(7, 0, 25, 30), Err(SeqError::OutOfOrder { producer_id: 7, expected: 20, got: 25 }));
-        // Other producers are independent.
-        assert_eq!(t.check(8, 0, 41, 41), Ok(Verdict::Append));
+        // Other producers are independent; an unknown one starts at 0.
+        assert_eq!(t.check(8, 0, 0, 41), Ok(Verdict::Append));
+        assert_eq!(t.check(8, 0, 41, 41), Err(SeqError::OutOfOrder { producer_id: 8, expected: 0, got: 41 }));
     }
 
     #[test]
