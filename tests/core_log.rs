@@ -238,9 +238,9 @@ async fn every_service_answers_health_and_reflection() {
 
     let (c, _dir) = cluster(1).await;
     let expected = [
-        ("gateway", vec!["sluice.v1.Admin", "sluice.v1.Broker", "sluice.v1.Groups"]),
+        ("gateway", vec!["sluice.v1.Admin", "sluice.v1.Broker", "sluice.v1.Groups", "sluice.v1.Transactions"]),
         ("partition-node", vec!["sluice.v1.PartitionNode"]),
-        ("group-coordinator", vec!["sluice.v1.Groups"]),
+        ("group-coordinator", vec!["sluice.v1.Groups", "sluice.v1.Transactions"]),
     ];
     for (role, services) in expected {
         let addr = &c.entry(role, 1).expect("process").addr;

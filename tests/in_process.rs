@@ -120,7 +120,8 @@ async fn a_standby_coordinator_takes_over_when_the_active_ones_lease_expires() {
 async fn a_consumer_tailing_an_in_process_node_under_load_keeps_up() {
     // In process, the node reads its credit only between sends: the fetch's credit must never
     // wait for room behind the node's data (it once did, and both stopped for good).
-    let c = Cluster::builder().nodes(1).coordinators(0).in_process().start().await.expect("cluster");
+    // One coordinator: it gives the (idempotent) producer its id.
+    let c = Cluster::builder().nodes(1).coordinators(1).in_process().start().await.expect("cluster");
     let client = Client::connect(c.gateway()).await.expect("gateway");
     client.create_topic("tail", 1, 1, HashMap::new()).await.expect("topic");
     let cfg = ConsumerConfig { max_buffer_bytes: 64 << 10, ..ConsumerConfig::default() };

@@ -58,6 +58,11 @@ pub struct BenchArgs {
     /// Batch compression: none, gzip, lz4 or zstd.
     #[arg(long, default_value = "none")]
     compression: String,
+    /// produce: send as an idempotent producer (a producer id from the coordinator, every
+    /// batch numbered per partition and checked by its leader), as the Rust client does by
+    /// default; compare with a run without it to see what idempotence costs.
+    #[arg(long)]
+    idempotent: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -219,6 +224,11 @@ async fn produce(a: &BenchArgs, rate: Option<u64>, mode: &'static str) -> anyhow
     let (target, dur) = limits(a);
     let per_batch = (a.batch_bytes / (a.record_size + 20)).max(1) as u64;
     let payload: Vec<u8> = (0..a.record_size).map(|_| rand::random::<u8>()).collect();
+    let producer = match a.idempotent {
+        true => Some(client.init_producer_id().await?),
+        false => None,
+    };
+    let mut sequences = vec![0i32; partitions as usize];
 
     let (tx, rx) = mpsc::channel::<ProduceRequest>(a.in_flight.max(1) * 2);
     let mut responses = client.broker().produce(ReceiverStream::new(rx)).await?.into_inner();
@@ -270,6 +280,11 @@ async fn produce(a: &BenchArgs, rate: Option<u64>, mode: &'static str) -> anyhow
         permit.forget();
         let now = sluice_core::settings::now_ms();
         let mut b = BatchBuilder::new(compression);
+        if let Some((pid, epoch)) = producer {
+            let seq = &mut sequences[partition as usize];
+            b.set_producer(pid, epoch, *seq);
+            *seq = sluice_core::batch::add_sequence(*seq, n as i32);
+        }
         for _ in 0..n {
             b.push(now, None, Some(&payload), &[]);
         }

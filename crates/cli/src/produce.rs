@@ -33,6 +33,10 @@ pub struct ProduceArgs {
     /// Give up on a record after this many milliseconds of retries.
     #[arg(long, default_value_t = 60_000)]
     delivery_timeout_ms: u64,
+    /// Write each record once and in order whatever the retries (with acks=all; Kafka's
+    /// enable.idempotence).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    idempotence: bool,
     #[command(flatten)]
     gw: GatewayArg,
 }
@@ -61,6 +65,7 @@ async fn produce(a: ProduceArgs) -> anyhow::Result<ExitCode> {
         acks: a.acks,
         compression,
         delivery_timeout: Duration::from_millis(a.delivery_timeout_ms),
+        idempotence: a.idempotence,
         ..Default::default()
     };
     let producer = Producer::new(client, cfg);
