@@ -147,3 +147,57 @@ async fn a_consumer_tailing_an_in_process_node_under_load_keeps_up() {
     writer.await.expect("writer");
     assert_eq!(seen, 3000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idempotent_producers_batches_held_by_a_leader_change_land_in_order() {
+    use sluice_proto::v1::{PartitionBatches, ProduceRequest};
+    use tokio_stream::StreamExt;
+    let c = Cluster::builder().nodes(1).coordinators(1).in_process().start().await.expect("cluster");
+    let client = Client::connect(c.gateway()).await.expect("gateway");
+    client.create_topic("ord", 1, 1, HashMap::new()).await.expect("topic");
+    let (pid, epoch) =
+        eventually("a producer id", Duration::from_secs(10), || async { client.init_producer_id().await.ok() }).await;
+    let batch = |seq: i32| {
+        let mut b = sluice_core::batch::BatchBuilder::new(sluice_core::compression::Compression::None)
+            .producer(pid, epoch, seq);
+        b.push(1, None, Some(format!("r{seq}").as_bytes()), &[]);
+        b.build().unwrap()
+    };
+    // The partition's only replica loses its lease: every batch below is certainly not
+    // written and waits in the router for a leader, then all are sent again at once.
+    eventually("the partition served", Duration::from_secs(10), || async {
+        let d = client.describe_topic("ord").await.ok()?;
+        d.partitions[0].error.is_none().then_some(())
+    })
+    .await;
+    c.expire_node(1);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut answers =
+        client.broker().produce(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    for seq in 0..8 {
+        let req = ProduceRequest {
+            id: seq as u64,
+            topic: "ord".into(),
+            batches: vec![PartitionBatches { partition: 0, data: batch(seq) }],
+            timeout_ms: 20_000,
+            ..Default::default()
+        };
+        tx.send(req).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.revive_node(1);
+    let mut offsets = std::collections::BTreeMap::new();
+    while offsets.len() < 8 {
+        let r = tokio::time::timeout(Duration::from_secs(30), answers.next()).await.expect("answer").unwrap().unwrap();
+        let p = &r.partitions[0];
+        assert!(p.error.is_none(), "request {}: {:?}", r.id, p.error);
+        offsets.insert(r.id, p.base_offset);
+    }
+    // Each batch written once, in sequence order.
+    assert_eq!(offsets.values().copied().collect::<Vec<_>>(), (0..8).collect::<Vec<i64>>());
+    let got = consume_all(&client, "ord", 8).await;
+    assert_eq!(
+        got.iter().map(|r| text(&r.value)).collect::<Vec<_>>(),
+        (0..8).map(|i| format!("r{i}")).collect::<Vec<_>>()
+    );
+}

@@ -95,6 +95,6 @@ impl Router {
     /// [`produce::serve`] instead.
     pub async fn produce(self: &Arc<Self>, req: ProduceRequest) -> Result<ProduceResponse, SluiceError> {
         let mut sticky = sluice_core::partitioner::StickyPartitioner::new(self.settings.batch_bytes, rand::random());
-        Ok(produce::dispatch(self, req, &mut sticky).await?.await)
+        Ok(produce::dispatch(self, req, &mut sticky, &Arc::default()).await?.await)
     }
 }

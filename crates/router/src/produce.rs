@@ -33,6 +33,57 @@ const RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// Largest batch the gateway builds from plain records (below max.message.bytes too).
 const MAX_BUILT_BATCH: usize = 1 << 20;
 
+/// Pause before sending again a batch refused because an earlier one of its partition, on
+/// the same stream, has not landed yet.
+const ORDER_PAUSE: Duration = Duration::from_millis(10);
+
+/// The partition batches of one produce stream not answered yet, in dispatch order. An
+/// idempotent producer's batch refused as out of order while an earlier batch of its
+/// partition from the same stream is still on its way (being sent again after a leader
+/// change, or to a leader just taking up its partition) is sent again instead of failing:
+/// the leader accepts a producer's sequences only in order, and the router's re-sends must
+/// not turn a failover into an error for the later batches.
+#[derive(Default)]
+pub struct Unanswered {
+    next: std::sync::atomic::AtomicU64,
+    by_partition: Mutex<std::collections::HashMap<u32, std::collections::BTreeSet<u64>>>,
+}
+
+/// One partition batch of a stream, until answered.
+struct Ticket {
+    owner: Arc<Unanswered>,
+    partition: u32,
+    n: u64,
+}
+
+impl Unanswered {
+    fn enter(self: &Arc<Self>, partition: u32) -> Ticket {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.by_partition.lock().unwrap_or_else(|e| e.into_inner()).entry(partition).or_default().insert(n);
+        Ticket { owner: self.clone(), partition, n }
+    }
+}
+
+impl Ticket {
+    /// Whether an earlier batch of the same partition on this stream is still unanswered.
+    fn behind_another(&self) -> bool {
+        let map = self.owner.by_partition.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&self.partition).and_then(|s| s.first()).is_some_and(|first| *first < self.n)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut map = self.owner.by_partition.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = map.get_mut(&self.partition) {
+            s.remove(&self.n);
+            if s.is_empty() {
+                map.remove(&self.partition);
+            }
+        }
+    }
+}
+
 /// Serves a stream of produce requests: each is dispatched in arrival order and answered by
 /// id once its partitions answered. A request whose id is already in flight on this stream is
 /// a client bug that would make two answers share one id: it is not dispatched; the requests
@@ -48,6 +99,8 @@ where
             let _open = crate::metrics::StreamGuard::open(&gw.metrics.active_streams, "produce");
             let mut sticky = StickyPartitioner::new(gw.settings.batch_bytes, rand::random());
             let in_flight: Arc<Mutex<HashSet<u64>>> = Arc::default();
+            // One tracker per topic: a batch can only be behind another of its own partition.
+            let mut unanswered: std::collections::HashMap<String, Arc<Unanswered>> = Default::default();
             let mut answers = tokio::task::JoinSet::new();
             let mut input = std::pin::pin!(input);
             while let Some(req) = input.next().await {
@@ -68,7 +121,8 @@ where
                     let _ = tx.send(Err(e.into())).await;
                     return;
                 }
-                match dispatch(&gw, req, &mut sticky).instrument(span.clone()).await {
+                let order = unanswered.entry(topic.clone()).or_default().clone();
+                match dispatch(&gw, req, &mut sticky, &order).instrument(span.clone()).await {
                     Ok(answer) => {
                         let (tx, gw, in_flight) = (tx.clone(), gw.clone(), in_flight.clone());
                         answers.spawn(
@@ -144,6 +198,7 @@ pub async fn dispatch(
     gw: &Arc<Router>,
     req: ProduceRequest,
     sticky: &mut StickyPartitioner,
+    order: &Arc<Unanswered>,
 ) -> Result<impl Future<Output = ProduceResponse> + use<>, SluiceError> {
     let view = gw.snapshot();
     let t = route::topic(&view, &req.topic)?;
@@ -221,7 +276,8 @@ pub async fn dispatch(
                 send(gw, &view, &t, p, data.clone(), acks).await
             }
         };
-        sent.push((p, part.records, std::mem::take(&mut part.indexes), data, pending));
+        let ticket = order.enter(p);
+        sent.push((p, part.records, std::mem::take(&mut part.indexes), data, pending, ticket));
     }
     let timeout =
         Duration::from_millis(if req.timeout_ms > 0 { req.timeout_ms as u64 } else { gw.settings.request_timeout_ms });
@@ -230,7 +286,7 @@ pub async fn dispatch(
     let gw = gw.clone();
     let t = t.clone();
     Ok(async move {
-        let waits = sent.into_iter().map(|(p, records, record_indexes, data, pending)| {
+        let waits = sent.into_iter().map(|(p, records, record_indexes, data, pending, ticket)| {
             let (gw, t) = (gw.clone(), t.clone());
             async move {
                 let mut r = PartitionProduceResult {
@@ -240,7 +296,7 @@ pub async fn dispatch(
                     error: None,
                     record_indexes,
                 };
-                match answer(&gw, &t, p, data, acks, pending, deadline).await {
+                match answer(&gw, &t, p, data, acks, pending, deadline, &ticket).await {
                     Ok(Some(resp)) => {
                         r.base_offset = resp.base_offset;
                         r.record_count = resp.record_count;
@@ -307,6 +363,7 @@ fn idempotent(data: &[u8]) -> bool {
 /// leader (once the metadata names one) as long as they were certainly not written, or come
 /// from an idempotent producer, until the request's deadline: a failover is a pause, not an
 /// error, for the producer.
+#[allow(clippy::too_many_arguments)]
 async fn answer(
     gw: &Router,
     t: &TopicMeta,
@@ -315,15 +372,18 @@ async fn answer(
     acks: Acks,
     mut pending: Pending,
     deadline: tokio::time::Instant,
+    ticket: &Ticket,
 ) -> Result<Option<AppendResponse>, v1::Error> {
     let mut view_rx = gw.view.clone();
     let idempotent = idempotent(&data);
     loop {
+        let in_order =
+            |e: &v1::Error| idempotent && e.sluice_code == codes::OUT_OF_ORDER_SEQUENCE && ticket.behind_another();
         let (e, retry) = match pending {
             Pending::Unsent(e) => (e.to_proto(), true),
             Pending::Failed(e) => {
                 let e = e.to_proto();
-                let retry = unwritten(&e) || (idempotent && e.retriable);
+                let retry = unwritten(&e) || (idempotent && e.retriable) || in_order(&e);
                 (e, retry)
             }
             Pending::Sent(_) if acks == Acks::None => return Ok(None),
@@ -337,7 +397,7 @@ async fn answer(
                     Ok(Err(_)) => SluiceError::NodeUnavailable("the node connection closed".into()).to_proto(),
                     Err(_) => return Err(SluiceError::Timeout("no answer from the node in time".into()).to_proto()),
                 };
-                let retry = unwritten(&e) || (idempotent && e.retriable);
+                let retry = unwritten(&e) || (idempotent && e.retriable) || in_order(&e);
                 (e, retry)
             }
         };
@@ -347,7 +407,8 @@ async fn answer(
         // Wait for the metadata to move (a new leader or epoch), or a moment when the refusal
         // was not about the metadata (a leader briefly unsure of its own lease), then try again.
         view_rx.borrow_and_update();
-        let pause = tokio::time::Instant::now() + RETRY_PAUSE;
+        let wait = if in_order(&e) { ORDER_PAUSE } else { RETRY_PAUSE };
+        let pause = tokio::time::Instant::now() + wait;
         if pause >= deadline {
             return Err(e);
         }
