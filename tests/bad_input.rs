@@ -126,6 +126,28 @@ async fn produce_and_fetch_refuse_bad_records_and_offsets() {
     let empty = produce_one(&client, base.clone()).await;
     assert_eq!(Code::from_i32(empty.error.expect("empty request").code), Code::InvalidArgument);
 
+    // Idempotent batches: a sequence gap (a producer unknown to the partition starts at 0)
+    // and a stale epoch are refused with FAILED_PRECONDITION and their codes; nothing written.
+    let idem = |pid: i64, epoch: i16, seq: i32| {
+        let mut b = BatchBuilder::new(Compression::None).producer(pid, epoch, seq);
+        b.push(1, None, Some(b"idem"), &[]);
+        vec![PartitionBatches { partition: 1, data: b.build().unwrap() }]
+    };
+    let (pid, _) =
+        eventually("a producer id", Duration::from_secs(20), || async { client.init_producer_id().await.ok() }).await;
+    let gap = produce_one(&client, ProduceRequest { batches: idem(pid, 0, 3), ..base.clone() }).await;
+    let e = gap.partitions[0].error.clone().expect("gap refused");
+    assert_eq!((Code::from_i32(e.code), e.sluice_code, e.retriable), (Code::FailedPrecondition, 2004, false));
+    assert!(e.message.contains("expected sequence 0, got 3"), "{}", e.message);
+    let first = produce_one(&client, ProduceRequest { batches: idem(pid, 1, 0), ..base.clone() }).await;
+    assert!(first.partitions[0].error.is_none(), "{first:?}");
+    let again = produce_one(&client, ProduceRequest { batches: idem(pid, 1, 0), ..base.clone() }).await;
+    assert_eq!(again.partitions[0].base_offset, first.partitions[0].base_offset, "a retry gets the same offset");
+    let stale = produce_one(&client, ProduceRequest { batches: idem(pid, 0, 1), ..base.clone() }).await;
+    let e = stale.partitions[0].error.clone().expect("stale epoch refused");
+    assert_eq!((Code::from_i32(e.code), e.sluice_code), (Code::FailedPrecondition, 2005));
+    assert!(e.message.contains("older than its current epoch 1"), "{}", e.message);
+
     // Fetch: out of range names the valid range; unknown partition is NOT_FOUND.
     let mut s = fetch_plain(&client, "small", 0, 50).await.unwrap();
     let resp = tokio::time::timeout(Duration::from_secs(10), s.message()).await.unwrap().unwrap().unwrap();
@@ -135,11 +157,13 @@ async fn produce_and_fetch_refuse_bad_records_and_offsets() {
     let status = fetch_plain(&client, "small", 5, 0).await.expect_err("unknown partition");
     assert_eq!(status.code(), Code::NotFound);
 
-    // The service is still up and nothing bad was stored: only "fine" is there.
-    let recs = consume_all(&client, "small", 1).await;
-    assert_eq!(recs.iter().map(|r| text(&r.value)).collect::<Vec<_>>(), vec!["fine"]);
+    // The service is still up and nothing bad was stored: only "fine" and one "idem".
+    let recs = consume_all(&client, "small", 2).await;
+    let mut values: Vec<String> = recs.iter().map(|r| text(&r.value)).collect();
+    values.sort();
+    assert_eq!(values, vec!["fine", "idem"]);
     let d = client.describe_topic("small").await.unwrap();
-    assert_eq!(d.partitions.iter().map(|p| p.log_end_offset).sum::<i64>(), 1);
+    assert_eq!(d.partitions.iter().map(|p| p.log_end_offset).sum::<i64>(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
