@@ -6,16 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 records="${1:-1000000}"
-scripts/ensure-deps.sh build
-cargo build --release -p sluice-cli --bin sluice >&2
-dir=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 17099)
-export SLUICE_GATEWAY="127.0.0.1:$port"
-target/release/sluice dev --data-dir "$dir/data" --listen "$SLUICE_GATEWAY" >"$dir/dev.log" 2>&1 &
-dev=$!
-trap 'kill $dev 2>/dev/null; wait $dev 2>/dev/null; rm -rf "$dir"' EXIT
-for _ in $(seq 50); do target/release/sluice topic list >/dev/null 2>&1 && break; sleep 0.2; done
-S=target/release/sluice
+source scripts/bench-dev.sh
 $S bench produce --topic bench-acks1 --partitions 8 --record-size 1024 --records "$records" --acks 1 --json 2>/dev/null
 $S bench produce --topic bench-acksall --partitions 8 --record-size 1024 --records "$records" --acks all --json 2>/dev/null
 $S bench consume --topic bench-acks1 --records "$records" --json 2>/dev/null

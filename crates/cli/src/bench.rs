@@ -180,6 +180,19 @@ fn progress(
     })
 }
 
+/// A producer id, waiting (up to 30 s) for a coordinator that is still taking up its role.
+async fn producer_id(client: &Client) -> anyhow::Result<(i64, i16)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.init_producer_id().await {
+            Err(e) if e.is_retriable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 async fn ensure_topic(client: &Client, a: &BenchArgs) -> anyhow::Result<u32> {
     match client.describe_topic(&a.topic).await {
         Ok(t) => Ok(t.partitions.len() as u32),
@@ -225,7 +238,7 @@ async fn produce(a: &BenchArgs, rate: Option<u64>, mode: &'static str) -> anyhow
     let per_batch = (a.batch_bytes / (a.record_size + 20)).max(1) as u64;
     let payload: Vec<u8> = (0..a.record_size).map(|_| rand::random::<u8>()).collect();
     let producer = match a.idempotent {
-        true => Some(client.init_producer_id().await?),
+        true => Some(producer_id(&client).await?),
         false => None,
     };
     let mut sequences = vec![0i32; partitions as usize];
