@@ -202,6 +202,13 @@ fn check_producers(
         if !h.has_producer() {
             continue;
         }
+        if h.base_sequence < 0 || h.producer_epoch < 0 {
+            return Err(batch::BatchError::Malformed(format!(
+                "a batch of producer {} needs an epoch and a base sequence of 0 or more (got {} and {})",
+                h.producer_id, h.producer_epoch, h.base_sequence
+            ))
+            .into());
+        }
         let t = scratch.as_ref().unwrap_or(table);
         match t.check(h.producer_id, h.producer_epoch, h.base_sequence, h.last_sequence()) {
             Ok(Verdict::Duplicate(b)) if parts.len() == 1 => return Ok(Some(b)),
@@ -403,6 +410,9 @@ impl SledStore {
             producers_dirty: false,
         };
         state.rebuild_producers();
+        // What the index told beyond the snapshot is in no snapshot yet: the first retention
+        // pass that removes batches writes one.
+        state.producers_dirty = state.producers_base.as_ref().is_none_or(|(_, t)| *t != state.producers);
         let p = Arc::new(SledPartition {
             id: id.clone(),
             tree,
@@ -646,6 +656,13 @@ impl PartitionLog for SledPartition {
             st.log_start = end;
         }
         st.rebuild_producers();
+        if st.producers_base.as_ref().is_some_and(|(covered, _)| *covered > end) {
+            // The snapshot covers batches that are gone: a rebuild from it would remember
+            // them and skip the index entries written over them. It covers the new end now.
+            self.index_tree.insert(PRODUCERS_KEY, producers::encode(end, &st.producers))?;
+            st.producers_base = Some((end, st.producers.clone()));
+            st.producers_dirty = false;
+        }
         drop(st);
         self.end_tx.send_replace(end);
         tracing::info!(partition = %self.id, end, removed = doomed.len(), "truncated");

@@ -353,3 +353,32 @@ async fn producer_state_outlives_retention_and_follows_replication_and_truncatio
     let b = follower.append(&idem(3, 0, 1, 1, now), &cfg, 0, 2).unwrap();
     assert_eq!((b.base_offset, b.duplicate), (1, false), "the truncated batch is written again");
 }
+
+#[tokio::test]
+async fn a_truncation_below_the_producer_snapshot_does_not_resurrect_its_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TopicConfig::default();
+    let now = 10_000_000;
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        let log = store.open(&pid()).unwrap();
+        log.append(&batch(&[(None, Some("old"), 1_000)], Compression::None), &cfg, 0, 1).unwrap();
+        log.append(&idem(1, 0, 0, 2, now), &cfg, 0, 1).unwrap(); // offsets 1-2
+        log.append(&idem(1, 0, 2, 1, now), &cfg, 0, 1).unwrap(); // offset 3
+        // Retention removes the first batch, writing a snapshot that covers offsets below 4.
+        let timed = TopicConfig { retention_ms: 5, ..cfg.clone() };
+        assert_eq!(log.clean(&timed, 2_000).unwrap().deleted_batches, 1);
+        // A new leader's log diverged at 3: producer 1's last batch goes, others come.
+        log.truncate(3).unwrap();
+        assert_eq!(log.append(&idem(2, 0, 0, 1, now), &cfg, 0, 2).unwrap().base_offset, 3);
+        assert_eq!(log.append(&idem(1, 0, 2, 1, now), &cfg, 0, 2).unwrap().base_offset, 4);
+        store.sync().await.unwrap();
+    }
+    let store = reopen(dir.path()).await;
+    let log = store.open(&pid()).unwrap();
+    let r = log.append(&idem(2, 0, 0, 1, now), &cfg, 0, 2).unwrap();
+    assert_eq!((r.base_offset, r.duplicate), (3, true), "producer 2's batch is known after the restart");
+    let p = log.append(&idem(1, 0, 2, 1, now), &cfg, 0, 2).unwrap();
+    assert_eq!((p.base_offset, p.duplicate), (4, true), "producer 1's batch is answered with its new offset");
+    assert_eq!(log.offsets().log_end_offset, 5);
+}
