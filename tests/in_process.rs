@@ -201,3 +201,31 @@ async fn an_idempotent_producers_batches_held_by_a_leader_change_land_in_order()
         (0..8).map(|i| format!("r{i}")).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_refused_for_itself_does_not_block_the_idempotent_producers_later_ones() {
+    let c = Cluster::builder().nodes(1).coordinators(1).in_process().start().await.expect("cluster");
+    let client = Client::connect(c.gateway()).await.expect("gateway");
+    let cfg = HashMap::from([("max.message.bytes".to_string(), "2048".to_string())]);
+    client.create_topic("mixed", 1, 1, cfg).await.expect("topic");
+    // One record per batch: the too-large one is refused by the leader, after the batch
+    // before it and ahead of the ones after it, which must not stay stuck behind the gap.
+    let cfg = ProducerConfig { batch_bytes: 1, linger: Duration::from_millis(1), ..ProducerConfig::default() };
+    let p = Producer::new(client.clone(), cfg);
+    let values: Vec<Vec<u8>> =
+        vec![b"a".to_vec(), vec![b'x'; 5000], b"b".to_vec(), b"c".to_vec(), vec![b'y'; 5000], b"d".to_vec()];
+    let mut acks = Vec::new();
+    for v in &values {
+        let r = ProducerRecord { topic: "mixed".into(), value: Some(Bytes::from(v.clone())), ..Default::default() };
+        acks.push(p.send(r).await.expect("queued"));
+    }
+    let mut outcomes = Vec::new();
+    for a in acks {
+        outcomes
+            .push(tokio::time::timeout(Duration::from_secs(30), a).await.expect("answered in time").expect("answer"));
+    }
+    let ok: Vec<bool> = outcomes.iter().map(|o| o.is_ok()).collect();
+    assert_eq!(ok, vec![true, false, true, true, false, true], "{outcomes:?}");
+    let got = consume_all(&client, "mixed", 4).await;
+    assert_eq!(got.iter().map(|r| text(&r.value)).collect::<Vec<_>>(), vec!["a", "b", "c", "d"]);
+}

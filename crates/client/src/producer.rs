@@ -63,6 +63,10 @@ pub struct ProducerConfig {
 /// leader remembers per producer to recognise a retry.
 pub const MAX_IN_FLIGHT_PER_PARTITION: usize = 5;
 
+/// Beyond a request's timeout, how long a copy of a batch that the gateway may still be
+/// sending is counted as possibly landing.
+const COPY_MARGIN: Duration = Duration::from_secs(5);
+
 impl Default for ProducerConfig {
     fn default() -> Self {
         Self {
@@ -175,6 +179,11 @@ struct Batch {
     /// id its last sent copy carried.
     ordinal: u64,
     sent_pid: i64,
+    /// Until when the copy on the stream may still be written (the gateway keeps sending it
+    /// again until the request's timeout), and the same for copies whose stream was lost
+    /// before they were answered: a partition does not start over while one may still land.
+    copy_until: Option<Instant>,
+    lost_copy_until: Option<Instant>,
 }
 
 impl Batch {
@@ -309,7 +318,9 @@ impl Engine {
     fn next_deadline(&self) -> Option<Instant> {
         let linger = self.accs.values().map(|a| a.since + self.cfg.linger).min();
         let retry = self.retry.iter().map(|(t, _)| *t).min();
-        [linger, retry, self.restart_retry].into_iter().flatten().min()
+        // The oldest waiting batch is (nearly always) at the front.
+        let expiry = self.ready.front().map(|b| b.first_sent + self.cfg.delivery_timeout);
+        [linger, retry, self.restart_retry, expiry].into_iter().flatten().min()
     }
 
     fn on_timer(&mut self) {
@@ -325,6 +336,16 @@ impl Engine {
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retry).into_iter().partition(|(t, _)| *t <= now);
         self.retry = later;
         self.ready.extend(due.into_iter().map(|(_, b)| b));
+        // Batches that cannot go (their partition waits to start over, or for earlier ones)
+        // still give up at their delivery timeout.
+        let timeout = self.cfg.delivery_timeout;
+        let (expired, ready): (VecDeque<_>, VecDeque<_>) =
+            std::mem::take(&mut self.ready).into_iter().partition(|b| b.first_sent.elapsed() >= timeout);
+        self.ready = ready;
+        for b in expired {
+            let elapsed = b.first_sent.elapsed();
+            self.fail(b, ClientError::Exhausted { elapsed, last: "the batch could not be sent in time".into() });
+        }
     }
 
     async fn partition_count(&mut self, topic: &str) -> Result<u32, ClientError> {
@@ -337,11 +358,24 @@ impl Engine {
         Ok(n)
     }
 
+    /// One request for a producer id, bounded by `request_timeout`.
+    async fn init_producer_id(&self) -> Result<(i64, i16), ClientError> {
+        match tokio::time::timeout(self.cfg.request_timeout, self.client.init_producer_id()).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Remote(RemoteError {
+                code: tonic::Code::DeadlineExceeded,
+                message: "no producer id from the coordinator in time".into(),
+                retriable: true,
+                sluice_code: 0,
+            })),
+        }
+    }
+
     /// A new producer id, asked again on retriable failures until `delivery_timeout`.
     async fn new_producer_id(&self) -> Result<(i64, i16), ClientError> {
         let started = Instant::now();
         loop {
-            match self.client.init_producer_id().await {
+            match self.init_producer_id().await {
                 Ok(id) => return Ok(id),
                 Err(e) if e.is_retriable() && started.elapsed() < self.cfg.delivery_timeout => {
                     tracing::debug!(error = %e, "no producer id yet; asking again");
@@ -441,6 +475,8 @@ impl Engine {
                     traceparent: acc.traceparent,
                     ordinal,
                     sent_pid: -1,
+                    copy_until: None,
+                    lost_copy_until: None,
                 })
             }
             Err(e) => {
@@ -482,7 +518,12 @@ impl Engine {
     fn sendable(&self, b: &Batch) -> bool {
         match self.seqs.get(&(b.topic.clone(), b.partition)) {
             Some(seq) => {
+                // Ordinals of a partition are consecutive: the batches unacknowledged lie in
+                // [first, first + 5) while they can be in flight, so the leader still remembers
+                // the oldest when the newest lands.
+                let first = seq.unacked.first().copied().unwrap_or(b.ordinal);
                 !seq.restart
+                    && b.ordinal < first + MAX_IN_FLIGHT_PER_PARTITION as u64
                     && seq.in_flight.len() < MAX_IN_FLIGHT_PER_PARTITION
                     && seq.unacked.range(..b.ordinal).all(|o| seq.in_flight.contains(o))
             }
@@ -498,7 +539,21 @@ impl Engine {
         }
         let keys: Vec<_> = self.seqs.iter().filter(|(_, s)| s.restart).map(|(k, _)| k.clone()).collect();
         for key in keys {
-            let (pid, epoch) = match self.client.init_producer_id().await {
+            // A copy lost with an earlier stream may still be written by the gateway: the
+            // batches are renumbered only once none can land any more.
+            let pending = self
+                .ready
+                .iter()
+                .chain(self.retry.iter().map(|(_, b)| b))
+                .chain(self.inflight.values().flatten())
+                .filter(|b| b.topic == key.0 && b.partition == key.1)
+                .filter_map(|b| b.lost_copy_until)
+                .max();
+            if let Some(until) = pending.filter(|t| *t > Instant::now()) {
+                self.restart_retry = Some(self.restart_retry.map_or(until, |r| r.min(until)));
+                continue;
+            }
+            let (pid, epoch) = match self.init_producer_id().await {
                 Ok(id) => id,
                 Err(e) => {
                     tracing::debug!(error = %e, "no new producer id yet");
@@ -554,6 +609,7 @@ impl Engine {
                 if let Some(seq) = self.seqs.get_mut(&(b.topic.clone(), b.partition)) {
                     seq.in_flight.insert(b.ordinal);
                     b.sent_pid = seq.producer_id;
+                    b.copy_until = Some(Instant::now() + self.cfg.request_timeout + COPY_MARGIN);
                 }
             }
             let id = self.next_id;
@@ -629,16 +685,22 @@ impl Engine {
             return Outcome::Retry;
         }
         let oldest = seq.unacked.first() == Some(&b.ordinal);
-        if e.sluice_code == codes::OUT_OF_ORDER_SEQUENCE && !oldest {
+        let sequence = [codes::OUT_OF_ORDER_SEQUENCE, codes::INVALID_PRODUCER_EPOCH].contains(&e.sluice_code);
+        if sequence && !oldest {
+            // An earlier batch is not acknowledged yet: this one goes again after it.
             return Outcome::Retry;
         }
-        seq.restart = true;
-        if [codes::OUT_OF_ORDER_SEQUENCE, codes::INVALID_PRODUCER_EPOCH].contains(&e.sluice_code) {
-            // The leader lost (or never had) what this producer wrote before (acks=1 records
-            // lost in a failover): the batch goes again, renumbered.
+        if sequence {
+            // The leader does not have what this producer wrote before (it forgot the
+            // producer): the batch goes again, renumbered with every later one.
             tracing::warn!(topic = %b.topic, partition = b.partition, reason = %e.message, "partition refused the producer's sequence; starting over");
+            seq.restart = true;
             return Outcome::Retry;
         }
+        // Refused for itself (too large, no key on a compacted topic, ...): it fails. Only
+        // when it is the oldest are the later ones certainly unwritten and renumbered now;
+        // otherwise the next one is refused out of order once it is the oldest, and then.
+        seq.restart |= oldest;
         Outcome::Refused
     }
 
@@ -674,7 +736,8 @@ impl Engine {
     fn on_disconnect(&mut self, why: String) {
         self.conn = None;
         let inflight: Vec<_> = self.inflight.drain().flat_map(|(_, b)| b).collect();
-        for b in inflight {
+        for mut b in inflight {
+            b.lost_copy_until = b.lost_copy_until.max(b.copy_until.take());
             self.landed(&b);
             self.schedule_retry(b, &why);
         }

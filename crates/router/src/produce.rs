@@ -33,8 +33,8 @@ const RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// Largest batch the gateway builds from plain records (below max.message.bytes too).
 const MAX_BUILT_BATCH: usize = 1 << 20;
 
-/// Pause before sending again a batch refused because an earlier one of its partition, on
-/// the same stream, has not landed yet.
+/// First pause before sending again a batch refused because an earlier one of its partition,
+/// on the same stream, has not landed yet (doubled at each refusal).
 const ORDER_PAUSE: Duration = Duration::from_millis(10);
 
 /// The partition batches of one produce stream not answered yet, in dispatch order. An
@@ -376,6 +376,8 @@ async fn answer(
 ) -> Result<Option<AppendResponse>, v1::Error> {
     let mut view_rx = gw.view.clone();
     let idempotent = idempotent(&data);
+    // Doubles with each out-of-order refusal, up to RETRY_PAUSE.
+    let mut order_pause = ORDER_PAUSE;
     loop {
         let in_order =
             |e: &v1::Error| idempotent && e.sluice_code == codes::OUT_OF_ORDER_SEQUENCE && ticket.behind_another();
@@ -407,7 +409,12 @@ async fn answer(
         // Wait for the metadata to move (a new leader or epoch), or a moment when the refusal
         // was not about the metadata (a leader briefly unsure of its own lease), then try again.
         view_rx.borrow_and_update();
-        let wait = if in_order(&e) { ORDER_PAUSE } else { RETRY_PAUSE };
+        let wait = if in_order(&e) {
+            order_pause = (order_pause * 2).min(RETRY_PAUSE);
+            order_pause / 2
+        } else {
+            RETRY_PAUSE
+        };
         let pause = tokio::time::Instant::now() + wait;
         if pause >= deadline {
             return Err(e);
