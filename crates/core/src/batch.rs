@@ -161,6 +161,52 @@ pub fn set_producer(b: &mut [u8], producer_id: i64, producer_epoch: i16, base_se
     b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// The kind of a transaction marker, the key of its control record (Kafka's control types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    Abort,
+    Commit,
+}
+
+/// A transaction marker: a control batch of one record whose key is (version 0, type: 0
+/// abort, 1 commit) and whose value is (version 0, coordinator epoch), as Kafka writes them.
+pub fn marker_batch(
+    producer_id: i64,
+    producer_epoch: i16,
+    marker: Marker,
+    coordinator_epoch: i32,
+    timestamp: i64,
+) -> Result<Bytes, BatchError> {
+    let kind: i16 = match marker {
+        Marker::Abort => 0,
+        Marker::Commit => 1,
+    };
+    let mut key = [0u8; 4];
+    key[2..].copy_from_slice(&kind.to_be_bytes());
+    let mut value = [0u8; 6];
+    value[2..].copy_from_slice(&coordinator_epoch.to_be_bytes());
+    let mut b =
+        BatchBuilder::new(Compression::None).producer(producer_id, producer_epoch, -1).flags(TRANSACTIONAL | CONTROL);
+    b.push(timestamp, Some(&key), Some(&value), &[]);
+    b.build()
+}
+
+/// The marker a control batch holds (`b` holds exactly the batch); `None` for a batch that is
+/// not a control batch or whose control record is not a transaction marker.
+pub fn marker_of(b: &Bytes) -> Option<Marker> {
+    let h = BatchHeader::parse(b).ok()?;
+    if !h.is_control() {
+        return None;
+    }
+    let records = decode_records(b).ok()?;
+    let key = records.first()?.key.clone()?;
+    match key.get(..4)? {
+        [0, 0, 0, 0] => Some(Marker::Abort),
+        [0, 0, 0, 1] => Some(Marker::Commit),
+        _ => None,
+    }
+}
+
 /// Rewrites the base offset of the batch at the start of `b`.
 pub fn set_base_offset(b: &mut [u8], base_offset: i64) {
     b[0..8].copy_from_slice(&base_offset.to_be_bytes());
@@ -403,6 +449,8 @@ pub struct BatchBuilder {
     producer_id: i64,
     producer_epoch: i16,
     base_sequence: i32,
+    /// TRANSACTIONAL and CONTROL, when set.
+    flags: i16,
 }
 
 impl BatchBuilder {
@@ -416,7 +464,15 @@ impl BatchBuilder {
             producer_id: -1,
             producer_epoch: -1,
             base_sequence: -1,
+            flags: 0,
         }
+    }
+
+    /// Marks the batch as part of a transaction, and as a control batch (a marker) when
+    /// `flags` says so; other attribute bits are ignored.
+    pub fn flags(mut self, flags: i16) -> Self {
+        self.flags = flags & (TRANSACTIONAL | CONTROL);
+        self
     }
 
     /// Sets the idempotent-producer fields of a builder in use.
@@ -530,7 +586,7 @@ impl BatchBuilder {
         b.put_i32(-1);
         b.put_i8(2);
         b.put_u32(0);
-        b.put_i16(self.compression as i16);
+        b.put_i16(self.compression as i16 | self.flags);
         b.put_i32(last_offset_delta);
         b.put_i64(self.base_timestamp);
         b.put_i64(self.max_timestamp);
@@ -650,5 +706,17 @@ mod tests {
         assert_eq!(h.last_sequence(), add_sequence(i32::MAX - 1, h.last_offset_delta));
         assert_eq!(add_sequence(i32::MAX, 1), 0);
         assert_eq!(add_sequence(5, 3), 8);
+    }
+
+    #[test]
+    fn markers_round_trip() {
+        for m in [Marker::Abort, Marker::Commit] {
+            let b = marker_batch(9, 2, m, 5, 1000).unwrap();
+            let h = verify_batch(&b, 1 << 20).unwrap();
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!((h.producer_id, h.producer_epoch), (9, 2));
+            assert_eq!(marker_of(&b), Some(m));
+        }
+        assert_eq!(marker_of(&sample(Compression::None)), None);
     }
 }

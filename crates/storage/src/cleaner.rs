@@ -64,6 +64,7 @@ fn apply_retention(p: &SledPartition, config: &TopicConfig, now_ms: i64) -> Resu
     st.bytes = remaining;
     st.log_start = st.index.keys().next().copied().unwrap_or(st.next_offset);
     let start = st.log_start;
+    st.txns.trim(start);
     drop(st);
     p.persist_log_start(start)?;
     tracing::debug!(partition = %crate::PartitionLog::id(p), removed = doomed.len(), log_start = start, "retention");
@@ -81,7 +82,11 @@ fn compact(p: &SledPartition, config: &TopicConfig, now_ms: i64) -> Result<(u64,
     }
     // Pass 1: the latest offset of every key, over the whole log including the head.
     let mut latest: HashMap<Vec<u8>, i64> = HashMap::new();
-    for (base, _) in &batches {
+    for (base, m) in &batches {
+        // Markers are kept as they are: their keys are control types, not record keys.
+        if m.attributes & batch::CONTROL != 0 {
+            continue;
+        }
         let Some(v) = load(p, *base)? else { continue };
         for r in batch::decode_records(&v)? {
             if let Some(k) = r.key {
@@ -92,7 +97,10 @@ fn compact(p: &SledPartition, config: &TopicConfig, now_ms: i64) -> Result<(u64,
     // Pass 2: rewrite every batch but the head.
     let tombstone_horizon = now_ms.saturating_sub(config.delete_retention_ms);
     let (mut rewritten, mut removed_records) = (0u64, 0u64);
-    for (base, _) in &batches[..batches.len() - 1] {
+    for (base, m) in &batches[..batches.len() - 1] {
+        if m.attributes & batch::CONTROL != 0 {
+            continue;
+        }
         let Some(v) = load(p, *base)? else { continue };
         let h = BatchHeader::parse(&v)?;
         let records = batch::decode_records(&v)?;
@@ -122,7 +130,9 @@ fn compact(p: &SledPartition, config: &TopicConfig, now_ms: i64) -> Result<(u64,
             }
             continue;
         }
-        let mut bb = BatchBuilder::new(h.compression()?).producer(h.producer_id, h.producer_epoch, h.base_sequence);
+        let mut bb = BatchBuilder::new(h.compression()?)
+            .producer(h.producer_id, h.producer_epoch, h.base_sequence)
+            .flags(h.attributes);
         for r in &keep {
             let headers: Vec<(&str, &[u8])> = r.headers.iter().map(|(k, v)| (k.as_str(), &v[..])).collect();
             bb.push_at((r.offset - h.base_offset) as i32, r.timestamp, r.key.as_deref(), r.value.as_deref(), &headers);

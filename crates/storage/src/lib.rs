@@ -13,6 +13,7 @@
 pub mod cleaner;
 pub mod producers;
 pub mod sled_store;
+pub mod txns;
 
 use std::sync::Arc;
 
@@ -60,6 +61,9 @@ pub enum StorageError {
     /// offset ranges. Producers send one batch per partition per request.
     #[error("a request mixes a batch already written (producer {producer_id}, sequence {sequence}) with other batches")]
     DuplicateInRequest { producer_id: i64, sequence: i32 },
+    /// Control batches (transaction markers) are written by the transaction coordinator only.
+    #[error("control batches (transaction markers) cannot be produced; they are written by the coordinator")]
+    ControlBatch,
 }
 
 /// What an append did.
@@ -136,6 +140,24 @@ pub trait PartitionLog: Send + Sync {
     fn size_bytes(&self) -> u64;
     /// Applies time and size retention and compaction; returns the batches removed or rewritten.
     fn clean(&self, config: &TopicConfig, now_ms: i64) -> Result<cleaner::CleanStats, StorageError>;
+    /// Appends a transaction marker for `producer_id` as the leader of `leader_epoch`: it ends
+    /// the producer's open transaction here (an abort is then listed by
+    /// [`PartitionLog::aborted_transactions`]). Refused with a stale epoch when the partition has
+    /// seen a newer epoch of the producer.
+    fn append_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: sluice_core::batch::Marker,
+        coordinator_epoch: i32,
+        now_ms: i64,
+        leader_epoch: i32,
+    ) -> Result<AppendInfo, StorageError>;
+    /// The first offset of the oldest open transaction, or the log end when none is open:
+    /// read_committed consumers read below the smaller of it and the high watermark.
+    fn first_unstable_offset(&self) -> i64;
+    /// The aborted transactions with records in `from..to`.
+    fn aborted_transactions(&self, from: i64, to: i64) -> Vec<txns::AbortedTxn>;
 }
 
 /// A node's set of partition logs.
@@ -199,6 +221,17 @@ impl AsyncLog {
     pub async fn epoch_end(&self, epoch: i32) -> Result<(i32, i64), StorageError> {
         let log = self.0.clone();
         blocking(move || log.epoch_end(epoch)).await
+    }
+
+    /// See [`PartitionLog::first_unstable_offset`].
+    pub fn first_unstable_offset(&self) -> i64 {
+        self.0.first_unstable_offset()
+    }
+
+    /// See [`PartitionLog::aborted_transactions`].
+    pub async fn aborted_transactions(&self, from: i64, to: i64) -> Result<Vec<txns::AbortedTxn>, StorageError> {
+        let log = self.0.clone();
+        blocking(move || log.aborted_transactions(from, to)).await
     }
 
     /// See [`PartitionLog::clean`].

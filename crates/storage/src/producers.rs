@@ -156,6 +156,17 @@ impl ProducerTable {
         e.last_timestamp = e.last_timestamp.max(timestamp);
     }
 
+    /// Records that the producer's epoch is now `epoch` (a transaction marker at that epoch):
+    /// its older batches no longer count as duplicates of the new epoch's.
+    pub fn note_epoch(&mut self, producer_id: i64, epoch: i16, timestamp: i64) {
+        let e = self.map.entry(producer_id).or_default();
+        if epoch > e.epoch {
+            e.epoch = epoch;
+            e.batches.clear();
+        }
+        e.last_timestamp = e.last_timestamp.max(timestamp);
+    }
+
     /// Forgets producers whose batches all lie before `log_start` and whose newest batch is
     /// older than [`PRODUCER_EXPIRATION_MS`]. Both, because record timestamps are the
     /// producer's (a copy of old data keeps its old timestamps while it is being written).

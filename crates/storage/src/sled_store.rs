@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cleaner::{self, CleanStats};
 use crate::producers::{self, ProducerTable, SeqBatch, Verdict};
+use crate::txns::{ABORT_MARKER, AbortedTxn, TxnIndex};
 use crate::{AppendInfo, LogOffsets, LogStore, PartitionId, PartitionLog, ReadResult, StorageError};
 
 /// Key (in the index tree) under which a partition remembers its log start offset once
@@ -57,6 +58,8 @@ pub(crate) struct LogState {
     pub producers_base: Option<(i64, ProducerTable)>,
     /// Whether `producers` changed since the snapshot.
     pub producers_dirty: bool,
+    /// Open and aborted transactions.
+    pub txns: TxnIndex,
 }
 
 impl LogState {
@@ -75,6 +78,12 @@ impl LogState {
             m.record_producer(*base, &mut t);
         }
         self.producers = t;
+        // Transactions come from the whole log: what retention removed is no longer read.
+        let mut txns = TxnIndex::default();
+        for (base, m) in &self.index {
+            txns.on_batch(*base, m.last_offset, m.producer_id, m.attributes);
+        }
+        self.txns = txns;
     }
 }
 
@@ -86,6 +95,7 @@ struct Summary {
     offsets: LogOffsets,
     bytes: u64,
     last_epoch: i32,
+    first_unstable: i64,
 }
 
 impl Summary {
@@ -94,6 +104,7 @@ impl Summary {
             offsets: LogOffsets { log_start_offset: st.log_start, log_end_offset: st.next_offset },
             bytes: st.bytes,
             last_epoch: st.index.values().next_back().map(|m| m.epoch).unwrap_or(-1),
+            first_unstable: st.txns.first_unstable().unwrap_or(st.next_offset),
         }
     }
 }
@@ -179,9 +190,20 @@ impl BatchMeta {
         }
     }
 
+    /// The meta of a stored batch, marking abort markers for the transaction index.
+    fn of_stored(h: &BatchHeader, bytes: &[u8]) -> Self {
+        let mut m = Self::of(h, bytes.len());
+        if h.is_control() && batch::marker_of(&Bytes::copy_from_slice(bytes)) == Some(batch::Marker::Abort) {
+            m.attributes |= ABORT_MARKER;
+        }
+        m
+    }
+
     /// Adds the batch at `base` to `t` when it has a producer.
     fn record_producer(&self, base: i64, t: &mut ProducerTable) {
-        if self.producer_id >= 0 {
+        if self.producer_id >= 0 && self.attributes & batch::CONTROL != 0 {
+            t.note_epoch(self.producer_id, self.producer_epoch, self.max_timestamp);
+        } else if self.producer_id >= 0 {
             let last_seq = batch::add_sequence(self.base_sequence, (self.last_offset - base) as i32);
             let b =
                 SeqBatch { first_seq: self.base_sequence, last_seq, base_offset: base, last_offset: self.last_offset };
@@ -304,7 +326,7 @@ fn load_index(
         }
         let base = be_i64(&k);
         let h = BatchHeader::parse(&v).map_err(|e| damaged(id, base, e))?;
-        let m = BatchMeta::of(&h, v.len());
+        let m = BatchMeta::of_stored(&h, &v);
         repair.insert(&base.to_be_bytes(), &encode_meta(&m)[..]);
         index.insert(base, m);
         repaired += 1;
@@ -408,6 +430,7 @@ impl SledStore {
             producers: ProducerTable::default(),
             producers_base,
             producers_dirty: false,
+            txns: TxnIndex::default(),
         };
         state.rebuild_producers();
         // What the index told beyond the snapshot is in no snapshot yet: the first retention
@@ -517,6 +540,7 @@ impl SledPartition {
             if m.producer_id >= 0 {
                 m.record_producer(base, &mut st.producers);
                 st.producers_dirty = true;
+                st.txns.on_batch(base, m.last_offset, m.producer_id, m.attributes);
             }
             st.index.insert(base, m);
         }
@@ -555,7 +579,13 @@ impl PartitionLog for SledPartition {
         if parts.is_empty() {
             return Err(batch::BatchError::Malformed("no record batch in the request".into()).into());
         }
-        for (_, range) in &parts {
+        for (h, range) in &parts {
+            if h.is_control() {
+                return Err(StorageError::ControlBatch);
+            }
+            if h.is_transactional() && !h.has_producer() {
+                return Err(batch::BatchError::Malformed("a transactional batch needs a producer id".into()).into());
+            }
             batch::verify_batch(&batches[range.clone()], config.max_message_bytes)?;
             if config.cleanup_policy.compact {
                 let b = Bytes::copy_from_slice(&batches[range.clone()]);
@@ -627,7 +657,8 @@ impl PartitionLog for SledPartition {
                 return Err(StorageError::NotContiguous { expected, got: h.base_offset });
             }
             expected = h.last_offset() + 1;
-            items.push((h.base_offset, sled::IVec::from(&batches[range.clone()]), BatchMeta::of(h, range.len())));
+            let bytes = &batches[range.clone()];
+            items.push((h.base_offset, sled::IVec::from(bytes), BatchMeta::of_stored(h, bytes)));
         }
         if !items.is_empty() {
             self.store_locked(&mut st, items)?;
@@ -772,5 +803,46 @@ impl PartitionLog for SledPartition {
 
     fn clean(&self, config: &TopicConfig, now_ms: i64) -> Result<CleanStats, StorageError> {
         cleaner::clean(self, config, now_ms)
+    }
+
+    fn append_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: batch::Marker,
+        coordinator_epoch: i32,
+        now_ms: i64,
+        leader_epoch: i32,
+    ) -> Result<AppendInfo, StorageError> {
+        let data = batch::marker_batch(producer_id, producer_epoch, marker, coordinator_epoch, now_ms)?;
+        let h = BatchHeader::parse(&data)?;
+        let mut st = self.lock();
+        if let Some(e) = st.producers.get(producer_id).filter(|e| e.epoch > producer_epoch) {
+            return Err(StorageError::Sequence(producers::SeqError::StaleEpoch {
+                producer_id,
+                epoch: producer_epoch,
+                current: e.epoch,
+            }));
+        }
+        let base = st.next_offset;
+        let mut v = sled::IVec::from(&data[..]);
+        batch::set_base_offset(v.as_mut(), base);
+        batch::set_partition_leader_epoch(v.as_mut(), leader_epoch);
+        let mut meta = BatchMeta::of(&h, v.len());
+        meta.last_offset = base;
+        meta.epoch = leader_epoch;
+        if marker == batch::Marker::Abort {
+            meta.attributes |= ABORT_MARKER;
+        }
+        self.store_locked(&mut st, vec![(base, v, meta)])?;
+        Ok(AppendInfo { base_offset: base, last_offset: base, record_count: 1, log_append_time: -1, duplicate: false })
+    }
+
+    fn first_unstable_offset(&self) -> i64 {
+        self.summary().first_unstable
+    }
+
+    fn aborted_transactions(&self, from: i64, to: i64) -> Vec<AbortedTxn> {
+        self.lock().txns.aborted(from, to)
     }
 }

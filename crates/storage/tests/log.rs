@@ -382,3 +382,58 @@ async fn a_truncation_below_the_producer_snapshot_does_not_resurrect_its_batches
     assert_eq!((p.base_offset, p.duplicate), (4, true), "producer 1's batch is answered with its new offset");
     assert_eq!(log.offsets().log_end_offset, 5);
 }
+
+/// A transactional batch of `n` records from producer `id`.
+fn txn_batch(id: i64, epoch: i16, seq: i32, n: usize) -> Bytes {
+    let mut b = BatchBuilder::new(Compression::None).producer(id, epoch, seq).flags(sluice_core::batch::TRANSACTIONAL);
+    for i in 0..n {
+        b.push(1, None, Some(format!("t{id}-{i}").as_bytes()), &[]);
+    }
+    b.build().unwrap()
+}
+
+#[tokio::test]
+async fn transactions_hold_the_stable_offset_and_aborts_are_remembered_across_restarts() {
+    use sluice_core::batch::Marker;
+    use sluice_storage::txns::AbortedTxn;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TopicConfig::default();
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        let log = store.open(&pid()).unwrap();
+        log.append(&batch(&[(None, Some("plain"), 1)], Compression::None), &cfg, 0, 1).unwrap(); // 0
+        log.append(&txn_batch(5, 0, 0, 2), &cfg, 0, 1).unwrap(); // 1-2
+        log.append(&txn_batch(6, 0, 0, 2), &cfg, 0, 1).unwrap(); // 3-4
+        assert_eq!(log.first_unstable_offset(), 1);
+        assert_eq!(log.append_marker(5, 0, Marker::Commit, 1, 0, 1).unwrap().base_offset, 5);
+        assert_eq!(log.first_unstable_offset(), 3, "producer 6's transaction is still open");
+        assert_eq!(log.append_marker(6, 0, Marker::Abort, 1, 0, 1).unwrap().base_offset, 6);
+        assert_eq!(log.first_unstable_offset(), 7);
+        let aborted = vec![AbortedTxn { producer_id: 6, first_offset: 3, last_offset: 6 }];
+        assert_eq!(log.aborted_transactions(0, 7), aborted);
+        // Producers cannot write markers; a marker at an older epoch than seen is refused.
+        let forged = sluice_core::batch::marker_batch(5, 0, Marker::Commit, 1, 0).unwrap();
+        assert!(matches!(log.append(&forged, &cfg, 0, 1), Err(StorageError::ControlBatch)));
+        log.append(&txn_batch(5, 1, 0, 1), &cfg, 0, 1).unwrap(); // 7, a new epoch
+        assert!(matches!(log.append_marker(5, 0, Marker::Abort, 1, 0, 1), Err(StorageError::Sequence(_))));
+        assert_eq!(log.first_unstable_offset(), 7);
+        store.sync().await.unwrap();
+    }
+    // Rebuilt from the index: the same answers.
+    let store = reopen(dir.path()).await;
+    let log = store.open(&pid()).unwrap();
+    assert_eq!(log.first_unstable_offset(), 7);
+    assert_eq!(log.aborted_transactions(0, 100), vec![AbortedTxn { producer_id: 6, first_offset: 3, last_offset: 6 }]);
+    // A follower truncated before the abort marker has producer 6's transaction open again.
+    log.truncate(6).unwrap();
+    assert_eq!(log.first_unstable_offset(), 3);
+    assert!(log.aborted_transactions(0, 100).is_empty());
+    // A follower copying the leader's marker gets the same state.
+    let follower = store.open(&PartitionId { topic: "t".into(), topic_id: 7, partition: 3 }).unwrap();
+    let leader = store.open(&PartitionId { topic: "t".into(), topic_id: 7, partition: 4 }).unwrap();
+    leader.append(&txn_batch(8, 0, 0, 3), &cfg, 0, 1).unwrap();
+    leader.append_marker(8, 0, Marker::Abort, 1, 0, 1).unwrap();
+    follower.append_replica(&leader.read(0, usize::MAX).unwrap().batches).unwrap();
+    assert_eq!(follower.aborted_transactions(0, 10), leader.aborted_transactions(0, 10));
+    assert_eq!(follower.first_unstable_offset(), 4);
+}

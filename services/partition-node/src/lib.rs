@@ -56,7 +56,9 @@ pub fn map_storage(p: &PartitionId, e: StorageError) -> SluiceError {
                 }
             }
         }
-        e @ StorageError::DuplicateInRequest { .. } => SluiceError::InvalidRequest(e.to_string()),
+        e @ (StorageError::DuplicateInRequest { .. } | StorageError::ControlBatch) => {
+            SluiceError::InvalidRequest(e.to_string())
+        }
         StorageError::MissingKey => {
             SluiceError::InvalidRequest(format!("topic '{}' is compacted: every record needs a key", p.topic))
         }

@@ -629,6 +629,27 @@ mod tests {
         fn clean(&self, _config: &TopicConfig, _now_ms: i64) -> Result<CleanStats, StorageError> {
             Ok(Default::default())
         }
+
+        // The replica logic under test never writes markers: this log holds no transactions.
+        fn append_marker(
+            &self,
+            _producer_id: i64,
+            _producer_epoch: i16,
+            _marker: batch::Marker,
+            _coordinator_epoch: i32,
+            _now_ms: i64,
+            _leader_epoch: i32,
+        ) -> Result<AppendInfo, StorageError> {
+            Err(StorageError::ControlBatch)
+        }
+
+        fn first_unstable_offset(&self) -> i64 {
+            self.offsets().log_end_offset
+        }
+
+        fn aborted_transactions(&self, _from: i64, _to: i64) -> Vec<sluice_storage::txns::AbortedTxn> {
+            Vec::new()
+        }
     }
 
     /// `AsyncLog` has no public constructor: the fake log is opened through a store.

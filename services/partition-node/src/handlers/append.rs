@@ -143,6 +143,16 @@ async fn append_one(node: &Node, req: AppendRequest, acks: Acks) -> Result<(Appe
     sluice_telemetry::continue_from(&span, &req.traceparent);
     let epoch = (req.leader_epoch > 0).then_some(req.leader_epoch);
     let served = node.leader(&r, epoch)?;
+    // KIP-890: a transactional batch is accepted only once the transaction coordinator has
+    // added this partition to the producer's transaction, so that no batch can open a
+    // transaction that nothing will end (a "hanging" one holding the last stable offset).
+    // The coordinator side does not exist yet: no partition is ever added, none is accepted.
+    if sluice_core::batch::split_batches(&req.batches).is_ok_and(|b| b.iter().any(|(h, _)| h.is_transactional())) {
+        return Err(SluiceError::InvalidRequest(format!(
+            "partition {} of '{}' is not part of a transaction of this producer: transactional batches are accepted only for partitions the transaction coordinator added",
+            r.partition, r.topic
+        )));
+    }
     let cfg = served.topic.config();
     let min_isr = cfg.min_insync_replicas;
     let all = matches!(acks, Acks::All | Acks::Unspecified);
