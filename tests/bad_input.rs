@@ -177,6 +177,8 @@ async fn produce_and_fetch_refuse_bad_records_and_offsets() {
     assert_eq!(values, vec!["fine", "idem"]);
     let d = client.describe_topic("small").await.unwrap();
     assert_eq!(d.partitions.iter().map(|p| p.log_end_offset).sum::<i64>(), 2);
+    // No transaction is open: the last stable offset is the high watermark.
+    assert!(d.partitions.iter().all(|p| p.last_stable_offset == p.high_watermark), "{d:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,7 +78,7 @@ pub async fn run(c: TopicCmd) -> anyhow::Result<ExitCode> {
             for p in &t.partitions {
                 let ids = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
                 print!(
-                    "\tPartition: {}\tLeader: {}\tReplicas: {}\tIsr: {}\tLeaderEpoch: {}\tEarliest: {}\tLatest: {}\tHighWatermark: {}",
+                    "\tPartition: {}\tLeader: {}\tReplicas: {}\tIsr: {}\tLeaderEpoch: {}\tEarliest: {}\tLatest: {}\tHighWatermark: {}\tLastStable: {}",
                     p.partition,
                     p.leader,
                     ids(&p.replicas),
@@ -86,7 +86,8 @@ pub async fn run(c: TopicCmd) -> anyhow::Result<ExitCode> {
                     p.leader_epoch,
                     p.log_start_offset,
                     p.log_end_offset,
-                    p.high_watermark
+                    p.high_watermark,
+                    p.last_stable_offset
                 );
                 match &p.error {
                     Some(e) => println!("\tError: {}", e.message),

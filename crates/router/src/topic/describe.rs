@@ -35,12 +35,14 @@ pub async fn describe(gw: &Router, t: &TopicMeta) -> TopicDescription {
                 high_watermark: -1,
                 error: None,
                 isr: a.isr.clone(),
+                last_stable_offset: -1,
             };
             match offsets.get(&p) {
                 Some(Ok(o)) => {
                     d.log_start_offset = o.log_start_offset;
                     d.log_end_offset = o.log_end_offset;
                     d.high_watermark = o.high_watermark;
+                    d.last_stable_offset = o.last_stable_offset;
                 }
                 Some(Err(e)) => d.error = Some(e.clone()),
                 None => {}

@@ -20,6 +20,7 @@ async fn entry(node: &Node, r: sluice_proto::v1::PartitionRef, ts: Option<i64>) 
         timestamp_offset: -1,
         timestamp_found_ms: -1,
         error: None,
+        last_stable_offset: -1,
     };
     let res: Result<(), SluiceError> = async {
         let served = node.leader(&r, None)?;
@@ -27,6 +28,7 @@ async fn entry(node: &Node, r: sluice_proto::v1::PartitionRef, ts: Option<i64>) 
         e.log_start_offset = o.log_start_offset;
         e.log_end_offset = o.log_end_offset;
         e.high_watermark = served.replica.high_watermark();
+        e.last_stable_offset = e.high_watermark.min(served.log().first_unstable_offset());
         if let Some(ts) = ts {
             let pid = PartitionId { topic: r.topic.clone(), topic_id: served.topic.topic_id, partition: r.partition };
             let found = served.log().offset_for_timestamp(ts).await.map_err(|err| map_storage(&pid, err))?;
