@@ -29,6 +29,13 @@ pub struct CleanStats {
 
 pub(crate) fn clean(p: &SledPartition, config: &TopicConfig, now_ms: i64) -> Result<CleanStats, StorageError> {
     let mut stats = CleanStats::default();
+    {
+        // Idle producers are forgotten on every topic, also ones that never delete anything.
+        let mut st = p.lock();
+        if st.producers.expire(now_ms) > 0 {
+            st.producers_dirty = true;
+        }
+    }
     if config.cleanup_policy.delete {
         stats.deleted_batches = apply_retention(p, config, now_ms)?;
     }
@@ -56,7 +63,7 @@ fn apply_retention(p: &SledPartition, config: &TopicConfig, now_ms: i64) -> Resu
     if doomed.is_empty() {
         return Ok(0);
     }
-    p.snapshot_producers(&mut st, now_ms)?;
+    p.snapshot_producers(&mut st)?;
     p.remove_batches(&doomed)?;
     for base in &doomed {
         st.index.remove(base);
@@ -123,7 +130,7 @@ fn compact(p: &SledPartition, config: &TopicConfig, now_ms: i64) -> Result<(u64,
                 // read off the first batch after a restart.
                 p.persist_log_start(st.log_start)?;
             }
-            p.snapshot_producers(&mut st, now_ms)?;
+            p.snapshot_producers(&mut st)?;
             p.remove_batches(&[*base])?;
             if let Some(m) = st.index.remove(base) {
                 st.bytes -= m.size;

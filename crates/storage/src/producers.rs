@@ -16,9 +16,9 @@ use sluice_core::batch::add_sequence;
 /// Batches remembered per producer: as many as a producer may have in flight per partition.
 pub const REMEMBERED_BATCHES: usize = 5;
 
-/// A producer id unused by the partition for this long, and whose batches are all gone from
-/// the log, is forgotten (Kafka's `producer.id.expiration.ms` default); it is checked when a
-/// snapshot is written.
+/// A producer id that has not written to the partition for this long (by this node's clock) is
+/// forgotten (Kafka's `producer.id.expiration.ms` default); it is checked at every cleaning
+/// pass. Should it come back, its next batch is refused and it starts over under a new id.
 pub const PRODUCER_EXPIRATION_MS: i64 = 24 * 3600 * 1000;
 
 /// One batch of a producer: its sequence range and where it landed.
@@ -36,7 +36,9 @@ pub struct ProducerEntry {
     pub epoch: i16,
     /// Oldest first.
     pub batches: VecDeque<SeqBatch>,
-    /// Newest batch timestamp seen, for expiration.
+    /// When it last wrote here, by this node's clock (at a rebuild from the index: the time of
+    /// the rebuild), for expiration. Not the records' timestamps: a copy of old data keeps
+    /// its old timestamps while it is being written.
     pub last_timestamp: i64,
 }
 
@@ -167,13 +169,13 @@ impl ProducerTable {
         e.last_timestamp = e.last_timestamp.max(timestamp);
     }
 
-    /// Forgets producers whose batches all lie before `log_start` and whose newest batch is
-    /// older than [`PRODUCER_EXPIRATION_MS`]. Both, because record timestamps are the
-    /// producer's (a copy of old data keeps its old timestamps while it is being written).
-    pub fn expire(&mut self, now_ms: i64, log_start: i64) {
+    /// Forgets producers that have not written for [`PRODUCER_EXPIRATION_MS`]; returns how
+    /// many.
+    pub fn expire(&mut self, now_ms: i64) -> usize {
         let horizon = now_ms.saturating_sub(PRODUCER_EXPIRATION_MS);
-        self.map
-            .retain(|_, e| e.last_timestamp >= horizon || e.batches.back().is_some_and(|b| b.last_offset >= log_start));
+        let before = self.map.len();
+        self.map.retain(|_, e| e.last_timestamp >= horizon);
+        before - self.map.len()
     }
 
     /// Drops what lies at or after `offset` (a truncated tail); producers left with no batch
@@ -315,11 +317,9 @@ mod tests {
         t.record(2, 0, batch(0, 0, 20), 5_000_000_000);
         t.truncate(10);
         assert_eq!(t.check(1, 0, 10, 19), Ok(Verdict::Append), "the truncated batch may come again");
-        t.record(3, 0, batch(0, 0, 21), 1_000);
-        t.expire(5_000_000_000, 21);
-        assert!(t.get(1).is_none(), "old and no longer in the log");
+        assert_eq!(t.expire(5_000_000_000), 1);
+        assert!(t.get(1).is_none(), "idle for longer than the expiration");
         assert!(t.get(2).is_some(), "recent");
-        assert!(t.get(3).is_some(), "old timestamps but still in the log");
     }
 
     #[test]

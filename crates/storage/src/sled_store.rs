@@ -74,8 +74,9 @@ impl LogState {
             }
             None => (i64::MIN, ProducerTable::default()),
         };
+        let now = sluice_core::settings::now_ms();
         for (base, m) in self.index.range(from..) {
-            m.record_producer(*base, &mut t);
+            m.record_producer(*base, &mut t, now);
         }
         self.producers = t;
         // Transactions come from the whole log: what retention removed is no longer read.
@@ -199,15 +200,16 @@ impl BatchMeta {
         m
     }
 
-    /// Adds the batch at `base` to `t` when it has a producer.
-    fn record_producer(&self, base: i64, t: &mut ProducerTable) {
+    /// Adds the batch at `base`, written at `now_ms` (this node's clock), to `t` when it has a
+    /// producer.
+    fn record_producer(&self, base: i64, t: &mut ProducerTable, now_ms: i64) {
         if self.producer_id >= 0 && self.attributes & batch::CONTROL != 0 {
-            t.note_epoch(self.producer_id, self.producer_epoch, self.max_timestamp);
+            t.note_epoch(self.producer_id, self.producer_epoch, now_ms);
         } else if self.producer_id >= 0 {
             let last_seq = batch::add_sequence(self.base_sequence, (self.last_offset - base) as i32);
             let b =
                 SeqBatch { first_seq: self.base_sequence, last_seq, base_offset: base, last_offset: self.last_offset };
-            t.record(self.producer_id, self.producer_epoch, b, self.max_timestamp);
+            t.record(self.producer_id, self.producer_epoch, b, now_ms);
         }
     }
 }
@@ -495,11 +497,10 @@ impl SledPartition {
     /// Writes the producer snapshot when the table changed since the last one (the caller
     /// holds the state lock): to be done before batches are removed from the front, whose
     /// producers the index would no longer tell.
-    pub(crate) fn snapshot_producers(&self, st: &mut LogState, now_ms: i64) -> Result<(), StorageError> {
+    pub(crate) fn snapshot_producers(&self, st: &mut LogState) -> Result<(), StorageError> {
         if !st.producers_dirty {
             return Ok(());
         }
-        st.producers.expire(now_ms, st.log_start);
         self.index_tree.insert(PRODUCERS_KEY, producers::encode(st.next_offset, &st.producers))?;
         st.producers_base = Some((st.next_offset, st.producers.clone()));
         st.producers_dirty = false;
@@ -538,7 +539,7 @@ impl SledPartition {
             st.bytes += m.size;
             st.next_offset = m.last_offset + 1;
             if m.producer_id >= 0 {
-                m.record_producer(base, &mut st.producers);
+                m.record_producer(base, &mut st.producers, sluice_core::settings::now_ms());
                 st.producers_dirty = true;
                 st.txns.on_batch(base, m.last_offset, m.producer_id, m.attributes);
             }
@@ -598,11 +599,17 @@ impl PartitionLog for SledPartition {
         let mut st = self.lock();
         if let Some(dup) = check_producers(&st.producers, &parts)? {
             let count = (dup.last_offset - dup.base_offset + 1) as u32;
+            // The original's append time, which its index entry keeps as its max timestamp.
+            let log_append_time = st
+                .index
+                .get(&dup.base_offset)
+                .filter(|m| m.attributes & batch::TIMESTAMP_TYPE_LOG_APPEND != 0)
+                .map_or(-1, |m| m.max_timestamp);
             return Ok(AppendInfo {
                 base_offset: dup.base_offset,
                 last_offset: dup.last_offset,
                 record_count: count,
-                log_append_time: -1,
+                log_append_time,
                 duplicate: true,
             });
         }

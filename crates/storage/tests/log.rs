@@ -437,3 +437,18 @@ async fn transactions_hold_the_stable_offset_and_aborts_are_remembered_across_re
     assert_eq!(follower.aborted_transactions(0, 10), leader.aborted_transactions(0, 10));
     assert_eq!(follower.first_unstable_offset(), 4);
 }
+
+#[tokio::test]
+async fn a_duplicate_on_a_log_append_time_topic_gets_the_original_append_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let log = store.open(&pid()).unwrap();
+    let cfg = TopicConfig {
+        message_timestamp_type: sluice_core::topic::TimestampType::LogAppendTime,
+        ..TopicConfig::default()
+    };
+    let first = log.append(&idem(4, 0, 0, 2, 1), &cfg, 5_000, 1).unwrap();
+    assert_eq!(first.log_append_time, 5_000);
+    let again = log.append(&idem(4, 0, 0, 2, 1), &cfg, 9_000, 1).unwrap();
+    assert_eq!((again.duplicate, again.base_offset, again.log_append_time), (true, 0, 5_000));
+}
