@@ -229,3 +229,87 @@ async fn a_batch_refused_for_itself_does_not_block_the_idempotent_producers_late
     let got = consume_all(&client, "mixed", 4).await;
     assert_eq!(got.iter().map(|r| text(&r.value)).collect::<Vec<_>>(), vec!["a", "b", "c", "d"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_committed_readers_stop_at_open_transactions_and_never_see_aborted_records() {
+    use sluice_core::batch::{BatchBuilder, Marker, TRANSACTIONAL};
+    use sluice_core::compression::Compression;
+    use sluice_proto::v1::fetch_request::Kind;
+    use sluice_proto::v1::{FetchRequest, FetchStart, IsolationLevel, PartitionRef};
+    let c = Cluster::builder().nodes(1).coordinators(1).in_process().start().await.expect("cluster");
+    let client = Client::connect(c.gateway()).await.expect("gateway");
+    client.create_topic("rc", 1, 1, HashMap::new()).await.expect("topic");
+    produce(&client, "rc", 0, 1).await; // v0, once the partition is served
+    // No coordinator writes transactions yet: they go straight into the leader's log here.
+    let node = c.node(1).expect("node").clone();
+    let r = PartitionRef { topic: "rc".into(), partition: 0, ..Default::default() };
+    let served = node.leader(&r, None).expect("leader");
+    let txn = |pid: i64, v: &str| {
+        let mut b = BatchBuilder::new(Compression::None).producer(pid, 0, 0).flags(TRANSACTIONAL);
+        b.push(1, None, Some(v.as_bytes()), &[]);
+        b.build().unwrap()
+    };
+    let (a, b) = (txn(5, "committed"), txn(6, "aborted"));
+    let cfg = sluice_core::topic::TopicConfig::default();
+    let epoch = served.epoch as i32;
+    served
+        .log()
+        .with_log(move |log| {
+            log.append(&a, &cfg, 0, epoch).unwrap();
+            log.append(&b, &cfg, 0, epoch).unwrap();
+        })
+        .await
+        .unwrap();
+    produce(&client, "rc", 1, 1).await; // v1, after both: the high watermark moves past them
+    let d = client.describe_topic("rc").await.unwrap();
+    assert_eq!((d.partitions[0].high_watermark, d.partitions[0].last_stable_offset), (4, 1));
+
+    let committed = ConsumerConfig { isolation: IsolationLevel::ReadCommitted, ..ConsumerConfig::default() };
+    let mut rc = Consumer::assign(client.clone(), "rc", &[], StartFrom::Earliest, committed).await.expect("assign");
+    let first: Vec<String> =
+        rc.poll(Duration::from_millis(500)).await.unwrap().iter().map(|r| text(&r.value)).collect();
+    assert_eq!(first, vec!["v0"], "nothing at or after the open transactions' start");
+
+    served
+        .log()
+        .with_log(move |log| {
+            log.append_marker(5, 0, Marker::Commit, 0, 0, epoch).unwrap();
+            log.append_marker(6, 0, Marker::Abort, 0, 0, epoch).unwrap();
+        })
+        .await
+        .unwrap();
+    produce(&client, "rc", 2, 1).await; // v2
+    let mut rest = Vec::new();
+    while rest.len() < 3 {
+        let got = rc.poll(Duration::from_secs(5)).await.unwrap();
+        assert!(!got.is_empty(), "read_committed reader moved on: {rest:?}");
+        rest.extend(got.iter().map(|r| text(&r.value)));
+    }
+    assert_eq!(rest, vec!["committed", "v1", "v2"]);
+    let d = client.describe_topic("rc").await.unwrap();
+    assert_eq!(d.partitions[0].last_stable_offset, d.partitions[0].high_watermark);
+
+    // read_uncommitted sees the aborted record too; nobody ever sees a marker.
+    let all: Vec<String> = consume_all(&client, "rc", 5).await.iter().map(|r| text(&r.value)).collect();
+    assert_eq!(all, vec!["v0", "committed", "aborted", "v1", "v2"]);
+    // The plain-records fetch (other languages) filters on the server.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let start = FetchStart {
+        topic: "rc".into(),
+        plain_records: true,
+        isolation_level: IsolationLevel::ReadCommitted as i32,
+        ..Default::default()
+    };
+    tx.send(FetchRequest { kind: Some(Kind::Start(start)) }).await.unwrap();
+    drop(tx);
+    let mut s = client.broker().fetch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut plain = Vec::new();
+    while let Ok(Some(Ok(m))) =
+        tokio::time::timeout(Duration::from_secs(5), tokio_stream::StreamExt::next(&mut s)).await
+    {
+        plain.extend(
+            m.records.iter().map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned()),
+        );
+    }
+    assert_eq!(plain, vec!["v0", "committed", "v1", "v2"]);
+}

@@ -156,6 +156,7 @@ pub async fn fetch_plain(
         partitions: vec![FetchPartition { partition, offset }],
         max_bytes: 0,
         plain_records: true,
+        isolation_level: sluice_proto::v1::IsolationLevel::ReadUncommitted as i32,
     };
     tx.send(FetchRequest { kind: Some(Kind::Start(start)) }).await.expect("queue the start");
     drop(tx);

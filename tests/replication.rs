@@ -176,6 +176,7 @@ fn spawn_plain_reader(
             partitions: (0..partitions).map(|partition| FetchPartition { partition, offset: 0 }).collect(),
             max_bytes: 1 << 20,
             plain_records: true,
+            isolation_level: sluice_proto::v1::IsolationLevel::ReadUncommitted as i32,
         };
         tx.send(FetchRequest { kind: Some(Kind::Start(start)) }).await.unwrap();
         let mut s = client.broker().fetch(ReceiverStream::new(rx)).await.expect("fetch").into_inner();

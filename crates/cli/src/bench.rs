@@ -346,8 +346,7 @@ async fn consume(a: &BenchArgs) -> anyhow::Result<Stats> {
     let (target, dur) = limits(a);
     let (tx, rx) = mpsc::channel(16);
     let credit = 16u64 << 20;
-    let start_msg =
-        FetchStart { topic: a.topic.clone(), partitions: Vec::new(), max_bytes: credit, plain_records: false };
+    let start_msg = FetchStart { topic: a.topic.clone(), max_bytes: credit, ..Default::default() };
     tx.send(FetchRequest { kind: Some(Kind::Start(start_msg)) }).await?;
     let mut stream = client.broker().fetch(ReceiverStream::new(rx)).await?.into_inner();
     let done = Arc::new(AtomicU64::new(0));

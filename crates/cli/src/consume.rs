@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use sluice_client::consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartFrom};
 use sluice_client::group::{DeliveryMode, GroupConfig, GroupConsumer, RebalanceListener, TopicPartition};
+use sluice_proto::v1::IsolationLevel;
 
 use crate::GatewayArg;
 
@@ -48,8 +49,20 @@ pub struct ConsumeArgs {
     /// %K/%S key/value length, \n, \t, %%.
     #[arg(long, default_value = "%s\\n", value_name = "FMT")]
     format: String,
+    /// read_uncommitted (every record) or read_committed (below the last stable offset,
+    /// without aborted transactions).
+    #[arg(long, default_value = "read_uncommitted", value_parser = parse_isolation)]
+    isolation: IsolationLevel,
     #[command(flatten)]
     gw: GatewayArg,
+}
+
+fn parse_isolation(s: &str) -> Result<IsolationLevel, String> {
+    match s {
+        "read_uncommitted" => Ok(IsolationLevel::ReadUncommitted),
+        "read_committed" => Ok(IsolationLevel::ReadCommitted),
+        _ => Err(format!("'{s}' is not an isolation level (read_uncommitted or read_committed)")),
+    }
 }
 
 /// Renders `r` with a kcat-style format string.
@@ -137,10 +150,11 @@ impl Source {
 
 pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
     let client = a.gw.connect().await?;
+    let fetch = ConsumerConfig { isolation: a.isolation, ..ConsumerConfig::default() };
     let mut consumer = match &a.group {
         None => {
             let partitions: Vec<u32> = a.partition.into_iter().collect();
-            Source::Assigned(Consumer::assign(client, &a.topic, &partitions, a.from, ConsumerConfig::default()).await?)
+            Source::Assigned(Consumer::assign(client, &a.topic, &partitions, a.from, fetch).await?)
         }
         Some(group) => {
             if !matches!(a.from, StartFrom::Earliest | StartFrom::Latest) {
@@ -154,6 +168,7 @@ pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
                 auto_offset_reset: a.from,
                 delivery: a.delivery,
                 auto_commit_interval: Some(Duration::from_millis(a.commit_interval_ms)),
+                fetch,
                 ..GroupConfig::new(group)
             };
             let mut g = GroupConsumer::subscribe(client, &[a.topic.as_str()], cfg).await?;

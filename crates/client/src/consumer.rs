@@ -90,11 +90,18 @@ pub struct ConsumerConfig {
     pub max_buffer_bytes: u64,
     /// How long to keep retrying a transient failure before reporting it.
     pub retry_timeout: Duration,
+    /// [isolation.level] ReadCommitted reads below the last stable offset and skips aborted
+    /// transactions; ReadUncommitted (the default, as Kafka's) reads everything.
+    pub isolation: sluice_proto::v1::IsolationLevel,
 }
 
 impl Default for ConsumerConfig {
     fn default() -> Self {
-        Self { max_buffer_bytes: 8 << 20, retry_timeout: Duration::from_secs(60) }
+        Self {
+            max_buffer_bytes: 8 << 20,
+            retry_timeout: Duration::from_secs(60),
+            isolation: sluice_proto::v1::IsolationLevel::ReadUncommitted,
+        }
     }
 }
 
@@ -202,6 +209,7 @@ impl Consumer {
             partitions: self.positions.iter().map(|(p, o)| FetchPartition { partition: *p, offset: *o }).collect(),
             max_bytes: self.cfg.max_buffer_bytes,
             plain_records: false,
+            isolation_level: self.cfg.isolation as i32,
         };
         let _ = tx.send(FetchRequest { kind: Some(Kind::Start(start)) }).await;
         let rx = self.client.broker().fetch(ReceiverStream::new(rx)).await?.into_inner();
@@ -277,7 +285,9 @@ impl Consumer {
                 return Err(ClientError::Invalid("truncated batch from the gateway".into()));
             }
             let b = rest.split_to(h.total_len());
-            if h.is_control() {
+            // Markers are never handed out; with read_committed, neither are aborted records
+            // (the response lists the aborted transactions it overlaps).
+            if sluice_core::batch::skipped_when_committed(&h, &resp.aborted_transactions) {
                 next = next.max(h.next_offset());
                 continue;
             }

@@ -191,6 +191,17 @@ pub fn marker_batch(
     b.build()
 }
 
+/// Whether a read_committed reader skips the batch's records: a control batch (a marker is
+/// never handed to applications), or a transactional batch of a producer inside one of its
+/// aborted transactions (`first_offset..=last_offset`).
+pub fn skipped_when_committed(h: &BatchHeader, aborted: &[sluice_proto::v1::AbortedTransaction]) -> bool {
+    h.is_control()
+        || (h.is_transactional()
+            && aborted.iter().any(|a| {
+                a.producer_id == h.producer_id && a.first_offset <= h.base_offset && h.base_offset <= a.last_offset
+            }))
+}
+
 /// The marker a control batch holds (`b` holds exactly the batch); `None` for a batch that is
 /// not a control batch or whose control record is not a transaction marker.
 pub fn marker_of(b: &Bytes) -> Option<Marker> {
@@ -718,5 +729,26 @@ mod tests {
             assert_eq!(marker_of(&b), Some(m));
         }
         assert_eq!(marker_of(&sample(Compression::None)), None);
+    }
+
+    #[test]
+    fn read_committed_skips_markers_and_aborted_transactions_only() {
+        use sluice_proto::v1::AbortedTransaction;
+        let txn = |pid: i64, base: i64| {
+            let mut b = BatchBuilder::new(Compression::None).producer(pid, 0, 0).flags(TRANSACTIONAL);
+            b.push(1, None, Some(b"v"), &[]);
+            let mut v = b.build().unwrap().to_vec();
+            set_base_offset(&mut v, base);
+            BatchHeader::parse(&v).unwrap()
+        };
+        let aborted = [AbortedTransaction { producer_id: 5, first_offset: 10, last_offset: 20 }];
+        assert!(skipped_when_committed(&txn(5, 10), &aborted));
+        assert!(skipped_when_committed(&txn(5, 15), &aborted));
+        assert!(!skipped_when_committed(&txn(5, 21), &aborted), "a later transaction of the producer");
+        assert!(!skipped_when_committed(&txn(6, 15), &aborted), "another producer's committed one");
+        let plain = BatchHeader::parse(&sample(Compression::None)).unwrap();
+        assert!(!skipped_when_committed(&plain, &aborted));
+        let marker = marker_batch(6, 0, Marker::Commit, 0, 1).unwrap();
+        assert!(skipped_when_committed(&BatchHeader::parse(&marker).unwrap(), &[]));
     }
 }

@@ -17,12 +17,12 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use sluice_core::SluiceError;
-use sluice_core::batch::{BatchHeader, decode_records};
+use sluice_core::batch::{self, BatchHeader, decode_records};
 use sluice_core::error::codes;
 use sluice_meta::{ClusterView, TopicMeta};
 use sluice_proto::v1::{
-    ConsumedRecord, FetchCredit, FetchResponse, FetchStart, Header, ReadPartition, ReadRequest, ReadResponse,
-    ReadStart, read_request,
+    ConsumedRecord, FetchCredit, FetchResponse, FetchStart, Header, IsolationLevel, ReadPartition, ReadRequest,
+    ReadResponse, ReadStart, read_request,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -59,6 +59,12 @@ where
 {
     let view = gw.snapshot();
     let t = route::topic(&view, &start.topic)?;
+    let isolation = IsolationLevel::try_from(start.isolation_level).map_err(|_| {
+        SluiceError::InvalidRequest(format!(
+            "unknown isolation level {} (expected 0 read_uncommitted or 1 read_committed)",
+            start.isolation_level
+        ))
+    })?;
     gw.metrics.fetch_requests.add(1, &crate::metrics::topic(&t.name));
     let count = t.partitions.len() as u32;
     let wanted: Vec<(u32, i64)> = if start.partitions.is_empty() {
@@ -81,6 +87,7 @@ where
         topic: t.clone(),
         tx: merged_tx,
         plain: start.plain_records,
+        isolation,
         window: credit,
         attrs: crate::metrics::topic(&t.name),
         readers: readers.clone(),
@@ -192,6 +199,7 @@ struct Shared {
     /// To the forwarder, tagged with the reader id.
     tx: mpsc::Sender<(u64, FetchResponse)>,
     plain: bool,
+    isolation: IsolationLevel,
     /// The credit each node stream starts with and is topped up to.
     window: u64,
     attrs: [opentelemetry::KeyValue; 1],
@@ -272,7 +280,11 @@ const REROUTE_PAUSE: std::time::Duration = std::time::Duration::from_millis(250)
 async fn spawn_reader(shared: Arc<Shared>, conn: Arc<NodeConn>, partitions: Vec<ReadPartition>) {
     let (ctx, crx) = mpsc::channel::<ReadRequest>(64);
     let begin = ReadRequest {
-        kind: Some(read_request::Kind::Start(ReadStart { partitions: partitions.clone(), max_bytes: shared.window })),
+        kind: Some(read_request::Kind::Start(ReadStart {
+            partitions: partitions.clone(),
+            max_bytes: shared.window,
+            isolation_level: shared.isolation as i32,
+        })),
     };
     let _ = ctx.send(begin).await;
     let id = shared.next_reader.fetch_add(1, Ordering::Relaxed);
@@ -348,9 +360,11 @@ fn convert(resp: ReadResponse, plain: bool, next: &mut BTreeMap<u32, i64>) -> Fe
         log_start_offset: resp.log_start_offset,
         next_offset: resp.next_offset,
         error: resp.error,
+        aborted_transactions: Vec::new(),
     };
     if !plain || out.error.is_some() {
         out.batches = resp.batches;
+        out.aborted_transactions = resp.aborted_transactions;
         return out;
     }
     let from = next.get(&partition).copied().unwrap_or(-2);
@@ -361,6 +375,11 @@ fn convert(resp: ReadResponse, plain: bool, next: &mut BTreeMap<u32, i64>) -> Fe
             break;
         }
         let b = rest.split_to(h.total_len());
+        // Markers never reach applications; aborted records only read_uncommitted ones (the
+        // node lists aborted transactions for read_committed reads only).
+        if batch::skipped_when_committed(&h, &resp.aborted_transactions) {
+            continue;
+        }
         match decode_records(&b) {
             Ok(recs) => out.records.extend(recs.into_iter().filter(|r| r.offset >= from).map(|r| ConsumedRecord {
                 partition,

@@ -323,6 +323,7 @@ impl OffsetStore {
             partitions: wanted.keys().map(|p| FetchPartition { partition: *p, offset: -2 }).collect(),
             max_bytes: LOAD_CREDIT,
             plain_records: true,
+            isolation_level: sluice_proto::v1::IsolationLevel::ReadUncommitted as i32,
         };
         let (credit, credits) = mpsc::unbounded_channel::<u64>();
         let mut stream = fetch::serve(self.router.clone(), start, UnboundedReceiverStream::new(credits)).await?;

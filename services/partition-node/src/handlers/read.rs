@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures_util::future::select_all;
 use sluice_core::SluiceError;
 use sluice_proto::v1::read_request::Kind;
-use sluice_proto::v1::{PartitionRef, ReadRequest, ReadResponse, ReadStart};
+use sluice_proto::v1::{AbortedTransaction, IsolationLevel, PartitionRef, ReadRequest, ReadResponse, ReadStart};
 use sluice_storage::PartitionId;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
@@ -32,6 +32,8 @@ struct Cursor {
     /// Readers see records below the high watermark only.
     committed: watch::Receiver<Committed>,
     epoch: u64,
+    /// READ_COMMITTED: below the last stable offset only, with the aborted transactions.
+    read_committed: bool,
 }
 
 fn error_response(r: PartitionRef, e: SluiceError) -> ReadResponse {
@@ -42,6 +44,7 @@ fn error_response(r: PartitionRef, e: SluiceError) -> ReadResponse {
         log_start_offset: -1,
         next_offset: -1,
         error: Some(e.to_proto()),
+        aborted_transactions: Vec::new(),
     }
 }
 
@@ -63,7 +66,11 @@ pub(super) async fn serve(
     Ok(Box::pin(ReceiverStream::new(rx)))
 }
 
-fn open_cursor(node: &Node, p: sluice_proto::v1::ReadPartition) -> Result<Cursor, (PartitionRef, SluiceError)> {
+fn open_cursor(
+    node: &Node,
+    p: sluice_proto::v1::ReadPartition,
+    read_committed: bool,
+) -> Result<Cursor, (PartitionRef, SluiceError)> {
     let r = p
         .partition
         .ok_or_else(|| (PartitionRef::default(), SluiceError::InvalidRequest("read without a partition".into())))?;
@@ -86,7 +93,7 @@ fn open_cursor(node: &Node, p: sluice_proto::v1::ReadPartition) -> Result<Cursor
         return Err((r, e));
     }
     let committed = served.replica.committed();
-    Ok(Cursor { r, pid, replica: served.replica.clone(), offset, committed, epoch: served.epoch })
+    Ok(Cursor { r, pid, replica: served.replica.clone(), offset, committed, epoch: served.epoch, read_committed })
 }
 
 async fn read_loop(
@@ -98,8 +105,9 @@ async fn read_loop(
     let mut credit = if start.max_bytes == 0 { DEFAULT_CREDIT } else { start.max_bytes };
     let mut input_open = true;
     let mut cursors = Vec::new();
+    let read_committed = start.isolation_level == IsolationLevel::ReadCommitted as i32;
     for p in start.partitions {
-        match open_cursor(&node, p) {
+        match open_cursor(&node, p, read_committed) {
             Ok(c) => cursors.push(c),
             Err((r, e)) => {
                 if tx.send(Ok(error_response(r, e))).await.is_err() {
@@ -124,12 +132,29 @@ async fn read_loop(
                 failed.push(i);
                 continue;
             }
-            if c.offset >= com.hw {
+            // The last stable offset moves when a marker lands, which also moves the high
+            // watermark: waiting for the latter wakes read_committed readers too.
+            let limit = if c.read_committed { com.hw.min(c.replica.log.first_unstable_offset()) } else { com.hw };
+            if c.offset >= limit {
                 continue;
             }
-            match c.replica.log.read_to(c.offset, credit.min(MAX_CHUNK) as usize, com.hw).await {
+            match c.replica.log.read_to(c.offset, credit.min(MAX_CHUNK) as usize, limit).await {
                 Ok(r) if r.batches.is_empty() => {}
                 Ok(r) => {
+                    let aborted = match c.read_committed {
+                        true => match c.replica.log.aborted_transactions(c.offset, r.next_offset).await {
+                            Ok(a) => a,
+                            Err(e) => {
+                                let e = map_storage(&c.pid, e);
+                                if tx.send(Ok(error_response(c.r.clone(), e))).await.is_err() {
+                                    return;
+                                }
+                                failed.push(i);
+                                continue;
+                            }
+                        },
+                        false => Vec::new(),
+                    };
                     credit = credit.saturating_sub(r.batches.len() as u64);
                     c.offset = r.next_offset;
                     progressed = true;
@@ -140,6 +165,14 @@ async fn read_loop(
                         log_start_offset: r.log_start_offset,
                         next_offset: r.next_offset,
                         error: None,
+                        aborted_transactions: aborted
+                            .into_iter()
+                            .map(|a| AbortedTransaction {
+                                producer_id: a.producer_id,
+                                first_offset: a.first_offset,
+                                last_offset: a.last_offset,
+                            })
+                            .collect(),
                     };
                     if tx.send(Ok(resp)).await.is_err() {
                         return;
