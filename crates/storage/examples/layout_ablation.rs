@@ -74,11 +74,25 @@ trait Layout {
     fn sync(&mut self) -> Result<(), String>;
     /// Reads every partition back in order; returns the bytes read.
     fn read_all(&mut self) -> Result<u64, String>;
-    fn reopen(&mut self) -> Result<(), String>;
+}
+
+type Opener<'a> = &'a dyn Fn() -> Result<Box<dyn Layout>, String>;
+
+/// Opens again what was just closed: sled's threads may hold the lock file for a moment
+/// after the last handle goes.
+fn reopen(open: Opener) -> Result<Box<dyn Layout>, String> {
+    let mut last = String::new();
+    for _ in 0..100 {
+        match open() {
+            Ok(l) => return Ok(l),
+            Err(e) => last = e,
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Err(format!("could not reopen the store: {last}"))
 }
 
 struct SledValues {
-    dir: PathBuf,
     db: sled::Db,
     trees: Vec<sled::Tree>,
 }
@@ -87,7 +101,7 @@ impl SledValues {
     fn open(dir: &Path, partitions: usize) -> Result<Self, String> {
         let db = sled_db(dir).map_err(|e| e.to_string())?;
         let trees = (0..partitions).map(|p| db.open_tree(format!("log/{p}"))).collect::<Result<_, _>>();
-        Ok(Self { dir: dir.to_path_buf(), trees: trees.map_err(|e| e.to_string())?, db })
+        Ok(Self { trees: trees.map_err(|e| e.to_string())?, db })
     }
 }
 
@@ -107,22 +121,6 @@ impl Layout for SledValues {
             }
         }
         Ok(total)
-    }
-    fn reopen(&mut self) -> Result<(), String> {
-        let partitions = self.trees.len();
-        self.trees.clear();
-        // sled's threads may hold the lock file for a moment after the last handle goes.
-        let db =
-            std::mem::replace(&mut self.db, sled::Config::new().temporary(true).open().map_err(|e| e.to_string())?);
-        drop(db);
-        for _ in 0..100 {
-            if let Ok(s) = SledValues::open(&self.dir, partitions) {
-                *self = s;
-                return Ok(());
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        Err("could not reopen the sled database".into())
     }
 }
 
@@ -187,25 +185,10 @@ impl Layout for Segments {
         }
         Ok(total)
     }
-    fn reopen(&mut self) -> Result<(), String> {
-        let partitions = self.files.len();
-        self.trees.clear();
-        self.files.clear();
-        let db =
-            std::mem::replace(&mut self.index, sled::Config::new().temporary(true).open().map_err(|e| e.to_string())?);
-        drop(db);
-        for _ in 0..100 {
-            if let Ok(s) = Segments::open(&self.dir, partitions) {
-                *self = s;
-                return Ok(());
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        Err("could not reopen the segment index".into())
-    }
 }
 
-fn run(name: &str, layout: &mut dyn Layout, a: &Args, batch_bytes: usize, dir: &Path) -> Result<(), String> {
+fn run(name: &str, open: Opener, a: &Args, batch_bytes: usize, dir: &Path) -> Result<(), String> {
+    let mut layout = open()?;
     let total = a.mib << 20;
     let batches = total / batch_bytes;
     let mut data = vec![7u8; batch_bytes];
@@ -222,7 +205,8 @@ fn run(name: &str, layout: &mut dyn Layout, a: &Args, batch_bytes: usize, dir: &
     }
     layout.sync()?;
     let write = started.elapsed().as_secs_f64();
-    layout.reopen()?;
+    drop(layout);
+    let mut layout = reopen(open)?;
     let cold = drop_caches();
     let started = Instant::now();
     let read = layout.read_all()?;
@@ -251,12 +235,13 @@ fn main() -> Result<(), String> {
     for (name, batch_bytes) in [("sled", batch), ("sled-1m", batch * 4), ("segments", batch)] {
         let dir = base.join(name);
         let _ = std::fs::remove_dir_all(&dir);
-        let mut layout: Box<dyn Layout> = match name {
-            "segments" => Box::new(Segments::open(&dir, a.partitions)?),
-            _ => Box::new(SledValues::open(&dir, a.partitions)?),
+        let open = || -> Result<Box<dyn Layout>, String> {
+            Ok(match name {
+                "segments" => Box::new(Segments::open(&dir, a.partitions)?),
+                _ => Box::new(SledValues::open(&dir, a.partitions)?),
+            })
         };
-        run(name, layout.as_mut(), &a, batch_bytes, &dir)?;
-        drop(layout);
+        run(name, &open, &a, batch_bytes, &dir)?;
         let _ = std::fs::remove_dir_all(&dir);
     }
     let _ = std::fs::remove_dir_all(&base);

@@ -341,11 +341,21 @@ impl Group {
         }
     }
 
-    /// The member holds exactly the set of `generation`: what it released is free.
+    /// The member holds exactly the set of `generation`: what it released is free, unless a
+    /// later set already sent gives it back (the member takes it again with that set).
     pub fn ack(&mut self, member: &str, generation: u64) {
         let Some(m) = self.members.get_mut(member) else { return };
         let Some(set) = m.unacked.get(&generation).cloned() else { return };
-        m.held.retain(|tp, since| set.contains(tp) || *since > generation);
+        let later: Vec<(u64, BTreeSet<Tp>)> = m.unacked.range(generation + 1..).map(|(g, s)| (*g, s.clone())).collect();
+        m.held = std::mem::take(&mut m.held)
+            .into_iter()
+            .filter_map(|(tp, since)| {
+                if set.contains(&tp) || since > generation {
+                    return Some((tp, since));
+                }
+                later.iter().find(|(_, s)| s.contains(&tp)).map(|(g, _)| (tp, *g))
+            })
+            .collect();
         m.unacked.retain(|g, _| *g > generation);
         if m.revoking().next().is_none() {
             m.revoke_deadline = None;
@@ -567,6 +577,41 @@ mod tests {
         assert!(g.expire(now + Duration::from_secs(11)));
         assert!(g.members.is_empty());
         assert!(matches!(g.check_commit(&b, gen2, &moving), Err(SluiceError::UnknownMember { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_partition_given_back_before_its_release_is_acknowledged_stays_held() {
+        // The CI failure of 2026-12-02 (at_most_once_never_processes_a_record_twice): a member
+        // asked to release a partition acknowledged the release after the coordinator, its
+        // newcomer gone meanwhile, had already sent it a set keeping that partition. The
+        // release dropped it from what the member holds for good: nobody held it, the member's
+        // commits for it were refused, and the group never settled.
+        let parts: BTreeMap<String, u32> = [("t".to_string(), 4)].into();
+        let now = Instant::now();
+        let mut g = Group::new("g".into(), BTreeMap::new());
+        let (c1, mut r1) = conn(1);
+        let a = g.join(spec(""), c1, now).unwrap();
+        g.reconcile(&parts, now);
+        let (gen1, _) = last_assignment(&mut r1).unwrap();
+        g.ack(&a, gen1);
+        let (c2, _r2) = conn(2);
+        let b = g.join(spec(""), c2, now).unwrap();
+        g.reconcile(&parts, now);
+        let (gen2, kept) = last_assignment(&mut r1).unwrap();
+        assert_eq!(kept.len(), 2, "asked to release two");
+        g.remove(&b, SluiceError::UnknownMember { group: "g".into(), member: b.clone() });
+        g.reconcile(&parts, now);
+        let (gen3, all) = last_assignment(&mut r1).unwrap();
+        assert_eq!(all, vec![0, 1, 2, 3], "the newcomer left: everything is the first member's again");
+        // The member released what gen2 asked, then took gen3's set.
+        g.ack(&a, gen2);
+        g.reconcile(&parts, now);
+        g.ack(&a, gen3);
+        g.reconcile(&parts, now);
+        for p in 0..4 {
+            assert!(g.check_commit(&a, gen3, &("t".to_string(), p)).is_ok(), "partition {p} is held");
+        }
+        assert_eq!(g.state(), "Stable");
     }
 
     /// A group on a 4-partition topic with two members (instance ids `ia`, `ib`; empty for

@@ -79,6 +79,8 @@ fn open_cursor(
     let o = served.log().offsets();
     let offset = match p.offset {
         -2 => o.log_start_offset,
+        // The end a reader can see: for read_committed, the last stable offset.
+        -1 if read_committed => served.replica.high_watermark().min(served.log().first_unstable_offset()),
         -1 => served.replica.high_watermark(),
         n => n,
     };
