@@ -263,6 +263,18 @@ async fn read_committed_readers_stop_at_open_transactions_and_never_see_aborted_
     produce(&client, "rc", 1, 1).await; // v1, after both: the high watermark moves past them
     let d = client.describe_topic("rc").await.unwrap();
     assert_eq!((d.partitions[0].high_watermark, d.partitions[0].last_stable_offset), (4, 1));
+    let latest = |level: IsolationLevel| {
+        let client = client.clone();
+        async move {
+            let req = sluice_proto::v1::ListOffsetsRequest {
+                topic: "rc".into(),
+                isolation_level: level as i32,
+                ..Default::default()
+            };
+            client.admin().list_offsets(req).await.unwrap().into_inner().offsets[0].offset
+        }
+    };
+    assert_eq!((latest(IsolationLevel::ReadUncommitted).await, latest(IsolationLevel::ReadCommitted).await), (4, 1));
 
     let committed = ConsumerConfig { isolation: IsolationLevel::ReadCommitted, ..ConsumerConfig::default() };
     let mut rc = Consumer::assign(client.clone(), "rc", &[], StartFrom::Earliest, committed).await.expect("assign");

@@ -281,7 +281,13 @@ impl Client {
         spec: OffsetSpec,
         timestamp_ms: i64,
     ) -> Result<Vec<PartitionOffset>, ClientError> {
-        let req = ListOffsetsRequest { topic: topic.to_string(), partitions, spec: spec as i32, timestamp_ms };
+        let req = ListOffsetsRequest {
+            topic: topic.to_string(),
+            partitions,
+            spec: spec as i32,
+            timestamp_ms,
+            ..Default::default()
+        };
         Ok(self.admin().list_offsets(req).await?.into_inner().offsets)
     }
 

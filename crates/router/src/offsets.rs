@@ -3,7 +3,7 @@
 use sluice_core::SluiceError;
 use sluice_meta::TopicMeta;
 use sluice_proto::v1::{
-    Error, ListOffsetsRequest, ListOffsetsResponse, OffsetSpec, PartitionOffset, PartitionOffsetsEntry,
+    Error, IsolationLevel, ListOffsetsRequest, ListOffsetsResponse, OffsetSpec, PartitionOffset, PartitionOffsetsEntry,
     PartitionOffsetsRequest,
 };
 
@@ -17,6 +17,15 @@ pub async fn handle(gw: &Router, req: ListOffsetsRequest) -> Result<ListOffsetsR
     let spec = OffsetSpec::try_from(req.spec)
         .map_err(|_| SluiceError::InvalidRequest(format!("unknown offset spec {}", req.spec)))?;
     let ts = (spec == OffsetSpec::Timestamp).then_some(req.timestamp_ms);
+    let committed = match IsolationLevel::try_from(req.isolation_level) {
+        Ok(level) => level == IsolationLevel::ReadCommitted,
+        Err(_) => {
+            return Err(SluiceError::InvalidRequest(format!(
+                "unknown isolation level {} (expected 0 read_uncommitted or 1 read_committed)",
+                req.isolation_level
+            )));
+        }
+    };
     let offsets = query_offsets(gw, &t, &parts, ts)
         .await
         .into_iter()
@@ -25,6 +34,7 @@ pub async fn handle(gw: &Router, req: ListOffsetsRequest) -> Result<ListOffsetsR
                 partition: p,
                 offset: match spec {
                     OffsetSpec::Earliest => e.log_start_offset,
+                    OffsetSpec::Latest if committed => e.last_stable_offset,
                     OffsetSpec::Latest => e.high_watermark,
                     OffsetSpec::Timestamp => e.timestamp_offset,
                 },

@@ -298,7 +298,13 @@ impl OffsetStore {
         spec: OffsetSpec,
         timestamp_ms: i64,
     ) -> Result<Vec<PartitionOffset>, SluiceError> {
-        let req = ListOffsetsRequest { topic: topic.to_string(), partitions, spec: spec as i32, timestamp_ms };
+        let req = ListOffsetsRequest {
+            topic: topic.to_string(),
+            partitions,
+            spec: spec as i32,
+            timestamp_ms,
+            ..Default::default()
+        };
         Ok(self.router.list_offsets(req).await?.offsets)
     }
 
