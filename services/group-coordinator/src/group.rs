@@ -539,8 +539,9 @@ mod tests {
         last
     }
 
-    #[tokio::test]
-    async fn partitions_move_only_after_release_and_commits_are_fenced() {
+    /// A group on a 4-partition topic whose one member (connection 1) holds everything and
+    /// acknowledged it: the group, the parts, the time, the member, its events, the generation.
+    fn one_member() -> (Group, BTreeMap<String, u32>, Instant, String, Events, u64) {
         let parts: BTreeMap<String, u32> = [("t".to_string(), 4)].into();
         let now = Instant::now();
         let mut g = Group::new("g".into(), BTreeMap::new());
@@ -550,6 +551,12 @@ mod tests {
         let (gen1, p1) = last_assignment(&mut r1).unwrap();
         assert_eq!(p1, vec![0, 1, 2, 3]);
         g.ack(&a, gen1);
+        (g, parts, now, a, r1, gen1)
+    }
+
+    #[tokio::test]
+    async fn partitions_move_only_after_release_and_commits_are_fenced() {
+        let (mut g, parts, now, a, mut r1, gen1) = one_member();
         let (c2, mut r2) = conn(2);
         let b = g.join(spec(""), c2, now).unwrap();
         g.reconcile(&parts, now);
@@ -586,14 +593,7 @@ mod tests {
         // newcomer gone meanwhile, had already sent it a set keeping that partition. The
         // release dropped it from what the member holds for good: nobody held it, the member's
         // commits for it were refused, and the group never settled.
-        let parts: BTreeMap<String, u32> = [("t".to_string(), 4)].into();
-        let now = Instant::now();
-        let mut g = Group::new("g".into(), BTreeMap::new());
-        let (c1, mut r1) = conn(1);
-        let a = g.join(spec(""), c1, now).unwrap();
-        g.reconcile(&parts, now);
-        let (gen1, _) = last_assignment(&mut r1).unwrap();
-        g.ack(&a, gen1);
+        let (mut g, parts, now, a, mut r1, _) = one_member();
         let (c2, _r2) = conn(2);
         let b = g.join(spec(""), c2, now).unwrap();
         g.reconcile(&parts, now);
