@@ -47,6 +47,10 @@ pub enum ClientError {
     /// Gave up after retrying for the delivery timeout.
     #[error("gave up after {elapsed:?}: {last}")]
     Exhausted { elapsed: Duration, last: String },
+    /// The open transaction cannot commit (a record of it failed, or the coordinator aborted
+    /// it): abort it, then begin again.
+    #[error("the transaction cannot commit: {0}; abort it")]
+    MustAbort(String),
 }
 
 impl ClientError {
@@ -179,18 +183,44 @@ impl Client {
         GroupsClient::with_interceptor(self.channel.clone(), Propagate)
     }
 
-    /// `sluice.v1.Transactions` (producer ids).
+    /// `sluice.v1.Transactions` (producer ids, transactions).
     pub fn transactions(&self) -> TransactionsClient<Traced> {
         TransactionsClient::with_interceptor(self.channel.clone(), Propagate)
     }
 
     /// A new producer id and its epoch, for an idempotent producer.
     pub async fn init_producer_id(&self) -> Result<(i64, i16), ClientError> {
-        let r = self.transactions().init_producer_id(InitProducerIdRequest {}).await?.into_inner();
+        self.init_transactional_id("", Duration::ZERO).await
+    }
+
+    /// The producer id of `transactional_id` at its next epoch, which fences every older
+    /// producer with that id (its open transaction is aborted first). `timeout`: how long one
+    /// of its transactions may stay open (zero: the coordinator's default, 60 s).
+    pub async fn init_transactional_id(
+        &self,
+        transactional_id: &str,
+        timeout: Duration,
+    ) -> Result<(i64, i16), ClientError> {
+        let req = InitProducerIdRequest {
+            transactional_id: transactional_id.to_string(),
+            transaction_timeout_ms: timeout.as_millis().min(u32::MAX as u128) as u32,
+        };
+        let r = self.transactions().init_producer_id(req).await?.into_inner();
         let epoch = i16::try_from(r.producer_epoch).map_err(|_| {
             ClientError::Invalid(format!("the coordinator gave epoch {} out of range", r.producer_epoch))
         })?;
         Ok((r.producer_id, epoch))
+    }
+
+    /// Every transactional id the coordinator knows, with its state.
+    pub async fn list_transactions(&self) -> Result<Vec<TransactionDescription>, ClientError> {
+        Ok(self.transactions().list_transactions(ListTransactionsRequest {}).await?.into_inner().transactions)
+    }
+
+    /// One transactional id's state: producer id and epoch, open transaction, partitions.
+    pub async fn describe_transaction(&self, transactional_id: &str) -> Result<TransactionDescription, ClientError> {
+        let req = DescribeTransactionRequest { transactional_id: transactional_id.to_string() };
+        Ok(self.transactions().describe_transaction(req).await?.into_inner())
     }
 
     pub async fn list_groups(&self) -> Result<Vec<GroupSummary>, ClientError> {
@@ -233,7 +263,19 @@ impl Client {
 
     /// A group's committed offsets (of `topic`, or of every topic when `None`).
     pub async fn fetch_offsets(&self, group: &str, topic: Option<&str>) -> Result<Vec<CommittedOffset>, ClientError> {
-        let req = FetchOffsetsRequest { group_id: group.to_string(), topic: topic.unwrap_or_default().to_string() };
+        self.fetch_offsets_with(group, topic, false).await
+    }
+
+    /// [`Client::fetch_offsets`]; with `require_stable`, fails with UNSTABLE_OFFSET_COMMIT
+    /// (retriable) while offsets of the group are pending in a transaction.
+    pub async fn fetch_offsets_with(
+        &self,
+        group: &str,
+        topic: Option<&str>,
+        require_stable: bool,
+    ) -> Result<Vec<CommittedOffset>, ClientError> {
+        let topic = topic.unwrap_or_default().to_string();
+        let req = FetchOffsetsRequest { group_id: group.to_string(), topic, require_stable };
         Ok(self.groups().fetch_offsets(req).await?.into_inner().offsets)
     }
 

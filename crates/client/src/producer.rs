@@ -13,16 +13,28 @@
 //! (as Kafka's epoch bump of KIP-360 does). Without idempotence, retries can reorder batches
 //! of one partition when more than one request is in flight, and duplicate a batch whose
 //! answer was lost.
+//!
+//! A transactional producer ([`Producer::transactional`]) adds transactions on top: its
+//! records are sent between [`Producer::begin_transaction`] and
+//! [`Producer::commit_transaction`] (or abort), to any partitions, with consumer offsets
+//! ([`Producer::send_offsets_to_transaction`]); read_committed consumers see all of them or
+//! none. Its transactional id fences older producers with the same id. A record of a
+//! transaction that fails makes the transaction abortable only ([`ClientError::MustAbort`]);
+//! being fenced is final.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_core::RemoteError;
 use sluice_core::batch::BatchBuilder;
 use sluice_core::compression::Compression;
+use sluice_core::error::codes;
 use sluice_core::partitioner::{StickyPartitioner, partition_for_key};
-use sluice_proto::v1::{Acks, PartitionBatches, ProduceRequest, ProduceResponse};
+use sluice_core::topic::TopicPartition;
+use sluice_proto::v1::{
+    Acks, CommittedOffset, EndTxnRequest, PartitionBatches, ProduceRequest, ProduceResponse, TxnOffsetCommitRequest,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -57,6 +69,9 @@ pub struct ProducerConfig {
     /// acks=all, as in Kafka (with fewer acks a failover may lose acknowledged batches, and
     /// with them what the leader knew of the producer): otherwise it is off.
     pub idempotence: bool,
+    /// [transaction.timeout.ms] How long a transaction of a transactional producer may stay
+    /// open before the coordinator aborts it.
+    pub transaction_timeout: Duration,
 }
 
 /// Batches of one partition in flight at once with idempotence: as many as a partition
@@ -80,6 +95,7 @@ impl Default for ProducerConfig {
             retry_backoff: Duration::from_millis(100),
             request_timeout: Duration::from_secs(30),
             idempotence: true,
+            transaction_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -107,9 +123,26 @@ pub struct Delivery {
 /// Resolves when the record is acknowledged or has finally failed.
 pub type DeliveryFuture = oneshot::Receiver<Result<Delivery, ClientError>>;
 
+type Reply = oneshot::Sender<Result<(), ClientError>>;
+
 enum Cmd {
     Send(ProducerRecord, oneshot::Sender<Result<Delivery, ClientError>>),
     Flush(oneshot::Sender<()>),
+    Begin(Reply),
+    /// Commit (true) or abort.
+    End(bool, Reply),
+    Offsets(TxnOffsetCommitRequest, Reply),
+}
+
+/// Where a group member consuming the records of a transaction stands, for
+/// [`Producer::send_offsets_to_transaction`]: offsets are then fenced like the member's own
+/// commits (a member that lost a partition cannot commit it).
+#[derive(Debug, Clone, Default)]
+pub struct GroupMetadata {
+    pub group_id: String,
+    /// Empty for a consumer outside a group's membership (assigned partitions).
+    pub member_id: String,
+    pub generation: u64,
 }
 
 /// A Sluice producer. Cheap to share by reference; dropping it sends what is buffered first.
@@ -123,6 +156,99 @@ impl Producer {
         let (tx, rx) = mpsc::channel(8192);
         let task = tokio::spawn(Engine::new(client, config).run(rx));
         Self { tx, task }
+    }
+
+    /// A transactional producer for `transactional_id`: gets the id's producer id at its next
+    /// epoch, which fences any older producer with the same id (a transaction it left open is
+    /// aborted). Needs acks=all; idempotence is on.
+    pub async fn transactional(
+        client: Client,
+        transactional_id: &str,
+        mut config: ProducerConfig,
+    ) -> Result<Self, ClientError> {
+        if !matches!(config.acks, Acks::All | Acks::Unspecified) {
+            return Err(ClientError::Invalid("a transactional producer needs acks=all".into()));
+        }
+        config.idempotence = true;
+        let mut engine = Engine::new(client, config);
+        let started = Instant::now();
+        let identity = loop {
+            let r = tokio::time::timeout(
+                engine.cfg.request_timeout,
+                engine.client.init_transactional_id(transactional_id, engine.cfg.transaction_timeout),
+            )
+            .await;
+            match r {
+                Ok(Ok(id)) => break id,
+                Ok(Err(e)) if !e.is_retriable() || started.elapsed() >= engine.cfg.delivery_timeout => return Err(e),
+                Ok(Err(e)) => tracing::debug!(error = %e, "transactional id not initialised yet; trying again"),
+                Err(_) if started.elapsed() >= engine.cfg.delivery_timeout => {
+                    return Err(ClientError::Exhausted {
+                        elapsed: started.elapsed(),
+                        last: "no answer from the transaction coordinator".into(),
+                    });
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(engine.cfg.retry_backoff).await;
+        };
+        tracing::info!(transactional_id, producer_id = identity.0, epoch = identity.1, "transactional producer ready");
+        engine.identity = Some(identity);
+        engine.txn = Some(Txn { id: transactional_id.to_string(), ..Txn::default() });
+        let (tx, rx) = mpsc::channel(8192);
+        let task = tokio::spawn(engine.run(rx));
+        Ok(Self { tx, task })
+    }
+
+    async fn call(&self, cmd: impl FnOnce(Reply) -> Cmd) -> Result<(), ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(cmd(tx)).await.map_err(|_| ClientError::Invalid("the producer has stopped".into()))?;
+        rx.await.map_err(|_| ClientError::Invalid("the producer has stopped".into()))?
+    }
+
+    /// Opens a transaction (a transactional producer only): records sent until the commit or
+    /// abort belong to it.
+    pub async fn begin_transaction(&self) -> Result<(), ClientError> {
+        self.call(Cmd::Begin).await
+    }
+
+    /// Sends every record of the open transaction, waits for them, then commits it: its
+    /// records and offsets become visible to read_committed consumers together. A failure
+    /// other than [`ClientError::MustAbort`] leaves the outcome to retrying the commit.
+    pub async fn commit_transaction(&self) -> Result<(), ClientError> {
+        self.call(|r| Cmd::End(true, r)).await
+    }
+
+    /// Aborts the open transaction: records not sent yet fail, those written are never
+    /// shown to read_committed consumers, offsets sent in it are dropped.
+    pub async fn abort_transaction(&self) -> Result<(), ClientError> {
+        self.call(|r| Cmd::End(false, r)).await
+    }
+
+    /// Commits a consumer group's offsets (the next offset to read, per partition) as part
+    /// of the open transaction: they become the group's committed offsets only if it commits.
+    pub async fn send_offsets_to_transaction(
+        &self,
+        offsets: &BTreeMap<TopicPartition, i64>,
+        group: &GroupMetadata,
+    ) -> Result<(), ClientError> {
+        let req = TxnOffsetCommitRequest {
+            group_id: group.group_id.clone(),
+            member_id: group.member_id.clone(),
+            generation: group.generation,
+            offsets: offsets
+                .iter()
+                .map(|((topic, partition), offset)| CommittedOffset {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: *offset,
+                    metadata: String::new(),
+                    commit_time_ms: 0,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        self.call(|r| Cmd::Offsets(req, r)).await
     }
 
     /// Queues a record; waits only while the producer's queue is full.
@@ -242,6 +368,22 @@ struct Engine {
     restart_retry: Option<Instant>,
     /// Bytes of sealed batches not yet acknowledged or failed.
     buffered: usize,
+    /// A transactional producer's transaction state.
+    txn: Option<Txn>,
+}
+
+/// A transactional producer's state.
+#[derive(Default)]
+struct Txn {
+    id: String,
+    /// Between begin and the commit or abort request.
+    open: bool,
+    /// Why the open transaction can only be aborted.
+    doomed: Option<String>,
+    /// Why this producer can do nothing more (fenced).
+    fatal: Option<ClientError>,
+    /// A commit (true) or abort waiting for every batch of the transaction to be answered.
+    ending: Option<(bool, Reply)>,
 }
 
 impl Engine {
@@ -264,6 +406,7 @@ impl Engine {
             seqs: HashMap::new(),
             restart_retry: None,
             buffered: 0,
+            txn: None,
         }
     }
 
@@ -279,19 +422,39 @@ impl Engine {
                 for f in self.flushes.drain(..) {
                     let _ = f.send(());
                 }
+                if let Some((commit, reply)) = self.txn.as_mut().and_then(|t| t.ending.take()) {
+                    let r = self.end_transaction(commit).await;
+                    let _ = reply.send(r);
+                }
                 if closed {
                     return;
                 }
             }
             let deadline = self.next_deadline();
-            let can_take =
-                !closed && self.inflight.len() < self.cfg.max_in_flight && self.buffered < self.cfg.buffer_bytes;
+            let ending = self.txn.as_ref().is_some_and(|t| t.ending.is_some());
+            let can_take = !closed
+                && !ending
+                && self.inflight.len() < self.cfg.max_in_flight
+                && self.buffered < self.cfg.buffer_bytes;
             tokio::select! {
                 cmd = rx.recv(), if can_take => match cmd {
-                    Some(Cmd::Send(r, w)) => self.add(r, w).await,
+                    Some(Cmd::Send(r, w)) => {
+                        match self.txn.as_ref().and_then(Txn::refusal) {
+                            Some(e) => { let _ = w.send(Err(e)); }
+                            None => self.add(r, w).await,
+                        }
+                    }
                     Some(Cmd::Flush(f)) => {
                         self.seal_all();
                         self.flushes.push(f);
+                    }
+                    Some(Cmd::Begin(reply)) => {
+                        let _ = reply.send(self.begin());
+                    }
+                    Some(Cmd::End(commit, reply)) => self.request_end(commit, reply),
+                    Some(Cmd::Offsets(req, reply)) => {
+                        let r = self.send_offsets(req).await;
+                        let _ = reply.send(r);
                     }
                     None => {
                         closed = true;
@@ -422,8 +585,9 @@ impl Engine {
             self.seal(&key);
         }
         let compression = self.cfg.compression;
+        let flags = if self.txn.is_some() { sluice_core::batch::TRANSACTIONAL } else { 0 };
         let acc = self.accs.entry(key.clone()).or_insert_with(|| Acc {
-            builder: BatchBuilder::new(compression),
+            builder: BatchBuilder::new(compression).flags(flags),
             waiters: Vec::new(),
             since: Instant::now(),
             traceparent: None,
@@ -584,6 +748,154 @@ impl Engine {
         }
     }
 
+    fn begin(&mut self) -> Result<(), ClientError> {
+        let Some(t) = self.txn.as_mut() else { return Err(not_transactional()) };
+        if let Some(e) = &t.fatal {
+            return Err(e.clone());
+        }
+        if t.open {
+            return Err(ClientError::Invalid("a transaction is already open: commit or abort it first".into()));
+        }
+        t.open = true;
+        t.doomed = None;
+        Ok(())
+    }
+
+    /// A commit or abort: once every batch of the transaction is answered (aborting, those
+    /// not sent yet fail now), [`Engine::end_transaction`] runs.
+    fn request_end(&mut self, commit: bool, reply: Reply) {
+        let what = if commit { "commit" } else { "abort" };
+        let refusal = match self.txn.as_ref() {
+            None => Some(not_transactional()),
+            Some(t) if t.fatal.is_some() => t.fatal.clone(),
+            Some(t) if !t.open => Some(ClientError::Invalid(format!(
+                "{what} without begin: no transaction is open (call begin_transaction first)"
+            ))),
+            Some(_) => None,
+        };
+        if let Some(e) = refusal {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        if commit {
+            self.seal_all();
+        } else {
+            let aborted = || ClientError::Invalid("the transaction was aborted before the record was sent".into());
+            for (_, acc) in self.accs.drain() {
+                for w in acc.waiters {
+                    let _ = w.send(Err(aborted()));
+                }
+            }
+            let unsent: Vec<Batch> = self.ready.drain(..).chain(self.retry.drain(..).map(|(_, b)| b)).collect();
+            for b in unsent {
+                self.fail(b, aborted());
+            }
+        }
+        if let Some(t) = self.txn.as_mut() {
+            t.open = false;
+            t.ending = Some((commit, reply));
+        }
+    }
+
+    /// Asks the coordinator to end the transaction; on success the producer moves to the
+    /// identity it answers (its next epoch), sequences starting again.
+    async fn end_transaction(&mut self, commit: bool) -> Result<(), ClientError> {
+        let (Some(t), Some((producer_id, epoch))) = (self.txn.as_mut(), self.identity) else {
+            return Err(not_transactional());
+        };
+        if let Some(why) = t.doomed.clone().filter(|_| commit) {
+            t.open = true;
+            return Err(ClientError::MustAbort(why));
+        }
+        let req = EndTxnRequest { transactional_id: t.id.clone(), producer_id, producer_epoch: epoch as i32, commit };
+        let client = self.client.clone();
+        let r = self
+            .coordinator_call(|| {
+                let (client, req) = (client.clone(), req.clone());
+                async move { Ok(client.transactions().end_txn(req).await?.into_inner()) }
+            })
+            .await;
+        let Some(t) = self.txn.as_mut() else { return Err(not_transactional()) };
+        match r {
+            Ok(resp) => {
+                let epoch = i16::try_from(resp.producer_epoch).map_err(|_| {
+                    ClientError::Invalid(format!("the coordinator gave epoch {} out of range", resp.producer_epoch))
+                })?;
+                self.identity = Some((resp.producer_id, epoch));
+                // Every partition starts its sequences again under the new epoch.
+                self.seqs.clear();
+                t.doomed = None;
+                Ok(())
+            }
+            Err(e) => {
+                t.failed(&e);
+                if t.fatal.is_none() {
+                    // Still open: the caller may try the end again (the coordinator answers a
+                    // repeated end the same way), or abort.
+                    t.open = true;
+                }
+                if commit && code_of(&e) == codes::INVALID_TXN_STATE {
+                    return Err(ClientError::MustAbort(e.to_string()));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn send_offsets(&mut self, mut req: TxnOffsetCommitRequest) -> Result<(), ClientError> {
+        let Some(t) = self.txn.as_ref() else { return Err(not_transactional()) };
+        if let Some(e) = &t.fatal {
+            return Err(e.clone());
+        }
+        if !t.open {
+            return Err(ClientError::Invalid(
+                "send_offsets_to_transaction outside a transaction (call begin_transaction first)".into(),
+            ));
+        }
+        let Some((producer_id, epoch)) = self.identity else { return Err(not_transactional()) };
+        req.transactional_id = t.id.clone();
+        req.producer_id = producer_id;
+        req.producer_epoch = epoch as i32;
+        let client = self.client.clone();
+        let r = self
+            .coordinator_call(|| {
+                let (client, req) = (client.clone(), req.clone());
+                async move { Ok(client.transactions().txn_offset_commit(req).await?.into_inner()) }
+            })
+            .await;
+        let r = r.and_then(|resp| match resp.results.iter().find_map(|p| p.error.as_ref()) {
+            Some(e) => Err(ClientError::Remote(RemoteError::from(e))),
+            None => Ok(()),
+        });
+        if let (Err(e), Some(t)) = (&r, self.txn.as_mut()) {
+            t.failed(e);
+        }
+        r
+    }
+
+    /// One coordinator call, each try bounded by `request_timeout`, tried again on retriable
+    /// failures until `delivery_timeout`.
+    async fn coordinator_call<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let started = Instant::now();
+        loop {
+            let e = match tokio::time::timeout(self.cfg.request_timeout, call()).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if !e.is_retriable() => return Err(e),
+                Ok(Err(e)) => e,
+                Err(_) => ClientError::Disconnected("no answer from the transaction coordinator in time".into()),
+            };
+            if started.elapsed() >= self.cfg.delivery_timeout {
+                return Err(ClientError::Exhausted { elapsed: started.elapsed(), last: e.to_string() });
+            }
+            tracing::debug!(error = %e, "transaction call failed; trying again");
+            tokio::time::sleep(self.cfg.retry_backoff).await;
+        }
+    }
+
     /// Sends ready batches: one request per topic, at most one batch per partition each.
     async fn pump(&mut self) {
         self.restart_partitions().await;
@@ -661,9 +973,12 @@ impl Engine {
         }
     }
 
-    /// Fails a batch for good.
+    /// Fails a batch for good (and with it, a transactional producer's open transaction).
     fn fail(&mut self, b: Batch, e: ClientError) {
         self.forget(&b);
+        if let Some(t) = self.txn.as_mut() {
+            t.failed(&e);
+        }
         b.fail(e);
     }
 
@@ -672,7 +987,6 @@ impl Engine {
     /// batch is unacknowledged waits for that one. Otherwise the batch was not written and
     /// neither was any later one of its partition, which then starts over.
     fn outcome(&mut self, b: &Batch, e: &RemoteError) -> Outcome {
-        use sluice_core::error::codes;
         if e.retriable || (4000..5000).contains(&e.sluice_code) {
             // A server fault may have written it: sending the same sequence again is safe.
             return Outcome::Retry;
@@ -680,6 +994,7 @@ impl Engine {
         if e.sluice_code == codes::DUPLICATE_SEQUENCE {
             return Outcome::Written;
         }
+        let transactional = self.txn.is_some();
         let Some(seq) = self.seqs.get_mut(&(b.topic.clone(), b.partition)) else { return Outcome::Refused };
         if b.sent_pid != seq.producer_id {
             return Outcome::Retry;
@@ -689,6 +1004,10 @@ impl Engine {
         if sequence && !oldest {
             // An earlier batch is not acknowledged yet: this one goes again after it.
             return Outcome::Retry;
+        }
+        if sequence && transactional {
+            // A transaction cannot go on under another identity: it must be aborted.
+            return Outcome::Refused;
         }
         if sequence {
             // The leader does not have what this producer wrote before (it forgot the
@@ -700,7 +1019,7 @@ impl Engine {
         // Refused for itself (too large, no key on a compacted topic, ...): it fails. Only
         // when it is the oldest are the later ones certainly unwritten and renumbered now;
         // otherwise the next one is refused out of order once it is the oldest, and then.
-        seq.restart |= oldest;
+        seq.restart |= oldest && !transactional;
         Outcome::Refused
     }
 
@@ -771,6 +1090,43 @@ impl Engine {
                 },
                 None => self.schedule_retry(b, "the gateway did not answer for this partition"),
             }
+        }
+    }
+}
+
+fn not_transactional() -> ClientError {
+    ClientError::Invalid("not a transactional producer (create it with Producer::transactional)".into())
+}
+
+/// The Sluice code of a server's refusal, 0 for other failures.
+fn code_of(e: &ClientError) -> u32 {
+    match e {
+        ClientError::Remote(r) => r.sluice_code,
+        _ => 0,
+    }
+}
+
+impl Txn {
+    /// Why a record cannot be sent now, if it cannot.
+    fn refusal(&self) -> Option<ClientError> {
+        if let Some(e) = &self.fatal {
+            return Some(e.clone());
+        }
+        (!self.open).then(|| {
+            ClientError::Invalid(format!(
+                "producer '{}' is transactional: records are sent inside a transaction (call begin_transaction first)",
+                self.id
+            ))
+        })
+    }
+
+    /// Accounts for a failure in the transaction: fencing ends the producer, anything else
+    /// the transaction.
+    fn failed(&mut self, e: &ClientError) {
+        if code_of(e) == codes::PRODUCER_FENCED {
+            self.fatal = Some(e.clone());
+        } else if self.doomed.is_none() {
+            self.doomed = Some(e.to_string());
         }
     }
 }

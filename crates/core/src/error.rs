@@ -1,7 +1,7 @@
 //! The one error type clients see, with stable numeric codes and the single mapping to gRPC.
 //!
 //! Codes are grouped by domain and never reused: 1xxx requests and topics, 2xxx records and
-//! offsets, 3xxx availability, 4xxx server faults, 5xxx consumer groups. The code travels in the `sluice-code` status
+//! offsets, 3xxx availability, 4xxx server faults, 5xxx consumer groups, 6xxx transactions. The code travels in the `sluice-code` status
 //! metadata and in `v1::Error::sluice_code`.
 
 use sluice_proto::v1;
@@ -78,6 +78,24 @@ pub enum SluiceError {
     FencedInstance { group: String, member: String },
     #[error("no group coordinator is active: {0}")]
     CoordinatorNotAvailable(String),
+    #[error(
+        "producer {producer_id} at epoch {epoch} was fenced: transactional id '{transactional_id}' is now at epoch {current} (a newer producer with this id called init)"
+    )]
+    ProducerFenced { transactional_id: String, producer_id: i64, epoch: i16, current: i16 },
+    #[error("transactional id '{transactional_id}': {reason}")]
+    InvalidTxnState { transactional_id: String, reason: String },
+    #[error("transactional id '{transactional_id}' is ending a transaction ({state}); try again once it is complete")]
+    ConcurrentTransactions { transactional_id: String, state: String },
+    #[error("transactional id '{0}' does not exist (no producer called init with it)")]
+    UnknownTransactionalId(String),
+    #[error("producer id {producer_id} at epoch {epoch} belongs to no transactional id")]
+    InvalidProducerIdMapping { producer_id: i64, epoch: i16 },
+    #[error(
+        "group '{group}' has offsets of partition {partition} of '{topic}' in a transaction not yet ended; try again once it commits or aborts"
+    )]
+    UnstableOffsetCommit { group: String, topic: String, partition: u32 },
+    #[error("transaction markers from coordinator epoch {epoch} refused: coordinator epoch {current} took over")]
+    CoordinatorFenced { epoch: u64, current: u64 },
     #[error("metadata store unavailable: {0}")]
     MetadataUnavailable(String),
     #[error("timed out: {0}")]
@@ -107,6 +125,17 @@ pub mod codes {
     pub const COORDINATOR_NOT_AVAILABLE: u32 = 5006;
     /// A static member's stream was taken over by a newer one with the same instance id.
     pub const FENCED_INSTANCE: u32 = 5007;
+    /// A newer producer with the same transactional id took over: this one must stop.
+    pub const PRODUCER_FENCED: u32 = 6001;
+    /// The operation does not fit the transaction's state (the transaction must be aborted).
+    pub const INVALID_TXN_STATE: u32 = 6002;
+    /// The previous transaction of the id is still ending (retriable).
+    pub const CONCURRENT_TRANSACTIONS: u32 = 6003;
+    pub const UNKNOWN_TRANSACTIONAL_ID: u32 = 6004;
+    pub const INVALID_PRODUCER_ID_MAPPING: u32 = 6005;
+    /// Offsets of the partition are pending in a transaction (retriable).
+    pub const UNSTABLE_OFFSET_COMMIT: u32 = 6006;
+    pub const COORDINATOR_FENCED: u32 = 6007;
 }
 
 impl SluiceError {
@@ -141,6 +170,13 @@ impl SluiceError {
             Self::StaleGeneration(_) => codes::STALE_GENERATION,
             Self::CoordinatorNotAvailable(_) => codes::COORDINATOR_NOT_AVAILABLE,
             Self::FencedInstance { .. } => codes::FENCED_INSTANCE,
+            Self::ProducerFenced { .. } => codes::PRODUCER_FENCED,
+            Self::InvalidTxnState { .. } => codes::INVALID_TXN_STATE,
+            Self::ConcurrentTransactions { .. } => codes::CONCURRENT_TRANSACTIONS,
+            Self::UnknownTransactionalId(_) => codes::UNKNOWN_TRANSACTIONAL_ID,
+            Self::InvalidProducerIdMapping { .. } => codes::INVALID_PRODUCER_ID_MAPPING,
+            Self::UnstableOffsetCommit { .. } => codes::UNSTABLE_OFFSET_COMMIT,
+            Self::CoordinatorFenced { .. } => codes::COORDINATOR_FENCED,
             Self::Storage(_) => 4001,
             Self::Internal(_) => 4002,
         }
@@ -161,7 +197,13 @@ impl SluiceError {
             Self::GroupNotEmpty { .. }
             | Self::StaleGeneration(_)
             | Self::OutOfOrderSequence { .. }
-            | Self::InvalidProducerEpoch { .. } => Code::FailedPrecondition,
+            | Self::InvalidProducerEpoch { .. }
+            | Self::ProducerFenced { .. }
+            | Self::InvalidTxnState { .. }
+            | Self::InvalidProducerIdMapping { .. }
+            | Self::CoordinatorFenced { .. } => Code::FailedPrecondition,
+            Self::UnknownTransactionalId(_) => Code::NotFound,
+            Self::ConcurrentTransactions { .. } => Code::Aborted,
             Self::DuplicateSequence { .. } => Code::AlreadyExists,
             Self::TopicExists(_) => Code::AlreadyExists,
             Self::UnknownTopic(_) | Self::UnknownPartition { .. } => Code::NotFound,
@@ -172,7 +214,8 @@ impl SluiceError {
             | Self::NotEnoughReplicas { .. }
             | Self::NotEnoughReplicasAfterAppend { .. }
             | Self::LeaderNotAvailable { .. }
-            | Self::CoordinatorNotAvailable(_) => Code::Unavailable,
+            | Self::CoordinatorNotAvailable(_)
+            | Self::UnstableOffsetCommit { .. } => Code::Unavailable,
             Self::Timeout(_) => Code::DeadlineExceeded,
             Self::Storage(_) | Self::Internal(_) => Code::Internal,
         }
@@ -190,6 +233,8 @@ impl SluiceError {
                 | Self::NotEnoughReplicasAfterAppend { .. }
                 | Self::LeaderNotAvailable { .. }
                 | Self::CoordinatorNotAvailable(_)
+                | Self::ConcurrentTransactions { .. }
+                | Self::UnstableOffsetCommit { .. }
         )
     }
 
@@ -274,6 +319,12 @@ impl From<tonic::Status> for RemoteError {
     }
 }
 
+impl From<SluiceError> for v1::Error {
+    fn from(e: SluiceError) -> Self {
+        e.to_proto()
+    }
+}
+
 impl From<RemoteError> for v1::Error {
     fn from(e: RemoteError) -> Self {
         v1::Error { code: e.code as i32, message: e.message, retriable: e.retriable, sluice_code: e.sluice_code }
@@ -328,6 +379,13 @@ mod tests {
             StaleGeneration(_) => (5005, Code::FailedPrecondition),
             CoordinatorNotAvailable(_) => (5006, Code::Unavailable),
             FencedInstance { .. } => (5007, Code::NotFound),
+            ProducerFenced { .. } => (6001, Code::FailedPrecondition),
+            InvalidTxnState { .. } => (6002, Code::FailedPrecondition),
+            ConcurrentTransactions { .. } => (6003, Code::Aborted),
+            UnknownTransactionalId(_) => (6004, Code::NotFound),
+            InvalidProducerIdMapping { .. } => (6005, Code::FailedPrecondition),
+            UnstableOffsetCommit { .. } => (6006, Code::Unavailable),
+            CoordinatorFenced { .. } => (6007, Code::FailedPrecondition),
         }
     }
 
@@ -365,6 +423,13 @@ mod tests {
             StaleGeneration(s()),
             CoordinatorNotAvailable(s()),
             FencedInstance { group: s(), member: s() },
+            ProducerFenced { transactional_id: s(), producer_id: 1, epoch: 0, current: 1 },
+            InvalidTxnState { transactional_id: s(), reason: s() },
+            ConcurrentTransactions { transactional_id: s(), state: s() },
+            UnknownTransactionalId(s()),
+            InvalidProducerIdMapping { producer_id: 1, epoch: 0 },
+            UnstableOffsetCommit { group: s(), topic: s(), partition: 0 },
+            CoordinatorFenced { epoch: 1, current: 2 },
         ]
     }
 

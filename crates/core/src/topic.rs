@@ -11,6 +11,20 @@ pub const MAX_TOPIC_NAME_LEN: usize = 249;
 /// coordinator).
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
+/// The internal topic holding the transaction coordinator's state, one record per
+/// transactional id.
+pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
+
+/// What an internal topic holds, when `name` is one: such topics cannot be deleted, and
+/// consumer groups do not assign them.
+pub fn internal_topic(name: &str) -> Option<&'static str> {
+    match name {
+        OFFSETS_TOPIC => Some("consumer groups' committed offsets"),
+        TRANSACTION_STATE_TOPIC => Some("transaction coordinator state"),
+        _ => None,
+    }
+}
+
 /// A topic partition, as consumer groups name it.
 pub type TopicPartition = (String, u32);
 

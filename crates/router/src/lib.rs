@@ -17,6 +17,7 @@
 
 pub mod elect;
 pub mod fetch;
+pub mod markers;
 pub mod metrics;
 pub mod nodes;
 pub mod offsets;

@@ -14,6 +14,7 @@ use sluice_meta::NodeInfo;
 use sluice_proto::v1::partition_node_client::PartitionNodeClient;
 use sluice_proto::v1::{
     AppendRequest, AppendResponse, PartitionOffsetsRequest, PartitionOffsetsResponse, ReadRequest, ReadResponse,
+    WriteTxnMarkerRequest, WriteTxnMarkerResponse,
 };
 use sluice_runtime::node_api::{NodeApi, NodeStream};
 use tokio::sync::{mpsc, oneshot};
@@ -37,6 +38,10 @@ impl NodeApi for RemoteNode {
 
     async fn partition_offsets(&self, req: PartitionOffsetsRequest) -> Result<PartitionOffsetsResponse, Status> {
         Ok(self.0.clone().partition_offsets(req).await?.into_inner())
+    }
+
+    async fn write_txn_marker(&self, req: WriteTxnMarkerRequest) -> Result<WriteTxnMarkerResponse, Status> {
+        Ok(self.0.clone().write_txn_marker(req).await?.into_inner())
     }
 }
 

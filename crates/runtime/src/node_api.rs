@@ -6,6 +6,7 @@ use std::pin::Pin;
 
 use sluice_proto::v1::{
     AppendRequest, AppendResponse, PartitionOffsetsRequest, PartitionOffsetsResponse, ReadRequest, ReadResponse,
+    WriteTxnMarkerRequest, WriteTxnMarkerResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -22,6 +23,8 @@ pub trait NodeApi: Send + Sync {
     /// Opens a read stream fed by `input` (a `ReadStart`, then credit).
     async fn read(&self, input: mpsc::Receiver<ReadRequest>) -> Result<NodeStream<ReadResponse>, Status>;
     async fn partition_offsets(&self, req: PartitionOffsetsRequest) -> Result<PartitionOffsetsResponse, Status>;
+    /// Writes a transaction marker (the transaction coordinator's call).
+    async fn write_txn_marker(&self, req: WriteTxnMarkerRequest) -> Result<WriteTxnMarkerResponse, Status>;
 }
 
 /// A lazily connected channel to another Sluice service at `addr` (host:port), tuned for
@@ -48,4 +51,51 @@ pub fn dial_node(
     Ok(sluice_proto::v1::partition_node_client::PartitionNodeClient::new(service_channel(addr)?)
         .max_decoding_message_size(80 << 20)
         .max_encoding_message_size(80 << 20))
+}
+
+/// The channel to the active group coordinator (also the transaction coordinator), named in
+/// the metadata view; re-dialled when another coordinator takes over. Shared by the gateway's
+/// proxies and by partition leaders verifying transactions.
+#[derive(Clone)]
+pub struct CoordinatorLink {
+    view: tokio::sync::watch::Receiver<std::sync::Arc<sluice_meta::ClusterView>>,
+    /// The channel to the last coordinator used, by address.
+    conn: std::sync::Arc<std::sync::Mutex<Option<(String, tonic::transport::Channel)>>>,
+}
+
+impl CoordinatorLink {
+    pub fn new(view: tokio::sync::watch::Receiver<std::sync::Arc<sluice_meta::ClusterView>>) -> Self {
+        Self { view, conn: Default::default() }
+    }
+
+    /// A channel to the coordinator the metadata names now.
+    pub fn channel(&self) -> Result<tonic::transport::Channel, sluice_core::SluiceError> {
+        use sluice_core::SluiceError;
+        let Some(c) = self.view.borrow().coordinator.clone() else {
+            return Err(SluiceError::CoordinatorNotAvailable(
+                "none holds the role (is a group-coordinator running?)".into(),
+            ));
+        };
+        let mut cached = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, ch)) = cached.as_ref().filter(|(a, _)| *a == c.addr) {
+            return Ok(ch.clone());
+        }
+        let ch = service_channel(&c.addr)
+            .map_err(|e| SluiceError::Internal(format!("bad coordinator address '{}': {e}", c.addr)))?;
+        *cached = Some((c.addr.clone(), ch.clone()));
+        Ok(ch)
+    }
+}
+
+/// A coordinator that cannot be reached, or whose connection broke (statuses the coordinator
+/// itself sends always carry a Sluice code), is, to the caller, one that is not available.
+pub fn coordinator_unreachable(s: Status) -> Status {
+    if s.metadata().get("sluice-code").is_none() && s.code() != tonic::Code::DeadlineExceeded {
+        return sluice_core::SluiceError::CoordinatorNotAvailable(format!(
+            "the coordinator cannot be reached: {}",
+            s.message()
+        ))
+        .into();
+    }
+    s
 }

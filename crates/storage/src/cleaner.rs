@@ -31,8 +31,11 @@ pub(crate) fn clean(p: &SledPartition, config: &TopicConfig, now_ms: i64) -> Res
     let mut stats = CleanStats::default();
     {
         // Idle producers are forgotten on every topic, also ones that never delete anything.
-        let mut st = p.lock();
-        if st.producers.expire(now_ms) > 0 {
+        // A producer with a transaction open is kept: its marker must still find it.
+        let mut guard = p.lock();
+        let st = &mut *guard;
+        let txns = &st.txns;
+        if st.producers.expire(now_ms, |id| txns.open_since(id).is_some()) > 0 {
             st.producers_dirty = true;
         }
     }

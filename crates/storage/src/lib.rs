@@ -64,6 +64,13 @@ pub enum StorageError {
     /// Control batches (transaction markers) are written by the transaction coordinator only.
     #[error("control batches (transaction markers) cannot be produced; they are written by the coordinator")]
     ControlBatch,
+    /// A transactional batch of a producer with no transaction open on the partition at its
+    /// epoch: the transaction coordinator must add the partition first (KIP-890), then the
+    /// append is made again as verified.
+    #[error(
+        "producer {producer_id} at epoch {epoch} has no transaction open on this partition: the transaction coordinator has not added it"
+    )]
+    NotInTransaction { producer_id: i64, epoch: i16 },
 }
 
 /// What an append did.
@@ -101,14 +108,28 @@ pub struct LogOffsets {
 pub trait PartitionLog: Send + Sync {
     fn id(&self) -> &PartitionId;
     /// Validates (size, CRC, records) and appends back-to-back batches as the leader of
-    /// `leader_epoch`: assigns offsets and stamps the epoch in every batch.
+    /// `leader_epoch`: assigns offsets and stamps the epoch in every batch. Transactional
+    /// batches are accepted when their producer has a transaction open here at their epoch,
+    /// or when `verified` names that producer and epoch (the transaction coordinator has just
+    /// added the partition); otherwise [`StorageError::NotInTransaction`].
+    fn append_verified(
+        &self,
+        batches: &[u8],
+        config: &TopicConfig,
+        now_ms: i64,
+        leader_epoch: i32,
+        verified: Option<(i64, i16)>,
+    ) -> Result<AppendInfo, StorageError>;
+    /// [`PartitionLog::append_verified`] with nothing verified.
     fn append(
         &self,
         batches: &[u8],
         config: &TopicConfig,
         now_ms: i64,
         leader_epoch: i32,
-    ) -> Result<AppendInfo, StorageError>;
+    ) -> Result<AppendInfo, StorageError> {
+        self.append_verified(batches, config, now_ms, leader_epoch, None)
+    }
     /// Appends batches copied from the leader as they are (offsets and epochs already set); the
     /// first must start at the log end. Returns the new log end.
     fn append_replica(&self, batches: &[u8]) -> Result<i64, StorageError>;
@@ -142,8 +163,10 @@ pub trait PartitionLog: Send + Sync {
     fn clean(&self, config: &TopicConfig, now_ms: i64) -> Result<cleaner::CleanStats, StorageError>;
     /// Appends a transaction marker for `producer_id` as the leader of `leader_epoch`: it ends
     /// the producer's open transaction here (an abort is then listed by
-    /// [`PartitionLog::aborted_transactions`]). Refused with a stale epoch when the partition has
-    /// seen a newer epoch of the producer.
+    /// [`PartitionLog::aborted_transactions`]), and `producer_epoch`, newer than the
+    /// transaction's, fences the producer's older batches. When no transaction of an older
+    /// epoch is open (the marker was written already: a retry), nothing is written and the
+    /// answer is the log end, marked `duplicate`.
     fn append_marker(
         &self,
         producer_id: i64,

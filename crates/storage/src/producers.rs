@@ -169,12 +169,12 @@ impl ProducerTable {
         e.last_timestamp = e.last_timestamp.max(timestamp);
     }
 
-    /// Forgets producers that have not written for [`PRODUCER_EXPIRATION_MS`]; returns how
-    /// many.
-    pub fn expire(&mut self, now_ms: i64) -> usize {
+    /// Forgets producers that have not written for [`PRODUCER_EXPIRATION_MS`], except those
+    /// `keep` names; returns how many.
+    pub fn expire(&mut self, now_ms: i64, keep: impl Fn(i64) -> bool) -> usize {
         let horizon = now_ms.saturating_sub(PRODUCER_EXPIRATION_MS);
         let before = self.map.len();
-        self.map.retain(|_, e| e.last_timestamp >= horizon);
+        self.map.retain(|id, e| e.last_timestamp >= horizon || keep(*id));
         before - self.map.len()
     }
 
@@ -317,7 +317,8 @@ mod tests {
         t.record(2, 0, batch(0, 0, 20), 5_000_000_000);
         t.truncate(10);
         assert_eq!(t.check(1, 0, 10, 19), Ok(Verdict::Append), "the truncated batch may come again");
-        assert_eq!(t.expire(5_000_000_000), 1);
+        assert_eq!(t.expire(5_000_000_000, |id| id == 1), 0, "kept: a transaction of it is open");
+        assert_eq!(t.expire(5_000_000_000, |_| false), 1);
         assert!(t.get(1).is_none(), "idle for longer than the expiration");
         assert!(t.get(2).is_some(), "recent");
     }

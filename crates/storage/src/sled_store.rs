@@ -567,12 +567,13 @@ impl PartitionLog for SledPartition {
         &self.id
     }
 
-    fn append(
+    fn append_verified(
         &self,
         batches: &[u8],
         config: &TopicConfig,
         now_ms: i64,
         leader_epoch: i32,
+        verified: Option<(i64, i16)>,
     ) -> Result<AppendInfo, StorageError> {
         // Everything that can refuse the request happens before the lock and before any write:
         // a request is stored whole or not at all.
@@ -612,6 +613,14 @@ impl PartitionLog for SledPartition {
                 log_append_time,
                 duplicate: true,
             });
+        }
+        for (h, _) in parts.iter().filter(|(h, _)| h.is_transactional()) {
+            let id = (h.producer_id, h.producer_epoch);
+            let open_here =
+                st.txns.open_since(id.0).is_some() && st.producers.get(id.0).is_some_and(|e| e.epoch == id.1);
+            if !open_here && verified != Some(id) {
+                return Err(StorageError::NotInTransaction { producer_id: id.0, epoch: id.1 });
+            }
         }
         let base_offset = st.next_offset;
         let mut count = 0u32;
@@ -824,12 +833,16 @@ impl PartitionLog for SledPartition {
         let data = batch::marker_batch(producer_id, producer_epoch, marker, coordinator_epoch, now_ms)?;
         let h = BatchHeader::parse(&data)?;
         let mut st = self.lock();
-        if let Some(e) = st.producers.get(producer_id).filter(|e| e.epoch > producer_epoch) {
-            return Err(StorageError::Sequence(producers::SeqError::StaleEpoch {
-                producer_id,
-                epoch: producer_epoch,
-                current: e.epoch,
-            }));
+        let older = st.producers.get(producer_id).is_none_or(|e| e.epoch < producer_epoch);
+        if st.txns.open_since(producer_id).is_none() || !older {
+            let end = st.next_offset;
+            return Ok(AppendInfo {
+                base_offset: end,
+                last_offset: end - 1,
+                record_count: 0,
+                log_append_time: -1,
+                duplicate: true,
+            });
         }
         let base = st.next_offset;
         let mut v = sled::IVec::from(&data[..]);

@@ -402,20 +402,35 @@ async fn transactions_hold_the_stable_offset_and_aborts_are_remembered_across_re
         let store = SledStore::open(dir.path()).unwrap();
         let log = store.open(&pid()).unwrap();
         log.append(&batch(&[(None, Some("plain"), 1)], Compression::None), &cfg, 0, 1).unwrap(); // 0
-        log.append(&txn_batch(5, 0, 0, 2), &cfg, 0, 1).unwrap(); // 1-2
-        log.append(&txn_batch(6, 0, 0, 2), &cfg, 0, 1).unwrap(); // 3-4
+        // A transaction opens only as verified by the coordinator; later batches of it need not.
+        assert!(matches!(
+            log.append(&txn_batch(5, 0, 0, 1), &cfg, 0, 1),
+            Err(StorageError::NotInTransaction { producer_id: 5, epoch: 0 })
+        ));
+        log.append_verified(&txn_batch(5, 0, 0, 1), &cfg, 0, 1, Some((5, 0))).unwrap(); // 1
+        log.append(&txn_batch(5, 0, 1, 1), &cfg, 0, 1).unwrap(); // 2
+        log.append_verified(&txn_batch(6, 0, 0, 2), &cfg, 0, 1, Some((6, 0))).unwrap(); // 3-4
         assert_eq!(log.first_unstable_offset(), 1);
-        assert_eq!(log.append_marker(5, 0, Marker::Commit, 1, 0, 1).unwrap().base_offset, 5);
+        // Markers carry the producer's next epoch.
+        assert_eq!(log.append_marker(5, 1, Marker::Commit, 1, 0, 1).unwrap().base_offset, 5);
         assert_eq!(log.first_unstable_offset(), 3, "producer 6's transaction is still open");
-        assert_eq!(log.append_marker(6, 0, Marker::Abort, 1, 0, 1).unwrap().base_offset, 6);
+        assert_eq!(log.append_marker(6, 1, Marker::Abort, 1, 0, 1).unwrap().base_offset, 6);
         assert_eq!(log.first_unstable_offset(), 7);
         let aborted = vec![AbortedTxn { producer_id: 6, first_offset: 3, last_offset: 6 }];
         assert_eq!(log.aborted_transactions(0, 7), aborted);
-        // Producers cannot write markers; a marker at an older epoch than seen is refused.
-        let forged = sluice_core::batch::marker_batch(5, 0, Marker::Commit, 1, 0).unwrap();
+        // A retried marker writes nothing; the marker's epoch fenced the transaction's epoch.
+        let again = log.append_marker(6, 1, Marker::Abort, 1, 0, 1).unwrap();
+        assert_eq!((again.duplicate, again.record_count, log.offsets().log_end_offset), (true, 0, 7));
+        assert!(matches!(
+            log.append_verified(&txn_batch(6, 0, 2, 1), &cfg, 0, 1, Some((6, 0))),
+            Err(StorageError::Sequence(_))
+        ));
+        // Producers cannot write markers.
+        let forged = sluice_core::batch::marker_batch(5, 1, Marker::Commit, 1, 0).unwrap();
         assert!(matches!(log.append(&forged, &cfg, 0, 1), Err(StorageError::ControlBatch)));
-        log.append(&txn_batch(5, 1, 0, 1), &cfg, 0, 1).unwrap(); // 7, a new epoch
-        assert!(matches!(log.append_marker(5, 0, Marker::Abort, 1, 0, 1), Err(StorageError::Sequence(_))));
+        log.append_verified(&txn_batch(5, 1, 0, 1), &cfg, 0, 1, Some((5, 1))).unwrap(); // 7, the next transaction
+        // A late copy of the first transaction's marker does not end the next one.
+        assert!(log.append_marker(5, 1, Marker::Abort, 1, 0, 1).unwrap().duplicate);
         assert_eq!(log.first_unstable_offset(), 7);
         store.sync().await.unwrap();
     }
@@ -431,8 +446,8 @@ async fn transactions_hold_the_stable_offset_and_aborts_are_remembered_across_re
     // A follower copying the leader's marker gets the same state.
     let follower = store.open(&PartitionId { topic: "t".into(), topic_id: 7, partition: 3 }).unwrap();
     let leader = store.open(&PartitionId { topic: "t".into(), topic_id: 7, partition: 4 }).unwrap();
-    leader.append(&txn_batch(8, 0, 0, 3), &cfg, 0, 1).unwrap();
-    leader.append_marker(8, 0, Marker::Abort, 1, 0, 1).unwrap();
+    leader.append_verified(&txn_batch(8, 0, 0, 3), &cfg, 0, 1, Some((8, 0))).unwrap();
+    leader.append_marker(8, 1, Marker::Abort, 1, 0, 1).unwrap();
     follower.append_replica(&leader.read(0, usize::MAX).unwrap().batches).unwrap();
     assert_eq!(follower.aborted_transactions(0, 10), leader.aborted_transactions(0, 10));
     assert_eq!(follower.first_unstable_offset(), 4);

@@ -15,6 +15,7 @@
 //! - [`assignor`]: range, round-robin and sticky.
 //! - [`store`]: the offsets topic, through the data path in process.
 //! - [`producer_ids`]: ids for idempotent producers, from blocks reserved in etcd.
+//! - [`txn`]: the transaction coordinator, its state in `__transaction_state`.
 //! - [`handlers`]: the gRPC API, one file per RPC.
 //! - [`metrics`]: group lag and member gauges.
 
@@ -26,6 +27,7 @@ pub mod producer_ids;
 pub mod registry;
 pub mod role;
 pub mod store;
+pub mod txn;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,7 +41,7 @@ use tokio::sync::watch;
 
 use crate::registry::Registry;
 use crate::role::Active;
-use crate::store::{OFFSETS_TOPIC, OffsetStore};
+use crate::store::{InternalTopic, OffsetStore};
 
 /// The health-service name of the groups service.
 pub const SERVICE_NAME: &str = "sluice.v1.Groups";
@@ -49,15 +51,20 @@ pub const MAX_GROUP_ID_LEN: usize = 255;
 
 /// Checks a group id: not empty, at most [`MAX_GROUP_ID_LEN`] bytes, no control characters.
 pub fn validate_group_id(id: &str) -> Result<(), SluiceError> {
-    let bad = |reason: String| Err(SluiceError::InvalidGroupId { name: id.chars().take(60).collect(), reason });
+    validate_id(id).map_err(|reason| SluiceError::InvalidGroupId { name: id.chars().take(60).collect(), reason })
+}
+
+/// What is wrong with a group or transactional id, if anything: empty, longer than
+/// [`MAX_GROUP_ID_LEN`] bytes, or holding control characters.
+pub(crate) fn validate_id(id: &str) -> Result<(), String> {
     if id.is_empty() {
-        return bad("the id is empty".into());
+        return Err("the id is empty".into());
     }
     if id.len() > MAX_GROUP_ID_LEN {
-        return bad(format!("the id is {} bytes long, the maximum is {MAX_GROUP_ID_LEN}", id.len()));
+        return Err(format!("the id is {} bytes long, the maximum is {MAX_GROUP_ID_LEN}", id.len()));
     }
     if let Some(c) = id.chars().find(|c| c.is_control()) {
-        return bad(format!("control character {c:?} is not allowed"));
+        return Err(format!("control character {c:?} is not allowed"));
     }
     Ok(())
 }
@@ -76,6 +83,7 @@ pub struct Coordinator {
     groups: Registry,
     next_conn: AtomicU64,
     producer_ids: producer_ids::ProducerIds,
+    txns: txn::Txns,
 }
 
 impl Coordinator {
@@ -99,6 +107,7 @@ impl Coordinator {
             active: Mutex::new(None),
             groups: Registry::default(),
             next_conn: AtomicU64::new(1),
+            txns: txn::Txns::default(),
         });
         let run = me.clone();
         tokio::spawn(async move {
@@ -133,6 +142,18 @@ impl Coordinator {
         Ok((a.epoch, a.store.clone()))
     }
 
+    /// The epoch and the transaction state topic while this coordinator is active and can
+    /// prove it.
+    fn txn_active(&self) -> Result<(u64, Arc<InternalTopic>), SluiceError> {
+        let (epoch, _) = self.active()?;
+        let slot = self.active_slot();
+        let a = slot
+            .as_ref()
+            .filter(|a| a.epoch == epoch)
+            .ok_or_else(|| SluiceError::CoordinatorNotAvailable(format!("coordinator {} is on standby", self.addr)))?;
+        Ok((epoch, a.txn_topic.clone()))
+    }
+
     /// The id of every topic in the current view, by name: committed offsets are kept only
     /// for these (see [`store::Committed::is_for`]).
     fn topic_ids(&self) -> HashMap<String, u64> {
@@ -146,7 +167,7 @@ impl registry::Host for Coordinator {
             .borrow()
             .topics
             .iter()
-            .filter(|(n, _)| n.as_str() != OFFSETS_TOPIC)
+            .filter(|(n, _)| sluice_core::topic::internal_topic(n).is_none())
             .map(|(n, t)| (n.clone(), t.partitions.len() as u32))
             .collect()
     }

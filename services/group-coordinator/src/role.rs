@@ -13,12 +13,18 @@ use tokio::time::Instant;
 use crate::Coordinator;
 use crate::group::Group;
 use crate::registry::Host;
-use crate::store::{self, GroupSnapshot, OffsetStore};
+use crate::store::{self, GroupSnapshot, InternalTopic, OffsetStore};
+use crate::txn::{self, TxnMeta};
+
+/// Every transactional id's state, as loaded.
+type Txns = HashMap<String, TxnMeta>;
 
 /// While this coordinator is the active one.
 pub(crate) struct Active {
     pub epoch: u64,
     pub store: Arc<OffsetStore>,
+    /// `__transaction_state`.
+    pub txn_topic: Arc<InternalTopic>,
     /// Groups whose membership changed, for the snapshot writer.
     pub dirty: mpsc::UnboundedSender<String>,
 }
@@ -36,11 +42,12 @@ impl Coordinator {
                 }
             };
             tracing::info!(epoch, addr = %self.addr, "coordinator role won; loading committed offsets");
-            let Some((store, loaded)) = self.load(epoch).await else {
+            let Some((store, loaded, txn_topic, txns)) = self.load(epoch).await else {
                 tracing::warn!(epoch, "lost the coordinator role while loading");
                 continue;
             };
-            let store = Arc::new(store);
+            let (store, txn_topic) = (Arc::new(store), Arc::new(txn_topic));
+            let transactions = txns.len();
             let now = Instant::now();
             let groups = loaded.offsets.len().max(loaded.groups.len());
             let (dirty, dirty_rx) = mpsc::unbounded_channel();
@@ -60,32 +67,41 @@ impl Coordinator {
                 }
                 groups.extend(offsets.into_iter().map(|(id, o)| Group::new(id, o)));
                 self.groups.open(&self, groups);
-                *self.active_slot() = Some(Active { epoch, store: store.clone(), dirty });
+                self.txns.load(txns);
+                *self.active_slot() = Some(Active { epoch, store: store.clone(), txn_topic, dirty });
             }
             tokio::spawn(self.clone().write_snapshots(store, dirty_rx, loaded.groups));
-            tracing::info!(epoch, groups, "coordinator active");
+            tokio::spawn(self.clone().run_transactions(epoch));
+            tracing::info!(epoch, groups, transactions, "coordinator active");
             self.follow_topics(epoch).await;
             tracing::warn!(epoch, "coordinator role lost; standing by");
             *self.active_slot() = None;
             self.close_streams("the coordinator changed; rejoin");
             self.groups.clear();
+            self.txns.clear();
         }
     }
 
-    /// Opens the offsets topic and reads it, retrying while this coordinator holds the role.
-    async fn load(self: &Arc<Self>, epoch: u64) -> Option<(OffsetStore, store::Loaded)> {
+    /// Opens the offsets and transaction state topics and reads them, retrying while this
+    /// coordinator holds the role.
+    async fn load(self: &Arc<Self>, epoch: u64) -> Option<(OffsetStore, store::Loaded, InternalTopic, Txns)> {
         loop {
             if !self.holds(epoch) {
                 return None;
             }
             let s = &self.settings;
-            let me = Arc::downgrade(self);
-            let holds_role: store::RoleCheck = Box::new(move || me.upgrade().is_some_and(|c| c.active().is_ok()));
+            let holds_role = || -> store::RoleCheck {
+                let me = Arc::downgrade(self);
+                Box::new(move || me.upgrade().is_some_and(|c| c.active().is_ok()))
+            };
             let r = async {
                 let (parts, rf) = (s.offsets_topic_partitions, s.offsets_topic_replication_factor);
-                let store = OffsetStore::open(self.router.clone(), parts, rf, holds_role).await?;
+                let store = OffsetStore::open(self.router.clone(), parts, rf, holds_role()).await?;
                 let offsets = store.load().await?;
-                Ok::<_, SluiceError>((store, offsets))
+                let router = self.router.clone();
+                let topic = InternalTopic::open(router, txn::TRANSACTION_STATE_TOPIC, parts, rf, holds_role()).await?;
+                let txns = txn::load(&topic).await?;
+                Ok::<_, SluiceError>((store, offsets, topic, txns))
             }
             .await;
             match r {

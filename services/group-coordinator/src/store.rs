@@ -184,32 +184,35 @@ const LOAD_CREDIT: u64 = 8 << 20;
 /// Whether this coordinator still holds the role (checked between write retries).
 pub type RoleCheck = Box<dyn Fn() -> bool + Send + Sync>;
 
-/// Reads and writes the offsets topic through the data path, in process.
-pub struct OffsetStore {
+/// An internal compacted topic the coordinator keeps its state in (`__consumer_offsets`,
+/// `__transaction_state`), written and read back through the data path, in process.
+pub struct InternalTopic {
     router: Arc<Router>,
+    name: &'static str,
     partitions: u32,
     holds_role: RoleCheck,
-    /// One writer at a time per offsets partition: a group's records keep the order in which
-    /// they were written, retries included (a later commit never lands before an earlier one).
+    /// One writer at a time per partition: records of one key keep the order in which they
+    /// were written, retries included (a later write never lands before an earlier one).
     writers: Vec<tokio::sync::Mutex<()>>,
 }
 
-impl OffsetStore {
-    /// Creates the offsets topic when it is missing (`partitions`, replication factor up to
+impl InternalTopic {
+    /// Creates the topic when it is missing (`partitions`, replication factor up to
     /// `replication_factor` within the live nodes, compacted).
     pub async fn open(
         router: Arc<Router>,
+        name: &'static str,
         partitions: u32,
         replication_factor: u32,
         holds_role: RoleCheck,
     ) -> Result<Self, SluiceError> {
-        let describe = || router.describe_topic(DescribeTopicRequest { name: OFFSETS_TOPIC.to_string() });
+        let describe = || router.describe_topic(DescribeTopicRequest { name: name.to_string() });
         let partitions = match describe().await {
             Ok(d) => d.topic.map_or(0, |t| t.partitions.len() as u32),
             Err(SluiceError::UnknownTopic(_)) => {
                 let live = router.list_nodes(ListNodesRequest {}).nodes.iter().filter(|n| n.alive).count() as u32;
                 let req = CreateTopicRequest {
-                    name: OFFSETS_TOPIC.to_string(),
+                    name: name.to_string(),
                     partitions,
                     replication_factor: replication_factor.min(live).max(1),
                     config: [("cleanup.policy".to_string(), "compact".to_string())].into(),
@@ -225,53 +228,41 @@ impl OffsetStore {
             Err(e) => return Err(e),
         };
         if partitions == 0 {
-            return Err(SluiceError::Internal(format!("the '{OFFSETS_TOPIC}' topic has no partitions")));
+            return Err(SluiceError::Internal(format!("the '{name}' topic has no partitions")));
         }
         let writers = (0..partitions).map(|_| tokio::sync::Mutex::new(())).collect();
-        Ok(Self { router, partitions, holds_role, writers })
+        Ok(Self { router, name, partitions, holds_role, writers })
     }
 
-    fn partition_of(&self, group: &str) -> u32 {
-        sluice_core::partitioner::partition_for_key(group.as_bytes(), self.partitions)
+    /// The partition the records of `owner` (a group, a transactional id) go to.
+    fn partition_of(&self, owner: &str) -> u32 {
+        sluice_core::partitioner::partition_for_key(owner.as_bytes(), self.partitions)
     }
 
-    /// Writes a group's offset changes (a value, or `None` to forget) durably on every
-    /// in-sync replica; returns once all are acknowledged.
-    pub async fn write(&self, group: &str, changes: &[(Tp, Option<Committed>)]) -> Result<(), SluiceError> {
-        let records = changes.iter().map(|(tp, c)| (encode_key(group, tp), c.as_ref().map(encode_value)));
-        self.put(group, records).await
-    }
-
-    /// Writes a group's membership (or forgets it with `None`), durably.
-    pub async fn write_snapshot(&self, group: &str, snapshot: Option<&GroupSnapshot>) -> Result<(), SluiceError> {
-        let value = match snapshot {
-            Some(s) => Some(Bytes::from(
-                serde_json::to_vec(s).map_err(|e| SluiceError::Internal(format!("group snapshot: {e}")))?,
-            )),
-            None => None,
-        };
-        self.put(group, std::iter::once((encode_group_key(group), value))).await
-    }
-
-    /// One acks=all produce of `records` to the group's partition, tried again on retriable
+    /// One acks=all produce of `records` to `owner`'s partition, tried again on retriable
     /// failures until [`WRITE_TIMEOUT`] (writing a key twice is harmless: the last value wins).
-    async fn put(&self, group: &str, records: impl Iterator<Item = (Bytes, Option<Bytes>)>) -> Result<(), SluiceError> {
-        let partition = self.partition_of(group);
+    pub async fn put(
+        &self,
+        owner: &str,
+        records: impl Iterator<Item = (Bytes, Option<Bytes>)>,
+    ) -> Result<(), SluiceError> {
+        let partition = self.partition_of(owner);
         let records: Vec<Record> = records
             .map(|(key, value)| Record { key: Some(key), value, partition: Some(partition), ..Record::default() })
             .collect();
         // The deadline covers the wait for the partition's writer too.
         let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+        let name = self.name;
         let _order = tokio::time::timeout_at(deadline, self.writers[partition as usize].lock())
             .await
-            .map_err(|_| SluiceError::Timeout(format!("the offsets topic was busy for {WRITE_TIMEOUT:?}")))?;
+            .map_err(|_| SluiceError::Timeout(format!("the '{name}' topic was busy for {WRITE_TIMEOUT:?}")))?;
         let mut id = 0;
         loop {
             id += 1;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let req = ProduceRequest {
                 id,
-                topic: OFFSETS_TOPIC.to_string(),
+                topic: name.to_string(),
                 acks: Acks::All as i32,
                 records: records.clone(),
                 timeout_ms: left.as_millis().clamp(1, u32::MAX as u128) as u32,
@@ -281,37 +272,20 @@ impl OffsetStore {
             let failed = resp.error.or_else(|| resp.partitions.into_iter().find_map(|p| p.error));
             let Some(e) = failed else { return Ok(()) };
             // A coordinator that lost its role stops: a late write could land after its
-            // successor's commit of the same key.
+            // successor's write of the same key.
             if !e.retriable || tokio::time::Instant::now() + RETRY_PAUSE >= deadline || !(self.holds_role)() {
-                return Err(relayed(&e));
+                return Err(relayed(name, &e));
             }
-            tracing::debug!(group, reason = %e.message, "offsets write failed; trying again");
+            tracing::debug!(topic = name, owner, reason = %e.message, "internal topic write failed; trying again");
             tokio::time::sleep(RETRY_PAUSE).await;
         }
     }
 
-    /// Earliest, latest or by-timestamp offsets of a topic's partitions (all when empty).
-    pub async fn list_offsets(
-        &self,
-        topic: &str,
-        partitions: Vec<u32>,
-        spec: OffsetSpec,
-        timestamp_ms: i64,
-    ) -> Result<Vec<PartitionOffset>, SluiceError> {
-        let req = ListOffsetsRequest {
-            topic: topic.to_string(),
-            partitions,
-            spec: spec as i32,
-            timestamp_ms,
-            ..Default::default()
-        };
-        Ok(self.router.list_offsets(req).await?.offsets)
-    }
-
-    /// Reads the whole topic up to its high watermark: the last value of each key wins.
-    pub async fn load(&self) -> Result<Loaded, SluiceError> {
-        let ends = self.list_offsets(OFFSETS_TOPIC, vec![], OffsetSpec::Latest, 0).await?;
-        let mut loaded = Loaded::default();
+    /// Reads the whole topic up to its high watermark, handing each record to `apply` in
+    /// offset order per partition.
+    pub async fn load(&self, mut apply: impl FnMut(ConsumedRecord)) -> Result<(), SluiceError> {
+        let name = self.name;
+        let ends = list_offsets(&self.router, name, vec![], OffsetSpec::Latest, 0).await?;
         let mut wanted: BTreeMap<u32, i64> = BTreeMap::new();
         for e in ends {
             if let Some(err) = e.error {
@@ -322,10 +296,10 @@ impl OffsetStore {
             }
         }
         if wanted.is_empty() {
-            return Ok(loaded);
+            return Ok(());
         }
         let start = FetchStart {
-            topic: OFFSETS_TOPIC.to_string(),
+            topic: name.to_string(),
             partitions: wanted.keys().map(|p| FetchPartition { partition: *p, offset: -2 }).collect(),
             max_bytes: LOAD_CREDIT,
             plain_records: true,
@@ -337,28 +311,101 @@ impl OffsetStore {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while wanted.iter().any(|(p, end)| positions.get(p).copied().unwrap_or(0) < *end) {
             let resp = match tokio::time::timeout_at(deadline, stream.next()).await {
-                Err(_) => return Err(SluiceError::Timeout("reading the offsets topic took more than 60 s".into())),
-                Ok(None) => return Err(SluiceError::NodeUnavailable("the offsets topic read ended early".into())),
+                Err(_) => return Err(SluiceError::Timeout(format!("reading the '{name}' topic took more than 60 s"))),
+                Ok(None) => return Err(SluiceError::NodeUnavailable(format!("the '{name}' topic read ended early"))),
                 Ok(Some(Err(s))) => return Err(SluiceError::NodeUnavailable(s.message().to_string())),
                 Ok(Some(Ok(r))) => r,
             };
             if let Some(e) = resp.error {
-                return Err(relayed(&e));
+                return Err(relayed(name, &e));
             }
             let _ = credit.send(resp.charged_bytes);
             positions.insert(resp.partition, resp.next_offset);
             for r in resp.records {
-                apply(&mut loaded, r);
+                apply(r);
             }
         }
+        Ok(())
+    }
+}
+
+/// Earliest, latest or by-timestamp offsets of a topic's partitions (all when empty).
+pub async fn list_offsets(
+    router: &Router,
+    topic: &str,
+    partitions: Vec<u32>,
+    spec: OffsetSpec,
+    timestamp_ms: i64,
+) -> Result<Vec<PartitionOffset>, SluiceError> {
+    let req = ListOffsetsRequest {
+        topic: topic.to_string(),
+        partitions,
+        spec: spec as i32,
+        timestamp_ms,
+        ..Default::default()
+    };
+    Ok(router.list_offsets(req).await?.offsets)
+}
+
+/// Reads and writes the offsets topic.
+pub struct OffsetStore {
+    topic: InternalTopic,
+}
+
+impl OffsetStore {
+    /// Opens the offsets topic (see [`InternalTopic::open`]).
+    pub async fn open(
+        router: Arc<Router>,
+        partitions: u32,
+        replication_factor: u32,
+        holds_role: RoleCheck,
+    ) -> Result<Self, SluiceError> {
+        Ok(Self {
+            topic: InternalTopic::open(router, OFFSETS_TOPIC, partitions, replication_factor, holds_role).await?,
+        })
+    }
+
+    /// Writes a group's offset changes (a value, or `None` to forget) durably on every
+    /// in-sync replica; returns once all are acknowledged.
+    pub async fn write(&self, group: &str, changes: &[(Tp, Option<Committed>)]) -> Result<(), SluiceError> {
+        let records = changes.iter().map(|(tp, c)| (encode_key(group, tp), c.as_ref().map(encode_value)));
+        self.topic.put(group, records).await
+    }
+
+    /// Writes a group's membership (or forgets it with `None`), durably.
+    pub async fn write_snapshot(&self, group: &str, snapshot: Option<&GroupSnapshot>) -> Result<(), SluiceError> {
+        let value = match snapshot {
+            Some(s) => Some(Bytes::from(
+                serde_json::to_vec(s).map_err(|e| SluiceError::Internal(format!("group snapshot: {e}")))?,
+            )),
+            None => None,
+        };
+        self.topic.put(group, std::iter::once((encode_group_key(group), value))).await
+    }
+
+    /// Earliest, latest or by-timestamp offsets of a topic's partitions (all when empty).
+    pub async fn list_offsets(
+        &self,
+        topic: &str,
+        partitions: Vec<u32>,
+        spec: OffsetSpec,
+        timestamp_ms: i64,
+    ) -> Result<Vec<PartitionOffset>, SluiceError> {
+        list_offsets(&self.topic.router, topic, partitions, spec, timestamp_ms).await
+    }
+
+    /// Reads the whole topic up to its high watermark: the last value of each key wins.
+    pub async fn load(&self) -> Result<Loaded, SluiceError> {
+        let mut loaded = Loaded::default();
+        self.topic.load(|r| apply(&mut loaded, r)).await?;
         loaded.offsets.retain(|_, g| !g.is_empty());
         Ok(loaded)
     }
 }
 
 /// A failure a partition node reported, as this coordinator reports it on.
-fn relayed(e: &v1::Error) -> SluiceError {
-    let what = format!("the offsets topic: {}", e.message);
+fn relayed(topic: &str, e: &v1::Error) -> SluiceError {
+    let what = format!("the '{topic}' topic: {}", e.message);
     if e.retriable { SluiceError::NodeUnavailable(what) } else { SluiceError::Internal(what) }
 }
 

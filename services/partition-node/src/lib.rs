@@ -56,9 +56,9 @@ pub fn map_storage(p: &PartitionId, e: StorageError) -> SluiceError {
                 }
             }
         }
-        e @ (StorageError::DuplicateInRequest { .. } | StorageError::ControlBatch) => {
-            SluiceError::InvalidRequest(e.to_string())
-        }
+        e @ (StorageError::DuplicateInRequest { .. }
+        | StorageError::ControlBatch
+        | StorageError::NotInTransaction { .. }) => SluiceError::InvalidRequest(e.to_string()),
         StorageError::MissingKey => {
             SluiceError::InvalidRequest(format!("topic '{}' is compacted: every record needs a key", p.topic))
         }
@@ -84,6 +84,12 @@ pub struct Node {
     pub(crate) peers: Peers,
     pub(crate) control: manager::Control,
     gauges: std::sync::OnceLock<metrics::NodeGauges>,
+    /// The transaction coordinator, asked to add a partition to a producer's transaction
+    /// before its first transactional batch there is written.
+    pub(crate) coordinator: sluice_runtime::node_api::CoordinatorLink,
+    /// The newest coordinator epoch that wrote a transaction marker here: markers from older
+    /// coordinators (one paused while a successor took over) are refused.
+    pub(crate) coordinator_epoch: std::sync::atomic::AtomicU64,
 }
 
 /// A partition this node leads, with the metadata it was resolved against.
@@ -248,6 +254,8 @@ pub async fn start(
         peers: Peers::default(),
         control: Default::default(),
         gauges: std::sync::OnceLock::new(),
+        coordinator: sluice_runtime::node_api::CoordinatorLink::new(meta.view()),
+        coordinator_epoch: Default::default(),
     });
     let _ = node.gauges.set(metrics::register(&node));
     // Partitions this node led before it stopped: it gives that leadership up (or takes it

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sluice_core::SluiceError;
 use sluice_core::topic::TopicConfig;
-use sluice_storage::{AppendInfo, AsyncLog, PartitionId, PartitionLog};
+use sluice_storage::{AppendInfo, AsyncLog, PartitionId, PartitionLog, StorageError};
 use tokio::sync::watch;
 
 /// What this node is for the partition.
@@ -108,6 +108,17 @@ pub struct IsrChange {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What a leader's append did.
+pub enum Appended {
+    Done(AppendInfo),
+    /// Nothing written: a transactional batch of a producer with no transaction open here at
+    /// that epoch; the transaction coordinator must add the partition first.
+    Unverified {
+        producer_id: i64,
+        epoch: i16,
+    },
 }
 
 impl Replica {
@@ -390,7 +401,8 @@ impl Replica {
         config: TopicConfig,
         min_isr: Option<u32>,
         traceparent: Option<String>,
-    ) -> Result<AppendInfo, SluiceError> {
+        verified: Option<(i64, i16)>,
+    ) -> Result<Appended, SluiceError> {
         self.under_role(move |role, me, log| {
             let pid = &me.pid;
             if role != (Role::Leader { epoch }) {
@@ -412,7 +424,38 @@ impl Replica {
             if let Some(tp) = traceparent {
                 me.note_traced(log.offsets().log_end_offset, tp);
             }
-            log.append(&batches, &config, sluice_core::settings::now_ms(), epoch as i32)
+            match log.append_verified(&batches, &config, sluice_core::settings::now_ms(), epoch as i32, verified) {
+                Ok(info) => Ok(Appended::Done(info)),
+                Err(StorageError::NotInTransaction { producer_id, epoch }) => {
+                    Ok(Appended::Unverified { producer_id, epoch })
+                }
+                Err(e) => Err(crate::map_storage(pid, e)),
+            }
+        })
+        .await
+    }
+
+    /// Writes a transaction marker as the leader of `epoch` (see
+    /// [`sluice_storage::PartitionLog::append_marker`]).
+    pub async fn append_marker_as_leader(
+        self: &Arc<Self>,
+        epoch: u64,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: sluice_core::batch::Marker,
+        coordinator_epoch: u64,
+    ) -> Result<AppendInfo, SluiceError> {
+        self.under_role(move |role, me, log| {
+            let pid = &me.pid;
+            if role != (Role::Leader { epoch }) {
+                return Err(SluiceError::NotLeader {
+                    topic: pid.topic.clone(),
+                    partition: pid.partition,
+                    node: me.node,
+                });
+            }
+            let now = sluice_core::settings::now_ms();
+            log.append_marker(producer_id, producer_epoch, marker, coordinator_epoch as i32, now, epoch as i32)
                 .map_err(|e| crate::map_storage(pid, e))
         })
         .await
@@ -510,12 +553,13 @@ mod tests {
             &self.id
         }
 
-        fn append(
+        fn append_verified(
             &self,
             batches: &[u8],
             _config: &TopicConfig,
             _now_ms: i64,
             leader_epoch: i32,
+            _verified: Option<(i64, i16)>,
         ) -> Result<AppendInfo, StorageError> {
             let parts = batch::split_batches(batches)?;
             let mut st = lock(&self.state);
@@ -709,7 +753,11 @@ mod tests {
     /// Appends `n` records as the leader of `epoch`, then moves the high watermark as the
     /// append handler does.
     async fn lead_append(r: &Arc<Replica>, epoch: u64, n: usize) -> AppendInfo {
-        let info = r.append_as_leader(epoch, records(n), TopicConfig::default(), None, None).await.unwrap();
+        let Ok(Appended::Done(info)) =
+            r.append_as_leader(epoch, records(n), TopicConfig::default(), None, None, None).await
+        else {
+            panic!("append refused")
+        };
         r.update_hw();
         info
     }
@@ -855,19 +903,19 @@ mod tests {
         let (r, mem) = new_replica(1).await;
         assert_eq!(r.role(), Role::Idle);
         assert!(matches!(
-            r.append_as_leader(1, records(1), TopicConfig::default(), None, None).await,
+            r.append_as_leader(1, records(1), TopicConfig::default(), None, None, None).await.map(|_| ()),
             Err(SluiceError::NotLeader { node: 1, .. })
         ));
         r.become_leader(2, vec![1], 5).await;
         assert!(
             matches!(
-                r.append_as_leader(1, records(1), TopicConfig::default(), None, None).await,
+                r.append_as_leader(1, records(1), TopicConfig::default(), None, None, None).await.map(|_| ()),
                 Err(SluiceError::NotLeader { node: 1, .. })
             ),
             "another epoch"
         );
         assert!(matches!(
-            r.append_as_leader(2, records(1), TopicConfig::default(), Some(2), None).await,
+            r.append_as_leader(2, records(1), TopicConfig::default(), Some(2), None, None).await.map(|_| ()),
             Err(SluiceError::NotEnoughReplicas { isr: 1, min: 2, .. })
         ));
         assert_eq!(mem.offsets().log_end_offset, 0, "nothing refused was stored");
@@ -880,7 +928,7 @@ mod tests {
         assert!(waiter.has_changed().unwrap(), "acks=all waiters learn at once");
         assert_eq!(*waiter.borrow_and_update(), Committed { hw: 3, durable: 3, leading: 0, isr: 0 });
         assert!(matches!(
-            r.append_as_leader(2, records(1), TopicConfig::default(), None, None).await,
+            r.append_as_leader(2, records(1), TopicConfig::default(), None, None, None).await.map(|_| ()),
             Err(SluiceError::NotLeader { .. })
         ));
         assert_eq!(r.on_follower_ack(2, 3, 3), None, "no follower state once following");

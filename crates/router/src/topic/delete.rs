@@ -9,9 +9,9 @@ use crate::Router;
 #[tracing::instrument(skip_all, fields(topic = %req.name))]
 pub async fn handle(gw: &Router, req: DeleteTopicRequest) -> Result<DeleteTopicResponse, SluiceError> {
     validate_topic_name(&req.name)?;
-    if req.name == sluice_core::topic::OFFSETS_TOPIC {
+    if let Some(what) = sluice_core::topic::internal_topic(&req.name) {
         return Err(SluiceError::InvalidRequest(format!(
-            "'{}' is an internal topic (consumer groups' committed offsets) and cannot be deleted",
+            "'{}' is an internal topic ({what}) and cannot be deleted",
             req.name
         )));
     }

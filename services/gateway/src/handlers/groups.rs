@@ -9,7 +9,6 @@
 //! for its session timeout and re-attaches through another (or the restarted) gateway. A
 //! gateway that stops cleanly resets those streams on purpose, for the same outcome.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_core::SluiceError;
@@ -23,7 +22,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
-use sluice_router::Router;
 use sluice_router::RpcStream;
 
 /// Membership events waiting for a slow member before the coordinator side waits too.
@@ -31,13 +29,8 @@ const EVENTS_BUFFERED: usize = 64;
 /// How long a departed member's stream is read until the coordinator closes it.
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
-/// The channel to the active coordinator, shared by the proxies of its services.
-#[derive(Clone)]
-pub struct CoordinatorLink {
-    gw: Arc<Router>,
-    /// The channel to the last coordinator used, by address.
-    conn: Arc<Mutex<Option<(String, Channel)>>>,
-}
+pub use sluice_runtime::node_api::CoordinatorLink;
+pub(crate) use sluice_runtime::node_api::coordinator_unreachable as unreachable;
 
 /// Forwards `sluice.v1.Groups` to the active coordinator.
 #[derive(Clone)]
@@ -59,41 +52,6 @@ impl GroupsProxy {
     fn coordinator(&self) -> Result<GroupsClient<Channel>, Status> {
         Ok(GroupsClient::new(self.link.channel()?))
     }
-}
-
-impl CoordinatorLink {
-    pub fn new(gw: Arc<Router>) -> Self {
-        Self { gw, conn: Arc::default() }
-    }
-
-    /// A channel to the coordinator the metadata names now.
-    pub fn channel(&self) -> Result<Channel, Status> {
-        let Some(c) = self.gw.snapshot().coordinator.clone() else {
-            return Err(SluiceError::CoordinatorNotAvailable(
-                "none holds the role (is a group-coordinator running?)".into(),
-            )
-            .into());
-        };
-        let mut cached = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((addr, ch)) = cached.as_ref().filter(|(a, _)| *a == c.addr) {
-            tracing::trace!(%addr, "reusing coordinator channel");
-            return Ok(ch.clone());
-        }
-        let ch = sluice_runtime::node_api::service_channel(&c.addr)
-            .map_err(|e| SluiceError::Internal(format!("bad coordinator address '{}': {e}", c.addr)))?;
-        *cached = Some((c.addr.clone(), ch.clone()));
-        Ok(ch)
-    }
-}
-
-/// A coordinator that cannot be reached, or whose connection broke (statuses the coordinator
-/// itself sends always carry a Sluice code), is, to the client, one that is not available.
-pub(crate) fn unreachable(s: Status) -> Status {
-    if s.metadata().get("sluice-code").is_none() && s.code() != tonic::Code::DeadlineExceeded {
-        return SluiceError::CoordinatorNotAvailable(format!("the coordinator cannot be reached: {}", s.message()))
-            .into();
-    }
-    s
 }
 
 #[tonic::async_trait]

@@ -52,7 +52,7 @@ impl GatewayService {
     /// Every service of a gateway: [`GatewayService::data_routes`] and the proxies to the
     /// active coordinator ([`SERVICE_NAMES`]).
     pub fn routes(&self, stopping: sluice_runtime::Shutdown) -> tonic::service::Routes {
-        let link = groups::CoordinatorLink::new(self.router.clone());
+        let link = groups::CoordinatorLink::new(self.router.view.clone());
         self.data_routes()
             .add_service(groups::GroupsProxy::new(link.clone(), stopping).into_server())
             .add_service(transactions::TransactionsProxy(link).into_server())

@@ -1,4 +1,5 @@
-//! `FetchOffsets`: a group's committed offsets, from the cache loaded from the offsets topic.
+//! `FetchOffsets`: a group's committed offsets, from the cache loaded from the offsets topic;
+//! with `require_stable`, none while offsets of the group are pending in a transaction.
 
 use sluice_core::SluiceError;
 use sluice_proto::v1::*;
@@ -8,6 +9,11 @@ use crate::{Coordinator, validate_group_id};
 pub(super) fn handle(c: &Coordinator, r: FetchOffsetsRequest) -> Result<FetchOffsetsResponse, SluiceError> {
     validate_group_id(&r.group_id)?;
     c.active()?;
+    if r.require_stable
+        && let Some((topic, partition)) = c.txns.pending_offset(&r.group_id, &r.topic)
+    {
+        return Err(SluiceError::UnstableOffsetCommit { group: r.group_id, topic, partition });
+    }
     let offsets = c
         .groups
         .read(&r.group_id, |g| {

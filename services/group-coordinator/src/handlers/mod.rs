@@ -4,10 +4,10 @@ mod commit_offsets;
 mod delete_group;
 mod describe_group;
 mod fetch_offsets;
-mod init_producer_id;
 mod list_groups;
 mod membership;
 mod reset_offsets;
+mod transactions;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -47,7 +47,7 @@ impl GroupsService {
     }
 }
 
-/// The producer-id face of a [`Coordinator`].
+/// The transactions face of a [`Coordinator`].
 #[derive(Clone)]
 pub struct TransactionsService(pub Arc<Coordinator>);
 
@@ -57,7 +57,39 @@ impl Transactions for TransactionsService {
         &self,
         r: Request<InitProducerIdRequest>,
     ) -> Result<Response<InitProducerIdResponse>, Status> {
-        Ok(Response::new(init_producer_id::handle(&self.0, r.into_inner()).await?))
+        Ok(Response::new(transactions::init_producer_id(&self.0, r.into_inner()).await?))
+    }
+
+    async fn add_partitions_to_txn(
+        &self,
+        r: Request<AddPartitionsToTxnRequest>,
+    ) -> Result<Response<AddPartitionsToTxnResponse>, Status> {
+        Ok(Response::new(transactions::add_partitions_to_txn(&self.0, r.into_inner()).await?))
+    }
+
+    async fn end_txn(&self, r: Request<EndTxnRequest>) -> Result<Response<EndTxnResponse>, Status> {
+        Ok(Response::new(transactions::end_txn(&self.0, r.into_inner()).await?))
+    }
+
+    async fn txn_offset_commit(
+        &self,
+        r: Request<TxnOffsetCommitRequest>,
+    ) -> Result<Response<TxnOffsetCommitResponse>, Status> {
+        Ok(Response::new(transactions::txn_offset_commit(&self.0, r.into_inner()).await?))
+    }
+
+    async fn list_transactions(
+        &self,
+        _r: Request<ListTransactionsRequest>,
+    ) -> Result<Response<ListTransactionsResponse>, Status> {
+        Ok(Response::new(transactions::list_transactions(&self.0)?))
+    }
+
+    async fn describe_transaction(
+        &self,
+        r: Request<DescribeTransactionRequest>,
+    ) -> Result<Response<TransactionDescription>, Status> {
+        Ok(Response::new(transactions::describe_transaction(&self.0, r.into_inner())?))
     }
 }
 

@@ -10,8 +10,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sluice_core::SluiceError;
-use sluice_proto::v1::{Acks, AppendRequest, AppendResponse};
+use sluice_core::{RemoteError, SluiceError};
+use sluice_proto::v1::transactions_client::TransactionsClient;
+use sluice_proto::v1::{self, Acks, AddPartitionsToTxnRequest, AppendRequest, AppendResponse};
+use sluice_runtime::node_api::coordinator_unreachable;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -19,18 +21,44 @@ use tonic::Status;
 use tracing::Instrument;
 
 use super::RpcStream;
+use crate::replica::Appended;
 use crate::{Node, Served};
 
 type Responder = mpsc::Sender<Result<AppendResponse, Status>>;
 
-fn failure(id: u64, e: SluiceError) -> AppendResponse {
+fn failure(id: u64, e: impl Into<v1::Error>) -> AppendResponse {
     AppendResponse {
         id,
         base_offset: -1,
         last_offset: -1,
         record_count: 0,
-        error: Some(e.to_proto()),
+        error: Some(e.into()),
         log_append_time_ms: -1,
+    }
+}
+
+/// How long a leader waits for the transaction coordinator to add a partition.
+const VERIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Asks the transaction coordinator to add the partition to the producer's transaction; its
+/// refusal (fenced producer, ended transaction...) is the producer's answer.
+async fn add_partition(
+    node: &Node,
+    producer_id: i64,
+    epoch: i16,
+    topic: &str,
+    partition: u32,
+) -> Result<(), v1::Error> {
+    let mut c = TransactionsClient::new(node.coordinator.channel()?);
+    let req =
+        AddPartitionsToTxnRequest { producer_id, producer_epoch: epoch as i32, topic: topic.to_string(), partition };
+    match tokio::time::timeout(VERIFY_TIMEOUT, c.add_partitions_to_txn(req)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(s)) => Err(RemoteError::from(coordinator_unreachable(s)).into()),
+        Err(_) => Err(SluiceError::CoordinatorNotAvailable(format!(
+            "the transaction coordinator did not add the partition within {VERIFY_TIMEOUT:?}"
+        ))
+        .into()),
     }
 }
 
@@ -98,17 +126,17 @@ fn spawn_worker(node: Arc<Node>, tx: Responder) -> mpsc::Sender<AppendRequest> {
 
 /// What an acks=all append waits for: the high watermark past `target` while this node still
 /// leads `epoch`.
-struct Wait {
-    served: Served,
-    target: i64,
-    min_isr: u32,
+pub(super) struct Wait {
+    pub served: Served,
+    pub target: i64,
+    pub min_isr: u32,
 }
 
 /// Waits until every in-sync replica has the append on disk (the durable watermark passed
 /// it). Fails
 /// when this node stops leading (the records may be truncated by the new leader), when the
 /// in-sync set shrinks below `min.insync.replicas`, or after `replication.ack_timeout_ms`.
-async fn committed(node: &Node, w: Wait) -> Result<(), SluiceError> {
+pub(super) async fn committed(node: &Node, w: Wait) -> Result<(), SluiceError> {
     let mut rx = w.served.replica.committed();
     let epoch = w.served.epoch;
     let timeout = std::time::Duration::from_millis(node.settings.ack_timeout_ms);
@@ -137,33 +165,50 @@ async fn committed(node: &Node, w: Wait) -> Result<(), SluiceError> {
     }
 }
 
-async fn append_one(node: &Node, req: AppendRequest, acks: Acks) -> Result<(AppendResponse, Wait), SluiceError> {
+async fn append_one(node: &Node, req: AppendRequest, acks: Acks) -> Result<(AppendResponse, Wait), v1::Error> {
     let r = req.partition.ok_or_else(|| SluiceError::InvalidRequest("append without a partition".into()))?;
     let span = tracing::info_span!("append", topic = %r.topic, partition = r.partition, otel.kind = "server");
     sluice_telemetry::continue_from(&span, &req.traceparent);
     let epoch = (req.leader_epoch > 0).then_some(req.leader_epoch);
     let served = node.leader(&r, epoch)?;
-    // KIP-890: a transactional batch is accepted only once the transaction coordinator has
-    // added this partition to the producer's transaction, so that no batch can open a
-    // transaction that nothing will end (a "hanging" one holding the last stable offset).
-    // The coordinator side does not exist yet: no partition is ever added, none is accepted.
-    if sluice_core::batch::split_batches(&req.batches).is_ok_and(|b| b.iter().any(|(h, _)| h.is_transactional())) {
-        return Err(SluiceError::InvalidRequest(format!(
-            "partition {} of '{}' is not part of a transaction of this producer: transactional batches are accepted only for partitions the transaction coordinator added",
-            r.partition, r.topic
-        )));
-    }
     let cfg = served.topic.config();
     let min_isr = cfg.min_insync_replicas;
     let all = matches!(acks, Acks::All | Acks::Unspecified);
     // Noted before the append: the leader may push the batches to followers the moment they
     // are stored, and the push passes this context on.
     let traceparent = span.in_scope(sluice_telemetry::traceparent);
-    let info = served
-        .replica
-        .append_as_leader(served.epoch, req.batches, cfg, all.then_some(min_isr), traceparent)
-        .instrument(span)
-        .await?;
+    let mut verified = None;
+    let info = loop {
+        let appended = served
+            .replica
+            .append_as_leader(
+                served.epoch,
+                req.batches.clone(),
+                cfg.clone(),
+                all.then_some(min_isr),
+                traceparent.clone(),
+                verified,
+            )
+            .instrument(span.clone())
+            .await?;
+        match appended {
+            Appended::Done(info) => break info,
+            // KIP-890: the first transactional batch of a producer's transaction here is
+            // written only once the coordinator added this partition to the transaction, so
+            // that no batch opens a transaction nothing will end (a "hanging" one holding the
+            // last stable offset), nor joins a transaction already ended.
+            Appended::Unverified { producer_id, epoch } if verified.is_none() => {
+                add_partition(node, producer_id, epoch, &r.topic, r.partition).instrument(span.clone()).await?;
+                verified = Some((producer_id, epoch));
+            }
+            Appended::Unverified { .. } => {
+                return Err(SluiceError::InvalidRequest(
+                    "a request carries transactional batches of more than one producer or epoch".into(),
+                )
+                .into());
+            }
+        }
+    };
     served.replica.update_hw();
     let resp = AppendResponse {
         id: req.id,

@@ -1,6 +1,7 @@
 //! The `sluice.v1.PartitionNode` service: one file per RPC.
 
 mod append;
+mod marker;
 mod offsets;
 mod read;
 mod replicate;
@@ -11,7 +12,8 @@ use std::sync::Arc;
 use sluice_proto::v1::partition_node_server::{PartitionNode, PartitionNodeServer};
 use sluice_proto::v1::{
     AppendRequest, AppendResponse, EpochEndRequest, EpochEndResponse, PartitionOffsetsRequest,
-    PartitionOffsetsResponse, ReadRequest, ReadResponse, ReplicaRequest, ReplicaResponse,
+    PartitionOffsetsResponse, ReadRequest, ReadResponse, ReplicaRequest, ReplicaResponse, WriteTxnMarkerRequest,
+    WriteTxnMarkerResponse,
 };
 use sluice_runtime::node_api::{NodeApi, NodeStream};
 use tokio::sync::mpsc;
@@ -59,6 +61,10 @@ impl NodeApi for LocalNode {
     async fn partition_offsets(&self, req: PartitionOffsetsRequest) -> Result<PartitionOffsetsResponse, Status> {
         Ok(offsets::serve(&self.0, req).await)
     }
+
+    async fn write_txn_marker(&self, req: WriteTxnMarkerRequest) -> Result<WriteTxnMarkerResponse, Status> {
+        Ok(marker::serve(&self.0, req).await)
+    }
 }
 
 #[tonic::async_trait]
@@ -91,5 +97,12 @@ impl PartitionNode for NodeService {
         request: Request<Streaming<ReplicaRequest>>,
     ) -> Result<Response<Self::ReplicateStream>, Status> {
         Ok(Response::new(replicate::serve(self.node.clone(), request.into_inner()).await?))
+    }
+
+    async fn write_txn_marker(
+        &self,
+        request: Request<WriteTxnMarkerRequest>,
+    ) -> Result<Response<WriteTxnMarkerResponse>, Status> {
+        Ok(Response::new(marker::serve(&self.node, request.into_inner()).await))
     }
 }
