@@ -147,14 +147,14 @@ async fn produce_and_fetch_refuse_bad_records_and_offsets() {
     let e = stale.partitions[0].error.clone().expect("stale epoch refused");
     assert_eq!((Code::from_i32(e.code), e.sluice_code), (Code::FailedPrecondition, 2005));
     assert!(e.message.contains("older than its current epoch 1"), "{}", e.message);
-    // A transactional batch for a partition no transaction added, and a forged marker.
+    // A transactional batch of a producer id no transactional id owns, and a forged marker.
     let mut t = BatchBuilder::new(Compression::None).producer(pid, 1, 1).flags(sluice_core::batch::TRANSACTIONAL);
     t.push(1, None, Some(b"txn"), &[]);
     let batches = vec![PartitionBatches { partition: 1, data: t.build().unwrap() }];
     let r = produce_one(&client, ProduceRequest { batches, ..base.clone() }).await;
     let e = r.partitions[0].error.clone().expect("transactional batch refused");
-    assert_eq!(Code::from_i32(e.code), Code::InvalidArgument);
-    assert!(e.message.contains("not part of a transaction"), "{}", e.message);
+    assert_eq!((Code::from_i32(e.code), e.sluice_code), (Code::FailedPrecondition, 6005));
+    assert!(e.message.contains("belongs to no transactional id"), "{}", e.message);
     let marker = sluice_core::batch::marker_batch(pid, 1, sluice_core::batch::Marker::Commit, 0, 1).unwrap();
     let batches = vec![PartitionBatches { partition: 1, data: marker }];
     let r = produce_one(&client, ProduceRequest { batches, ..base.clone() }).await;

@@ -240,7 +240,8 @@ async fn read_committed_readers_stop_at_open_transactions_and_never_see_aborted_
     let client = Client::connect(c.gateway()).await.expect("gateway");
     client.create_topic("rc", 1, 1, HashMap::new()).await.expect("topic");
     produce(&client, "rc", 0, 1).await; // v0, once the partition is served
-    // No coordinator writes transactions yet: they go straight into the leader's log here.
+    // Written straight into the leader's log (as the coordinator verified them), to control
+    // exactly where the open transactions lie.
     let node = c.node(1).expect("node").clone();
     let r = PartitionRef { topic: "rc".into(), partition: 0, ..Default::default() };
     let served = node.leader(&r, None).expect("leader");
@@ -255,8 +256,8 @@ async fn read_committed_readers_stop_at_open_transactions_and_never_see_aborted_
     served
         .log()
         .with_log(move |log| {
-            log.append(&a, &cfg, 0, epoch).unwrap();
-            log.append(&b, &cfg, 0, epoch).unwrap();
+            log.append_verified(&a, &cfg, 0, epoch, Some((5, 0))).unwrap();
+            log.append_verified(&b, &cfg, 0, epoch, Some((6, 0))).unwrap();
         })
         .await
         .unwrap();
@@ -285,8 +286,8 @@ async fn read_committed_readers_stop_at_open_transactions_and_never_see_aborted_
     served
         .log()
         .with_log(move |log| {
-            log.append_marker(5, 0, Marker::Commit, 0, 0, epoch).unwrap();
-            log.append_marker(6, 0, Marker::Abort, 0, 0, epoch).unwrap();
+            log.append_marker(5, 1, Marker::Commit, 0, 0, epoch).unwrap();
+            log.append_marker(6, 1, Marker::Abort, 0, 0, epoch).unwrap();
         })
         .await
         .unwrap();
