@@ -136,6 +136,38 @@ async fn topic_produce_consume_contract() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_produce_and_txn_commands() {
+    let (c, _dir) = cluster(2).await;
+    let gw = c.gateway().to_string();
+    let created = sluice(&gw, &["topic", "create", "tx", "--partitions", "2"], "").await;
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    let lines: String = (0..5).map(|i| format!("v{i}\n")).collect();
+    let p = sluice(&gw, &["produce", "tx", "--transactional-id", "cli-t", "--transaction-records", "2"], &lines).await;
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    assert!(p.stderr.contains("produced 5 records") && p.stderr.contains("3 transactions committed"), "{}", p.stderr);
+
+    let cons = sluice(&gw, &["consume", "tx", "--isolation", "read_committed", "--idle-timeout-ms", "1500"], "").await;
+    assert_eq!(cons.code, 0, "{}", cons.stderr);
+    let mut read: Vec<&str> = cons.stdout.lines().collect();
+    read.sort();
+    assert_eq!(read, vec!["v0", "v1", "v2", "v3", "v4"], "every committed record, once");
+
+    let list = sluice(&gw, &["txn", "list"], "").await;
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    assert!(list.stdout.starts_with("TRANSACTIONAL-ID\tSTATE\t"), "{}", list.stdout);
+    assert!(list.stdout.lines().any(|l| l.starts_with("cli-t\tCompleteCommit\t")), "{}", list.stdout);
+    let d = sluice(&gw, &["txn", "describe", "cli-t"], "").await;
+    assert_eq!(d.code, 0, "{}", d.stderr);
+    assert!(d.stdout.contains("State: CompleteCommit") && d.stdout.contains("Open for: -"), "{}", d.stdout);
+    let missing = sluice(&gw, &["txn", "describe", "nope"], "").await;
+    assert!(missing.code == 1 && missing.stderr.contains("does not exist"), "{}", missing.stderr);
+    // A usage error (clap exits with 2); no stdin, as it exits before reading any.
+    let usage = sluice(&gw, &["produce", "tx", "--transaction-records", "2"], "").await;
+    assert_eq!(usage.code, 2, "{}", usage.stderr);
+    assert!(usage.stderr.contains("--transactional-id"), "{}", usage.stderr);
+}
+
 async fn start_dev(dir: &Path, addr: &str) -> tokio::process::Child {
     let bin = sluice_testkit::binary("sluice").expect("sluice binary");
     let mut child = Command::new(bin)

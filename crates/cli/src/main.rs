@@ -7,10 +7,12 @@
 mod bench;
 mod cluster;
 mod consume;
+mod copy;
 mod dev;
 mod group;
 mod produce;
 mod topic;
+mod txn;
 
 use std::process::ExitCode;
 
@@ -51,9 +53,14 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print records, one per line (alone, or as a member of a consumer group).
     Consume(consume::ConsumeArgs),
+    /// Copy a topic into another exactly once (consume-transform-produce in transactions), until stopped or idle.
+    Copy(copy::CopyArgs),
     /// List, describe, reset and delete consumer groups.
     #[command(subcommand)]
     Group(group::GroupCmd),
+    /// List and describe transactional ids (state, producer id and epoch, open transaction).
+    #[command(subcommand)]
+    Txn(txn::TxnCmd),
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -83,7 +90,9 @@ async fn main() -> ExitCode {
         Command::Topic(c) => topic::run(c).await,
         Command::Produce(a) => produce::run(a).await,
         Command::Consume(a) => consume::run(a).await,
+        Command::Copy(a) => copy::run(a).await,
         Command::Group(c) => group::run(c).await,
+        Command::Txn(c) => txn::run(c).await,
         Command::Bench(c) => bench::run(c).await,
     };
     telemetry.shutdown().await;

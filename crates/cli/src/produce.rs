@@ -37,6 +37,15 @@ pub struct ProduceArgs {
     /// enable.idempotence).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
     idempotence: bool,
+    /// Send the records in transactions of this transactional id (Kafka's transactional.id):
+    /// read_committed consumers see only committed ones; an older producer with the same id is
+    /// fenced. Needs --acks all.
+    #[arg(long, value_name = "ID")]
+    transactional_id: Option<String>,
+    /// With --transactional-id: commit a transaction every N records (default 0: one
+    /// transaction for the whole input).
+    #[arg(long, requires = "transactional_id", value_name = "N")]
+    transaction_records: Option<u64>,
     #[command(flatten)]
     gw: GatewayArg,
 }
@@ -57,6 +66,14 @@ pub async fn run(a: ProduceArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn produce(a: ProduceArgs) -> anyhow::Result<ExitCode> {
+    if a.transactional_id.is_some() {
+        if !matches!(a.acks, Acks::All) {
+            anyhow::bail!("--transactional-id needs --acks all");
+        }
+        if !a.idempotence {
+            anyhow::bail!("--transactional-id needs idempotence (drop --idempotence false)");
+        }
+    }
     let client = a.gw.connect().await?;
     // Fail fast with the clear sentence when the topic is missing.
     client.describe_topic(&a.topic).await?;
@@ -68,7 +85,13 @@ async fn produce(a: ProduceArgs) -> anyhow::Result<ExitCode> {
         idempotence: a.idempotence,
         ..Default::default()
     };
-    let producer = Producer::new(client, cfg);
+    let producer = match &a.transactional_id {
+        Some(id) => Producer::transactional(client, id, cfg).await?,
+        None => Producer::new(client, cfg),
+    };
+    let transactional = a.transactional_id.is_some();
+    // 0: one transaction for the whole input.
+    let per_transaction = a.transaction_records.unwrap_or(0);
     let started = Instant::now();
 
     // Reports are written in input order by one task, so output stays tidy and bounded.
@@ -106,6 +129,9 @@ async fn produce(a: ProduceArgs) -> anyhow::Result<ExitCode> {
     // Lines are bytes, not necessarily UTF-8; a trailing "\r" (CRLF input) is dropped.
     let mut input = tokio::io::BufReader::new(tokio::io::stdin()).split(b'\n');
     let sep = a.key_separator.as_deref().map(str::as_bytes).filter(|s| !s.is_empty());
+    // Transactional: records in the open transaction (begun lazily, before its first record, so
+    // that no empty transaction is committed), transactions committed, and whether a commit failed.
+    let (mut open, mut committed, mut commit_failed) = (0u64, 0u64, false);
     while let Some(mut line) = input.next_segment().await? {
         if line.last() == Some(&b'\r') {
             line.pop();
@@ -123,14 +149,59 @@ async fn produce(a: ProduceArgs) -> anyhow::Result<ExitCode> {
             value: Some(value.clone()),
             ..Default::default()
         };
+        if transactional && open == 0 {
+            producer.begin_transaction().await?;
+        }
         let fut = producer.send(rec).await?;
         if tx.send((value, fut)).await.is_err() {
             break;
+        }
+        if transactional {
+            open += 1;
+            if per_transaction > 0 && open >= per_transaction {
+                if !commit(&producer, open).await {
+                    commit_failed = true;
+                    break;
+                }
+                committed += 1;
+                open = 0;
+            }
+        }
+    }
+    if transactional && open > 0 && !commit_failed {
+        if commit(&producer, open).await {
+            committed += 1;
+        } else {
+            commit_failed = true;
         }
     }
     producer.close().await;
     drop(tx);
     let (ok, failed) = reporter.await?;
-    eprintln!("produced {ok} records to '{}' ({failed} failed) in {:.2} s", a.topic, started.elapsed().as_secs_f64());
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    let transactions = if transactional {
+        format!(", {committed} transaction{} committed", if committed == 1 { "" } else { "s" })
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "produced {ok} records to '{}' ({failed} failed) in {:.2} s{transactions}",
+        a.topic,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(if failed == 0 && !commit_failed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Commits the open transaction of `records` records. On failure says so on stderr (its
+/// records are not committed), aborts it and returns false.
+async fn commit(producer: &Producer, records: u64) -> bool {
+    match producer.commit_transaction().await {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("error: transaction of {records} records not committed: {e}");
+            if let Err(e) = producer.abort_transaction().await {
+                tracing::debug!(error = %e, "aborting after a failed commit failed too");
+            }
+            false
+        }
+    }
 }

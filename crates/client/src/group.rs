@@ -406,7 +406,27 @@ impl GroupConsumer {
         Ok(())
     }
 
-    async fn apply(&mut self, a: Assignment) -> Result<(), ClientError> {
+    async fn apply(&mut self, mut a: Assignment) -> Result<(), ClientError> {
+        if self.cfg.fetch.isolation == IsolationLevel::ReadCommitted
+            && !plan_assignment(&self.assigned, &a).added.is_empty()
+        {
+            // A read_committed member starts added partitions at stable offsets only: not
+            // at one committed before a transaction (of the partition's previous owner)
+            // that is still ending and carries newer offsets (Kafka's require_stable).
+            match self.client.fetch_offsets_with(&self.cfg.group_id, None, true).await {
+                Ok(offsets) => a.offsets = offsets,
+                Err(e) if e.is_retriable() => {
+                    tracing::debug!(error = %e, "committed offsets not stable yet; the assignment waits");
+                    self.pending = Some(a);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.pending = Some(a);
+                    return Err(e);
+                }
+            }
+        }
         let plan = plan_assignment(&self.assigned, &a);
         // Looked up before anything changes: when it fails, the assignment is kept whole for
         // the next poll rather than half applied (revocations done, partitions not taken).
