@@ -59,7 +59,10 @@ pub struct CopyArgs {
     /// Stop once no record arrived for this long (default: run until stopped).
     #[arg(long, value_name = "MS")]
     idle_timeout_ms: Option<u64>,
-    /// Longest time a poll waits for records, which bounds one transaction's reading.
+    /// At most this many records per transaction (a poll's records go in several when more).
+    #[arg(long, default_value_t = 5000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    transaction_records: u64,
+    /// Longest time a poll waits for records.
     #[arg(long, default_value_t = 200, value_name = "MS")]
     poll_ms: u64,
     /// How long a transaction may stay open before the coordinator aborts it.
@@ -88,6 +91,9 @@ pub async fn run(a: CopyArgs) -> anyhow::Result<ExitCode> {
     }
     let cfg = GroupConfig {
         client_id: format!("copy-{}", a.transactional_id),
+        // Static: a copier restarted (same transactional id) gets its partitions back at
+        // once, not after the session of the one it replaces expires.
+        instance_id: Some(format!("copy-{}", a.transactional_id)),
         auto_offset_reset: StartFrom::Earliest,
         delivery: DeliveryMode::AtLeastOnce,
         // Offsets are committed only inside the transactions.
@@ -129,19 +135,29 @@ pub async fn run(a: CopyArgs) -> anyhow::Result<ExitCode> {
             continue;
         }
         last_record = Instant::now();
-        match copy_once(&a, dst_partitions, &producer, &consumer, &records, &mut n).await {
-            Ok(()) => n.transactions += 1,
-            Err(e) if sluice_code(&e) == codes::PRODUCER_FENCED => break Err(e),
-            Err(e) => {
+        let mut failed = None;
+        for (i, chunk) in records.chunks(a.transaction_records as usize).enumerate() {
+            match copy_once(&a, dst_partitions, &producer, &consumer, chunk, &mut n).await {
+                Ok(()) => n.transactions += 1,
+                Err(e) => {
+                    failed = Some((e, i * a.transaction_records as usize));
+                    break;
+                }
+            }
+        }
+        match failed {
+            None => {}
+            Some((e, _)) if sluice_code(&e) == codes::PRODUCER_FENCED => break Err(e),
+            Some((e, from)) => {
                 // Nothing of it is visible: abort, and read the same records again.
-                tracing::warn!(error = %e, records = records.len(), "transaction failed; aborting and copying again");
+                tracing::warn!(error = %e, records = records.len() - from, "transaction failed; aborting and copying again");
                 n.aborted += 1;
                 if let Err(e) = producer.abort_transaction().await
                     && sluice_code(&e) == codes::PRODUCER_FENCED
                 {
                     break Err(e);
                 }
-                for ((topic, partition), offset) in first_offsets(&records) {
+                for ((topic, partition), offset) in first_offsets(&records[from..]) {
                     // A partition taken away meanwhile is read by its next owner from the
                     // committed offset.
                     let _ = consumer.seek(&topic, partition, offset);
