@@ -86,15 +86,30 @@ fn load(p: &SledPartition, base: i64) -> Result<Option<Bytes>, StorageError> {
 }
 
 fn compact(p: &SledPartition, config: &TopicConfig, now_ms: i64) -> Result<(u64, u64), StorageError> {
-    let batches: Vec<(i64, BatchMeta)> = p.lock().index.iter().map(|(b, m)| (*b, *m)).collect();
+    let (batches, first_unstable, aborted) = {
+        let st = p.lock();
+        let batches: Vec<(i64, BatchMeta)> = st.index.iter().map(|(b, m)| (*b, *m)).collect();
+        (batches, st.txns.first_unstable().unwrap_or(i64::MAX), st.txns.aborted(i64::MIN, i64::MAX))
+    };
     if batches.len() < 2 {
         return Ok((0, 0));
     }
+    // Records of aborted transactions are never read (committed readers skip them): they are
+    // dropped, and never hide an older value of their key.
+    let is_aborted = |base: i64, m: &BatchMeta| {
+        m.attributes & batch::TRANSACTIONAL != 0
+            && aborted
+                .iter()
+                .any(|a| a.producer_id == m.producer_id && a.first_offset <= base && m.last_offset <= a.last_offset)
+    };
+    // Records of transactions still open may yet be aborted: they hide nothing, and nothing
+    // at or after the first of them is rewritten.
+    let undecided = |base: i64, m: &BatchMeta| m.attributes & batch::TRANSACTIONAL != 0 && base >= first_unstable;
     // Pass 1: the latest offset of every key, over the whole log including the head.
     let mut latest: HashMap<Vec<u8>, i64> = HashMap::new();
     for (base, m) in &batches {
         // Markers are kept as they are: their keys are control types, not record keys.
-        if m.attributes & batch::CONTROL != 0 {
+        if m.attributes & batch::CONTROL != 0 || is_aborted(*base, m) || undecided(*base, m) {
             continue;
         }
         let Some(v) = load(p, *base)? else { continue };
@@ -108,17 +123,21 @@ fn compact(p: &SledPartition, config: &TopicConfig, now_ms: i64) -> Result<(u64,
     let tombstone_horizon = now_ms.saturating_sub(config.delete_retention_ms);
     let (mut rewritten, mut removed_records) = (0u64, 0u64);
     for (base, m) in &batches[..batches.len() - 1] {
+        if *base >= first_unstable {
+            break;
+        }
         if m.attributes & batch::CONTROL != 0 {
             continue;
         }
         let Some(v) = load(p, *base)? else { continue };
         let h = BatchHeader::parse(&v)?;
         let records = batch::decode_records(&v)?;
+        let dropped = is_aborted(*base, m);
         let keep: Vec<_> = records
             .iter()
             .filter(|r| {
                 let is_latest = r.key.as_ref().is_some_and(|k| latest.get(&k[..]) == Some(&r.offset));
-                is_latest && !(r.value.is_none() && r.timestamp < tombstone_horizon)
+                !dropped && is_latest && !(r.value.is_none() && r.timestamp < tombstone_horizon)
             })
             .collect();
         if keep.len() == records.len() {

@@ -467,3 +467,35 @@ async fn a_duplicate_on_a_log_append_time_topic_gets_the_original_append_time() 
     let again = log.append(&idem(4, 0, 0, 2, 1), &cfg, 9_000, 1).unwrap();
     assert_eq!((again.duplicate, again.base_offset, again.log_append_time), (true, 0, 5_000));
 }
+
+#[tokio::test]
+async fn compaction_drops_aborted_records_and_leaves_open_transactions_alone() {
+    use sluice_core::batch::Marker;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    let log = store.open(&pid()).unwrap();
+    let cfg = TopicConfig::from_map(&BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())])).unwrap();
+    let keyed = |id: i64, seq: i32, k: &str, v: &str| {
+        let mut b = BatchBuilder::new(Compression::None).producer(id, 0, seq).flags(sluice_core::batch::TRANSACTIONAL);
+        b.push(1, Some(k.as_bytes()), Some(v.as_bytes()), &[]);
+        b.build().unwrap()
+    };
+    log.append(&batch(&[(Some("k"), Some("committed"), 1)], Compression::None), &cfg, 0, 1).unwrap(); // 0
+    log.append_verified(&keyed(5, 0, "k", "aborted"), &cfg, 0, 1, Some((5, 0))).unwrap(); // 1
+    log.append_marker(5, 1, Marker::Abort, 1, 0, 1).unwrap(); // 2
+    log.append_verified(&keyed(6, 0, "j", "open-1"), &cfg, 0, 1, Some((6, 0))).unwrap(); // 3
+    log.append(&batch(&[(Some("j"), Some("plain-j"), 1)], Compression::None), &cfg, 0, 1).unwrap(); // 4
+    log.append_verified(&keyed(6, 1, "k", "open-2"), &cfg, 0, 1, None).unwrap(); // 5, same open transaction
+    log.append(&batch(&[(Some("z"), Some("head"), 1)], Compression::None), &cfg, 0, 1).unwrap(); // 6
+    log.clean(&cfg, 0).unwrap();
+    // The aborted value neither survives nor hides the committed one; nothing from the first
+    // open transaction on is touched (its records may still commit or abort). Markers stay.
+    let offsets: Vec<i64> = all_records(&*log, 0).iter().map(|r| r.0).collect();
+    assert_eq!(offsets, vec![0, 2, 3, 4, 5, 6]);
+    // Once it commits, its values count: the older value of "k" goes.
+    log.append_marker(6, 1, Marker::Commit, 1, 0, 1).unwrap(); // 7
+    log.append(&batch(&[(Some("y"), Some("head2"), 1)], Compression::None), &cfg, 0, 1).unwrap(); // 8
+    log.clean(&cfg, 0).unwrap();
+    let offsets: Vec<i64> = all_records(&*log, 0).iter().map(|r| r.0).collect();
+    assert_eq!(offsets, vec![2, 4, 5, 6, 7, 8]);
+}
