@@ -63,6 +63,10 @@ pub struct BenchArgs {
     /// default; compare with a run without it to see what idempotence costs.
     #[arg(long)]
     idempotent: bool,
+    /// produce: send through a transactional producer (the Rust client's), committing every
+    /// N records (acks=all); the latency reported is each transaction's, begin to commit.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    transaction_records: Option<u64>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -231,6 +235,9 @@ fn limits(a: &BenchArgs) -> (Option<u64>, Option<Duration>) {
 }
 
 async fn produce(a: &BenchArgs, rate: Option<u64>, mode: &'static str) -> anyhow::Result<Stats> {
+    if let Some(n) = a.transaction_records {
+        return produce_transactional(a, n).await;
+    }
     let client = a.gw.connect().await?;
     let partitions = ensure_topic(&client, a).await?;
     let compression: Compression = a.compression.parse().map_err(|e: String| anyhow::anyhow!(e))?;
@@ -329,6 +336,72 @@ async fn produce(a: &BenchArgs, rate: Option<u64>, mode: &'static str) -> anyhow
     }
     Ok(Stats {
         mode,
+        records: done.load(Ordering::Relaxed),
+        bytes: bytes.load(Ordering::Relaxed),
+        elapsed,
+        hist,
+        failed,
+    })
+}
+
+/// Transactions of `per_txn` records each through the client's transactional producer,
+/// records spread over the partitions in turn.
+async fn produce_transactional(a: &BenchArgs, per_txn: u64) -> anyhow::Result<Stats> {
+    use sluice_client::producer::{Producer, ProducerConfig, ProducerRecord};
+    let client = a.gw.connect().await?;
+    let partitions = ensure_topic(&client, a).await?;
+    let (target, dur) = limits(a);
+    let cfg = ProducerConfig {
+        acks: Acks::All,
+        batch_bytes: a.batch_bytes,
+        compression: a.compression.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+        max_in_flight: a.in_flight.max(1),
+        ..ProducerConfig::default()
+    };
+    let id = format!("bench-{}-{}", a.topic, rand::random::<u32>());
+    let producer = Producer::transactional(client, &id, cfg).await?;
+    let payload = bytes::Bytes::from((0..a.record_size).map(|_| rand::random::<u8>()).collect::<Vec<u8>>());
+    let done = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let bar = progress("produce-transactional", done.clone(), bytes.clone(), target, dur);
+    let mut hist = histogram()?;
+    let (mut sent, mut failed, mut partition) = (0u64, 0u64, 0u32);
+    let start = Instant::now();
+    while target.is_none_or(|t| sent < t) && dur.is_none_or(|d| start.elapsed() < d) {
+        let n = target.map_or(per_txn, |t| per_txn.min(t - sent));
+        let t0 = Instant::now();
+        producer.begin_transaction().await?;
+        let mut futs = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let r = ProducerRecord {
+                topic: a.topic.clone(),
+                partition: Some(partition),
+                value: Some(payload.clone()),
+                ..Default::default()
+            };
+            futs.push(producer.send(r).await?);
+            partition = (partition + 1) % partitions;
+        }
+        sent += n;
+        match producer.commit_transaction().await {
+            Ok(()) => {
+                let _ = hist.record((t0.elapsed().as_micros() as u64).max(1));
+                done.fetch_add(n, Ordering::Relaxed);
+                bytes.fetch_add(n * a.record_size as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                eprintln!("\nerror: a transaction of {n} records failed: {e}");
+                failed += n;
+                producer.abort_transaction().await?;
+            }
+        }
+        drop(futs);
+    }
+    let elapsed = start.elapsed();
+    bar.abort();
+    producer.close().await;
+    Ok(Stats {
+        mode: "produce-transactional",
         records: done.load(Ordering::Relaxed),
         bytes: bytes.load(Ordering::Relaxed),
         elapsed,
