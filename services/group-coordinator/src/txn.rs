@@ -155,6 +155,9 @@ struct Index {
 pub struct Txns {
     index: Mutex<Index>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Partitions leaders asked to add, not yet written: whoever writes next writes them all
+    /// (a transaction's first batches reach its partitions' leaders at once).
+    adds: Mutex<HashMap<String, Vec<(i64, i16, Tp)>>>,
 }
 
 impl Txns {
@@ -164,6 +167,16 @@ impl Txns {
 
     fn lock_of(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.locks.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_string()).or_default().clone()
+    }
+
+    fn queue_add(&self, id: &str, add: (i64, i16, Tp)) {
+        self.adds.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_string()).or_default().push(add);
+    }
+
+    /// The partitions queued for `id` by the producer identity given.
+    fn take_adds(&self, id: &str, producer_id: i64, epoch: i16) -> Vec<Tp> {
+        let queued = self.adds.lock().unwrap_or_else(|p| p.into_inner()).remove(id).unwrap_or_default();
+        queued.into_iter().filter(|(p, e, _)| (*p, *e) == (producer_id, epoch)).map(|(_, _, tp)| tp).collect()
     }
 
     pub fn get(&self, id: &str) -> Option<TxnMeta> {
@@ -284,23 +297,28 @@ async fn next_epoch(c: &Coordinator, m: &mut TxnMeta) -> Result<(), SluiceError>
 
 impl Coordinator {
     /// Runs `f` alone for transactional id `id` (after every earlier call for it), in a task
-    /// of its own: when it takes longer than [`CALL_WAIT`] the caller gets
-    /// CONCURRENT_TRANSACTIONS (retriable) and the work goes on.
+    /// of its own. The caller gets what `f` returns, or what it sent earlier through its
+    /// [`Reply`] (it may go on working after answering, still alone); when no answer comes
+    /// within [`CALL_WAIT`] the caller gets CONCURRENT_TRANSACTIONS (retriable) and the work
+    /// goes on.
     async fn serialized<R, F, Fut>(self: &Arc<Self>, id: &str, f: F) -> Result<R, SluiceError>
     where
         R: Send + 'static,
-        F: FnOnce(Arc<Self>) -> Fut + Send + 'static,
+        F: FnOnce(Arc<Self>, Reply<R>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<R, SluiceError>> + Send,
     {
         let lock = self.txns.lock_of(id);
         let me = self.clone();
-        let task = tokio::spawn(async move {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let reply = Reply(Arc::new(Mutex::new(Some(tx))));
+        tokio::spawn(async move {
             let _alone = lock.lock_owned().await;
-            f(me).await
+            let r = f(me, reply.clone()).await;
+            reply.send(r);
         });
-        match tokio::time::timeout(CALL_WAIT, task).await {
+        match tokio::time::timeout(CALL_WAIT, rx).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(SluiceError::Internal(format!("transaction task failed: {e}"))),
+            Ok(Err(_)) => Err(SluiceError::Internal("transaction task ended without an answer".into())),
             Err(_) => Err(SluiceError::ConcurrentTransactions {
                 transactional_id: id.to_string(),
                 state: "its previous operation is still running".into(),
@@ -333,7 +351,7 @@ impl Coordinator {
         }
         self.txn_active()?;
         let key = id.clone();
-        self.serialized(&key, move |c| async move {
+        self.serialized(&key, move |c, _| async move {
             let (_, topic) = c.txn_active()?;
             let now = now_ms();
             // An open or decided transaction is ended first: its markers already carry the
@@ -357,10 +375,10 @@ impl Coordinator {
                     tracing::info!(transactional_id = %id, producer_id, "transactional id registered");
                     return Ok((m.producer_id, m.epoch));
                 }
-                Some(m) if m.state.preparing() => (c.finish(&id, m).await?, true),
+                Some(m) if m.state.preparing() => (c.finish(&id, m, None).await?, true),
                 Some(m) if m.state == State::Ongoing => {
                     tracing::info!(transactional_id = %id, "a new producer took over; aborting the open transaction");
-                    (c.end(&id, m, false, false, false).await?, true)
+                    (c.end(&id, m, false, false, false, None).await?, true)
                 }
                 Some(m) => (m, false),
             };
@@ -389,17 +407,20 @@ impl Coordinator {
         self.txn_active()?;
         let id = self.txns.id_of(producer_id).ok_or(SluiceError::InvalidProducerIdMapping { producer_id, epoch })?;
         let key = id.clone();
-        self.serialized(&key, move |c| async move {
+        self.txns.queue_add(&id, (producer_id, epoch, tp.clone()));
+        self.serialized(&key, move |c, _| async move {
             let (_, topic) = c.txn_active()?;
             let m = c.txns.get(&id).filter(|m| m.producer_id == producer_id || m.prev.is_some_and(|p| p.0 == producer_id));
             let m = m.ok_or(SluiceError::InvalidProducerIdMapping { producer_id, epoch })?;
             check_identity(&id, &m, producer_id, epoch)?;
             if m.state == State::Ongoing && m.partitions.contains(&tp) {
+                // Written with an earlier caller's partitions.
                 return Ok(());
             }
             let mut m = m.joined(now_ms());
-            tracing::debug!(transactional_id = %id, topic = %tp.0, partition = tp.1, "partition added to the transaction");
+            m.partitions.extend(c.txns.take_adds(&id, producer_id, epoch));
             m.partitions.insert(tp);
+            tracing::debug!(transactional_id = %id, partitions = m.partitions.len(), "partitions added to the transaction");
             c.write_txn(&topic, &id, m).await.map(|_| ())
         })
         .await
@@ -414,11 +435,11 @@ impl Coordinator {
         })?;
         self.txn_active()?;
         let key = id.clone();
-        self.serialized(&key, move |c| async move {
+        self.serialized(&key, move |c, reply| async move {
             let m = c.txns.get(&id).ok_or_else(|| SluiceError::UnknownTransactionalId(id.clone()))?;
             let commit = req.commit;
             if (req.producer_id, epoch) == (m.producer_id, m.epoch) && !m.state.preparing() {
-                let done = c.end(&id, m, commit, true, false).await?;
+                let done = c.end(&id, m, commit, true, false, Some(&reply)).await?;
                 return Ok((done.producer_id, done.epoch));
             }
             let Some((_, _, committed)) = m.prev.filter(|(p, e, _)| (*p, *e) == (req.producer_id, epoch)) else {
@@ -429,7 +450,7 @@ impl Coordinator {
                 });
             };
             // A repeated end (its answer was lost), or one after the coordinator aborted.
-            let m = if m.state.preparing() { c.finish(&id, m).await? } else { m };
+            let m = if m.state.preparing() { c.finish(&id, m, None).await? } else { m };
             if committed == commit {
                 return Ok((m.producer_id, m.epoch));
             }
@@ -459,6 +480,7 @@ impl Coordinator {
         commit: bool,
         keep_prev: bool,
         timed_out: bool,
+        early: Option<&Reply<(i64, i16)>>,
     ) -> Result<TxnMeta, SluiceError> {
         let (_, topic) = self.txn_active()?;
         let mut p = m.clone();
@@ -477,12 +499,19 @@ impl Coordinator {
         p.state = if commit { State::PrepareCommit } else { State::PrepareAbort };
         let p = self.write_txn(&topic, id, p).await?;
         tracing::debug!(transactional_id = %id, commit, partitions = p.partitions.len(), "transaction decided");
-        self.finish(id, p).await
+        self.finish(id, p, early).await
     }
 
     /// Finishes a decided transaction (caller holds the id's lock): a marker on every
-    /// partition, offsets written on commit, then `Complete*`.
-    async fn finish(self: &Arc<Self>, id: &str, p: TxnMeta) -> Result<TxnMeta, SluiceError> {
+    /// partition, offsets written on commit, then `Complete*`. Once the markers and offsets
+    /// are written the outcome is settled (a successor finishing it again writes nothing new):
+    /// `early` is answered then, before `Complete*` is written.
+    async fn finish(
+        self: &Arc<Self>,
+        id: &str,
+        p: TxnMeta,
+        early: Option<&Reply<(i64, i16)>>,
+    ) -> Result<TxnMeta, SluiceError> {
         let (coordinator_epoch, topic) = self.txn_active()?;
         let commit = p.state == State::PrepareCommit;
         let writes = p.partitions.iter().map(|(t, partition)| {
@@ -522,8 +551,13 @@ impl Coordinator {
         done.start_ms = 0;
         done.update_ms = now_ms();
         if done.epoch > LAST_EPOCH {
+            // Not answered early: a successor finishing it would choose another id.
             done.producer_id = self.producer_ids.next().await?;
             done.epoch = 0;
+        } else if let Some(reply) = early {
+            // Served as complete from now on: nothing of it is pending any more.
+            self.txns.remember(id, done.clone());
+            reply.send(Ok((done.producer_id, done.epoch)));
         }
         let done = self.write_txn(&topic, id, done).await?;
         tracing::debug!(transactional_id = %id, commit, "transaction complete");
@@ -566,7 +600,7 @@ impl Coordinator {
         })?;
         self.txn_active()?;
         let key = id.clone();
-        self.serialized(&key, move |c| async move {
+        self.serialized(&key, move |c, _| async move {
             let (_, topic) = c.txn_active()?;
             let m = c.txns.get(&id).ok_or_else(|| SluiceError::UnknownTransactionalId(id.clone()))?;
             check_identity(&id, &m, req.producer_id, epoch)?;
@@ -658,9 +692,9 @@ impl Coordinator {
             tokio::spawn(async move {
                 let key = id.clone();
                 let r = c
-                    .serialized(&key, move |c| async move {
+                    .serialized(&key, move |c, _| async move {
                         match c.txns.get(&id) {
-                            Some(m) if m.state.preparing() => c.finish(&id, m).await.map(|_| ()),
+                            Some(m) if m.state.preparing() => c.finish(&id, m, None).await.map(|_| ()),
                             _ => Ok(()),
                         }
                     })
@@ -690,11 +724,11 @@ impl Coordinator {
                 tokio::spawn(async move {
                     let key = id.clone();
                     let r = c
-                        .serialized(&key, move |c| async move {
+                        .serialized(&key, move |c, _| async move {
                             match c.txns.get(&id) {
                                 Some(m) if m.state == State::Ongoing && m.start_ms + m.timeout_ms as i64 <= now_ms() => {
                                     tracing::info!(transactional_id = %id, timeout_ms = m.timeout_ms, "transaction timed out; aborting it");
-                                    c.end(&id, m, false, true, true).await.map(|_| ())
+                                    c.end(&id, m, false, true, true, None).await.map(|_| ())
                                 }
                                 _ => Ok(()),
                             }
@@ -706,6 +740,23 @@ impl Coordinator {
                     let _ = done.send(key);
                 });
             }
+        }
+    }
+}
+
+/// The answer of a [`Coordinator::serialized`] call, sent at most once.
+pub(crate) struct Reply<R>(Arc<Mutex<Option<tokio::sync::oneshot::Sender<Result<R, SluiceError>>>>>);
+
+impl<R> Clone for Reply<R> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<R> Reply<R> {
+    fn send(&self, r: Result<R, SluiceError>) {
+        if let Some(tx) = self.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = tx.send(r);
         }
     }
 }
