@@ -157,8 +157,12 @@ pub struct Txns {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Partitions leaders asked to add, not yet written: whoever writes next writes them all
     /// (a transaction's first batches reach its partitions' leaders at once).
-    adds: Mutex<HashMap<String, Vec<(i64, i16, Tp)>>>,
+    adds: Mutex<HashMap<String, Vec<QueuedAdd>>>,
 }
+
+/// A partition a leader asked to add: the producer id and epoch its batch carries, and the
+/// partition.
+type QueuedAdd = (i64, i16, Tp);
 
 impl Txns {
     fn lock(&self) -> MutexGuard<'_, Index> {
@@ -169,7 +173,7 @@ impl Txns {
         self.locks.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_string()).or_default().clone()
     }
 
-    fn queue_add(&self, id: &str, add: (i64, i16, Tp)) {
+    fn queue_add(&self, id: &str, add: QueuedAdd) {
         self.adds.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_string()).or_default().push(add);
     }
 
@@ -745,7 +749,9 @@ impl Coordinator {
 }
 
 /// The answer of a [`Coordinator::serialized`] call, sent at most once.
-pub(crate) struct Reply<R>(Arc<Mutex<Option<tokio::sync::oneshot::Sender<Result<R, SluiceError>>>>>);
+pub(crate) struct Reply<R>(Arc<Mutex<Option<Answer<R>>>>);
+
+type Answer<R> = tokio::sync::oneshot::Sender<Result<R, SluiceError>>;
 
 impl<R> Clone for Reply<R> {
     fn clone(&self) -> Self {
