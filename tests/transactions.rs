@@ -55,13 +55,6 @@ async fn send_all(p: &Producer, records: &[(&str, u32, &str)]) -> Vec<Result<i64
     out
 }
 
-fn sluice_code(e: &ClientError) -> u32 {
-    match e {
-        ClientError::Remote(r) => r.sluice_code,
-        _ => 0,
-    }
-}
-
 fn sorted(v: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
     v.sort();
@@ -113,7 +106,7 @@ async fn transactions_commit_abort_carry_offsets_and_fence_zombies() {
     p1.begin_transaction().await.unwrap();
     p1.send_offsets_to_transaction(&offsets(5), &group).await.expect("offsets in the transaction");
     let e = client.fetch_offsets_with("tg", None, true).await.expect_err("unstable while pending");
-    assert_eq!((sluice_code(&e), e.is_retriable()), (6006, true), "{e}");
+    assert_eq!((e.sluice_code(), e.is_retriable()), (6006, true), "{e}");
     assert!(client.fetch_offsets("tg", None).await.unwrap().is_empty(), "not committed yet");
     p1.abort_transaction().await.unwrap();
     assert!(client.fetch_offsets_with("tg", None, true).await.unwrap().is_empty(), "dropped by the abort");
@@ -131,10 +124,10 @@ async fn transactions_commit_abort_carry_offsets_and_fence_zombies() {
     assert!(zombie[0].is_ok(), "{zombie:?}");
     let p2 = Producer::transactional(client.clone(), "t1", cfg.clone()).await.expect("second producer");
     let e = p1.commit_transaction().await.expect_err("the older producer cannot commit");
-    assert_eq!(sluice_code(&e), 6001, "{e}");
+    assert_eq!(e.sluice_code(), 6001, "{e}");
     assert!(e.to_string().contains("fenced"), "{e}");
     let e = p1.begin_transaction().await.expect_err("a fenced producer stays fenced");
-    assert_eq!(sluice_code(&e), 6001, "{e}");
+    assert_eq!(e.sluice_code(), 6001, "{e}");
     p2.begin_transaction().await.unwrap();
     send_all(&p2, &[("ta", 0, "c4-a0")]).await;
     p2.commit_transaction().await.unwrap();
@@ -143,7 +136,7 @@ async fn transactions_commit_abort_carry_offsets_and_fence_zombies() {
 
     // Unknown ids.
     let e = client.describe_transaction("nope").await.expect_err("unknown id");
-    assert_eq!((e.code(), sluice_code(&e)), (Some(Code::NotFound), 6004), "{e}");
+    assert_eq!((e.code(), e.sluice_code()), (Some(Code::NotFound), 6004), "{e}");
     let listed = client.list_transactions().await.unwrap();
     assert_eq!(listed.iter().map(|t| t.transactional_id.as_str()).collect::<Vec<_>>(), ["t1"]);
 }

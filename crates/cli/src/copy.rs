@@ -147,13 +147,13 @@ pub async fn run(a: CopyArgs) -> anyhow::Result<ExitCode> {
         }
         match failed {
             None => {}
-            Some((e, _)) if sluice_code(&e) == codes::PRODUCER_FENCED => break Err(e),
+            Some((e, _)) if e.sluice_code() == codes::PRODUCER_FENCED => break Err(e),
             Some((e, from)) => {
                 // Nothing of it is visible: abort, and read the same records again.
                 tracing::warn!(error = %e, records = records.len() - from, "transaction failed; aborting and copying again");
                 n.aborted += 1;
                 if let Err(e) = producer.abort_transaction().await
-                    && sluice_code(&e) == codes::PRODUCER_FENCED
+                    && e.sluice_code() == codes::PRODUCER_FENCED
                 {
                     break Err(e);
                 }
@@ -243,11 +243,4 @@ fn first_offsets(records: &[ConsumerRecord]) -> BTreeMap<TopicPartition, i64> {
         m.entry((r.topic.to_string(), r.partition)).or_insert(r.offset);
     }
     m
-}
-
-fn sluice_code(e: &ClientError) -> u32 {
-    match e {
-        ClientError::Remote(r) => r.sluice_code,
-        _ => 0,
-    }
 }

@@ -63,6 +63,14 @@ impl ClientError {
         }
     }
 
+    /// The server's Sluice code (`sluice_core::error::codes`), 0 for other failures.
+    pub fn sluice_code(&self) -> u32 {
+        match self {
+            Self::Remote(r) => r.sluice_code,
+            _ => 0,
+        }
+    }
+
     /// The gRPC code, when the server gave one.
     pub fn code(&self) -> Option<tonic::Code> {
         match self {

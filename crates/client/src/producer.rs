@@ -834,7 +834,7 @@ impl Engine {
                     // repeated end the same way), or abort.
                     t.open = true;
                 }
-                if commit && code_of(&e) == codes::INVALID_TXN_STATE {
+                if commit && e.sluice_code() == codes::INVALID_TXN_STATE {
                     return Err(ClientError::MustAbort(e.to_string()));
                 }
                 Err(e)
@@ -1098,14 +1098,6 @@ fn not_transactional() -> ClientError {
     ClientError::Invalid("not a transactional producer (create it with Producer::transactional)".into())
 }
 
-/// The Sluice code of a server's refusal, 0 for other failures.
-fn code_of(e: &ClientError) -> u32 {
-    match e {
-        ClientError::Remote(r) => r.sluice_code,
-        _ => 0,
-    }
-}
-
 impl Txn {
     /// Why a record cannot be sent now, if it cannot.
     fn refusal(&self) -> Option<ClientError> {
@@ -1123,7 +1115,7 @@ impl Txn {
     /// Accounts for a failure in the transaction: fencing ends the producer, anything else
     /// the transaction.
     fn failed(&mut self, e: &ClientError) {
-        if code_of(e) == codes::PRODUCER_FENCED {
+        if e.sluice_code() == codes::PRODUCER_FENCED {
             self.fatal = Some(e.clone());
         } else if self.doomed.is_none() {
             self.doomed = Some(e.to_string());

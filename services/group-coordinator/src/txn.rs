@@ -271,6 +271,14 @@ pub fn validate_transactional_id(id: &str) -> Result<(), SluiceError> {
     })
 }
 
+/// A producer epoch from the wire: 0 to 32767.
+pub(crate) fn producer_epoch(epoch: i32) -> Result<i16, SluiceError> {
+    i16::try_from(epoch)
+        .ok()
+        .filter(|e| *e >= 0)
+        .ok_or_else(|| SluiceError::InvalidRequest(format!("producer epoch {epoch} is out of range (0 to 32767)")))
+}
+
 /// What a producer's identity is to a transactional id's state.
 fn check_identity(id: &str, m: &TxnMeta, producer_id: i64, epoch: i16) -> Result<(), SluiceError> {
     if (producer_id, epoch) == (m.producer_id, m.epoch) {
@@ -434,9 +442,7 @@ impl Coordinator {
     pub(crate) async fn end_txn(self: &Arc<Self>, req: v1::EndTxnRequest) -> Result<(i64, i16), SluiceError> {
         let id = req.transactional_id;
         validate_transactional_id(&id)?;
-        let epoch = i16::try_from(req.producer_epoch).map_err(|_| {
-            SluiceError::InvalidRequest(format!("producer epoch {} is out of range", req.producer_epoch))
-        })?;
+        let epoch = producer_epoch(req.producer_epoch)?;
         self.txn_active()?;
         let key = id.clone();
         self.serialized(&key, move |c, reply| async move {
@@ -599,9 +605,7 @@ impl Coordinator {
         let id = req.transactional_id.clone();
         validate_transactional_id(&id)?;
         crate::validate_group_id(&req.group_id)?;
-        let epoch = i16::try_from(req.producer_epoch).map_err(|_| {
-            SluiceError::InvalidRequest(format!("producer epoch {} is out of range", req.producer_epoch))
-        })?;
+        let epoch = producer_epoch(req.producer_epoch)?;
         self.txn_active()?;
         let key = id.clone();
         self.serialized(&key, move |c, _| async move {

@@ -122,6 +122,11 @@ pub enum Appended {
 }
 
 impl Replica {
+    /// NOT_LEADER for this partition, naming `node`.
+    fn not_leader(&self, node: u64) -> SluiceError {
+        SluiceError::NotLeader { topic: self.pid.topic.clone(), partition: self.pid.partition, node }
+    }
+
     pub fn new(pid: PartitionId, log: AsyncLog, node: u64) -> Self {
         let (committed, _) = watch::channel(Committed { hw: 0, durable: 0, leading: 0, isr: 0 });
         Self {
@@ -406,11 +411,7 @@ impl Replica {
         self.under_role(move |role, me, log| {
             let pid = &me.pid;
             if role != (Role::Leader { epoch }) {
-                return Err(SluiceError::NotLeader {
-                    topic: pid.topic.clone(),
-                    partition: pid.partition,
-                    node: me.node,
-                });
+                return Err(me.not_leader(me.node));
             }
             let isr = me.committed.borrow().isr as u32;
             if let Some(min) = min_isr.filter(|m| isr < *m) {
@@ -448,11 +449,7 @@ impl Replica {
         self.under_role(move |role, me, log| {
             let pid = &me.pid;
             if role != (Role::Leader { epoch }) {
-                return Err(SluiceError::NotLeader {
-                    topic: pid.topic.clone(),
-                    partition: pid.partition,
-                    node: me.node,
-                });
+                return Err(me.not_leader(me.node));
             }
             let now = sluice_core::settings::now_ms();
             log.append_marker(producer_id, producer_epoch, marker, coordinator_epoch as i32, now, epoch as i32)
@@ -471,11 +468,7 @@ impl Replica {
     ) -> Result<i64, SluiceError> {
         self.under_role(move |role, me, log| {
             if role != (Role::Follower { epoch, leader }) {
-                return Err(SluiceError::NotLeader {
-                    topic: me.pid.topic.clone(),
-                    partition: me.pid.partition,
-                    node: leader,
-                });
+                return Err(me.not_leader(leader));
             }
             log.append_replica(&batches).map_err(|e| crate::map_storage(&me.pid, e))
         })

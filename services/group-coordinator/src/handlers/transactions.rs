@@ -30,10 +30,7 @@ pub(super) async fn add_partitions_to_txn(
     c: &Arc<Coordinator>,
     r: AddPartitionsToTxnRequest,
 ) -> Result<AddPartitionsToTxnResponse, SluiceError> {
-    let epoch = i16::try_from(r.producer_epoch)
-        .ok()
-        .filter(|e| *e >= 0)
-        .ok_or_else(|| SluiceError::InvalidRequest(format!("producer epoch {} is out of range", r.producer_epoch)))?;
+    let epoch = crate::txn::producer_epoch(r.producer_epoch)?;
     c.add_partition(r.producer_id, epoch, (r.topic, r.partition)).await?;
     Ok(AddPartitionsToTxnResponse {})
 }
