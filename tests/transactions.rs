@@ -108,6 +108,9 @@ async fn transactions_commit_abort_carry_offsets_and_fence_zombies() {
     let e = client.fetch_offsets_with("tg", None, true).await.expect_err("unstable while pending");
     assert_eq!((e.sluice_code(), e.is_retriable()), (6006, true), "{e}");
     assert!(client.fetch_offsets("tg", None).await.unwrap().is_empty(), "not committed yet");
+    assert!(client.fetch_stable_offsets("tg", "ta", vec![1]).await.is_ok(), "another partition is stable");
+    let e = client.fetch_stable_offsets("tg", "ta", vec![0, 1]).await.expect_err("partition 0 is not");
+    assert_eq!(e.sluice_code(), 6006, "{e}");
     p1.abort_transaction().await.unwrap();
     assert!(client.fetch_offsets_with("tg", None, true).await.unwrap().is_empty(), "dropped by the abort");
     p1.begin_transaction().await.unwrap();

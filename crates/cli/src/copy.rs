@@ -147,14 +147,13 @@ pub async fn run(a: CopyArgs) -> anyhow::Result<ExitCode> {
         }
         match failed {
             None => {}
-            Some((e, _)) if e.sluice_code() == codes::PRODUCER_FENCED => break Err(e),
-            Some((e, from)) => {
+            Some((Failed::Stop(e), _)) => break Err(e),
+            Some((Failed::Abort(e), from)) => {
                 // Nothing of it is visible: abort, and read the same records again.
                 tracing::warn!(error = %e, records = records.len() - from, "transaction failed; aborting and copying again");
                 n.aborted += 1;
-                if let Err(e) = producer.abort_transaction().await
-                    && e.sluice_code() == codes::PRODUCER_FENCED
-                {
+                if let Err(e) = producer.abort_transaction().await {
+                    // Nothing is known to be aborted: reading again could copy twice.
                     break Err(e);
                 }
                 for ((topic, partition), offset) in first_offsets(&records[from..]) {
@@ -189,7 +188,7 @@ async fn copy_once(
     consumer: &GroupConsumer,
     records: &[ConsumerRecord],
     n: &mut Counts,
-) -> Result<(), ClientError> {
+) -> Result<(), Failed> {
     producer.begin_transaction().await?;
     let mut sent = Vec::with_capacity(records.len());
     let mut skipped = 0u64;
@@ -225,16 +224,47 @@ async fn copy_once(
         generation: consumer.generation(),
     };
     producer.send_offsets_to_transaction(&next, &group).await?;
-    producer.commit_transaction().await?;
-    // The commit waited for every record: each is acknowledged (a failed one failed the
-    // commit).
-    for f in sent {
-        f.await.map_err(|_| ClientError::Invalid("the producer stopped".into()))??;
+    // The commit waits for every record; one that failed makes it fail (MustAbort).
+    drop(sent);
+    let mut tries = 0;
+    loop {
+        match producer.commit_transaction().await {
+            Ok(()) => break,
+            Err(e) if matches!(e, ClientError::MustAbort(_)) => return Err(Failed::Abort(e)),
+            Err(e) if e.sluice_code() == codes::PRODUCER_FENCED => return Err(Failed::Stop(e)),
+            // No answer: the outcome is unknown, and a repeated commit gets it. Aborting
+            // instead could copy again what already committed.
+            Err(e) if tries < COMMIT_TRIES => {
+                tries += 1;
+                tracing::warn!(error = %e, tries, "commit outcome unknown; committing again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(Failed::Stop(e)),
+        }
     }
     n.copied += records.len() as u64 - skipped;
     n.skipped += skipped;
     Ok(())
 }
+
+/// Why a transaction of the copy failed.
+enum Failed {
+    /// Nothing of it committed: abort it and copy its records again.
+    Abort(ClientError),
+    /// Fenced (another copier took over), or a commit whose outcome stayed unknown: stop; a
+    /// copier started again with the same transactional id settles it.
+    Stop(ClientError),
+}
+
+impl From<ClientError> for Failed {
+    fn from(e: ClientError) -> Self {
+        if e.sluice_code() == codes::PRODUCER_FENCED { Self::Stop(e) } else { Self::Abort(e) }
+    }
+}
+
+/// How many times a commit whose outcome is unknown is tried again before the copier stops
+/// (a restart with the same transactional id then settles it).
+const COMMIT_TRIES: u32 = 30;
 
 /// The first offset of each partition among `records`.
 fn first_offsets(records: &[ConsumerRecord]) -> BTreeMap<TopicPartition, i64> {

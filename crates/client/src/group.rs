@@ -407,25 +407,29 @@ impl GroupConsumer {
     }
 
     async fn apply(&mut self, mut a: Assignment) -> Result<(), ClientError> {
-        if self.cfg.fetch.isolation == IsolationLevel::ReadCommitted
-            && !plan_assignment(&self.assigned, &a).added.is_empty()
-        {
+        let added = plan_assignment(&self.assigned, &a).added;
+        if self.cfg.fetch.isolation == IsolationLevel::ReadCommitted && !added.is_empty() {
             // A read_committed member starts added partitions at stable offsets only: not
             // at one committed before a transaction (of the partition's previous owner)
             // that is still ending and carries newer offsets (Kafka's require_stable).
-            match self.client.fetch_offsets_with(&self.cfg.group_id, None, true).await {
-                Ok(offsets) => a.offsets = offsets,
-                Err(e) if e.is_retriable() => {
-                    tracing::debug!(error = %e, "committed offsets not stable yet; the assignment waits");
-                    self.pending = Some(a);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    return Ok(());
-                }
-                Err(e) => {
-                    self.pending = Some(a);
-                    return Err(e);
+            let mut stable = Vec::new();
+            for (topic, partitions) in group_by_topic(&added).into_iter().map(|t| (t.topic, t.partitions)) {
+                match self.client.fetch_stable_offsets(&self.cfg.group_id, &topic, partitions).await {
+                    Ok(offsets) => stable.extend(offsets),
+                    Err(e) if e.is_retriable() => {
+                        tracing::debug!(error = %e, "committed offsets not stable yet; the assignment waits");
+                        self.pending = Some(a);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        self.pending = Some(a);
+                        return Err(e);
+                    }
                 }
             }
+            // Held partitions keep their positions; only the added ones take these.
+            a.offsets = stable;
         }
         let plan = plan_assignment(&self.assigned, &a);
         // Looked up before anything changes: when it fails, the assignment is kept whole for

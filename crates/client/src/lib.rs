@@ -283,7 +283,24 @@ impl Client {
         require_stable: bool,
     ) -> Result<Vec<CommittedOffset>, ClientError> {
         let topic = topic.unwrap_or_default().to_string();
-        let req = FetchOffsetsRequest { group_id: group.to_string(), topic, require_stable };
+        let req = FetchOffsetsRequest { group_id: group.to_string(), topic, require_stable, partitions: vec![] };
+        Ok(self.groups().fetch_offsets(req).await?.into_inner().offsets)
+    }
+
+    /// The committed offsets of these partitions of `topic`, failing with
+    /// UNSTABLE_OFFSET_COMMIT (retriable) while one of them is pending in a transaction.
+    pub async fn fetch_stable_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: Vec<u32>,
+    ) -> Result<Vec<CommittedOffset>, ClientError> {
+        let req = FetchOffsetsRequest {
+            group_id: group.to_string(),
+            topic: topic.to_string(),
+            require_stable: true,
+            partitions,
+        };
         Ok(self.groups().fetch_offsets(req).await?.into_inner().offsets)
     }
 

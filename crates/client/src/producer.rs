@@ -213,8 +213,10 @@ impl Producer {
     }
 
     /// Sends every record of the open transaction, waits for them, then commits it: its
-    /// records and offsets become visible to read_committed consumers together. A failure
-    /// other than [`ClientError::MustAbort`] leaves the outcome to retrying the commit.
+    /// records and offsets become visible to read_committed consumers together.
+    /// [`ClientError::MustAbort`]: it cannot commit (abort it). Fenced: this producer can do
+    /// nothing more. Any other failure leaves the outcome unknown: commit again (the
+    /// coordinator answers a repeated end as it did the first one).
     pub async fn commit_transaction(&self) -> Result<(), ClientError> {
         self.call(|r| Cmd::End(true, r)).await
     }
@@ -549,32 +551,35 @@ impl Engine {
         }
     }
 
+    /// Fails a record before it is in a batch (and with it, a transactional producer's open
+    /// transaction: committing without it would break the all-or-nothing).
+    fn refuse(&mut self, w: Waiter, e: ClientError) {
+        if let Some(t) = self.txn.as_mut() {
+            t.failed(&e);
+        }
+        let _ = w.send(Err(e));
+    }
+
     async fn add(&mut self, r: ProducerRecord, w: Waiter) {
         if self.cfg.idempotence && self.identity.is_none() {
             match self.new_producer_id().await {
                 Ok(id) => self.identity = Some(id),
-                Err(e) => {
-                    let _ = w.send(Err(e));
-                    return;
-                }
+                Err(e) => return self.refuse(w, e),
             }
         }
         let count = match self.partition_count(&r.topic).await {
             Ok(n) => n,
-            Err(e) => {
-                let _ = w.send(Err(e));
-                return;
-            }
+            Err(e) => return self.refuse(w, e),
         };
         let headers: Vec<(&str, &[u8])> = r.headers.iter().map(|(k, v)| (k.as_str(), &v[..])).collect();
         let size = BatchBuilder::record_size(r.key.as_deref(), r.value.as_deref(), &headers);
         let p = match (r.partition, &r.key) {
             (Some(p), _) if p >= count => {
-                let _ = w.send(Err(ClientError::Invalid(format!(
+                let e = ClientError::Invalid(format!(
                     "partition {p} of topic '{}' does not exist (the topic has {count} partitions)",
                     r.topic
-                ))));
-                return;
+                ));
+                return self.refuse(w, e);
             }
             (Some(p), _) => p,
             (None, Some(k)) => partition_for_key(k, count),
@@ -651,7 +656,7 @@ impl Engine {
                     seq.next_ordinal = ordinal;
                 }
                 for w in acc.waiters {
-                    let _ = w.send(Err(ClientError::Invalid(e.to_string())));
+                    self.refuse(w, ClientError::Invalid(e.to_string()));
                 }
             }
         }
@@ -828,13 +833,18 @@ impl Engine {
                 Ok(())
             }
             Err(e) => {
-                t.failed(&e);
-                if t.fatal.is_none() {
-                    // Still open: the caller may try the end again (the coordinator answers a
-                    // repeated end the same way), or abort.
-                    t.open = true;
+                let refused = e.sluice_code() == codes::INVALID_TXN_STATE;
+                if e.sluice_code() == codes::PRODUCER_FENCED || (refused && !commit) {
+                    // Fenced, or an abort of a transaction that in fact committed (an earlier
+                    // commit whose answer was lost): this producer's identity is gone.
+                    t.fatal = Some(e.clone());
+                    return Err(e);
                 }
-                if commit && e.sluice_code() == codes::INVALID_TXN_STATE {
+                // Still open: the caller may abort, or, when the outcome is unknown (no
+                // answer), commit again: the coordinator answers a repeated end the same way.
+                t.open = true;
+                if refused {
+                    t.doomed.get_or_insert_with(|| e.to_string());
                     return Err(ClientError::MustAbort(e.to_string()));
                 }
                 Err(e)

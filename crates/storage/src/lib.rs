@@ -164,9 +164,10 @@ pub trait PartitionLog: Send + Sync {
     /// Appends a transaction marker for `producer_id` as the leader of `leader_epoch`: it ends
     /// the producer's open transaction here (an abort is then listed by
     /// [`PartitionLog::aborted_transactions`]), and `producer_epoch`, newer than the
-    /// transaction's, fences the producer's older batches. When no transaction of an older
-    /// epoch is open (the marker was written already: a retry), nothing is written and the
-    /// answer is the log end, marked `duplicate`.
+    /// transaction's, fences the producer's older batches (also when nothing is open: a
+    /// verified batch may still be on its way). When the producer is already at that epoch
+    /// or later here (a retry), nothing is written and the answer is the log end, marked
+    /// `duplicate`.
     fn append_marker(
         &self,
         producer_id: i64,

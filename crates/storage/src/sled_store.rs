@@ -833,8 +833,11 @@ impl PartitionLog for SledPartition {
         let data = batch::marker_batch(producer_id, producer_epoch, marker, coordinator_epoch, now_ms)?;
         let h = BatchHeader::parse(&data)?;
         let mut st = self.lock();
-        let older = st.producers.get(producer_id).is_none_or(|e| e.epoch < producer_epoch);
-        if st.txns.open_since(producer_id).is_none() || !older {
+        // Written whenever it moves the producer's epoch here, also with nothing open: a
+        // batch the coordinator verified just before it ended the transaction may still be
+        // on its way, and must find its epoch fenced rather than open a transaction nothing
+        // would end. A marker at an epoch already reached is a retry: nothing is written.
+        if st.producers.get(producer_id).is_some_and(|e| e.epoch >= producer_epoch) {
             let end = st.next_offset;
             return Ok(AppendInfo {
                 base_offset: end,

@@ -432,6 +432,15 @@ async fn transactions_hold_the_stable_offset_and_aborts_are_remembered_across_re
         // A late copy of the first transaction's marker does not end the next one.
         assert!(log.append_marker(5, 1, Marker::Abort, 1, 0, 1).unwrap().duplicate);
         assert_eq!(log.first_unstable_offset(), 7);
+        // A batch verified just before its transaction ended, with nothing of it here yet,
+        // finds its epoch fenced by the marker instead of opening a transaction nothing ends.
+        let m = log.append_marker(9, 1, Marker::Abort, 1, 0, 1).unwrap();
+        assert_eq!((m.duplicate, m.base_offset), (false, 8), "written: it moves producer 9's epoch");
+        assert!(matches!(
+            log.append_verified(&txn_batch(9, 0, 0, 1), &cfg, 0, 1, Some((9, 0))),
+            Err(StorageError::Sequence(_))
+        ));
+        assert_eq!(log.first_unstable_offset(), 7);
         store.sync().await.unwrap();
     }
     // Rebuilt from the index: the same answers.

@@ -209,6 +209,7 @@ impl Txns {
 
     pub fn clear(&self) {
         *self.lock() = Index::default();
+        self.adds.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Every transactional id with its state, by id.
@@ -216,15 +217,16 @@ impl Txns {
         self.lock().metas.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
-    /// A partition of `group` (in `topic`, or any when empty) with offsets in a transaction
-    /// not yet ended, if there is one.
-    pub fn pending_offset(&self, group: &str, topic: &str) -> Option<Tp> {
+    /// A partition of `group` (in `topic` and `partitions`, or any when empty) with offsets
+    /// in a transaction not yet ended, if there is one.
+    pub fn pending_offset(&self, group: &str, topic: &str, partitions: &[u32]) -> Option<Tp> {
         let ix = self.lock();
         ix.metas
             .values()
             .filter(|m| m.open())
             .flat_map(|m| m.offsets.iter())
-            .find(|o| o.group == group && (topic.is_empty() || o.topic == topic))
+            .filter(|o| o.group == group && (topic.is_empty() || o.topic == topic))
+            .find(|o| partitions.is_empty() || partitions.contains(&o.partition))
             .map(|o| (o.topic.clone(), o.partition))
     }
 
@@ -338,6 +340,16 @@ impl Coordinator {
         }
     }
 
+    /// `id`'s state, with a decided transaction finished first (caller holds the id's lock):
+    /// nothing may join or end a transaction before the previous one's markers are out.
+    async fn settled(self: &Arc<Self>, id: &str) -> Result<Option<TxnMeta>, SluiceError> {
+        self.txn_active()?;
+        match self.txns.get(id) {
+            Some(m) if m.state.preparing() => Ok(Some(self.finish(id, m, None).await?)),
+            other => Ok(other),
+        }
+    }
+
     /// Writes `m` as `id`'s state, durably, then serves it.
     async fn write_txn(&self, topic: &InternalTopic, id: &str, m: TxnMeta) -> Result<TxnMeta, SluiceError> {
         let value = serde_json::to_vec(&m).map_err(|e| SluiceError::Internal(format!("transaction state: {e}")))?;
@@ -366,8 +378,10 @@ impl Coordinator {
         self.serialized(&key, move |c, _| async move {
             let (_, topic) = c.txn_active()?;
             let now = now_ms();
-            // An open or decided transaction is ended first: its markers already carry the
-            // next epoch, which the new producer gets. Otherwise the epoch moves on here.
+            // An open transaction is aborted first: its markers carry the next epoch, which
+            // the new producer gets (its old producer never learnt it). Otherwise the epoch
+            // moves on here, also after finishing a decided transaction, whose producer may
+            // have been told that transaction's next epoch already.
             let (mut m, ended) = match c.txns.get(&id) {
                 None => {
                     let producer_id = c.producer_ids.next().await?;
@@ -387,7 +401,7 @@ impl Coordinator {
                     tracing::info!(transactional_id = %id, producer_id, "transactional id registered");
                     return Ok((m.producer_id, m.epoch));
                 }
-                Some(m) if m.state.preparing() => (c.finish(&id, m, None).await?, true),
+                Some(m) if m.state.preparing() => (c.finish(&id, m, None).await?, false),
                 Some(m) if m.state == State::Ongoing => {
                     tracing::info!(transactional_id = %id, "a new producer took over; aborting the open transaction");
                     (c.end(&id, m, false, false, false, None).await?, true)
@@ -422,7 +436,8 @@ impl Coordinator {
         self.txns.queue_add(&id, (producer_id, epoch, tp.clone()));
         self.serialized(&key, move |c, _| async move {
             let (_, topic) = c.txn_active()?;
-            let m = c.txns.get(&id).filter(|m| m.producer_id == producer_id || m.prev.is_some_and(|p| p.0 == producer_id));
+            let m = c.settled(&id).await?;
+            let m = m.filter(|m| m.producer_id == producer_id || m.prev.is_some_and(|p| p.0 == producer_id));
             let m = m.ok_or(SluiceError::InvalidProducerIdMapping { producer_id, epoch })?;
             check_identity(&id, &m, producer_id, epoch)?;
             if m.state == State::Ongoing && m.partitions.contains(&tp) {
@@ -444,23 +459,26 @@ impl Coordinator {
         validate_transactional_id(&id)?;
         let epoch = producer_epoch(req.producer_epoch)?;
         self.txn_active()?;
+        if self.txns.get(&id).is_none() {
+            // Before taking a lock for it: ids nobody registered take no memory.
+            return Err(SluiceError::UnknownTransactionalId(id));
+        }
         let key = id.clone();
         self.serialized(&key, move |c, reply| async move {
-            let m = c.txns.get(&id).ok_or_else(|| SluiceError::UnknownTransactionalId(id.clone()))?;
+            let m = c.settled(&id).await?.ok_or_else(|| SluiceError::UnknownTransactionalId(id.clone()))?;
             let commit = req.commit;
-            if (req.producer_id, epoch) == (m.producer_id, m.epoch) && !m.state.preparing() {
+            if (req.producer_id, epoch) == (m.producer_id, m.epoch) {
                 let done = c.end(&id, m, commit, true, false, Some(&reply)).await?;
                 return Ok((done.producer_id, done.epoch));
             }
             let Some((_, _, committed)) = m.prev.filter(|(p, e, _)| (*p, *e) == (req.producer_id, epoch)) else {
                 check_identity(&id, &m, req.producer_id, epoch)?;
-                return Err(SluiceError::ConcurrentTransactions {
+                return Err(SluiceError::InvalidTxnState {
                     transactional_id: id.clone(),
-                    state: format!("{:?}", m.state),
+                    reason: format!("epoch {epoch} is newer than the coordinator's {}", m.epoch),
                 });
             };
             // A repeated end (its answer was lost), or one after the coordinator aborted.
-            let m = if m.state.preparing() { c.finish(&id, m, None).await? } else { m };
             if committed == commit {
                 return Ok((m.producer_id, m.epoch));
             }
@@ -607,17 +625,15 @@ impl Coordinator {
         crate::validate_group_id(&req.group_id)?;
         let epoch = producer_epoch(req.producer_epoch)?;
         self.txn_active()?;
+        if self.txns.get(&id).is_none() {
+            // Before taking a lock for it: ids nobody registered take no memory.
+            return Err(SluiceError::UnknownTransactionalId(id));
+        }
         let key = id.clone();
         self.serialized(&key, move |c, _| async move {
             let (_, topic) = c.txn_active()?;
-            let m = c.txns.get(&id).ok_or_else(|| SluiceError::UnknownTransactionalId(id.clone()))?;
+            let m = c.settled(&id).await?.ok_or_else(|| SluiceError::UnknownTransactionalId(id.clone()))?;
             check_identity(&id, &m, req.producer_id, epoch)?;
-            if m.state.preparing() {
-                return Err(SluiceError::ConcurrentTransactions {
-                    transactional_id: id,
-                    state: format!("{:?}", m.state),
-                });
-            }
             let mut results = Vec::with_capacity(req.offsets.len());
             let mut accepted = Vec::new();
             for o in &req.offsets {
@@ -692,29 +708,13 @@ impl Coordinator {
         self.active().is_ok_and(|(e, _)| e == epoch)
     }
 
-    /// Finishes the transactions a predecessor decided, then aborts open transactions as
-    /// their timeouts pass, until the role of `epoch` is lost.
+    /// Until the role of `epoch` is lost, twice a second: finishes decided transactions
+    /// (a predecessor's, or one whose finishing failed: a leader or the offsets topic away),
+    /// and aborts open transactions whose timeout passed. One task at a time per id.
     pub(crate) async fn run_transactions(self: Arc<Self>, epoch: u64) {
-        for id in self.txns.preparing() {
-            let c = self.clone();
-            tokio::spawn(async move {
-                let key = id.clone();
-                let r = c
-                    .serialized(&key, move |c, _| async move {
-                        match c.txns.get(&id) {
-                            Some(m) if m.state.preparing() => c.finish(&id, m, None).await.map(|_| ()),
-                            _ => Ok(()),
-                        }
-                    })
-                    .await;
-                if let Err(e) = r {
-                    tracing::warn!(transactional_id = %key, error = %e, "could not finish a decided transaction yet");
-                }
-            });
-        }
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut aborting: BTreeSet<String> = BTreeSet::new();
+        let mut busy: BTreeSet<String> = BTreeSet::new();
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         loop {
             tick.tick().await;
@@ -722,10 +722,11 @@ impl Coordinator {
                 return;
             }
             while let Ok(id) = done_rx.try_recv() {
-                aborting.remove(&id);
+                busy.remove(&id);
             }
-            for id in self.txns.expired(now_ms()) {
-                if !aborting.insert(id.clone()) {
+            let due = self.txns.preparing().into_iter().chain(self.txns.expired(now_ms()));
+            for id in due {
+                if !busy.insert(id.clone()) {
                     continue;
                 }
                 let (c, done) = (self.clone(), done_tx.clone());
@@ -733,7 +734,7 @@ impl Coordinator {
                     let key = id.clone();
                     let r = c
                         .serialized(&key, move |c, _| async move {
-                            match c.txns.get(&id) {
+                            match c.settled(&id).await? {
                                 Some(m) if m.state == State::Ongoing && m.start_ms + m.timeout_ms as i64 <= now_ms() => {
                                     tracing::info!(transactional_id = %id, timeout_ms = m.timeout_ms, "transaction timed out; aborting it");
                                     c.end(&id, m, false, true, true, None).await.map(|_| ())
@@ -743,7 +744,7 @@ impl Coordinator {
                         })
                         .await;
                     if let Err(e) = r {
-                        tracing::warn!(transactional_id = %key, error = %e, "timed-out transaction not aborted yet");
+                        tracing::warn!(transactional_id = %key, error = %e, "transaction not finished or aborted yet; trying again");
                     }
                     let _ = done.send(key);
                 });
@@ -832,11 +833,13 @@ mod tests {
             topic_id: 9,
         };
         txns.remember("a", TxnMeta { offsets: vec![o.clone()], ..meta(State::Ongoing) });
-        assert_eq!(txns.pending_offset("g", ""), Some(("t".to_string(), 2)));
-        assert_eq!(txns.pending_offset("g", "other"), None);
-        assert_eq!(txns.pending_offset("h", ""), None);
+        assert_eq!(txns.pending_offset("g", "", &[]), Some(("t".to_string(), 2)));
+        assert_eq!(txns.pending_offset("g", "t", &[2, 3]), Some(("t".to_string(), 2)));
+        assert_eq!(txns.pending_offset("g", "t", &[3]), None, "another partition is stable");
+        assert_eq!(txns.pending_offset("g", "other", &[]), None);
+        assert_eq!(txns.pending_offset("h", "", &[]), None);
         txns.remember("a", TxnMeta { offsets: vec![o], ..meta(State::CompleteCommit) });
-        assert_eq!(txns.pending_offset("g", ""), None, "an ended transaction has none pending");
+        assert_eq!(txns.pending_offset("g", "", &[]), None, "an ended transaction has none pending");
         assert_eq!(txns.id_of(7).as_deref(), Some("a"));
         assert_eq!(txns.expired(i64::MAX), Vec::<String>::new());
         txns.remember("b", TxnMeta { producer_id: 8, ..meta(State::Ongoing) });

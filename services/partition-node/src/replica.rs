@@ -452,7 +452,9 @@ impl Replica {
                 return Err(me.not_leader(me.node));
             }
             let now = sluice_core::settings::now_ms();
-            log.append_marker(producer_id, producer_epoch, marker, coordinator_epoch as i32, now, epoch as i32)
+            // The batch format's field is 32 bits; the fencing above uses the full epoch.
+            let coordinator_epoch = coordinator_epoch.min(i32::MAX as u64) as i32;
+            log.append_marker(producer_id, producer_epoch, marker, coordinator_epoch, now, epoch as i32)
                 .map_err(|e| crate::map_storage(pid, e))
         })
         .await

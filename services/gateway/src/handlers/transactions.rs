@@ -32,11 +32,15 @@ impl Transactions for TransactionsProxy {
         self.coordinator()?.init_producer_id(r.into_inner()).await.map_err(unreachable)
     }
 
+    /// Partition leaders call the coordinator themselves; clients never add partitions.
     async fn add_partitions_to_txn(
         &self,
-        r: Request<AddPartitionsToTxnRequest>,
+        _r: Request<AddPartitionsToTxnRequest>,
     ) -> Result<Response<AddPartitionsToTxnResponse>, Status> {
-        self.coordinator()?.add_partitions_to_txn(r.into_inner()).await.map_err(unreachable)
+        Err(sluice_core::SluiceError::InvalidRequest(
+            "AddPartitionsToTxn is called by partition leaders on the coordinator, not by clients: a transactional batch adds its partition itself".into(),
+        )
+        .into())
     }
 
     async fn end_txn(&self, r: Request<EndTxnRequest>) -> Result<Response<EndTxnResponse>, Status> {

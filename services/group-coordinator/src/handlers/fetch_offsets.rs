@@ -10,7 +10,7 @@ pub(super) fn handle(c: &Coordinator, r: FetchOffsetsRequest) -> Result<FetchOff
     validate_group_id(&r.group_id)?;
     c.active()?;
     if r.require_stable
-        && let Some((topic, partition)) = c.txns.pending_offset(&r.group_id, &r.topic)
+        && let Some((topic, partition)) = c.txns.pending_offset(&r.group_id, &r.topic, &r.partitions)
     {
         return Err(SluiceError::UnstableOffsetCommit { group: r.group_id, topic, partition });
     }
@@ -20,6 +20,7 @@ pub(super) fn handle(c: &Coordinator, r: FetchOffsetsRequest) -> Result<FetchOff
             g.offsets
                 .iter()
                 .filter(|(tp, _)| r.topic.is_empty() || tp.0 == r.topic)
+                .filter(|(tp, _)| r.partitions.is_empty() || r.partitions.contains(&tp.1))
                 .map(|(tp, c)| CommittedOffset {
                     topic: tp.0.clone(),
                     partition: tp.1,

@@ -26,19 +26,20 @@ async fn write(node: &Node, req: WriteTxnMarkerRequest) -> Result<i64, SluiceErr
         .ok()
         .filter(|e| *e >= 0 && req.producer_id >= 0)
         .ok_or_else(|| SluiceError::InvalidRequest("a marker needs a producer id and an epoch of 0 or more".into()))?;
+    let served = node.leader(&r, None)?;
     // Coordinator epochs are cluster-wide (the revision at which each took the role): one
-    // high-water mark per node fences every older coordinator.
-    let seen = node.coordinator_epoch.fetch_max(req.coordinator_epoch, Ordering::AcqRel);
+    // high-water mark per node, raised by markers written, fences every older coordinator.
+    let seen = node.coordinator_epoch.load(Ordering::Acquire);
     if seen > req.coordinator_epoch {
         return Err(SluiceError::CoordinatorFenced { epoch: req.coordinator_epoch, current: seen });
     }
-    let served = node.leader(&r, None)?;
     let marker = if req.commit { Marker::Commit } else { Marker::Abort };
     drop(_enter);
     let info = served
         .replica
         .append_marker_as_leader(served.epoch, req.producer_id, epoch, marker, req.coordinator_epoch)
         .await?;
+    node.coordinator_epoch.fetch_max(req.coordinator_epoch, Ordering::AcqRel);
     served.replica.update_hw();
     let min_isr = served.topic.config().min_insync_replicas;
     // A retry that wrote nothing waits for everything before it: the first copy may not be
