@@ -262,7 +262,7 @@ async fn sluice_copy_copies_every_record_exactly_once_through_kills_of_copier_le
     let until = Instant::now() + Duration::from_secs(fault_secs());
     let mut faults: BTreeMap<&str, u32> = BTreeMap::new();
     // Every kind of fault at least once, in a seeded order, then at random.
-    let mut first = vec![0, 1, 2, 3];
+    let mut first = [0, 1, 2, 3];
     for i in (1..first.len()).rev() {
         first.swap(i, rng.random_range(0..=i));
     }

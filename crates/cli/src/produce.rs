@@ -194,14 +194,28 @@ async fn produce(a: ProduceArgs) -> anyhow::Result<ExitCode> {
 /// Commits the open transaction of `records` records. On failure says so on stderr (its
 /// records are not committed), aborts it and returns false.
 async fn commit(producer: &Producer, records: u64) -> bool {
-    match producer.commit_transaction().await {
-        Ok(()) => true,
-        Err(e) => {
-            eprintln!("error: transaction of {records} records not committed: {e}");
-            if let Err(e) = producer.abort_transaction().await {
-                tracing::debug!(error = %e, "aborting after a failed commit failed too");
+    // A commit without an answer is committed again (the coordinator answers a repeated
+    // commit as it did the first): aborting instead could throw away what committed.
+    let mut last = None;
+    for _ in 0..3 {
+        match producer.commit_transaction().await {
+            Ok(()) => return true,
+            Err(e @ sluice_client::ClientError::MustAbort(_)) => {
+                eprintln!("error: transaction of {records} records not committed: {e}");
+                if let Err(e) = producer.abort_transaction().await {
+                    tracing::debug!(error = %e, "aborting after a refused commit failed too");
+                }
+                return false;
             }
-            false
+            Err(e) if e.sluice_code() == sluice_core::error::codes::PRODUCER_FENCED => {
+                eprintln!("error: transaction of {records} records not committed: {e}");
+                return false;
+            }
+            Err(e) => last = Some(e),
         }
     }
+    if let Some(e) = last {
+        eprintln!("error: transaction of {records} records: commit outcome unknown: {e}");
+    }
+    false
 }
