@@ -128,9 +128,11 @@ async fn produce_and_fetch_refuse_bad_records_and_offsets() {
 
     // Idempotent batches: a sequence gap (a producer unknown to the partition starts at 0)
     // and a stale epoch are refused with FAILED_PRECONDITION and their codes; nothing written.
+    // Timestamped now: retention (7 days, checked every 200 ms here) would delete an older one.
+    let now = sluice_core::settings::now_ms();
     let idem = |pid: i64, epoch: i16, seq: i32| {
         let mut b = BatchBuilder::new(Compression::None).producer(pid, epoch, seq);
-        b.push(1, None, Some(b"idem"), &[]);
+        b.push(now, None, Some(b"idem"), &[]);
         vec![PartitionBatches { partition: 1, data: b.build().unwrap() }]
     };
     let (pid, _) =
@@ -149,7 +151,7 @@ async fn produce_and_fetch_refuse_bad_records_and_offsets() {
     assert!(e.message.contains("older than its current epoch 1"), "{}", e.message);
     // A transactional batch of a producer id no transactional id owns, and a forged marker.
     let mut t = BatchBuilder::new(Compression::None).producer(pid, 1, 1).flags(sluice_core::batch::TRANSACTIONAL);
-    t.push(1, None, Some(b"txn"), &[]);
+    t.push(now, None, Some(b"txn"), &[]);
     let batches = vec![PartitionBatches { partition: 1, data: t.build().unwrap() }];
     let r = produce_one(&client, ProduceRequest { batches, ..base.clone() }).await;
     let e = r.partitions[0].error.clone().expect("transactional batch refused");

@@ -247,7 +247,7 @@ async fn read_committed_readers_stop_at_open_transactions_and_never_see_aborted_
     let served = node.leader(&r, None).expect("leader");
     let txn = |pid: i64, v: &str| {
         let mut b = BatchBuilder::new(Compression::None).producer(pid, 0, 0).flags(TRANSACTIONAL);
-        b.push(1, None, Some(v.as_bytes()), &[]);
+        b.push(sluice_core::settings::now_ms(), None, Some(v.as_bytes()), &[]);
         b.build().unwrap()
     };
     let (a, b) = (txn(5, "committed"), txn(6, "aborted"));

@@ -194,7 +194,7 @@ async fn a_hung_transaction_is_aborted_at_its_timeout_and_a_late_retry_never_joi
     let (pid, epoch) = client.init_transactional_id("raw-t", Duration::from_secs(30)).await.unwrap();
     let batch = |epoch: i16, seq: i32, v: &str| {
         let mut b = BatchBuilder::new(Compression::None).producer(pid, epoch, seq).flags(TRANSACTIONAL);
-        b.push(1, None, Some(v.as_bytes()), &[]);
+        b.push(sluice_core::settings::now_ms(), None, Some(v.as_bytes()), &[]);
         b.build().unwrap()
     };
     let produce = |data: Bytes| {

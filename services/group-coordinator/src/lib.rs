@@ -41,7 +41,7 @@ use tokio::sync::watch;
 
 use crate::registry::Registry;
 use crate::role::Active;
-use crate::store::{InternalTopic, OffsetStore};
+use crate::store::{LazyTopic, OffsetStore};
 
 /// The health-service name of the groups service.
 pub const SERVICE_NAME: &str = "sluice.v1.Groups";
@@ -144,7 +144,7 @@ impl Coordinator {
 
     /// The epoch and the transaction state topic while this coordinator is active and can
     /// prove it.
-    fn txn_active(&self) -> Result<(u64, Arc<InternalTopic>), SluiceError> {
+    fn txn_active(&self) -> Result<(u64, Arc<LazyTopic>), SluiceError> {
         let (epoch, _) = self.active()?;
         let slot = self.active_slot();
         let a = slot

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::Coordinator;
 use crate::group::Group;
 use crate::registry::Host;
-use crate::store::{self, GroupSnapshot, InternalTopic, OffsetStore};
+use crate::store::{self, GroupSnapshot, LazyTopic, OffsetStore};
 use crate::txn::{self, TxnMeta};
 
 /// Every transactional id's state, as loaded.
@@ -23,8 +23,8 @@ type Txns = HashMap<String, TxnMeta>;
 pub(crate) struct Active {
     pub epoch: u64,
     pub store: Arc<OffsetStore>,
-    /// `__transaction_state`.
-    pub txn_topic: Arc<InternalTopic>,
+    /// `__transaction_state` (created by the first transactional id).
+    pub txn_topic: Arc<LazyTopic>,
     /// Groups whose membership changed, for the snapshot writer.
     pub dirty: mpsc::UnboundedSender<String>,
 }
@@ -84,7 +84,7 @@ impl Coordinator {
 
     /// Opens the offsets and transaction state topics and reads them, retrying while this
     /// coordinator holds the role.
-    async fn load(self: &Arc<Self>, epoch: u64) -> Option<(OffsetStore, store::Loaded, InternalTopic, Txns)> {
+    async fn load(self: &Arc<Self>, epoch: u64) -> Option<(OffsetStore, store::Loaded, LazyTopic, Txns)> {
         loop {
             if !self.holds(epoch) {
                 return None;
@@ -92,14 +92,14 @@ impl Coordinator {
             let s = &self.settings;
             let holds_role = || -> store::RoleCheck {
                 let me = Arc::downgrade(self);
-                Box::new(move || me.upgrade().is_some_and(|c| c.active().is_ok()))
+                Arc::new(move || me.upgrade().is_some_and(|c| c.active().is_ok()))
             };
             let r = async {
                 let (parts, rf) = (s.offsets_topic_partitions, s.offsets_topic_replication_factor);
                 let store = OffsetStore::open(self.router.clone(), parts, rf, holds_role()).await?;
                 let offsets = store.load().await?;
                 let router = self.router.clone();
-                let topic = InternalTopic::open(router, txn::TRANSACTION_STATE_TOPIC, parts, rf, holds_role()).await?;
+                let topic = LazyTopic::open(router, txn::TRANSACTION_STATE_TOPIC, parts, rf, holds_role()).await?;
                 let txns = txn::load(&topic).await?;
                 Ok::<_, SluiceError>((store, offsets, topic, txns))
             }

@@ -182,7 +182,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 const LOAD_CREDIT: u64 = 8 << 20;
 
 /// Whether this coordinator still holds the role (checked between write retries).
-pub type RoleCheck = Box<dyn Fn() -> bool + Send + Sync>;
+pub type RoleCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// An internal compacted topic the coordinator keeps its state in (`__consumer_offsets`,
 /// `__transaction_state`), written and read back through the data path, in process.
@@ -206,9 +206,24 @@ impl InternalTopic {
         replication_factor: u32,
         holds_role: RoleCheck,
     ) -> Result<Self, SluiceError> {
+        Self::open_with(router, name, partitions, replication_factor, holds_role, true)
+            .await?
+            .ok_or_else(|| SluiceError::Internal(format!("the '{name}' topic was not created")))
+    }
+
+    /// [`InternalTopic::open`], or None when the topic does not exist and `create` is false.
+    async fn open_with(
+        router: Arc<Router>,
+        name: &'static str,
+        partitions: u32,
+        replication_factor: u32,
+        holds_role: RoleCheck,
+        create: bool,
+    ) -> Result<Option<Self>, SluiceError> {
         let describe = || router.describe_topic(DescribeTopicRequest { name: name.to_string() });
         let partitions = match describe().await {
             Ok(d) => d.topic.map_or(0, |t| t.partitions.len() as u32),
+            Err(SluiceError::UnknownTopic(_)) if !create => return Ok(None),
             Err(SluiceError::UnknownTopic(_)) => {
                 let live = router.list_nodes(ListNodesRequest {}).nodes.iter().filter(|n| n.alive).count() as u32;
                 let req = CreateTopicRequest {
@@ -231,7 +246,7 @@ impl InternalTopic {
             return Err(SluiceError::Internal(format!("the '{name}' topic has no partitions")));
         }
         let writers = (0..partitions).map(|_| tokio::sync::Mutex::new(())).collect();
-        Ok(Self { router, name, partitions, holds_role, writers })
+        Ok(Some(Self { router, name, partitions, holds_role, writers }))
     }
 
     /// The partition the records of `owner` (a group, a transactional id) go to.
@@ -326,6 +341,52 @@ impl InternalTopic {
             }
         }
         Ok(())
+    }
+}
+
+/// An internal topic created on its first write: a cluster that never needs it (no
+/// transactions) never pays for its partitions.
+pub struct LazyTopic {
+    router: Arc<Router>,
+    name: &'static str,
+    partitions: u32,
+    replication_factor: u32,
+    holds_role: RoleCheck,
+    cell: tokio::sync::OnceCell<InternalTopic>,
+}
+
+impl LazyTopic {
+    /// Opens the topic when it exists (a coordinator taking over reads it).
+    pub async fn open(
+        router: Arc<Router>,
+        name: &'static str,
+        partitions: u32,
+        replication_factor: u32,
+        holds_role: RoleCheck,
+    ) -> Result<Self, SluiceError> {
+        let cell = tokio::sync::OnceCell::new();
+        let existing =
+            InternalTopic::open_with(router.clone(), name, partitions, replication_factor, holds_role.clone(), false)
+                .await?;
+        if let Some(t) = existing {
+            let _ = cell.set(t);
+        }
+        Ok(Self { router, name, partitions, replication_factor, holds_role, cell })
+    }
+
+    /// The topic when it exists.
+    pub fn existing(&self) -> Option<&InternalTopic> {
+        self.cell.get()
+    }
+
+    /// The topic, created now when it does not exist yet.
+    pub async fn get(&self) -> Result<&InternalTopic, SluiceError> {
+        self.cell
+            .get_or_try_init(|| {
+                let (router, role) = (self.router.clone(), self.holds_role.clone());
+                InternalTopic::open(router, self.name, self.partitions, self.replication_factor, role)
+            })
+            .await
     }
 }
 

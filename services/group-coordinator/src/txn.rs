@@ -32,7 +32,7 @@ use sluice_router::markers::{MarkerError, MarkerWrite};
 
 use crate::Coordinator;
 use crate::assignor::Tp;
-use crate::store::{Committed, InternalTopic};
+use crate::store::{Committed, LazyTopic};
 
 pub use sluice_core::topic::TRANSACTION_STATE_TOPIC;
 
@@ -351,9 +351,13 @@ impl Coordinator {
     }
 
     /// Writes `m` as `id`'s state, durably, then serves it.
-    async fn write_txn(&self, topic: &InternalTopic, id: &str, m: TxnMeta) -> Result<TxnMeta, SluiceError> {
+    async fn write_txn(&self, topic: &LazyTopic, id: &str, m: TxnMeta) -> Result<TxnMeta, SluiceError> {
         let value = serde_json::to_vec(&m).map_err(|e| SluiceError::Internal(format!("transaction state: {e}")))?;
-        topic.put(id, std::iter::once((Bytes::copy_from_slice(id.as_bytes()), Some(Bytes::from(value))))).await?;
+        topic
+            .get()
+            .await?
+            .put(id, std::iter::once((Bytes::copy_from_slice(id.as_bytes()), Some(Bytes::from(value)))))
+            .await?;
         self.txns.remember(id, m.clone());
         Ok(m)
     }
@@ -772,10 +776,12 @@ impl<R> Reply<R> {
     }
 }
 
-/// Loads `__transaction_state` whole.
-pub async fn load(topic: &InternalTopic) -> Result<HashMap<String, TxnMeta>, SluiceError> {
+/// Loads `__transaction_state` whole (nothing when it was never created).
+pub async fn load(topic: &LazyTopic) -> Result<HashMap<String, TxnMeta>, SluiceError> {
     let mut loaded = HashMap::new();
-    topic.load(|r| apply(&mut loaded, r)).await?;
+    if let Some(t) = topic.existing() {
+        t.load(|r| apply(&mut loaded, r)).await?;
+    }
     Ok(loaded)
 }
 

@@ -1,0 +1,281 @@
+//! The Kafka wire protocol on a gateway, so that Kafka's own clients (librdkafka, the Java
+//! client, kafka-python, kcat) work against Sluice unchanged.
+//!
+//! A gateway is the broker a Kafka client sees: metadata lists this gateway and names it the
+//! leader of every partition, and the gateway routes each request to the real leaders through
+//! the same data path as gRPC ([`Router`]). Record batches go through as they are: a
+//! produced RecordBatch v2 is what the partition node stores, and a fetch returns stored
+//! batches untouched.
+//!
+//! Messages are decoded and encoded with the `kafka-protocol` crate. Requests on one
+//! connection are handled concurrently (up to [`MAX_IN_FLIGHT`]) and answered in the order
+//! they came, as the protocol requires. A frame longer than [`MAX_FRAME`], a truncated
+//! frame, an API key this listener does not serve or a version it does not support (other
+//! than ApiVersions, which answers UNSUPPORTED_VERSION with what is supported) closes the
+//! connection, as Kafka brokers do.
+//!
+//! - [`versions`]: ApiVersions and the list of what is served.
+//! - [`metadata`], [`produce`], [`fetch`], [`offsets`]: one file per API.
+
+mod fetch;
+mod metadata;
+mod offsets;
+mod produce;
+mod versions;
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use sluice_router::Router;
+use sluice_runtime::Shutdown;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+/// Largest request frame accepted (Kafka's socket.request.max.bytes).
+pub const MAX_FRAME: usize = 100 << 20;
+/// Requests of one connection handled at once; the next waits.
+pub const MAX_IN_FLIGHT: usize = 32;
+/// The node id this gateway has in metadata.
+pub const NODE_ID: i32 = 1;
+
+/// What a Kafka listener needs: the data path and the address clients are told.
+pub struct Kafka {
+    pub router: Arc<Router>,
+    pub host: String,
+    pub port: i32,
+}
+
+/// Kafka's error codes used here.
+pub(crate) mod errors {
+    pub const NONE: i16 = 0;
+    pub const UNKNOWN_SERVER_ERROR: i16 = -1;
+    pub const OFFSET_OUT_OF_RANGE: i16 = 1;
+    pub const CORRUPT_MESSAGE: i16 = 2;
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const LEADER_NOT_AVAILABLE: i16 = 5;
+    pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    pub const REQUEST_TIMED_OUT: i16 = 7;
+    pub const MESSAGE_TOO_LARGE: i16 = 10;
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub const NOT_ENOUGH_REPLICAS: i16 = 19;
+    pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
+    pub const UNSUPPORTED_VERSION: i16 = 35;
+    pub const INVALID_REQUEST: i16 = 42;
+    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    pub const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
+    pub const INVALID_PRODUCER_EPOCH: i16 = 47;
+    pub const INVALID_TXN_STATE: i16 = 48;
+    pub const INVALID_PRODUCER_ID_MAPPING: i16 = 49;
+    pub const CONCURRENT_TRANSACTIONS: i16 = 51;
+    pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
+    pub const PRODUCER_FENCED: i16 = 90;
+}
+
+/// The Kafka error code for a Sluice error code (`sluice_core::error`).
+pub(crate) fn kafka_error(sluice_code: u32) -> i16 {
+    use errors::*;
+    match sluice_code {
+        1003 | 1004 => UNKNOWN_TOPIC_OR_PARTITION,
+        1000 => INVALID_REQUEST,
+        2001 => MESSAGE_TOO_LARGE,
+        2002 => CORRUPT_MESSAGE,
+        2003 => OFFSET_OUT_OF_RANGE,
+        2004 => OUT_OF_ORDER_SEQUENCE_NUMBER,
+        2005 => INVALID_PRODUCER_EPOCH,
+        2006 => DUPLICATE_SEQUENCE_NUMBER,
+        // A node away or a leader changing: the client refreshes metadata and tries again.
+        3001 | 3002 | 3003 => NOT_LEADER_OR_FOLLOWER,
+        3004 => REQUEST_TIMED_OUT,
+        3005 => NOT_ENOUGH_REPLICAS,
+        3006 => NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+        3007 => LEADER_NOT_AVAILABLE,
+        5006 => COORDINATOR_NOT_AVAILABLE,
+        6001 => PRODUCER_FENCED,
+        6002 => INVALID_TXN_STATE,
+        6003 => CONCURRENT_TRANSACTIONS,
+        6005 => INVALID_PRODUCER_ID_MAPPING,
+        _ => UNKNOWN_SERVER_ERROR,
+    }
+}
+
+/// The Kafka error code of a Sluice failure.
+pub(crate) fn error_of(e: &sluice_core::SluiceError) -> i16 {
+    kafka_error(e.code())
+}
+
+/// Serves Kafka clients on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, kafka: Arc<Kafka>, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let span = tracing::info_span!("kafka_connection", %peer);
+                    tokio::spawn(connection(socket, kafka.clone()).instrument(span));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a Kafka connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            _ = shutdown.wait() => return,
+        }
+    }
+}
+
+/// What a request gets.
+enum Reply {
+    /// A response frame, length prefix included.
+    Frame(Bytes),
+    /// Nothing (a produce with acks=0).
+    Nothing,
+    /// The connection is closed (a request that cannot be answered).
+    Close,
+}
+
+/// One client connection: frames are read and handed to tasks; their replies are written in
+/// request order.
+async fn connection(socket: TcpStream, kafka: Arc<Kafka>) {
+    let _ = socket.set_nodelay(true);
+    let (mut rd, mut wr) = socket.into_split();
+    let (tx, mut rx) = mpsc::channel::<tokio::task::JoinHandle<Reply>>(MAX_IN_FLIGHT);
+    let writer = tokio::spawn(async move {
+        while let Some(task) = rx.recv().await {
+            match task.await {
+                Ok(Reply::Frame(frame)) => {
+                    if wr.write_all(&frame).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Reply::Nothing) => {}
+                Ok(Reply::Close) | Err(_) => return,
+            }
+        }
+    });
+    loop {
+        let mut len = [0u8; 4];
+        if rd.read_exact(&mut len).await.is_err() {
+            break;
+        }
+        let len = i32::from_be_bytes(len);
+        // The header alone (api key, version, correlation id) is 8 bytes.
+        if len < 8 || len as usize > MAX_FRAME {
+            tracing::warn!(len, "Kafka frame of a size that cannot be a request; closing the connection");
+            break;
+        }
+        let mut body = BytesMut::zeroed(len as usize);
+        if rd.read_exact(&mut body).await.is_err() {
+            tracing::debug!("Kafka connection closed in the middle of a frame");
+            break;
+        }
+        let task = tokio::spawn(handle(kafka.clone(), body.freeze()).in_current_span());
+        if tx.send(task).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Decodes one request, serves it, encodes the answer.
+async fn handle(kafka: Arc<Kafka>, mut body: Bytes) -> Reply {
+    let api_key = i16::from_be_bytes([body[0], body[1]]);
+    let version = i16::from_be_bytes([body[2], body[3]]);
+    let Ok(key) = ApiKey::try_from(api_key) else {
+        tracing::warn!(api_key, "unknown Kafka API key; closing the connection");
+        return Reply::Close;
+    };
+    let header = match RequestHeader::decode(&mut body, key.request_header_version(version)) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(?key, version, error = %e, "undecodable Kafka request header; closing the connection");
+            return Reply::Close;
+        }
+    };
+    let correlation_id = header.correlation_id;
+    let Some(range) = versions::supported(key) else {
+        tracing::warn!(?key, "Kafka API not served here; closing the connection");
+        return Reply::Close;
+    };
+    if !(range.0..=range.1).contains(&version) {
+        if key == ApiKey::ApiVersions {
+            // Answered at version 0, so that the client learns what to use (KIP-511).
+            return frame(key, 0, correlation_id, &versions::unsupported());
+        }
+        tracing::warn!(?key, version, "unsupported Kafka API version; closing the connection");
+        return Reply::Close;
+    }
+    let span = tracing::debug_span!("kafka", ?key, version, correlation_id);
+    async move {
+        match key {
+            ApiKey::ApiVersions => match decode(&mut body, version) {
+                Some(r) => frame(key, version, correlation_id, &versions::handle(r)),
+                None => Reply::Close,
+            },
+            ApiKey::Metadata => match decode(&mut body, version) {
+                Some(r) => frame(key, version, correlation_id, &metadata::handle(&kafka, r)),
+                None => Reply::Close,
+            },
+            ApiKey::Produce => match decode::<kafka_protocol::messages::ProduceRequest>(&mut body, version) {
+                Some(r) if r.acks == 0 => {
+                    produce::handle(&kafka, r).await;
+                    Reply::Nothing
+                }
+                Some(r) => frame(key, version, correlation_id, &produce::handle(&kafka, r).await),
+                None => Reply::Close,
+            },
+            ApiKey::Fetch => match decode(&mut body, version) {
+                Some(r) => frame(key, version, correlation_id, &fetch::handle(&kafka, r).await),
+                None => Reply::Close,
+            },
+            ApiKey::ListOffsets => match decode(&mut body, version) {
+                Some(r) => frame(key, version, correlation_id, &offsets::handle(&kafka, r).await),
+                None => Reply::Close,
+            },
+            _ => Reply::Close,
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// A request body, or None (logged) when it does not decode.
+fn decode<R: Decodable>(body: &mut Bytes, version: i16) -> Option<R> {
+    match R::decode(body, version) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(version, error = %e, "undecodable Kafka request; closing the connection");
+            None
+        }
+    }
+}
+
+/// A response frame: length, header, body.
+fn frame<R: Encodable>(key: ApiKey, version: i16, correlation_id: i32, response: &R) -> Reply {
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let mut buf = BytesMut::with_capacity(64);
+    buf.put_i32(0);
+    let encoded = header
+        .encode(&mut buf, key.response_header_version(version))
+        .and_then(|()| response.encode(&mut buf, version));
+    if let Err(e) = encoded {
+        tracing::error!(?key, version, error = %e, "Kafka response could not be encoded; closing the connection");
+        return Reply::Close;
+    }
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Reply::Frame(buf.freeze())
+}
+
+/// A topic name as Kafka messages carry it.
+pub(crate) fn name(s: &str) -> kafka_protocol::messages::TopicName {
+    kafka_protocol::messages::TopicName(StrBytes::from_string(s.to_string()))
+}
+
+/// A Sluice topic id as a Kafka topic id.
+pub(crate) fn topic_uuid(id: u64) -> uuid::Uuid {
+    uuid::Uuid::from_u64_pair(0, id)
+}

@@ -1,0 +1,37 @@
+//! ApiVersions: the APIs this listener serves and their versions, flexible ones included.
+//! Only versions whose every field is served are listed.
+
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
+
+use super::errors;
+
+/// Served APIs with their lowest and highest version.
+const SERVED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 1, 12),
+    (ApiKey::ApiVersions, 0, 4),
+];
+
+/// The versions of `key` served, if it is.
+pub(super) fn supported(key: ApiKey) -> Option<(i16, i16)> {
+    SERVED.iter().find(|(k, _, _)| *k == key).map(|(_, min, max)| (*min, *max))
+}
+
+fn list() -> Vec<ApiVersion> {
+    SERVED
+        .iter()
+        .map(|(k, min, max)| ApiVersion::default().with_api_key(*k as i16).with_min_version(*min).with_max_version(*max))
+        .collect()
+}
+
+pub(super) fn handle(_r: ApiVersionsRequest) -> ApiVersionsResponse {
+    ApiVersionsResponse::default().with_error_code(errors::NONE).with_api_keys(list())
+}
+
+/// The answer to an ApiVersions of a version not served.
+pub(super) fn unsupported() -> ApiVersionsResponse {
+    ApiVersionsResponse::default().with_error_code(errors::UNSUPPORTED_VERSION).with_api_keys(list())
+}
