@@ -2,6 +2,7 @@
 # Installs what building and testing Sluice need, when it is missing (Debian/Ubuntu):
 #   protoc  (protobuf-compiler)  needed to build: etcd-client and sluice-proto compile .proto files
 #   etcd    (etcd-server)        needed by the tests and by `sluice cluster up`
+#   kcat    (kcat)               needed by the tests: a real Kafka client against the Kafka listener
 #   .tools/venv (python3-venv + PyPI helm-python-sdk, kubernetes-validate, PyYAML, grpcio,
 #                grpcio-tools, grpcio-reflection)
 #                                needed by the tests: the Helm chart is rendered, linted and
@@ -19,6 +20,7 @@ tools=.tools/venv
 need_tools=no
 if [ "$want" = test ]; then
   command -v etcd >/dev/null 2>&1 || missing+=(etcd-server etcd-client)
+  command -v kcat >/dev/null 2>&1 || missing+=(kcat)
   if ! "$tools/bin/python" -c 'import helm_python, kubernetes_validate, yaml, grpc, grpc_tools, grpc_reflection' >/dev/null 2>&1; then
     need_tools=yes
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)

@@ -170,8 +170,9 @@ async fn transactional_produce_and_txn_commands() {
 
 async fn start_dev(dir: &Path, addr: &str) -> tokio::process::Child {
     let bin = sluice_testkit::binary("sluice").expect("sluice binary");
+    let kafka = format!("127.0.0.1:{}", sluice_testkit::free_port());
     let mut child = Command::new(bin)
-        .args(["dev", "--listen", addr, "--data-dir"])
+        .args(["dev", "--listen", addr, "--kafka-listen", &kafka, "--data-dir"])
         .arg(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -184,7 +185,7 @@ async fn start_dev(dir: &Path, addr: &str) -> tokio::process::Child {
         .expect("dev ready in time")
         .unwrap()
         .unwrap_or_default();
-    assert_eq!(first, format!("Sluice dev is ready. Gateway: {addr}"));
+    assert_eq!(first, format!("Sluice dev is ready. Gateway: {addr}  Kafka: {kafka}"));
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     child
 }

@@ -98,6 +98,8 @@ async fn kcat_lists_produces_and_consumes_through_the_kafka_listener() {
 
     // What Sluice's client wrote, headers and timestamps included, read by kcat.
     let producer = Producer::new(client.clone(), ProducerConfig::default());
+    // Recent timestamps, each its own (retention would delete old ones).
+    let ts0 = sluice_core::settings::now_ms() - 10_000;
     let mut futs = Vec::new();
     for i in 0..5 {
         let r = ProducerRecord {
@@ -106,7 +108,7 @@ async fn kcat_lists_produces_and_consumes_through_the_kafka_listener() {
             key: Some(Bytes::from(format!("g{i}"))),
             value: Some(Bytes::from(format!("grpc-{i}"))),
             headers: vec![("h".into(), Bytes::from(format!("x{i}")))],
-            timestamp_ms: 1_700_000_000_000 + i,
+            timestamp_ms: ts0 + i,
         };
         futs.push(producer.send(r).await.unwrap());
     }
@@ -114,14 +116,58 @@ async fn kcat_lists_produces_and_consumes_through_the_kafka_listener() {
         f.await.unwrap().unwrap();
     }
     let before: usize = records.iter().filter(|r| r.partition == 1).count();
-    let out = kcat(&d.kafka, &["-C", "-t", "kt", "-p", "1", "-o", "beginning", "-e", "-f", "%o|%k|%s|%T|%h\n"], "").await;
+    let out =
+        kcat(&d.kafka, &["-C", "-t", "kt", "-p", "1", "-o", "beginning", "-e", "-f", "%o|%k|%s|%T|%h\n"], "").await;
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), before + 5, "{out}");
     for (i, line) in lines[before..].iter().enumerate() {
         let o = before + i;
-        assert_eq!(*line, format!("{o}|g{i}|grpc-{i}|{}|h=x{i}", 1_700_000_000_000 + i as i64), "{out}");
+        assert_eq!(*line, format!("{o}|g{i}|grpc-{i}|{}|h=x{i}", ts0 + i as i64), "{out}");
     }
     // From an offset.
     let out = kcat(&d.kafka, &["-C", "-t", "kt", "-p", "1", "-o", &before.to_string(), "-e", "-f", "%s\n"], "").await;
     assert_eq!(out.lines().collect::<Vec<_>>(), (0..5).map(|i| format!("grpc-{i}")).collect::<Vec<_>>());
+}
+
+/// Sends `bytes` on a fresh connection, ends its side, and reads what comes back until the
+/// listener closes the connection (which it must do within 5 s).
+async fn raw(addr: &str, bytes: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    s.shutdown().await.expect("end our side");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("the listener closes the connection")
+        .expect("read");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_close_the_connection_and_the_listener_carries_on() {
+    let d = dev().await;
+    // ApiVersions at a version not served: UNSUPPORTED_VERSION (35), answered at version 0.
+    let mut v99 = vec![0, 0, 0, 11];
+    v99.extend_from_slice(&[0, 18, 0, 99, 0, 0, 0, 7, 0xff, 0xff, 0]);
+    let mut s = tokio::net::TcpStream::connect(&d.kafka).await.unwrap();
+    s.write_all(&v99).await.unwrap();
+    let mut head = [0u8; 10];
+    tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_exact(&mut s, &mut head))
+        .await
+        .expect("answered in time")
+        .expect("an answer");
+    assert_eq!(&head[4..8], &7i32.to_be_bytes(), "its correlation id");
+    assert_eq!(&head[8..10], &35i16.to_be_bytes(), "UNSUPPORTED_VERSION");
+    drop(s);
+    // An unknown API key, a frame larger than the limit, a negative length, garbage cut short:
+    // the connection is closed, nothing is answered.
+    assert!(raw(&d.kafka, &[0, 0, 0, 8, 3, 231, 0, 0, 0, 0, 0, 1]).await.is_empty(), "unknown api key");
+    assert!(raw(&d.kafka, &[0x0c, 0, 0, 0, 1, 2, 3]).await.is_empty(), "200 MiB frame");
+    assert!(raw(&d.kafka, &[0xff, 0xff, 0xff, 0xff]).await.is_empty(), "negative length");
+    assert!(raw(&d.kafka, &[0, 0, 0, 40, 0, 3, 0, 12, 1, 2]).await.is_empty(), "truncated");
+    assert!(raw(&d.kafka, &[0, 0, 0, 9, 0, 3, 0, 12, 0, 0, 0, 1, 9]).await.is_empty(), "undecodable metadata");
+    // Still serving.
+    let listing = kcat(&d.kafka, &["-L"], "").await;
+    assert!(listing.contains("broker 1 at"), "{listing}");
 }

@@ -21,6 +21,9 @@ pub struct DevArgs {
     /// Configuration file (same format as the services'; see config/).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Address of the Kafka wire-protocol listener, for Kafka's own clients; "" for none.
+    #[arg(long, default_value = "127.0.0.1:9092", value_name = "ADDR")]
+    kafka_listen: String,
 }
 
 pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
@@ -42,6 +45,20 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
     let router = Router::new(meta.clone(), settings.gateway.clone());
     router.pool.add_local(node.id, std::sync::Arc::new(LocalNode(node.clone())));
     let gateway = GatewayService::new(router.clone());
+    let kafka = match a.kafka_listen.as_str() {
+        "" => None,
+        listen => {
+            let advertise = &settings.gateway.kafka_advertise;
+            match sluice_gateway::start_kafka(router.clone(), listen, advertise, shutdown.clone()).await {
+                Ok(bound) => Some(bound),
+                // The gRPC gateway is what dev is for: without the Kafka port it still runs.
+                Err(e) => {
+                    eprintln!("warning: no Kafka listener on {listen}: {e} (--kafka-listen picks another address)");
+                    None
+                }
+            }
+        }
+    };
     let coordinator =
         Coordinator::start(settings.groups.clone(), meta.clone(), addr.to_string(), router, shutdown.clone());
     let _gauges = sluice_group_coordinator::metrics::register(
@@ -58,7 +75,10 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
     let router =
         sluice_runtime::add_reflection(sluice_runtime::server().add_routes(routes).add_service(health), &served)?;
     tracing::info!(%addr, data_dir = %a.data_dir.display(), "sluice dev listening");
-    println!("Sluice dev is ready. Gateway: {addr}");
+    match kafka {
+        Some(k) => println!("Sluice dev is ready. Gateway: {addr}  Kafka: {k}"),
+        None => println!("Sluice dev is ready. Gateway: {addr}"),
+    }
     sluice_runtime::serve(router, listener, shutdown).await?;
     // Everything appended is made durable before the process ends.
     node.sync().await?;

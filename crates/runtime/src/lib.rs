@@ -112,6 +112,10 @@ pub struct GatewaySettings {
     pub request_timeout_ms: u64,
     /// Batch size for plain records the gateway encodes (sticky partitioner), bytes.
     pub batch_bytes: usize,
+    /// Address of the Kafka wire-protocol listener (host:port); empty: none.
+    pub kafka_listen: String,
+    /// Address Kafka clients are told to connect to (host:port); empty: the one bound.
+    pub kafka_advertise: String,
 }
 
 /// Partition-node storage tuning.
@@ -184,7 +188,13 @@ impl Default for EtcdSettings {
 
 impl Default for GatewaySettings {
     fn default() -> Self {
-        Self { max_partitions: 4096, request_timeout_ms: 30_000, batch_bytes: 256 * 1024 }
+        Self {
+            max_partitions: 4096,
+            request_timeout_ms: 30_000,
+            batch_bytes: 256 * 1024,
+            kafka_listen: String::new(),
+            kafka_advertise: String::new(),
+        }
     }
 }
 

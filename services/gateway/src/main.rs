@@ -9,7 +9,14 @@ async fn main() -> anyhow::Result<()> {
     let Service { settings, listener, addr, shutdown, telemetry } =
         Service::start("sluice-gateway", "Sluice gateway").await?;
     let meta = sluice_runtime::connect_meta(&settings).await?;
-    let service = GatewayService::new(Router::new(meta, settings.gateway.clone()));
+    let router = Router::new(meta, settings.gateway.clone());
+    if !settings.gateway.kafka_listen.is_empty() {
+        let g = &settings.gateway;
+        sluice_gateway::start_kafka(router.clone(), &g.kafka_listen, &g.kafka_advertise, shutdown.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for Kafka clients on {}: {e}", g.kafka_listen))?;
+    }
+    let service = GatewayService::new(router);
     let (_health, health) = sluice_runtime::health(&SERVICE_NAMES).await;
     let routes = service.routes(shutdown.clone());
     let router = sluice_runtime::add_reflection(

@@ -15,7 +15,7 @@ use sluice_router::fetch;
 use tokio_stream::StreamExt;
 
 use super::offsets::isolation;
-use super::{Kafka, errors, error_of, kafka_error};
+use super::{Kafka, error_of, errors, kafka_error};
 
 /// Longest wait a client may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -73,8 +73,9 @@ async fn topic(
         .map(|p| {
             let part = parts.remove(&p.partition).unwrap_or_default();
             let hw = part.high_watermark.unwrap_or(-1);
+            // An empty record set, not a null one: clients (librdkafka) refuse null.
             let records = match part.chunks.len() {
-                0 => None,
+                0 => Some(Bytes::new()),
                 1 => part.chunks.into_iter().next(),
                 _ => {
                     let mut all = BytesMut::new();
@@ -90,9 +91,7 @@ async fn topic(
                 .with_high_watermark(hw)
                 .with_last_stable_offset(lso.get(&p.partition).copied().unwrap_or(hw))
                 .with_log_start_offset(part.log_start.unwrap_or(-1))
-                .with_aborted_transactions(
-                    (isolation == IsolationLevel::ReadCommitted).then_some(part.aborted),
-                )
+                .with_aborted_transactions((isolation == IsolationLevel::ReadCommitted).then_some(part.aborted))
                 .with_preferred_read_replica(kafka_protocol::messages::BrokerId(-1))
                 .with_records(records)
         })
@@ -156,7 +155,9 @@ async fn collect(
                 part.chunks.push(resp.batches);
             }
             part.aborted.extend(resp.aborted_transactions.iter().map(|a| {
-                AbortedTransaction::default().with_producer_id(ProducerId(a.producer_id)).with_first_offset(a.first_offset)
+                AbortedTransaction::default()
+                    .with_producer_id(ProducerId(a.producer_id))
+                    .with_first_offset(a.first_offset)
             }));
         }
         if answered.len() >= count && bytes >= min_bytes {

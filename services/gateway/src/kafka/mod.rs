@@ -15,7 +15,7 @@
 //! connection, as Kafka brokers do.
 //!
 //! - [`versions`]: ApiVersions and the list of what is served.
-//! - [`metadata`], [`produce`], [`fetch`], [`offsets`]: one file per API.
+//! - [`metadata`], [`produce`], [`fetch`], [`offsets`]: the APIs.
 
 mod fetch;
 mod metadata;
@@ -56,6 +56,11 @@ pub(crate) mod errors {
     pub const OFFSET_OUT_OF_RANGE: i16 = 1;
     pub const CORRUPT_MESSAGE: i16 = 2;
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+    pub const INVALID_PARTITIONS: i16 = 37;
+    pub const INVALID_REPLICATION_FACTOR: i16 = 38;
+    pub const INVALID_CONFIG: i16 = 40;
     pub const LEADER_NOT_AVAILABLE: i16 = 5;
     pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
     pub const REQUEST_TIMED_OUT: i16 = 7;
@@ -71,7 +76,6 @@ pub(crate) mod errors {
     pub const INVALID_TXN_STATE: i16 = 48;
     pub const INVALID_PRODUCER_ID_MAPPING: i16 = 49;
     pub const CONCURRENT_TRANSACTIONS: i16 = 51;
-    pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
     pub const PRODUCER_FENCED: i16 = 90;
 }
 
@@ -81,6 +85,11 @@ pub(crate) fn kafka_error(sluice_code: u32) -> i16 {
     match sluice_code {
         1003 | 1004 => UNKNOWN_TOPIC_OR_PARTITION,
         1000 => INVALID_REQUEST,
+        1001 => INVALID_TOPIC_EXCEPTION,
+        1002 => TOPIC_ALREADY_EXISTS,
+        1005 => INVALID_PARTITIONS,
+        1006 => INVALID_CONFIG,
+        1007 => INVALID_REPLICATION_FACTOR,
         2001 => MESSAGE_TOO_LARGE,
         2002 => CORRUPT_MESSAGE,
         2003 => OFFSET_OUT_OF_RANGE,
@@ -88,7 +97,7 @@ pub(crate) fn kafka_error(sluice_code: u32) -> i16 {
         2005 => INVALID_PRODUCER_EPOCH,
         2006 => DUPLICATE_SEQUENCE_NUMBER,
         // A node away or a leader changing: the client refreshes metadata and tries again.
-        3001 | 3002 | 3003 => NOT_LEADER_OR_FOLLOWER,
+        3001..=3003 => NOT_LEADER_OR_FOLLOWER,
         3004 => REQUEST_TIMED_OUT,
         3005 => NOT_ENOUGH_REPLICAS,
         3006 => NOT_ENOUGH_REPLICAS_AFTER_APPEND,
@@ -235,6 +244,7 @@ async fn handle(kafka: Arc<Kafka>, mut body: Bytes) -> Reply {
                 Some(r) => frame(key, version, correlation_id, &offsets::handle(&kafka, r).await),
                 None => Reply::Close,
             },
+
             _ => Reply::Close,
         }
     }
@@ -258,9 +268,8 @@ fn frame<R: Encodable>(key: ApiKey, version: i16, correlation_id: i32, response:
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     let mut buf = BytesMut::with_capacity(64);
     buf.put_i32(0);
-    let encoded = header
-        .encode(&mut buf, key.response_header_version(version))
-        .and_then(|()| response.encode(&mut buf, version));
+    let encoded =
+        header.encode(&mut buf, key.response_header_version(version)).and_then(|()| response.encode(&mut buf, version));
     if let Err(e) = encoded {
         tracing::error!(?key, version, error = %e, "Kafka response could not be encoded; closing the connection");
         return Reply::Close;

@@ -7,7 +7,7 @@ use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionRespon
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use sluice_proto::v1::{self, IsolationLevel, OffsetSpec};
 
-use super::{Kafka, errors, error_of, kafka_error};
+use super::{Kafka, error_of, errors, kafka_error};
 
 pub(super) async fn handle(k: &Kafka, r: ListOffsetsRequest) -> ListOffsetsResponse {
     let isolation = isolation(r.isolation_level);

@@ -5,7 +5,7 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use sluice_proto::v1::{self, PartitionBatches};
 
-use super::{Kafka, errors, error_of, kafka_error};
+use super::{Kafka, error_of, errors, kafka_error};
 
 pub(super) async fn handle(k: &Kafka, r: ProduceRequest) -> ProduceResponse {
     let timeout_ms = r.timeout_ms.max(0) as u32;
@@ -29,10 +29,18 @@ pub(super) async fn handle(k: &Kafka, r: ProduceRequest) -> ProduceResponse {
             refused.into_iter().map(|(i, code)| partition(i).with_error_code(code)).collect();
         if !batches.is_empty() {
             let indexes: Vec<i32> = batches.iter().map(|b| b.partition as i32).collect();
-            let req = v1::ProduceRequest { topic: topic.clone(), acks: acks as i32, batches, timeout_ms, ..Default::default() };
+            let req = v1::ProduceRequest {
+                topic: topic.clone(),
+                acks: acks as i32,
+                batches,
+                timeout_ms,
+                ..Default::default()
+            };
             match k.router.produce(req).await {
                 Ok(resp) => match resp.error {
-                    Some(e) => out.extend(indexes.iter().map(|i| partition(*i).with_error_code(kafka_error(e.sluice_code)))),
+                    Some(e) => {
+                        out.extend(indexes.iter().map(|i| partition(*i).with_error_code(kafka_error(e.sluice_code))))
+                    }
                     None => out.extend(resp.partitions.iter().map(|p| {
                         let code = p.error.as_ref().map_or(errors::NONE, |e| kafka_error(e.sluice_code));
                         partition(p.partition as i32).with_error_code(code).with_base_offset(p.base_offset)

@@ -23,7 +23,9 @@ pub(super) fn supported(key: ApiKey) -> Option<(i16, i16)> {
 fn list() -> Vec<ApiVersion> {
     SERVED
         .iter()
-        .map(|(k, min, max)| ApiVersion::default().with_api_key(*k as i16).with_min_version(*min).with_max_version(*max))
+        .map(|(k, min, max)| {
+            ApiVersion::default().with_api_key(*k as i16).with_min_version(*min).with_max_version(*max)
+        })
         .collect()
 }
 
