@@ -96,6 +96,14 @@ async fn kcat_lists_produces_and_consumes_through_the_kafka_listener() {
         assert_eq!(r.partition, sluice_core::partitioner::partition_for_key(&key, 3), "{value}");
     }
 
+    // An idempotent librdkafka producer: its producer id comes from Sluice's coordinator.
+    let input: String = (0..10).map(|i| format!("idem-{i}\n")).collect();
+    kcat(&d.kafka, &["-P", "-t", "kt", "-p", "2", "-X", "enable.idempotence=true"], &input).await;
+    let all = consume_all(&client, "kt", 40).await;
+    let idem: Vec<String> =
+        all.iter().filter(|r| r.partition == 2).map(|r| text(&r.value)).filter(|v| v.starts_with("idem-")).collect();
+    assert_eq!(idem, (0..10).map(|i| format!("idem-{i}")).collect::<Vec<_>>(), "once each, in order");
+
     // What Sluice's client wrote, headers and timestamps included, read by kcat.
     let producer = Producer::new(client.clone(), ProducerConfig::default());
     // Recent timestamps, each its own (retention would delete old ones).

@@ -32,6 +32,7 @@ pub async fn start_kafka(
         _ => (bound.ip().to_string(), bound.port() as i32),
     };
     tracing::info!(%bound, %host, port, "Kafka listener up");
-    tokio::spawn(kafka::serve(listener, Arc::new(kafka::Kafka { router, host, port }), shutdown));
+    let coordinator = sluice_runtime::node_api::CoordinatorLink::new(router.view.clone());
+    tokio::spawn(kafka::serve(listener, Arc::new(kafka::Kafka { router, coordinator, host, port }), shutdown));
     Ok(bound)
 }

@@ -15,12 +15,13 @@
 //! connection, as Kafka brokers do.
 //!
 //! - [`versions`]: ApiVersions and the list of what is served.
-//! - [`metadata`], [`produce`], [`fetch`], [`offsets`]: the APIs.
+//! - [`metadata`], [`produce`], [`fetch`], [`offsets`], [`producer_id`]: the APIs.
 
 mod fetch;
 mod metadata;
 mod offsets;
 mod produce;
+mod producer_id;
 mod versions;
 
 use std::sync::Arc;
@@ -42,9 +43,11 @@ pub const MAX_IN_FLIGHT: usize = 32;
 /// The node id this gateway has in metadata.
 pub const NODE_ID: i32 = 1;
 
-/// What a Kafka listener needs: the data path and the address clients are told.
+/// What a Kafka listener needs: the data path, the coordinator, and the address clients are
+/// told.
 pub struct Kafka {
     pub router: Arc<Router>,
+    pub coordinator: sluice_runtime::node_api::CoordinatorLink,
     pub host: String,
     pub port: i32,
 }
@@ -242,6 +245,10 @@ async fn handle(kafka: Arc<Kafka>, mut body: Bytes) -> Reply {
             },
             ApiKey::ListOffsets => match decode(&mut body, version) {
                 Some(r) => frame(key, version, correlation_id, &offsets::handle(&kafka, r).await),
+                None => Reply::Close,
+            },
+            ApiKey::InitProducerId => match decode(&mut body, version) {
+                Some(r) => frame(key, version, correlation_id, &producer_id::handle(&kafka, r).await),
                 None => Reply::Close,
             },
 

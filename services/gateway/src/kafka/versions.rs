@@ -13,6 +13,7 @@ const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 1, 12),
     (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::InitProducerId, 0, 4),
 ];
 
 /// The versions of `key` served, if it is.
