@@ -4,11 +4,12 @@
 #   etcd    (etcd-server)        needed by the tests and by `sluice cluster up`
 #   kcat    (kcat)               needed by the tests: a real Kafka client against the Kafka listener
 #   .tools/venv (python3-venv + PyPI helm-python-sdk, kubernetes-validate, PyYAML, grpcio,
-#                grpcio-tools, grpcio-reflection)
+#                grpcio-tools, grpcio-reflection, confluent-kafka)
 #                                needed by the tests: the Helm chart is rendered, linted and
 #                                validated against the Kubernetes schemas offline, and the
 #                                Python client (clients/python) is generated from proto/ and
-#                                run against a real cluster
+#                                run against a real cluster; confluent-kafka (librdkafka)
+#                                is a Kafka client against the Kafka listener
 # Usage: scripts/ensure-deps.sh [build|test]   (default: test = both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +22,7 @@ need_tools=no
 if [ "$want" = test ]; then
   command -v etcd >/dev/null 2>&1 || missing+=(etcd-server etcd-client)
   command -v kcat >/dev/null 2>&1 || missing+=(kcat)
-  if ! "$tools/bin/python" -c 'import helm_python, kubernetes_validate, yaml, grpc, grpc_tools, grpc_reflection' >/dev/null 2>&1; then
+  if ! "$tools/bin/python" -c 'import helm_python, kubernetes_validate, yaml, grpc, grpc_tools, grpc_reflection, confluent_kafka' >/dev/null 2>&1; then
     need_tools=yes
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
   fi
@@ -46,5 +47,5 @@ if [ "$need_tools" = yes ]; then
   python3 -m venv "$tools" >&2
   "$tools/bin/pip" install -q --disable-pip-version-check \
     helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 PyYAML==6.0.4 \
-    grpcio==1.85.1 grpcio-tools==1.85.1 grpcio-reflection==1.85.1 >&2
+    grpcio==1.85.1 grpcio-tools==1.85.1 grpcio-reflection==1.85.1 confluent-kafka==2.16.1 >&2
 fi

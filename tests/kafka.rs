@@ -179,3 +179,56 @@ async fn bad_frames_close_the_connection_and_the_listener_carries_on() {
     let listing = kcat(&d.kafka, &["-L"], "").await;
     assert!(listing.contains("broker 1 at"), "{listing}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_admin_and_an_idempotent_lz4_producer_from_python() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = root.join(".tools/venv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/ensure-deps.sh", python.display());
+    let d = dev().await;
+    let run = Command::new(&python)
+        .arg("kafka_check.py")
+        .arg(&d.kafka)
+        .current_dir(root.join("clients/python"))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), run).await.expect("in time").expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let done: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert_eq!(done["again"], "TOPIC_ALREADY_EXISTS", "{done}");
+    assert_eq!(done["py-admin"], "deleted", "{done}");
+
+    let client = Client::connect(&d.grpc).await.unwrap();
+    let names: Vec<String> = client.list_topics().await.unwrap().into_iter().map(|t| t.name).collect();
+    assert!(names.contains(&"py".to_string()) && !names.contains(&"py-admin".to_string()), "{names:?}");
+    let records = consume_all(&client, "py", 200).await;
+    assert_eq!(records.len(), 200);
+    let mut last: HashMap<u32, i64> = HashMap::new();
+    for r in &records {
+        let key = r.key.clone().expect("keyed");
+        let i: i64 = std::str::from_utf8(&key[1..]).unwrap().parse().unwrap();
+        assert_eq!(text(&r.value), format!("v{i}-{}", "x".repeat(300)));
+        assert_eq!(r.headers, vec![("n".to_string(), Bytes::from(i.to_string()))]);
+        assert_eq!(r.partition, sluice_core::partitioner::partition_for_key(&key, 4), "k{i}");
+        assert!(last.get(&r.partition).is_none_or(|l| *l < i), "partition {} in send order", r.partition);
+        last.insert(r.partition, i);
+    }
+    // Stored as the client compressed it.
+    let mut s = client
+        .broker()
+        .fetch(tokio_stream::iter([sluice_proto::v1::FetchRequest {
+            kind: Some(sluice_proto::v1::fetch_request::Kind::Start(sluice_proto::v1::FetchStart {
+                topic: "py".into(),
+                partitions: vec![sluice_proto::v1::FetchPartition { partition: records[0].partition, offset: 0 }],
+                ..Default::default()
+            })),
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = tokio::time::timeout(Duration::from_secs(10), s.message()).await.unwrap().unwrap().unwrap();
+    let h = sluice_core::batch::BatchHeader::parse(&resp.batches).expect("a stored batch");
+    assert_eq!(h.attributes & 0x07, 3, "lz4, as produced");
+    assert!(h.has_producer(), "an idempotent producer's batch");
+}

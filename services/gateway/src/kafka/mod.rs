@@ -15,13 +15,16 @@
 //! connection, as Kafka brokers do.
 //!
 //! - [`versions`]: ApiVersions and the list of what is served.
-//! - [`metadata`], [`produce`], [`fetch`], [`offsets`], [`producer_id`]: the APIs.
+//! - [`metadata`], [`produce`], [`fetch`], [`offsets`], [`producer_id`], [`topics`],
+//!   [`coordinator`]: the APIs.
 
+mod coordinator;
 mod fetch;
 mod metadata;
 mod offsets;
 mod produce;
 mod producer_id;
+mod topics;
 mod versions;
 
 use std::sync::Arc;
@@ -245,6 +248,18 @@ async fn handle(kafka: Arc<Kafka>, mut body: Bytes) -> Reply {
             },
             ApiKey::ListOffsets => match decode(&mut body, version) {
                 Some(r) => frame(key, version, correlation_id, &offsets::handle(&kafka, r).await),
+                None => Reply::Close,
+            },
+            ApiKey::FindCoordinator => match decode(&mut body, version) {
+                Some(r) => frame(key, version, correlation_id, &coordinator::handle(&kafka, r)),
+                None => Reply::Close,
+            },
+            ApiKey::CreateTopics => match decode(&mut body, version) {
+                Some(r) => frame(key, version, correlation_id, &topics::create(&kafka, r).await),
+                None => Reply::Close,
+            },
+            ApiKey::DeleteTopics => match decode(&mut body, version) {
+                Some(r) => frame(key, version, correlation_id, &topics::delete(&kafka, r).await),
                 None => Reply::Close,
             },
             ApiKey::InitProducerId => match decode(&mut body, version) {

@@ -1,0 +1,59 @@
+"""Kafka's librdkafka client (confluent-kafka from PyPI) against Sluice's Kafka listener.
+
+Run by tests/kafka.rs with the listener address as the only argument: creates and deletes
+topics with the admin client, then produces keyed records with an idempotent, lz4-compressing
+producer; the Rust test reads them back over gRPC. Prints one JSON line with what it did.
+"""
+
+import json
+import sys
+
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+
+def main() -> None:
+    bootstrap = sys.argv[1]
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    done = {}
+    for name, f in admin.create_topics([NewTopic("py-admin", 3), NewTopic("py", 4)], operation_timeout=10).items():
+        f.result(timeout=15)
+        done[name] = "created"
+    topics = admin.list_topics(timeout=10).topics
+    assert len(topics["py-admin"].partitions) == 3, topics
+    try:
+        admin.create_topics([NewTopic("py", 4)])["py"].result(timeout=15)
+        raise AssertionError("creating an existing topic succeeded")
+    except Exception as e:  # the admin client raises KafkaException
+        done["again"] = str(e.args[0].name()) if e.args and hasattr(e.args[0], "name") else str(e)
+    for name, f in admin.delete_topics(["py-admin"], operation_timeout=10).items():
+        f.result(timeout=15)
+        done[name] = "deleted"
+    assert "py-admin" not in admin.list_topics(timeout=10).topics
+
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "compression.type": "lz4",
+            "partitioner": "murmur2_random",
+            "linger.ms": 5,
+        }
+    )
+    errors = []
+
+    def report(err, _msg):
+        if err is not None:
+            errors.append(str(err))
+
+    for i in range(200):
+        # Compressible values: librdkafka sends a batch uncompressed when lz4 would not shrink it.
+        producer.produce("py", key=f"k{i}", value=f"v{i}-" + "x" * 300, headers={"n": str(i)}, on_delivery=report)
+    left = producer.flush(30)
+    assert left == 0 and not errors, (left, errors[:3])
+    done["produced"] = 200
+    print(json.dumps(done))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+//! FindCoordinator: this gateway, for groups and transactional ids alike (it forwards to the
+//! active coordinator, as for gRPC); COORDINATOR_NOT_AVAILABLE while none is active.
+
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
+use kafka_protocol::protocol::StrBytes;
+
+use super::{Kafka, NODE_ID, errors};
+
+pub(super) fn handle(k: &Kafka, r: FindCoordinatorRequest) -> FindCoordinatorResponse {
+    let active = k.router.snapshot().coordinator.is_some();
+    let (code, node, host, port) = if active {
+        (errors::NONE, NODE_ID, StrBytes::from_string(k.host.clone()), k.port)
+    } else {
+        (errors::COORDINATOR_NOT_AVAILABLE, -1, StrBytes::new(), -1)
+    };
+    // Versions up to 3 ask for one key; 4 and later for a list.
+    let keys = if r.coordinator_keys.is_empty() { vec![r.key] } else { r.coordinator_keys };
+    let coordinators = keys
+        .into_iter()
+        .map(|key| {
+            Coordinator::default()
+                .with_key(key)
+                .with_node_id(BrokerId(node))
+                .with_host(host.clone())
+                .with_port(port)
+                .with_error_code(code)
+        })
+        .collect();
+    FindCoordinatorResponse::default()
+        .with_error_code(code)
+        .with_node_id(BrokerId(node))
+        .with_host(host)
+        .with_port(port)
+        .with_coordinators(coordinators)
+}
