@@ -225,53 +225,54 @@ async fn handle(kafka: Arc<Kafka>, mut body: Bytes) -> Reply {
     }
     let span = tracing::debug_span!("kafka", ?key, version, correlation_id);
     async move {
+        // Each arm: the body decoded at its version, served, answered at the same version.
+        let req = Call { key, version, correlation_id };
+        let k = &kafka;
         match key {
-            ApiKey::ApiVersions => match decode(&mut body, version) {
-                Some(r) => frame(key, version, correlation_id, &versions::handle(r)),
-                None => Reply::Close,
-            },
-            ApiKey::Metadata => match decode(&mut body, version) {
-                Some(r) => frame(key, version, correlation_id, &metadata::handle(&kafka, r)),
-                None => Reply::Close,
-            },
+            ApiKey::ApiVersions => req.answer(&mut body, |r| async move { versions::handle(r) }).await,
+            ApiKey::Metadata => req.answer(&mut body, |r| async move { metadata::handle(k, r) }).await,
             ApiKey::Produce => match decode::<kafka_protocol::messages::ProduceRequest>(&mut body, version) {
+                // acks=0: no answer at all, as Kafka does.
                 Some(r) if r.acks == 0 => {
-                    produce::handle(&kafka, r).await;
+                    produce::handle(k, r).await;
                     Reply::Nothing
                 }
-                Some(r) => frame(key, version, correlation_id, &produce::handle(&kafka, r).await),
+                Some(r) => frame(key, version, correlation_id, &produce::handle(k, r).await),
                 None => Reply::Close,
             },
-            ApiKey::Fetch => match decode(&mut body, version) {
-                Some(r) => frame(key, version, correlation_id, &fetch::handle(&kafka, r).await),
-                None => Reply::Close,
-            },
-            ApiKey::ListOffsets => match decode(&mut body, version) {
-                Some(r) => frame(key, version, correlation_id, &offsets::handle(&kafka, r).await),
-                None => Reply::Close,
-            },
-            ApiKey::FindCoordinator => match decode(&mut body, version) {
-                Some(r) => frame(key, version, correlation_id, &coordinator::handle(&kafka, r)),
-                None => Reply::Close,
-            },
-            ApiKey::CreateTopics => match decode(&mut body, version) {
-                Some(r) => frame(key, version, correlation_id, &topics::create(&kafka, r).await),
-                None => Reply::Close,
-            },
-            ApiKey::DeleteTopics => match decode(&mut body, version) {
-                Some(r) => frame(key, version, correlation_id, &topics::delete(&kafka, r).await),
-                None => Reply::Close,
-            },
-            ApiKey::InitProducerId => match decode(&mut body, version) {
-                Some(r) => frame(key, version, correlation_id, &producer_id::handle(&kafka, r).await),
-                None => Reply::Close,
-            },
-
+            ApiKey::Fetch => req.answer(&mut body, |r| fetch::handle(k, r)).await,
+            ApiKey::ListOffsets => req.answer(&mut body, |r| offsets::handle(k, r)).await,
+            ApiKey::FindCoordinator => req.answer(&mut body, |r| async move { coordinator::handle(k, r) }).await,
+            ApiKey::CreateTopics => req.answer(&mut body, |r| topics::create(k, r)).await,
+            ApiKey::DeleteTopics => req.answer(&mut body, |r| topics::delete(k, r)).await,
+            ApiKey::InitProducerId => req.answer(&mut body, |r| producer_id::handle(k, r)).await,
             _ => Reply::Close,
         }
     }
     .instrument(span)
     .await
+}
+
+/// One request's identity, for its answer.
+struct Call {
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+}
+
+impl Call {
+    /// Decodes the body, serves it with `serve`, and frames the answer.
+    async fn answer<Req, Resp, Fut>(&self, body: &mut Bytes, serve: impl FnOnce(Req) -> Fut) -> Reply
+    where
+        Req: Decodable,
+        Resp: Encodable,
+        Fut: std::future::Future<Output = Resp>,
+    {
+        match decode(body, self.version) {
+            Some(r) => frame(self.key, self.version, self.correlation_id, &serve(r).await),
+            None => Reply::Close,
+        }
+    }
 }
 
 /// A request body, or None (logged) when it does not decode.
