@@ -168,6 +168,30 @@ async fn bad_frames_close_the_connection_and_the_listener_carries_on() {
     assert_eq!(&head[4..8], &7i32.to_be_bytes(), "its correlation id");
     assert_eq!(&head[8..10], &35i16.to_be_bytes(), "UNSUPPORTED_VERSION");
     drop(s);
+    // FindCoordinator v1 for group "g": this gateway (node 1, its Kafka port).
+    let mut fc = vec![0, 0, 0, 14];
+    fc.extend_from_slice(&[0, 10, 0, 1, 0, 0, 0, 9, 0xff, 0xff, 0, 1, b'g', 0]);
+    let mut s = tokio::net::TcpStream::connect(&d.kafka).await.unwrap();
+    s.write_all(&fc).await.unwrap();
+    let port: i32 = d.kafka.rsplit_once(':').unwrap().1.parse().unwrap();
+    let host = b"127.0.0.1";
+    let mut answer = vec![0u8; 4 + 4 + 4 + 2 + 2 + 4 + 2 + host.len() + 4];
+    tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_exact(&mut s, &mut answer))
+        .await
+        .expect("answered in time")
+        .expect("an answer");
+    let mut expected = Vec::new();
+    expected.extend_from_slice(&((answer.len() - 4) as i32).to_be_bytes());
+    expected.extend_from_slice(&9i32.to_be_bytes()); // correlation id
+    expected.extend_from_slice(&0i32.to_be_bytes()); // throttle time
+    expected.extend_from_slice(&0i16.to_be_bytes()); // no error
+    expected.extend_from_slice(&(-1i16).to_be_bytes()); // no error message
+    expected.extend_from_slice(&1i32.to_be_bytes()); // node 1
+    expected.extend_from_slice(&(host.len() as i16).to_be_bytes());
+    expected.extend_from_slice(host);
+    expected.extend_from_slice(&port.to_be_bytes());
+    assert_eq!(answer, expected, "FindCoordinator v1");
+    drop(s);
     // An unknown API key, a frame larger than the limit, a negative length, garbage cut short:
     // the connection is closed, nothing is answered.
     assert!(raw(&d.kafka, &[0, 0, 0, 8, 3, 231, 0, 0, 0, 0, 0, 1]).await.is_empty(), "unknown api key");

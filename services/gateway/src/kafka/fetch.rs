@@ -53,13 +53,15 @@ async fn topic(
     let name = t.topic.0.as_str().to_string();
     let mut parts: BTreeMap<i32, Part> = BTreeMap::new();
     let mut wanted = Vec::new();
+    // A partition the topic lacks fails alone, not the whole topic's fetch.
+    let count = k.router.snapshot().topics.get(&name).map_or(0, |m| m.partitions.len() as u32);
     for p in &t.partitions {
-        match u32::try_from(p.partition) {
-            Ok(i) => {
+        match u32::try_from(p.partition).ok().filter(|i| *i < count) {
+            Some(i) => {
                 parts.entry(p.partition).or_default();
                 wanted.push(FetchPartition { partition: i, offset: p.fetch_offset });
             }
-            Err(_) => parts.entry(p.partition).or_default().error = errors::UNKNOWN_TOPIC_OR_PARTITION,
+            None => parts.entry(p.partition).or_default().error = errors::UNKNOWN_TOPIC_OR_PARTITION,
         }
     }
     if !wanted.is_empty() {
@@ -229,7 +231,11 @@ async fn stable_offsets(
     if isolation != IsolationLevel::ReadCommitted {
         return BTreeMap::new();
     }
-    let partitions: Vec<u32> = parts.keys().filter(|i| **i >= 0).map(|i| *i as u32).collect();
+    let partitions: Vec<u32> =
+        parts.iter().filter(|(i, p)| **i >= 0 && p.error == errors::NONE).map(|(i, _)| *i as u32).collect();
+    if partitions.is_empty() {
+        return BTreeMap::new();
+    }
     match lookup(k, topic, partitions, OffsetSpec::Latest, isolation).await {
         Ok(offsets) => offsets.iter().filter(|o| o.error.is_none()).map(|o| (o.partition as i32, o.offset)).collect(),
         Err(_) => BTreeMap::new(),

@@ -75,7 +75,9 @@ pub(crate) mod errors {
     pub const NOT_ENOUGH_REPLICAS: i16 = 19;
     pub const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
     pub const UNSUPPORTED_VERSION: i16 = 35;
+    pub const INVALID_REQUIRED_ACKS: i16 = 21;
     pub const INVALID_REQUEST: i16 = 42;
+    pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
     pub const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
     pub const INVALID_PRODUCER_EPOCH: i16 = 47;
@@ -113,6 +115,8 @@ pub(crate) fn kafka_error(sluice_code: u32) -> i16 {
         6002 => INVALID_TXN_STATE,
         6003 => CONCURRENT_TRANSACTIONS,
         6005 => INVALID_PRODUCER_ID_MAPPING,
+        // A storage fault of one node: retriable for Kafka clients.
+        4001 => KAFKA_STORAGE_ERROR,
         _ => UNKNOWN_SERVER_ERROR,
     }
 }
@@ -242,7 +246,9 @@ async fn handle(kafka: Arc<Kafka>, mut body: Bytes) -> Reply {
             },
             ApiKey::Fetch => req.answer(&mut body, |r| fetch::handle(k, r)).await,
             ApiKey::ListOffsets => req.answer(&mut body, |r| offsets::handle(k, r)).await,
-            ApiKey::FindCoordinator => req.answer(&mut body, |r| async move { coordinator::handle(k, r) }).await,
+            ApiKey::FindCoordinator => {
+                req.answer(&mut body, |r| async move { coordinator::handle(k, r, version) }).await
+            }
             ApiKey::CreateTopics => req.answer(&mut body, |r| topics::create(k, r)).await,
             ApiKey::DeleteTopics => req.answer(&mut body, |r| topics::delete(k, r)).await,
             ApiKey::InitProducerId => req.answer(&mut body, |r| producer_id::handle(k, r)).await,

@@ -32,6 +32,10 @@ pub(super) async fn handle(k: &Kafka, r: ListOffsetsRequest) -> ListOffsetsRespo
             };
             let (valid, invalid): (Vec<i32>, Vec<i32>) = partitions.into_iter().partition(|i| *i >= 0);
             out.extend(invalid.iter().map(|i| partition(*i).with_error_code(errors::UNKNOWN_TOPIC_OR_PARTITION)));
+            if valid.is_empty() {
+                // An empty list would mean every partition to the router.
+                continue;
+            }
             let req = v1::ListOffsetsRequest {
                 topic: topic.clone(),
                 partitions: valid.iter().map(|i| *i as u32).collect(),

@@ -12,7 +12,16 @@ pub(super) async fn handle(k: &Kafka, r: ProduceRequest) -> ProduceResponse {
     let acks = match r.acks {
         0 => v1::Acks::None,
         1 => v1::Acks::Leader,
-        _ => v1::Acks::All,
+        -1 => v1::Acks::All,
+        _ => {
+            // Kafka answers every partition with INVALID_REQUIRED_ACKS.
+            let topics = r.topic_data.into_iter().map(|t| {
+                let parts =
+                    t.partition_data.iter().map(|p| partition(p.index).with_error_code(errors::INVALID_REQUIRED_ACKS));
+                TopicProduceResponse::default().with_name(t.name).with_partition_responses(parts.collect())
+            });
+            return ProduceResponse::default().with_responses(topics.collect());
+        }
     };
     let topics = r.topic_data.into_iter().map(|t| async move {
         let topic = t.name.0.as_str().to_string();
