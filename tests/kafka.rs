@@ -238,6 +238,10 @@ async fn librdkafka_admin_and_an_idempotent_lz4_producer_from_python() {
         assert!(last.get(&r.partition).is_none_or(|l| *l < i), "partition {} in send order", r.partition);
         last.insert(r.partition, i);
     }
+    // Pipelined single-record requests on one connection keep their send order.
+    assert_eq!(done["pipelined"], 300, "{done}");
+    let ordered: Vec<String> = consume_all(&client, "py-order", 300).await.iter().map(|r| text(&r.value)).collect();
+    assert_eq!(ordered, (0..300).map(|i| format!("o{i}")).collect::<Vec<_>>());
     // Stored as the client compressed it.
     let mut s = client
         .broker()

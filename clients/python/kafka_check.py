@@ -16,7 +16,8 @@ def main() -> None:
     bootstrap = sys.argv[1]
     admin = AdminClient({"bootstrap.servers": bootstrap})
     done = {}
-    for name, f in admin.create_topics([NewTopic("py-admin", 3), NewTopic("py", 4)], operation_timeout=10).items():
+    new = [NewTopic("py-admin", 3), NewTopic("py", 4), NewTopic("py-order", 1)]
+    for name, f in admin.create_topics(new, operation_timeout=10).items():
         f.result(timeout=15)
         done[name] = "created"
     topics = admin.list_topics(timeout=10).topics
@@ -52,6 +53,25 @@ def main() -> None:
     left = producer.flush(30)
     assert left == 0 and not errors, (left, errors[:3])
     done["produced"] = 200
+
+    # Many requests in flight on one connection, one record each, not idempotent: the
+    # listener must dispatch them in arrival order for the partition to keep send order.
+    pipelined = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": False,
+            "linger.ms": 0,
+            "batch.num.messages": 1,
+            "max.in.flight.requests.per.connection": 100,
+            "acks": "all",
+        }
+    )
+    for i in range(300):
+        pipelined.produce("py-order", value=f"o{i}", partition=0, on_delivery=report)
+        pipelined.poll(0)
+    left = pipelined.flush(30)
+    assert left == 0 and not errors, (left, errors[:3])
+    done["pipelined"] = 300
     print(json.dumps(done))
 
 

@@ -161,6 +161,7 @@ async fn connection(socket: TcpStream, kafka: Arc<Kafka>) {
     let _ = socket.set_nodelay(true);
     let (mut rd, mut wr) = socket.into_split();
     let (tx, mut rx) = mpsc::channel::<tokio::task::JoinHandle<Reply>>(MAX_IN_FLIGHT);
+    let ordered = Arc::new(tokio::sync::Mutex::new(produce::Ordered::new(kafka.router.settings.batch_bytes)));
     let writer = tokio::spawn(async move {
         while let Some(task) = rx.recv().await {
             match task.await {
@@ -190,7 +191,14 @@ async fn connection(socket: TcpStream, kafka: Arc<Kafka>) {
             tracing::debug!("Kafka connection closed in the middle of a frame");
             break;
         }
-        let task = tokio::spawn(handle(kafka.clone(), body.freeze()).in_current_span());
+        let body = body.freeze();
+        // A produce takes the connection's turn here, in arrival order; it gives it back once
+        // its batches are on their way (see produce::handle).
+        let turn = match i16::from_be_bytes([body[0], body[1]]) {
+            0 => Some(ordered.clone().lock_owned().await),
+            _ => None,
+        };
+        let task = tokio::spawn(handle(kafka.clone(), body, turn).in_current_span());
         if tx.send(task).await.is_err() {
             break;
         }
@@ -200,7 +208,11 @@ async fn connection(socket: TcpStream, kafka: Arc<Kafka>) {
 }
 
 /// Decodes one request, serves it, encodes the answer.
-async fn handle(kafka: Arc<Kafka>, mut body: Bytes) -> Reply {
+async fn handle(
+    kafka: Arc<Kafka>,
+    mut body: Bytes,
+    turn: Option<tokio::sync::OwnedMutexGuard<produce::Ordered>>,
+) -> Reply {
     let api_key = i16::from_be_bytes([body[0], body[1]]);
     let version = i16::from_be_bytes([body[2], body[3]]);
     let Ok(key) = ApiKey::try_from(api_key) else {
@@ -235,14 +247,14 @@ async fn handle(kafka: Arc<Kafka>, mut body: Bytes) -> Reply {
         match key {
             ApiKey::ApiVersions => req.answer(&mut body, |r| async move { versions::handle(r) }).await,
             ApiKey::Metadata => req.answer(&mut body, |r| async move { metadata::handle(k, r) }).await,
-            ApiKey::Produce => match decode::<kafka_protocol::messages::ProduceRequest>(&mut body, version) {
+            ApiKey::Produce => match (decode::<kafka_protocol::messages::ProduceRequest>(&mut body, version), turn) {
                 // acks=0: no answer at all, as Kafka does.
-                Some(r) if r.acks == 0 => {
-                    produce::handle(k, r).await;
+                (Some(r), Some(turn)) if r.acks == 0 => {
+                    produce::handle(k, r, turn).await;
                     Reply::Nothing
                 }
-                Some(r) => frame(key, version, correlation_id, &produce::handle(k, r).await),
-                None => Reply::Close,
+                (Some(r), Some(turn)) => frame(key, version, correlation_id, &produce::handle(k, r, turn).await),
+                _ => Reply::Close,
             },
             ApiKey::Fetch => req.answer(&mut body, |r| fetch::handle(k, r)).await,
             ApiKey::ListOffsets => req.answer(&mut body, |r| offsets::handle(k, r)).await,

@@ -1,13 +1,36 @@
 //! Produce: each partition's record batches go to its leader as they are, one Sluice
-//! produce per topic, topics in parallel.
+//! produce per topic; a connection's requests are dispatched in arrival order and answered
+//! concurrently.
 
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sluice_core::partitioner::StickyPartitioner;
 use sluice_proto::v1::{self, PartitionBatches};
+use sluice_router::produce::{self, Unanswered};
+use tokio::sync::OwnedMutexGuard;
 
 use super::{Kafka, error_of, errors, kafka_error};
 
-pub(super) async fn handle(k: &Kafka, r: ProduceRequest) -> ProduceResponse {
+/// A connection's produce state: its requests are dispatched to the leaders in the order
+/// they arrived (whoever holds this, in turn), so that pipelined requests of one producer
+/// keep their order per partition, retries through leader changes included.
+pub(crate) struct Ordered {
+    sticky: StickyPartitioner,
+    /// Per topic, the partition batches of this connection not answered yet.
+    order: HashMap<String, Arc<Unanswered>>,
+}
+
+impl Ordered {
+    pub(crate) fn new(batch_bytes: usize) -> Self {
+        Self { sticky: StickyPartitioner::new(batch_bytes, rand_seed()), order: HashMap::new() }
+    }
+}
+
+/// Dispatches `r` while holding the connection's turn, then waits for the answers without it.
+pub(super) async fn handle(k: &Kafka, r: ProduceRequest, mut turn: OwnedMutexGuard<Ordered>) -> ProduceResponse {
     let timeout_ms = r.timeout_ms.max(0) as u32;
     let acks = match r.acks {
         0 => v1::Acks::None,
@@ -23,7 +46,8 @@ pub(super) async fn handle(k: &Kafka, r: ProduceRequest) -> ProduceResponse {
             return ProduceResponse::default().with_responses(topics.collect());
         }
     };
-    let topics = r.topic_data.into_iter().map(|t| async move {
+    let mut pending = Vec::with_capacity(r.topic_data.len());
+    for t in r.topic_data {
         let topic = t.name.0.as_str().to_string();
         let mut refused = Vec::new();
         let mut batches = Vec::new();
@@ -34,10 +58,12 @@ pub(super) async fn handle(k: &Kafka, r: ProduceRequest) -> ProduceResponse {
                 (Err(_), _) => refused.push((p.index, errors::UNKNOWN_TOPIC_OR_PARTITION)),
             }
         }
-        let mut out: Vec<PartitionProduceResponse> =
+        let out: Vec<PartitionProduceResponse> =
             refused.into_iter().map(|(i, code)| partition(i).with_error_code(code)).collect();
-        if !batches.is_empty() {
-            let indexes: Vec<i32> = batches.iter().map(|b| b.partition as i32).collect();
+        let indexes: Vec<i32> = batches.iter().map(|b| b.partition as i32).collect();
+        let sent = if batches.is_empty() {
+            None
+        } else {
             let req = v1::ProduceRequest {
                 topic: topic.clone(),
                 acks: acks as i32,
@@ -45,8 +71,21 @@ pub(super) async fn handle(k: &Kafka, r: ProduceRequest) -> ProduceResponse {
                 timeout_ms,
                 ..Default::default()
             };
-            match k.router.produce(req).await {
-                Ok(resp) => match resp.error {
+            let state = &mut *turn;
+            let order = state.order.entry(topic).or_default().clone();
+            // Returns once the batches are on their way to the leaders, in this order.
+            Some(produce::dispatch(&k.router, req, &mut state.sticky, &order).await)
+        };
+        pending.push((t.name, out, indexes, sent));
+    }
+    // The next request of the connection may be dispatched while these are answered.
+    drop(turn);
+    let topics = pending.into_iter().map(|(name, mut out, indexes, sent)| async move {
+        match sent {
+            None => {}
+            Some(Ok(answer)) => {
+                let resp = answer.await;
+                match resp.error {
                     Some(e) => {
                         out.extend(indexes.iter().map(|i| partition(*i).with_error_code(kafka_error(e.sluice_code))))
                     }
@@ -54,13 +93,17 @@ pub(super) async fn handle(k: &Kafka, r: ProduceRequest) -> ProduceResponse {
                         let code = p.error.as_ref().map_or(errors::NONE, |e| kafka_error(e.sluice_code));
                         partition(p.partition as i32).with_error_code(code).with_base_offset(p.base_offset)
                     })),
-                },
-                Err(e) => out.extend(indexes.iter().map(|i| partition(*i).with_error_code(error_of(&e)))),
+                }
             }
+            Some(Err(e)) => out.extend(indexes.iter().map(|i| partition(*i).with_error_code(error_of(&e)))),
         }
-        TopicProduceResponse::default().with_name(t.name).with_partition_responses(out)
+        TopicProduceResponse::default().with_name(name).with_partition_responses(out)
     });
     ProduceResponse::default().with_responses(futures_util::future::join_all(topics).await)
+}
+
+fn rand_seed() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn partition(index: i32) -> PartitionProduceResponse {
