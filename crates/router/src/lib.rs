@@ -83,6 +83,26 @@ impl Router {
         offsets::handle(self, req).await
     }
 
+    /// The offsets `spec` designates (at `timestamp_ms` for a timestamp query) of
+    /// `partitions` of `topic` (all when empty), as a reader at `isolation` sees the end.
+    pub async fn offsets(
+        &self,
+        topic: &str,
+        partitions: Vec<u32>,
+        spec: OffsetSpec,
+        timestamp_ms: i64,
+        isolation: IsolationLevel,
+    ) -> Result<Vec<PartitionOffset>, SluiceError> {
+        let req = ListOffsetsRequest {
+            topic: topic.to_string(),
+            partitions,
+            spec: spec as i32,
+            timestamp_ms,
+            isolation_level: isolation as i32,
+        };
+        Ok(self.list_offsets(req).await?.offsets)
+    }
+
     pub fn list_nodes(&self, req: ListNodesRequest) -> ListNodesResponse {
         nodes::handle(self, req)
     }

@@ -25,7 +25,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sluice_core::SluiceError;
 use sluice_proto::v1::{
     self, Acks, ConsumedRecord, CreateTopicRequest, DescribeTopicRequest, FetchPartition, FetchStart, ListNodesRequest,
-    ListOffsetsRequest, OffsetSpec, PartitionOffset, ProduceRequest, Record,
+    OffsetSpec, PartitionOffset, ProduceRequest, Record,
 };
 use sluice_router::{Router, fetch};
 use tokio::sync::mpsc;
@@ -398,14 +398,7 @@ pub async fn list_offsets(
     spec: OffsetSpec,
     timestamp_ms: i64,
 ) -> Result<Vec<PartitionOffset>, SluiceError> {
-    let req = ListOffsetsRequest {
-        topic: topic.to_string(),
-        partitions,
-        spec: spec as i32,
-        timestamp_ms,
-        ..Default::default()
-    };
-    Ok(router.list_offsets(req).await?.offsets)
+    router.offsets(topic, partitions, spec, timestamp_ms, sluice_proto::v1::IsolationLevel::ReadUncommitted).await
 }
 
 /// Reads and writes the offsets topic.

@@ -210,14 +210,7 @@ async fn lookup(
     spec: OffsetSpec,
     isolation: IsolationLevel,
 ) -> Result<Vec<v1::PartitionOffset>, i16> {
-    let req = v1::ListOffsetsRequest {
-        topic: topic.to_string(),
-        partitions,
-        spec: spec as i32,
-        timestamp_ms: 0,
-        isolation_level: isolation as i32,
-    };
-    k.router.list_offsets(req).await.map(|r| r.offsets).map_err(|e| error_of(&e))
+    k.router.offsets(topic, partitions, spec, 0, isolation).await.map_err(|e| error_of(&e))
 }
 
 /// The last stable offset of each partition for read_committed fetches (the high watermark

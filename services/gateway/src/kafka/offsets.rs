@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
-use sluice_proto::v1::{self, IsolationLevel, OffsetSpec};
+use sluice_proto::v1::{IsolationLevel, OffsetSpec};
 
 use super::{Kafka, error_of, errors, kafka_error};
 
@@ -36,15 +36,9 @@ pub(super) async fn handle(k: &Kafka, r: ListOffsetsRequest) -> ListOffsetsRespo
                 // An empty list would mean every partition to the router.
                 continue;
             }
-            let req = v1::ListOffsetsRequest {
-                topic: topic.clone(),
-                partitions: valid.iter().map(|i| *i as u32).collect(),
-                spec: spec as i32,
-                timestamp_ms: ts,
-                isolation_level: isolation as i32,
-            };
-            match k.router.list_offsets(req).await {
-                Ok(resp) => out.extend(resp.offsets.iter().map(|o| match &o.error {
+            let wanted = valid.iter().map(|i| *i as u32).collect();
+            match k.router.offsets(&topic, wanted, spec, ts, isolation).await {
+                Ok(offsets) => out.extend(offsets.iter().map(|o| match &o.error {
                     Some(e) => partition(o.partition as i32).with_error_code(kafka_error(e.sluice_code)),
                     // No record at or after the timestamp: Kafka answers -1 too.
                     None => partition(o.partition as i32).with_offset(o.offset).with_timestamp(o.timestamp_ms),
