@@ -199,6 +199,13 @@ async fn bad_frames_close_the_connection_and_the_listener_carries_on() {
     assert!(raw(&d.kafka, &[0xff, 0xff, 0xff, 0xff]).await.is_empty(), "negative length");
     assert!(raw(&d.kafka, &[0, 0, 0, 40, 0, 3, 0, 12, 1, 2]).await.is_empty(), "truncated");
     assert!(raw(&d.kafka, &[0, 0, 0, 9, 0, 3, 0, 12, 0, 0, 0, 1, 9]).await.is_empty(), "undecodable metadata");
+    // Element counts of billions in tiny frames: refused as undecodable, nothing allocated
+    // for them (the decoder once reserved room for the count it read, and the failed
+    // allocation aborted the gateway).
+    let huge_array = [0, 0, 0, 14, 0, 3, 0, 1, 0, 0, 0, 2, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff];
+    assert!(raw(&d.kafka, &huge_array).await.is_empty(), "metadata v1 naming 2^31-1 topics");
+    let huge_compact = [0, 0, 0, 16, 0, 3, 0, 9, 0, 0, 0, 3, 0xff, 0xff, 0, 0xff, 0xff, 0xff, 0xff, 0x0f];
+    assert!(raw(&d.kafka, &huge_compact).await.is_empty(), "metadata v9 naming 2^32-2 topics");
     // Still serving.
     let listing = kcat(&d.kafka, &["-L"], "").await;
     assert!(listing.contains("broker 1 at"), "{listing}");
