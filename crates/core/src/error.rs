@@ -78,6 +78,10 @@ pub enum SluiceError {
     FencedInstance { group: String, member: String },
     #[error("no group coordinator is active: {0}")]
     CoordinatorNotAvailable(String),
+    #[error("group '{0}' is rebalancing: rejoin it")]
+    RebalanceInProgress(String),
+    #[error("group '{group}': {reason}")]
+    InconsistentGroupProtocol { group: String, reason: String },
     #[error(
         "producer {producer_id} at epoch {epoch} was fenced: transactional id '{transactional_id}' is now at epoch {current} (a newer producer with this id called init)"
     )]
@@ -125,6 +129,9 @@ pub mod codes {
     pub const COORDINATOR_NOT_AVAILABLE: u32 = 5006;
     /// A static member's stream was taken over by a newer one with the same instance id.
     pub const FENCED_INSTANCE: u32 = 5007;
+    /// A classic group is between generations: the member must rejoin.
+    pub const REBALANCE_IN_PROGRESS: u32 = 5008;
+    pub const INCONSISTENT_GROUP_PROTOCOL: u32 = 5009;
     /// A newer producer with the same transactional id took over: this one must stop.
     pub const PRODUCER_FENCED: u32 = 6001;
     /// The operation does not fit the transaction's state (the transaction must be aborted).
@@ -170,6 +177,8 @@ impl SluiceError {
             Self::StaleGeneration(_) => codes::STALE_GENERATION,
             Self::CoordinatorNotAvailable(_) => codes::COORDINATOR_NOT_AVAILABLE,
             Self::FencedInstance { .. } => codes::FENCED_INSTANCE,
+            Self::RebalanceInProgress(_) => codes::REBALANCE_IN_PROGRESS,
+            Self::InconsistentGroupProtocol { .. } => codes::INCONSISTENT_GROUP_PROTOCOL,
             Self::ProducerFenced { .. } => codes::PRODUCER_FENCED,
             Self::InvalidTxnState { .. } => codes::INVALID_TXN_STATE,
             Self::ConcurrentTransactions { .. } => codes::CONCURRENT_TRANSACTIONS,
@@ -201,9 +210,10 @@ impl SluiceError {
             | Self::ProducerFenced { .. }
             | Self::InvalidTxnState { .. }
             | Self::InvalidProducerIdMapping { .. }
+            | Self::InconsistentGroupProtocol { .. }
             | Self::CoordinatorFenced { .. } => Code::FailedPrecondition,
             Self::UnknownTransactionalId(_) => Code::NotFound,
-            Self::ConcurrentTransactions { .. } => Code::Aborted,
+            Self::ConcurrentTransactions { .. } | Self::RebalanceInProgress(_) => Code::Aborted,
             Self::DuplicateSequence { .. } => Code::AlreadyExists,
             Self::TopicExists(_) => Code::AlreadyExists,
             Self::UnknownTopic(_) | Self::UnknownPartition { .. } => Code::NotFound,
@@ -379,6 +389,8 @@ mod tests {
             StaleGeneration(_) => (5005, Code::FailedPrecondition),
             CoordinatorNotAvailable(_) => (5006, Code::Unavailable),
             FencedInstance { .. } => (5007, Code::NotFound),
+            RebalanceInProgress(_) => (5008, Code::Aborted),
+            InconsistentGroupProtocol { .. } => (5009, Code::FailedPrecondition),
             ProducerFenced { .. } => (6001, Code::FailedPrecondition),
             InvalidTxnState { .. } => (6002, Code::FailedPrecondition),
             ConcurrentTransactions { .. } => (6003, Code::Aborted),
@@ -423,6 +435,8 @@ mod tests {
             StaleGeneration(s()),
             CoordinatorNotAvailable(s()),
             FencedInstance { group: s(), member: s() },
+            RebalanceInProgress(s()),
+            InconsistentGroupProtocol { group: s(), reason: s() },
             ProducerFenced { transactional_id: s(), producer_id: 1, epoch: 0, current: 1 },
             InvalidTxnState { transactional_id: s(), reason: s() },
             ConcurrentTransactions { transactional_id: s(), state: s() },

@@ -55,6 +55,9 @@ pub struct GroupSettings {
     /// How long a member may take to release revoked partitions when it does not say,
     /// milliseconds.
     pub rebalance_timeout_ms: u64,
+    /// How long a Kafka classic group formed from nothing waits for more members before its
+    /// first generation, milliseconds (Kafka's group.initial.rebalance.delay.ms).
+    pub initial_rebalance_delay_ms: u64,
 }
 
 impl Default for GroupSettings {
@@ -66,6 +69,7 @@ impl Default for GroupSettings {
             min_session_timeout_ms: 1_000,
             max_session_timeout_ms: 300_000,
             rebalance_timeout_ms: 30_000,
+            initial_rebalance_delay_ms: 1_000,
         }
     }
 }

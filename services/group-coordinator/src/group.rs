@@ -32,6 +32,7 @@ use tonic::Status;
 use sluice_core::topic::group_by_topic;
 
 use crate::assignor::{Assignor, MemberSpec, Tp};
+use crate::classic::{self, Classic};
 use crate::store::{Committed, GroupSnapshot, MemberSnapshot};
 
 /// Events queued for a member's stream before it counts as not reading.
@@ -150,6 +151,9 @@ pub struct Group {
     pub offsets: BTreeMap<Tp, Committed>,
     /// Members removed for silence: a rejoin under their id is refused (they must start over).
     expired: VecDeque<String>,
+    /// Kafka classic members (see [`crate::classic`]); a group has these or stream members,
+    /// never both. `generation` counts their generations too.
+    pub classic: Classic,
 }
 
 /// Removed ids remembered per group, for fencing.
@@ -167,6 +171,7 @@ impl Group {
             assignor: Assignor::Sticky,
             offsets,
             expired: VecDeque::new(),
+            classic: Classic::default(),
         }
     }
 
@@ -225,7 +230,9 @@ impl Group {
 
     /// "Empty", "Stable" (everyone holds exactly its target) or "Reconciling".
     pub fn state(&self) -> &'static str {
-        if self.members.is_empty() {
+        if !self.classic.members.is_empty() {
+            self.classic.state()
+        } else if self.members.is_empty() {
             "Empty"
         } else if self.members.values().all(|m| {
             let target = self.target.get(&m.id);
@@ -239,6 +246,15 @@ impl Group {
 
     /// Adds a member or re-attaches one; returns its id. The caller reconciles afterwards.
     pub fn join(&mut self, spec: JoinSpec, conn: Conn, now: Instant) -> Result<String, SluiceError> {
+        if !self.classic.members.is_empty() {
+            return Err(SluiceError::InconsistentGroupProtocol {
+                group: self.id.clone(),
+                reason: format!(
+                    "{} Kafka client(s) are members (classic protocol); a stream member can join once they leave",
+                    self.classic.members.len()
+                ),
+            });
+        }
         let existing = if !spec.instance_id.is_empty() {
             self.members.values().find(|m| m.instance_id == spec.instance_id).map(|m| m.id.clone())
         } else if !spec.member_id.is_empty() && self.members.contains_key(&spec.member_id) {
@@ -373,16 +389,45 @@ impl Group {
             .min()
             // expire() removes strictly after a deadline.
             .map(|d| d + Duration::from_millis(1))
+            .into_iter()
+            .chain(self.classic.next_deadline())
+            .min()
+    }
+
+    /// Members of either kind.
+    pub fn member_count(&self) -> usize {
+        self.members.len() + self.classic.members.len()
+    }
+
+    /// A Kafka client's JoinGroup (see [`Classic::join`]); refused while stream members are in.
+    pub fn classic_join(
+        &mut self,
+        spec: classic::JoinSpec,
+        reply: classic::JoinTx,
+        initial_delay: Duration,
+        now: Instant,
+    ) -> Result<(), SluiceError> {
+        if !self.members.is_empty() {
+            return Err(SluiceError::InconsistentGroupProtocol {
+                group: self.id.clone(),
+                reason: format!(
+                    "{} Sluice stream member(s) are in the group; a Kafka client can join once they leave",
+                    self.members.len()
+                ),
+            });
+        }
+        self.classic.join(&self.id, spec, reply, &mut self.generation, initial_delay, now)
     }
 
     /// Whether the group holds nothing worth keeping: no member and no committed offset.
     pub fn is_idle(&self) -> bool {
-        self.members.is_empty() && self.offsets.is_empty()
+        self.member_count() == 0 && self.offsets.is_empty()
     }
 
     /// Removes members silent past their session timeout or late releasing partitions.
     /// Returns whether any was removed.
     pub fn expire(&mut self, now: Instant) -> bool {
+        let classic = self.classic.expire(&self.id, &mut self.generation, now);
         let mut gone = Vec::new();
         for m in self.members.values().filter(|m| m.commits_in_flight == 0) {
             if now.duration_since(m.last_seen) > m.session_timeout {
@@ -398,7 +443,7 @@ impl Group {
             tracing::info!(group = %self.id, member = %id, why, "member expired");
             self.remove(id, SluiceError::UnknownMember { group: self.id.clone(), member: id.clone() });
         }
-        !gone.is_empty()
+        classic || !gone.is_empty()
     }
 
     /// Recomputes the target and sends every member whose set changes its new set.
@@ -478,6 +523,11 @@ impl Group {
 
     /// Whether `member` may commit `tp` under `generation`.
     pub fn check_commit(&self, member: &str, generation: u64, tp: &Tp) -> Result<(), SluiceError> {
+        // Classic members are fenced by generation alone: their assignment is the leader's,
+        // opaque here.
+        if self.classic.members.contains_key(member) {
+            return self.classic.check_commit(&self.id, member, generation, self.generation);
+        }
         let m = self
             .members
             .get(member)

@@ -13,6 +13,7 @@
 //! - [`registry`]: the groups, each behind its own lock with its own timer.
 //! - [`group`]: membership, incremental rebalancing and commit fencing for one group.
 //! - [`assignor`]: range, round-robin and sticky.
+//! - [`classic`]: Kafka's classic group protocol (join, sync, client-side assignment).
 //! - [`store`]: the offsets topic, through the data path in process.
 //! - [`producer_ids`]: ids for idempotent producers, from blocks reserved in etcd.
 //! - [`txn`]: the transaction coordinator, its state in `__transaction_state`.
@@ -20,6 +21,7 @@
 //! - [`metrics`]: group lag and member gauges.
 
 pub mod assignor;
+pub mod classic;
 pub mod group;
 pub mod handlers;
 pub mod metrics;

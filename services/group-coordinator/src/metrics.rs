@@ -31,7 +31,7 @@ pub fn register(c: &Arc<Coordinator>, interval: Duration) -> GroupGauges {
                 let Some(c) = weak.upgrade() else { return };
                 for cell in c.groups.cells() {
                     let slot = cell.lock();
-                    obs.observe(slot.group.members.len() as i64, &[KeyValue::new("group", slot.group.id.clone())]);
+                    obs.observe(slot.group.member_count() as i64, &[KeyValue::new("group", slot.group.id.clone())]);
                 }
             })
             .build()

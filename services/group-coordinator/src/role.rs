@@ -123,6 +123,7 @@ impl Coordinator {
             for id in ids {
                 slot.group.close(&id, SluiceError::CoordinatorNotAvailable(why.to_string()));
             }
+            slot.group.classic.close(|| SluiceError::CoordinatorNotAvailable(why.to_string()));
         }
     }
 

@@ -46,20 +46,18 @@ impl Coordinator {
         {
             let mut slot = cell.as_ref().map(|c| c.lock());
             let group = slot.as_deref().map(|s| &s.group);
-            if member.is_none() {
-                if !req.member_id.is_empty() {
-                    return Err(SluiceError::InvalidRequest(
-                        "member commits go on the member's stream; outside one, member_id must be empty".into(),
-                    ));
-                }
-                if let Some(g) = group.filter(|g| !g.members.is_empty()) {
+            // Outside a stream, a commit names a classic member (checked per partition below)
+            // or none, which only a group without members takes.
+            if member.is_none() && req.member_id.is_empty() {
+                if let Some(g) = group.filter(|g| g.member_count() > 0) {
                     return Err(SluiceError::GroupNotEmpty {
                         group: req.group_id.clone(),
-                        members: g.members.len(),
+                        members: g.member_count(),
                         action: "committing without membership".into(),
                     });
                 }
             }
+            let classic = (member.is_none() && !req.member_id.is_empty()).then_some(req.member_id.as_str());
             for o in &req.offsets {
                 let tp = (o.topic.clone(), o.partition);
                 let topic = topics.get(&o.topic);
@@ -74,7 +72,7 @@ impl Coordinator {
                         "metadata of {} bytes is longer than {MAX_METADATA}",
                         o.metadata.len()
                     )))
-                } else if let Some(m) = member {
+                } else if let Some(m) = member.or(classic) {
                     match group {
                         Some(g) => g.check_commit(m, req.generation, &tp),
                         None => Err(SluiceError::UnknownMember { group: req.group_id.clone(), member: m.to_string() }),
@@ -84,7 +82,7 @@ impl Coordinator {
                 };
                 match check {
                     Ok(()) => {
-                        let generation = if member.is_some() { req.generation } else { 0 };
+                        let generation = if member.or(classic).is_some() { req.generation } else { 0 };
                         let c = Committed {
                             offset: o.offset,
                             metadata: o.metadata.clone(),

@@ -24,7 +24,7 @@ impl Coordinator {
         }
         // Forgotten unless a member joined meanwhile (its group keeps nothing committed).
         self.groups.update(group_id, |g| {
-            if g.members.is_empty() {
+            if g.member_count() == 0 {
                 g.offsets.clear();
             }
         });

@@ -43,8 +43,20 @@ impl Coordinator {
                     revoking: group_by_topic(m.revoking()),
                     generation: m.generation,
                     connected: m.conn.is_some(),
+                    ..Default::default()
                 }
             })
+            .chain(g.classic.members.values().map(|m| GroupMember {
+                member_id: m.id.clone(),
+                instance_id: m.instance_id.clone(),
+                client_id: m.client_id.clone(),
+                generation: g.generation,
+                connected: true,
+                metadata: m.metadata(&g.classic.protocol),
+                assignment: m.assignment.clone(),
+                client_host: m.client_host.clone(),
+                ..Default::default()
+            }))
             .collect();
         let topics: BTreeSet<String> = g
             .members
@@ -76,12 +88,17 @@ impl Coordinator {
         let resp = DescribeGroupResponse {
             group_id: g.id.clone(),
             state: g.state().to_string(),
-            assignor: g.assignor.name().to_string(),
+            assignor: if g.classic.members.is_empty() {
+                g.assignor.name().to_string()
+            } else {
+                g.classic.protocol.clone()
+            },
             generation: g.generation,
             members,
             partitions,
             coordinator: self.addr.clone(),
             coordinator_epoch: epoch,
+            protocol_type: g.classic.protocol_type.clone(),
         };
         Ok((resp, topics))
     }

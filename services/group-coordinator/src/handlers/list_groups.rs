@@ -14,7 +14,12 @@ pub(super) fn handle(c: &Coordinator, _r: ListGroupsRequest) -> Result<ListGroup
         .map(|cell| {
             let slot = cell.lock();
             let g = &slot.group;
-            GroupSummary { group_id: g.id.clone(), state: g.state().to_string(), members: g.members.len() as u32 }
+            GroupSummary {
+                group_id: g.id.clone(),
+                state: g.state().to_string(),
+                members: g.member_count() as u32,
+                protocol_type: g.classic.protocol_type.clone(),
+            }
         })
         .collect();
     Ok(ListGroupsResponse { groups })

@@ -1,5 +1,6 @@
 //! `sluice.v1.Groups` as the active coordinator serves it, one file per RPC.
 
+mod classic;
 mod commit_offsets;
 mod delete_group;
 mod describe_group;
@@ -132,5 +133,24 @@ impl Groups for GroupsService {
 
     async fn delete_group(&self, r: Request<DeleteGroupRequest>) -> Result<Response<DeleteGroupResponse>, Status> {
         Ok(Response::new(delete_group::handle(&self.0, r.into_inner()).await?))
+    }
+
+    async fn join_classic(&self, r: Request<ClassicJoinRequest>) -> Result<Response<ClassicJoinResponse>, Status> {
+        Ok(Response::new(self.0.join_classic(r.into_inner()).await?))
+    }
+
+    async fn sync_classic(&self, r: Request<ClassicSyncRequest>) -> Result<Response<ClassicSyncResponse>, Status> {
+        Ok(Response::new(self.0.sync_classic(r.into_inner()).await?))
+    }
+
+    async fn heartbeat_classic(
+        &self,
+        r: Request<ClassicHeartbeatRequest>,
+    ) -> Result<Response<ClassicHeartbeatResponse>, Status> {
+        Ok(Response::new(self.0.heartbeat_classic(r.into_inner())?))
+    }
+
+    async fn leave_classic(&self, r: Request<ClassicLeaveRequest>) -> Result<Response<ClassicLeaveResponse>, Status> {
+        Ok(Response::new(self.0.leave_classic(r.into_inner())?))
     }
 }

@@ -25,7 +25,7 @@ impl Coordinator {
         validate_group_id(group_id)?;
         let members = self
             .groups
-            .read(group_id, |g| g.members.len())
+            .read(group_id, |g| g.member_count())
             .ok_or_else(|| SluiceError::UnknownGroup(group_id.to_string()))?;
         if members > 0 {
             return Err(SluiceError::GroupNotEmpty {
