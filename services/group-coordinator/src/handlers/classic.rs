@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use sluice_core::SluiceError;
 use sluice_proto::v1::*;
 use tokio::sync::oneshot;
@@ -73,7 +72,7 @@ impl Coordinator {
             session_timeout: Duration::from_millis(session),
             rebalance_timeout: Duration::from_millis(rebalance.max(1)),
             protocol_type: r.protocol_type,
-            protocols: r.protocols.into_iter().map(|p| (p.name, Bytes::from(p.metadata))).collect(),
+            protocols: r.protocols.into_iter().map(|p| (p.name, p.metadata)).collect(),
         })
     }
 
@@ -97,11 +96,7 @@ impl Coordinator {
             members: j
                 .members
                 .into_iter()
-                .map(|(member_id, instance_id, metadata)| ClassicMember {
-                    member_id,
-                    instance_id,
-                    metadata: metadata.into(),
-                })
+                .map(|(member_id, instance_id, metadata)| ClassicMember { member_id, instance_id, metadata })
                 .collect(),
         })
     }
@@ -113,7 +108,7 @@ impl Coordinator {
         validate_group_id(&r.group_id)?;
         self.active()?;
         let (tx, rx) = oneshot::channel();
-        let assignments = r.assignments.into_iter().map(|a| (a.member_id, Bytes::from(a.assignment))).collect();
+        let assignments = r.assignments.into_iter().map(|a| (a.member_id, a.assignment)).collect();
         let (protocol_type, protocol) = self
             .groups
             .update(&r.group_id, |g| {
@@ -145,7 +140,7 @@ impl Coordinator {
             })
             .ok_or_else(|| SluiceError::UnknownMember { group: r.group_id.clone(), member: r.member_id.clone() })??;
         let assignment = rx.await.map_err(|_| gone())??;
-        Ok(ClassicSyncResponse { protocol_type, protocol, assignment: assignment.into() })
+        Ok(ClassicSyncResponse { protocol_type, protocol, assignment })
     }
 
     pub(crate) fn heartbeat_classic(

@@ -48,14 +48,15 @@ impl Coordinator {
             let group = slot.as_deref().map(|s| &s.group);
             // Outside a stream, a commit names a classic member (checked per partition below)
             // or none, which only a group without members takes.
-            if member.is_none() && req.member_id.is_empty() {
-                if let Some(g) = group.filter(|g| g.member_count() > 0) {
-                    return Err(SluiceError::GroupNotEmpty {
-                        group: req.group_id.clone(),
-                        members: g.member_count(),
-                        action: "committing without membership".into(),
-                    });
-                }
+            if member.is_none()
+                && req.member_id.is_empty()
+                && let Some(g) = group.filter(|g| g.member_count() > 0)
+            {
+                return Err(SluiceError::GroupNotEmpty {
+                    group: req.group_id.clone(),
+                    members: g.member_count(),
+                    action: "committing without membership".into(),
+                });
             }
             let classic = (member.is_none() && !req.member_id.is_empty()).then_some(req.member_id.as_str());
             for o in &req.offsets {
