@@ -135,6 +135,20 @@ async fn kcat_lists_produces_and_consumes_through_the_kafka_listener() {
     // From an offset.
     let out = kcat(&d.kafka, &["-C", "-t", "kt", "-p", "1", "-o", &before.to_string(), "-e", "-f", "%s\n"], "").await;
     assert_eq!(out.lines().collect::<Vec<_>>(), (0..5).map(|i| format!("grpc-{i}")).collect::<Vec<_>>());
+
+    // As a group member: everything once, offsets committed on the way out, so that the next
+    // member of the group starts where it stopped.
+    let group = || {
+        kcat(&d.kafka, &["-G", "kcat-group", "kt", "-e", "-X", "auto.offset.reset=earliest", "-f", "%p|%o|%s\n"], "")
+    };
+    let first: Vec<String> = group().await.lines().map(str::to_string).collect();
+    assert_eq!(first.len(), 45, "{first:?}");
+    let described = client.describe_group("kcat-group").await.unwrap();
+    let committed: i64 = described.partitions.iter().map(|p| p.committed).sum();
+    assert_eq!(committed, 45, "{described:?}");
+    kcat(&d.kafka, &["-P", "-t", "kt", "-p", "0"], "after\n").await;
+    let again = group().await;
+    assert_eq!(again.trim(), format!("0|{}|after", first.iter().filter(|l| l.starts_with("0|")).count()));
 }
 
 /// Sends `bytes` on a fresh connection, ends its side, and reads what comes back until the
@@ -266,4 +280,42 @@ async fn librdkafka_admin_and_an_idempotent_lz4_producer_from_python() {
     let h = sluice_core::batch::BatchHeader::parse(&resp.batches).expect("a stored batch");
     assert_eq!(h.attributes & 0x07, 3, "lz4, as produced");
     assert!(h.has_producer(), "an idempotent producer's batch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_librdkafka_group_of_two_splits_partitions_and_rebalances_when_one_leaves() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = root.join(".tools/venv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/ensure-deps.sh", python.display());
+    let d = dev().await;
+    // Eager (range) and incremental (cooperative-sticky) rebalancing: the coordinator runs the
+    // same join and sync phases, the clients differ in what they give up.
+    for strategy in ["range", "cooperative-sticky"] {
+        let run = Command::new(&python)
+            .arg("kafka_group_check.py")
+            .arg(&d.kafka)
+            .arg(strategy)
+            .current_dir(root.join("clients/python"))
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(90), run)
+            .await
+            .unwrap_or_else(|_| panic!("{strategy}: the group check ran past 90 s"))
+            .expect("python runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{strategy}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        let done: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+        assert_eq!(done["seen"], 400, "every record once: {done}");
+        assert!(done["by_b"].as_u64().is_some_and(|n| n > 0), "the second member consumed: {done}");
+        assert_eq!(done["members_before"], 2, "{done}");
+        assert_eq!(done["protocol"], strategy, "{done}");
+        assert_eq!(done["committed"], 400, "{done}");
+        // A record is read twice only when the commit covering it was refused (the group was
+        // rebalancing) as its partition moved: Kafka's at-least-once.
+        assert!(done["twice"] == 0 || done["lost_commits"].as_u64() > Some(0), "{done}");
+    }
+    // The groups were deleted once empty.
+    let client = Client::connect(&d.grpc).await.unwrap();
+    let left: Vec<String> = client.list_groups().await.unwrap().into_iter().map(|g| g.group_id).collect();
+    assert!(!left.iter().any(|g| g.starts_with("pyg-")), "{left:?}");
 }

@@ -137,4 +137,23 @@ impl Groups for GroupsProxy {
     async fn delete_group(&self, r: Request<DeleteGroupRequest>) -> Result<Response<DeleteGroupResponse>, Status> {
         self.coordinator()?.delete_group(r.into_inner()).await.map_err(unreachable)
     }
+
+    async fn join_classic(&self, r: Request<ClassicJoinRequest>) -> Result<Response<ClassicJoinResponse>, Status> {
+        self.coordinator()?.join_classic(r.into_inner()).await.map_err(unreachable)
+    }
+
+    async fn sync_classic(&self, r: Request<ClassicSyncRequest>) -> Result<Response<ClassicSyncResponse>, Status> {
+        self.coordinator()?.sync_classic(r.into_inner()).await.map_err(unreachable)
+    }
+
+    async fn heartbeat_classic(
+        &self,
+        r: Request<ClassicHeartbeatRequest>,
+    ) -> Result<Response<ClassicHeartbeatResponse>, Status> {
+        self.coordinator()?.heartbeat_classic(r.into_inner()).await.map_err(unreachable)
+    }
+
+    async fn leave_classic(&self, r: Request<ClassicLeaveRequest>) -> Result<Response<ClassicLeaveResponse>, Status> {
+        self.coordinator()?.leave_classic(r.into_inner()).await.map_err(unreachable)
+    }
 }

@@ -16,10 +16,11 @@
 //!
 //! - [`versions`]: ApiVersions and the list of what is served.
 //! - [`metadata`], [`produce`], [`fetch`], [`offsets`], [`producer_id`], [`topics`],
-//!   [`coordinator`]: the APIs.
+//!   [`coordinator`], [`groups`]: the APIs.
 
 mod coordinator;
 mod fetch;
+mod groups;
 mod metadata;
 mod offsets;
 mod produce;
@@ -85,6 +86,16 @@ pub(crate) mod errors {
     pub const INVALID_PRODUCER_ID_MAPPING: i16 = 49;
     pub const CONCURRENT_TRANSACTIONS: i16 = 51;
     pub const PRODUCER_FENCED: i16 = 90;
+    pub const ILLEGAL_GENERATION: i16 = 22;
+    pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+    pub const INVALID_GROUP_ID: i16 = 24;
+    pub const UNKNOWN_MEMBER_ID: i16 = 25;
+    pub const REBALANCE_IN_PROGRESS: i16 = 27;
+    pub const NON_EMPTY_GROUP: i16 = 68;
+    pub const GROUP_ID_NOT_FOUND: i16 = 69;
+    pub const FENCED_INSTANCE_ID: i16 = 82;
+    pub const UNSTABLE_OFFSET_COMMIT: i16 = 88;
+    pub const TRANSACTIONAL_ID_NOT_FOUND: i16 = 105;
 }
 
 /// The Kafka error code for a Sluice error code (`sluice_core::error`).
@@ -110,11 +121,21 @@ pub(crate) fn kafka_error(sluice_code: u32) -> i16 {
         3005 => NOT_ENOUGH_REPLICAS,
         3006 => NOT_ENOUGH_REPLICAS_AFTER_APPEND,
         3007 => LEADER_NOT_AVAILABLE,
+        5001 => INVALID_GROUP_ID,
+        5002 => GROUP_ID_NOT_FOUND,
+        5003 => NON_EMPTY_GROUP,
+        5004 => UNKNOWN_MEMBER_ID,
+        5005 => ILLEGAL_GENERATION,
         5006 => COORDINATOR_NOT_AVAILABLE,
+        5007 => FENCED_INSTANCE_ID,
+        5008 => REBALANCE_IN_PROGRESS,
+        5009 => INCONSISTENT_GROUP_PROTOCOL,
         6001 => PRODUCER_FENCED,
         6002 => INVALID_TXN_STATE,
         6003 => CONCURRENT_TRANSACTIONS,
+        6004 => TRANSACTIONAL_ID_NOT_FOUND,
         6005 => INVALID_PRODUCER_ID_MAPPING,
+        6006 => UNSTABLE_OFFSET_COMMIT,
         // A storage fault of one node: retriable for Kafka clients.
         4001 => KAFKA_STORAGE_ERROR,
         _ => UNKNOWN_SERVER_ERROR,
@@ -126,6 +147,33 @@ pub(crate) fn error_of(e: &sluice_core::SluiceError) -> i16 {
     kafka_error(e.code())
 }
 
+/// Calls the active coordinator with `call`, within `timeout`; a failure is its Kafka error
+/// code (an unreachable coordinator or a call out of time: COORDINATOR_NOT_AVAILABLE).
+pub(crate) async fn call_coordinator<T, Fut>(
+    k: &Kafka,
+    timeout: std::time::Duration,
+    call: impl FnOnce(tonic::transport::Channel) -> Fut,
+) -> Result<T, i16>
+where
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let channel = k.coordinator.channel().map_err(|e| error_of(&e))?;
+    match tokio::time::timeout(timeout, call(channel)).await {
+        Ok(Ok(resp)) => Ok(resp.into_inner()),
+        Ok(Err(status)) => {
+            let e = sluice_core::RemoteError::from(sluice_runtime::node_api::coordinator_unreachable(status));
+            Err(kafka_error(e.sluice_code))
+        }
+        Err(_) => Err(errors::COORDINATOR_NOT_AVAILABLE),
+    }
+}
+
+/// Who sent a request: its client id and address, as group descriptions show them.
+pub(crate) struct Client {
+    pub id: String,
+    pub host: String,
+}
+
 /// Serves Kafka clients on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, kafka: Arc<Kafka>, shutdown: Shutdown) {
     loop {
@@ -133,7 +181,7 @@ pub async fn serve(listener: TcpListener, kafka: Arc<Kafka>, shutdown: Shutdown)
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
                     let span = tracing::info_span!("kafka_connection", %peer);
-                    tokio::spawn(connection(socket, kafka.clone()).instrument(span));
+                    tokio::spawn(connection(socket, peer, kafka.clone()).instrument(span));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a Kafka connection failed");
@@ -157,7 +205,7 @@ enum Reply {
 
 /// One client connection: frames are read and handed to tasks; their replies are written in
 /// request order.
-async fn connection(socket: TcpStream, kafka: Arc<Kafka>) {
+async fn connection(socket: TcpStream, peer: std::net::SocketAddr, kafka: Arc<Kafka>) {
     let _ = socket.set_nodelay(true);
     let (mut rd, mut wr) = socket.into_split();
     let (tx, mut rx) = mpsc::channel::<tokio::task::JoinHandle<Reply>>(MAX_IN_FLIGHT);
@@ -198,7 +246,7 @@ async fn connection(socket: TcpStream, kafka: Arc<Kafka>) {
             0 => Some(ordered.clone().lock_owned().await),
             _ => None,
         };
-        let task = tokio::spawn(handle(kafka.clone(), body, turn).in_current_span());
+        let task = tokio::spawn(handle(kafka.clone(), body, turn, peer).in_current_span());
         if tx.send(task).await.is_err() {
             break;
         }
@@ -212,6 +260,7 @@ async fn handle(
     kafka: Arc<Kafka>,
     mut body: Bytes,
     turn: Option<tokio::sync::OwnedMutexGuard<produce::Ordered>>,
+    peer: std::net::SocketAddr,
 ) -> Reply {
     let api_key = i16::from_be_bytes([body[0], body[1]]);
     let version = i16::from_be_bytes([body[2], body[3]]);
@@ -244,6 +293,9 @@ async fn handle(
         // Each arm: the body decoded at its version, served, answered at the same version.
         let req = Call { key, version, correlation_id };
         let k = &kafka;
+        let client =
+            Client { id: header.client_id.map(|c| c.to_string()).unwrap_or_default(), host: format!("/{}", peer.ip()) };
+        let client = &client;
         match key {
             ApiKey::ApiVersions => req.answer(&mut body, |r| async move { versions::handle(r) }).await,
             ApiKey::Metadata => req.answer(&mut body, |r| async move { metadata::handle(k, r) }).await,
@@ -264,6 +316,15 @@ async fn handle(
             ApiKey::CreateTopics => req.answer(&mut body, |r| topics::create(k, r)).await,
             ApiKey::DeleteTopics => req.answer(&mut body, |r| topics::delete(k, r)).await,
             ApiKey::InitProducerId => req.answer(&mut body, |r| producer_id::handle(k, r)).await,
+            ApiKey::JoinGroup => req.answer(&mut body, |r| groups::join(k, r, client)).await,
+            ApiKey::SyncGroup => req.answer(&mut body, |r| groups::sync(k, r)).await,
+            ApiKey::Heartbeat => req.answer(&mut body, |r| groups::heartbeat(k, r)).await,
+            ApiKey::LeaveGroup => req.answer(&mut body, |r| groups::leave(k, r, version)).await,
+            ApiKey::OffsetCommit => req.answer(&mut body, |r| groups::commit(k, r)).await,
+            ApiKey::OffsetFetch => req.answer(&mut body, |r| groups::fetch(k, r, version)).await,
+            ApiKey::ListGroups => req.answer(&mut body, |r| groups::list(k, r)).await,
+            ApiKey::DescribeGroups => req.answer(&mut body, |r| groups::describe(k, r, version)).await,
+            ApiKey::DeleteGroups => req.answer(&mut body, |r| groups::delete(k, r)).await,
             _ => Reply::Close,
         }
     }

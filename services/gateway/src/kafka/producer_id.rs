@@ -4,12 +4,10 @@
 //! transactions it could not end).
 
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
-use sluice_core::RemoteError;
 use sluice_proto::v1;
 use sluice_proto::v1::transactions_client::TransactionsClient;
-use sluice_runtime::node_api::coordinator_unreachable;
 
-use super::{Kafka, error_of, errors, kafka_error};
+use super::{Kafka, call_coordinator, errors};
 
 /// How long the coordinator may take.
 const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -22,22 +20,16 @@ pub(super) async fn handle(k: &Kafka, r: InitProducerIdRequest) -> InitProducerI
         tracing::info!("a Kafka client asked for a transactional id; Kafka transactions are not served yet");
         return refused(errors::INVALID_REQUEST);
     }
-    let channel = match k.coordinator.channel() {
-        Ok(c) => c,
-        Err(e) => return refused(error_of(&e)),
-    };
     let req = v1::InitProducerIdRequest::default();
-    match tokio::time::timeout(TIMEOUT, TransactionsClient::new(channel).init_producer_id(req)).await {
-        Ok(Ok(resp)) => {
-            let resp = resp.into_inner();
-            match i16::try_from(resp.producer_epoch) {
-                Ok(epoch) => InitProducerIdResponse::default()
-                    .with_producer_id(ProducerId(resp.producer_id))
-                    .with_producer_epoch(epoch),
-                Err(_) => refused(errors::UNKNOWN_SERVER_ERROR),
-            }
-        }
-        Ok(Err(status)) => refused(kafka_error(RemoteError::from(coordinator_unreachable(status)).sluice_code)),
-        Err(_) => refused(errors::COORDINATOR_NOT_AVAILABLE),
+    match call_coordinator(k, TIMEOUT, |ch| async move { TransactionsClient::new(ch).init_producer_id(req).await })
+        .await
+    {
+        Ok(resp) => match i16::try_from(resp.producer_epoch) {
+            Ok(epoch) => InitProducerIdResponse::default()
+                .with_producer_id(ProducerId(resp.producer_id))
+                .with_producer_epoch(epoch),
+            Err(_) => refused(errors::UNKNOWN_SERVER_ERROR),
+        },
+        Err(code) => refused(code),
     }
 }
