@@ -812,7 +812,13 @@ impl Engine {
             t.open = true;
             return Err(ClientError::MustAbort(why));
         }
-        let req = EndTxnRequest { transactional_id: t.id.clone(), producer_id, producer_epoch: epoch as i32, commit };
+        let req = EndTxnRequest {
+            transactional_id: t.id.clone(),
+            producer_id,
+            producer_epoch: epoch as i32,
+            commit,
+            keep_epoch: false,
+        };
         let client = self.client.clone();
         let r = self
             .coordinator_call(|| {

@@ -23,6 +23,8 @@ pub struct MarkerWrite {
     pub producer_epoch: i16,
     pub commit: bool,
     pub coordinator_epoch: u64,
+    /// See `WriteTxnMarkerRequest.keeps_epoch`.
+    pub keeps_epoch: bool,
 }
 
 /// Why a marker was not written.
@@ -75,6 +77,7 @@ impl Router {
             producer_epoch: m.producer_epoch as i32,
             commit: m.commit,
             coordinator_epoch: m.coordinator_epoch,
+            keeps_epoch: m.keeps_epoch,
         };
         match tokio::time::timeout(CALL_TIMEOUT, target.conn.api().write_txn_marker(req)).await {
             Err(_) => {

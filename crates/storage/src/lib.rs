@@ -22,6 +22,32 @@ use sluice_core::topic::TopicConfig;
 
 pub use sled_store::SledStore;
 
+/// A transaction marker to append (see [`PartitionLog::append_marker`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MarkerSpec {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub marker: sluice_core::batch::Marker,
+    pub coordinator_epoch: i32,
+    /// The producer keeps its epoch across transactions (a Kafka client before transaction
+    /// version 2): the marker carries the epoch its transaction was written at, and ends the
+    /// transaction open at that epoch. Otherwise the marker's epoch is the producer's next
+    /// one, and a marker at an epoch already reached is a retry.
+    pub keeps_epoch: bool,
+}
+
+impl MarkerSpec {
+    /// A marker that moves the producer to `producer_epoch`.
+    pub fn new(
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: sluice_core::batch::Marker,
+        coordinator_epoch: i32,
+    ) -> Self {
+        Self { producer_id, producer_epoch, marker, coordinator_epoch, keeps_epoch: false }
+    }
+}
+
 /// Identifies a partition's log. The topic id separates a deleted topic from a new one with
 /// the same name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -167,16 +193,9 @@ pub trait PartitionLog: Send + Sync {
     /// transaction's, fences the producer's older batches (also when nothing is open: a
     /// verified batch may still be on its way). When the producer is already at that epoch
     /// or later here (a retry), nothing is written and the answer is the log end, marked
-    /// `duplicate`.
-    fn append_marker(
-        &self,
-        producer_id: i64,
-        producer_epoch: i16,
-        marker: sluice_core::batch::Marker,
-        coordinator_epoch: i32,
-        now_ms: i64,
-        leader_epoch: i32,
-    ) -> Result<AppendInfo, StorageError>;
+    /// `duplicate` (unless `keeps_epoch` and a transaction of the producer is open here at
+    /// that epoch: see [`MarkerSpec::keeps_epoch`]).
+    fn append_marker(&self, marker: &MarkerSpec, now_ms: i64, leader_epoch: i32) -> Result<AppendInfo, StorageError>;
     /// The first offset of the oldest open transaction, or the log end when none is open:
     /// read_committed consumers read below the smaller of it and the high watermark.
     fn first_unstable_offset(&self) -> i64;

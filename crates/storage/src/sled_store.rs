@@ -11,6 +11,7 @@ use sluice_core::batch::{self, BatchHeader};
 use sluice_core::topic::{TimestampType, TopicConfig};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::MarkerSpec;
 use crate::cleaner::{self, CleanStats};
 use crate::producers::{self, ProducerTable, SeqBatch, Verdict};
 use crate::txns::{ABORT_MARKER, AbortedTxn, TxnIndex};
@@ -821,23 +822,19 @@ impl PartitionLog for SledPartition {
         cleaner::clean(self, config, now_ms)
     }
 
-    fn append_marker(
-        &self,
-        producer_id: i64,
-        producer_epoch: i16,
-        marker: batch::Marker,
-        coordinator_epoch: i32,
-        now_ms: i64,
-        leader_epoch: i32,
-    ) -> Result<AppendInfo, StorageError> {
+    fn append_marker(&self, spec: &MarkerSpec, now_ms: i64, leader_epoch: i32) -> Result<AppendInfo, StorageError> {
+        let MarkerSpec { producer_id, producer_epoch, marker, coordinator_epoch, keeps_epoch } = *spec;
         let data = batch::marker_batch(producer_id, producer_epoch, marker, coordinator_epoch, now_ms)?;
         let h = BatchHeader::parse(&data)?;
         let mut st = self.lock();
         // Written whenever it moves the producer's epoch here, also with nothing open: a
         // batch the coordinator verified just before it ended the transaction may still be
         // on its way, and must find its epoch fenced rather than open a transaction nothing
-        // would end. A marker at an epoch already reached is a retry: nothing is written.
-        if st.producers.get(producer_id).is_some_and(|e| e.epoch >= producer_epoch) {
+        // would end. A marker at an epoch already reached is a retry: nothing is written;
+        // unless the producer keeps its epoch and its transaction at that epoch is open here.
+        let ends_open = keeps_epoch && st.txns.open_since(producer_id).is_some();
+        let reached = st.producers.get(producer_id).map(|e| e.epoch);
+        if reached.is_some_and(|e| e > producer_epoch || (e == producer_epoch && !ends_open)) {
             let end = st.next_offset;
             return Ok(AppendInfo {
                 base_offset: end,

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use sluice_core::batch::{BatchBuilder, decode_records};
 use sluice_core::compression::Compression;
 use sluice_core::topic::TopicConfig;
-use sluice_storage::{LogStore, PartitionId, SledStore, StorageError};
+use sluice_storage::{LogStore, MarkerSpec, PartitionId, SledStore, StorageError};
 
 /// Opens the store again after a drop. sled's background I/O threads may still hold the
 /// database's lock file for a moment, so poll with a deadline.
@@ -412,14 +412,14 @@ async fn transactions_hold_the_stable_offset_and_aborts_are_remembered_across_re
         log.append_verified(&txn_batch(6, 0, 0, 2), &cfg, 0, 1, Some((6, 0))).unwrap(); // 3-4
         assert_eq!(log.first_unstable_offset(), 1);
         // Markers carry the producer's next epoch.
-        assert_eq!(log.append_marker(5, 1, Marker::Commit, 1, 0, 1).unwrap().base_offset, 5);
+        assert_eq!(log.append_marker(&MarkerSpec::new(5, 1, Marker::Commit, 1), 0, 1).unwrap().base_offset, 5);
         assert_eq!(log.first_unstable_offset(), 3, "producer 6's transaction is still open");
-        assert_eq!(log.append_marker(6, 1, Marker::Abort, 1, 0, 1).unwrap().base_offset, 6);
+        assert_eq!(log.append_marker(&MarkerSpec::new(6, 1, Marker::Abort, 1), 0, 1).unwrap().base_offset, 6);
         assert_eq!(log.first_unstable_offset(), 7);
         let aborted = vec![AbortedTxn { producer_id: 6, first_offset: 3, last_offset: 6 }];
         assert_eq!(log.aborted_transactions(0, 7), aborted);
         // A retried marker writes nothing; the marker's epoch fenced the transaction's epoch.
-        let again = log.append_marker(6, 1, Marker::Abort, 1, 0, 1).unwrap();
+        let again = log.append_marker(&MarkerSpec::new(6, 1, Marker::Abort, 1), 0, 1).unwrap();
         assert_eq!((again.duplicate, again.record_count, log.offsets().log_end_offset), (true, 0, 7));
         assert!(matches!(
             log.append_verified(&txn_batch(6, 0, 2, 1), &cfg, 0, 1, Some((6, 0))),
@@ -430,11 +430,11 @@ async fn transactions_hold_the_stable_offset_and_aborts_are_remembered_across_re
         assert!(matches!(log.append(&forged, &cfg, 0, 1), Err(StorageError::ControlBatch)));
         log.append_verified(&txn_batch(5, 1, 0, 1), &cfg, 0, 1, Some((5, 1))).unwrap(); // 7, the next transaction
         // A late copy of the first transaction's marker does not end the next one.
-        assert!(log.append_marker(5, 1, Marker::Abort, 1, 0, 1).unwrap().duplicate);
+        assert!(log.append_marker(&MarkerSpec::new(5, 1, Marker::Abort, 1), 0, 1).unwrap().duplicate);
         assert_eq!(log.first_unstable_offset(), 7);
         // A batch verified just before its transaction ended, with nothing of it here yet,
         // finds its epoch fenced by the marker instead of opening a transaction nothing ends.
-        let m = log.append_marker(9, 1, Marker::Abort, 1, 0, 1).unwrap();
+        let m = log.append_marker(&MarkerSpec::new(9, 1, Marker::Abort, 1), 0, 1).unwrap();
         assert_eq!((m.duplicate, m.base_offset), (false, 8), "written: it moves producer 9's epoch");
         assert!(matches!(
             log.append_verified(&txn_batch(9, 0, 0, 1), &cfg, 0, 1, Some((9, 0))),
@@ -456,10 +456,40 @@ async fn transactions_hold_the_stable_offset_and_aborts_are_remembered_across_re
     let follower = store.open(&PartitionId { topic: "t".into(), topic_id: 7, partition: 3 }).unwrap();
     let leader = store.open(&PartitionId { topic: "t".into(), topic_id: 7, partition: 4 }).unwrap();
     leader.append_verified(&txn_batch(8, 0, 0, 3), &cfg, 0, 1, Some((8, 0))).unwrap();
-    leader.append_marker(8, 1, Marker::Abort, 1, 0, 1).unwrap();
+    leader.append_marker(&MarkerSpec::new(8, 1, Marker::Abort, 1), 0, 1).unwrap();
     follower.append_replica(&leader.read(0, usize::MAX).unwrap().batches).unwrap();
     assert_eq!(follower.aborted_transactions(0, 10), leader.aborted_transactions(0, 10));
     assert_eq!(follower.first_unstable_offset(), 4);
+}
+
+#[tokio::test]
+async fn a_producer_keeping_its_epoch_ends_each_transaction_with_a_marker_at_that_epoch() {
+    use sluice_core::batch::Marker;
+    use sluice_storage::txns::AbortedTxn;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TopicConfig::default();
+    let store = SledStore::open(dir.path()).unwrap();
+    let log = store.open(&pid()).unwrap();
+    let keeping = |m: Marker| MarkerSpec { keeps_epoch: true, ..MarkerSpec::new(5, 2, m, 1) };
+    // A Kafka client before transaction version 2: every transaction at epoch 2.
+    log.append_verified(&txn_batch(5, 2, 0, 2), &cfg, 0, 1, Some((5, 2))).unwrap(); // 0-1
+    let m = log.append_marker(&keeping(Marker::Commit), 0, 1).unwrap();
+    assert_eq!((m.duplicate, m.base_offset), (false, 2));
+    assert_eq!(log.first_unstable_offset(), 3);
+    // A retry finds nothing open: nothing written.
+    assert!(log.append_marker(&keeping(Marker::Commit), 0, 1).unwrap().duplicate);
+    // The next transaction, same epoch, its sequence going on; aborted.
+    assert!(matches!(
+        log.append(&txn_batch(5, 2, 2, 1), &cfg, 0, 1),
+        Err(StorageError::NotInTransaction { producer_id: 5, epoch: 2 })
+    ));
+    log.append_verified(&txn_batch(5, 2, 2, 1), &cfg, 0, 1, Some((5, 2))).unwrap(); // 3
+    assert_eq!(log.first_unstable_offset(), 3);
+    // A marker of a producer that moves its epoch on would be a retry at this epoch.
+    assert!(log.append_marker(&MarkerSpec::new(5, 2, Marker::Abort, 1), 0, 1).unwrap().duplicate);
+    assert_eq!(log.append_marker(&keeping(Marker::Abort), 0, 1).unwrap().base_offset, 4);
+    assert_eq!(log.aborted_transactions(0, 10), vec![AbortedTxn { producer_id: 5, first_offset: 3, last_offset: 4 }]);
+    assert_eq!(log.first_unstable_offset(), 5);
 }
 
 #[tokio::test]
@@ -491,7 +521,7 @@ async fn compaction_drops_aborted_records_and_leaves_open_transactions_alone() {
     };
     log.append(&batch(&[(Some("k"), Some("committed"), 1)], Compression::None), &cfg, 0, 1).unwrap(); // 0
     log.append_verified(&keyed(5, 0, "k", "aborted"), &cfg, 0, 1, Some((5, 0))).unwrap(); // 1
-    log.append_marker(5, 1, Marker::Abort, 1, 0, 1).unwrap(); // 2
+    log.append_marker(&MarkerSpec::new(5, 1, Marker::Abort, 1), 0, 1).unwrap(); // 2
     log.append_verified(&keyed(6, 0, "j", "open-1"), &cfg, 0, 1, Some((6, 0))).unwrap(); // 3
     log.append(&batch(&[(Some("j"), Some("plain-j"), 1)], Compression::None), &cfg, 0, 1).unwrap(); // 4
     log.append_verified(&keyed(6, 1, "k", "open-2"), &cfg, 0, 1, None).unwrap(); // 5, same open transaction
@@ -502,7 +532,7 @@ async fn compaction_drops_aborted_records_and_leaves_open_transactions_alone() {
     let offsets: Vec<i64> = all_records(&*log, 0).iter().map(|r| r.0).collect();
     assert_eq!(offsets, vec![0, 2, 3, 4, 5, 6]);
     // Once it commits, its values count: the older value of "k" goes.
-    log.append_marker(6, 1, Marker::Commit, 1, 0, 1).unwrap(); // 7
+    log.append_marker(&MarkerSpec::new(6, 1, Marker::Commit, 1), 0, 1).unwrap(); // 7
     log.append(&batch(&[(Some("y"), Some("head2"), 1)], Compression::None), &cfg, 0, 1).unwrap(); // 8
     log.clean(&cfg, 0).unwrap();
     let offsets: Vec<i64> = all_records(&*log, 0).iter().map(|r| r.0).collect();

@@ -106,6 +106,10 @@ pub struct TxnMeta {
     /// When the open transaction began; 0 when none is open.
     pub start_ms: i64,
     pub update_ms: i64,
+    /// The ending transaction keeps the producer's epoch (see `EndTxnRequest.keep_epoch`):
+    /// its markers carry the epoch it was written at.
+    #[serde(default)]
+    pub keeps_epoch: bool,
 }
 
 impl TxnMeta {
@@ -400,6 +404,7 @@ impl Coordinator {
                         offsets: Vec::new(),
                         start_ms: 0,
                         update_ms: now,
+                        keeps_epoch: false,
                     };
                     let m = c.write_txn(&topic, &id, m).await?;
                     tracing::info!(transactional_id = %id, producer_id, "transactional id registered");
@@ -469,9 +474,27 @@ impl Coordinator {
         }
         let key = id.clone();
         self.serialized(&key, move |c, reply| async move {
-            let m = c.settled(&id).await?.ok_or_else(|| SluiceError::UnknownTransactionalId(id.clone()))?;
+            let mut m = c.settled(&id).await?.ok_or_else(|| SluiceError::UnknownTransactionalId(id.clone()))?;
             let commit = req.commit;
+            // A producer keeping its epoch ends each transaction under the same identity: a
+            // repeated end is told apart by nothing being open.
+            let open = m.state == State::Ongoing;
+            if req.keep_epoch && !open && (req.producer_id, epoch) == (m.producer_id, m.epoch) {
+                return match m.prev {
+                    Some((p, e, committed)) if (p, e) == (m.producer_id, m.epoch) && committed != commit => {
+                        Err(SluiceError::InvalidTxnState {
+                            transactional_id: id.clone(),
+                            reason: format!(
+                                "the transaction already {}",
+                                if committed { "committed" } else { "aborted" }
+                            ),
+                        })
+                    }
+                    _ => Ok((m.producer_id, m.epoch)),
+                };
+            }
             if (req.producer_id, epoch) == (m.producer_id, m.epoch) {
+                m.keeps_epoch = req.keep_epoch;
                 let done = c.end(&id, m, commit, true, false, Some(&reply)).await?;
                 return Ok((done.producer_id, done.epoch));
             }
@@ -516,6 +539,8 @@ impl Coordinator {
     ) -> Result<TxnMeta, SluiceError> {
         let (_, topic) = self.txn_active()?;
         let mut p = m.clone();
+        // Only a producer's own end keeps its epoch; a timeout or a new producer fences it.
+        p.keeps_epoch = m.keeps_epoch && keep_prev && !timed_out;
         p.prev = keep_prev.then_some((m.producer_id, m.epoch, commit));
         p.update_ms = now_ms();
         p.timed_out = timed_out;
@@ -527,7 +552,9 @@ impl Coordinator {
             return self.write_txn(&topic, id, p).await;
         }
         // The markers carry the next epoch; epochs run out one end later, at completion.
-        p.epoch = m.epoch + 1;
+        if !p.keeps_epoch {
+            p.epoch = m.epoch + 1;
+        }
         p.state = if commit { State::PrepareCommit } else { State::PrepareAbort };
         let p = self.write_txn(&topic, id, p).await?;
         tracing::debug!(transactional_id = %id, commit, partitions = p.partitions.len(), "transaction decided");
@@ -554,6 +581,7 @@ impl Coordinator {
                 producer_epoch: p.epoch,
                 commit,
                 coordinator_epoch,
+                keeps_epoch: p.keeps_epoch,
             };
             async move { (self.router.write_txn_marker(&m, || self.holds_epoch(coordinator_epoch)).await, m) }
         });
@@ -801,6 +829,7 @@ mod tests {
             offsets: vec![],
             start_ms: 10,
             update_ms: 20,
+            keeps_epoch: false,
         }
     }
 

@@ -445,6 +445,7 @@ impl Replica {
         producer_epoch: i16,
         marker: sluice_core::batch::Marker,
         coordinator_epoch: u64,
+        keeps_epoch: bool,
     ) -> Result<AppendInfo, SluiceError> {
         self.under_role(move |role, me, log| {
             let pid = &me.pid;
@@ -454,8 +455,11 @@ impl Replica {
             let now = sluice_core::settings::now_ms();
             // The batch format's field is 32 bits; the fencing above uses the full epoch.
             let coordinator_epoch = coordinator_epoch.min(i32::MAX as u64) as i32;
-            log.append_marker(producer_id, producer_epoch, marker, coordinator_epoch, now, epoch as i32)
-                .map_err(|e| crate::map_storage(pid, e))
+            let spec = sluice_storage::MarkerSpec {
+                keeps_epoch,
+                ..sluice_storage::MarkerSpec::new(producer_id, producer_epoch, marker, coordinator_epoch)
+            };
+            log.append_marker(&spec, now, epoch as i32).map_err(|e| crate::map_storage(pid, e))
         })
         .await
     }
@@ -672,10 +676,7 @@ mod tests {
         // The replica logic under test never writes markers: this log holds no transactions.
         fn append_marker(
             &self,
-            _producer_id: i64,
-            _producer_epoch: i16,
-            _marker: batch::Marker,
-            _coordinator_epoch: i32,
+            _marker: &sluice_storage::MarkerSpec,
             _now_ms: i64,
             _leader_epoch: i32,
         ) -> Result<AppendInfo, StorageError> {

@@ -37,7 +37,7 @@ async fn write(node: &Node, req: WriteTxnMarkerRequest) -> Result<i64, SluiceErr
     drop(_enter);
     let info = served
         .replica
-        .append_marker_as_leader(served.epoch, req.producer_id, epoch, marker, req.coordinator_epoch)
+        .append_marker_as_leader(served.epoch, req.producer_id, epoch, marker, req.coordinator_epoch, req.keeps_epoch)
         .await?;
     node.coordinator_epoch.fetch_max(req.coordinator_epoch, Ordering::AcqRel);
     served.replica.update_hw();
