@@ -221,6 +221,7 @@ async fn a_hung_transaction_is_aborted_at_its_timeout_and_a_late_retry_never_joi
         producer_id: pid,
         producer_epoch: epoch as i32,
         commit: true,
+        keep_epoch: false,
     };
     let next = client.transactions().end_txn(end.clone()).await.unwrap().into_inner();
     assert_eq!((next.producer_id, next.producer_epoch), (pid, epoch as i32 + 1));
@@ -234,6 +235,7 @@ async fn a_hung_transaction_is_aborted_at_its_timeout_and_a_late_retry_never_joi
         producer_id: pid,
         producer_epoch: epoch as i32 + 1,
         commit: true,
+        keep_epoch: false,
     };
     client.transactions().end_txn(end).await.unwrap();
     let committed = values(&client, "hung", IsolationLevel::ReadCommitted, Duration::from_millis(800)).await;
