@@ -286,8 +286,8 @@ async fn read_committed_readers_stop_at_open_transactions_and_never_see_aborted_
     served
         .log()
         .with_log(move |log| {
-            log.append_marker(5, 1, Marker::Commit, 0, 0, epoch).unwrap();
-            log.append_marker(6, 1, Marker::Abort, 0, 0, epoch).unwrap();
+            log.append_marker(&sluice_storage::MarkerSpec::new(5, 1, Marker::Commit, 0), 0, epoch).unwrap();
+            log.append_marker(&sluice_storage::MarkerSpec::new(6, 1, Marker::Abort, 0), 0, epoch).unwrap();
         })
         .await
         .unwrap();
