@@ -151,6 +151,27 @@ async fn kcat_lists_produces_and_consumes_through_the_kafka_listener() {
     assert_eq!(again.trim(), format!("0|{}|after", first.iter().filter(|l| l.starts_with("0|")).count()));
 }
 
+/// Runs `clients/python/{script}` with `args` in the project's venv (scripts/ensure-deps.sh
+/// makes it), within `limit`; the one JSON line it prints.
+async fn python(script: &str, args: &[&str], limit: Duration) -> serde_json::Value {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = root.join(".tools/venv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/ensure-deps.sh", python.display());
+    let run = Command::new(&python)
+        .arg(script)
+        .args(args)
+        .current_dir(root.join("clients/python"))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(limit, run)
+        .await
+        .unwrap_or_else(|_| panic!("{script} {args:?} ran past {limit:?}"))
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{script} {args:?}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.trim()).expect("one JSON line")
+}
+
 /// Sends `bytes` on a fresh connection, ends its side, and reads what comes back until the
 /// listener closes the connection (which it must do within 5 s).
 async fn raw(addr: &str, bytes: &[u8]) -> Vec<u8> {
@@ -227,20 +248,8 @@ async fn bad_frames_close_the_connection_and_the_listener_carries_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn librdkafka_admin_and_an_idempotent_lz4_producer_from_python() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let python = root.join(".tools/venv/bin/python");
-    assert!(python.exists(), "{} is missing: run scripts/ensure-deps.sh", python.display());
     let d = dev().await;
-    let run = Command::new(&python)
-        .arg("kafka_check.py")
-        .arg(&d.kafka)
-        .current_dir(root.join("clients/python"))
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(90), run).await.expect("in time").expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let done: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    let done = python("kafka_check.py", &[&d.kafka], Duration::from_secs(90)).await;
     assert_eq!(done["again"], "TOPIC_ALREADY_EXISTS", "{done}");
     assert_eq!(done["py-admin"], "deleted", "{done}");
 
@@ -284,27 +293,11 @@ async fn librdkafka_admin_and_an_idempotent_lz4_producer_from_python() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_librdkafka_group_of_two_splits_partitions_and_rebalances_when_one_leaves() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let python = root.join(".tools/venv/bin/python");
-    assert!(python.exists(), "{} is missing: run scripts/ensure-deps.sh", python.display());
     let d = dev().await;
     // Eager (range) and incremental (cooperative-sticky) rebalancing: the coordinator runs the
     // same join and sync phases, the clients differ in what they give up.
     for strategy in ["range", "cooperative-sticky"] {
-        let run = Command::new(&python)
-            .arg("kafka_group_check.py")
-            .arg(&d.kafka)
-            .arg(strategy)
-            .current_dir(root.join("clients/python"))
-            .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(Duration::from_secs(90), run)
-            .await
-            .unwrap_or_else(|_| panic!("{strategy}: the group check ran past 90 s"))
-            .expect("python runs");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{strategy}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-        let done: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+        let done = python("kafka_group_check.py", &[&d.kafka, strategy], Duration::from_secs(90)).await;
         assert_eq!(done["seen"], 400, "every record once: {done}");
         assert!(done["by_b"].as_u64().is_some_and(|n| n > 0), "the second member consumed: {done}");
         assert_eq!(done["members_before"], 2, "{done}");
@@ -318,4 +311,21 @@ async fn a_librdkafka_group_of_two_splits_partitions_and_rebalances_when_one_lea
     let client = Client::connect(&d.grpc).await.unwrap();
     let left: Vec<String> = client.list_groups().await.unwrap().into_iter().map(|g| g.group_id).collect();
     assert!(!left.iter().any(|g| g.starts_with("pyg-")), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_librdkafka_consume_transform_produce_transaction_is_read_back_committed() {
+    let d = dev().await;
+    let done = python("kafka_txn_check.py", &[&d.kafka], Duration::from_secs(90)).await;
+    let mut expected: Vec<String> = (0..100).map(|i| format!("V{i}")).collect();
+    expected.sort();
+    assert_eq!(done["committed_view"], serde_json::json!(expected), "read_committed: every record once, none aborted");
+    assert_eq!(done["aborted_seen_uncommitted"], 5, "{done}");
+    assert_eq!(done["group_offsets"], 100, "offsets committed with the transactions: {done}");
+    assert!(done["transactions"].as_u64().is_some_and(|n| n >= 10), "{done}");
+    // Read over gRPC too: the aborted records are stored, and filtered for read_committed.
+    let client = Client::connect(&d.grpc).await.unwrap();
+    let txn = client.describe_transaction("tx-py").await.unwrap();
+    assert_eq!(txn.state, sluice_proto::v1::TransactionState::CompleteCommit as i32, "{txn:?}");
+    assert_eq!(txn.producer_epoch, 0, "a Kafka client keeps its epoch: {txn:?}");
 }

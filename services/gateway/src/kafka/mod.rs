@@ -15,8 +15,8 @@
 //! connection, as Kafka brokers do.
 //!
 //! - [`versions`]: ApiVersions and the list of what is served.
-//! - [`metadata`], [`produce`], [`fetch`], [`offsets`], [`producer_id`], [`topics`],
-//!   [`coordinator`], [`groups`]: the APIs.
+//! - [`metadata`], [`produce`], [`fetch`], [`offsets`], [`topics`], [`coordinator`],
+//!   [`groups`], [`txn`]: the APIs.
 
 mod coordinator;
 mod fetch;
@@ -24,8 +24,8 @@ mod groups;
 mod metadata;
 mod offsets;
 mod produce;
-mod producer_id;
 mod topics;
+mod txn;
 mod versions;
 
 use std::sync::Arc;
@@ -96,6 +96,7 @@ pub(crate) mod errors {
     pub const FENCED_INSTANCE_ID: i16 = 82;
     pub const UNSTABLE_OFFSET_COMMIT: i16 = 88;
     pub const TRANSACTIONAL_ID_NOT_FOUND: i16 = 105;
+    pub const OPERATION_NOT_ATTEMPTED: i16 = 55;
 }
 
 /// The Kafka error code for a Sluice error code (`sluice_core::error`).
@@ -315,7 +316,13 @@ async fn handle(
             }
             ApiKey::CreateTopics => req.answer(&mut body, |r| topics::create(k, r)).await,
             ApiKey::DeleteTopics => req.answer(&mut body, |r| topics::delete(k, r)).await,
-            ApiKey::InitProducerId => req.answer(&mut body, |r| producer_id::handle(k, r)).await,
+            ApiKey::InitProducerId => req.answer(&mut body, |r| txn::init_producer_id(k, r)).await,
+            ApiKey::AddPartitionsToTxn => req.answer(&mut body, |r| txn::add_partitions(k, r)).await,
+            ApiKey::AddOffsetsToTxn => req.answer(&mut body, |r| txn::add_offsets(k, r)).await,
+            ApiKey::TxnOffsetCommit => req.answer(&mut body, |r| txn::txn_offset_commit(k, r)).await,
+            ApiKey::EndTxn => req.answer(&mut body, |r| txn::end(k, r, version)).await,
+            ApiKey::DescribeTransactions => req.answer(&mut body, |r| txn::describe(k, r)).await,
+            ApiKey::ListTransactions => req.answer(&mut body, |r| txn::list(k, r)).await,
             ApiKey::JoinGroup => req.answer(&mut body, |r| groups::join(k, r, client)).await,
             ApiKey::SyncGroup => req.answer(&mut body, |r| groups::sync(k, r)).await,
             ApiKey::Heartbeat => req.answer(&mut body, |r| groups::heartbeat(k, r)).await,

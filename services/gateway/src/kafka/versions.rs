@@ -28,6 +28,15 @@ const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
+    // 4 and later batch transactions for brokers; clients use 3 at most.
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 4),
+    (ApiKey::TxnOffsetCommit, 0, 4),
+    // 5 is transaction version 2: the answer carries the producer's next epoch.
+    (ApiKey::EndTxn, 0, 5),
+    (ApiKey::DescribeTransactions, 0, 0),
+    // 2 adds a transactional id pattern (a Java regular expression), not served.
+    (ApiKey::ListTransactions, 0, 1),
 ];
 
 /// The versions of `key` served, if it is.
