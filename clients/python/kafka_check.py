@@ -1,8 +1,9 @@
 """Kafka's librdkafka client (confluent-kafka from PyPI) against Sluice's Kafka listener.
 
 Run by tests/kafka.rs with the listener address as the only argument: creates and deletes
-topics with the admin client, then produces keyed records with an idempotent, lz4-compressing
-producer; the Rust test reads them back over gRPC. Prints one JSON line with what it did.
+topics with the admin client, then produces keyed records with idempotent producers
+compressing with lz4 and with snappy; the Rust test reads them back over gRPC. Prints one
+JSON line with what it did.
 """
 
 import json
@@ -16,7 +17,7 @@ def main() -> None:
     bootstrap = sys.argv[1]
     admin = AdminClient({"bootstrap.servers": bootstrap})
     done = {}
-    new = [NewTopic("py-admin", 3), NewTopic("py", 4), NewTopic("py-order", 1)]
+    new = [NewTopic("py-admin", 3), NewTopic("py", 4), NewTopic("py-order", 1), NewTopic("py-snappy", 1)]
     for name, f in admin.create_topics(new, operation_timeout=10).items():
         f.result(timeout=15)
         done[name] = "created"
@@ -72,6 +73,21 @@ def main() -> None:
     left = pipelined.flush(30)
     assert left == 0 and not errors, (left, errors[:3])
     done["pipelined"] = 300
+
+    # Snappy as librdkafka writes it (one raw block per batch).
+    snappy = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "compression.type": "snappy",
+            "linger.ms": 20,
+        }
+    )
+    for i in range(100):
+        snappy.produce("py-snappy", key=f"s{i}", value=f"snappy-{i}-" + "y" * 200, on_delivery=report)
+    left = snappy.flush(30)
+    assert left == 0 and not errors, (left, errors[:3])
+    done["snappy"] = 100
     print(json.dumps(done))
 
 

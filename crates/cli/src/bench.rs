@@ -55,7 +55,7 @@ pub struct BenchArgs {
     /// Produce requests outstanding at once.
     #[arg(long, default_value_t = 16)]
     in_flight: usize,
-    /// Batch compression: none, gzip, lz4 or zstd.
+    /// Batch compression: none, gzip, snappy, lz4 or zstd.
     #[arg(long, default_value = "none")]
     compression: String,
     /// produce: send as an idempotent producer (a producer id from the coordinator, every

@@ -27,7 +27,7 @@ pub struct ProduceArgs {
     /// Print PARTITION<TAB>OFFSET<TAB>VALUE for every acknowledged record.
     #[arg(long)]
     print_acks: bool,
-    /// Compression: none, gzip, lz4 or zstd.
+    /// Compression: none, gzip, snappy, lz4 or zstd.
     #[arg(long, default_value = "none")]
     compression: String,
     /// Give up on a record after this many milliseconds of retries.

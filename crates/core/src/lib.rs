@@ -1,7 +1,7 @@
 //! Domain types shared by every Sluice crate.
 //!
 //! - [`batch`]: the Kafka RecordBatch v2 codec (parse, verify, build, decode).
-//! - [`compression`]: batch codecs (gzip, lz4, zstd).
+//! - [`compression`]: batch codecs (gzip, snappy, lz4, zstd).
 //! - [`error`]: the client-facing error enum, its stable codes and the mapping to gRPC.
 //! - [`topic`]: topic-name rules and per-topic configuration.
 //! - [`partitioner`]: Kafka-compatible murmur2 and the sticky partitioner.
