@@ -4,12 +4,16 @@
 #   etcd    (etcd-server)        needed by the tests and by `sluice cluster up`
 #   kcat    (kcat)               needed by the tests: a real Kafka client against the Kafka listener
 #   .tools/venv (python3-venv + PyPI helm-python-sdk, kubernetes-validate, PyYAML, grpcio,
-#                grpcio-tools, grpcio-reflection, confluent-kafka)
+#                grpcio-tools, grpcio-reflection, confluent-kafka, kafka-python)
 #                                needed by the tests: the Helm chart is rendered, linted and
 #                                validated against the Kubernetes schemas offline, and the
 #                                Python client (clients/python) is generated from proto/ and
 #                                run against a real cluster; confluent-kafka (librdkafka)
-#                                is a Kafka client against the Kafka listener
+#                                and kafka-python are Kafka clients against the Kafka listener
+#   java, mvn   (default-jdk-headless, maven)
+#                                needed by the tests: clients/java, Kafka's Java client against
+#                                the Kafka listener, built here (kafka-clients from Maven
+#                                Central into clients/java/target)
 # Usage: scripts/ensure-deps.sh [build|test]   (default: test = both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +26,9 @@ need_tools=no
 if [ "$want" = test ]; then
   command -v etcd >/dev/null 2>&1 || missing+=(etcd-server etcd-client)
   command -v kcat >/dev/null 2>&1 || missing+=(kcat)
-  if ! "$tools/bin/python" -c 'import helm_python, kubernetes_validate, yaml, grpc, grpc_tools, grpc_reflection, confluent_kafka' >/dev/null 2>&1; then
+  command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
+  command -v mvn >/dev/null 2>&1 || missing+=(maven)
+  if ! "$tools/bin/python" -c 'import helm_python, kubernetes_validate, yaml, grpc, grpc_tools, grpc_reflection, confluent_kafka, kafka' >/dev/null 2>&1; then
     need_tools=yes
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
   fi
@@ -47,5 +53,15 @@ if [ "$need_tools" = yes ]; then
   python3 -m venv "$tools" >&2
   "$tools/bin/pip" install -q --disable-pip-version-check \
     helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 PyYAML==6.0.4 \
-    grpcio==1.85.1 grpcio-tools==1.85.1 grpcio-reflection==1.85.1 confluent-kafka==2.16.1 >&2
+    grpcio==1.85.1 grpcio-tools==1.85.1 grpcio-reflection==1.85.1 confluent-kafka==2.16.1 \
+    kafka-python==3.0.12 >&2
+fi
+
+java_check=clients/java
+if [ "$want" = test ] && { [ ! -d "$java_check/target/lib" ] || [ "$java_check/pom.xml" -nt "$java_check/target/lib" ] \
+    || [ -n "$(find "$java_check/src" -newer "$java_check/target/lib" -name '*.java' 2>/dev/null)" ]; }; then
+  echo "building $java_check (Kafka's Java client from Maven Central) ..." >&2
+  rm -rf "$java_check/target"
+  mvn -q -B -f "$java_check/pom.xml" compile dependency:copy-dependencies \
+    -DoutputDirectory=target/lib -DincludeScope=runtime >&2
 fi

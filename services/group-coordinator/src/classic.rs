@@ -467,10 +467,11 @@ impl Classic {
         }
     }
 
+    /// No member left; the protocol type stays, as in Kafka (the group is still a classic one
+    /// to listings).
     fn become_empty(&mut self) {
         self.phase = Phase::Empty;
         self.protocol.clear();
-        self.protocol_type.clear();
         self.leader.clear();
         self.join_deadline = None;
     }

@@ -255,6 +255,8 @@ impl Group {
                 ),
             });
         }
+        // A group Kafka clients left behind becomes a stream group.
+        self.classic.protocol_type.clear();
         let existing = if !spec.instance_id.is_empty() {
             self.members.values().find(|m| m.instance_id == spec.instance_id).map(|m| m.id.clone())
         } else if !spec.member_id.is_empty() && self.members.contains_key(&spec.member_id) {

@@ -89,7 +89,7 @@ pub(super) async fn join(k: &Kafka, r: JoinGroupRequest, client: &Client) -> Joi
             .collect(),
     };
     let wait = Duration::from_millis(u64::from(rebalance.max(session))) + JOIN_SLACK;
-    match call_coordinator(k, wait, |ch| async move { GroupsClient::new(ch).join_classic(req).await }).await {
+    match call_coordinator(k, wait, req, |ch, req| async move { GroupsClient::new(ch).join_classic(req).await }).await {
         Ok(j) => JoinGroupResponse::default()
             .with_generation_id(j.generation as i32)
             .with_protocol_type(some(&j.protocol_type))
@@ -131,7 +131,7 @@ pub(super) async fn sync(k: &Kafka, r: SyncGroupRequest) -> SyncGroupResponse {
     // The follower's wait for its leader is bounded by the leader's session: the coordinator
     // answers (rebalance) when the leader is removed.
     let wait = Duration::from_secs(300) + JOIN_SLACK;
-    match call_coordinator(k, wait, |ch| async move { GroupsClient::new(ch).sync_classic(req).await }).await {
+    match call_coordinator(k, wait, req, |ch, req| async move { GroupsClient::new(ch).sync_classic(req).await }).await {
         Ok(a) => SyncGroupResponse::default()
             .with_protocol_type(some(&a.protocol_type))
             .with_protocol_name(some(&a.protocol))
@@ -150,7 +150,9 @@ pub(super) async fn heartbeat(k: &Kafka, r: HeartbeatRequest) -> HeartbeatRespon
         instance_id: opt(r.group_instance_id),
         generation: r.generation_id as u64,
     };
-    match call_coordinator(k, TIMEOUT, |ch| async move { GroupsClient::new(ch).heartbeat_classic(req).await }).await {
+    match call_coordinator(k, TIMEOUT, req, |ch, req| async move { GroupsClient::new(ch).heartbeat_classic(req).await })
+        .await
+    {
         Ok(_) => HeartbeatResponse::default(),
         Err(code) => HeartbeatResponse::default().with_error_code(code),
     }
@@ -167,7 +169,9 @@ pub(super) async fn leave(k: &Kafka, r: LeaveGroupRequest, version: i16) -> Leav
             .collect()
     };
     let req = v1::ClassicLeaveRequest { group_id: s(r.group_id.0), members };
-    match call_coordinator(k, TIMEOUT, |ch| async move { GroupsClient::new(ch).leave_classic(req).await }).await {
+    match call_coordinator(k, TIMEOUT, req, |ch, req| async move { GroupsClient::new(ch).leave_classic(req).await })
+        .await
+    {
         Ok(resp) if version < 3 => {
             let code = resp.results.first().and_then(|r| r.error.as_ref()).map_or(errors::NONE, code_of);
             LeaveGroupResponse::default().with_error_code(code)
@@ -209,7 +213,8 @@ pub(super) async fn commit(k: &Kafka, r: OffsetCommitRequest) -> OffsetCommitRes
     }
     let req = v1::CommitOffsetsRequest { id: 0, group_id: s(r.group_id.0), member_id, generation, offsets };
     let answer =
-        call_coordinator(k, TIMEOUT, |ch| async move { GroupsClient::new(ch).commit_offsets(req).await }).await;
+        call_coordinator(k, TIMEOUT, req, |ch, req| async move { GroupsClient::new(ch).commit_offsets(req).await })
+            .await;
     let mut results = match &answer {
         Ok(resp) => resp.results.iter(),
         Err(_) => [].iter(),
@@ -254,7 +259,7 @@ async fn fetch_group(
 ) -> Result<Vec<TopicOffsets>, i16> {
     let call = |topic: String, partitions: Vec<u32>| {
         let req = v1::FetchOffsetsRequest { group_id: group.clone(), topic, require_stable, partitions };
-        call_coordinator(k, TIMEOUT, |ch| async move { GroupsClient::new(ch).fetch_offsets(req).await })
+        call_coordinator(k, TIMEOUT, req, |ch, req| async move { GroupsClient::new(ch).fetch_offsets(req).await })
     };
     match topics {
         None => {
@@ -351,7 +356,8 @@ fn group_type(protocol_type: &str) -> &'static str {
 
 pub(super) async fn list(k: &Kafka, r: ListGroupsRequest) -> ListGroupsResponse {
     let req = v1::ListGroupsRequest {};
-    match call_coordinator(k, TIMEOUT, |ch| async move { GroupsClient::new(ch).list_groups(req).await }).await {
+    match call_coordinator(k, TIMEOUT, req, |ch, req| async move { GroupsClient::new(ch).list_groups(req).await }).await
+    {
         Ok(resp) => {
             let states: Vec<String> = r.states_filter.iter().map(|s| s.to_lowercase()).collect();
             let types: Vec<String> = r.types_filter.iter().map(|s| s.to_lowercase()).collect();
@@ -401,7 +407,8 @@ pub(super) async fn describe(k: &Kafka, r: DescribeGroupsRequest, version: i16) 
     let mut groups = Vec::with_capacity(r.groups.len());
     for id in r.groups {
         let req = v1::DescribeGroupRequest { group_id: id.0.to_string() };
-        let answer = call_coordinator(k, TIMEOUT, |ch| async move { GroupsClient::new(ch).describe_group(req).await });
+        let answer =
+            call_coordinator(k, TIMEOUT, req, |ch, req| async move { GroupsClient::new(ch).describe_group(req).await });
         let described = match answer.await {
             Ok(g) => {
                 let classic = !g.protocol_type.is_empty();
@@ -441,12 +448,18 @@ pub(super) async fn delete(k: &Kafka, r: DeleteGroupsRequest) -> DeleteGroupsRes
     let mut results = Vec::with_capacity(r.groups_names.len());
     for id in r.groups_names {
         let req = v1::DeleteGroupRequest { group_id: id.0.to_string() };
-        let code = match call_coordinator(k, TIMEOUT, |ch| async move { GroupsClient::new(ch).delete_group(req).await })
+        let code =
+            match call_coordinator(
+                k,
+                TIMEOUT,
+                req,
+                |ch, req| async move { GroupsClient::new(ch).delete_group(req).await },
+            )
             .await
-        {
-            Ok(_) => errors::NONE,
-            Err(code) => code,
-        };
+            {
+                Ok(_) => errors::NONE,
+                Err(code) => code,
+            };
         results.push(DeletableGroupResult::default().with_group_id(id).with_error_code(code));
     }
     DeleteGroupsResponse::default().with_results(results)

@@ -148,24 +148,45 @@ pub(crate) fn error_of(e: &sluice_core::SluiceError) -> i16 {
     kafka_error(e.code())
 }
 
-/// Calls the active coordinator with `call`, within `timeout`; a failure is its Kafka error
-/// code (an unreachable coordinator or a call out of time: COORDINATOR_NOT_AVAILABLE).
-pub(crate) async fn call_coordinator<T, Fut>(
+/// How long a call keeps being retried while no coordinator is available (one is starting,
+/// or taking over): clients see a short wait rather than an error they may handle badly.
+const COORDINATOR_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Calls the active coordinator with `call(channel, req)`, each attempt within `timeout`; a
+/// failure is its Kafka error code. While no coordinator is available the call is tried
+/// again, for [`COORDINATOR_WAIT`] at most: every call sent this way may be repeated (a
+/// repeated commit, join or end gets the first one's outcome).
+pub(crate) async fn call_coordinator<R, T, Fut>(
     k: &Kafka,
     timeout: std::time::Duration,
-    call: impl FnOnce(tonic::transport::Channel) -> Fut,
+    req: R,
+    call: impl Fn(tonic::transport::Channel, R) -> Fut,
 ) -> Result<T, i16>
 where
+    R: Clone,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    let channel = k.coordinator.channel().map_err(|e| error_of(&e))?;
-    match tokio::time::timeout(timeout, call(channel)).await {
-        Ok(Ok(resp)) => Ok(resp.into_inner()),
-        Ok(Err(status)) => {
-            let e = sluice_core::RemoteError::from(sluice_runtime::node_api::coordinator_unreachable(status));
-            Err(kafka_error(e.sluice_code))
+    let give_up = tokio::time::Instant::now() + COORDINATOR_WAIT;
+    let mut pause = std::time::Duration::from_millis(50);
+    loop {
+        let attempt = match k.coordinator.channel() {
+            Err(e) => Err(error_of(&e)),
+            Ok(channel) => match tokio::time::timeout(timeout, call(channel, req.clone())).await {
+                Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                Ok(Err(status)) => {
+                    let e = sluice_core::RemoteError::from(sluice_runtime::node_api::coordinator_unreachable(status));
+                    Err(kafka_error(e.sluice_code))
+                }
+                Err(_) => return Err(errors::COORDINATOR_NOT_AVAILABLE),
+            },
+        };
+        match attempt {
+            Err(errors::COORDINATOR_NOT_AVAILABLE) if tokio::time::Instant::now() + pause < give_up => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(500));
+            }
+            other => return other,
         }
-        Err(_) => Err(errors::COORDINATOR_NOT_AVAILABLE),
     }
 }
 

@@ -51,8 +51,13 @@ pub(super) async fn init_producer_id(k: &Kafka, r: InitProducerIdRequest) -> Ini
         transactional_id: r.transactional_id.map(|t| t.0.to_string()).unwrap_or_default(),
         transaction_timeout_ms: r.transaction_timeout_ms.max(0) as u32,
     };
-    match call_coordinator(k, TIMEOUT, |ch| async move { TransactionsClient::new(ch).init_producer_id(req).await })
-        .await
+    match call_coordinator(
+        k,
+        TIMEOUT,
+        req,
+        |ch, req| async move { TransactionsClient::new(ch).init_producer_id(req).await },
+    )
+    .await
     {
         Ok(resp) => match epoch_of(resp.producer_epoch) {
             Some(epoch) => InitProducerIdResponse::default()
@@ -81,7 +86,7 @@ pub(super) async fn add_partitions(k: &Kafka, r: AddPartitionsToTxnRequest) -> A
                     topic: t.name.0.to_string(),
                     partition: *p as u32,
                 };
-                calls.push(call_coordinator(k, TIMEOUT, |ch| async move {
+                calls.push(call_coordinator(k, TIMEOUT, req, |ch, req| async move {
                     TransactionsClient::new(ch).add_partitions_to_txn(req).await
                 }));
             }
@@ -136,7 +141,13 @@ pub(super) async fn add_offsets(k: &Kafka, r: AddOffsetsToTxnRequest) -> AddOffs
 
 async fn describe_one(k: &Kafka, transactional_id: String) -> Result<v1::TransactionDescription, i16> {
     let req = v1::DescribeTransactionRequest { transactional_id };
-    call_coordinator(k, TIMEOUT, |ch| async move { TransactionsClient::new(ch).describe_transaction(req).await }).await
+    call_coordinator(
+        k,
+        TIMEOUT,
+        req,
+        |ch, req| async move { TransactionsClient::new(ch).describe_transaction(req).await },
+    )
+    .await
 }
 
 pub(super) async fn txn_offset_commit(
@@ -167,8 +178,13 @@ pub(super) async fn txn_offset_commit(
         offsets,
     };
     let answer =
-        call_coordinator(k, TIMEOUT, |ch| async move { TransactionsClient::new(ch).txn_offset_commit(req).await })
-            .await;
+        call_coordinator(
+            k,
+            TIMEOUT,
+            req,
+            |ch, req| async move { TransactionsClient::new(ch).txn_offset_commit(req).await },
+        )
+        .await;
     let mut results = match &answer {
         Ok(resp) => resp.results.iter(),
         Err(_) => [].iter(),
@@ -215,7 +231,9 @@ pub(super) async fn end(k: &Kafka, r: EndTxnRequest, version: i16) -> EndTxnResp
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1)
     };
-    match call_coordinator(k, TIMEOUT, |ch| async move { TransactionsClient::new(ch).end_txn(req).await }).await {
+    match call_coordinator(k, TIMEOUT, req, |ch, req| async move { TransactionsClient::new(ch).end_txn(req).await })
+        .await
+    {
         Ok(next) => match epoch_of(next.producer_epoch) {
             Some(epoch) if version >= 5 => {
                 EndTxnResponse::default().with_producer_id(ProducerId(next.producer_id)).with_producer_epoch(epoch)
@@ -272,7 +290,7 @@ pub(super) async fn describe(k: &Kafka, r: DescribeTransactionsRequest) -> Descr
 
 pub(super) async fn list(k: &Kafka, r: ListTransactionsRequest) -> ListTransactionsResponse {
     let req = v1::ListTransactionsRequest {};
-    let all = match call_coordinator(k, TIMEOUT, |ch| async move {
+    let all = match call_coordinator(k, TIMEOUT, req, |ch, req| async move {
         TransactionsClient::new(ch).list_transactions(req).await
     })
     .await

@@ -88,7 +88,7 @@ impl Coordinator {
         let resp = DescribeGroupResponse {
             group_id: g.id.clone(),
             state: g.state().to_string(),
-            assignor: if g.classic.members.is_empty() {
+            assignor: if g.classic.protocol_type.is_empty() {
                 g.assignor.name().to_string()
             } else {
                 g.classic.protocol.clone()

@@ -1,0 +1,194 @@
+package io.sluice;
+
+import java.nio.charset.StandardCharsets;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Properties;
+import java.util.TreeMap;
+import java.util.concurrent.TimeUnit;
+
+import org.apache.kafka.clients.admin.Admin;
+import org.apache.kafka.clients.admin.AdminClientConfig;
+import org.apache.kafka.clients.admin.ConsumerGroupDescription;
+import org.apache.kafka.clients.admin.NewTopic;
+import org.apache.kafka.clients.consumer.ConsumerConfig;
+import org.apache.kafka.clients.consumer.ConsumerRecord;
+import org.apache.kafka.clients.consumer.ConsumerRecords;
+import org.apache.kafka.clients.consumer.KafkaConsumer;
+import org.apache.kafka.clients.consumer.OffsetAndMetadata;
+import org.apache.kafka.clients.producer.KafkaProducer;
+import org.apache.kafka.clients.producer.ProducerConfig;
+import org.apache.kafka.clients.producer.ProducerRecord;
+import org.apache.kafka.clients.producer.RecordMetadata;
+import org.apache.kafka.common.TopicPartition;
+import org.apache.kafka.common.serialization.StringDeserializer;
+import org.apache.kafka.common.serialization.StringSerializer;
+
+/**
+ * Kafka's Java client, the reference client, against Sluice's Kafka listener. Run by
+ * tests/kafka.rs with the listener address. The admin client creates topics; an idempotent
+ * snappy producer writes 100 keyed records with headers and prints where each key landed; a
+ * group member reads them all and commits; a transactional consume-transform-produce with
+ * sendOffsetsToTransaction writes them upper-cased (after an aborted transaction), and a
+ * read_committed consumer reads exactly those back. Prints one JSON line.
+ */
+public final class KafkaCheck {
+    private static final int RECORDS = 100;
+
+    public static void main(String[] args) throws Exception {
+        String bootstrap = args[0];
+        Map<String, Object> out = new TreeMap<>();
+
+        Properties ap = new Properties();
+        ap.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        try (Admin admin = Admin.create(ap)) {
+            admin.createTopics(List.of(new NewTopic("java-in", 3, (short) 1), new NewTopic("java-out", 2, (short) 1)))
+                    .all().get(30, TimeUnit.SECONDS);
+            out.put("topics", admin.listTopics().names().get(30, TimeUnit.SECONDS).contains("java-in"));
+
+            // An idempotent producer (the default), snappy-compressed, keyed, with headers.
+            Properties pp = new Properties();
+            pp.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+            pp.put(ProducerConfig.COMPRESSION_TYPE_CONFIG, "snappy");
+            pp.put(ProducerConfig.LINGER_MS_CONFIG, 5);
+            Map<String, Integer> partitionOf = new TreeMap<>();
+            try (KafkaProducer<String, String> p = new KafkaProducer<>(pp, new StringSerializer(), new StringSerializer())) {
+                List<java.util.concurrent.Future<RecordMetadata>> sent = new ArrayList<>();
+                for (int i = 0; i < RECORDS; i++) {
+                    ProducerRecord<String, String> r = new ProducerRecord<>("java-in", "k" + i, "v" + i);
+                    r.headers().add("n", Integer.toString(i).getBytes(StandardCharsets.UTF_8));
+                    sent.add(p.send(r));
+                }
+                for (int i = 0; i < RECORDS; i++) {
+                    partitionOf.put("k" + i, sent.get(i).get(30, TimeUnit.SECONDS).partition());
+                }
+            }
+            out.put("partition_of", partitionOf);
+
+            // A group member reads everything and commits.
+            int consumed = 0;
+            try (KafkaConsumer<String, String> c = consumer(bootstrap, "java-group", "read_uncommitted")) {
+                c.subscribe(List.of("java-in"));
+                long deadline = System.currentTimeMillis() + 60_000;
+                while (consumed < RECORDS && System.currentTimeMillis() < deadline) {
+                    consumed += c.poll(Duration.ofMillis(200)).count();
+                }
+                c.commitSync(Duration.ofSeconds(30));
+            }
+            out.put("group_consumed", consumed);
+            ConsumerGroupDescription g =
+                    admin.describeConsumerGroups(List.of("java-group")).all().get(30, TimeUnit.SECONDS).get("java-group");
+            out.put("group_state", g.groupState().toString());
+            long committed = 0;
+            for (OffsetAndMetadata o : admin.listConsumerGroupOffsets("java-group").partitionsToOffsetAndMetadata()
+                    .get(30, TimeUnit.SECONDS).values()) {
+                committed += o.offset();
+            }
+            out.put("group_committed", committed);
+
+            // Consume-transform-produce in transactions, after one that aborts.
+            Properties tp = new Properties();
+            tp.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+            tp.put(ProducerConfig.TRANSACTIONAL_ID_CONFIG, "java-tx");
+            int transactions = 0;
+            try (KafkaProducer<String, String> p = new KafkaProducer<>(tp, new StringSerializer(), new StringSerializer());
+                 KafkaConsumer<String, String> c = consumer(bootstrap, "java-tx-group", "read_committed")) {
+                p.initTransactions();
+                p.beginTransaction();
+                for (int i = 0; i < 5; i++) {
+                    p.send(new ProducerRecord<>("java-out", "a" + i, "ABORTED-" + i));
+                }
+                p.flush();
+                p.abortTransaction();
+                c.subscribe(List.of("java-in"));
+                int done = 0;
+                long deadline = System.currentTimeMillis() + 60_000;
+                while (done < RECORDS && System.currentTimeMillis() < deadline) {
+                    ConsumerRecords<String, String> batch = c.poll(Duration.ofMillis(200));
+                    if (batch.isEmpty()) {
+                        continue;
+                    }
+                    p.beginTransaction();
+                    Map<TopicPartition, OffsetAndMetadata> offsets = new HashMap<>();
+                    for (ConsumerRecord<String, String> r : batch) {
+                        p.send(new ProducerRecord<>("java-out", r.key(), r.value().toUpperCase()));
+                        offsets.put(new TopicPartition(r.topic(), r.partition()), new OffsetAndMetadata(r.offset() + 1));
+                    }
+                    p.sendOffsetsToTransaction(offsets, c.groupMetadata());
+                    p.commitTransaction();
+                    done += batch.count();
+                    transactions++;
+                }
+            }
+            out.put("transactions", transactions);
+
+            // What read_committed readers see of the output.
+            List<String> values = new ArrayList<>();
+            try (KafkaConsumer<String, String> c = consumer(bootstrap, "java-reader", "read_committed")) {
+                c.subscribe(List.of("java-out"));
+                long deadline = System.currentTimeMillis() + 30_000;
+                long quietSince = System.currentTimeMillis();
+                while (System.currentTimeMillis() < deadline) {
+                    ConsumerRecords<String, String> batch = c.poll(Duration.ofMillis(200));
+                    for (ConsumerRecord<String, String> r : batch) {
+                        values.add(r.value());
+                        quietSince = System.currentTimeMillis();
+                    }
+                    if (values.size() >= RECORDS && System.currentTimeMillis() - quietSince > 1500) {
+                        break;
+                    }
+                }
+            }
+            values.sort(null);
+            out.put("committed_view", values);
+            long txCommitted = 0;
+            for (OffsetAndMetadata o : admin.listConsumerGroupOffsets("java-tx-group").partitionsToOffsetAndMetadata()
+                    .get(30, TimeUnit.SECONDS).values()) {
+                txCommitted += o.offset();
+            }
+            out.put("tx_group_committed", txCommitted);
+        }
+        System.out.println(json(out));
+    }
+
+    private static KafkaConsumer<String, String> consumer(String bootstrap, String group, String isolation) {
+        Properties cp = new Properties();
+        cp.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        cp.put(ConsumerConfig.GROUP_ID_CONFIG, group);
+        cp.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest");
+        cp.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, false);
+        cp.put(ConsumerConfig.ISOLATION_LEVEL_CONFIG, isolation);
+        return new KafkaConsumer<>(cp, new StringDeserializer(), new StringDeserializer());
+    }
+
+    /** A JSON text for maps, lists, strings, numbers and booleans. */
+    private static String json(Object v) {
+        if (v instanceof Map<?, ?> m) {
+            StringBuilder b = new StringBuilder("{");
+            for (Map.Entry<?, ?> e : m.entrySet()) {
+                if (b.length() > 1) {
+                    b.append(',');
+                }
+                b.append(json(e.getKey().toString())).append(':').append(json(e.getValue()));
+            }
+            return b.append('}').toString();
+        }
+        if (v instanceof List<?> l) {
+            StringBuilder b = new StringBuilder("[");
+            for (Object o : l) {
+                if (b.length() > 1) {
+                    b.append(',');
+                }
+                b.append(json(o));
+            }
+            return b.append(']').toString();
+        }
+        if (v instanceof String s) {
+            return '"' + s.replace("\\", "\\\\").replace("\"", "\\\"") + '"';
+        }
+        return String.valueOf(v);
+    }
+}
