@@ -84,7 +84,9 @@ async fn kcat_lists_produces_and_consumes_through_the_kafka_listener() {
 
     let listing = kcat(&d.kafka, &["-L", "-t", "kt"], "").await;
     assert!(listing.contains("topic \"kt\" with 3 partitions"), "{listing}");
-    assert!(listing.contains(&format!("broker 1 at {}", d.kafka)), "{listing}");
+    // The gateway is the broker, its node id a hash of its address.
+    let node = sluice_gateway::kafka::node_id(&d.kafka);
+    assert!(listing.contains(&format!("broker {node} at {}", d.kafka)), "{listing}");
 
     // Keys go where the Java client's partitioner (murmur2) puts them.
     let input: String = (0..30).map(|i| format!("key-{i}:value-{i}\n")).collect();
@@ -205,7 +207,7 @@ async fn bad_frames_close_the_connection_and_the_listener_carries_on() {
     assert_eq!(&head[4..8], &7i32.to_be_bytes(), "its correlation id");
     assert_eq!(&head[8..10], &35i16.to_be_bytes(), "UNSUPPORTED_VERSION");
     drop(s);
-    // FindCoordinator v1 for group "g": this gateway (node 1, its Kafka port).
+    // FindCoordinator v1 for group "g": this gateway (its node id and Kafka port).
     let mut fc = vec![0, 0, 0, 14];
     fc.extend_from_slice(&[0, 10, 0, 1, 0, 0, 0, 9, 0xff, 0xff, 0, 1, b'g', 0]);
     let mut s = tokio::net::TcpStream::connect(&d.kafka).await.unwrap();
@@ -223,7 +225,7 @@ async fn bad_frames_close_the_connection_and_the_listener_carries_on() {
     expected.extend_from_slice(&0i32.to_be_bytes()); // throttle time
     expected.extend_from_slice(&0i16.to_be_bytes()); // no error
     expected.extend_from_slice(&(-1i16).to_be_bytes()); // no error message
-    expected.extend_from_slice(&1i32.to_be_bytes()); // node 1
+    expected.extend_from_slice(&sluice_gateway::kafka::node_id(&d.kafka).to_be_bytes());
     expected.extend_from_slice(&(host.len() as i16).to_be_bytes());
     expected.extend_from_slice(host);
     expected.extend_from_slice(&port.to_be_bytes());
@@ -245,7 +247,7 @@ async fn bad_frames_close_the_connection_and_the_listener_carries_on() {
     assert!(raw(&d.kafka, &huge_compact).await.is_empty(), "metadata v9 naming 2^32-2 topics");
     // Still serving.
     let listing = kcat(&d.kafka, &["-L"], "").await;
-    assert!(listing.contains("broker 1 at"), "{listing}");
+    assert!(listing.contains(" 1 brokers:"), "{listing}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,6 +256,9 @@ async fn librdkafka_admin_and_an_idempotent_lz4_producer_from_python() {
     let done = python("kafka_check.py", &[&d.kafka], Duration::from_secs(90)).await;
     assert_eq!(done["again"], "TOPIC_ALREADY_EXISTS", "{done}");
     assert_eq!(done["py-admin"], "deleted", "{done}");
+    assert_eq!(done["retention.ms"], "604800000", "the default: {done}");
+    assert_eq!(done["cleanup.policy"], "delete", "{done}");
+    assert_eq!(done["brokers"], 1, "{done}");
 
     let client = Client::connect(&d.grpc).await.unwrap();
     let names: Vec<String> = client.list_topics().await.unwrap().into_iter().map(|t| t.name).collect();
@@ -405,4 +410,33 @@ async fn the_java_client_produces_consumes_in_a_group_and_runs_transactions() {
         assert!(last.get(&r.partition).is_none_or(|l| *l < i), "partition {} in send order", r.partition);
         last.insert(r.partition, i);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_clients_ride_through_a_gateway_killed_under_them() {
+    let (mut cluster, _dir) = sluice_tests::cluster_gateways(3, 1, 2, &[]).await;
+    let brokers = cluster.kafka_brokers();
+    assert_eq!(brokers.split(',').count(), 2, "{brokers}");
+    // Both gateways are brokers in metadata, leading partitions between them.
+    let listing = kcat(&brokers, &["-L"], "").await;
+    assert!(listing.contains(" 2 brokers:"), "{listing}");
+    let run = tokio::spawn({
+        let brokers = brokers.clone();
+        async move { python("kafka_failover_check.py", &[&brokers], Duration::from_secs(150)).await }
+    });
+    // A few seconds into the stream, one gateway dies without a word.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    cluster.kill("gateway", 1);
+    let done = run.await.expect("the check ran");
+    assert_eq!(done["delivered"], 3000, "every record delivered: {done}");
+    assert_eq!(done["left"], 0, "{done}");
+    assert_eq!(done["seen"], 3000, "every record read: {done}");
+    // The survivor lists itself alone once the dead one's registration expires.
+    let survivor = cluster.kafka_brokers().split(',').nth(1).expect("gateway 2").to_string();
+    let listing = eventually("the dead gateway to leave metadata", Duration::from_secs(20), || async {
+        let l = kcat(&survivor, &["-L"], "").await;
+        l.contains(" 1 brokers:").then_some(l)
+    })
+    .await;
+    assert!(listing.contains(&survivor), "{listing}");
 }

@@ -10,7 +10,7 @@ import json
 import sys
 
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 
 def main() -> None:
@@ -32,6 +32,11 @@ def main() -> None:
         f.result(timeout=15)
         done[name] = "deleted"
     assert "py-admin" not in admin.list_topics(timeout=10).topics
+    # Topic configs, with their effective values; the cluster as DescribeCluster has it.
+    described = admin.describe_configs([ConfigResource("topic", "py")])[ConfigResource("topic", "py")].result(15)
+    done["retention.ms"] = described["retention.ms"].value
+    done["cleanup.policy"] = described["cleanup.policy"].value
+    done["brokers"] = len(admin.describe_cluster().result(timeout=15).nodes)
 
     producer = Producer(
         {

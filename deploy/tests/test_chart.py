@@ -73,6 +73,13 @@ class Chart(unittest.TestCase):
         env = {e["name"]: e for e in coordinator["spec"]["template"]["spec"]["containers"][0]["env"]}
         self.assertEqual(env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP")
         self.assertTrue(env["SLUICE_ADVERTISE"]["value"].startswith("$(POD_IP):"))
+        # Every gateway is a Kafka broker too, telling clients its pod IP.
+        gateway = containers(find(docs, "Deployment", "demo-sluice-gateway"))[0]
+        self.assertIn({"name": "kafka", "containerPort": 9092, "protocol": "TCP"}, gateway["ports"])
+        genv = {e["name"]: e for e in gateway["env"]}
+        self.assertEqual(genv["SLUICE_GATEWAY__KAFKA_ADVERTISE"]["value"], "$(POD_IP):9092")
+        ports = find(docs, "Service", "demo-sluice-gateway")["spec"]["ports"]
+        self.assertIn(9092, [p["port"] for p in ports])
         self.assertEqual(find(docs, "Deployment", "demo-sluice-connect-runner")["spec"]["replicas"], 1)
         self.assertFalse([d for d in docs if d["kind"] == "HorizontalPodAutoscaler"])
         self.assertIn("kubectl -n streaming port-forward svc/demo-sluice-gateway 7070:7070", notes)
@@ -218,6 +225,8 @@ class Compose(unittest.TestCase):
             env = c["services"][f"partition-node-{n}"]["environment"]
             self.assertEqual(str(env["SLUICE_NODE_ID"]), str(n))
         self.assertIn("7070:7070", [str(p) for p in c["services"]["gateway"]["ports"]])
+        self.assertIn("9092:9092", [str(p) for p in c["services"]["gateway"]["ports"]])
+        self.assertEqual(c["services"]["gateway"]["environment"]["SLUICE_GATEWAY__KAFKA_LISTEN"], "0.0.0.0:9092")
 
     def test_dockerfile_builds_in_stages_and_runs_as_non_root(self):
         d = (ROOT / "deploy" / "Dockerfile").read_text()

@@ -10,7 +10,8 @@ use crate::GatewayArg;
 
 #[derive(clap::Subcommand)]
 pub enum ClusterCmd {
-    /// Start etcd, N partition nodes, a gateway and group coordinators; print the gateway.
+    /// Start etcd, N partition nodes, gateways (each with a Kafka listener) and group
+    /// coordinators; print the gateways.
     Up {
         /// Partition nodes to start.
         #[arg(long, default_value_t = 3)]
@@ -69,6 +70,7 @@ pub async fn run(c: ClusterCmd) -> anyhow::Result<ExitCode> {
                 cluster.manifest.processes.len(),
                 cluster.manifest_path().display()
             );
+            eprintln!("Kafka listeners (bootstrap.servers): {}", cluster.kafka_brokers());
             println!("{}", cluster.gateways());
         }
         ClusterCmd::Down { dir } => {

@@ -49,7 +49,9 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
         "" => None,
         listen => {
             let advertise = &settings.gateway.kafka_advertise;
-            match sluice_gateway::start_kafka(router.clone(), listen, advertise, shutdown.clone()).await {
+            match sluice_gateway::start_kafka(router.clone(), listen, advertise, &addr.to_string(), shutdown.clone())
+                .await
+            {
                 Ok(bound) => Some(bound),
                 // The gRPC gateway is what dev is for: without the Kafka port it still runs.
                 Err(e) => {

@@ -90,6 +90,9 @@ pub struct ProcessEntry {
     pub log: PathBuf,
     /// The argv that starts the process again with the same identity and data.
     pub cmd: Vec<String>,
+    /// A gateway's Kafka listener (host:port); empty for other processes.
+    #[serde(default)]
+    pub kafka: String,
 }
 
 /// The `cluster.json` file.
@@ -321,6 +324,7 @@ impl Cluster {
                 data_dir: etcd_dir,
                 log: dir.join("etcd.log"),
                 cmd,
+                kafka: String::new(),
             },
             &[],
         )?;
@@ -346,6 +350,12 @@ impl Cluster {
                 "--etcd".into(),
                 client_url.clone(),
             ];
+            let mut cmd = cmd;
+            // Every gateway serves Kafka clients too, on a port of its own.
+            let kafka = if role == "gateway" { format!("127.0.0.1:{}", free_port()) } else { String::new() };
+            if !kafka.is_empty() {
+                cmd.extend(["--kafka-listen".to_string(), kafka.clone()]);
+            }
             Ok(ProcessEntry {
                 role: role.into(),
                 id,
@@ -354,6 +364,7 @@ impl Cluster {
                 data_dir,
                 log: dir.join(format!("{role}-{id}.log")),
                 cmd,
+                kafka,
             })
         };
         for id in 1..=c.spec.nodes as u64 {
@@ -432,6 +443,18 @@ impl Cluster {
         &self.manifest.gateway
     }
 
+    /// Every gateway's Kafka listener, comma-separated (Kafka clients' bootstrap.servers).
+    pub fn kafka_brokers(&self) -> String {
+        let all: Vec<&str> = self
+            .manifest
+            .processes
+            .iter()
+            .filter(|e| e.role == "gateway" && !e.kafka.is_empty())
+            .map(|e| e.kafka.as_str())
+            .collect();
+        all.join(",")
+    }
+
     /// Every gateway's address, comma-separated (what clients take for failover).
     pub fn gateways(&self) -> String {
         let all: Vec<&str> =
@@ -500,6 +523,11 @@ impl Cluster {
         }
         tracing::info!(role, id, from = %e.addr, to = %addr, "address taken meanwhile; starting again on another port");
         e.addr = addr;
+        // Either port may have been the one taken: the Kafka listener moves too.
+        if let Some(i) = e.cmd.iter().position(|a| a == "--kafka-listen") {
+            e.kafka = format!("127.0.0.1:{}", free_port());
+            e.cmd[i + 1] = e.kafka.clone();
+        }
         let child = spawn(&mut e, &env)?;
         self.children.insert((role.to_string(), id), child);
         if role == "gateway" && id == 1 {

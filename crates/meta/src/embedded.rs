@@ -13,8 +13,8 @@ use sluice_core::SluiceError;
 use tokio::sync::watch;
 
 use crate::{
-    ClusterView, MetaError, MetaStore, NewTopic, NodeInfo, PartitionAssignment, PartitionState, TopicLimits, TopicMeta,
-    plan_topic,
+    ClusterView, GatewayInfo, MetaError, MetaStore, NewTopic, NodeInfo, PartitionAssignment, PartitionState,
+    TopicLimits, TopicMeta, plan_topic,
 };
 
 #[derive(Default, Serialize, Deserialize)]
@@ -43,6 +43,7 @@ struct Leases {
     next: u64,
     expired: HashSet<u64>,
     nodes: HashMap<u64, Vec<NodeInfo>>,
+    gateways: HashMap<u64, Vec<GatewayInfo>>,
     /// The lease holding the coordinator role, and its epoch.
     coordinator: Option<(u64, u64)>,
 }
@@ -103,18 +104,25 @@ impl EmbeddedMeta {
     /// Expires `lease`: what it registered leaves the view (the node is no longer alive, the
     /// coordinator role is free) and its holder can no longer prove its session.
     pub fn expire(&self, lease: u64) {
-        let (nodes, held) = {
+        let (nodes, gateways, held) = {
             let mut l = self.leases();
             l.expired.insert(lease);
             let held = l.coordinator.filter(|(holder, _)| *holder == lease).map(|(_, epoch)| epoch);
             if held.is_some() {
                 l.coordinator = None;
             }
-            (l.nodes.get(&lease).cloned().unwrap_or_default(), held)
+            (
+                l.nodes.get(&lease).cloned().unwrap_or_default(),
+                l.gateways.get(&lease).cloned().unwrap_or_default(),
+                held,
+            )
         };
         let _ = self.update(|v| {
             for n in &nodes {
                 v.nodes.remove(&n.id);
+            }
+            for g in &gateways {
+                v.gateways.remove(&g.name);
             }
             // Only this lease's own tenure: a successor may already have taken the role.
             if held.is_some() && v.coordinator.as_ref().map(|c| c.epoch) == held {
@@ -127,14 +135,17 @@ impl EmbeddedMeta {
     /// Renews an expired lease: its holder's session is valid again and the nodes it
     /// registered are back (a process that was paused and kept its registration going).
     pub fn revive(&self, lease: u64) {
-        let nodes = {
+        let (nodes, gateways) = {
             let mut l = self.leases();
             l.expired.remove(&lease);
-            l.nodes.get(&lease).cloned().unwrap_or_default()
+            (l.nodes.get(&lease).cloned().unwrap_or_default(), l.gateways.get(&lease).cloned().unwrap_or_default())
         };
         let _ = self.update(|v| {
             for n in nodes {
                 v.nodes.insert(n.id, n);
+            }
+            for g in gateways {
+                v.gateways.insert(g.name.clone(), g);
             }
             Ok(false)
         });
@@ -149,6 +160,19 @@ impl EmbeddedMeta {
         }
         self.update(|v| {
             v.nodes.insert(node.id, node);
+            Ok(false)
+        })
+    }
+
+    fn register_gateway_under(&self, lease: u64, gateway: GatewayInfo) -> Result<(), MetaError> {
+        {
+            let mut l = self.leases();
+            let held = l.gateways.entry(lease).or_default();
+            held.retain(|g| g.name != gateway.name);
+            held.push(gateway.clone());
+        }
+        self.update(|v| {
+            v.gateways.insert(gateway.name.clone(), gateway);
             Ok(false)
         })
     }
@@ -245,6 +269,10 @@ impl MetaStore for EmbeddedMeta {
         self.register_under(0, node)
     }
 
+    async fn register_gateway(&self, gateway: GatewayInfo) -> Result<(), MetaError> {
+        self.register_gateway_under(0, gateway)
+    }
+
     async fn create_topic(&self, topic: NewTopic, limits: TopicLimits) -> Result<TopicMeta, MetaError> {
         let mut created = None;
         self.update(|v| {
@@ -326,6 +354,10 @@ impl EmbeddedSession {
 impl MetaStore for EmbeddedSession {
     async fn register_node(&self, node: NodeInfo) -> Result<(), MetaError> {
         self.meta.register_under(self.lease, node)
+    }
+
+    async fn register_gateway(&self, gateway: GatewayInfo) -> Result<(), MetaError> {
+        self.meta.register_gateway_under(self.lease, gateway)
     }
 
     async fn create_topic(&self, topic: NewTopic, limits: TopicLimits) -> Result<TopicMeta, MetaError> {

@@ -3,6 +3,8 @@
 //! Keys (under a configurable prefix, `/sluice` by default):
 //! - `{prefix}/nodes/{id}`: a live partition node (JSON [`NodeInfo`]), attached to the node's
 //!   lease, so it vanishes when the node stops renewing it.
+//! - `{prefix}/gateways/{name}`: a live gateway (JSON [`GatewayInfo`]: its Kafka listener),
+//!   under its lease like a node.
 //! - `{prefix}/topics/{name}`: a topic and its partition assignments (JSON [`TopicMeta`]),
 //!   created and deleted with transactions that compare the key's version.
 //! - `{prefix}/partitions/{topic_id}/{partition}`: a partition's leader, leader epoch and
@@ -32,8 +34,8 @@ use sluice_core::SluiceError;
 use tokio::sync::watch;
 
 use crate::{
-    ClusterView, MetaError, MetaStore, NewTopic, NodeInfo, PartitionAssignment, PartitionState, TopicLimits, TopicMeta,
-    plan_topic,
+    ClusterView, GatewayInfo, MetaError, MetaStore, NewTopic, NodeInfo, PartitionAssignment, PartitionState,
+    TopicLimits, TopicMeta, plan_topic,
 };
 
 /// Metadata kept in an etcd cluster.
@@ -94,6 +96,17 @@ impl Raw {
                 Some(Err(e)) => tracing::warn!(key, error = %e, "ignoring unreadable node entry"),
                 None => {
                     view.nodes.remove(&id);
+                }
+            }
+            None
+        } else if let Some(name) = rest.strip_prefix("gateways/") {
+            match value.map(serde_json::from_slice::<GatewayInfo>) {
+                Some(Ok(g)) => {
+                    view.gateways.insert(name.to_string(), g);
+                }
+                Some(Err(e)) => tracing::warn!(key, error = %e, "ignoring unreadable gateway entry"),
+                None => {
+                    view.gateways.remove(name);
                 }
             }
             None
@@ -303,18 +316,9 @@ impl EtcdMeta {
         Ok(lease)
     }
 
-    /// Waits until the local view satisfies `pred`, so that a caller reads its own writes.
-    async fn await_view(&self, pred: impl Fn(&ClusterView) -> bool) {
-        let mut rx = self.tx.subscribe();
-        let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|v| pred(v))).await;
-    }
-}
-
-#[async_trait::async_trait]
-impl MetaStore for EtcdMeta {
-    async fn register_node(&self, node: NodeInfo) -> Result<(), MetaError> {
-        let key = self.key("nodes", &node.id.to_string());
-        let value = serde_json::to_vec(&node)?;
+    /// Puts `key` under a lease this process keeps renewing, and puts it again under a new
+    /// lease whenever that one is lost: the entry lives exactly as long as the process does.
+    async fn register(&self, key: String, value: Vec<u8>) -> Result<(), MetaError> {
         let ttl = self.lease_ttl_secs.max(1);
         let mut client = self.client.clone();
         let session = self.session.clone();
@@ -328,12 +332,12 @@ impl MetaStore for EtcdMeta {
                 loop {
                     match Self::put_with_lease(&mut client, &key, &value, ttl, &session).await {
                         Ok(l) => {
-                            tracing::info!(key, "re-registered node under a new lease");
+                            tracing::info!(key, "registered again under a new lease");
                             lease = l;
                             break;
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, "node registration failed; retrying");
+                            tracing::warn!(key, error = %e, "registration failed; retrying");
                             tokio::time::sleep(Duration::from_millis(500)).await;
                         }
                     }
@@ -341,8 +345,29 @@ impl MetaStore for EtcdMeta {
             }
         });
         self.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);
+        Ok(())
+    }
+
+    /// Waits until the local view satisfies `pred`, so that a caller reads its own writes.
+    async fn await_view(&self, pred: impl Fn(&ClusterView) -> bool) {
+        let mut rx = self.tx.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|v| pred(v))).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl MetaStore for EtcdMeta {
+    async fn register_node(&self, node: NodeInfo) -> Result<(), MetaError> {
         let id = node.id;
+        self.register(self.key("nodes", &id.to_string()), serde_json::to_vec(&node)?).await?;
         self.await_view(|v| v.nodes.contains_key(&id)).await;
+        Ok(())
+    }
+
+    async fn register_gateway(&self, gateway: GatewayInfo) -> Result<(), MetaError> {
+        let name = gateway.name.clone();
+        self.register(self.key("gateways", &name), serde_json::to_vec(&gateway)?).await?;
+        self.await_view(|v| v.gateways.contains_key(&name)).await;
         Ok(())
     }
 

@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub use model::{
-    ClusterView, CoordinatorInfo, NodeInfo, PartitionAssignment, PartitionState, TopicMeta, default_min_insync,
-    plan_topic,
+    ClusterView, CoordinatorInfo, GatewayInfo, NodeInfo, PartitionAssignment, PartitionState, TopicMeta,
+    default_min_insync, plan_topic,
 };
 use sluice_core::SluiceError;
 use tokio::sync::watch;
@@ -71,6 +71,8 @@ pub trait MetaStore: Send + Sync {
     /// Announces a live partition node; it stays registered while this process keeps it
     /// alive (a lease in etcd) and vanishes otherwise.
     async fn register_node(&self, node: NodeInfo) -> Result<(), MetaError>;
+    /// Announces a live gateway, kept as long as a node is (see `register_node`).
+    async fn register_gateway(&self, gateway: GatewayInfo) -> Result<(), MetaError>;
     /// Validates and creates a topic, assigning its partitions to live nodes atomically.
     async fn create_topic(&self, topic: NewTopic, limits: TopicLimits) -> Result<TopicMeta, MetaError>;
     /// Deletes a topic; its partitions are then removed by their nodes.

@@ -98,6 +98,15 @@ pub struct CoordinatorInfo {
     pub epoch: u64,
 }
 
+/// A live gateway, as Kafka clients are told of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayInfo {
+    /// Unique: the gateway's advertised gRPC address.
+    pub name: String,
+    /// Its advertised Kafka listener (host:port); empty when it has none.
+    pub kafka: String,
+}
+
 /// Everything a service needs to route and serve, as of one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterView {
@@ -109,6 +118,8 @@ pub struct ClusterView {
     pub revision: i64,
     /// The group coordinator holding the role, if any.
     pub coordinator: Option<CoordinatorInfo>,
+    /// Live gateways, by name.
+    pub gateways: BTreeMap<String, GatewayInfo>,
 }
 
 impl ClusterView {
@@ -187,7 +198,14 @@ mod tests {
 
     fn view(n: u64) -> ClusterView {
         let nodes = (1..=n).map(|id| (id, NodeInfo { id, addr: format!("127.0.0.1:{id}") })).collect();
-        ClusterView { nodes, topics: BTreeMap::new(), loaded: true, revision: 1, coordinator: None }
+        ClusterView {
+            nodes,
+            topics: BTreeMap::new(),
+            loaded: true,
+            revision: 1,
+            coordinator: None,
+            gateways: BTreeMap::new(),
+        }
     }
 
     fn req(name: &str, partitions: u32, rf: u32) -> NewTopic {

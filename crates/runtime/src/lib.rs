@@ -235,6 +235,13 @@ pub struct CommonArgs {
     /// etcd endpoints, comma separated (e.g. http://127.0.0.1:2379).
     #[arg(long, value_name = "URLS", value_delimiter = ',')]
     pub etcd: Vec<String>,
+    /// Kafka listener address, e.g. 0.0.0.0:9092 (gateways; none by default).
+    #[arg(long, value_name = "ADDR")]
+    pub kafka_listen: Option<String>,
+    /// Kafka address told to clients (gateways; defaults to the address bound, or the
+    /// advertised host when bound to every interface).
+    #[arg(long, value_name = "ADDR")]
+    pub kafka_advertise: Option<String>,
 }
 
 impl CommonArgs {
@@ -255,6 +262,12 @@ impl CommonArgs {
         }
         if !self.etcd.is_empty() {
             s.etcd.endpoints = self.etcd.clone();
+        }
+        if let Some(v) = &self.kafka_listen {
+            s.gateway.kafka_listen = v.clone();
+        }
+        if let Some(v) = &self.kafka_advertise {
+            s.gateway.kafka_advertise = v.clone();
         }
         Ok(s)
     }

@@ -109,6 +109,11 @@ ports:
   - name: grpc
     containerPort: {{ .ctx.Values.grpcPort }}
     protocol: TCP
+  {{- if and (eq .component "gateway") .ctx.Values.gateway.kafka.enabled }}
+  - name: kafka
+    containerPort: {{ .ctx.Values.gateway.kafka.port }}
+    protocol: TCP
+  {{- end }}
 readinessProbe:
   grpc:
     port: {{ .ctx.Values.grpcPort }}
@@ -135,5 +140,14 @@ env:
   # Gateways dial the active coordinator at the address it advertises in etcd.
   - name: SLUICE_ADVERTISE
     value: "$(POD_IP):{{ .ctx.Values.grpcPort }}"
+  {{- end }}
+  {{- if eq .component "gateway" }}
+  # Each gateway registers itself under its pod address; Kafka clients are told its pod IP.
+  - name: SLUICE_ADVERTISE
+    value: "$(POD_IP):{{ .ctx.Values.grpcPort }}"
+  {{- if .ctx.Values.gateway.kafka.enabled }}
+  - name: SLUICE_GATEWAY__KAFKA_ADVERTISE
+    value: "$(POD_IP):{{ .ctx.Values.gateway.kafka.port }}"
+  {{- end }}
   {{- end }}
 {{- end -}}

@@ -12,7 +12,8 @@ async fn main() -> anyhow::Result<()> {
     let router = Router::new(meta, settings.gateway.clone());
     if !settings.gateway.kafka_listen.is_empty() {
         let g = &settings.gateway;
-        sluice_gateway::start_kafka(router.clone(), &g.kafka_listen, &g.kafka_advertise, shutdown.clone())
+        let name = settings.advertised();
+        sluice_gateway::start_kafka(router.clone(), &g.kafka_listen, &g.kafka_advertise, &name, shutdown.clone())
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen for Kafka clients on {}: {e}", g.kafka_listen))?;
     }

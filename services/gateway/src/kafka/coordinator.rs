@@ -5,12 +5,12 @@ use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::protocol::StrBytes;
 
-use super::{Kafka, NODE_ID, errors};
+use super::{Kafka, errors};
 
 pub(super) fn handle(k: &Kafka, r: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
     let active = k.router.snapshot().coordinator.is_some();
     let (code, node, host, port) = if active {
-        (errors::NONE, NODE_ID, StrBytes::from_string(k.host.clone()), k.port)
+        (errors::NONE, k.node_id, StrBytes::from_string(k.host.clone()), k.port)
     } else {
         (errors::COORDINATOR_NOT_AVAILABLE, -1, StrBytes::new(), -1)
     };

@@ -1,9 +1,10 @@
 //! The Kafka wire protocol on a gateway, so that Kafka's own clients (librdkafka, the Java
 //! client, kafka-python, kcat) work against Sluice unchanged.
 //!
-//! A gateway is the broker a Kafka client sees: metadata lists this gateway and names it the
-//! leader of every partition, and the gateway routes each request to the real leaders through
-//! the same data path as gRPC ([`Router`]). Record batches go through as they are: a
+//! The gateways are the brokers a Kafka client sees: metadata lists every live gateway (each
+//! registers its Kafka address in the metadata store) and names one the leader of each
+//! partition; whichever gateway gets a request routes it to the real leaders through the same
+//! data path as gRPC ([`Router`]). Record batches go through as they are: a
 //! produced RecordBatch v2 is what the partition node stores, and a fetch returns stored
 //! batches untouched.
 //!
@@ -15,9 +16,10 @@
 //! connection, as Kafka brokers do.
 //!
 //! - [`versions`]: ApiVersions and the list of what is served.
-//! - [`metadata`], [`produce`], [`fetch`], [`offsets`], [`topics`], [`coordinator`],
-//!   [`groups`], [`txn`]: the APIs.
+//! - [`metadata`], [`produce`], [`fetch`], [`offsets`], [`topics`], [`configs`],
+//!   [`coordinator`], [`groups`], [`txn`]: the APIs.
 
+mod configs;
 mod coordinator;
 mod fetch;
 mod groups;
@@ -44,8 +46,16 @@ use tracing::Instrument;
 pub const MAX_FRAME: usize = 100 << 20;
 /// Requests of one connection handled at once; the next waits.
 pub const MAX_IN_FLIGHT: usize = 32;
-/// The node id this gateway has in metadata.
-pub const NODE_ID: i32 = 1;
+/// A gateway's node id as Kafka clients see it, from its advertised Kafka address: the same
+/// for as long as the address is, and (31-bit FNV-1a) different between gateways but for a
+/// collision no cluster of a few gateways is likely to meet. Also spreads topics in metadata.
+pub fn node_id(addr: &str) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in addr.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    ((h & 0x7fff_ffff) as i32).max(1)
+}
 
 /// What a Kafka listener needs: the data path, the coordinator, and the address clients are
 /// told.
@@ -54,6 +64,8 @@ pub struct Kafka {
     pub coordinator: sluice_runtime::node_api::CoordinatorLink,
     pub host: String,
     pub port: i32,
+    /// This gateway's node id (see [`node_id`]).
+    pub node_id: i32,
 }
 
 /// Kafka's error codes used here.
@@ -344,6 +356,8 @@ async fn handle(
             ApiKey::EndTxn => req.answer(&mut body, |r| txn::end(k, r, version)).await,
             ApiKey::DescribeTransactions => req.answer(&mut body, |r| txn::describe(k, r)).await,
             ApiKey::ListTransactions => req.answer(&mut body, |r| txn::list(k, r)).await,
+            ApiKey::DescribeConfigs => req.answer(&mut body, |r| async move { configs::describe(k, r) }).await,
+            ApiKey::DescribeCluster => req.answer(&mut body, |r| async move { configs::cluster(k, r) }).await,
             ApiKey::JoinGroup => req.answer(&mut body, |r| groups::join(k, r, client)).await,
             ApiKey::SyncGroup => req.answer(&mut body, |r| groups::sync(k, r)).await,
             ApiKey::Heartbeat => req.answer(&mut body, |r| groups::heartbeat(k, r)).await,

@@ -37,6 +37,9 @@ const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeTransactions, 0, 0),
     // 2 adds a transactional id pattern (a Java regular expression), not served.
     (ApiKey::ListTransactions, 0, 1),
+    (ApiKey::DescribeConfigs, 1, 4),
+    // 2 adds fenced brokers, which gateways never are; answered the same.
+    (ApiKey::DescribeCluster, 0, 2),
 ];
 
 /// The versions of `key` served, if it is.
