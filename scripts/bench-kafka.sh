@@ -5,8 +5,9 @@
 # Central (bench/kafka/pom.xml, once) and starts the broker alone (KRaft, one node, its data
 # in a temporary directory). Then, for each of Sluice over gRPC (`sluice bench`), Sluice over
 # Kafka and Apache Kafka (ProducerPerformance and ConsumerPerformance): a topic of 8
-# partitions, RECORDS records of SIZE bytes produced with acks=all as fast as possible, then
-# read back from the start. Prints one JSON object per run, then a table.
+# partitions, RECORDS records of SIZE bytes produced with acks=all by an idempotent producer
+# (the Java client's default) as fast as possible, then read back from the start. Prints one
+# JSON object per run, then a table.
 # Usage: scripts/bench-kafka.sh [RECORDS] [SIZE]   (defaults 1000000 and 1024)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -85,7 +86,7 @@ PY
 }
 
 # Sluice over gRPC: its own benchmark, same shape.
-$S bench produce --topic bench-grpc --partitions 8 --record-size "$size" --records "$records" --acks all \
+$S bench produce --topic bench-grpc --partitions 8 --record-size "$size" --records "$records" --acks all --idempotent \
   --json 2>/dev/null >"$bench_dir/grpc-produce.json"
 $S bench consume --topic bench-grpc --records "$records" --json 2>/dev/null >"$bench_dir/grpc-consume.json"
 python3 - "$bench_dir/grpc-produce.json" "$bench_dir/grpc-consume.json" >>"$out" <<'PY'

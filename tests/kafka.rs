@@ -30,6 +30,11 @@ impl Drop for Dev {
 }
 
 async fn dev() -> Dev {
+    dev_with(&[]).await
+}
+
+/// [`dev`] with extra environment (`SLUICE_*` settings).
+async fn dev_with(env: &[(&str, &str)]) -> Dev {
     let dir = tempfile::tempdir().expect("temp dir");
     let grpc = format!("127.0.0.1:{}", sluice_testkit::free_port());
     let kafka = format!("127.0.0.1:{}", sluice_testkit::free_port());
@@ -37,6 +42,7 @@ async fn dev() -> Dev {
     let child = Command::new(sluice_testkit::binary("sluice").expect("sluice binary"))
         .args(["dev", "--listen", &grpc, "--kafka-listen", &kafka, "--data-dir"])
         .arg(&data)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -136,6 +142,28 @@ async fn kcat_lists_produces_and_consumes_through_the_kafka_listener() {
         let o = before + i;
         assert_eq!(*line, format!("{o}|g{i}|grpc-{i}|{}|h=x{i}", ts0 + i as i64), "{out}");
     }
+    // With a per-partition fetch limit smaller than any chunk: each fetch brings one chunk
+    // per partition, and the reader still gets everything, in order.
+    let small = kcat(
+        &d.kafka,
+        &[
+            "-C",
+            "-t",
+            "kt",
+            "-p",
+            "1",
+            "-o",
+            "beginning",
+            "-e",
+            "-f",
+            "%o|%k|%s|%T|%h\n",
+            "-X",
+            "fetch.message.max.bytes=64",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(small, out, "the same records through small fetches");
     // From an offset.
     let out = kcat(&d.kafka, &["-C", "-t", "kt", "-p", "1", "-o", &before.to_string(), "-e", "-f", "%s\n"], "").await;
     assert_eq!(out.lines().collect::<Vec<_>>(), (0..5).map(|i| format!("grpc-{i}")).collect::<Vec<_>>());
@@ -246,6 +274,29 @@ async fn bad_frames_close_the_connection_and_the_listener_carries_on() {
     let huge_compact = [0, 0, 0, 16, 0, 3, 0, 9, 0, 0, 0, 3, 0xff, 0xff, 0, 0xff, 0xff, 0xff, 0xff, 0x0f];
     assert!(raw(&d.kafka, &huge_compact).await.is_empty(), "metadata v9 naming 2^32-2 topics");
     // Still serving.
+    let listing = kcat(&d.kafka, &["-L"], "").await;
+    assert!(listing.contains(" 1 brokers:"), "{listing}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_and_idle_ones_are_closed() {
+    use tokio::io::AsyncReadExt;
+    let d =
+        dev_with(&[("SLUICE_GATEWAY__KAFKA_MAX_CONNECTIONS", "2"), ("SLUICE_GATEWAY__KAFKA_IDLE_TIMEOUT_MS", "1500")])
+            .await;
+    let open = || tokio::net::TcpStream::connect(&d.kafka);
+    let (mut a, _b) = (open().await.unwrap(), open().await.unwrap());
+    // A third is closed at once: it reads the end of the stream.
+    let mut c = open().await.unwrap();
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await.expect("closed in time");
+    assert!(matches!(n, Ok(0) | Err(_)), "the connection over the limit is closed: {n:?}");
+    // The first two sit idle, then are closed too.
+    let started = tokio::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(10), a.read(&mut buf)).await.expect("closed in time");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert!(started.elapsed() >= Duration::from_millis(1000), "not before its idle timeout");
+    // Their slots are free again: a client gets served.
     let listing = kcat(&d.kafka, &["-L"], "").await;
     assert!(listing.contains(" 1 brokers:"), "{listing}");
 }

@@ -120,6 +120,11 @@ pub struct GatewaySettings {
     pub kafka_listen: String,
     /// Address Kafka clients are told to connect to (host:port); empty: the one bound.
     pub kafka_advertise: String,
+    /// Most Kafka client connections open at once; more are closed as they come.
+    pub kafka_max_connections: usize,
+    /// A Kafka connection that sends nothing for this long is closed, milliseconds (Kafka's
+    /// connections.max.idle.ms).
+    pub kafka_idle_timeout_ms: u64,
 }
 
 /// Partition-node storage tuning.
@@ -198,6 +203,8 @@ impl Default for GatewaySettings {
             batch_bytes: 256 * 1024,
             kafka_listen: String::new(),
             kafka_advertise: String::new(),
+            kafka_max_connections: 10_000,
+            kafka_idle_timeout_ms: 600_000,
         }
     }
 }

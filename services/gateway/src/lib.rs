@@ -50,7 +50,11 @@ pub async fn start_kafka(
         tracing::warn!(error = %e, "could not register the Kafka listener; other gateways will not list it");
     }
     let coordinator = sluice_runtime::node_api::CoordinatorLink::new(router.view.clone());
+    let (max_connections, idle) = (
+        router.settings.kafka_max_connections,
+        std::time::Duration::from_millis(router.settings.kafka_idle_timeout_ms.max(1)),
+    );
     let kafka = kafka::Kafka { router, coordinator, host, port, node_id };
-    tokio::spawn(kafka::serve(listener, Arc::new(kafka), shutdown));
+    tokio::spawn(kafka::serve(listener, Arc::new(kafka), max_connections, idle, shutdown));
     Ok(bound)
 }

@@ -2,6 +2,10 @@
 //! as `Broker.Fetch`; waits up to `max_wait_ms` for a first batch (the nodes long-poll) and
 //! answers with what arrived. No fetch sessions: clients are told session 0 and send full
 //! fetches, as they do with brokers that have sessions off.
+//!
+//! Sizes: the request's `max_bytes` is shared by its topics in proportion to their
+//! partitions, and a partition gets at most its `partition_max_bytes` beyond its first chunk
+//! (which always goes, however large, so that a big batch cannot stall a consumer).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -28,7 +32,11 @@ pub(super) async fn handle(k: &Kafka, r: FetchRequest) -> FetchResponse {
     let isolation = isolation(r.isolation_level);
     let max_bytes = if r.max_bytes > 0 { r.max_bytes as u64 } else { DEFAULT_MAX_BYTES };
     let min_bytes = r.min_bytes.max(1) as u64;
-    let topics = r.topics.into_iter().map(|t| topic(k, t, isolation, max_bytes, min_bytes, deadline));
+    let all: u64 = r.topics.iter().map(|t| t.partitions.len() as u64).sum::<u64>().max(1);
+    let topics = r.topics.into_iter().map(|t| {
+        let share = (max_bytes.saturating_mul(t.partitions.len() as u64) / all).max(1);
+        topic(k, t, isolation, share, min_bytes, deadline)
+    });
     FetchResponse::default().with_session_id(0).with_responses(futures_util::future::join_all(topics).await)
 }
 
@@ -40,6 +48,8 @@ struct Part {
     log_start: Option<i64>,
     aborted: Vec<AbortedTransaction>,
     error: i16,
+    /// A chunk was left out for the partition's limit: later ones are too (they follow it).
+    full: bool,
 }
 
 async fn topic(
@@ -55,7 +65,9 @@ async fn topic(
     let mut wanted = Vec::new();
     // A partition the topic lacks fails alone, not the whole topic's fetch.
     let count = k.router.snapshot().topics.get(&name).map_or(0, |m| m.partitions.len() as u32);
+    let mut caps: BTreeMap<i32, u64> = BTreeMap::new();
     for p in &t.partitions {
+        caps.insert(p.partition, if p.partition_max_bytes > 0 { p.partition_max_bytes as u64 } else { u64::MAX });
         match u32::try_from(p.partition).ok().filter(|i| *i < count) {
             Some(i) => {
                 parts.entry(p.partition).or_default();
@@ -65,7 +77,10 @@ async fn topic(
         }
     }
     if !wanted.is_empty() {
-        collect(k, &name, wanted, isolation, max_bytes, min_bytes, deadline, &mut parts).await;
+        // The credit need not exceed what the partitions may take.
+        let room = caps.values().fold(0u64, |a, c| a.saturating_add(*c));
+        let limits = Limits { max_bytes: max_bytes.min(room).max(1), min_bytes, caps: &caps };
+        collect(k, &name, wanted, isolation, limits, deadline, &mut parts).await;
         fill_offsets(k, &name, &mut parts).await;
     }
     let lso = stable_offsets(k, &name, isolation, &parts).await;
@@ -101,19 +116,27 @@ async fn topic(
     FetchableTopicResponse::default().with_topic(t.topic).with_topic_id(t.topic_id).with_partitions(partitions)
 }
 
+/// How much one topic's fetch may bring.
+struct Limits<'a> {
+    /// The topic's share of the request's max_bytes: the fan-out's credit.
+    max_bytes: u64,
+    min_bytes: u64,
+    /// Each partition's partition_max_bytes.
+    caps: &'a BTreeMap<i32, u64>,
+}
+
 /// Reads until every partition answered, `min_bytes` arrived (then whatever else is already
 /// there), or the deadline.
-#[allow(clippy::too_many_arguments)]
 async fn collect(
     k: &Kafka,
     topic: &str,
     wanted: Vec<FetchPartition>,
     isolation: IsolationLevel,
-    max_bytes: u64,
-    min_bytes: u64,
+    limits: Limits<'_>,
     deadline: tokio::time::Instant,
     parts: &mut BTreeMap<i32, Part>,
 ) {
+    let Limits { max_bytes, min_bytes, caps } = limits;
     let count = wanted.len();
     let start = FetchStart {
         topic: topic.to_string(),
@@ -152,9 +175,16 @@ async fn collect(
         } else {
             part.high_watermark = Some(resp.high_watermark);
             part.log_start = Some(resp.log_start_offset);
-            bytes += resp.batches.len() as u64;
-            if !resp.batches.is_empty() {
+            let held: u64 = part.chunks.iter().map(|c| c.len() as u64).sum();
+            let cap = caps.get(&(resp.partition as i32)).copied().unwrap_or(u64::MAX);
+            let len = resp.batches.len() as u64;
+            // Beyond the partition's limit a chunk is left for the next fetch (which asks
+            // from the last offset the client saw), unless it is the partition's first.
+            if len > 0 && !part.full && (part.chunks.is_empty() || held.saturating_add(len) <= cap) {
+                bytes += len;
                 part.chunks.push(resp.batches);
+            } else if len > 0 {
+                part.full = true;
             }
             part.aborted.extend(resp.aborted_transactions.iter().map(|a| {
                 AbortedTransaction::default()

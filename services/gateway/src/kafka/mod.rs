@@ -208,14 +208,30 @@ pub(crate) struct Client {
     pub host: String,
 }
 
-/// Serves Kafka clients on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, kafka: Arc<Kafka>, shutdown: Shutdown) {
+/// Serves Kafka clients on `listener` until `shutdown`: at most `max_connections` at once
+/// (more are closed as they come), each closed after `idle` without a request.
+pub async fn serve(
+    listener: TcpListener,
+    kafka: Arc<Kafka>,
+    max_connections: usize,
+    idle: std::time::Duration,
+    shutdown: Shutdown,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        tracing::warn!(%peer, max_connections, "too many Kafka connections; closing the new one");
+                        continue;
+                    };
                     let span = tracing::info_span!("kafka_connection", %peer);
-                    tokio::spawn(connection(socket, peer, kafka.clone()).instrument(span));
+                    let kafka = kafka.clone();
+                    tokio::spawn(async move {
+                        connection(socket, peer, kafka, idle).await;
+                        drop(slot);
+                    }.instrument(span));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a Kafka connection failed");
@@ -237,16 +253,26 @@ enum Reply {
     Close,
 }
 
+/// A request being served; aborted when dropped unanswered (its connection went away), so
+/// that nothing keeps working for a client that is gone.
+struct InFlight(tokio::task::JoinHandle<Reply>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// One client connection: frames are read and handed to tasks; their replies are written in
 /// request order.
-async fn connection(socket: TcpStream, peer: std::net::SocketAddr, kafka: Arc<Kafka>) {
+async fn connection(socket: TcpStream, peer: std::net::SocketAddr, kafka: Arc<Kafka>, idle: std::time::Duration) {
     let _ = socket.set_nodelay(true);
     let (mut rd, mut wr) = socket.into_split();
-    let (tx, mut rx) = mpsc::channel::<tokio::task::JoinHandle<Reply>>(MAX_IN_FLIGHT);
+    let (tx, mut rx) = mpsc::channel::<InFlight>(MAX_IN_FLIGHT);
     let ordered = Arc::new(tokio::sync::Mutex::new(produce::Ordered::new(kafka.router.settings.batch_bytes)));
     let writer = tokio::spawn(async move {
-        while let Some(task) = rx.recv().await {
-            match task.await {
+        while let Some(mut task) = rx.recv().await {
+            match (&mut task.0).await {
                 Ok(Reply::Frame(frame)) => {
                     if wr.write_all(&frame).await.is_err() {
                         return;
@@ -259,8 +285,13 @@ async fn connection(socket: TcpStream, peer: std::net::SocketAddr, kafka: Arc<Ka
     });
     loop {
         let mut len = [0u8; 4];
-        if rd.read_exact(&mut len).await.is_err() {
-            break;
+        match tokio::time::timeout(idle, rd.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => break,
+            Err(_) => {
+                tracing::debug!(?idle, "idle Kafka connection closed");
+                break;
+            }
         }
         let len = i32::from_be_bytes(len);
         // The header alone (api key, version, correlation id) is 8 bytes.
@@ -268,10 +299,19 @@ async fn connection(socket: TcpStream, peer: std::net::SocketAddr, kafka: Arc<Ka
             tracing::warn!(len, "Kafka frame of a size that cannot be a request; closing the connection");
             break;
         }
-        let mut body = BytesMut::zeroed(len as usize);
-        if rd.read_exact(&mut body).await.is_err() {
-            tracing::debug!("Kafka connection closed in the middle of a frame");
-            break;
+        // Memory follows the bytes that actually arrive, not the length a client claims.
+        let len = len as usize;
+        let mut body = BytesMut::with_capacity(len.min(64 << 10));
+        while body.len() < len {
+            body.reserve((len - body.len()).min(1 << 20));
+            let want = (len - body.len()) as u64;
+            match (&mut rd).take(want).read_buf(&mut body).await {
+                Ok(n) if n > 0 => {}
+                _ => {
+                    tracing::debug!("Kafka connection closed in the middle of a frame");
+                    return finish(tx, writer).await;
+                }
+            }
         }
         let body = body.freeze();
         // A produce takes the connection's turn here, in arrival order; it gives it back once
@@ -280,11 +320,16 @@ async fn connection(socket: TcpStream, peer: std::net::SocketAddr, kafka: Arc<Ka
             0 => Some(ordered.clone().lock_owned().await),
             _ => None,
         };
-        let task = tokio::spawn(handle(kafka.clone(), body, turn, peer).in_current_span());
+        let task = InFlight(tokio::spawn(handle(kafka.clone(), body, turn, peer).in_current_span()));
         if tx.send(task).await.is_err() {
             break;
         }
     }
+    finish(tx, writer).await;
+}
+
+/// Lets the writer answer what was read, then ends the connection.
+async fn finish(tx: mpsc::Sender<InFlight>, writer: tokio::task::JoinHandle<()>) {
     drop(tx);
     let _ = writer.await;
 }
