@@ -53,7 +53,7 @@ cluster_id=$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uui
 java_run kafka.tools.StorageTool format --standalone -t "$cluster_id" -c "$kdir/server.properties" >"$kdir/format.log" 2>&1
 java_run kafka.Kafka "$kdir/server.properties" >"$kdir/broker.log" 2>&1 &
 kafka_pid=$!
-trap 'kill $kafka_pid 2>/dev/null; wait $kafka_pid 2>/dev/null; kill $bench_dev 2>/dev/null; wait $bench_dev 2>/dev/null; rm -rf "$bench_dir"' EXIT
+trap 'rc=$?; kill $kafka_pid $bench_dev 2>/dev/null; wait $kafka_pid $bench_dev 2>/dev/null; rm -rf "$bench_dir"; exit $rc' EXIT
 topics() { java_run org.apache.kafka.tools.TopicCommand --bootstrap-server "$1" "${@:2}"; }
 for _ in $(seq 120); do topics "127.0.0.1:$broker_port" --list >/dev/null 2>&1 && break; sleep 0.5; done
 

@@ -195,30 +195,53 @@ fn code_of(e: &v1::Error) -> i16 {
     kafka_error(e.sluice_code)
 }
 
+/// One offset of a commit request (OffsetCommit or TxnOffsetCommit) as the coordinator takes it.
+pub(super) fn committed(topic: &str, partition: i32, offset: i64, metadata: Option<&StrBytes>) -> v1::CommittedOffset {
+    v1::CommittedOffset {
+        topic: topic.to_string(),
+        partition: partition as u32,
+        offset,
+        metadata: metadata.map(|m| m.to_string()).unwrap_or_default(),
+        commit_time_ms: 0,
+    }
+}
+
+/// The error code of each partition of a commit request, in request order (`indexes`): the
+/// coordinator's per-partition answer (it was sent the partitions with an index of 0 or
+/// more, in order), or the whole call's error; `map` adapts codes to the API.
+pub(super) fn commit_codes(
+    indexes: impl Iterator<Item = i32>,
+    answer: &Result<Vec<v1::PartitionCommitResult>, i16>,
+    map: impl Fn(i16) -> i16,
+) -> Vec<i16> {
+    let mut results = answer.as_ref().map(|r| r.iter()).unwrap_or_default();
+    indexes
+        .map(|i| match answer {
+            _ if i < 0 => errors::UNKNOWN_TOPIC_OR_PARTITION,
+            Err(code) => map(*code),
+            Ok(_) => results.next().and_then(|r| r.error.as_ref()).map_or(errors::NONE, |e| map(code_of(e))),
+        })
+        .collect()
+}
+
 pub(super) async fn commit(k: &Kafka, r: OffsetCommitRequest) -> OffsetCommitResponse {
     let member_id = s(r.member_id);
     let generation = if member_id.is_empty() { 0 } else { r.generation_id_or_member_epoch.max(0) as u64 };
-    let mut offsets = Vec::new();
-    for t in &r.topics {
-        // A negative partition index is answered on its own, below.
-        for p in t.partitions.iter().filter(|p| p.partition_index >= 0) {
-            offsets.push(v1::CommittedOffset {
-                topic: t.name.0.to_string(),
-                partition: p.partition_index as u32,
-                offset: p.committed_offset,
-                metadata: p.committed_metadata.as_ref().map(|m| m.to_string()).unwrap_or_default(),
-                commit_time_ms: 0,
-            });
-        }
-    }
+    let offsets = r
+        .topics
+        .iter()
+        .flat_map(|t| {
+            let valid = t.partitions.iter().filter(|p| p.partition_index >= 0);
+            valid.map(|p| committed(&t.name.0, p.partition_index, p.committed_offset, p.committed_metadata.as_ref()))
+        })
+        .collect();
     let req = v1::CommitOffsetsRequest { id: 0, group_id: s(r.group_id.0), member_id, generation, offsets };
     let answer =
         call_coordinator(k, TIMEOUT, req, |ch, req| async move { GroupsClient::new(ch).commit_offsets(req).await })
-            .await;
-    let mut results = match &answer {
-        Ok(resp) => resp.results.iter(),
-        Err(_) => [].iter(),
-    };
+            .await
+            .map(|resp| resp.results);
+    let indexes = r.topics.iter().flat_map(|t| t.partitions.iter().map(|p| p.partition_index));
+    let mut codes = commit_codes(indexes, &answer, commit_error).into_iter();
     let topics = r
         .topics
         .into_iter()
@@ -227,17 +250,9 @@ pub(super) async fn commit(k: &Kafka, r: OffsetCommitRequest) -> OffsetCommitRes
                 .partitions
                 .iter()
                 .map(|p| {
-                    let code = match &answer {
-                        _ if p.partition_index < 0 => errors::UNKNOWN_TOPIC_OR_PARTITION,
-                        Err(code) => commit_error(*code),
-                        Ok(_) => results
-                            .next()
-                            .and_then(|r| r.error.as_ref())
-                            .map_or(errors::NONE, |e| commit_error(code_of(e))),
-                    };
                     OffsetCommitResponsePartition::default()
                         .with_partition_index(p.partition_index)
-                        .with_error_code(code)
+                        .with_error_code(codes.next().unwrap_or(errors::UNKNOWN_SERVER_ERROR))
                 })
                 .collect();
             OffsetCommitResponseTopic::default().with_name(t.name).with_partitions(partitions)

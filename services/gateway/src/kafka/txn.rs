@@ -28,7 +28,8 @@ use kafka_protocol::protocol::StrBytes;
 use sluice_proto::v1;
 use sluice_proto::v1::transactions_client::TransactionsClient;
 
-use super::{Kafka, call_coordinator, errors, kafka_error, name};
+use super::groups::{commit_codes, committed};
+use super::{Kafka, call_coordinator, errors, name};
 
 /// How long the coordinator may take (an end waits for every marker).
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -154,18 +155,14 @@ pub(super) async fn txn_offset_commit(
     k: &Kafka,
     r: kafka_protocol::messages::TxnOffsetCommitRequest,
 ) -> kafka_protocol::messages::TxnOffsetCommitResponse {
-    let mut offsets = Vec::new();
-    for t in &r.topics {
-        for p in t.partitions.iter().filter(|p| p.partition_index >= 0) {
-            offsets.push(v1::CommittedOffset {
-                topic: t.name.0.to_string(),
-                partition: p.partition_index as u32,
-                offset: p.committed_offset,
-                metadata: p.committed_metadata.as_ref().map(|m| m.to_string()).unwrap_or_default(),
-                commit_time_ms: 0,
-            });
-        }
-    }
+    let offsets = r
+        .topics
+        .iter()
+        .flat_map(|t| {
+            let valid = t.partitions.iter().filter(|p| p.partition_index >= 0);
+            valid.map(|p| committed(&t.name.0, p.partition_index, p.committed_offset, p.committed_metadata.as_ref()))
+        })
+        .collect();
     let member_id = r.member_id.to_string();
     let req = v1::TxnOffsetCommitRequest {
         transactional_id: r.transactional_id.0.to_string(),
@@ -184,11 +181,10 @@ pub(super) async fn txn_offset_commit(
             req,
             |ch, req| async move { TransactionsClient::new(ch).txn_offset_commit(req).await },
         )
-        .await;
-    let mut results = match &answer {
-        Ok(resp) => resp.results.iter(),
-        Err(_) => [].iter(),
-    };
+        .await
+        .map(|resp| resp.results);
+    let indexes = r.topics.iter().flat_map(|t| t.partitions.iter().map(|p| p.partition_index));
+    let mut codes = commit_codes(indexes, &answer, txn_error).into_iter();
     let topics = r
         .topics
         .into_iter()
@@ -197,17 +193,9 @@ pub(super) async fn txn_offset_commit(
                 .partitions
                 .iter()
                 .map(|p| {
-                    let code = match &answer {
-                        _ if p.partition_index < 0 => errors::UNKNOWN_TOPIC_OR_PARTITION,
-                        Err(code) => txn_error(*code),
-                        Ok(_) => results
-                            .next()
-                            .and_then(|r| r.error.as_ref())
-                            .map_or(errors::NONE, |e| txn_error(kafka_error(e.sluice_code))),
-                    };
                     TxnOffsetCommitResponsePartition::default()
                         .with_partition_index(p.partition_index)
-                        .with_error_code(code)
+                        .with_error_code(codes.next().unwrap_or(errors::UNKNOWN_SERVER_ERROR))
                 })
                 .collect();
             TxnOffsetCommitResponseTopic::default().with_name(t.name).with_partitions(partitions)
