@@ -168,16 +168,27 @@ async fn kcat_lists_produces_and_consumes_through_the_kafka_listener() {
     let out = kcat(&d.kafka, &["-C", "-t", "kt", "-p", "1", "-o", &before.to_string(), "-e", "-f", "%s\n"], "").await;
     assert_eq!(out.lines().collect::<Vec<_>>(), (0..5).map(|i| format!("grpc-{i}")).collect::<Vec<_>>());
 
+    // Partitions added over gRPC reach Kafka clients: metadata, then produce and read.
+    let grown = client.create_partitions("kt", 5).await.unwrap();
+    assert_eq!(grown.partitions.len(), 5);
+    let e = client.create_partitions("kt", 4).await.unwrap_err();
+    assert!(e.to_string().contains("can only be added"), "{e}");
+    let listing = kcat(&d.kafka, &["-L", "-t", "kt"], "").await;
+    assert!(listing.contains("topic \"kt\" with 5 partitions"), "{listing}");
+    kcat(&d.kafka, &["-P", "-t", "kt", "-p", "4"], "new-partition\n").await;
+    let out = kcat(&d.kafka, &["-C", "-t", "kt", "-p", "4", "-o", "beginning", "-e", "-f", "%s\n"], "").await;
+    assert_eq!(out.trim(), "new-partition");
+
     // As a group member: everything once, offsets committed on the way out, so that the next
     // member of the group starts where it stopped.
     let group = || {
         kcat(&d.kafka, &["-G", "kcat-group", "kt", "-e", "-X", "auto.offset.reset=earliest", "-f", "%p|%o|%s\n"], "")
     };
     let first: Vec<String> = group().await.lines().map(str::to_string).collect();
-    assert_eq!(first.len(), 45, "{first:?}");
+    assert_eq!(first.len(), 46, "{first:?}");
     let described = client.describe_group("kcat-group").await.unwrap();
-    let committed: i64 = described.partitions.iter().map(|p| p.committed).sum();
-    assert_eq!(committed, 45, "{described:?}");
+    let committed: i64 = described.partitions.iter().map(|p| p.committed.max(0)).sum();
+    assert_eq!(committed, 46, "{described:?}");
     kcat(&d.kafka, &["-P", "-t", "kt", "-p", "0"], "after\n").await;
     let again = group().await;
     assert_eq!(again.trim(), format!("0|{}|after", first.iter().filter(|l| l.starts_with("0|")).count()));
@@ -351,7 +362,12 @@ async fn librdkafka_admin_and_an_idempotent_lz4_producer_from_python() {
     // Snappy both ways: librdkafka's raw blocks read by Sluice's client, and Sluice's
     // (the Java client's framing) read by librdkafka.
     assert_eq!(done["snappy"], 100, "{done}");
-    let snappy = consume_all(&client, "py-snappy", 100).await;
+    // The topic grew to 3 partitions (CreatePartitions); a shrink was refused.
+    assert_eq!(done["grown"], 3, "{done}");
+    assert_eq!(done["shrink"], "INVALID_PARTITIONS", "{done}");
+    let snappy = consume_all(&client, "py-snappy", 101).await;
+    let (grown, snappy): (Vec<_>, Vec<_>) = snappy.into_iter().partition(|r| r.partition == 2);
+    assert_eq!(grown.iter().map(|r| text(&r.value)).collect::<Vec<_>>(), vec!["in-new-partition"]);
     let values: Vec<String> = snappy.iter().map(|r| text(&r.value)).collect();
     assert_eq!(values, (0..100).map(|i| format!("snappy-{i}-{}", "y".repeat(200))).collect::<Vec<_>>());
     let cfg = ProducerConfig { compression: sluice_core::compression::Compression::Snappy, ..Default::default() };
@@ -360,14 +376,19 @@ async fn librdkafka_admin_and_an_idempotent_lz4_producer_from_python() {
     let mut futs = Vec::new();
     for i in 0..5 {
         let value = Bytes::from(format!("from-grpc-{i}-{}", "z".repeat(100)));
-        let r =
-            ProducerRecord { topic: "py-snappy".into(), value: Some(value), timestamp_ms: now, ..Default::default() };
+        let r = ProducerRecord {
+            topic: "py-snappy".into(),
+            partition: Some(0),
+            value: Some(value),
+            timestamp_ms: now,
+            ..Default::default()
+        };
         futs.push(producer.send(r).await.unwrap());
     }
     for f in futs {
         f.await.unwrap().unwrap();
     }
-    let out = kcat(&d.kafka, &["-C", "-t", "py-snappy", "-o", "100", "-e", "-f", "%s\n"], "").await;
+    let out = kcat(&d.kafka, &["-C", "-t", "py-snappy", "-p", "0", "-o", "100", "-e", "-f", "%s\n"], "").await;
     let expected: Vec<String> = (0..5).map(|i| format!("from-grpc-{i}-{}", "z".repeat(100))).collect();
     assert_eq!(out.lines().collect::<Vec<_>>(), expected);
 }
@@ -490,4 +511,11 @@ async fn librdkafka_clients_ride_through_a_gateway_killed_under_them() {
     })
     .await;
     assert!(listing.contains(&survivor), "{listing}");
+    // Partitions added in etcd are opened by the partition nodes and served.
+    let client = Client::connect(&cluster.gateways()).await.unwrap();
+    let grown = client.create_partitions("fo", 6).await.unwrap();
+    assert_eq!(grown.partitions.len(), 6);
+    kcat(&survivor, &["-P", "-t", "fo", "-p", "5"], "grown\n").await;
+    let out = kcat(&survivor, &["-C", "-t", "fo", "-p", "5", "-o", "beginning", "-e", "-f", "%s\n"], "").await;
+    assert_eq!(out.trim(), "grown");
 }

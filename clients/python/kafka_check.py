@@ -8,9 +8,10 @@ JSON line with what it did.
 
 import json
 import sys
+import time
 
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
 
 
 def main() -> None:
@@ -93,6 +94,22 @@ def main() -> None:
     left = snappy.flush(30)
     assert left == 0 and not errors, (left, errors[:3])
     done["snappy"] = 100
+
+    # Partitions added through the admin client; fewer is refused.
+    admin.create_partitions([NewPartitions("py-snappy", 3)])["py-snappy"].result(timeout=15)
+    done["grown"] = len(admin.list_topics("py-snappy", timeout=10).topics["py-snappy"].partitions)
+    try:
+        admin.create_partitions([NewPartitions("py-snappy", 2)])["py-snappy"].result(timeout=15)
+        raise AssertionError("shrinking a topic succeeded")
+    except Exception as e:
+        done["shrink"] = str(e.args[0].name()) if e.args and hasattr(e.args[0], "name") else str(e)
+    # The producer learns of the new partitions with its next metadata.
+    for _ in range(50):
+        if len(snappy.list_topics("py-snappy", timeout=10).topics["py-snappy"].partitions) == 3:
+            break
+        time.sleep(0.1)
+    snappy.produce("py-snappy", value="in-new-partition", partition=2, on_delivery=report)
+    assert snappy.flush(30) == 0 and not errors, errors[:3]
     print(json.dumps(done))
 
 

@@ -21,6 +21,15 @@ pub enum TopicCmd {
         #[command(flatten)]
         gw: GatewayArg,
     },
+    /// Add partitions to a topic (they cannot be removed; keys move to other partitions).
+    AddPartitions {
+        name: String,
+        /// The new partition count, more than the topic has.
+        #[arg(long)]
+        count: u32,
+        #[command(flatten)]
+        gw: GatewayArg,
+    },
     /// List topics.
     List {
         #[command(flatten)]
@@ -57,6 +66,10 @@ pub async fn run(c: TopicCmd) -> anyhow::Result<ExitCode> {
             let config = parse_configs(&configs)?;
             let t = gw.connect().await?.create_topic(&name, partitions, replication_factor, config).await?;
             println!("created topic '{}' with {} partitions", t.name, t.partitions.len());
+        }
+        TopicCmd::AddPartitions { name, count, gw } => {
+            let t = gw.connect().await?.create_partitions(&name, count).await?;
+            println!("topic '{}' now has {} partitions", t.name, t.partitions.len());
         }
         TopicCmd::List { gw } => {
             for t in gw.connect().await?.list_topics().await? {

@@ -327,6 +327,13 @@ impl Client {
         resp.topic.ok_or_else(|| ClientError::Invalid("the gateway returned no topic".into()))
     }
 
+    /// Grows `topic` to `count` partitions.
+    pub async fn create_partitions(&self, topic: &str, count: u32) -> Result<TopicDescription, ClientError> {
+        let req = CreatePartitionsRequest { topic: topic.to_string(), count };
+        let resp = self.admin().create_partitions(req).await?.into_inner();
+        resp.topic.ok_or_else(|| ClientError::Invalid("the gateway returned no topic".into()))
+    }
+
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
         self.admin().delete_topic(DeleteTopicRequest { name: name.to_string() }).await?;
         Ok(())

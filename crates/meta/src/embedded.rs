@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::{
     ClusterView, GatewayInfo, MetaError, MetaStore, NewTopic, NodeInfo, PartitionAssignment, PartitionState,
-    TopicLimits, TopicMeta, plan_topic,
+    TopicLimits, TopicMeta, plan_partitions, plan_topic,
 };
 
 #[derive(Default, Serialize, Deserialize)]
@@ -285,6 +285,20 @@ impl MetaStore for EmbeddedMeta {
         created.ok_or_else(|| MetaError::Request(SluiceError::Internal("topic creation lost".into())))
     }
 
+    async fn add_partitions(&self, name: &str, count: u32, limits: TopicLimits) -> Result<TopicMeta, MetaError> {
+        let mut grown = None;
+        self.update(|v| {
+            let topic = v.topics.get(name).ok_or_else(|| SluiceError::UnknownTopic(name.to_string()))?;
+            let mut t = plan_partitions(v, topic, count, limits, rand::random())?;
+            // A state change planned against the topic as it was is refused, as in etcd.
+            t.revision = v.revision;
+            v.topics.insert(name.to_string(), Arc::new(t.clone()));
+            grown = Some(t);
+            Ok(true)
+        })?;
+        grown.ok_or_else(|| MetaError::Request(SluiceError::Internal("partition addition lost".into())))
+    }
+
     async fn delete_topic(&self, name: &str) -> Result<(), MetaError> {
         self.update(|v| match v.topics.remove(name) {
             Some(_) => Ok(true),
@@ -362,6 +376,10 @@ impl MetaStore for EmbeddedSession {
 
     async fn create_topic(&self, topic: NewTopic, limits: TopicLimits) -> Result<TopicMeta, MetaError> {
         self.meta.create_topic(topic, limits).await
+    }
+
+    async fn add_partitions(&self, name: &str, count: u32, limits: TopicLimits) -> Result<TopicMeta, MetaError> {
+        self.meta.add_partitions(name, count, limits).await
     }
 
     async fn delete_topic(&self, name: &str) -> Result<(), MetaError> {

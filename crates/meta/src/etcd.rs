@@ -35,7 +35,7 @@ use tokio::sync::watch;
 
 use crate::{
     ClusterView, GatewayInfo, MetaError, MetaStore, NewTopic, NodeInfo, PartitionAssignment, PartitionState,
-    TopicLimits, TopicMeta, plan_topic,
+    TopicLimits, TopicMeta, plan_partitions, plan_topic,
 };
 
 /// Metadata kept in an etcd cluster.
@@ -386,6 +386,31 @@ impl MetaStore for EtcdMeta {
         let (name, id) = (t.name.clone(), t.topic_id);
         self.await_view(|v| v.topics.get(&name).is_some_and(|x| x.topic_id == id)).await;
         Ok(t)
+    }
+
+    async fn add_partitions(&self, name: &str, count: u32, limits: TopicLimits) -> Result<TopicMeta, MetaError> {
+        let key = self.key("topics", name);
+        // The topic may change meanwhile (a leader elected): the write compares its revision
+        // and is planned again from the newer view.
+        for _ in 0..10 {
+            let view = self.tx.borrow().clone();
+            let topic = view.topics.get(name).ok_or_else(|| SluiceError::UnknownTopic(name.to_string()))?;
+            let grown = plan_partitions(&view, topic, count, limits, rand::random())?;
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, topic.revision)])
+                .and_then([TxnOp::put(key.as_str(), serde_json::to_vec(&grown)?, None)]);
+            let resp = self.client.clone().txn(txn).await?;
+            if resp.succeeded() {
+                let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+                self.await_view(|v| v.revision >= rev).await;
+                return Ok(grown);
+            }
+            let seen = topic.revision;
+            self.await_view(|v| v.topics.get(name).is_none_or(|t| t.revision != seen)).await;
+        }
+        Err(MetaError::Request(SluiceError::Timeout(format!(
+            "topic '{name}' kept changing while partitions were added"
+        ))))
     }
 
     async fn delete_topic(&self, name: &str) -> Result<(), MetaError> {

@@ -192,9 +192,81 @@ pub fn plan_topic(view: &ClusterView, t: &NewTopic, limits: TopicLimits, seed: u
     })
 }
 
+/// `topic` grown to `count` partitions: the new ones placed on the live nodes as a creation
+/// places them (replicas and leaders spread from a random node, `seed`), the others as they
+/// are. Partitions can only be added, as in Kafka: keys move to other partitions, so a topic
+/// that relies on key order should be created with enough of them.
+pub fn plan_partitions(
+    view: &ClusterView,
+    topic: &TopicMeta,
+    count: u32,
+    limits: TopicLimits,
+    seed: u64,
+) -> Result<TopicMeta, SluiceError> {
+    let current = topic.partitions.len() as u32;
+    if count <= current {
+        return Err(SluiceError::InvalidPartitions {
+            count,
+            reason: format!("topic '{}' has {current} partitions; partitions can only be added", topic.name),
+        });
+    }
+    if count > limits.max_partitions {
+        return Err(SluiceError::InvalidPartitions {
+            count,
+            reason: format!("the maximum is {} (max_partitions)", limits.max_partitions),
+        });
+    }
+    let nodes: Vec<u64> = view.nodes.keys().copied().collect();
+    let rf = topic.replication_factor.max(1);
+    if (rf as usize) > nodes.len() {
+        return Err(SluiceError::InvalidReplicationFactor {
+            factor: rf,
+            reason: format!("only {} partition node(s) are alive to host the new partitions", nodes.len()),
+        });
+    }
+    let start = (seed % nodes.len() as u64) as usize;
+    let mut grown = topic.clone();
+    for p in 0..(count - current) as usize {
+        let replicas: Vec<u64> = (0..rf as usize).map(|j| nodes[(start + p + j) % nodes.len()]).collect();
+        grown.partitions.push(PartitionAssignment {
+            leader: replicas[0],
+            isr: replicas.clone(),
+            replicas,
+            leader_epoch: 1,
+            revision: 0,
+        });
+    }
+    Ok(grown)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partitions_are_only_added_and_placed_on_live_nodes() {
+        let v = view(3);
+        let t = plan_topic(
+            &v,
+            &NewTopic { name: "t".into(), partitions: 2, replication_factor: 2, config: Default::default() },
+            TopicLimits::default(),
+            7,
+        )
+        .unwrap();
+        let grown = plan_partitions(&v, &t, 5, TopicLimits::default(), 1).unwrap();
+        assert_eq!(grown.partitions.len(), 5);
+        assert_eq!(grown.partitions[..2], t.partitions[..]);
+        assert!(grown.partitions[2..].iter().all(|a| a.replicas.len() == 2 && a.leader == a.replicas[0]));
+        assert!(matches!(
+            plan_partitions(&v, &t, 2, TopicLimits::default(), 1),
+            Err(SluiceError::InvalidPartitions { .. })
+        ));
+        let few = view(1);
+        assert!(matches!(
+            plan_partitions(&few, &t, 3, TopicLimits::default(), 1),
+            Err(SluiceError::InvalidReplicationFactor { .. })
+        ));
+    }
 
     fn view(n: u64) -> ClusterView {
         let nodes = (1..=n).map(|id| (id, NodeInfo { id, addr: format!("127.0.0.1:{id}") })).collect();

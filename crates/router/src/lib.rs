@@ -67,6 +67,13 @@ impl Router {
         topic::create::handle(self, req).await
     }
 
+    pub async fn create_partitions(
+        &self,
+        req: CreatePartitionsRequest,
+    ) -> Result<CreatePartitionsResponse, SluiceError> {
+        topic::partitions::handle(self, req).await
+    }
+
     pub async fn delete_topic(&self, req: DeleteTopicRequest) -> Result<DeleteTopicResponse, SluiceError> {
         topic::delete::handle(self, req).await
     }

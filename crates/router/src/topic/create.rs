@@ -7,7 +7,7 @@ use sluice_proto::v1::{CreateTopicRequest, CreateTopicResponse};
 use crate::Router;
 
 /// How long a creation waits for the topic to reach this gateway's metadata view.
-const VIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(super) const VIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[tracing::instrument(skip_all, fields(topic = %req.name, partitions = req.partitions))]
 pub async fn handle(gw: &Router, req: CreateTopicRequest) -> Result<CreateTopicResponse, SluiceError> {

@@ -69,6 +69,13 @@ impl Admin for GatewayService {
         Ok(Response::new(self.router.create_topic(r.into_inner()).await?))
     }
 
+    async fn create_partitions(
+        &self,
+        r: Request<CreatePartitionsRequest>,
+    ) -> Result<Response<CreatePartitionsResponse>, Status> {
+        Ok(Response::new(self.router.create_partitions(r.into_inner()).await?))
+    }
+
     async fn delete_topic(&self, r: Request<DeleteTopicRequest>) -> Result<Response<DeleteTopicResponse>, Status> {
         Ok(Response::new(self.router.delete_topic(r.into_inner()).await?))
     }

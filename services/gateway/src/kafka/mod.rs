@@ -394,6 +394,7 @@ async fn handle(
             }
             ApiKey::CreateTopics => req.answer(&mut body, |r| topics::create(k, r)).await,
             ApiKey::DeleteTopics => req.answer(&mut body, |r| topics::delete(k, r)).await,
+            ApiKey::CreatePartitions => req.answer(&mut body, |r| topics::create_partitions(k, r)).await,
             ApiKey::InitProducerId => req.answer(&mut body, |r| txn::init_producer_id(k, r)).await,
             ApiKey::AddPartitionsToTxn => req.answer(&mut body, |r| txn::add_partitions(k, r)).await,
             ApiKey::AddOffsetsToTxn => req.answer(&mut body, |r| txn::add_offsets(k, r)).await,

@@ -1,12 +1,17 @@
-//! CreateTopics and DeleteTopics through the same admin path as `sluice.v1.Admin`. Kafka's
-//! -1 for partitions or replication factor means the cluster default (1 partition).
+//! CreateTopics, CreatePartitions and DeleteTopics through the same admin path as
+//! `sluice.v1.Admin`. Kafka's -1 for partitions or replication factor means the cluster
+//! default (1 partition).
 
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
-use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse};
+use kafka_protocol::messages::{
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse,
+};
 use kafka_protocol::protocol::StrBytes;
 use sluice_core::SluiceError;
-use sluice_proto::v1::{CreateTopicRequest, DeleteTopicRequest};
+use sluice_proto::v1::{CreatePartitionsRequest as CreatePartitionsRequest_, CreateTopicRequest, DeleteTopicRequest};
 
 use super::{Kafka, error_of, errors, topic_uuid};
 
@@ -92,4 +97,37 @@ pub(super) async fn delete(k: &Kafka, r: DeleteTopicsRequest) -> DeleteTopicsRes
         }
     });
     DeleteTopicsResponse::default().with_responses(futures_util::future::join_all(results).await)
+}
+
+pub(super) async fn create_partitions(k: &Kafka, r: CreatePartitionsRequest) -> CreatePartitionsResponse {
+    let validate_only = r.validate_only;
+    let results = r.topics.into_iter().map(|t| async move {
+        let result = CreatePartitionsTopicResult::default().with_name(t.name.clone());
+        let name = t.name.0.as_str().to_string();
+        let outcome = if t.assignments.is_some() {
+            Err(SluiceError::InvalidRequest("replica assignments are chosen by Sluice, not the client".into()))
+        } else if t.count < 1 {
+            Err(SluiceError::InvalidPartitions { count: 0, reason: "a topic needs at least 1 partition".into() })
+        } else if validate_only {
+            let view = k.router.snapshot();
+            match view.topics.get(&name) {
+                Some(topic) => {
+                    sluice_meta::plan_partitions(&view, topic, t.count as u32, k.router.limits(), 0).map(|_| ())
+                }
+                None => Err(SluiceError::UnknownTopic(name)),
+            }
+        } else {
+            k.router
+                .create_partitions(CreatePartitionsRequest_ { topic: name, count: t.count as u32 })
+                .await
+                .map(|_| ())
+        };
+        match outcome {
+            Ok(()) => result,
+            Err(e) => {
+                result.with_error_code(error_of(&e)).with_error_message(Some(StrBytes::from_string(e.client_message())))
+            }
+        }
+    });
+    CreatePartitionsResponse::default().with_results(futures_util::future::join_all(results).await)
 }
