@@ -519,3 +519,68 @@ async fn librdkafka_clients_ride_through_a_gateway_killed_under_them() {
     let out = kcat(&survivor, &["-C", "-t", "fo", "-p", "5", "-o", "beginning", "-e", "-f", "%s\n"], "").await;
     assert_eq!(out.trim(), "grown");
 }
+
+/// What a Kafka client before transaction version 2 does, over gRPC against `sluice dev`:
+/// it announces its partition (AddPartitionsToTxn from a gateway), writes, and ends its
+/// transaction keeping its epoch. A batch of that transaction arriving after the end is
+/// refused: it can neither open a transaction of its own nor join the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_batch_of_a_client_that_keeps_its_epoch_is_refused_after_the_end() {
+    use sluice_core::batch::{BatchBuilder, TRANSACTIONAL};
+    use sluice_proto::v1::{
+        AddPartitionsToTxnRequest, EndTxnRequest, PartitionBatches, ProduceRequest, TransactionState,
+    };
+    let d = dev().await;
+    let client = Client::connect(&d.grpc).await.unwrap();
+    client.create_topic("keep", 1, 1, HashMap::new()).await.unwrap();
+    // The coordinator becomes active a moment after the gateway serves.
+    let (pid, epoch) = eventually("an active coordinator", Duration::from_secs(20), || async {
+        client.init_transactional_id("keep-t", Duration::from_secs(30)).await.ok()
+    })
+    .await;
+    let batch = |seq: i32, v: &str| {
+        let mut b = BatchBuilder::new(sluice_core::compression::Compression::None)
+            .producer(pid, epoch, seq)
+            .flags(TRANSACTIONAL);
+        b.push(sluice_core::settings::now_ms(), None, Some(v.as_bytes()), &[]);
+        b.build().unwrap()
+    };
+    let produce = |data: Bytes| {
+        let client = client.clone();
+        async move {
+            let req = ProduceRequest {
+                topic: "keep".into(),
+                batches: vec![PartitionBatches { partition: 0, data }],
+                timeout_ms: 10_000,
+                ..Default::default()
+            };
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tx.send(req).await.unwrap();
+            let mut s =
+                client.broker().produce(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+            s.message().await.unwrap().unwrap().partitions[0].error.clone()
+        }
+    };
+    let add = AddPartitionsToTxnRequest {
+        producer_id: pid,
+        producer_epoch: epoch.into(),
+        topic: "keep".into(),
+        partition: 0,
+        from_client: true,
+    };
+    client.transactions().add_partitions_to_txn(add).await.expect("announced");
+    assert_eq!(produce(batch(0, "in-txn")).await, None, "written in the transaction");
+    let end = EndTxnRequest {
+        transactional_id: "keep-t".into(),
+        producer_id: pid,
+        producer_epoch: epoch.into(),
+        commit: false,
+        keep_epoch: true,
+    };
+    let next = client.transactions().end_txn(end).await.unwrap().into_inner();
+    assert_eq!((next.producer_id, next.producer_epoch), (pid, i32::from(epoch)), "the epoch is kept");
+    let late = produce(batch(1, "late")).await.expect("a late batch of the ended transaction is refused");
+    assert_eq!(late.sluice_code, 6002, "INVALID_TXN_STATE: {}", late.message);
+    let t = client.describe_transaction("keep-t").await.unwrap();
+    assert_eq!(t.state, TransactionState::CompleteAbort as i32, "nothing reopened it: {t:?}");
+}

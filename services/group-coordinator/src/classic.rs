@@ -159,6 +159,9 @@ impl Classic {
         } else {
             self.members.contains_key(&spec.member_id).then(|| spec.member_id.clone())
         };
+        // A static member replaced while the leader is assigning: the leader's assignments name
+        // its old id, so the group must rebalance (as Kafka does).
+        let mut renamed = false;
         let id = match known {
             // A static member restarted (it forgot its id): it takes the place of its old
             // incarnation, which is fenced.
@@ -180,6 +183,7 @@ impl Classic {
                 let mut fresh = member(&id, &spec, m.assignment, now);
                 fresh.protocols = m.protocols;
                 self.members.insert(id.clone(), fresh);
+                renamed = true;
                 id
             }
             Some(id) if !spec.instance_id.is_empty() && id != spec.member_id => {
@@ -208,7 +212,8 @@ impl Classic {
         m.last_seen = now;
         // A follower that lost its answer rejoins with nothing new: it gets the current
         // generation again rather than a rebalance for everyone.
-        if unchanged && id != self.leader && matches!(self.phase, Phase::Stable | Phase::Completing) {
+        let current = self.phase == Phase::Stable || (self.phase == Phase::Completing && !renamed);
+        if unchanged && id != self.leader && current {
             let _ = reply.send(Ok(self.joined(&id, *generation)));
             return Ok(());
         }
@@ -650,6 +655,27 @@ mod tests {
         assert_eq!(jb.generation, 2);
         assert_eq!(jb.leader, jb.member_id);
         assert!(!c.members.contains_key(&a_id));
+    }
+
+    #[test]
+    fn a_static_member_replaced_while_the_leader_assigns_makes_the_group_rebalance() {
+        let now = Instant::now();
+        let mut c = Classic::default();
+        let mut generation = 0;
+        let statics = |i: &str| JoinSpec { instance_id: i.into(), ..spec("", &["range"]) };
+        let mut a = join(&mut c, &mut generation, statics("i-a"), now);
+        let mut b = join(&mut c, &mut generation, statics("i-b"), now);
+        c.expire("g", &mut generation, now + DELAY);
+        let (ja, jb) = (answer(&mut a).unwrap().unwrap(), answer(&mut b).unwrap().unwrap());
+        let follower = if ja.leader == ja.member_id { jb } else { ja };
+        assert_eq!(c.state(), "CompletingRebalance");
+        // The follower restarts before the leader's sync: it is not answered at once, the
+        // group prepares a new generation.
+        let follower_instance = c.members[&follower.member_id].instance_id.clone();
+        let mut again = join(&mut c, &mut generation, statics(&follower_instance), now);
+        assert!(answer(&mut again).is_none());
+        assert_eq!(c.state(), "PreparingRebalance");
+        assert!(!c.members.contains_key(&follower.member_id), "the old incarnation is gone");
     }
 
     #[test]

@@ -110,6 +110,10 @@ pub struct TxnMeta {
     /// its markers carry the epoch it was written at.
     #[serde(default)]
     pub keeps_epoch: bool,
+    /// The producer announces its partitions itself (see
+    /// `AddPartitionsToTxnRequest.from_client`); leaders only verify.
+    #[serde(default)]
+    pub client_adds: bool,
 }
 
 impl TxnMeta {
@@ -405,6 +409,7 @@ impl Coordinator {
                         start_ms: 0,
                         update_ms: now,
                         keeps_epoch: false,
+                        client_adds: false,
                     };
                     let m = c.write_txn(&topic, &id, m).await?;
                     tracing::info!(transactional_id = %id, producer_id, "transactional id registered");
@@ -423,6 +428,8 @@ impl Coordinator {
             m.prev = None;
             m.timeout_ms = timeout_ms;
             m.timed_out = false;
+            // Whichever kind of client the new producer is, it says so with its first add.
+            m.client_adds = false;
             m.update_ms = now_ms();
             let m = c.write_txn(&topic, &id, m).await?;
             tracing::info!(transactional_id = %id, producer_id = m.producer_id, epoch = m.epoch, "transactional producer initialised");
@@ -432,12 +439,14 @@ impl Coordinator {
     }
 
     /// A partition leader asks to add a partition to the producer's transaction before
-    /// writing its first transactional batch there.
+    /// writing its first transactional batch there; or (`from_client`) a Kafka client
+    /// announces it, after which leaders' calls for the id only verify.
     pub(crate) async fn add_partition(
         self: &Arc<Self>,
         producer_id: i64,
         epoch: i16,
         tp: Tp,
+        from_client: bool,
     ) -> Result<(), SluiceError> {
         self.txn_active()?;
         let id = self.txns.id_of(producer_id).ok_or(SluiceError::InvalidProducerIdMapping { producer_id, epoch })?;
@@ -449,11 +458,21 @@ impl Coordinator {
             let m = m.filter(|m| m.producer_id == producer_id || m.prev.is_some_and(|p| p.0 == producer_id));
             let m = m.ok_or(SluiceError::InvalidProducerIdMapping { producer_id, epoch })?;
             check_identity(&id, &m, producer_id, epoch)?;
-            if m.state == State::Ongoing && m.partitions.contains(&tp) {
+            if m.state == State::Ongoing && m.partitions.contains(&tp) && (m.client_adds || !from_client) {
                 // Written with an earlier caller's partitions.
                 return Ok(());
             }
+            if m.client_adds && !from_client {
+                return Err(SluiceError::InvalidTxnState {
+                    transactional_id: id.clone(),
+                    reason: format!(
+                        "partition {} of '{}' is not in the ongoing transaction (its producer announces its partitions): a batch of an ended transaction?",
+                        tp.1, tp.0
+                    ),
+                });
+            }
             let mut m = m.joined(now_ms());
+            m.client_adds |= from_client;
             m.partitions.extend(c.txns.take_adds(&id, producer_id, epoch));
             m.partitions.insert(tp);
             tracing::debug!(transactional_id = %id, partitions = m.partitions.len(), "partitions added to the transaction");
@@ -505,6 +524,16 @@ impl Coordinator {
                     reason: format!("epoch {epoch} is newer than the coordinator's {}", m.epoch),
                 });
             };
+            // A producer keeping its epoch cannot take the one a timeout moved it to: it is
+            // told it was fenced, so that it starts over (as Kafka tells such clients).
+            if req.keep_epoch && m.timed_out {
+                return Err(SluiceError::ProducerFenced {
+                    transactional_id: id.clone(),
+                    producer_id: req.producer_id,
+                    epoch,
+                    current: m.epoch,
+                });
+            }
             // A repeated end (its answer was lost), or one after the coordinator aborted.
             if committed == commit {
                 return Ok((m.producer_id, m.epoch));
@@ -830,6 +859,7 @@ mod tests {
             start_ms: 10,
             update_ms: 20,
             keeps_epoch: false,
+            client_adds: false,
         }
     }
 

@@ -287,7 +287,9 @@ async fn connection(socket: TcpStream, peer: std::net::SocketAddr, kafka: Arc<Ka
         let mut len = [0u8; 4];
         match tokio::time::timeout(idle, rd.read_exact(&mut len)).await {
             Ok(Ok(_)) => {}
-            Ok(Err(_)) => break,
+            // The client is gone (Kafka brokers close on end of stream too): nothing more is
+            // answered, and what it asked is no longer worked on.
+            Ok(Err(_)) => return abort(tx, writer).await,
             Err(_) => {
                 tracing::debug!(?idle, "idle Kafka connection closed");
                 break;
@@ -297,7 +299,7 @@ async fn connection(socket: TcpStream, peer: std::net::SocketAddr, kafka: Arc<Ka
         // The header alone (api key, version, correlation id) is 8 bytes.
         if len < 8 || len as usize > MAX_FRAME {
             tracing::warn!(len, "Kafka frame of a size that cannot be a request; closing the connection");
-            break;
+            return abort(tx, writer).await;
         }
         // Memory follows the bytes that actually arrive, not the length a client claims.
         let len = len as usize;
@@ -305,11 +307,12 @@ async fn connection(socket: TcpStream, peer: std::net::SocketAddr, kafka: Arc<Ka
         while body.len() < len {
             body.reserve((len - body.len()).min(1 << 20));
             let want = (len - body.len()) as u64;
-            match (&mut rd).take(want).read_buf(&mut body).await {
-                Ok(n) if n > 0 => {}
+            // A frame started must keep coming: one stalled half-way holds no slot for ever.
+            match tokio::time::timeout(idle, (&mut rd).take(want).read_buf(&mut body)).await {
+                Ok(Ok(n)) if n > 0 => {}
                 _ => {
-                    tracing::debug!("Kafka connection closed in the middle of a frame");
-                    return finish(tx, writer).await;
+                    tracing::debug!("Kafka connection closed or stalled in the middle of a frame");
+                    return abort(tx, writer).await;
                 }
             }
         }
@@ -331,6 +334,14 @@ async fn connection(socket: TcpStream, peer: std::net::SocketAddr, kafka: Arc<Ka
 /// Lets the writer answer what was read, then ends the connection.
 async fn finish(tx: mpsc::Sender<InFlight>, writer: tokio::task::JoinHandle<()>) {
     drop(tx);
+    let _ = writer.await;
+}
+
+/// Ends the connection at once: requests still running are aborted (dropping the writer's
+/// queue drops their [`InFlight`] handles).
+async fn abort(tx: mpsc::Sender<InFlight>, writer: tokio::task::JoinHandle<()>) {
+    drop(tx);
+    writer.abort();
     let _ = writer.await;
 }
 

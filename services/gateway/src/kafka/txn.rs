@@ -86,6 +86,7 @@ pub(super) async fn add_partitions(k: &Kafka, r: AddPartitionsToTxnRequest) -> A
                     producer_epoch: i32::from(epoch),
                     topic: t.name.0.to_string(),
                     partition: *p as u32,
+                    from_client: true,
                 };
                 calls.push(call_coordinator(k, TIMEOUT, req, |ch, req| async move {
                     TransactionsClient::new(ch).add_partitions_to_txn(req).await

@@ -31,7 +31,7 @@ pub(super) async fn add_partitions_to_txn(
     r: AddPartitionsToTxnRequest,
 ) -> Result<AddPartitionsToTxnResponse, SluiceError> {
     let epoch = crate::txn::producer_epoch(r.producer_epoch)?;
-    c.add_partition(r.producer_id, epoch, (r.topic, r.partition)).await?;
+    c.add_partition(r.producer_id, epoch, (r.topic, r.partition), r.from_client).await?;
     Ok(AddPartitionsToTxnResponse {})
 }
 

@@ -50,8 +50,13 @@ async fn add_partition(
     partition: u32,
 ) -> Result<(), v1::Error> {
     let mut c = TransactionsClient::new(node.coordinator.channel()?);
-    let req =
-        AddPartitionsToTxnRequest { producer_id, producer_epoch: epoch as i32, topic: topic.to_string(), partition };
+    let req = AddPartitionsToTxnRequest {
+        producer_id,
+        producer_epoch: epoch as i32,
+        topic: topic.to_string(),
+        partition,
+        from_client: false,
+    };
     match tokio::time::timeout(VERIFY_TIMEOUT, c.add_partitions_to_txn(req)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(s)) => Err(RemoteError::from(coordinator_unreachable(s)).into()),
