@@ -96,6 +96,9 @@ pub struct Classic {
     pub leader: String,
     /// When the join phase ends, whoever has rejoined.
     join_deadline: Option<Instant>,
+    /// When members that have not sent SyncGroup are removed (a leader that never assigns
+    /// must not keep the others waiting).
+    sync_deadline: Option<Instant>,
     /// How long a group formed from nothing waits for more members (set by each join).
     initial_delay: Duration,
 }
@@ -109,6 +112,7 @@ impl Default for Classic {
             protocol: String::new(),
             leader: String::new(),
             join_deadline: None,
+            sync_deadline: None,
             initial_delay: Duration::ZERO,
         }
     }
@@ -234,6 +238,7 @@ impl Classic {
         let longest = self.members.values().map(|m| m.rebalance_timeout).max().unwrap_or_default();
         let wait = if was_empty { self.initial_delay.min(longest) } else { longest };
         self.join_deadline = Some(now + wait);
+        self.sync_deadline = None;
         for m in self.members.values_mut() {
             if let Some(tx) = m.sync.take() {
                 let _ = tx.send(Err(SluiceError::RebalanceInProgress(group.to_string())));
@@ -272,6 +277,8 @@ impl Classic {
             self.leader = self.members.keys().next().cloned().unwrap_or_default();
         }
         self.phase = Phase::Completing;
+        let longest = self.members.values().map(|m| m.rebalance_timeout).max().unwrap_or_default();
+        self.sync_deadline = Some(now + longest);
         let ids: Vec<String> = self.members.keys().cloned().collect();
         for id in ids {
             let joined = self.joined(&id, *generation);
@@ -385,6 +392,7 @@ impl Classic {
                         }
                     }
                     self.phase = Phase::Stable;
+                    self.sync_deadline = None;
                     tracing::info!(group, generation = current, "classic group stable");
                 }
                 Ok(())
@@ -479,6 +487,7 @@ impl Classic {
         self.protocol.clear();
         self.leader.clear();
         self.join_deadline = None;
+        self.sync_deadline = None;
     }
 
     /// The next time [`Classic::expire`] has something to do.
@@ -488,6 +497,7 @@ impl Classic {
             .filter(|m| m.join.is_none())
             .map(|m| m.last_seen + m.session_timeout + Duration::from_millis(1))
             .chain(self.join_deadline)
+            .chain(self.sync_deadline)
             .min()
     }
 
@@ -510,6 +520,16 @@ impl Classic {
         }
         if self.join_deadline.is_some_and(|d| now >= d) {
             self.try_complete(group, generation, now);
+            return true;
+        }
+        if self.phase == Phase::Completing && self.sync_deadline.is_some_and(|d| now >= d) {
+            self.sync_deadline = None;
+            let late: Vec<String> = self.members.values().filter(|m| m.sync.is_none()).map(|m| m.id.clone()).collect();
+            for id in &late {
+                tracing::info!(group, member = %id, "classic member removed: no SyncGroup within the rebalance timeout");
+                self.drop_member(group, id);
+            }
+            self.after_removal(group, generation, now);
             return true;
         }
         false
@@ -676,6 +696,28 @@ mod tests {
         assert!(answer(&mut again).is_none());
         assert_eq!(c.state(), "PreparingRebalance");
         assert!(!c.members.contains_key(&follower.member_id), "the old incarnation is gone");
+    }
+
+    #[test]
+    fn a_leader_that_never_assigns_is_removed_and_the_others_rejoin() {
+        let now = Instant::now();
+        let mut c = Classic::default();
+        let mut generation = 0;
+        let mut a = join(&mut c, &mut generation, spec("", &["range"]), now);
+        let mut b = join(&mut c, &mut generation, spec("", &["range"]), now);
+        c.expire("g", &mut generation, now + DELAY);
+        let (ja, jb) = (answer(&mut a).unwrap().unwrap(), answer(&mut b).unwrap().unwrap());
+        let (leader, follower) = if ja.leader == ja.member_id { (ja, jb) } else { (jb, ja) };
+        let (tx, mut waiting) = oneshot::channel();
+        c.sync("g", &follower.member_id, "", 1, 1, vec![], tx, now).unwrap();
+        // The leader heartbeats but never syncs: past the rebalance timeout it is removed.
+        let t = now + DELAY + Duration::from_secs(5);
+        c.heartbeat("g", &leader.member_id, "", 1, 1, t - Duration::from_millis(1)).unwrap();
+        assert!(c.expire("g", &mut generation, t));
+        assert!(!c.members.contains_key(&leader.member_id));
+        let told = answer(&mut waiting).unwrap().unwrap_err();
+        assert!(matches!(told, SluiceError::RebalanceInProgress(_)), "{told}");
+        assert_eq!(c.state(), "PreparingRebalance");
     }
 
     #[test]
