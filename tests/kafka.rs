@@ -526,10 +526,7 @@ async fn librdkafka_clients_ride_through_a_gateway_killed_under_them() {
 /// refused: it can neither open a transaction of its own nor join the next one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_batch_of_a_client_that_keeps_its_epoch_is_refused_after_the_end() {
-    use sluice_core::batch::{BatchBuilder, TRANSACTIONAL};
-    use sluice_proto::v1::{
-        AddPartitionsToTxnRequest, EndTxnRequest, PartitionBatches, ProduceRequest, TransactionState,
-    };
+    use sluice_proto::v1::{AddPartitionsToTxnRequest, EndTxnRequest, TransactionState};
     let d = dev().await;
     let client = Client::connect(&d.grpc).await.unwrap();
     client.create_topic("keep", 1, 1, HashMap::new()).await.unwrap();
@@ -538,29 +535,8 @@ async fn a_late_batch_of_a_client_that_keeps_its_epoch_is_refused_after_the_end(
         client.init_transactional_id("keep-t", Duration::from_secs(30)).await.ok()
     })
     .await;
-    let batch = |seq: i32, v: &str| {
-        let mut b = BatchBuilder::new(sluice_core::compression::Compression::None)
-            .producer(pid, epoch, seq)
-            .flags(TRANSACTIONAL);
-        b.push(sluice_core::settings::now_ms(), None, Some(v.as_bytes()), &[]);
-        b.build().unwrap()
-    };
-    let produce = |data: Bytes| {
-        let client = client.clone();
-        async move {
-            let req = ProduceRequest {
-                topic: "keep".into(),
-                batches: vec![PartitionBatches { partition: 0, data }],
-                timeout_ms: 10_000,
-                ..Default::default()
-            };
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
-            tx.send(req).await.unwrap();
-            let mut s =
-                client.broker().produce(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
-            s.message().await.unwrap().unwrap().partitions[0].error.clone()
-        }
-    };
+    let batch = |seq: i32, v: &str| sluice_tests::txn_batch(pid, epoch, seq, v);
+    let produce = |data: Bytes| sluice_tests::produce_raw(&client, "keep", 0, data);
     let add = AddPartitionsToTxnRequest {
         producer_id: pid,
         producer_epoch: epoch.into(),

@@ -140,6 +140,38 @@ pub fn text(b: &Option<bytes::Bytes>) -> String {
     b.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()
 }
 
+/// One transactional batch of `value`, as producer `pid` at `epoch` with base sequence `seq`.
+pub fn txn_batch(pid: i64, epoch: i16, seq: i32, value: &str) -> bytes::Bytes {
+    use sluice_core::batch::{BatchBuilder, TRANSACTIONAL};
+    let mut b =
+        BatchBuilder::new(sluice_core::compression::Compression::None).producer(pid, epoch, seq).flags(TRANSACTIONAL);
+    b.push(sluice_core::settings::now_ms(), None, Some(value.as_bytes()), &[]);
+    b.build().expect("a batch")
+}
+
+/// Produces `data` (whole batches, as built) to one partition on a fresh produce stream;
+/// the partition's error, if any.
+pub async fn produce_raw(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+    data: bytes::Bytes,
+) -> Option<sluice_proto::v1::Error> {
+    use sluice_proto::v1::{PartitionBatches, ProduceRequest};
+    let req = ProduceRequest {
+        topic: topic.into(),
+        batches: vec![PartitionBatches { partition, data }],
+        timeout_ms: 10_000,
+        ..Default::default()
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(req).await.expect("queue the request");
+    let mut s =
+        client.broker().produce(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("a stream").into_inner();
+    let r = s.message().await.expect("an answer").expect("an answer");
+    r.partitions[0].error.clone()
+}
+
 /// Opens a plain-records fetch of one partition from `offset` and closes the request side at
 /// once (a one-shot reader, as a simple client in another language would be).
 pub async fn fetch_plain(

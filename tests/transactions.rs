@@ -9,11 +9,7 @@ use bytes::Bytes;
 use sluice_client::consumer::{Consumer, ConsumerConfig, StartFrom};
 use sluice_client::producer::{GroupMetadata, Producer, ProducerConfig, ProducerRecord};
 use sluice_client::{Client, ClientError};
-use sluice_core::batch::{BatchBuilder, TRANSACTIONAL};
-use sluice_core::compression::Compression;
-use sluice_proto::v1::{
-    EndTxnRequest, IsolationLevel, PartitionBatches, ProduceRequest, ProduceResponse, TransactionState,
-};
+use sluice_proto::v1::{EndTxnRequest, IsolationLevel, TransactionState};
 use sluice_tests::{client, cluster, eventually, text};
 use tonic::Code;
 
@@ -192,28 +188,8 @@ async fn a_hung_transaction_is_aborted_at_its_timeout_and_a_late_retry_never_joi
     // KIP-890: a batch of transaction N arriving late (a retry) while N+1 is open is refused:
     // N's end moved the producer to its next epoch, which N's markers carry.
     let (pid, epoch) = client.init_transactional_id("raw-t", Duration::from_secs(30)).await.unwrap();
-    let batch = |epoch: i16, seq: i32, v: &str| {
-        let mut b = BatchBuilder::new(Compression::None).producer(pid, epoch, seq).flags(TRANSACTIONAL);
-        b.push(sluice_core::settings::now_ms(), None, Some(v.as_bytes()), &[]);
-        b.build().unwrap()
-    };
-    let produce = |data: Bytes| {
-        let client = client.clone();
-        async move {
-            let req = ProduceRequest {
-                topic: "hung".into(),
-                batches: vec![PartitionBatches { partition: 0, data }],
-                timeout_ms: 10_000,
-                ..Default::default()
-            };
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
-            tx.send(req).await.unwrap();
-            let mut s =
-                client.broker().produce(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
-            let r: ProduceResponse = s.message().await.unwrap().unwrap();
-            r.partitions[0].error.clone()
-        }
-    };
+    let batch = |epoch: i16, seq: i32, v: &str| sluice_tests::txn_batch(pid, epoch, seq, v);
+    let produce = |data: Bytes| sluice_tests::produce_raw(&client, "hung", 0, data);
     assert_eq!(produce(batch(epoch, 0, "n-1")).await, None, "transaction N's first batch");
     let late = batch(epoch, 1, "n-late");
     let end = EndTxnRequest {
