@@ -1165,3 +1165,28 @@ async fn the_delivery_mode_examples_consume_and_commit() {
         assert!(left.is_some(), "{example} did not leave: {:?}", client.describe_group(group).await);
     }
 }
+
+/// Partitions added to a topic reach a group's members: the coordinator reassigns on the
+/// metadata change, and records of the new partitions are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_added_to_a_topic_are_assigned_to_the_group() {
+    let (c, _dir) = group_cluster(1, 1).await;
+    let client = client(&c).await;
+    client.create_topic("grow", 2, 1, Default::default()).await.expect("topic");
+    let mut g = GroupConsumer::subscribe(client.clone(), &["grow"], GroupConfig::new("g-grow")).await.expect("join");
+    produce(&client, "grow", 0, 10, 1000).await;
+    assert_eq!(poll_values(&mut g, 10).await.len(), 10);
+    client.create_partitions("grow", 4).await.expect("partitions added");
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let r = ProducerRecord {
+        topic: "grow".into(),
+        partition: Some(3),
+        value: Some(Bytes::from_static(b"in-partition-3")),
+        timestamp_ms: sluice_core::settings::now_ms(),
+        ..Default::default()
+    };
+    producer.send(r).await.expect("queued").await.expect("sent").expect("written");
+    assert_eq!(poll_values(&mut g, 1).await, vec!["in-partition-3".to_string()]);
+    assert_eq!(g.assignment().len(), 4, "the member holds the new partitions too");
+    g.close().await.expect("close");
+}
