@@ -371,17 +371,17 @@ impl Classic {
         now: Instant,
     ) -> Result<(), SluiceError> {
         self.check(group, member, instance_id, generation, current)?;
+        if matches!(self.phase, Phase::Empty | Phase::Preparing) {
+            return Err(SluiceError::RebalanceInProgress(group.to_string()));
+        }
+        let m = self.members.get_mut(member).ok_or_else(|| SluiceError::Internal("member vanished".into()))?;
+        m.last_seen = now;
         match self.phase {
-            Phase::Empty | Phase::Preparing => Err(SluiceError::RebalanceInProgress(group.to_string())),
-            Phase::Stable => {
-                let m = self.members.get_mut(member).ok_or_else(|| SluiceError::Internal("member vanished".into()))?;
-                m.last_seen = now;
+            Phase::Empty | Phase::Preparing | Phase::Stable => {
                 let _ = reply.send(Ok(m.assignment.clone()));
                 Ok(())
             }
             Phase::Completing => {
-                let m = self.members.get_mut(member).ok_or_else(|| SluiceError::Internal("member vanished".into()))?;
-                m.last_seen = now;
                 m.sync = Some(reply);
                 if member == self.leader {
                     let mut given: BTreeMap<String, Bytes> = assignments.into_iter().collect();

@@ -50,6 +50,8 @@ struct Part {
     error: i16,
     /// A chunk was left out for the partition's limit: later ones are too (they follow it).
     full: bool,
+    /// Bytes of `chunks`.
+    held: u64,
 }
 
 async fn topic(
@@ -175,13 +177,14 @@ async fn collect(
         } else {
             part.high_watermark = Some(resp.high_watermark);
             part.log_start = Some(resp.log_start_offset);
-            let held: u64 = part.chunks.iter().map(|c| c.len() as u64).sum();
+            let held = part.held;
             let cap = caps.get(&(resp.partition as i32)).copied().unwrap_or(u64::MAX);
             let len = resp.batches.len() as u64;
             // Beyond the partition's limit a chunk is left for the next fetch (which asks
             // from the last offset the client saw), unless it is the partition's first.
             if len > 0 && !part.full && (part.chunks.is_empty() || held.saturating_add(len) <= cap) {
                 bytes += len;
+                part.held += len;
                 part.chunks.push(resp.batches);
             } else if len > 0 {
                 part.full = true;
