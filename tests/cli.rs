@@ -125,6 +125,37 @@ async fn topic_produce_consume_contract() {
         .map(|r| r.split('\t').next().unwrap().parse::<i64>().unwrap())
         .sum();
     assert_eq!(total, 300);
+
+    // Config changes apply on the next write; a bad value or a check only changes nothing.
+    let alter = sluice(
+        &gw,
+        &["topic", "alter-config", "clicks", "--set", "max.message.bytes=1024", "--delete", "retention.ms"],
+        "",
+    )
+    .await;
+    assert_eq!(alter.code, 0, "{}", alter.stderr);
+    assert!(
+        alter.stdout.contains("max.message.bytes=1024") && alter.stdout.contains("retention.ms=604800000"),
+        "{}",
+        alter.stdout
+    );
+    let big = format!("{}\n", "x".repeat(2000));
+    let refused = sluice(&gw, &["produce", "clicks", "--partition", "0"], &big).await;
+    assert!(refused.code == 1 && refused.stderr.contains("larger than max.message.bytes (1024"), "{}", refused.stderr);
+    let bad = sluice(&gw, &["topic", "alter-config", "clicks", "--set", "retention.ms=soon"], "").await;
+    assert!(bad.code == 1 && bad.stderr.contains("retention.ms=soon: not an integer"), "{}", bad.stderr);
+    let check =
+        sluice(&gw, &["topic", "alter-config", "clicks", "--validate-only", "--set", "max.message.bytes=4096"], "")
+            .await;
+    assert!(check.code == 0 && check.stdout.contains("would have config: ") && check.stdout.contains("=4096"));
+    let nothing = sluice(&gw, &["topic", "alter-config", "clicks"], "").await;
+    assert!(nothing.code == 1 && nothing.stderr.contains("nothing to change"), "{}", nothing.stderr);
+    let d = sluice(&gw, &["topic", "describe", "clicks"], "").await;
+    assert!(d.stdout.contains("max.message.bytes=1024,"), "unchanged by the refused and checked ones: {}", d.stdout);
+    let back = sluice(&gw, &["topic", "alter-config", "clicks", "--delete", "max.message.bytes"], "").await;
+    assert_eq!(back.code, 0, "{}", back.stderr);
+    assert_eq!(sluice(&gw, &["produce", "clicks", "--partition", "0"], &big).await.code, 0);
+
     assert_eq!(sluice(&gw, &["topic", "delete", "clicks"], "").await.code, 0);
     let gone = sluice(&gw, &["topic", "describe", "clicks"], "").await;
     assert_eq!(gone.code, 1);
@@ -152,6 +183,18 @@ async fn transactional_produce_and_txn_commands() {
     let mut read: Vec<&str> = cons.stdout.lines().collect();
     read.sort();
     assert_eq!(read, vec!["v0", "v1", "v2", "v3", "v4"], "every committed record, once");
+
+    // The transactional producer is remembered where it wrote, at the epoch its last commit
+    // moved it to (sequences start again there), nothing left open.
+    let producers = sluice(&gw, &["topic", "producers", "tx"], "").await;
+    assert_eq!(producers.code, 0, "{}", producers.stderr);
+    let rows: Vec<&str> = producers.stdout.lines().collect();
+    assert!(!rows.is_empty(), "{}", producers.stdout);
+    assert!(
+        rows.iter().all(|r| r.contains("\tLastSequence: -1\t") && r.ends_with("\tTxnStartOffset: -")),
+        "{}",
+        producers.stdout
+    );
 
     let list = sluice(&gw, &["txn", "list"], "").await;
     assert_eq!(list.code, 0, "{}", list.stderr);

@@ -463,6 +463,20 @@ async fn the_java_client_produces_consumes_in_a_group_and_runs_transactions() {
     assert_eq!(done["group_consumed"], 100, "{done}");
     assert_eq!(done["group_committed"], 100, "{done}");
     assert_eq!(done["tx_group_committed"], 100, "{done}");
+    // IncrementalAlterConfigs: set, append to a list, a bad value refused, delete.
+    assert_eq!(done["altered_retention"], "3600000", "{done}");
+    assert_eq!(done["altered_policy"], "compact,delete", "{done}");
+    assert_eq!(done["bad_config"], "InvalidConfigurationException", "{done}");
+    assert_eq!(done["restored_policy"], "delete", "{done}");
+    // DescribeProducers: the one idempotent producer, on every partition it wrote to, no
+    // transaction open.
+    assert_eq!(done["producers"], serde_json::json!([3]), "{done}");
+    assert_eq!(done["producer_open_txn"], false, "{done}");
+    // OffsetForLeaderEpoch: a position inside the log validates and reads; one past the end
+    // is reported as truncated back to the end.
+    assert_eq!(done["record_epoch"], 1, "{done}");
+    assert!(done["validated_read"].as_i64().unwrap_or(0) > 0, "{done}");
+    assert_eq!(done["truncation_from_end"], "0", "{done}");
     let mut expected: Vec<String> = (0..100).map(|i| format!("V{i}")).collect();
     expected.sort();
     assert_eq!(done["committed_view"], serde_json::json!(expected), "read_committed: once each, nothing aborted");

@@ -1,7 +1,9 @@
-//! `sluice topic create|list|describe|delete`.
+//! `sluice topic create|add-partitions|alter-config|list|describe|producers|delete`.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
+
+use sluice_proto::v1::{ConfigChange, ConfigOp};
 
 use crate::GatewayArg;
 
@@ -30,6 +32,21 @@ pub enum TopicCmd {
         #[command(flatten)]
         gw: GatewayArg,
     },
+    /// Change a topic's configuration: the nodes apply it as soon as they see it.
+    AlterConfig {
+        name: String,
+        /// Sets a key, repeatable: retention.ms, retention.bytes, cleanup.policy, ...
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Stops setting a key (its default applies again), repeatable.
+        #[arg(long = "delete", value_name = "KEY")]
+        delete: Vec<String>,
+        /// Only checks the changes and shows the configuration they would give.
+        #[arg(long)]
+        validate_only: bool,
+        #[command(flatten)]
+        gw: GatewayArg,
+    },
     /// List topics.
     List {
         #[command(flatten)]
@@ -39,6 +56,15 @@ pub enum TopicCmd {
     /// and high watermark) and configuration.
     Describe {
         name: String,
+        #[command(flatten)]
+        gw: GatewayArg,
+    },
+    /// The producers each partition remembers: id, epoch, last sequence, open transaction.
+    Producers {
+        name: String,
+        /// Only these partitions (repeatable); all by default.
+        #[arg(long = "partition")]
+        partitions: Vec<u32>,
         #[command(flatten)]
         gw: GatewayArg,
     },
@@ -70,6 +96,43 @@ pub async fn run(c: TopicCmd) -> anyhow::Result<ExitCode> {
         TopicCmd::AddPartitions { name, count, gw } => {
             let t = gw.connect().await?.create_partitions(&name, count).await?;
             println!("topic '{}' now has {} partitions", t.name, t.partitions.len());
+        }
+        TopicCmd::AlterConfig { name, set, delete, validate_only, gw } => {
+            if set.is_empty() && delete.is_empty() {
+                anyhow::bail!("nothing to change: give --set KEY=VALUE or --delete KEY");
+            }
+            let mut changes: Vec<ConfigChange> = delete
+                .into_iter()
+                .map(|key| ConfigChange { key, op: ConfigOp::Delete as i32, value: String::new() })
+                .collect();
+            let mut sets: Vec<_> = parse_configs(&set)?.into_iter().collect();
+            sets.sort();
+            changes.extend(sets.into_iter().map(|(key, value)| ConfigChange { key, op: ConfigOp::Set as i32, value }));
+            let t = gw.connect().await?.alter_topic_config(&name, changes, validate_only).await?;
+            let mut cfg: Vec<_> = t.config.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            cfg.sort();
+            let verb = if validate_only { "would have" } else { "now has" };
+            println!("topic '{}' {verb} config: {}", t.name, cfg.join(", "));
+        }
+        TopicCmd::Producers { name, partitions, gw } => {
+            let mut failed = false;
+            for p in gw.connect().await?.describe_producers(&name, partitions).await? {
+                if let Some(e) = p.error {
+                    eprintln!("partition {}: {}", p.partition, e.message);
+                    failed = true;
+                    continue;
+                }
+                for s in p.producers {
+                    let txn = if s.txn_start_offset < 0 { "-".to_string() } else { s.txn_start_offset.to_string() };
+                    println!(
+                        "Partition: {}\tProducerId: {}\tEpoch: {}\tLastSequence: {}\tLastWriteMs: {}\tTxnStartOffset: {txn}",
+                        p.partition, s.producer_id, s.producer_epoch, s.last_sequence, s.last_timestamp_ms
+                    );
+                }
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         TopicCmd::List { gw } => {
             for t in gw.connect().await?.list_topics().await? {

@@ -334,6 +334,30 @@ impl Client {
         resp.topic.ok_or_else(|| ClientError::Invalid("the gateway returned no topic".into()))
     }
 
+    /// Applies `changes` to `topic`'s configuration (only checks them with `validate_only`);
+    /// answers the topic as it is (or would be) afterwards.
+    pub async fn alter_topic_config(
+        &self,
+        topic: &str,
+        changes: Vec<ConfigChange>,
+        validate_only: bool,
+    ) -> Result<TopicDescription, ClientError> {
+        let req = AlterTopicConfigRequest { topic: topic.to_string(), changes, validate_only };
+        let resp = self.admin().alter_topic_config(req).await?.into_inner();
+        resp.topic.ok_or_else(|| ClientError::Invalid("the gateway returned no topic".into()))
+    }
+
+    /// The producers each partition's leader remembers (all partitions when `partitions` is
+    /// empty).
+    pub async fn describe_producers(
+        &self,
+        topic: &str,
+        partitions: Vec<u32>,
+    ) -> Result<Vec<PartitionProducers>, ClientError> {
+        let req = DescribeProducersRequest { topic: topic.to_string(), partitions };
+        Ok(self.admin().describe_producers(req).await?.into_inner().partitions)
+    }
+
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
         self.admin().delete_topic(DeleteTopicRequest { name: name.to_string() }).await?;
         Ok(())

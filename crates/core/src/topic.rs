@@ -203,6 +203,93 @@ impl TopicConfig {
     }
 }
 
+/// One change to a topic's explicit configuration, as Kafka's IncrementalAlterConfigs sends
+/// them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigChange {
+    pub key: String,
+    pub op: ConfigOp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigOp {
+    /// The topic sets the key to this value.
+    Set(String),
+    /// The topic stops setting the key: the default applies again.
+    Delete,
+    /// Adds items to a list value (`cleanup.policy`), starting from the effective value.
+    Append(String),
+    /// Removes items from a list value.
+    Subtract(String),
+}
+
+/// The keys whose values are comma-separated lists.
+const LIST_KEYS: &[&str] = &["cleanup.policy"];
+
+/// `explicit` (a topic's own settings, over `effective` values) with `changes` applied in
+/// order, validated as a creation validates them. Changes to one key apply in order, so a
+/// request may delete then set it.
+pub fn apply_config_changes(
+    explicit: &BTreeMap<String, String>,
+    effective: &TopicConfig,
+    changes: &[ConfigChange],
+) -> Result<BTreeMap<String, String>, SluiceError> {
+    let mut out = explicit.clone();
+    let defaults = effective.to_map();
+    for c in changes {
+        if !TOPIC_CONFIG_KEYS.contains(&c.key.as_str()) {
+            return Err(SluiceError::InvalidConfig(format!(
+                "unknown config key '{}' (known keys: {})",
+                c.key,
+                TOPIC_CONFIG_KEYS.join(", ")
+            )));
+        }
+        let list_op = matches!(c.op, ConfigOp::Append(_) | ConfigOp::Subtract(_));
+        if list_op && !LIST_KEYS.contains(&c.key.as_str()) {
+            return Err(SluiceError::InvalidConfig(format!(
+                "'{}' is not a list: only {} can be appended to or subtracted from",
+                c.key,
+                LIST_KEYS.join(", ")
+            )));
+        }
+        let current = || list_items(out.get(&c.key).or_else(|| defaults.get(&c.key)).map_or("", |v| v.as_str()));
+        match &c.op {
+            ConfigOp::Set(v) => {
+                out.insert(c.key.clone(), v.trim().to_string());
+            }
+            ConfigOp::Delete => {
+                out.remove(&c.key);
+            }
+            ConfigOp::Append(v) => {
+                let mut list = current();
+                for item in list_items(v) {
+                    if !list.contains(&item) {
+                        list.push(item);
+                    }
+                }
+                out.insert(c.key.clone(), list.join(","));
+            }
+            ConfigOp::Subtract(v) => {
+                let gone = list_items(v);
+                let list: Vec<String> = current().into_iter().filter(|i| !gone.contains(i)).collect();
+                if list.is_empty() {
+                    return Err(SluiceError::InvalidConfig(format!(
+                        "subtracting '{v}' from {} would leave it empty",
+                        c.key
+                    )));
+                }
+                out.insert(c.key.clone(), list.join(","));
+            }
+        }
+    }
+    TopicConfig::from_map(&out)?;
+    Ok(out)
+}
+
+fn list_items(v: &str) -> Vec<String> {
+    v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,5 +320,39 @@ mod tests {
         }
         let c = TopicConfig::default();
         assert_eq!(TopicConfig::from_map(&c.to_map()).unwrap(), c);
+    }
+
+    #[test]
+    fn config_changes_set_delete_append_and_subtract() {
+        let explicit: BTreeMap<String, String> = [("retention.ms".to_string(), "1000".to_string())].into();
+        let eff = TopicConfig::from_map(&explicit).unwrap();
+        let change = |key: &str, op: ConfigOp| ConfigChange { key: key.into(), op };
+        let out = apply_config_changes(
+            &explicit,
+            &eff,
+            &[
+                change("retention.ms", ConfigOp::Delete),
+                change("max.message.bytes", ConfigOp::Set("2048".into())),
+                change("cleanup.policy", ConfigOp::Append("compact".into())),
+            ],
+        )
+        .unwrap();
+        assert_eq!(out.get("retention.ms"), None);
+        assert_eq!(out["max.message.bytes"], "2048");
+        assert_eq!(out["cleanup.policy"], "delete,compact");
+        let eff = TopicConfig::from_map(&out).unwrap();
+        let out =
+            apply_config_changes(&out, &eff, &[change("cleanup.policy", ConfigOp::Subtract("delete".into()))]).unwrap();
+        assert_eq!(out["cleanup.policy"], "compact");
+        let eff = TopicConfig::from_map(&out).unwrap();
+        for bad in [
+            change("cleanup.policy", ConfigOp::Subtract("compact".into())),
+            change("retention.ms", ConfigOp::Append("5".into())),
+            change("no.such.key", ConfigOp::Set("1".into())),
+            change("retention.ms", ConfigOp::Set("soon".into())),
+        ] {
+            let e = apply_config_changes(&out, &eff, std::slice::from_ref(&bad)).unwrap_err();
+            assert!(matches!(e, SluiceError::InvalidConfig(_)), "{bad:?}: {e}");
+        }
     }
 }

@@ -14,8 +14,9 @@ use tokio::sync::watch;
 
 use crate::{
     ClusterView, GatewayInfo, MetaError, MetaStore, NewTopic, NodeInfo, PartitionAssignment, PartitionState,
-    TopicLimits, TopicMeta, plan_partitions, plan_topic,
+    TopicLimits, TopicMeta, plan_config, plan_partitions, plan_topic,
 };
+use sluice_core::topic::ConfigChange;
 
 #[derive(Default, Serialize, Deserialize)]
 struct Persisted {
@@ -251,6 +252,25 @@ impl EmbeddedMeta {
     }
 
     /// Applies `f` to a copy of the view at the next revision; persists when it says so.
+    /// Writes topic `name` as `plan` makes it; a state change planned against the topic as it
+    /// was is refused afterwards, as in etcd (the revision moves).
+    fn rewrite_topic(
+        &self,
+        name: &str,
+        plan: impl FnOnce(&ClusterView, &TopicMeta) -> Result<TopicMeta, SluiceError>,
+    ) -> Result<TopicMeta, MetaError> {
+        let mut written = None;
+        self.update(|v| {
+            let topic = v.topics.get(name).ok_or_else(|| SluiceError::UnknownTopic(name.to_string()))?;
+            let mut t = plan(v, topic)?;
+            t.revision = v.revision;
+            v.topics.insert(name.to_string(), Arc::new(t.clone()));
+            written = Some(t);
+            Ok(true)
+        })?;
+        written.ok_or_else(|| MetaError::Request(SluiceError::Internal("topic change lost".into())))
+    }
+
     fn update(&self, f: impl FnOnce(&mut ClusterView) -> Result<bool, MetaError>) -> Result<(), MetaError> {
         let _g = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = (**self.tx.borrow()).clone();
@@ -286,17 +306,11 @@ impl MetaStore for EmbeddedMeta {
     }
 
     async fn add_partitions(&self, name: &str, count: u32, limits: TopicLimits) -> Result<TopicMeta, MetaError> {
-        let mut grown = None;
-        self.update(|v| {
-            let topic = v.topics.get(name).ok_or_else(|| SluiceError::UnknownTopic(name.to_string()))?;
-            let mut t = plan_partitions(v, topic, count, limits, rand::random())?;
-            // A state change planned against the topic as it was is refused, as in etcd.
-            t.revision = v.revision;
-            v.topics.insert(name.to_string(), Arc::new(t.clone()));
-            grown = Some(t);
-            Ok(true)
-        })?;
-        grown.ok_or_else(|| MetaError::Request(SluiceError::Internal("partition addition lost".into())))
+        self.rewrite_topic(name, |v, topic| plan_partitions(v, topic, count, limits, rand::random()))
+    }
+
+    async fn alter_topic_config(&self, name: &str, changes: &[ConfigChange]) -> Result<TopicMeta, MetaError> {
+        self.rewrite_topic(name, |_, topic| plan_config(topic, changes))
     }
 
     async fn delete_topic(&self, name: &str) -> Result<(), MetaError> {
@@ -380,6 +394,10 @@ impl MetaStore for EmbeddedSession {
 
     async fn add_partitions(&self, name: &str, count: u32, limits: TopicLimits) -> Result<TopicMeta, MetaError> {
         self.meta.add_partitions(name, count, limits).await
+    }
+
+    async fn alter_topic_config(&self, name: &str, changes: &[ConfigChange]) -> Result<TopicMeta, MetaError> {
+        self.meta.alter_topic_config(name, changes).await
     }
 
     async fn delete_topic(&self, name: &str) -> Result<(), MetaError> {

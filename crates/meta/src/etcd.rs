@@ -35,8 +35,9 @@ use tokio::sync::watch;
 
 use crate::{
     ClusterView, GatewayInfo, MetaError, MetaStore, NewTopic, NodeInfo, PartitionAssignment, PartitionState,
-    TopicLimits, TopicMeta, plan_partitions, plan_topic,
+    TopicLimits, TopicMeta, plan_config, plan_partitions, plan_topic,
 };
+use sluice_core::topic::ConfigChange;
 
 /// Metadata kept in an etcd cluster.
 pub struct EtcdMeta {
@@ -353,6 +354,35 @@ impl EtcdMeta {
         let mut rx = self.tx.subscribe();
         let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|v| pred(v))).await;
     }
+
+    /// Writes topic `name` as `plan` makes it from the current view. The topic may change
+    /// meanwhile (a leader elected): the write compares its revision and is planned again
+    /// from the newer view. `what` names the change in the timeout error.
+    async fn rewrite_topic(
+        &self,
+        name: &str,
+        what: &str,
+        plan: impl Fn(&ClusterView, &TopicMeta) -> Result<TopicMeta, SluiceError>,
+    ) -> Result<TopicMeta, MetaError> {
+        let key = self.key("topics", name);
+        for _ in 0..10 {
+            let view = self.tx.borrow().clone();
+            let topic = view.topics.get(name).ok_or_else(|| SluiceError::UnknownTopic(name.to_string()))?;
+            let next = plan(&view, topic)?;
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, topic.revision)])
+                .and_then([TxnOp::put(key.as_str(), serde_json::to_vec(&next)?, None)]);
+            let resp = self.client.clone().txn(txn).await?;
+            if resp.succeeded() {
+                let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+                self.await_view(|v| v.revision >= rev).await;
+                return Ok(next);
+            }
+            let seen = topic.revision;
+            self.await_view(|v| v.topics.get(name).is_none_or(|t| t.revision != seen)).await;
+        }
+        Err(MetaError::Request(SluiceError::Timeout(format!("topic '{name}' kept changing while {what}"))))
+    }
 }
 
 #[async_trait::async_trait]
@@ -389,28 +419,14 @@ impl MetaStore for EtcdMeta {
     }
 
     async fn add_partitions(&self, name: &str, count: u32, limits: TopicLimits) -> Result<TopicMeta, MetaError> {
-        let key = self.key("topics", name);
-        // The topic may change meanwhile (a leader elected): the write compares its revision
-        // and is planned again from the newer view.
-        for _ in 0..10 {
-            let view = self.tx.borrow().clone();
-            let topic = view.topics.get(name).ok_or_else(|| SluiceError::UnknownTopic(name.to_string()))?;
-            let grown = plan_partitions(&view, topic, count, limits, rand::random())?;
-            let txn = Txn::new()
-                .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, topic.revision)])
-                .and_then([TxnOp::put(key.as_str(), serde_json::to_vec(&grown)?, None)]);
-            let resp = self.client.clone().txn(txn).await?;
-            if resp.succeeded() {
-                let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-                self.await_view(|v| v.revision >= rev).await;
-                return Ok(grown);
-            }
-            let seen = topic.revision;
-            self.await_view(|v| v.topics.get(name).is_none_or(|t| t.revision != seen)).await;
-        }
-        Err(MetaError::Request(SluiceError::Timeout(format!(
-            "topic '{name}' kept changing while partitions were added"
-        ))))
+        self.rewrite_topic(name, "partitions were added", |view, topic| {
+            plan_partitions(view, topic, count, limits, rand::random())
+        })
+        .await
+    }
+
+    async fn alter_topic_config(&self, name: &str, changes: &[ConfigChange]) -> Result<TopicMeta, MetaError> {
+        self.rewrite_topic(name, "its config was altered", |_, topic| plan_config(topic, changes)).await
     }
 
     async fn delete_topic(&self, name: &str) -> Result<(), MetaError> {

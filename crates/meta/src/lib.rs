@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 pub use model::{
     ClusterView, CoordinatorInfo, GatewayInfo, NodeInfo, PartitionAssignment, PartitionState, TopicMeta,
-    default_min_insync, plan_partitions, plan_topic,
+    default_min_insync, plan_config, plan_partitions, plan_topic,
 };
 use sluice_core::SluiceError;
 use tokio::sync::watch;
@@ -78,6 +78,12 @@ pub trait MetaStore: Send + Sync {
     /// Grows a topic to `count` partitions (see [`plan_partitions`]); their nodes open the new
     /// ones as they see them.
     async fn add_partitions(&self, name: &str, count: u32, limits: TopicLimits) -> Result<TopicMeta, MetaError>;
+    /// Applies `changes` to a topic's configuration (see [`plan_config`]).
+    async fn alter_topic_config(
+        &self,
+        name: &str,
+        changes: &[sluice_core::topic::ConfigChange],
+    ) -> Result<TopicMeta, MetaError>;
     /// Deletes a topic; its partitions are then removed by their nodes.
     async fn delete_topic(&self, name: &str) -> Result<(), MetaError>;
     /// The current view and every change to it.

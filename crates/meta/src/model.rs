@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sluice_core::SluiceError;
-use sluice_core::topic::{TopicConfig, validate_topic_name};
+use sluice_core::topic::{ConfigChange, TopicConfig, apply_config_changes, internal_topic, validate_topic_name};
 
 use crate::{NewTopic, TopicLimits};
 
@@ -190,6 +190,32 @@ pub fn plan_topic(view: &ClusterView, t: &NewTopic, limits: TopicLimits, seed: u
         created_ms: sluice_core::settings::now_ms(),
         revision: 0,
     })
+}
+
+/// `topic` with `changes` applied to its explicit configuration (see
+/// [`sluice_core::topic::apply_config_changes`]). The nodes read the configuration from the
+/// view on every write and cleaning pass, so a change applies as soon as they see it.
+pub fn plan_config(topic: &TopicMeta, changes: &[ConfigChange]) -> Result<TopicMeta, SluiceError> {
+    if changes.is_empty() {
+        return Err(SluiceError::InvalidRequest("no config change was given".into()));
+    }
+    let config = apply_config_changes(&topic.config, &topic.config(), changes)?;
+    if let Some(what) = internal_topic(&topic.name)
+        && config.get("cleanup.policy") != topic.config.get("cleanup.policy")
+    {
+        return Err(SluiceError::InvalidConfig(format!(
+            "the cleanup.policy of '{}' ({what}) cannot change: it must stay compacted",
+            topic.name
+        )));
+    }
+    let min_isr = TopicConfig::from_map(&config)?.min_insync_replicas;
+    if config.contains_key("min.insync.replicas") && min_isr > topic.replication_factor.max(1) {
+        return Err(SluiceError::InvalidConfig(format!(
+            "min.insync.replicas={min_isr} is larger than the replication factor {}: acks=all writes could never succeed",
+            topic.replication_factor
+        )));
+    }
+    Ok(TopicMeta { config, ..topic.clone() })
 }
 
 /// `topic` grown to `count` partitions: the new ones placed on the live nodes as a creation

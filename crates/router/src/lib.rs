@@ -74,6 +74,13 @@ impl Router {
         topic::partitions::handle(self, req).await
     }
 
+    pub async fn alter_topic_config(
+        &self,
+        req: AlterTopicConfigRequest,
+    ) -> Result<AlterTopicConfigResponse, SluiceError> {
+        topic::config::handle(self, req).await
+    }
+
     pub async fn delete_topic(&self, req: DeleteTopicRequest) -> Result<DeleteTopicResponse, SluiceError> {
         topic::delete::handle(self, req).await
     }
@@ -108,6 +115,13 @@ impl Router {
             isolation_level: isolation as i32,
         };
         Ok(self.list_offsets(req).await?.offsets)
+    }
+
+    pub async fn describe_producers(
+        &self,
+        req: DescribeProducersRequest,
+    ) -> Result<DescribeProducersResponse, SluiceError> {
+        offsets::describe_producers(self, req).await
     }
 
     pub fn list_nodes(&self, req: ListNodesRequest) -> ListNodesResponse {

@@ -13,8 +13,8 @@ use sluice_core::SluiceError;
 use sluice_meta::NodeInfo;
 use sluice_proto::v1::partition_node_client::PartitionNodeClient;
 use sluice_proto::v1::{
-    AppendRequest, AppendResponse, PartitionOffsetsRequest, PartitionOffsetsResponse, ReadRequest, ReadResponse,
-    WriteTxnMarkerRequest, WriteTxnMarkerResponse,
+    AppendRequest, AppendResponse, EpochEndRequest, EpochEndResponse, PartitionOffsetsRequest,
+    PartitionOffsetsResponse, ReadRequest, ReadResponse, WriteTxnMarkerRequest, WriteTxnMarkerResponse,
 };
 use sluice_runtime::node_api::{NodeApi, NodeStream};
 use tokio::sync::{mpsc, oneshot};
@@ -42,6 +42,10 @@ impl NodeApi for RemoteNode {
 
     async fn write_txn_marker(&self, req: WriteTxnMarkerRequest) -> Result<WriteTxnMarkerResponse, Status> {
         Ok(self.0.clone().write_txn_marker(req).await?.into_inner())
+    }
+
+    async fn epoch_end(&self, req: EpochEndRequest) -> Result<EpochEndResponse, Status> {
+        Ok(self.0.clone().epoch_end(req).await?.into_inner())
     }
 }
 

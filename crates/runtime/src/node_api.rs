@@ -5,8 +5,8 @@
 use std::pin::Pin;
 
 use sluice_proto::v1::{
-    AppendRequest, AppendResponse, PartitionOffsetsRequest, PartitionOffsetsResponse, ReadRequest, ReadResponse,
-    WriteTxnMarkerRequest, WriteTxnMarkerResponse,
+    AppendRequest, AppendResponse, EpochEndRequest, EpochEndResponse, PartitionOffsetsRequest,
+    PartitionOffsetsResponse, ReadRequest, ReadResponse, WriteTxnMarkerRequest, WriteTxnMarkerResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -25,6 +25,8 @@ pub trait NodeApi: Send + Sync {
     async fn partition_offsets(&self, req: PartitionOffsetsRequest) -> Result<PartitionOffsetsResponse, Status>;
     /// Writes a transaction marker (the transaction coordinator's call).
     async fn write_txn_marker(&self, req: WriteTxnMarkerRequest) -> Result<WriteTxnMarkerResponse, Status>;
+    /// Where an epoch ends in the leader's log (replication, and clients' truncation checks).
+    async fn epoch_end(&self, req: EpochEndRequest) -> Result<EpochEndResponse, Status>;
 }
 
 /// A lazily connected channel to another Sluice service at `addr` (host:port), tuned for

@@ -201,6 +201,8 @@ pub trait PartitionLog: Send + Sync {
     fn first_unstable_offset(&self) -> i64;
     /// The aborted transactions with records in `from..to`.
     fn aborted_transactions(&self, from: i64, to: i64) -> Vec<txns::AbortedTxn>;
+    /// The producers this partition remembers (idempotence and transactions), by id.
+    fn producers(&self) -> Vec<producers::ProducerInfo>;
 }
 
 /// A node's set of partition logs.
@@ -264,6 +266,11 @@ impl AsyncLog {
     pub async fn epoch_end(&self, epoch: i32) -> Result<(i32, i64), StorageError> {
         let log = self.0.clone();
         blocking(move || log.epoch_end(epoch)).await
+    }
+
+    /// See [`PartitionLog::producers`].
+    pub fn producers(&self) -> Vec<producers::ProducerInfo> {
+        self.0.producers()
     }
 
     /// See [`PartitionLog::first_unstable_offset`].

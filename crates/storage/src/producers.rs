@@ -42,6 +42,19 @@ pub struct ProducerEntry {
     pub last_timestamp: i64,
 }
 
+/// One producer as DescribeProducers shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerInfo {
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// The last sequence number written here, -1 when only its epoch is known (a marker).
+    pub last_sequence: i32,
+    /// When it last wrote here, by the node's clock (see [`ProducerEntry::last_timestamp`]).
+    pub last_timestamp: i64,
+    /// The first offset of its open transaction here, if one is.
+    pub txn_start_offset: Option<i64>,
+}
+
 /// The outcome of checking a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -87,6 +100,23 @@ fn seq_at_or_before(seq: i32, last: i32) -> bool {
 impl ProducerTable {
     pub fn get(&self, producer_id: i64) -> Option<&ProducerEntry> {
         self.map.get(&producer_id)
+    }
+
+    /// Every producer, by id; `open_since` tells where a producer's open transaction starts.
+    pub fn describe(&self, open_since: impl Fn(i64) -> Option<i64>) -> Vec<ProducerInfo> {
+        let mut out: Vec<ProducerInfo> = self
+            .map
+            .iter()
+            .map(|(id, e)| ProducerInfo {
+                producer_id: *id,
+                epoch: e.epoch,
+                last_sequence: e.batches.back().map_or(-1, |b| b.last_seq),
+                last_timestamp: e.last_timestamp,
+                txn_start_offset: open_since(*id),
+            })
+            .collect();
+        out.sort_by_key(|p| p.producer_id);
+        out
     }
 
     pub fn len(&self) -> usize {
@@ -259,6 +289,21 @@ mod tests {
 
     fn batch(first: i32, last: i32, base: i64) -> SeqBatch {
         SeqBatch { first_seq: first, last_seq: last, base_offset: base, last_offset: base + (last - first) as i64 }
+    }
+
+    #[test]
+    fn describes_each_producer_with_its_last_sequence_and_open_transaction() {
+        let mut t = ProducerTable::default();
+        t.record(9, 2, batch(0, 4, 10), 5);
+        t.record(9, 2, batch(5, 7, 15), 6);
+        t.record(3, 0, batch(0, 0, 20), 7);
+        t.note_epoch(4, 1, 8);
+        let open = |id: i64| (id == 9).then_some(10);
+        let info = t.describe(open);
+        let ids: Vec<(i64, i16, i32, Option<i64>)> =
+            info.iter().map(|p| (p.producer_id, p.epoch, p.last_sequence, p.txn_start_offset)).collect();
+        assert_eq!(ids, vec![(3, 0, 0, None), (4, 1, -1, None), (9, 2, 7, Some(10))]);
+        assert_eq!(info[2].last_timestamp, 6);
     }
 
     #[test]

@@ -865,4 +865,9 @@ impl PartitionLog for SledPartition {
     fn aborted_transactions(&self, from: i64, to: i64) -> Vec<AbortedTxn> {
         self.lock().txns.aborted(from, to)
     }
+
+    fn producers(&self) -> Vec<producers::ProducerInfo> {
+        let st = self.lock();
+        st.producers.describe(|id| st.txns.open_since(id))
+    }
 }

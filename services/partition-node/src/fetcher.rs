@@ -92,7 +92,13 @@ async fn session(
     node.sync().await?;
 
     let last = replica.log.last_epoch();
-    let req = EpochEndRequest { partition: Some(pref.clone()), follower: node.id, leader_epoch: epoch, epoch: last };
+    let req = EpochEndRequest {
+        partition: Some(pref.clone()),
+        follower: node.id,
+        leader_epoch: epoch,
+        epoch: last,
+        for_client: false,
+    };
     let resp = client.epoch_end(req).await?.into_inner();
     if let Some(e) = resp.error {
         return Err(RemoteError::from(&e).into());

@@ -690,6 +690,10 @@ mod tests {
         fn aborted_transactions(&self, _from: i64, _to: i64) -> Vec<sluice_storage::txns::AbortedTxn> {
             Vec::new()
         }
+
+        fn producers(&self) -> Vec<sluice_storage::producers::ProducerInfo> {
+            Vec::new()
+        }
     }
 
     /// `AsyncLog` has no public constructor: the fake log is opened through a store.

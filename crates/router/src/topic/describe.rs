@@ -18,7 +18,7 @@ pub async fn handle(gw: &Router, req: DescribeTopicRequest) -> Result<DescribeTo
 /// The full description of `t`, asking each leader for its offsets.
 pub async fn describe(gw: &Router, t: &TopicMeta) -> TopicDescription {
     let all: Vec<u32> = (0..t.partitions.len() as u32).collect();
-    let offsets: BTreeMap<u32, _> = query_offsets(gw, t, &all, None).await.into_iter().collect();
+    let offsets: BTreeMap<u32, _> = query_offsets(gw, t, &all, None, false).await.into_iter().collect();
     let partitions = t
         .partitions
         .iter()

@@ -1,5 +1,6 @@
 //! Topic administration.
 
+pub mod config;
 pub mod create;
 pub mod delete;
 pub mod describe;

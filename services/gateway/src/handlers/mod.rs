@@ -76,6 +76,20 @@ impl Admin for GatewayService {
         Ok(Response::new(self.router.create_partitions(r.into_inner()).await?))
     }
 
+    async fn alter_topic_config(
+        &self,
+        r: Request<AlterTopicConfigRequest>,
+    ) -> Result<Response<AlterTopicConfigResponse>, Status> {
+        Ok(Response::new(self.router.alter_topic_config(r.into_inner()).await?))
+    }
+
+    async fn describe_producers(
+        &self,
+        r: Request<DescribeProducersRequest>,
+    ) -> Result<Response<DescribeProducersResponse>, Status> {
+        Ok(Response::new(self.router.describe_producers(r.into_inner()).await?))
+    }
+
     async fn delete_topic(&self, r: Request<DeleteTopicRequest>) -> Result<Response<DeleteTopicResponse>, Status> {
         Ok(Response::new(self.router.delete_topic(r.into_inner()).await?))
     }

@@ -1,18 +1,19 @@
 //! DescribeConfigs for topics (every config Sluice has, with its effective value and whether
-//! the topic sets it or the default applies) and brokers (none of theirs are exposed), and
-//! DescribeCluster (the gateways, as Metadata lists them).
-//!
-//! Topic configs are read-only to Kafka clients: Sluice sets them at creation, and has no
-//! operation altering them yet (IncrementalAlterConfigs is not served).
+//! the topic sets it or the default applies) and brokers (none of theirs are exposed),
+//! IncrementalAlterConfigs for topics (Sluice's AlterTopicConfig), and DescribeCluster (the
+//! gateways, as Metadata lists them).
 
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
+use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{
     BrokerId, DescribeClusterRequest, DescribeClusterResponse, DescribeConfigsRequest, DescribeConfigsResponse,
 };
+use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
 use kafka_protocol::protocol::StrBytes;
+use sluice_proto::v1::{AlterTopicConfigRequest, ConfigChange};
 
-use super::{Kafka, errors, metadata};
+use super::{Kafka, error_of, errors, metadata};
 
 /// Kafka's resource types.
 const TOPIC: i8 = 2;
@@ -61,7 +62,7 @@ pub(super) fn describe(k: &Kafka, r: DescribeConfigsRequest) -> DescribeConfigsR
                                     .with_config_type(config_type(&key))
                                     .with_name(s(&key))
                                     .with_value(Some(s(&value)))
-                                    .with_read_only(true)
+                                    .with_read_only(false)
                                     .with_config_source(source)
                             })
                             .collect();
@@ -81,6 +82,44 @@ pub(super) fn describe(k: &Kafka, r: DescribeConfigsRequest) -> DescribeConfigsR
         })
         .collect();
     DescribeConfigsResponse::default().with_results(results)
+}
+
+/// Each resource is altered on its own: one refused leaves the others applied, as in Kafka.
+pub(super) async fn alter(k: &Kafka, r: IncrementalAlterConfigsRequest) -> IncrementalAlterConfigsResponse {
+    let validate_only = r.validate_only;
+    let answers = r.resources.into_iter().map(|res| async move {
+        let answer = AlterConfigsResourceResponse::default()
+            .with_resource_type(res.resource_type)
+            .with_resource_name(res.resource_name.clone());
+        let refused = |code: i16, why: String| answer.clone().with_error_code(code).with_error_message(Some(s(&why)));
+        match res.resource_type {
+            // Nothing to change: Kafka accepts it as is.
+            TOPIC if res.configs.is_empty() => answer,
+            TOPIC => {
+                let changes = res
+                    .configs
+                    .iter()
+                    .map(|c| ConfigChange {
+                        key: c.name.to_string(),
+                        // Same numbers in both protocols; an unknown one is refused by the router.
+                        op: i32::from(c.config_operation),
+                        value: c.value.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                    })
+                    .collect();
+                let req = AlterTopicConfigRequest { topic: res.resource_name.to_string(), changes, validate_only };
+                match k.router.alter_topic_config(req).await {
+                    Ok(_) => answer,
+                    Err(e) => refused(error_of(&e), e.to_string()),
+                }
+            }
+            BROKER => refused(
+                errors::INVALID_REQUEST,
+                "gateway configs are set in each gateway's config file and environment".into(),
+            ),
+            other => refused(errors::INVALID_REQUEST, format!("resource type {other} has no configs here")),
+        }
+    });
+    IncrementalAlterConfigsResponse::default().with_responses(futures_util::future::join_all(answers).await)
 }
 
 pub(super) fn cluster(k: &Kafka, _r: DescribeClusterRequest) -> DescribeClusterResponse {

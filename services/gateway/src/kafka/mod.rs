@@ -109,6 +109,8 @@ pub(crate) mod errors {
     pub const UNSTABLE_OFFSET_COMMIT: i16 = 88;
     pub const TRANSACTIONAL_ID_NOT_FOUND: i16 = 105;
     pub const OPERATION_NOT_ATTEMPTED: i16 = 55;
+    pub const FENCED_LEADER_EPOCH: i16 = 74;
+    pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
 }
 
 /// The Kafka error code for a Sluice error code (`sluice_core::error`).
@@ -400,6 +402,8 @@ async fn handle(
             },
             ApiKey::Fetch => req.answer(&mut body, |r| fetch::handle(k, r)).await,
             ApiKey::ListOffsets => req.answer(&mut body, |r| offsets::handle(k, r)).await,
+            ApiKey::OffsetForLeaderEpoch => req.answer(&mut body, |r| offsets::epoch_end(k, r)).await,
+            ApiKey::DescribeProducers => req.answer(&mut body, |r| offsets::describe_producers(k, r)).await,
             ApiKey::FindCoordinator => {
                 req.answer(&mut body, |r| async move { coordinator::handle(k, r, version) }).await
             }
@@ -414,6 +418,7 @@ async fn handle(
             ApiKey::DescribeTransactions => req.answer(&mut body, |r| txn::describe(k, r)).await,
             ApiKey::ListTransactions => req.answer(&mut body, |r| txn::list(k, r)).await,
             ApiKey::DescribeConfigs => req.answer(&mut body, |r| async move { configs::describe(k, r) }).await,
+            ApiKey::IncrementalAlterConfigs => req.answer(&mut body, |r| configs::alter(k, r)).await,
             ApiKey::DescribeCluster => req.answer(&mut body, |r| async move { configs::cluster(k, r) }).await,
             ApiKey::JoinGroup => req.answer(&mut body, |r| groups::join(k, r, client)).await,
             ApiKey::SyncGroup => req.answer(&mut body, |r| groups::sync(k, r)).await,

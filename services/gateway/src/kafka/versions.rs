@@ -12,6 +12,8 @@ const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Fetch, 4, 12),
     // 7 adds the max-timestamp query (-3), not served.
     (ApiKey::ListOffsets, 1, 6),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::DescribeProducers, 0, 0),
     (ApiKey::Metadata, 1, 12),
     (ApiKey::ApiVersions, 0, 4),
     (ApiKey::InitProducerId, 0, 4),
@@ -39,6 +41,7 @@ const SERVED: &[(ApiKey, i16, i16)] = &[
     // 2 adds a transactional id pattern (a Java regular expression), not served.
     (ApiKey::ListTransactions, 0, 1),
     (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
     // 2 adds fenced brokers, which gateways never are; answered the same.
     (ApiKey::DescribeCluster, 0, 2),
 ];

@@ -65,6 +65,10 @@ impl NodeApi for LocalNode {
     async fn write_txn_marker(&self, req: WriteTxnMarkerRequest) -> Result<WriteTxnMarkerResponse, Status> {
         Ok(marker::serve(&self.0, req).await)
     }
+
+    async fn epoch_end(&self, req: EpochEndRequest) -> Result<EpochEndResponse, Status> {
+        Ok(replicate::epoch_end(&self.0, req).await)
+    }
 }
 
 #[tonic::async_trait]

@@ -42,7 +42,12 @@ fn served_for_follower(
 
 pub(super) async fn epoch_end(node: &Node, req: EpochEndRequest) -> EpochEndResponse {
     let r = req.partition.unwrap_or_default();
-    let found = match served_for_follower(node, &r, req.follower, req.leader_epoch) {
+    let served = if req.for_client {
+        node.leader(&r, Some(req.leader_epoch))
+    } else {
+        served_for_follower(node, &r, req.follower, req.leader_epoch)
+    };
+    let found = match served {
         Ok(s) => s.log().epoch_end(req.epoch).await.map_err(|e| map_storage(&s.replica.pid, e)),
         Err(e) => Err(e),
     };

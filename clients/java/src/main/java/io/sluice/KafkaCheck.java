@@ -8,22 +8,31 @@ import java.util.List;
 import java.util.Map;
 import java.util.Properties;
 import java.util.TreeMap;
+import java.util.Optional;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.TimeUnit;
 
 import org.apache.kafka.clients.admin.Admin;
 import org.apache.kafka.clients.admin.AdminClientConfig;
+import org.apache.kafka.clients.admin.AlterConfigOp;
+import org.apache.kafka.clients.admin.Config;
+import org.apache.kafka.clients.admin.ConfigEntry;
+import org.apache.kafka.clients.admin.DescribeProducersResult.PartitionProducerState;
+import org.apache.kafka.clients.admin.ProducerState;
 import org.apache.kafka.clients.admin.ConsumerGroupDescription;
 import org.apache.kafka.clients.admin.NewTopic;
 import org.apache.kafka.clients.consumer.ConsumerConfig;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.ConsumerRecords;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
+import org.apache.kafka.clients.consumer.LogTruncationException;
 import org.apache.kafka.clients.consumer.OffsetAndMetadata;
 import org.apache.kafka.clients.producer.KafkaProducer;
 import org.apache.kafka.clients.producer.ProducerConfig;
 import org.apache.kafka.clients.producer.ProducerRecord;
 import org.apache.kafka.clients.producer.RecordMetadata;
 import org.apache.kafka.common.TopicPartition;
+import org.apache.kafka.common.config.ConfigResource;
 import org.apache.kafka.common.serialization.StringDeserializer;
 import org.apache.kafka.common.serialization.StringSerializer;
 
@@ -33,7 +42,9 @@ import org.apache.kafka.common.serialization.StringSerializer;
  * snappy producer writes 100 keyed records with headers and prints where each key landed; a
  * group member reads them all and commits; a transactional consume-transform-produce with
  * sendOffsetsToTransaction writes them upper-cased (after an aborted transaction), and a
- * read_committed consumer reads exactly those back. Prints one JSON line.
+ * read_committed consumer reads exactly those back. Between them, the admin client alters
+ * topic configs and describes producers, and positions with leader epochs are validated.
+ * Prints one JSON line.
  */
 public final class KafkaCheck {
     private static final int RECORDS = 100;
@@ -88,6 +99,9 @@ public final class KafkaCheck {
                 committed += o.offset();
             }
             out.put("group_committed", committed);
+
+            adminChecks(admin, out);
+            truncationChecks(bootstrap, out);
 
             // Consume-transform-produce in transactions, after one that aborts.
             Properties tp = new Properties();
@@ -152,6 +166,90 @@ public final class KafkaCheck {
             out.put("tx_group_committed", txCommitted);
         }
         System.out.println(json(out));
+    }
+
+    /**
+     * Topic configs altered incrementally and read back (a bad value refused), and the
+     * producers the idempotent producer above left on each partition.
+     */
+    private static void adminChecks(Admin admin, Map<String, Object> out) throws Exception {
+        ConfigResource topic = new ConfigResource(ConfigResource.Type.TOPIC, "java-in");
+        admin.incrementalAlterConfigs(Map.of(topic, List.of(
+                new AlterConfigOp(new ConfigEntry("retention.ms", "3600000"), AlterConfigOp.OpType.SET),
+                new AlterConfigOp(new ConfigEntry("cleanup.policy", "compact"), AlterConfigOp.OpType.APPEND))))
+                .all().get(30, TimeUnit.SECONDS);
+        Config config = admin.describeConfigs(List.of(topic)).all().get(30, TimeUnit.SECONDS).get(topic);
+        out.put("altered_retention", config.get("retention.ms").value());
+        out.put("altered_policy", config.get("cleanup.policy").value());
+        try {
+            admin.incrementalAlterConfigs(Map.of(topic, List.of(
+                    new AlterConfigOp(new ConfigEntry("retention.ms", "soon"), AlterConfigOp.OpType.SET))))
+                    .all().get(30, TimeUnit.SECONDS);
+            out.put("bad_config", "accepted");
+        } catch (ExecutionException e) {
+            out.put("bad_config", e.getCause().getClass().getSimpleName());
+        }
+        admin.incrementalAlterConfigs(Map.of(topic, List.of(
+                new AlterConfigOp(new ConfigEntry("cleanup.policy", ""), AlterConfigOp.OpType.DELETE))))
+                .all().get(30, TimeUnit.SECONDS);
+        config = admin.describeConfigs(List.of(topic)).all().get(30, TimeUnit.SECONDS).get(topic);
+        out.put("restored_policy", config.get("cleanup.policy").value());
+
+        List<TopicPartition> parts = List.of(new TopicPartition("java-in", 0), new TopicPartition("java-in", 1),
+                new TopicPartition("java-in", 2));
+        Map<Long, Integer> producers = new TreeMap<>();
+        for (PartitionProducerState s : admin.describeProducers(parts).all().get(30, TimeUnit.SECONDS).values()) {
+            for (ProducerState p : s.activeProducers()) {
+                producers.merge(p.producerId(), 1, Integer::sum);
+                out.put("producer_epoch", p.producerEpoch());
+                out.put("producer_open_txn", p.currentTransactionStartOffset().isPresent());
+            }
+        }
+        out.put("producers", new ArrayList<>(producers.values()));
+    }
+
+    /**
+     * Positions carrying a leader epoch are validated against the log (OffsetForLeaderEpoch)
+     * before fetching: one inside the log reads on, one past its end is reported as truncation.
+     */
+    private static void truncationChecks(String bootstrap, Map<String, Object> out) {
+        Properties cp = new Properties();
+        cp.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        cp.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "none");
+        cp.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, false);
+        TopicPartition tp = new TopicPartition("java-in", 0);
+        try (KafkaConsumer<String, String> c = new KafkaConsumer<>(cp, new StringDeserializer(), new StringDeserializer())) {
+            c.assign(List.of(tp));
+            c.seekToBeginning(List.of(tp));
+            Optional<Integer> epoch = Optional.empty();
+            long deadline = System.currentTimeMillis() + 30_000;
+            while (epoch.isEmpty() && System.currentTimeMillis() < deadline) {
+                for (ConsumerRecord<String, String> r : c.poll(Duration.ofMillis(200))) {
+                    epoch = r.leaderEpoch();
+                }
+            }
+            out.put("record_epoch", epoch.orElse(-1));
+            long end = c.endOffsets(List.of(tp)).get(tp);
+            c.seek(tp, new OffsetAndMetadata(1, epoch, ""));
+            int validated = 0;
+            deadline = System.currentTimeMillis() + 30_000;
+            while (validated == 0 && System.currentTimeMillis() < deadline) {
+                validated += c.poll(Duration.ofMillis(200)).count();
+            }
+            out.put("validated_read", validated);
+            c.seek(tp, new OffsetAndMetadata(end + 5, epoch, ""));
+            String truncation = "none";
+            deadline = System.currentTimeMillis() + 30_000;
+            while (truncation.equals("none") && System.currentTimeMillis() < deadline) {
+                try {
+                    c.poll(Duration.ofMillis(200));
+                } catch (LogTruncationException e) {
+                    OffsetAndMetadata at = e.divergentOffsets().get(tp);
+                    truncation = at == null ? "unknown" : Long.toString(at.offset() - end);
+                }
+            }
+            out.put("truncation_from_end", truncation);
+        }
     }
 
     private static KafkaConsumer<String, String> consumer(String bootstrap, String group, String isolation) {
