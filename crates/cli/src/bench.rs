@@ -29,53 +29,57 @@ use crate::GatewayArg;
 #[derive(clap::Args, Clone)]
 pub struct BenchArgs {
     #[arg(long, default_value = "sluice-bench")]
-    topic: String,
+    pub(crate) topic: String,
     /// Partitions of the topic when the bench creates it.
     #[arg(long, default_value_t = 8)]
-    partitions: u32,
+    pub(crate) partitions: u32,
     /// Replication factor of the topic when the bench creates it.
     #[arg(long, default_value_t = 1)]
-    replication_factor: u32,
+    pub(crate) replication_factor: u32,
     #[arg(long, default_value_t = 1024, value_name = "BYTES")]
-    record_size: usize,
+    pub(crate) record_size: usize,
     /// Records to send or read (default 1,000,000 unless --duration is given).
     #[arg(long, value_name = "N")]
-    records: Option<u64>,
+    pub(crate) records: Option<u64>,
     /// Run for this long instead of a record count.
     #[arg(long, value_name = "SECS")]
-    duration: Option<u64>,
+    pub(crate) duration: Option<u64>,
     /// Records per second to aim at (default: as fast as possible; e2e default 20,000).
     #[arg(long, value_name = "RECORDS_PER_SEC")]
-    rate: Option<u64>,
+    pub(crate) rate: Option<u64>,
     #[arg(long, default_value = "1", value_parser = crate::produce::parse_acks)]
-    acks: Acks,
+    pub(crate) acks: Acks,
     /// Bytes per batch.
     #[arg(long, default_value_t = 256 * 1024)]
-    batch_bytes: usize,
+    pub(crate) batch_bytes: usize,
     /// Produce requests outstanding at once.
     #[arg(long, default_value_t = 16)]
-    in_flight: usize,
+    pub(crate) in_flight: usize,
     /// Batch compression: none, gzip, snappy, lz4 or zstd.
     #[arg(long, default_value = "none")]
-    compression: String,
+    pub(crate) compression: String,
     /// produce: send as an idempotent producer (a producer id from the coordinator, every
     /// batch numbered per partition and checked by its leader), as the Rust client does by
     /// default; compare with a run without it to see what idempotence costs.
     #[arg(long)]
-    idempotent: bool,
+    pub(crate) idempotent: bool,
     /// produce: send through a transactional producer (the Rust client's), committing every
     /// N records (acks=all); the latency reported is each transaction's, begin to commit.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    transaction_records: Option<u64>,
+    pub(crate) transaction_records: Option<u64>,
     /// Print one JSON object instead of text.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// consume: read as a member of this consumer group (decoding records, committing
     /// offsets every second) instead of a raw fetch of every partition.
     #[arg(long, value_name = "GROUP")]
-    group: Option<String>,
+    pub(crate) group: Option<String>,
+    /// produce, consume: go through this Kafka listener (host:port of a gateway's) instead of
+    /// gRPC, with the same batches; the topic is still created over gRPC.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) kafka: Option<String>,
     #[command(flatten)]
-    gw: GatewayArg,
+    pub(crate) gw: GatewayArg,
 }
 
 #[derive(clap::Subcommand)]
@@ -88,13 +92,13 @@ pub enum BenchCmd {
     E2e(BenchArgs),
 }
 
-struct Stats {
-    mode: &'static str,
-    records: u64,
-    bytes: u64,
-    elapsed: Duration,
-    hist: Histogram<u64>,
-    failed: u64,
+pub(crate) struct Stats {
+    pub(crate) mode: &'static str,
+    pub(crate) records: u64,
+    pub(crate) bytes: u64,
+    pub(crate) elapsed: Duration,
+    pub(crate) hist: Histogram<u64>,
+    pub(crate) failed: u64,
 }
 
 impl Stats {
@@ -147,13 +151,13 @@ impl Stats {
     }
 }
 
-fn histogram() -> anyhow::Result<Histogram<u64>> {
+pub(crate) fn histogram() -> anyhow::Result<Histogram<u64>> {
     // Microseconds up to an hour, 3 significant digits.
     Ok(Histogram::new_with_bounds(1, 3_600_000_000, 3)?)
 }
 
 /// A progress line on stderr, redrawn twice a second.
-fn progress(
+pub(crate) fn progress(
     label: &'static str,
     done: Arc<AtomicU64>,
     bytes: Arc<AtomicU64>,
@@ -228,10 +232,51 @@ pub async fn run(c: BenchCmd) -> anyhow::Result<ExitCode> {
     Ok(if stats.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-fn limits(a: &BenchArgs) -> (Option<u64>, Option<Duration>) {
+pub(crate) fn limits(a: &BenchArgs) -> (Option<u64>, Option<Duration>) {
     let dur = a.duration.map(Duration::from_secs);
     let records = a.records.or(if dur.is_none() { Some(1_000_000) } else { None });
     (records, dur)
+}
+
+/// The batches a produce bench sends: random values of `--record-size` bytes, about
+/// `--batch-bytes` per batch, partitions in turn, numbered per partition when idempotent.
+pub(crate) struct Batches {
+    pub(crate) per_batch: u64,
+    payload: Vec<u8>,
+    compression: Compression,
+    producer: Option<(i64, i16)>,
+    sequences: Vec<i32>,
+    partition: u32,
+}
+
+impl Batches {
+    pub(crate) fn new(a: &BenchArgs, partitions: u32, producer: Option<(i64, i16)>) -> anyhow::Result<Self> {
+        Ok(Self {
+            per_batch: (a.batch_bytes / (a.record_size + 20)).max(1) as u64,
+            payload: (0..a.record_size).map(|_| rand::random::<u8>()).collect(),
+            compression: a.compression.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+            producer,
+            sequences: vec![0; partitions as usize],
+            partition: 0,
+        })
+    }
+
+    /// The next batch of `n` records: its partition, `n` and its bytes.
+    pub(crate) fn next(&mut self, n: u64) -> anyhow::Result<(u32, u64, Bytes)> {
+        let partition = self.partition;
+        self.partition = (partition + 1) % self.sequences.len() as u32;
+        let now = sluice_core::settings::now_ms();
+        let mut b = BatchBuilder::new(self.compression);
+        if let Some((pid, epoch)) = self.producer {
+            let seq = &mut self.sequences[partition as usize];
+            b.set_producer(pid, epoch, *seq);
+            *seq = sluice_core::batch::add_sequence(*seq, n as i32);
+        }
+        for _ in 0..n {
+            b.push(now, None, Some(&self.payload), &[]);
+        }
+        Ok((partition, n, b.build()?))
+    }
 }
 
 async fn produce(a: &BenchArgs, rate: Option<u64>, mode: &'static str) -> anyhow::Result<Stats> {
@@ -240,15 +285,15 @@ async fn produce(a: &BenchArgs, rate: Option<u64>, mode: &'static str) -> anyhow
     }
     let client = a.gw.connect().await?;
     let partitions = ensure_topic(&client, a).await?;
-    let compression: Compression = a.compression.parse().map_err(|e: String| anyhow::anyhow!(e))?;
     let (target, dur) = limits(a);
-    let per_batch = (a.batch_bytes / (a.record_size + 20)).max(1) as u64;
-    let payload: Vec<u8> = (0..a.record_size).map(|_| rand::random::<u8>()).collect();
     let producer = match a.idempotent {
         true => Some(producer_id(&client).await?),
         false => None,
     };
-    let mut sequences = vec![0i32; partitions as usize];
+    let mut batches = Batches::new(a, partitions, producer)?;
+    if let Some(addr) = &a.kafka {
+        return crate::bench_kafka::produce(a, addr, batches, mode).await;
+    }
 
     let (tx, rx) = mpsc::channel::<ProduceRequest>(a.in_flight.max(1) * 2);
     let mut responses = client.broker().produce(ReceiverStream::new(rx)).await?.into_inner();
@@ -289,32 +334,22 @@ async fn produce(a: &BenchArgs, rate: Option<u64>, mode: &'static str) -> anyhow
     let start = Instant::now();
     let mut sent = 0u64;
     let mut id = 0u64;
-    let mut partition = 0u32;
     while target.is_none_or(|t| sent < t) && dur.is_none_or(|d| start.elapsed() < d) {
-        let n = target.map_or(per_batch, |t| per_batch.min(t - sent));
+        let want = target.map_or(batches.per_batch, |t| batches.per_batch.min(t - sent));
         if let Some(r) = rate {
             let due = start + Duration::from_secs_f64(sent as f64 / r as f64);
             tokio::time::sleep_until(due.into()).await;
         }
         let permit = window.acquire().await?;
         permit.forget();
-        let now = sluice_core::settings::now_ms();
-        let mut b = BatchBuilder::new(compression);
-        if let Some((pid, epoch)) = producer {
-            let seq = &mut sequences[partition as usize];
-            b.set_producer(pid, epoch, *seq);
-            *seq = sluice_core::batch::add_sequence(*seq, n as i32);
-        }
-        for _ in 0..n {
-            b.push(now, None, Some(&payload), &[]);
-        }
+        let (partition, n, data) = batches.next(want)?;
         id += 1;
         let req = ProduceRequest {
             id,
             topic: a.topic.clone(),
             acks: a.acks as i32,
             records: Vec::new(),
-            batches: vec![PartitionBatches { partition, data: b.build()? }],
+            batches: vec![PartitionBatches { partition, data }],
             timeout_ms: 30_000,
             ..Default::default()
         };
@@ -323,7 +358,6 @@ async fn produce(a: &BenchArgs, rate: Option<u64>, mode: &'static str) -> anyhow
             break;
         }
         sent += n;
-        partition = (partition + 1) % partitions;
     }
     // Wait for every answer.
     let _ = window.acquire_many(a.in_flight.max(1) as u32).await;
@@ -415,7 +449,10 @@ async fn consume(a: &BenchArgs) -> anyhow::Result<Stats> {
         return consume_group(a, group).await;
     }
     let client = a.gw.connect().await?;
-    client.describe_topic(&a.topic).await?;
+    let topic = client.describe_topic(&a.topic).await?;
+    if let Some(addr) = &a.kafka {
+        return crate::bench_kafka::consume(a, addr, topic.partitions.len() as u32).await;
+    }
     let (target, dur) = limits(a);
     let (tx, rx) = mpsc::channel(16);
     let credit = 16u64 << 20;

@@ -5,6 +5,7 @@
 //! 2 bad command-line usage.
 
 mod bench;
+mod bench_kafka;
 mod cluster;
 mod consume;
 mod copy;
