@@ -395,15 +395,18 @@ async fn librdkafka_admin_and_an_idempotent_lz4_producer_from_python() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_librdkafka_group_of_two_splits_partitions_and_rebalances_when_one_leaves() {
-    let d = dev().await;
+    // Consumer-protocol members heartbeat every half second, so rebalances take that long.
+    let d = dev_with(&[("SLUICE_GROUPS__CONSUMER_HEARTBEAT_INTERVAL_MS", "500")]).await;
     // Eager (range) and incremental (cooperative-sticky) rebalancing: the coordinator runs the
-    // same join and sync phases, the clients differ in what they give up.
-    for strategy in ["range", "cooperative-sticky"] {
+    // same join and sync phases, the clients differ in what they give up. Then KIP-848's
+    // consumer protocol: the coordinator assigns, as it does for Sluice's stream members.
+    for strategy in ["range", "cooperative-sticky", "consumer"] {
         let done = python("kafka_group_check.py", &[&d.kafka, strategy], Duration::from_secs(90)).await;
         assert_eq!(done["seen"], 400, "every record once: {done}");
         assert!(done["by_b"].as_u64().is_some_and(|n| n > 0), "the second member consumed: {done}");
         assert_eq!(done["members_before"], 2, "{done}");
-        assert_eq!(done["protocol"], strategy, "{done}");
+        let protocol = if strategy == "consumer" { "sticky" } else { strategy };
+        assert_eq!(done["protocol"], protocol, "{done}");
         assert_eq!(done["committed"], 400, "{done}");
         // A record is read twice only when the commit covering it was refused (the group was
         // rebalancing) as its partition moved: Kafka's at-least-once.
@@ -449,7 +452,7 @@ async fn the_java_client_produces_consumes_in_a_group_and_runs_transactions() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/java");
     let lib = root.join("target/lib");
     assert!(lib.exists(), "{} is missing: run scripts/ensure-deps.sh", lib.display());
-    let d = dev().await;
+    let d = dev_with(&[("SLUICE_GROUPS__CONSUMER_HEARTBEAT_INTERVAL_MS", "500")]).await;
     let run = Command::new("java")
         .args(["-cp", "target/classes:target/lib/*", "io.sluice.KafkaCheck", &d.kafka])
         .current_dir(&root)
@@ -477,6 +480,15 @@ async fn the_java_client_produces_consumes_in_a_group_and_runs_transactions() {
     assert_eq!(done["record_epoch"], 1, "{done}");
     assert!(done["validated_read"].as_i64().unwrap_or(0) > 0, "{done}");
     assert_eq!(done["truncation_from_end"], "0", "{done}");
+    // The consumer protocol (KIP-848): two members split the partitions, the one left takes
+    // them all; every record read, once unless its commit was refused as it moved.
+    assert_eq!(done["cp_split"], true, "{done}");
+    assert_eq!(done["cp_members"], 2, "{done}");
+    assert_eq!(done["cp_seen"], 150, "{done}");
+    assert!(done["cp_by_b"].as_u64().is_some_and(|n| n > 0), "{done}");
+    assert_eq!(done["cp_a_partitions"], 3, "{done}");
+    assert_eq!(done["cp_committed"], 150, "{done}");
+    assert_eq!(done["cp_twice"], 0, "commits happen after every poll, before anything moves: {done}");
     let mut expected: Vec<String> = (0..100).map(|i| format!("V{i}")).collect();
     expected.sort();
     assert_eq!(done["committed_view"], serde_json::json!(expected), "read_committed: once each, nothing aborted");

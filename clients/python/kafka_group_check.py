@@ -2,7 +2,8 @@
 listener, with the admin client's group calls.
 
 Run by tests/kafka.rs with the listener address and an assignment strategy ("range" or
-"cooperative-sticky"). Produces 400 keyed records to a new 4-partition topic, then two
+"cooperative-sticky", the classic protocol's client-side assignors) or "consumer" (KIP-848's
+consumer protocol: the coordinator assigns, members heartbeat). Produces 400 keyed records to a new 4-partition topic, then two
 consumers of one group split the partitions; each record is committed once processed. After
 200 records the second consumer leaves: the first takes its partitions over from the committed
 offsets and reads the rest. Every record must be seen; twice only when a rebalance refused
@@ -28,6 +29,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from kafka_run import run
 
 RECORDS = 400
+# Commit refusals a rebalance may cause (113: STALE_MEMBER_EPOCH).
+REFUSED = (KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, 113)
 
 
 class Member:
@@ -39,7 +42,8 @@ class Member:
 
     def commit(self, partitions=None) -> bool:
         """Commits what was processed (of `partitions`, or all); a commit refused by a
-        rebalance (REBALANCE_IN_PROGRESS, ILLEGAL_GENERATION) stays pending."""
+        rebalance (REBALANCE_IN_PROGRESS, ILLEGAL_GENERATION, or STALE_MEMBER_EPOCH and
+        UNKNOWN_MEMBER_ID with the consumer protocol) stays pending."""
         todo = {p: o for p, o in self.pending.items() if partitions is None or p in partitions}
         if not todo:
             return True
@@ -47,7 +51,7 @@ class Member:
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as e:
-            if e.args[0].code() not in (KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION):
+            if e.args[0].code() not in REFUSED:
                 raise
             self.stats["refused_commits"] += 1
             return False
@@ -72,18 +76,21 @@ def consumer(bootstrap: str, group: str, strategy: str, name: str, assigned: dic
             member.pending.pop(p, None)
         assigned[name] = assigned.get(name, set()) - gone
 
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": group,
-            "client.id": name,
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "session.timeout.ms": 6000,
-            "heartbeat.interval.ms": 500,
-            "partition.assignment.strategy": strategy,
-        }
-    )
+    config = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "client.id": name,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+    }
+    if strategy == "consumer":
+        # The coordinator sets the session and heartbeat; the client names an assignor.
+        config.update({"group.protocol": "consumer", "group.remote.assignor": "uniform"})
+    else:
+        config.update(
+            {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500, "partition.assignment.strategy": strategy}
+        )
+    c = Consumer(config)
     c.subscribe([topic_of(strategy)], on_assign=on_assign, on_revoke=on_revoke)
     return c
 

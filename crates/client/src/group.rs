@@ -973,7 +973,7 @@ mod tests {
     }
 
     fn tps(t: &str, partitions: &[u32]) -> TopicPartitions {
-        TopicPartitions { topic: t.to_string(), partitions: partitions.to_vec() }
+        TopicPartitions { topic: t.to_string(), partitions: partitions.to_vec(), topic_id: 0 }
     }
 
     fn committed_offset(t: &str, p: u32, offset: i64) -> CommittedOffset {

@@ -83,6 +83,18 @@ pub enum SluiceError {
     #[error("group '{group}': {reason}")]
     InconsistentGroupProtocol { group: String, reason: String },
     #[error(
+        "member '{member}' of group '{group}' sent epoch {epoch}, but its epoch is {current}: it must give up its partitions and join again"
+    )]
+    FencedMemberEpoch { group: String, member: String, epoch: i32, current: i32 },
+    #[error(
+        "group.instance.id '{instance}' of group '{group}' is still held by member '{member}', which has not left; a new member cannot take it"
+    )]
+    UnreleasedInstanceId { group: String, instance: String, member: String },
+    #[error("{0}")]
+    StaleMemberEpoch(String),
+    #[error("assignor '{0}' is not supported (uniform, range, sticky or roundrobin)")]
+    UnsupportedAssignor(String),
+    #[error(
         "producer {producer_id} at epoch {epoch} was fenced: transactional id '{transactional_id}' is now at epoch {current} (a newer producer with this id called init)"
     )]
     ProducerFenced { transactional_id: String, producer_id: i64, epoch: i16, current: i16 },
@@ -132,6 +144,12 @@ pub mod codes {
     /// A classic group is between generations: the member must rejoin.
     pub const REBALANCE_IN_PROGRESS: u32 = 5008;
     pub const INCONSISTENT_GROUP_PROTOCOL: u32 = 5009;
+    /// A Kafka consumer-protocol member's epoch is not the one it was given: it rejoins.
+    pub const FENCED_MEMBER_EPOCH: u32 = 5010;
+    pub const UNRELEASED_INSTANCE_ID: u32 = 5011;
+    /// A consumer-protocol member's commit under an epoch that no longer covers the partition.
+    pub const STALE_MEMBER_EPOCH: u32 = 5012;
+    pub const UNSUPPORTED_ASSIGNOR: u32 = 5013;
     /// A newer producer with the same transactional id took over: this one must stop.
     pub const PRODUCER_FENCED: u32 = 6001;
     /// The operation does not fit the transaction's state (the transaction must be aborted).
@@ -179,6 +197,10 @@ impl SluiceError {
             Self::FencedInstance { .. } => codes::FENCED_INSTANCE,
             Self::RebalanceInProgress(_) => codes::REBALANCE_IN_PROGRESS,
             Self::InconsistentGroupProtocol { .. } => codes::INCONSISTENT_GROUP_PROTOCOL,
+            Self::FencedMemberEpoch { .. } => codes::FENCED_MEMBER_EPOCH,
+            Self::UnreleasedInstanceId { .. } => codes::UNRELEASED_INSTANCE_ID,
+            Self::StaleMemberEpoch(_) => codes::STALE_MEMBER_EPOCH,
+            Self::UnsupportedAssignor(_) => codes::UNSUPPORTED_ASSIGNOR,
             Self::ProducerFenced { .. } => codes::PRODUCER_FENCED,
             Self::InvalidTxnState { .. } => codes::INVALID_TXN_STATE,
             Self::ConcurrentTransactions { .. } => codes::CONCURRENT_TRANSACTIONS,
@@ -201,7 +223,8 @@ impl SluiceError {
             | Self::InvalidReplicationFactor { .. }
             | Self::RecordTooLarge { .. }
             | Self::CorruptBatch(_)
-            | Self::InvalidGroupId { .. } => Code::InvalidArgument,
+            | Self::InvalidGroupId { .. }
+            | Self::UnsupportedAssignor(_) => Code::InvalidArgument,
             Self::UnknownGroup(_) | Self::UnknownMember { .. } | Self::FencedInstance { .. } => Code::NotFound,
             Self::GroupNotEmpty { .. }
             | Self::StaleGeneration(_)
@@ -211,6 +234,9 @@ impl SluiceError {
             | Self::InvalidTxnState { .. }
             | Self::InvalidProducerIdMapping { .. }
             | Self::InconsistentGroupProtocol { .. }
+            | Self::FencedMemberEpoch { .. }
+            | Self::UnreleasedInstanceId { .. }
+            | Self::StaleMemberEpoch(_)
             | Self::CoordinatorFenced { .. } => Code::FailedPrecondition,
             Self::UnknownTransactionalId(_) => Code::NotFound,
             Self::ConcurrentTransactions { .. } | Self::RebalanceInProgress(_) => Code::Aborted,
@@ -391,6 +417,10 @@ mod tests {
             FencedInstance { .. } => (5007, Code::NotFound),
             RebalanceInProgress(_) => (5008, Code::Aborted),
             InconsistentGroupProtocol { .. } => (5009, Code::FailedPrecondition),
+            FencedMemberEpoch { .. } => (5010, Code::FailedPrecondition),
+            UnreleasedInstanceId { .. } => (5011, Code::FailedPrecondition),
+            StaleMemberEpoch(_) => (5012, Code::FailedPrecondition),
+            UnsupportedAssignor(_) => (5013, Code::InvalidArgument),
             ProducerFenced { .. } => (6001, Code::FailedPrecondition),
             InvalidTxnState { .. } => (6002, Code::FailedPrecondition),
             ConcurrentTransactions { .. } => (6003, Code::Aborted),
@@ -437,6 +467,10 @@ mod tests {
             FencedInstance { group: s(), member: s() },
             RebalanceInProgress(s()),
             InconsistentGroupProtocol { group: s(), reason: s() },
+            FencedMemberEpoch { group: s(), member: s(), epoch: 1, current: 2 },
+            UnreleasedInstanceId { group: s(), instance: s(), member: s() },
+            StaleMemberEpoch(s()),
+            UnsupportedAssignor(s()),
             ProducerFenced { transactional_id: s(), producer_id: 1, epoch: 0, current: 1 },
             InvalidTxnState { transactional_id: s(), reason: s() },
             ConcurrentTransactions { transactional_id: s(), state: s() },

@@ -35,7 +35,7 @@ pub fn group_by_topic<'a>(tps: impl IntoIterator<Item = &'a TopicPartition>) -> 
         m.entry(t).or_default().push(*p);
     }
     m.into_iter()
-        .map(|(t, partitions)| sluice_proto::v1::TopicPartitions { topic: t.to_string(), partitions })
+        .map(|(t, partitions)| sluice_proto::v1::TopicPartitions { topic: t.to_string(), partitions, topic_id: 0 })
         .collect()
 }
 

@@ -58,6 +58,13 @@ pub struct GroupSettings {
     /// How long a Kafka classic group formed from nothing waits for more members before its
     /// first generation, milliseconds (Kafka's group.initial.rebalance.delay.ms).
     pub initial_rebalance_delay_ms: u64,
+    /// Session timeout of Kafka consumer-protocol members (KIP-848; the server sets it, as
+    /// Kafka's group.consumer.session.timeout.ms), milliseconds.
+    pub consumer_session_timeout_ms: u64,
+    /// How often those members are told to heartbeat (Kafka's
+    /// group.consumer.heartbeat.interval.ms), milliseconds; a rebalance reaches a member at
+    /// its next heartbeat.
+    pub consumer_heartbeat_interval_ms: u64,
 }
 
 impl Default for GroupSettings {
@@ -70,6 +77,8 @@ impl Default for GroupSettings {
             max_session_timeout_ms: 300_000,
             rebalance_timeout_ms: 30_000,
             initial_rebalance_delay_ms: 1_000,
+            consumer_session_timeout_ms: 45_000,
+            consumer_heartbeat_interval_ms: 5_000,
         }
     }
 }

@@ -33,7 +33,7 @@ use sluice_core::topic::group_by_topic;
 
 use crate::assignor::{Assignor, MemberSpec, Tp};
 use crate::classic::{self, Classic};
-use crate::store::{Committed, GroupSnapshot, MemberSnapshot};
+use crate::store::{Committed, GroupSnapshot, KafkaSnapshot, MemberSnapshot};
 
 /// Events queued for a member's stream before it counts as not reading.
 pub const EVENTS_QUEUED: usize = 64;
@@ -104,6 +104,44 @@ pub struct JoinSpec {
     pub owned: Vec<Tp>,
 }
 
+/// A Kafka consumer-protocol member (KIP-848): it has no stream; its heartbeats report what it
+/// owns and are answered with what it may use and its epoch (the generation of its set).
+#[derive(Debug, Clone, Default)]
+pub struct KafkaState {
+    /// The epoch last answered, and the one before it: a member whose answer was lost sends
+    /// the older one.
+    pub reported_epoch: i32,
+    pub previous_epoch: i32,
+    /// The set last answered (`None`: never, or lost with a failover).
+    pub reported_set: Option<BTreeSet<Tp>>,
+    /// A static member that left (epoch -2): it keeps its partitions, and nothing moves, until
+    /// a member with its instance id takes them over or its session ends.
+    pub static_left: bool,
+    pub client_host: String,
+}
+
+/// What a consumer-protocol member joins with.
+pub struct ConsumerJoin {
+    pub member_id: String,
+    pub instance_id: String,
+    pub client_id: String,
+    pub client_host: String,
+    pub topics: BTreeSet<String>,
+    pub assignor: Assignor,
+    pub session_timeout: Duration,
+    pub rebalance_timeout: Duration,
+}
+
+/// What a consumer-protocol heartbeat may change; `None` leaves a field as it is.
+#[derive(Default)]
+pub struct ConsumerUpdate {
+    pub topics: Option<BTreeSet<String>>,
+    pub assignor: Option<Assignor>,
+    pub rebalance_timeout: Option<Duration>,
+    /// The partitions it owns: held ones it no longer owns and was asked to release are free.
+    pub owned: Option<BTreeSet<Tp>>,
+}
+
 pub struct Member {
     pub id: String,
     pub instance_id: String,
@@ -131,6 +169,8 @@ pub struct Member {
     /// Commits accepted and being written: a member is not expired meanwhile, so that a new
     /// owner never starts from an offset older than one about to be committed.
     pub commits_in_flight: usize,
+    /// Set for a Kafka consumer-protocol member.
+    pub kafka: Option<KafkaState>,
 }
 
 impl Member {
@@ -199,6 +239,13 @@ impl Group {
                 revoke_deadline: None,
                 needs_full: true,
                 commits_in_flight: 0,
+                kafka: m.kafka.as_ref().map(|k| KafkaState {
+                    reported_epoch: k.reported_epoch,
+                    previous_epoch: k.previous_epoch,
+                    reported_set: None,
+                    static_left: k.static_left,
+                    client_host: k.client_host.clone(),
+                }),
             };
             g.members.insert(m.id.clone(), member);
         }
@@ -223,6 +270,12 @@ impl Group {
                     held: m.held.iter().map(|((t, p), since)| (t.clone(), *p, *since)).collect(),
                     sent: m.sent.iter().cloned().collect(),
                     generation: m.generation,
+                    kafka: m.kafka.as_ref().map(|k| KafkaSnapshot {
+                        reported_epoch: k.reported_epoch,
+                        previous_epoch: k.previous_epoch,
+                        static_left: k.static_left,
+                        client_host: k.client_host.clone(),
+                    }),
                 })
                 .collect(),
         }
@@ -266,6 +319,12 @@ impl Group {
         };
         if let Some(id) = existing {
             let m = self.members.get_mut(&id).ok_or_else(|| SluiceError::Internal("member vanished".into()))?;
+            if m.kafka.is_some() {
+                return Err(SluiceError::InconsistentGroupProtocol {
+                    group: self.id.clone(),
+                    reason: format!("member '{id}' is a Kafka consumer-protocol member; a stream cannot take it over"),
+                });
+            }
             if let Some(old) = m.conn.take() {
                 old.close(replaced(&self.id, &id));
             }
@@ -310,9 +369,176 @@ impl Group {
             revoke_deadline: None,
             needs_full: true,
             commits_in_flight: 0,
+            kafka: None,
         };
         self.members.insert(id.clone(), m);
         Ok(id)
+    }
+
+    /// A consumer-protocol member joins (epoch 0); returns its id. A known id starts over
+    /// with nothing (a member joins again after being fenced, having given up its
+    /// partitions). A static member whose instance id belongs to one that left with epoch -2
+    /// takes over its partitions and place, without a rebalance. The caller reconciles, then
+    /// answers with [`Group::consumer_answer`].
+    pub fn consumer_join(&mut self, spec: ConsumerJoin, now: Instant) -> Result<String, SluiceError> {
+        if !self.classic.members.is_empty() {
+            return Err(SluiceError::InconsistentGroupProtocol {
+                group: self.id.clone(),
+                reason: format!(
+                    "{} Kafka client(s) are members with the classic protocol; a consumer-protocol member can join once they leave",
+                    self.classic.members.len()
+                ),
+            });
+        }
+        self.classic.protocol_type.clear();
+        let id = if spec.member_id.is_empty() {
+            let prefix = if spec.client_id.is_empty() { "consumer" } else { spec.client_id.as_str() };
+            format!("{prefix}-{:016x}", rand::random::<u64>())
+        } else {
+            spec.member_id.clone()
+        };
+        if self.members.get(&id).is_some_and(|m| m.kafka.is_none()) {
+            return Err(SluiceError::InconsistentGroupProtocol {
+                group: self.id.clone(),
+                reason: format!("member id '{id}' belongs to a Sluice stream member"),
+            });
+        }
+        // Kafka clients keep their member id for life: one removed for silence joins again.
+        self.expired.retain(|e| e != &id);
+        let mut member = Member {
+            id: id.clone(),
+            instance_id: spec.instance_id.clone(),
+            client_id: spec.client_id,
+            topics: spec.topics,
+            assignor: spec.assignor,
+            session_timeout: spec.session_timeout,
+            rebalance_timeout: spec.rebalance_timeout,
+            last_seen: now,
+            conn: None,
+            held: BTreeMap::new(),
+            sent: BTreeSet::new(),
+            generation: 0,
+            unacked: BTreeMap::new(),
+            revoke_deadline: None,
+            needs_full: true,
+            commits_in_flight: 0,
+            kafka: Some(KafkaState { client_host: spec.client_host, ..KafkaState::default() }),
+        };
+        let holder = (!spec.instance_id.is_empty())
+            .then(|| self.members.values().find(|m| m.instance_id == spec.instance_id && m.id != id))
+            .flatten();
+        if let Some(old) = holder {
+            let left = match &old.kafka {
+                Some(k) => k.static_left,
+                None => old.conn.is_none(),
+            };
+            if !left {
+                return Err(SluiceError::UnreleasedInstanceId {
+                    group: self.id.clone(),
+                    instance: spec.instance_id,
+                    member: old.id.clone(),
+                });
+            }
+            let old_id = old.id.clone();
+            if let Some(old) = self.members.remove(&old_id) {
+                tracing::info!(group = %self.id, member = %id, replaced = %old_id, "static member replaced");
+                member.held = old.held;
+                member.sent = old.sent;
+                member.generation = old.generation;
+                member.commits_in_flight = old.commits_in_flight;
+                if let Some(set) = self.target.remove(&old_id) {
+                    self.target.insert(id.clone(), set);
+                }
+            }
+        }
+        self.members.insert(id.clone(), member);
+        // Epochs start at 1: 0 means "joining" to clients.
+        self.generation = self.generation.max(1);
+        Ok(id)
+    }
+
+    /// A consumer-protocol heartbeat at `epoch` (> 0). An epoch other than the last one
+    /// answered is fenced, except the one before it when the member owns nothing it should
+    /// not (its last answer was lost).
+    pub fn consumer_heartbeat(
+        &mut self,
+        member: &str,
+        instance_id: Option<&str>,
+        epoch: i32,
+        update: ConsumerUpdate,
+        now: Instant,
+    ) -> Result<(), SluiceError> {
+        let unknown = || SluiceError::UnknownMember { group: self.id.clone(), member: member.to_string() };
+        let m = self.members.get_mut(member).ok_or_else(unknown)?;
+        let Some(k) = m.kafka.as_mut() else { return Err(unknown()) };
+        if instance_id.is_some_and(|i| i != m.instance_id) {
+            return Err(SluiceError::FencedInstance { group: self.id.clone(), member: member.to_string() });
+        }
+        let owns_only_held = update.owned.as_ref().is_none_or(|o| o.iter().all(|tp| m.held.contains_key(tp)));
+        let current = epoch == k.reported_epoch || (epoch == k.previous_epoch && owns_only_held);
+        if !current || !owns_only_held {
+            return Err(SluiceError::FencedMemberEpoch {
+                group: self.id.clone(),
+                member: member.to_string(),
+                epoch,
+                current: k.reported_epoch,
+            });
+        }
+        k.static_left = false;
+        if let Some(owned) = update.owned {
+            let sent = &m.sent;
+            m.held.retain(|tp, _| owned.contains(tp) || sent.contains(tp));
+            if m.revoking().next().is_none() {
+                m.revoke_deadline = None;
+            }
+        }
+        if let Some(t) = update.topics {
+            m.topics = t;
+        }
+        if let Some(a) = update.assignor {
+            m.assignor = a;
+        }
+        if let Some(r) = update.rebalance_timeout {
+            m.rebalance_timeout = r;
+        }
+        m.last_seen = now;
+        Ok(())
+    }
+
+    /// A consumer-protocol member leaves: at once (epoch -1), or as a static member that will
+    /// come back (-2), keeping its partitions for its session timeout.
+    pub fn consumer_leave(&mut self, member: &str, static_leave: bool) -> Result<(), SluiceError> {
+        let unknown = || SluiceError::UnknownMember { group: self.id.clone(), member: member.to_string() };
+        let m = self.members.get_mut(member).filter(|m| m.kafka.is_some()).ok_or_else(unknown)?;
+        if static_leave && !m.instance_id.is_empty() {
+            let sent = &m.sent;
+            m.held.retain(|tp, _| sent.contains(tp));
+            m.revoke_deadline = None;
+            if let Some(k) = m.kafka.as_mut() {
+                k.static_left = true;
+            }
+        } else {
+            self.members.remove(member);
+            tracing::info!(group = %self.id, member, "consumer-protocol member left");
+        }
+        Ok(())
+    }
+
+    /// The epoch and, when the member must be told (`full`, or it changed since the last
+    /// answer), the set a consumer-protocol member may use now. Called after reconciling.
+    pub fn consumer_answer(&mut self, member: &str, full: bool) -> Option<(i32, Option<BTreeSet<Tp>>)> {
+        let m = self.members.get_mut(member)?;
+        let k = m.kafka.as_mut()?;
+        let epoch = i32::try_from(m.generation).unwrap_or(i32::MAX);
+        if epoch != k.reported_epoch {
+            k.previous_epoch = k.reported_epoch;
+            k.reported_epoch = epoch;
+        }
+        let tell = full || k.reported_set.as_ref() != Some(&m.sent);
+        if tell {
+            k.reported_set = Some(m.sent.clone());
+        }
+        Some((epoch, tell.then(|| m.sent.clone())))
     }
 
     /// The member's stream `conn` ended: when it `left` (a clean end), a dynamic member leaves;
@@ -482,7 +708,14 @@ impl Group {
         let mut holders: BTreeSet<Tp> = self.members.values().flat_map(|m| m.held.keys().cloned()).collect();
         let generation = self.generation;
         for m in self.members.values_mut() {
-            let Some(conn) = &m.conn else { continue };
+            // Stream members without a stream and static consumer-protocol members that left
+            // keep what they hold until they come back or expire.
+            let stream = m.conn.as_ref();
+            match &m.kafka {
+                Some(k) if k.static_left => continue,
+                None if stream.is_none() => continue,
+                _ => {}
+            }
             let desired = self.target.get(&m.id).cloned().unwrap_or_default();
             let mut next: BTreeSet<Tp> = m.held.keys().filter(|tp| desired.contains(*tp)).cloned().collect();
             let mut added = Vec::new();
@@ -497,23 +730,27 @@ impl Group {
                 m.held.insert(tp.clone(), generation);
                 holders.insert(tp.clone());
             }
-            let fresh: Vec<&Tp> = if m.needs_full { next.iter().collect() } else { added.iter().collect() };
-            let offsets = fresh
-                .into_iter()
-                .filter_map(|tp| {
-                    self.offsets.get(tp).map(|c| CommittedOffset {
-                        topic: tp.0.clone(),
-                        partition: tp.1,
-                        offset: c.offset,
-                        metadata: c.metadata.clone(),
-                        commit_time_ms: c.commit_time_ms,
+            // A consumer-protocol member learns its set from its next heartbeat's answer and
+            // releases by reporting what it owns.
+            if let Some(conn) = stream {
+                let fresh: Vec<&Tp> = if m.needs_full { next.iter().collect() } else { added.iter().collect() };
+                let offsets = fresh
+                    .into_iter()
+                    .filter_map(|tp| {
+                        self.offsets.get(tp).map(|c| CommittedOffset {
+                            topic: tp.0.clone(),
+                            partition: tp.1,
+                            offset: c.offset,
+                            metadata: c.metadata.clone(),
+                            commit_time_ms: c.commit_time_ms,
+                        })
                     })
-                })
-                .collect();
-            conn.send(EventKind::Assignment(Assignment { generation, partitions: group_by_topic(&next), offsets }));
-            m.sent = next.clone();
+                    .collect();
+                conn.send(EventKind::Assignment(Assignment { generation, partitions: group_by_topic(&next), offsets }));
+                m.unacked.insert(generation, next.clone());
+            }
+            m.sent = next;
             m.generation = generation;
-            m.unacked.insert(generation, next);
             m.needs_full = false;
             if m.revoking().next().is_some() {
                 m.revoke_deadline.get_or_insert(now + m.rebalance_timeout);
@@ -534,6 +771,18 @@ impl Group {
             .members
             .get(member)
             .ok_or_else(|| SluiceError::UnknownMember { group: self.id.clone(), member: member.to_string() })?;
+        // Kafka's consumer-protocol clients expect STALE_MEMBER_EPOCH (they then commit again
+        // with their newest epoch, or give the partition up); ILLEGAL_GENERATION would make
+        // them drop their whole assignment.
+        let stale = m.kafka.is_some();
+        self.check_held(m, generation, tp).map_err(|e| match e {
+            SluiceError::StaleGeneration(why) if stale => SluiceError::StaleMemberEpoch(why),
+            e => e,
+        })
+    }
+
+    fn check_held(&self, m: &Member, generation: u64, tp: &Tp) -> Result<(), SluiceError> {
+        let member = &m.id;
         match m.held.get(tp) {
             None => Err(SluiceError::StaleGeneration(format!(
                 "member '{member}' of group '{}' does not hold partition {} of '{}' (it was reassigned): the commit is refused",
@@ -769,5 +1018,127 @@ mod tests {
         assert!(!g.expire(d - Duration::from_millis(2)));
         assert!(g.expire(d));
         assert!(!g.members.contains_key(&b));
+    }
+
+    fn consumer(id: &str, instance: &str) -> ConsumerJoin {
+        ConsumerJoin {
+            member_id: id.into(),
+            instance_id: instance.into(),
+            client_id: "k".into(),
+            client_host: "/127.0.0.1".into(),
+            topics: ["t".to_string()].into(),
+            assignor: Assignor::Sticky,
+            session_timeout: Duration::from_secs(45),
+            rebalance_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Joins `id` (reconciling as the registry does) and returns its epoch and set.
+    fn consumer_joins(
+        g: &mut Group,
+        parts: &BTreeMap<String, u32>,
+        id: &str,
+        instance: &str,
+        now: Instant,
+    ) -> Result<(i32, BTreeSet<Tp>), SluiceError> {
+        let id = g.consumer_join(consumer(id, instance), now)?;
+        g.reconcile(parts, now);
+        let (epoch, set) = g.consumer_answer(&id, true).expect("a consumer member");
+        Ok((epoch, set.expect("a join is told its set")))
+    }
+
+    /// One heartbeat reporting `owned` (all it was told when `None`), reconciled as the
+    /// registry does.
+    fn beat(
+        g: &mut Group,
+        parts: &BTreeMap<String, u32>,
+        id: &str,
+        epoch: i32,
+        owned: &BTreeSet<Tp>,
+        now: Instant,
+    ) -> Result<(i32, Option<BTreeSet<Tp>>), SluiceError> {
+        let update = ConsumerUpdate { owned: Some(owned.clone()), ..Default::default() };
+        g.consumer_heartbeat(id, None, epoch, update, now)?;
+        g.reconcile(parts, now);
+        Ok(g.consumer_answer(id, false).expect("a consumer member"))
+    }
+
+    fn tps(ps: &[u32]) -> BTreeSet<Tp> {
+        ps.iter().map(|p| ("t".to_string(), *p)).collect()
+    }
+
+    #[test]
+    fn consumer_protocol_members_split_partitions_only_once_released() {
+        let parts: BTreeMap<String, u32> = [("t".to_string(), 4)].into();
+        let now = Instant::now();
+        let mut g = Group::new("g".into(), BTreeMap::new());
+        let (ea, set_a) = consumer_joins(&mut g, &parts, "a", "", now).unwrap();
+        assert!(ea >= 1, "epochs start at 1");
+        assert_eq!(set_a, tps(&[0, 1, 2, 3]));
+        let (eb, set_b) = consumer_joins(&mut g, &parts, "b", "", now).unwrap();
+        assert!(set_b.is_empty(), "a still holds everything: {set_b:?}");
+        // a is told its smaller set; until it reports having let go, b gets nothing.
+        let (ea2, told) = beat(&mut g, &parts, "a", ea, &set_a, now).unwrap();
+        let kept = told.expect("a's set changed");
+        assert_eq!(kept.len(), 2);
+        assert!(ea2 > ea);
+        let (_, nothing) = beat(&mut g, &parts, "b", eb, &BTreeSet::new(), now).unwrap();
+        assert_eq!(nothing, None, "b's set has not changed: nothing is free yet");
+        let moved: Vec<u32> = set_a.difference(&kept).map(|tp| tp.1).collect();
+        // a commits a partition it is giving up under its newest epoch: allowed until released.
+        assert!(g.check_commit("a", ea2 as u64, &("t".to_string(), moved[0])).is_ok());
+        let (_, unchanged) = beat(&mut g, &parts, "a", ea2, &kept, now).unwrap();
+        assert_eq!(unchanged, None);
+        // Released: a's later commit of it is refused as Kafka clients expect.
+        let stale = g.check_commit("a", ea2 as u64, &("t".to_string(), moved[0])).unwrap_err();
+        assert!(matches!(stale, SluiceError::StaleMemberEpoch(_)), "{stale}");
+        let (eb2, got) = beat(&mut g, &parts, "b", eb, &BTreeSet::new(), now).unwrap();
+        assert_eq!(got, Some(tps(&moved)));
+        assert_eq!(eb2, eb, "freed partitions come at the epoch b already had (its target did not change)");
+        // An epoch never given is fenced; the one before the last answer is accepted (the
+        // answer was lost) when the member owns nothing it should not.
+        let fenced = beat(&mut g, &parts, "b", eb2 + 1, &tps(&moved), now).unwrap_err();
+        assert!(matches!(fenced, SluiceError::FencedMemberEpoch { .. }), "{fenced}");
+        assert!(beat(&mut g, &parts, "a", ea, &kept, now).is_ok(), "a's previous epoch");
+        let foreign = beat(&mut g, &parts, "b", eb2, &tps(&[0, 1, 2, 3]), now).unwrap_err();
+        assert!(matches!(foreign, SluiceError::FencedMemberEpoch { .. }), "owning a's partitions: {foreign}");
+        // b leaves: a is given everything at its next heartbeat.
+        g.consumer_leave("b", false).unwrap();
+        g.reconcile(&parts, now);
+        let (_, all) = beat(&mut g, &parts, "a", ea2, &kept, now).unwrap();
+        assert_eq!(all, Some(tps(&[0, 1, 2, 3])));
+    }
+
+    #[test]
+    fn a_static_consumer_member_comes_back_under_a_new_id_without_a_rebalance() {
+        let parts: BTreeMap<String, u32> = [("t".to_string(), 4)].into();
+        let now = Instant::now();
+        let mut g = Group::new("g".into(), BTreeMap::new());
+        let (ea, set_a) = consumer_joins(&mut g, &parts, "a", "", now).unwrap();
+        let (eb, _) = consumer_joins(&mut g, &parts, "b1", "box-b", now).unwrap();
+        let (_, kept) = beat(&mut g, &parts, "a", ea, &set_a, now).unwrap();
+        let kept = kept.unwrap();
+        let ea = g.members["a"].generation as i32;
+        beat(&mut g, &parts, "a", ea, &kept, now).unwrap();
+        let (eb, held) = beat(&mut g, &parts, "b1", eb, &BTreeSet::new(), now).unwrap();
+        let held = held.unwrap();
+        assert_eq!(held.len(), 2);
+        // Another process with the same instance id while b1 is in: refused.
+        let e = consumer_joins(&mut g, &parts, "b2", "box-b", now).unwrap_err();
+        assert!(matches!(e, SluiceError::UnreleasedInstanceId { .. }), "{e}");
+        let generation = g.generation;
+        g.consumer_leave("b1", true).unwrap();
+        g.reconcile(&parts, now);
+        let ea = g.members["a"].generation as i32;
+        let (_, nothing) = beat(&mut g, &parts, "a", ea, &kept, now).unwrap();
+        assert_eq!(nothing, None, "nothing moves while the static member is away");
+        let (eb2, back) = consumer_joins(&mut g, &parts, "b2", "box-b", now).unwrap();
+        assert_eq!((eb2, back), (eb, held), "b2 takes b1's place and partitions");
+        assert_eq!(g.generation, generation, "no rebalance");
+        assert!(!g.members.contains_key("b1"));
+        // A member removed for silence joins again under its id (Kafka clients keep theirs).
+        g.remove("a", SluiceError::UnknownMember { group: "g".into(), member: "a".into() });
+        g.reconcile(&parts, now);
+        assert!(consumer_joins(&mut g, &parts, "a", "", now).is_ok());
     }
 }

@@ -111,6 +111,18 @@ impl Registry {
         id: &str,
         f: impl FnOnce(&mut Group) -> R,
     ) -> Result<R, SluiceError> {
+        self.with_group_then(host, id, f, |_, r| r)
+    }
+
+    /// [`Registry::with_group`], and `then` sees the group after it was reconciled, under the
+    /// same lock, with what `f` returned: an answer built there is what the group holds.
+    pub fn with_group_then<H: Host, R, T>(
+        &self,
+        host: &Arc<H>,
+        id: &str,
+        f: impl FnOnce(&mut Group) -> R,
+        then: impl FnOnce(&mut Group, R) -> T,
+    ) -> Result<T, SluiceError> {
         let counts = host.partition_counts();
         loop {
             let cell = {
@@ -139,6 +151,7 @@ impl Registry {
             }
             let r = f(&mut slot.group);
             slot.group.reconcile(&counts, Instant::now());
+            let r = then(&mut slot.group, r);
             let idle = slot.group.is_idle();
             drop(slot);
             host.mark(id);

@@ -83,6 +83,18 @@ pub struct MemberSnapshot {
     /// The last set sent (held minus what it is releasing).
     pub sent: Vec<(String, u32)>,
     pub generation: u64,
+    /// Set for a Kafka consumer-protocol member (absent in snapshots of older coordinators).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSnapshot>,
+}
+
+/// What a consumer-protocol member was last told, so a successor fences it the same way.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KafkaSnapshot {
+    pub reported_epoch: i32,
+    pub previous_epoch: i32,
+    pub static_left: bool,
+    pub client_host: String,
 }
 
 /// What a coordinator taking over reads.

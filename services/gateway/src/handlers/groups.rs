@@ -156,4 +156,11 @@ impl Groups for GroupsProxy {
     async fn leave_classic(&self, r: Request<ClassicLeaveRequest>) -> Result<Response<ClassicLeaveResponse>, Status> {
         self.coordinator()?.leave_classic(r.into_inner()).await.map_err(unreachable)
     }
+
+    async fn consumer_heartbeat(
+        &self,
+        r: Request<ConsumerHeartbeatRequest>,
+    ) -> Result<Response<ConsumerHeartbeatResponse>, Status> {
+        self.coordinator()?.consumer_heartbeat(r.into_inner()).await.map_err(unreachable)
+    }
 }

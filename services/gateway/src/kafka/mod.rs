@@ -20,6 +20,7 @@
 //!   [`coordinator`], [`groups`], [`txn`]: the APIs.
 
 mod configs;
+mod consumer;
 mod coordinator;
 mod fetch;
 mod groups;
@@ -110,6 +111,13 @@ pub(crate) mod errors {
     pub const TRANSACTIONAL_ID_NOT_FOUND: i16 = 105;
     pub const OPERATION_NOT_ATTEMPTED: i16 = 55;
     pub const FENCED_LEADER_EPOCH: i16 = 74;
+    pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+    pub const NOT_COORDINATOR: i16 = 16;
+    pub const GROUP_MAX_SIZE_REACHED: i16 = 81;
+    pub const FENCED_MEMBER_EPOCH: i16 = 110;
+    pub const UNRELEASED_INSTANCE_ID: i16 = 111;
+    pub const UNSUPPORTED_ASSIGNOR: i16 = 112;
+    pub const STALE_MEMBER_EPOCH: i16 = 113;
     pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
 }
 
@@ -145,6 +153,10 @@ pub(crate) fn kafka_error(sluice_code: u32) -> i16 {
         5007 => FENCED_INSTANCE_ID,
         5008 => REBALANCE_IN_PROGRESS,
         5009 => INCONSISTENT_GROUP_PROTOCOL,
+        5010 => FENCED_MEMBER_EPOCH,
+        5011 => UNRELEASED_INSTANCE_ID,
+        5012 => STALE_MEMBER_EPOCH,
+        5013 => UNSUPPORTED_ASSIGNOR,
         6001 => PRODUCER_FENCED,
         6002 => INVALID_TXN_STATE,
         6003 => CONCURRENT_TRANSACTIONS,
@@ -421,6 +433,7 @@ async fn handle(
             ApiKey::IncrementalAlterConfigs => req.answer(&mut body, |r| configs::alter(k, r)).await,
             ApiKey::DescribeCluster => req.answer(&mut body, |r| async move { configs::cluster(k, r) }).await,
             ApiKey::JoinGroup => req.answer(&mut body, |r| groups::join(k, r, client)).await,
+            ApiKey::ConsumerGroupHeartbeat => req.answer(&mut body, |r| consumer::heartbeat(k, r, client)).await,
             ApiKey::SyncGroup => req.answer(&mut body, |r| groups::sync(k, r)).await,
             ApiKey::Heartbeat => req.answer(&mut body, |r| groups::heartbeat(k, r)).await,
             ApiKey::LeaveGroup => req.answer(&mut body, |r| groups::leave(k, r, version)).await,

@@ -22,6 +22,9 @@ const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::FindCoordinator, 0, 4),
     (ApiKey::JoinGroup, 0, 9),
+    // KIP-848's consumer protocol; librdkafka asks for 1 exactly. ConsumerGroupDescribe is
+    // not served: admin clients fall back to DescribeGroups, which describes these groups.
+    (ApiKey::ConsumerGroupHeartbeat, 0, 1),
     (ApiKey::SyncGroup, 0, 5),
     (ApiKey::Heartbeat, 0, 4),
     (ApiKey::LeaveGroup, 0, 5),

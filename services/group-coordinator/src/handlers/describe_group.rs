@@ -42,7 +42,12 @@ impl Coordinator {
                     assigned: group_by_topic(m.held.keys()),
                     revoking: group_by_topic(m.revoking()),
                     generation: m.generation,
-                    connected: m.conn.is_some(),
+                    connected: match &m.kafka {
+                        Some(k) => !k.static_left,
+                        None => m.conn.is_some(),
+                    },
+                    client_host: m.kafka.as_ref().map(|k| k.client_host.clone()).unwrap_or_default(),
+                    kind: if m.kafka.is_some() { "consumer" } else { "stream" }.to_string(),
                     ..Default::default()
                 }
             })
@@ -55,6 +60,7 @@ impl Coordinator {
                 metadata: m.metadata(&g.classic.protocol),
                 assignment: m.assignment.clone(),
                 client_host: m.client_host.clone(),
+                kind: "classic".to_string(),
                 ..Default::default()
             }))
             .collect();

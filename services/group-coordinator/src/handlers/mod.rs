@@ -2,6 +2,7 @@
 
 mod classic;
 mod commit_offsets;
+mod consumer;
 mod delete_group;
 mod describe_group;
 mod fetch_offsets;
@@ -152,5 +153,12 @@ impl Groups for GroupsService {
 
     async fn leave_classic(&self, r: Request<ClassicLeaveRequest>) -> Result<Response<ClassicLeaveResponse>, Status> {
         Ok(Response::new(self.0.leave_classic(r.into_inner())?))
+    }
+
+    async fn consumer_heartbeat(
+        &self,
+        r: Request<ConsumerHeartbeatRequest>,
+    ) -> Result<Response<ConsumerHeartbeatResponse>, Status> {
+        Ok(Response::new(self.0.consumer_heartbeat(r.into_inner())?))
     }
 }

@@ -102,6 +102,7 @@ public final class KafkaCheck {
 
             adminChecks(admin, out);
             truncationChecks(bootstrap, out);
+            consumerProtocolChecks(bootstrap, admin, out);
 
             // Consume-transform-produce in transactions, after one that aborts.
             Properties tp = new Properties();
@@ -250,6 +251,88 @@ public final class KafkaCheck {
             }
             out.put("truncation_from_end", truncation);
         }
+    }
+
+    /**
+     * KIP-848's consumer protocol (group.protocol=consumer): two members split the three
+     * partitions of a new topic and read what is produced then, committing it; the second
+     * leaves and the first takes everything over from the committed offsets, reading what
+     * comes next.
+     */
+    private static void consumerProtocolChecks(String bootstrap, Admin admin, Map<String, Object> out) throws Exception {
+        admin.createTopics(List.of(new NewTopic("java-848", 3, (short) 1))).all().get(30, TimeUnit.SECONDS);
+        Properties pp = new Properties();
+        pp.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        KafkaProducer<String, String> producer = new KafkaProducer<>(pp, new StringSerializer(), new StringSerializer());
+        Properties cp = new Properties();
+        cp.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        cp.put(ConsumerConfig.GROUP_ID_CONFIG, "java-848");
+        cp.put(ConsumerConfig.GROUP_PROTOCOL_CONFIG, "consumer");
+        cp.put(ConsumerConfig.AUTO_OFFSET_RESET_CONFIG, "earliest");
+        cp.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, false);
+        Map<String, String> seen = new HashMap<>();
+        int twice = 0;
+        boolean split = false;
+        int maxMembers = 0;
+        try (KafkaConsumer<String, String> a = new KafkaConsumer<>(cp, new StringDeserializer(), new StringDeserializer())) {
+            a.subscribe(List.of("java-848"));
+            try (KafkaConsumer<String, String> b = new KafkaConsumer<>(cp, new StringDeserializer(), new StringDeserializer())) {
+                b.subscribe(List.of("java-848"));
+                long deadline = System.currentTimeMillis() + 60_000;
+                while (!split && System.currentTimeMillis() < deadline) {
+                    twice += read(a, "a", seen) + read(b, "b", seen);
+                    split = !a.assignment().isEmpty() && !b.assignment().isEmpty()
+                            && a.assignment().size() + b.assignment().size() == 3;
+                }
+                produce(producer, 0, RECORDS);
+                while (seen.size() < RECORDS && System.currentTimeMillis() < deadline) {
+                    twice += read(a, "a", seen) + read(b, "b", seen);
+                }
+                ConsumerGroupDescription g =
+                        admin.describeConsumerGroups(List.of("java-848")).all().get(30, TimeUnit.SECONDS).get("java-848");
+                maxMembers = g.members().size();
+                b.commitSync(Duration.ofSeconds(30));
+            }
+            produce(producer, RECORDS, RECORDS + RECORDS / 2);
+            long deadline = System.currentTimeMillis() + 60_000;
+            while ((seen.size() < RECORDS + RECORDS / 2 || a.assignment().size() < 3)
+                    && System.currentTimeMillis() < deadline) {
+                twice += read(a, "a", seen);
+            }
+            a.commitSync(Duration.ofSeconds(30));
+            out.put("cp_a_partitions", a.assignment().size());
+        }
+        out.put("cp_split", split);
+        out.put("cp_members", maxMembers);
+        out.put("cp_seen", seen.size());
+        out.put("cp_by_b", seen.values().stream().filter("b"::equals).count());
+        out.put("cp_twice", twice);
+        long committed = 0;
+        for (OffsetAndMetadata o : admin.listConsumerGroupOffsets("java-848").partitionsToOffsetAndMetadata()
+                .get(30, TimeUnit.SECONDS).values()) {
+            committed += o.offset();
+        }
+        out.put("cp_committed", committed);
+        producer.close();
+    }
+
+    private static void produce(KafkaProducer<String, String> p, int from, int to) throws Exception {
+        for (int i = from; i < to; i++) {
+            p.send(new ProducerRecord<>("java-848", "c" + i, "v" + i));
+        }
+        p.flush();
+    }
+
+    /** Polls once, noting who read each key; returns how many were read again. */
+    private static int read(KafkaConsumer<String, String> c, String name, Map<String, String> seen) {
+        int again = 0;
+        for (ConsumerRecord<String, String> r : c.poll(Duration.ofMillis(100))) {
+            if (seen.put(r.key(), name) != null) {
+                again++;
+            }
+        }
+        c.commitSync(Duration.ofSeconds(30));
+        return again;
     }
 
     private static KafkaConsumer<String, String> consumer(String bootstrap, String group, String isolation) {
