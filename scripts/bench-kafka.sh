@@ -4,7 +4,8 @@
 # with its Kafka listener; fetches Kafka's own load tools and an Apache Kafka broker from Maven
 # Central (bench/kafka/pom.xml, once) and starts the broker alone (KRaft, one node, its data
 # in a temporary directory). Then, for each of Sluice over gRPC (`sluice bench`), Sluice over
-# Kafka and Apache Kafka (ProducerPerformance and ConsumerPerformance): a topic of 8
+# Kafka with the same generator (`sluice bench --kafka`: the two paths compared), Sluice over
+# Kafka and Apache Kafka with Kafka's tools (ProducerPerformance and ConsumerPerformance): a topic of 8
 # partitions, RECORDS records of SIZE bytes produced with acks=all by an idempotent producer
 # (the Java client's default) as fast as possible, then read back from the start. Prints one
 # JSON object per run, then a table.
@@ -85,19 +86,26 @@ PY
   tail -1 "$out"
 }
 
-# Sluice over gRPC: its own benchmark, same shape.
-$S bench produce --topic bench-grpc --partitions 8 --record-size "$size" --records "$records" --acks all --idempotent \
-  --json 2>/dev/null >"$bench_dir/grpc-produce.json"
-$S bench consume --topic bench-grpc --records "$records" --json 2>/dev/null >"$bench_dir/grpc-consume.json"
-python3 - "$bench_dir/grpc-produce.json" "$bench_dir/grpc-consume.json" >>"$out" <<'PY'
+# Sluice's own benchmark, same shape, over gRPC and then over the Kafka listener (the same
+# batches encoded as Kafka Produce and Fetch requests): the two paths, one load generator.
+sluice_run() {
+  local name=$1 topic="bench-$1"
+  shift
+  $S bench produce --topic "$topic" --partitions 8 --record-size "$size" --records "$records" --acks all \
+    --idempotent --json "$@" 2>/dev/null >"$bench_dir/$name-produce.json"
+  $S bench consume --topic "$topic" --records "$records" --json "$@" 2>/dev/null >"$bench_dir/$name-consume.json"
+  python3 - "$name" "$bench_dir/$name-produce.json" "$bench_dir/$name-consume.json" >>"$out" <<'PY'
 import json, sys
-p, c = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
-print(json.dumps({"path": "sluice-grpc", "records": p["records"], "record_size": p["record_size"],
+p, c = json.load(open(sys.argv[2])), json.load(open(sys.argv[3]))
+print(json.dumps({"path": sys.argv[1], "records": p["records"], "record_size": p["record_size"],
                   "produce_mb_per_sec": round(p["mb_per_sec"], 1), "produce_records_per_sec": round(p["records_per_sec"]),
                   "produce_p50_ms": p["p50_ms"], "produce_p99_ms": p["p99_ms"],
                   "consume_mb_per_sec": round(c["mb_per_sec"], 1), "consume_records_per_sec": round(c["records_per_sec"])}))
 PY
-tail -1 "$out"
+  tail -1 "$out"
+}
+sluice_run sluice-grpc
+sluice_run sluice-bench-kafka --kafka "127.0.0.1:$kafka_port"
 kafka_run sluice-kafka "127.0.0.1:$kafka_port"
 kafka_run apache-kafka "127.0.0.1:$broker_port"
 
@@ -109,9 +117,10 @@ print(f"{'path':<14} {'produce MB/s':>13} {'records/s':>11} {'p50 ms':>7} {'p99 
 for r in rows:
     print(f"{r['path']:<14} {r['produce_mb_per_sec']:>13.1f} {r['produce_records_per_sec']:>11.0f} {r['produce_p50_ms']:>7} "
           f"{r['produce_p99_ms']:>7} {r['consume_mb_per_sec']:>13.1f} {r['consume_records_per_sec']:>11.0f}")
-grpc = next(r for r in rows if r["path"] == "sluice-grpc")
-kafka = next(r for r in rows if r["path"] == "sluice-kafka")
+row = {r["path"]: r for r in rows}
 for what in ("produce", "consume"):
-    ratio = kafka[f"{what}_mb_per_sec"] / max(grpc[f"{what}_mb_per_sec"], 1e-9)
-    print(f"Sluice {what}: the Kafka path at {ratio:.0%} of the gRPC path")
+    ratio = row["sluice-bench-kafka"][f"{what}_mb_per_sec"] / max(row["sluice-grpc"][f"{what}_mb_per_sec"], 1e-9)
+    print(f"Sluice {what}, same load generator: the Kafka path at {ratio:.0%} of the gRPC path")
+    ratio = row["sluice-kafka"][f"{what}_mb_per_sec"] / max(row["apache-kafka"][f"{what}_mb_per_sec"], 1e-9)
+    print(f"{what} with Kafka's Java tools: Sluice at {ratio:.0%} of Apache Kafka")
 PY
