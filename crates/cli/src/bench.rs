@@ -359,19 +359,43 @@ async fn produce(a: &BenchArgs, rate: Option<u64>, mode: &'static str) -> anyhow
         }
         sent += n;
     }
-    // Wait for every answer.
-    let _ = window.acquire_many(a.in_flight.max(1) as u32).await;
-    let elapsed = start.elapsed();
+    produce_stats(Run { mode, start, done, bytes, bar }, &window, a.in_flight, tx, reader).await
+}
+
+/// A run's clock and counters (what its progress line shows).
+pub(crate) struct Run {
+    pub(crate) mode: &'static str,
+    pub(crate) start: Instant,
+    pub(crate) done: Arc<AtomicU64>,
+    pub(crate) bytes: Arc<AtomicU64>,
+    pub(crate) bar: tokio::task::JoinHandle<()>,
+}
+
+/// What a produce run's reader gathered from the answers: latencies, records failed, the
+/// first error.
+pub(crate) type Answers = tokio::task::JoinHandle<(Histogram<u64>, u64, Option<String>)>;
+
+/// Waits for every answer of a produce run (its `in_flight` permits back), then closes its
+/// sending side `tx` and makes the stats.
+pub(crate) async fn produce_stats<T>(
+    run: Run,
+    window: &Semaphore,
+    in_flight: usize,
+    tx: T,
+    reader: Answers,
+) -> anyhow::Result<Stats> {
+    let _ = window.acquire_many(in_flight.max(1) as u32).await;
+    let elapsed = run.start.elapsed();
     drop(tx);
     let (hist, failed, first_error) = reader.await?;
-    bar.abort();
+    run.bar.abort();
     if let Some(e) = first_error {
         eprintln!("\nerror: {failed} records failed; first error: {e}");
     }
     Ok(Stats {
-        mode,
-        records: done.load(Ordering::Relaxed),
-        bytes: bytes.load(Ordering::Relaxed),
+        mode: run.mode,
+        records: run.done.load(Ordering::Relaxed),
+        bytes: run.bytes.load(Ordering::Relaxed),
         elapsed,
         hist,
         failed,

@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Mutex, Semaphore};
 
-use crate::bench::{Batches, BenchArgs, Stats, histogram, limits, progress};
+use crate::bench::{Batches, BenchArgs, Run, Stats, histogram, limits, produce_stats, progress};
 
 const PRODUCE_VERSION: i16 = 9;
 const FETCH_VERSION: i16 = 12;
@@ -169,22 +169,7 @@ pub(crate) async fn produce(
         sent += n;
     }
     tx.w.flush().await?;
-    let _ = window.acquire_many(a.in_flight.max(1) as u32).await;
-    let elapsed = start.elapsed();
-    drop(tx);
-    let (hist, failed, first_error) = reader.await?;
-    bar.abort();
-    if let Some(e) = first_error {
-        eprintln!("\nerror: {failed} records failed; first error: {e}");
-    }
-    Ok(Stats {
-        mode,
-        records: done.load(Ordering::Relaxed),
-        bytes: bytes.load(Ordering::Relaxed),
-        elapsed,
-        hist,
-        failed,
-    })
+    produce_stats(Run { mode, start, done, bytes, bar }, &window, a.in_flight, tx, reader).await
 }
 
 /// Fetches every partition from offset 0 with one request in flight, as a Kafka consumer does

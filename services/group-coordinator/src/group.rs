@@ -297,19 +297,25 @@ impl Group {
         }
     }
 
-    /// Adds a member or re-attaches one; returns its id. The caller reconciles afterwards.
-    pub fn join(&mut self, spec: JoinSpec, conn: Conn, now: Instant) -> Result<String, SluiceError> {
+    /// Refuses `who` (a member assigned by the coordinator) while classic members are in; a
+    /// group they left behind becomes a coordinator-assigned group.
+    fn leave_classic_protocol(&mut self, who: &str) -> Result<(), SluiceError> {
         if !self.classic.members.is_empty() {
             return Err(SluiceError::InconsistentGroupProtocol {
                 group: self.id.clone(),
                 reason: format!(
-                    "{} Kafka client(s) are members (classic protocol); a stream member can join once they leave",
+                    "{} Kafka client(s) are members with the classic protocol; {who} can join once they leave",
                     self.classic.members.len()
                 ),
             });
         }
-        // A group Kafka clients left behind becomes a stream group.
         self.classic.protocol_type.clear();
+        Ok(())
+    }
+
+    /// Adds a member or re-attaches one; returns its id. The caller reconciles afterwards.
+    pub fn join(&mut self, spec: JoinSpec, conn: Conn, now: Instant) -> Result<String, SluiceError> {
+        self.leave_classic_protocol("a stream member")?;
         let existing = if !spec.instance_id.is_empty() {
             self.members.values().find(|m| m.instance_id == spec.instance_id).map(|m| m.id.clone())
         } else if !spec.member_id.is_empty() && self.members.contains_key(&spec.member_id) {
@@ -381,16 +387,7 @@ impl Group {
     /// takes over its partitions and place, without a rebalance. The caller reconciles, then
     /// answers with [`Group::consumer_answer`].
     pub fn consumer_join(&mut self, spec: ConsumerJoin, now: Instant) -> Result<String, SluiceError> {
-        if !self.classic.members.is_empty() {
-            return Err(SluiceError::InconsistentGroupProtocol {
-                group: self.id.clone(),
-                reason: format!(
-                    "{} Kafka client(s) are members with the classic protocol; a consumer-protocol member can join once they leave",
-                    self.classic.members.len()
-                ),
-            });
-        }
-        self.classic.protocol_type.clear();
+        self.leave_classic_protocol("a consumer-protocol member")?;
         let id = if spec.member_id.is_empty() {
             let prefix = if spec.client_id.is_empty() { "consumer" } else { spec.client_id.as_str() };
             format!("{prefix}-{:016x}", rand::random::<u64>())
