@@ -520,7 +520,7 @@ async fn librdkafka_clients_ride_through_a_gateway_killed_under_them() {
     assert!(listing.contains(" 2 brokers:"), "{listing}");
     let run = tokio::spawn({
         let brokers = brokers.clone();
-        async move { python("kafka_failover_check.py", &[&brokers], Duration::from_secs(150)).await }
+        async move { python("kafka_failover_check.py", &[&brokers, "classic"], Duration::from_secs(150)).await }
     });
     // A few seconds into the stream, one gateway dies without a word.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -544,6 +544,39 @@ async fn librdkafka_clients_ride_through_a_gateway_killed_under_them() {
     kcat(&survivor, &["-P", "-t", "fo", "-p", "5"], "grown\n").await;
     let out = kcat(&survivor, &["-C", "-t", "fo", "-p", "5", "-o", "beginning", "-e", "-f", "%s\n"], "").await;
     assert_eq!(out.trim(), "grown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_protocol_member_rides_through_a_coordinator_failover() {
+    let env = [("SLUICE_GROUPS__CONSUMER_HEARTBEAT_INTERVAL_MS", "500")];
+    let (mut cluster, _dir) = sluice_tests::cluster_gateways(3, 2, 1, &env).await;
+    let brokers = cluster.kafka_brokers();
+    let run = tokio::spawn({
+        let brokers = brokers.clone();
+        async move { python("kafka_failover_check.py", &[&brokers, "consumer"], Duration::from_secs(150)).await }
+    });
+    // A few seconds into the stream, the active coordinator dies; the standby restores the
+    // member from the group's snapshot and the member heartbeats on.
+    let client = Client::connect(&cluster.gateways()).await.unwrap();
+    let before = eventually("the member in its group", Duration::from_secs(30), || async {
+        client.describe_group("fo-group").await.ok().filter(|d| d.members.len() == 1)
+    })
+    .await;
+    assert_eq!(before.members[0].kind, "consumer", "{before:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let active = cluster
+        .manifest
+        .processes
+        .iter()
+        .find(|e| e.role == "group-coordinator" && e.addr == before.coordinator)
+        .map(|e| e.id)
+        .expect("the active coordinator is one of the cluster's");
+    cluster.kill("group-coordinator", active);
+    let done = run.await.expect("the check ran");
+    assert_eq!(done["delivered"], 3000, "every record delivered: {done}");
+    assert_eq!(done["seen"], 3000, "every record read: {done}");
+    let after = client.describe_group("fo-group").await.unwrap();
+    assert_ne!(after.coordinator, before.coordinator, "the standby took over");
 }
 
 /// What a Kafka client before transaction version 2 does, over gRPC against `sluice dev`:

@@ -1,8 +1,9 @@
 """A librdkafka producer and a group consumer (confluent-kafka) riding through the loss of
-one of two gateways.
+one of two gateways, or of the active group coordinator.
 
-Run by tests/kafka_cluster.rs with the Kafka listeners of both gateways, while the test kills
-one of them a few seconds in. An idempotent producer writes 3000 keyed records over about 15
+Run by tests/kafka.rs with the Kafka listeners of the gateways and the group protocol
+("classic" or "consumer", KIP-848), while the test kills a gateway or the coordinator a few
+seconds in. An idempotent producer writes 3000 keyed records over about 15
 seconds; a group member reads them as they come and commits. Once everything is delivered,
 the consumer reads on until it has seen every record. Prints one JSON line: what was
 delivered, what failed, what was read and how many were read twice.
@@ -20,7 +21,7 @@ RECORDS = 3000
 
 
 def main() -> None:
-    bootstrap = sys.argv[1]
+    bootstrap, protocol = sys.argv[1], sys.argv[2]
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic("fo", 4)])["fo"].result(timeout=15)
     producer = Producer(
@@ -31,16 +32,16 @@ def main() -> None:
             "message.timeout.ms": 60000,
         }
     )
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "fo-group",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": True,
-            "auto.commit.interval.ms": 500,
-            "session.timeout.ms": 10000,
-        }
-    )
+    config = {
+        "bootstrap.servers": bootstrap,
+        "group.id": "fo-group",
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": True,
+        "auto.commit.interval.ms": 500,
+    }
+    # The consumer protocol's session is the coordinator's to set.
+    config.update({"group.protocol": "consumer"} if protocol == "consumer" else {"session.timeout.ms": 10000})
+    consumer = Consumer(config)
     consumer.subscribe(["fo"])
     delivered, failed, seen, twice = set(), [], set(), 0
 
