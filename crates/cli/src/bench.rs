@@ -327,6 +327,8 @@ async fn produce(a: &BenchArgs, rate: Option<u64>, mode: &'static str) -> anyhow
                 }
                 window.add_permits(1);
             }
+            // No more answers: whoever waits for room stops waiting.
+            window.close();
             (hist, failed, first_error)
         })
     };
@@ -340,7 +342,8 @@ async fn produce(a: &BenchArgs, rate: Option<u64>, mode: &'static str) -> anyhow
             let due = start + Duration::from_secs_f64(sent as f64 / r as f64);
             tokio::time::sleep_until(due.into()).await;
         }
-        let permit = window.acquire().await?;
+        // Closed: the answers stopped (the stream ended).
+        let Ok(permit) = window.acquire().await else { break };
         permit.forget();
         let (partition, n, data) = batches.next(want)?;
         id += 1;

@@ -112,7 +112,10 @@ pub(crate) async fn produce(
                 let resp = match receive::<ProduceRequest>(&mut rx, PRODUCE_VERSION).await {
                     Ok(r) => r,
                     Err(e) => {
-                        if !pending.lock().await.is_empty() {
+                        // Requests left unanswered failed.
+                        let lost: u64 = pending.lock().await.drain(..).map(|(_, n)| n).sum();
+                        if lost > 0 {
+                            failed += lost;
                             first_error.get_or_insert(e.to_string());
                         }
                         break;
@@ -138,6 +141,8 @@ pub(crate) async fn produce(
                 }
                 window.add_permits(1);
             }
+            // No more answers: whoever waits for room stops waiting.
+            window.close();
             (hist, failed, first_error)
         })
     };
@@ -154,7 +159,9 @@ pub(crate) async fn produce(
             Ok(p) => p,
             Err(_) => {
                 tx.w.flush().await?;
-                window.acquire().await?
+                // Closed: the answers stopped (the connection ended).
+                let Ok(p) = window.acquire().await else { break };
+                p
             }
         };
         permit.forget();

@@ -144,7 +144,9 @@ impl TopicConfig {
                     }
                     c.max_message_bytes = n as usize;
                 }
-                "min.insync.replicas" => c.min_insync_replicas = int(1)? as u32,
+                "min.insync.replicas" => {
+                    c.min_insync_replicas = u32::try_from(int(1)?).map_err(|_| bad("too large"))?;
+                }
                 "cleanup.policy" => {
                     let mut p = CleanupPolicy { delete: false, compact: false };
                     for part in v.split(',').map(str::trim) {

@@ -199,15 +199,15 @@ pub fn plan_config(topic: &TopicMeta, changes: &[ConfigChange]) -> Result<TopicM
     if changes.is_empty() {
         return Err(SluiceError::InvalidRequest("no config change was given".into()));
     }
-    let config = apply_config_changes(&topic.config, &topic.config(), changes)?;
-    if let Some(what) = internal_topic(&topic.name)
-        && config.get("cleanup.policy") != topic.config.get("cleanup.policy")
-    {
+    // The coordinators' own records must always fit and be written: their settings are
+    // Sluice's.
+    if let Some(what) = internal_topic(&topic.name) {
         return Err(SluiceError::InvalidConfig(format!(
-            "the cleanup.policy of '{}' ({what}) cannot change: it must stay compacted",
+            "'{}' holds {what}; its configuration is managed by Sluice and cannot be altered",
             topic.name
         )));
     }
+    let config = apply_config_changes(&topic.config, &topic.config(), changes)?;
     let min_isr = TopicConfig::from_map(&config)?.min_insync_replicas;
     if config.contains_key("min.insync.replicas") && min_isr > topic.replication_factor.max(1) {
         return Err(SluiceError::InvalidConfig(format!(
@@ -292,6 +292,23 @@ mod tests {
             plan_partitions(&few, &t, 3, TopicLimits::default(), 1),
             Err(SluiceError::InvalidReplicationFactor { .. })
         ));
+    }
+
+    #[test]
+    fn config_changes_are_validated_and_internal_topics_refused() {
+        use sluice_core::topic::ConfigOp;
+        let v = view(3);
+        let t = plan_topic(&v, &req("t", 1, 2), TopicLimits::default(), 7).unwrap();
+        let set = |k: &str, val: &str| vec![ConfigChange { key: k.into(), op: ConfigOp::Set(val.into()) }];
+        let changed = plan_config(&t, &set("retention.ms", "1000")).unwrap();
+        assert_eq!(changed.config.get("retention.ms").map(String::as_str), Some("1000"));
+        assert_eq!((changed.partitions.clone(), changed.topic_id), (t.partitions.clone(), t.topic_id));
+        for bad in [set("min.insync.replicas", "3"), set("min.insync.replicas", "4294967297"), vec![]] {
+            assert!(plan_config(&t, &bad).is_err(), "{bad:?}");
+        }
+        let offsets = plan_topic(&v, &req(sluice_core::topic::OFFSETS_TOPIC, 1, 1), TopicLimits::default(), 7).unwrap();
+        let e = plan_config(&offsets, &set("max.message.bytes", "100")).unwrap_err();
+        assert!(matches!(e, SluiceError::InvalidConfig(_)), "{e}");
     }
 
     fn view(n: u64) -> ClusterView {

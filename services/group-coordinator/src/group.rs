@@ -114,6 +114,8 @@ pub struct KafkaState {
     pub previous_epoch: i32,
     /// The set last answered (`None`: never, or lost with a failover).
     pub reported_set: Option<BTreeSet<Tp>>,
+    /// Restored from a snapshot and not heard from since (see `consumer_heartbeat`).
+    pub restored: bool,
     /// A static member that left (epoch -2): it keeps its partitions, and nothing moves, until
     /// a member with its instance id takes them over or its session ends.
     pub static_left: bool,
@@ -174,6 +176,40 @@ pub struct Member {
 }
 
 impl Member {
+    /// Moves the member to its next set: what it holds of `desired` (its target) plus target
+    /// partitions nobody holds (`holders`, which gains them), handed at `generation`. Returns
+    /// the set and the partitions added, or `None` when nothing changes for it.
+    fn step(
+        &mut self,
+        desired: &BTreeSet<Tp>,
+        holders: &mut BTreeSet<Tp>,
+        generation: u64,
+        now: Instant,
+    ) -> Option<(BTreeSet<Tp>, Vec<Tp>)> {
+        let mut next: BTreeSet<Tp> = self.held.keys().filter(|tp| desired.contains(*tp)).cloned().collect();
+        let mut added = Vec::new();
+        for tp in desired.iter().filter(|tp| !holders.contains(*tp)) {
+            next.insert(tp.clone());
+            added.push(tp.clone());
+        }
+        if next == self.sent && !self.needs_full {
+            return None;
+        }
+        for tp in &added {
+            self.held.insert(tp.clone(), generation);
+            holders.insert(tp.clone());
+        }
+        self.sent = next.clone();
+        self.generation = generation;
+        self.needs_full = false;
+        if self.revoking().next().is_some() {
+            self.revoke_deadline.get_or_insert(now + self.rebalance_timeout);
+        } else {
+            self.revoke_deadline = None;
+        }
+        Some((next, added))
+    }
+
     /// Held partitions it was asked to release.
     pub fn revoking(&self) -> impl Iterator<Item = &Tp> {
         self.held.keys().filter(|tp| !self.sent.contains(*tp))
@@ -243,6 +279,7 @@ impl Group {
                     reported_epoch: k.reported_epoch,
                     previous_epoch: k.previous_epoch,
                     reported_set: None,
+                    restored: true,
                     static_left: k.static_left,
                     client_host: k.client_host.clone(),
                 }),
@@ -389,16 +426,26 @@ impl Group {
     pub fn consumer_join(&mut self, spec: ConsumerJoin, now: Instant) -> Result<String, SluiceError> {
         self.leave_classic_protocol("a consumer-protocol member")?;
         let id = if spec.member_id.is_empty() {
-            let prefix = if spec.client_id.is_empty() { "consumer" } else { spec.client_id.as_str() };
+            let prefix: String =
+                if spec.client_id.is_empty() { "consumer".into() } else { spec.client_id.chars().take(200).collect() };
             format!("{prefix}-{:016x}", rand::random::<u64>())
         } else {
             spec.member_id.clone()
         };
-        if self.members.get(&id).is_some_and(|m| m.kafka.is_none()) {
-            return Err(SluiceError::InconsistentGroupProtocol {
-                group: self.id.clone(),
-                reason: format!("member id '{id}' belongs to a Sluice stream member"),
-            });
+        if let Some(old) = self.members.get(&id) {
+            if old.kafka.is_none() {
+                return Err(SluiceError::InconsistentGroupProtocol {
+                    group: self.id.clone(),
+                    reason: format!("member id '{id}' belongs to a Sluice stream member"),
+                });
+            }
+            // Starting over frees what it holds: not while a commit of it is being written,
+            // whose partitions' next owner must read that commit.
+            if old.commits_in_flight > 0 {
+                return Err(SluiceError::CoordinatorNotAvailable(format!(
+                    "a commit of member '{id}' is being written; join again in a moment"
+                )));
+            }
         }
         // Kafka clients keep their member id for life: one removed for silence joins again.
         self.expired.retain(|e| e != &id);
@@ -421,6 +468,22 @@ impl Group {
             commits_in_flight: 0,
             kafka: Some(KafkaState { client_host: spec.client_host, ..KafkaState::default() }),
         };
+        // A static member that left with -2 and comes back under the same id (Kafka clients
+        // keep theirs for life) keeps its place and partitions.
+        if let Some(old) = self.members.get_mut(&id).filter(|m| {
+            !spec.instance_id.is_empty()
+                && m.instance_id == spec.instance_id
+                && m.kafka.as_ref().is_some_and(|k| k.static_left)
+        }) {
+            old.kafka = member.kafka.take();
+            old.topics = member.topics;
+            old.assignor = member.assignor;
+            old.client_id = member.client_id;
+            old.rebalance_timeout = member.rebalance_timeout;
+            old.last_seen = now;
+            old.needs_full = true;
+            return Ok(id);
+        }
         let holder = (!spec.instance_id.is_empty())
             .then(|| self.members.values().find(|m| m.instance_id == spec.instance_id && m.id != id))
             .flatten();
@@ -472,16 +535,26 @@ impl Group {
             return Err(SluiceError::FencedInstance { group: self.id.clone(), member: member.to_string() });
         }
         let owns_only_held = update.owned.as_ref().is_none_or(|o| o.iter().all(|tp| m.held.contains_key(tp)));
-        let current = epoch == k.reported_epoch || (epoch == k.previous_epoch && owns_only_held);
-        if !current || !owns_only_held {
+        // Restored from a snapshot that may be older than the last answer: the member's
+        // epoch is taken as it says, if it owns nothing it should not.
+        let restored = std::mem::take(&mut k.restored) && owns_only_held && epoch >= k.previous_epoch;
+        // Partitions owned beyond what it holds, at its current epoch, are ignored (as Kafka
+        // does): it is about to give them up, or was told of them in an answer it lost.
+        let current = epoch == k.reported_epoch || (epoch == k.previous_epoch && owns_only_held) || restored;
+        if !current || k.static_left {
             return Err(SluiceError::FencedMemberEpoch {
                 group: self.id.clone(),
                 member: member.to_string(),
                 epoch,
-                current: k.reported_epoch,
+                current: if k.static_left { -2 } else { k.reported_epoch },
             });
         }
-        k.static_left = false;
+        if restored && epoch != k.reported_epoch {
+            k.previous_epoch = k.reported_epoch;
+            k.reported_epoch = epoch;
+            m.generation = m.generation.max(epoch as u64);
+            self.generation = self.generation.max(epoch as u64);
+        }
         if let Some(owned) = update.owned {
             let sent = &m.sent;
             m.held.retain(|tp, _| owned.contains(tp) || sent.contains(tp));
@@ -521,10 +594,17 @@ impl Group {
         Ok(())
     }
 
-    /// The epoch and, when the member must be told (`full`, or it changed since the last
-    /// answer), the set a consumer-protocol member may use now. Called after reconciling.
-    pub fn consumer_answer(&mut self, member: &str, full: bool) -> Option<(i32, Option<BTreeSet<Tp>>)> {
+    /// Moves a consumer-protocol member to its next set (see [`Member::step`]) and returns
+    /// its epoch and, when it must be told (`full`, or it changed since the last answer), the
+    /// set it may use now. Called after reconciling, in the call of the member's heartbeat.
+    pub fn consumer_answer(&mut self, member: &str, full: bool, now: Instant) -> Option<(i32, Option<BTreeSet<Tp>>)> {
+        let mut holders: BTreeSet<Tp> = self.members.values().flat_map(|m| m.held.keys().cloned()).collect();
+        let desired = self.target.get(member).cloned().unwrap_or_default();
+        let generation = self.generation;
         let m = self.members.get_mut(member)?;
+        if m.kafka.as_ref().is_some_and(|k| !k.static_left) {
+            m.step(&desired, &mut holders, generation, now);
+        }
         let k = m.kafka.as_mut()?;
         let epoch = i32::try_from(m.generation).unwrap_or(i32::MAX);
         if epoch != k.reported_epoch {
@@ -705,55 +785,32 @@ impl Group {
         let mut holders: BTreeSet<Tp> = self.members.values().flat_map(|m| m.held.keys().cloned()).collect();
         let generation = self.generation;
         for m in self.members.values_mut() {
-            // Stream members without a stream and static consumer-protocol members that left
-            // keep what they hold until they come back or expire.
-            let stream = m.conn.as_ref();
-            match &m.kafka {
-                Some(k) if k.static_left => continue,
-                None if stream.is_none() => continue,
-                _ => {}
-            }
-            let desired = self.target.get(&m.id).cloned().unwrap_or_default();
-            let mut next: BTreeSet<Tp> = m.held.keys().filter(|tp| desired.contains(*tp)).cloned().collect();
-            let mut added = Vec::new();
-            for tp in desired.iter().filter(|tp| !holders.contains(*tp)) {
-                next.insert(tp.clone());
-                added.push(tp.clone());
-            }
-            if next == m.sent && !m.needs_full {
+            // Stream members without a stream keep what they hold until they come back or
+            // expire. A consumer-protocol member's set changes only in the answer to its own
+            // heartbeat ([`Group::consumer_answer`]), as in Kafka: changed in between, it could
+            // be given and then lose a partition it never heard of, and never release it.
+            if m.kafka.is_some() || m.conn.is_none() {
                 continue;
             }
-            for tp in &added {
-                m.held.insert(tp.clone(), generation);
-                holders.insert(tp.clone());
-            }
-            // A consumer-protocol member learns its set from its next heartbeat's answer and
-            // releases by reporting what it owns.
-            if let Some(conn) = stream {
-                let fresh: Vec<&Tp> = if m.needs_full { next.iter().collect() } else { added.iter().collect() };
-                let offsets = fresh
-                    .into_iter()
-                    .filter_map(|tp| {
-                        self.offsets.get(tp).map(|c| CommittedOffset {
-                            topic: tp.0.clone(),
-                            partition: tp.1,
-                            offset: c.offset,
-                            metadata: c.metadata.clone(),
-                            commit_time_ms: c.commit_time_ms,
-                        })
+            let desired = self.target.get(&m.id).cloned().unwrap_or_default();
+            let full = m.needs_full;
+            let Some((next, added)) = m.step(&desired, &mut holders, generation, now) else { continue };
+            let Some(conn) = &m.conn else { continue };
+            let fresh: Vec<&Tp> = if full { next.iter().collect() } else { added.iter().collect() };
+            let offsets = fresh
+                .into_iter()
+                .filter_map(|tp| {
+                    self.offsets.get(tp).map(|c| CommittedOffset {
+                        topic: tp.0.clone(),
+                        partition: tp.1,
+                        offset: c.offset,
+                        metadata: c.metadata.clone(),
+                        commit_time_ms: c.commit_time_ms,
                     })
-                    .collect();
-                conn.send(EventKind::Assignment(Assignment { generation, partitions: group_by_topic(&next), offsets }));
-                m.unacked.insert(generation, next.clone());
-            }
-            m.sent = next;
-            m.generation = generation;
-            m.needs_full = false;
-            if m.revoking().next().is_some() {
-                m.revoke_deadline.get_or_insert(now + m.rebalance_timeout);
-            } else {
-                m.revoke_deadline = None;
-            }
+                })
+                .collect();
+            conn.send(EventKind::Assignment(Assignment { generation, partitions: group_by_topic(&next), offsets }));
+            m.unacked.insert(generation, next);
         }
     }
 
@@ -1040,7 +1097,7 @@ mod tests {
     ) -> Result<(i32, BTreeSet<Tp>), SluiceError> {
         let id = g.consumer_join(consumer(id, instance), now)?;
         g.reconcile(parts, now);
-        let (epoch, set) = g.consumer_answer(&id, true).expect("a consumer member");
+        let (epoch, set) = g.consumer_answer(&id, true, now).expect("a consumer member");
         Ok((epoch, set.expect("a join is told its set")))
     }
 
@@ -1057,7 +1114,7 @@ mod tests {
         let update = ConsumerUpdate { owned: Some(owned.clone()), ..Default::default() };
         g.consumer_heartbeat(id, None, epoch, update, now)?;
         g.reconcile(parts, now);
-        Ok(g.consumer_answer(id, false).expect("a consumer member"))
+        Ok(g.consumer_answer(id, false, now).expect("a consumer member"))
     }
 
     fn tps(ps: &[u32]) -> BTreeSet<Tp> {
@@ -1097,8 +1154,13 @@ mod tests {
         let fenced = beat(&mut g, &parts, "b", eb2 + 1, &tps(&moved), now).unwrap_err();
         assert!(matches!(fenced, SluiceError::FencedMemberEpoch { .. }), "{fenced}");
         assert!(beat(&mut g, &parts, "a", ea, &kept, now).is_ok(), "a's previous epoch");
-        let foreign = beat(&mut g, &parts, "b", eb2, &tps(&[0, 1, 2, 3]), now).unwrap_err();
-        assert!(matches!(foreign, SluiceError::FencedMemberEpoch { .. }), "owning a's partitions: {foreign}");
+        // Owning more than it holds: ignored at its current epoch (as Kafka does), fenced at
+        // the one before (it cannot be a lost answer).
+        let (_, nothing) = beat(&mut g, &parts, "b", eb2, &tps(&[0, 1, 2, 3]), now).unwrap();
+        assert_eq!(nothing, None);
+        let ea2 = g.members["a"].kafka.as_ref().unwrap().reported_epoch;
+        let foreign = beat(&mut g, &parts, "a", ea, &tps(&[0, 1, 2, 3]), now).unwrap_err();
+        assert!(matches!(foreign, SluiceError::FencedMemberEpoch { .. }), "owning b's partitions: {foreign}");
         // b leaves: a is given everything at its next heartbeat.
         g.consumer_leave("b", false).unwrap();
         g.reconcile(&parts, now);
@@ -1137,5 +1199,59 @@ mod tests {
         g.remove("a", SluiceError::UnknownMember { group: "g".into(), member: "a".into() });
         g.reconcile(&parts, now);
         assert!(consumer_joins(&mut g, &parts, "a", "", now).is_ok());
+    }
+
+    #[test]
+    fn a_consumer_member_set_changes_only_in_its_own_answers() {
+        // Rolling restart: x leaves and x2 joins before a heartbeats. Reconciles run by the
+        // others change nothing of a's set, so a is never handed (and then robbed of) x's
+        // partitions it would not hear of, and is not expired for failing to release them.
+        let parts: BTreeMap<String, u32> = [("t".to_string(), 4)].into();
+        let now = Instant::now();
+        let mut g = Group::new("g".into(), BTreeMap::new());
+        let (ea, set_a) = consumer_joins(&mut g, &parts, "a", "", now).unwrap();
+        let (ex, _) = consumer_joins(&mut g, &parts, "x", "", now).unwrap();
+        let (ea, kept) = beat(&mut g, &parts, "a", ea, &set_a, now).unwrap();
+        let kept = kept.unwrap();
+        beat(&mut g, &parts, "a", ea, &kept, now).unwrap();
+        let (_, xs) = beat(&mut g, &parts, "x", ex, &BTreeSet::new(), now).unwrap();
+        assert_eq!(xs.map(|s| s.len()), Some(2));
+        g.consumer_leave("x", false).unwrap();
+        g.reconcile(&parts, now);
+        let (_, x2) = consumer_joins(&mut g, &parts, "x2", "", now).unwrap();
+        assert_eq!(x2.len(), 2, "x's partitions went straight to x2");
+        assert_eq!(g.members["a"].held.keys().cloned().collect::<BTreeSet<Tp>>(), kept);
+        // Past the rebalance timeout (30 s), within the session (45 s).
+        let late = now + Duration::from_secs(35);
+        assert!(!g.expire(late), "nobody is late releasing anything");
+        let (_, told) = beat(&mut g, &parts, "a", ea, &kept, late).unwrap();
+        assert_eq!(told, None, "a's set did not change");
+    }
+
+    #[test]
+    fn consumer_members_survive_a_failover_and_a_static_rejoin_under_the_same_id() {
+        let parts: BTreeMap<String, u32> = [("t".to_string(), 2)].into();
+        let now = Instant::now();
+        let mut g = Group::new("g".into(), BTreeMap::new());
+        let (e, set) = consumer_joins(&mut g, &parts, "s", "box", now).unwrap();
+        let snap = g.snapshot();
+        // The client was told a newer epoch after the snapshot was written: the successor
+        // takes its word once (it owns nothing it should not).
+        let mut restored = Group::restore("g".into(), BTreeMap::new(), &snap, now);
+        restored.reconcile(&parts, now);
+        let update = ConsumerUpdate { owned: Some(set.clone()), ..Default::default() };
+        restored.consumer_heartbeat("s", Some("box"), e + 1, update, now).unwrap();
+        restored.reconcile(&parts, now);
+        let (e2, told) = restored.consumer_answer("s", true, now).unwrap();
+        assert!(e2 > e, "epochs never go back: {e2} after {e}");
+        assert_eq!(told, Some(set.clone()));
+        // A static member leaving with -2 and joining again under its id keeps its partitions.
+        let generation = restored.generation;
+        restored.consumer_leave("s", true).unwrap();
+        let fenced = restored.consumer_heartbeat("s", None, e2, ConsumerUpdate::default(), now).unwrap_err();
+        assert!(matches!(fenced, SluiceError::FencedMemberEpoch { current: -2, .. }), "{fenced}");
+        let (_, back) = consumer_joins(&mut restored, &parts, "s", "box", now).unwrap();
+        assert_eq!(back, set);
+        assert_eq!(restored.generation, generation, "no rebalance");
     }
 }

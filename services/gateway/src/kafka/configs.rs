@@ -5,6 +5,7 @@
 
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
+use kafka_protocol::messages::incremental_alter_configs_request::AlterableConfig;
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{
     BrokerId, DescribeClusterRequest, DescribeClusterResponse, DescribeConfigsRequest, DescribeConfigsResponse,
@@ -93,8 +94,16 @@ pub(super) async fn alter(k: &Kafka, r: IncrementalAlterConfigsRequest) -> Incre
             .with_resource_name(res.resource_name.clone());
         let refused = |code: i16, why: String| answer.clone().with_error_code(code).with_error_message(Some(s(&why)));
         match res.resource_type {
+            TOPIC if !k.router.snapshot().topics.contains_key(res.resource_name.as_str()) => refused(
+                errors::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("topic '{}' does not exist", res.resource_name.as_str()),
+            ),
             // Nothing to change: Kafka accepts it as is.
             TOPIC if res.configs.is_empty() => answer,
+            // Kafka refuses a key named twice in one resource rather than applying both.
+            TOPIC if named_twice(&res.configs) => {
+                refused(errors::INVALID_REQUEST, "a config key is named twice".into())
+            }
             TOPIC => {
                 let changes = res
                     .configs
@@ -120,6 +129,12 @@ pub(super) async fn alter(k: &Kafka, r: IncrementalAlterConfigsRequest) -> Incre
         }
     });
     IncrementalAlterConfigsResponse::default().with_responses(futures_util::future::join_all(answers).await)
+}
+
+fn named_twice(configs: &[AlterableConfig]) -> bool {
+    let mut keys: Vec<&str> = configs.iter().map(|c| c.name.as_str()).collect();
+    keys.sort_unstable();
+    keys.windows(2).any(|w| w[0] == w[1])
 }
 
 pub(super) fn cluster(k: &Kafka, _r: DescribeClusterRequest) -> DescribeClusterResponse {

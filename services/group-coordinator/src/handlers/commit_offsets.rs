@@ -102,7 +102,7 @@ impl Coordinator {
                 }
             }
             // The member is not expired while its commit is written (see Member).
-            if let Some(m) = member.filter(|_| !accepted.is_empty())
+            if let Some(m) = member.or(classic).filter(|_| !accepted.is_empty())
                 && let Some(x) = slot.as_deref_mut().and_then(|s| s.group.members.get_mut(m))
             {
                 x.commits_in_flight += 1;
@@ -119,7 +119,9 @@ impl Coordinator {
                 }
             }
         }
-        if let Some(m) = member {
+        // Stream and consumer-protocol members (classic ones are not in `members`).
+        let committer = member.or((!req.member_id.is_empty()).then_some(req.member_id.as_str()));
+        if let Some(m) = committer {
             self.groups.update(&req.group_id, |g| {
                 if let Some(x) = g.members.get_mut(m) {
                     x.commits_in_flight = x.commits_in_flight.saturating_sub(1);

@@ -81,7 +81,7 @@ impl Coordinator {
                     self,
                     &group,
                     |g| g.consumer_join(spec, now),
-                    |g, id| id.map(|id| (g.consumer_answer(&id, true), id)),
+                    |g, id| id.map(|id| (g.consumer_answer(&id, true, now), id)),
                 )?;
                 match joined {
                     Ok((Some((epoch, set)), id)) => Ok(self.with_assignment(answer(id, epoch, None), set)),
@@ -106,7 +106,7 @@ impl Coordinator {
                     self,
                     &group,
                     |g| g.consumer_heartbeat(&member, instance, epoch, update, now),
-                    |g, r| r.map(|()| g.consumer_answer(&member, full)),
+                    |g, r| r.map(|()| g.consumer_answer(&member, full, now)),
                 )?;
                 match done {
                     Ok(Some((epoch, set))) => Ok(self.with_assignment(answer(member, epoch, None), set)),
@@ -148,7 +148,11 @@ impl Coordinator {
         topics
             .iter()
             .filter_map(|t| {
-                let name = if t.topic_id != 0 { names.get(&t.topic_id)?.clone() } else { t.topic.clone() };
+                let name = match t.topic_id {
+                    0 if t.topic.is_empty() => return None,
+                    0 => t.topic.clone(),
+                    id => names.get(&id)?.clone(),
+                };
                 Some(t.partitions.iter().map(move |p| (name.clone(), *p)).collect::<Vec<_>>())
             })
             .flatten()
