@@ -315,3 +315,85 @@ async fn cluster_up_writes_its_manifest_and_down_stops_everything() {
         assert!(!sluice_testkit::signal(pid, "0"), "process {pid} ({}) still running", p["role"]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_commands_validate_store_and_show_connectors() {
+    let (c, dir) = cluster(2).await;
+    let gw = c.gateway().to_string();
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write config");
+        p.display().to_string()
+    };
+    let plugins = sluice(&gw, &["connect", "plugins"], "").await;
+    assert_eq!(plugins.code, 0, "{}", plugins.stderr);
+    for class in [
+        "org.apache.kafka.connect.file.FileStreamSourceConnector",
+        "org.apache.kafka.connect.json.JsonConverter",
+        "org.apache.kafka.connect.transforms.RegexRouter",
+    ] {
+        assert!(plugins.stdout.contains(class), "{class}: {}", plugins.stdout);
+    }
+    assert!(plugins.stdout.contains("\tfile (string, required)"), "{}", plugins.stdout);
+
+    // Every problem is named by its key; nothing is created.
+    let bad = file(
+        "bad.json",
+        r#"{"name": "in", "connector.class": "file-source", "topic": "lines", "tasks.max": "0", "colour": "red"}"#,
+    );
+    let v = sluice(&gw, &["connect", "validate", "--config", &bad], "").await;
+    assert_eq!(v.code, 1, "{}", v.stdout);
+    for key in ["file: is required", "tasks.max: 0 is outside", "colour: unknown key"] {
+        assert!(v.stderr.contains(key), "{key}: {}", v.stderr);
+    }
+    let refused = sluice(&gw, &["connect", "create", "--config", &bad], "").await;
+    assert!(refused.code == 1 && refused.stderr.contains("file: is required"), "{}", refused.stderr);
+    let transform = file(
+        "t.json",
+        r#"{"name": "t", "connector.class": "file-sink", "topics": "a", "file": "/tmp/x",
+            "transforms": "route", "transforms.route.type": "org.apache.kafka.connect.transforms.RegexRouter"}"#,
+    );
+    let t = sluice(&gw, &["connect", "create", "--config", &transform], "").await;
+    assert!(t.code == 1 && t.stderr.contains("transforms.route.regex"), "{}", t.stderr);
+
+    // Kafka Connect's REST shape and TOML both read.
+    let good = file(
+        "in.json",
+        r#"{"name": "in", "config": {"connector.class": "FileStreamSource", "file": "/tmp/in.txt", "topic": "lines", "tasks.max": 1}}"#,
+    );
+    let created = sluice(&gw, &["connect", "create", "--config", &good], "").await;
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    assert_eq!(created.stdout.trim(), "created source connector 'in' (1 task(s) at most)");
+    let toml = file(
+        "out.toml",
+        "\"connector.class\" = \"file-sink\"\ntopics = \"lines\"\nfile = \"/tmp/out.txt\"\nformat = \"key-value\"\n",
+    );
+    assert_eq!(sluice(&gw, &["connect", "create", "out", "--config", &toml], "").await.code, 0);
+    let again = sluice(&gw, &["connect", "create", "--config", &good], "").await;
+    assert!(again.code == 1 && again.stderr.contains("connector 'in' already exists"), "{}", again.stderr);
+    assert_eq!(sluice(&gw, &["connect", "create", "--replace", "--config", &good], "").await.code, 0);
+
+    let list = sluice(&gw, &["connect", "list"], "").await;
+    assert_eq!(
+        list.stdout, "in\tsource\tFileStreamSource\tRUNNING\nout\tsink\tfile-sink\tRUNNING\n",
+        "{}",
+        list.stderr
+    );
+    assert_eq!(sluice(&gw, &["connect", "pause", "out"], "").await.code, 0);
+    let list = sluice(&gw, &["connect", "list"], "").await;
+    assert!(list.stdout.contains("out\tsink\tfile-sink\tPAUSED"), "{}", list.stdout);
+    assert_eq!(sluice(&gw, &["connect", "resume", "out"], "").await.code, 0);
+    let status = sluice(&gw, &["connect", "status", "in"], "").await;
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    assert!(status.stdout.starts_with("Connector: in\tType: source\n"), "{}", status.stdout);
+    assert!(status.stdout.contains("\ttask 0\t"), "{}", status.stdout);
+    let no_task = sluice(&gw, &["connect", "restart", "in", "--task", "3"], "").await;
+    assert!(no_task.code == 1 && no_task.stderr.contains("there is no task 3"), "{}", no_task.stderr);
+    assert_eq!(sluice(&gw, &["connect", "restart", "in"], "").await.code, 0);
+    assert_eq!(sluice(&gw, &["connect", "delete", "in"], "").await.code, 0);
+    let gone = sluice(&gw, &["connect", "status", "in"], "").await;
+    assert_eq!((gone.code, gone.stderr.trim()), (1, "error: connector 'in' does not exist"));
+    // Connect's topics are internal: they cannot be deleted.
+    let keep = sluice(&gw, &["topic", "delete", "__connect_configs"], "").await;
+    assert_eq!(keep.code, 1, "{}", keep.stdout);
+}

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files: Vec<PathBuf> = ["common", "admin", "broker", "partition_node", "groups", "transactions"]
+    let files: Vec<PathBuf> = ["common", "admin", "broker", "partition_node", "groups", "transactions", "connect"]
         .iter()
         .map(|f| root.join(format!("sluice/v1/{f}.proto")))
         .collect();

@@ -7,6 +7,7 @@
 mod bench;
 mod bench_kafka;
 mod cluster;
+mod connect;
 mod consume;
 mod copy;
 mod dev;
@@ -62,6 +63,9 @@ enum Command {
     /// List and describe transactional ids (state, producer id and epoch, open transaction).
     #[command(subcommand)]
     Txn(txn::TxnCmd),
+    /// Create, inspect, pause, restart and delete connectors (Kafka Connect's configs).
+    #[command(subcommand)]
+    Connect(connect::ConnectCmd),
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -94,6 +98,7 @@ async fn main() -> ExitCode {
         Command::Copy(a) => copy::run(a).await,
         Command::Group(c) => group::run(c).await,
         Command::Txn(c) => txn::run(c).await,
+        Command::Connect(c) => connect::run(c).await,
         Command::Bench(c) => bench::run(c).await,
     };
     telemetry.shutdown().await;

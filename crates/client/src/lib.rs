@@ -20,6 +20,7 @@ use std::time::Duration;
 use sluice_core::RemoteError;
 use sluice_proto::v1::admin_client::AdminClient;
 use sluice_proto::v1::broker_client::BrokerClient;
+use sluice_proto::v1::connect_client::ConnectClient;
 use sluice_proto::v1::groups_client::GroupsClient;
 use sluice_proto::v1::transactions_client::TransactionsClient;
 use sluice_proto::v1::*;
@@ -189,6 +190,58 @@ impl Client {
     /// The Groups API; every call carries the caller's trace context.
     pub fn groups(&self) -> GroupsClient<Traced> {
         GroupsClient::with_interceptor(self.channel.clone(), Propagate)
+    }
+
+    /// `sluice.v1.Connect` (connectors).
+    pub fn connect_api(&self) -> ConnectClient<Traced> {
+        ConnectClient::with_interceptor(self.channel.clone(), Propagate)
+    }
+
+    /// Creates a connector from its config (Kafka Connect's keys; `name` names it), or
+    /// changes an existing one's config with `replace`.
+    pub async fn create_connector(
+        &self,
+        config: HashMap<String, String>,
+        replace: bool,
+    ) -> Result<ConnectorInfo, ClientError> {
+        Ok(self.connect_api().create_connector(CreateConnectorRequest { config, replace }).await?.into_inner())
+    }
+
+    /// Every problem of a connector config, each with its key (empty: valid).
+    pub async fn validate_connector(&self, config: HashMap<String, String>) -> Result<Vec<ConfigIssue>, ClientError> {
+        let req = ValidateConnectorConfigRequest { config };
+        Ok(self.connect_api().validate_connector_config(req).await?.into_inner().issues)
+    }
+
+    pub async fn list_connectors(&self) -> Result<Vec<ConnectorInfo>, ClientError> {
+        Ok(self.connect_api().list_connectors(ListConnectorsRequest {}).await?.into_inner().connectors)
+    }
+
+    pub async fn connector_status(&self, name: &str) -> Result<ConnectorStatusResponse, ClientError> {
+        Ok(self.connect_api().connector_status(ConnectorRequest { name: name.to_string() }).await?.into_inner())
+    }
+
+    /// Pauses (`pause`) or resumes a connector's tasks.
+    pub async fn pause_connector(&self, name: &str, pause: bool) -> Result<ConnectorInfo, ClientError> {
+        let req = ConnectorRequest { name: name.to_string() };
+        let mut api = self.connect_api();
+        let resp = if pause { api.pause_connector(req).await? } else { api.resume_connector(req).await? };
+        Ok(resp.into_inner())
+    }
+
+    /// Restarts a connector's tasks, or one of them.
+    pub async fn restart_connector(&self, name: &str, task: Option<u32>) -> Result<ConnectorInfo, ClientError> {
+        let req = RestartConnectorRequest { name: name.to_string(), task };
+        Ok(self.connect_api().restart_connector(req).await?.into_inner())
+    }
+
+    pub async fn delete_connector(&self, name: &str) -> Result<(), ClientError> {
+        self.connect_api().delete_connector(ConnectorRequest { name: name.to_string() }).await?;
+        Ok(())
+    }
+
+    pub async fn connect_plugins(&self) -> Result<Vec<ConnectPlugin>, ClientError> {
+        Ok(self.connect_api().list_connect_plugins(ListConnectPluginsRequest {}).await?.into_inner().plugins)
     }
 
     /// `sluice.v1.Transactions` (producer ids, transactions).

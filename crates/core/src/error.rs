@@ -94,6 +94,10 @@ pub enum SluiceError {
     StaleMemberEpoch(String),
     #[error("assignor '{0}' is not supported (uniform, range, sticky or roundrobin)")]
     UnsupportedAssignor(String),
+    #[error("connector '{0}' does not exist")]
+    UnknownConnector(String),
+    #[error("connector '{0}' already exists")]
+    ConnectorExists(String),
     #[error(
         "producer {producer_id} at epoch {epoch} was fenced: transactional id '{transactional_id}' is now at epoch {current} (a newer producer with this id called init)"
     )]
@@ -201,6 +205,8 @@ impl SluiceError {
             Self::UnreleasedInstanceId { .. } => codes::UNRELEASED_INSTANCE_ID,
             Self::StaleMemberEpoch(_) => codes::STALE_MEMBER_EPOCH,
             Self::UnsupportedAssignor(_) => codes::UNSUPPORTED_ASSIGNOR,
+            Self::UnknownConnector(_) => 7001,
+            Self::ConnectorExists(_) => 7002,
             Self::ProducerFenced { .. } => codes::PRODUCER_FENCED,
             Self::InvalidTxnState { .. } => codes::INVALID_TXN_STATE,
             Self::ConcurrentTransactions { .. } => codes::CONCURRENT_TRANSACTIONS,
@@ -241,7 +247,8 @@ impl SluiceError {
             Self::UnknownTransactionalId(_) => Code::NotFound,
             Self::ConcurrentTransactions { .. } | Self::RebalanceInProgress(_) => Code::Aborted,
             Self::DuplicateSequence { .. } => Code::AlreadyExists,
-            Self::TopicExists(_) => Code::AlreadyExists,
+            Self::TopicExists(_) | Self::ConnectorExists(_) => Code::AlreadyExists,
+            Self::UnknownConnector(_) => Code::NotFound,
             Self::UnknownTopic(_) | Self::UnknownPartition { .. } => Code::NotFound,
             Self::OffsetOutOfRange { .. } => Code::OutOfRange,
             Self::NotLeader { .. }
@@ -421,6 +428,8 @@ mod tests {
             UnreleasedInstanceId { .. } => (5011, Code::FailedPrecondition),
             StaleMemberEpoch(_) => (5012, Code::FailedPrecondition),
             UnsupportedAssignor(_) => (5013, Code::InvalidArgument),
+            UnknownConnector(_) => (7001, Code::NotFound),
+            ConnectorExists(_) => (7002, Code::AlreadyExists),
             ProducerFenced { .. } => (6001, Code::FailedPrecondition),
             InvalidTxnState { .. } => (6002, Code::FailedPrecondition),
             ConcurrentTransactions { .. } => (6003, Code::Aborted),
@@ -471,6 +480,8 @@ mod tests {
             UnreleasedInstanceId { group: s(), instance: s(), member: s() },
             StaleMemberEpoch(s()),
             UnsupportedAssignor(s()),
+            UnknownConnector(s()),
+            ConnectorExists(s()),
             ProducerFenced { transactional_id: s(), producer_id: 1, epoch: 0, current: 1 },
             InvalidTxnState { transactional_id: s(), reason: s() },
             ConcurrentTransactions { transactional_id: s(), state: s() },

@@ -21,9 +21,18 @@ pub fn internal_topic(name: &str) -> Option<&'static str> {
     match name {
         OFFSETS_TOPIC => Some("consumer groups' committed offsets"),
         TRANSACTION_STATE_TOPIC => Some("transaction coordinator state"),
+        CONNECT_CONFIGS_TOPIC => Some("Connect's connector configs"),
+        CONNECT_STATUS_TOPIC => Some("Connect's connector and task states"),
+        CONNECT_OFFSETS_TOPIC => Some("Connect's source offsets"),
         _ => None,
     }
 }
+
+/// Connect's internal topics: connector configs and target states, task states, source
+/// offsets.
+pub const CONNECT_CONFIGS_TOPIC: &str = "__connect_configs";
+pub const CONNECT_STATUS_TOPIC: &str = "__connect_status";
+pub const CONNECT_OFFSETS_TOPIC: &str = "__connect_offsets";
 
 /// A topic partition, as consumer groups name it.
 pub type TopicPartition = (String, u32);

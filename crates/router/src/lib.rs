@@ -17,6 +17,7 @@
 
 pub mod elect;
 pub mod fetch;
+pub mod internal;
 pub mod markers;
 pub mod metrics;
 pub mod nodes;

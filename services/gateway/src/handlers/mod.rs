@@ -1,6 +1,7 @@
 //! The gRPC services of the gateway: each RPC is one call into the router, its error turned
 //! into a status by the one mapping in `sluice_core::error`.
 
+pub mod connect;
 pub mod groups;
 pub mod transactions;
 
@@ -46,7 +47,9 @@ impl GatewayService {
     /// `sluice.v1.Admin` and `sluice.v1.Broker`: what a process with its own coordinator
     /// serves beside that coordinator's services.
     pub fn data_routes(&self) -> tonic::service::Routes {
-        tonic::service::Routes::new(self.admin_server()).add_service(self.broker_server())
+        tonic::service::Routes::new(self.admin_server())
+            .add_service(self.broker_server())
+            .add_service(connect::ConnectService::new(self.router.clone()).into_server())
     }
 
     /// Every service of a gateway: [`GatewayService::data_routes`] and the proxies to the
@@ -60,8 +63,8 @@ impl GatewayService {
 }
 
 /// The public services a gateway serves (for health and reflection).
-pub const SERVICE_NAMES: [&str; 4] =
-    ["sluice.v1.Admin", "sluice.v1.Broker", "sluice.v1.Groups", "sluice.v1.Transactions"];
+pub const SERVICE_NAMES: [&str; 5] =
+    ["sluice.v1.Admin", "sluice.v1.Broker", "sluice.v1.Connect", "sluice.v1.Groups", "sluice.v1.Transactions"];
 
 #[tonic::async_trait]
 impl Admin for GatewayService {
