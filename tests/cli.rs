@@ -397,3 +397,81 @@ async fn connect_commands_validate_store_and_show_connectors() {
     let keep = sluice(&gw, &["topic", "delete", "__connect_configs"], "").await;
     assert_eq!(keep.code, 1, "{}", keep.stdout);
 }
+
+/// Lines of a file (none when it does not exist yet).
+fn lines_of(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p).unwrap_or_default().lines().map(String::from).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_connectors_copy_a_file_through_a_topic_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (input, output) = (dir.path().join("in.txt"), dir.path().join("out.txt"));
+    let write_lines = |from: usize, to: usize| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&input).unwrap();
+        for i in from..to {
+            writeln!(f, "line-{i}").unwrap();
+        }
+    };
+    let expect = |n: usize| (0..n).map(|i| format!("line-{i}")).collect::<Vec<_>>();
+    write_lines(0, 100);
+    let addr = format!("127.0.0.1:{}", sluice_testkit::free_port());
+    let mut dev = start_dev(&data, &addr).await;
+    assert_eq!(sluice(&addr, &["topic", "create", "lines"], "").await.code, 0);
+    let config = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let strings = r#""key.converter": "string", "value.converter": "string""#;
+    let source = config(
+        "source.json",
+        format!(
+            r#"{{"name": "in", "connector.class": "file-source", "file": "{}", "topic": "lines", {strings}}}"#,
+            input.display()
+        ),
+    );
+    let sink = config(
+        "sink.json",
+        format!(
+            r#"{{"name": "out", "connector.class": "file-sink", "file": "{}", "topics": "lines", {strings}}}"#,
+            output.display()
+        ),
+    );
+    for c in [&source, &sink] {
+        let created = sluice(&addr, &["connect", "create", "--config", c], "").await;
+        assert_eq!(created.code, 0, "{}", created.stderr);
+    }
+    let copied = |n: usize| {
+        let output = output.clone();
+        async move { (lines_of(&output).len() >= n).then_some(()) }
+    };
+    eventually("the first 100 lines copied", Duration::from_secs(60), || copied(100)).await;
+    assert_eq!(lines_of(&output), expect(100));
+    let status = sluice(&addr, &["connect", "status", "in"], "").await;
+    assert!(status.stdout.contains("\ttask 0\tRUNNING\trunner: dev-"), "{}", status.stdout);
+
+    // Paused, the source leaves new lines alone; resumed, it takes them.
+    assert_eq!(sluice(&addr, &["connect", "pause", "in"], "").await.code, 0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    write_lines(100, 120);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(lines_of(&output).len(), 100, "nothing read while paused");
+    assert_eq!(sluice(&addr, &["connect", "resume", "in"], "").await.code, 0);
+    eventually("the lines written while paused", Duration::from_secs(30), || copied(120)).await;
+
+    // Stopped, written to, started again: the source resumes after the last line it wrote.
+    assert!(sluice_testkit::signal(dev.id().unwrap(), "TERM"));
+    let stopped = tokio::time::timeout(Duration::from_secs(30), dev.wait()).await.expect("dev stops").unwrap();
+    assert!(stopped.success(), "{stopped:?}");
+    write_lines(120, 150);
+    let _dev = start_dev(&data, &addr).await;
+    eventually("the lines written while stopped", Duration::from_secs(60), || copied(150)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(lines_of(&output), expect(150), "every line once, in order");
+    let topic =
+        sluice(&addr, &["consume", "lines", "--isolation", "read_committed", "--idle-timeout-ms", "2000"], "").await;
+    assert_eq!(topic.stdout.lines().collect::<Vec<_>>(), expect(150), "the topic holds each line once");
+}

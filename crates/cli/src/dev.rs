@@ -81,7 +81,10 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
         Some(k) => println!("Sluice dev is ready. Gateway: {addr}  Kafka: {k}"),
         None => println!("Sluice dev is ready. Gateway: {addr}"),
     }
+    // One connect runner in process, a client of this gateway like any other.
+    let runner = tokio::spawn(sluice_connect_runner::run(addr.to_string(), format!("dev-{addr}"), shutdown.clone()));
     sluice_runtime::serve(router, listener, shutdown).await?;
+    let _ = runner.await;
     // Everything appended is made durable before the process ends.
     node.sync().await?;
     telemetry.shutdown().await;

@@ -1,8 +1,12 @@
-//! The connect-runner service: source and sink connectors.
-//!
-//! Its gRPC API arrives with its own issue; until then the process joins the mesh, reports
-//! health as `sluice.v1.ConnectRunner` and is started by `sluice dev`, `sluice cluster up` and the chart, so
-//! deployment and supervision are settled before the logic lands.
+//! The connect-runner service: runs the tasks of Connect's connectors (see
+//! `sluice_connect`), as a member of the connect cluster ([`worker`]). Runners are clients of
+//! the gateways: configs come from `__connect_configs`, records go through the gateways'
+//! Broker and Groups services, and tasks report to `__connect_status`.
+
+pub mod tasks;
+pub mod worker;
+
+use sluice_runtime::Shutdown;
 
 /// The health-service name this service reports under.
 pub const SERVICE_NAME: &str = "sluice.v1.ConnectRunner";
@@ -11,4 +15,22 @@ pub const SERVICE_NAME: &str = "sluice.v1.ConnectRunner";
 pub async fn router() -> anyhow::Result<tonic::transport::server::Router> {
     let (_reporter, health) = sluice_runtime::health(&[SERVICE_NAME]).await;
     sluice_runtime::add_reflection(sluice_runtime::server().add_service(health), &[])
+}
+
+/// Runs a runner named `id` against the gateways at `gateways` (comma-separated) until
+/// `shutdown`, connecting again while none answers.
+pub async fn run(gateways: String, id: String, shutdown: Shutdown) {
+    let client = loop {
+        match sluice_client::Client::connect(&gateways).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::info!(error = %e, "no gateway answers yet");
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    _ = shutdown.wait() => return,
+                }
+            }
+        }
+    };
+    worker::run(client, id, shutdown).await;
 }

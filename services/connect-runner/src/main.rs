@@ -1,14 +1,31 @@
-//! `sluice-connect-runner`: source and sink connectors.
+//! `sluice-connect-runner`: runs connector tasks as a member of the connect cluster.
 
 use sluice_runtime::Service;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Service { listener, addr, shutdown, telemetry, .. } =
+    let Service { settings, listener, addr, shutdown, telemetry } =
         Service::start("sluice-connect-runner", "Sluice connect-runner").await?;
     let router = sluice_connect_runner::router().await?;
     tracing::info!(%addr, "connect-runner listening");
+    // The gateways this runner talks to are the ones registered in the metadata store.
+    let meta = sluice_runtime::connect_meta(&settings).await?;
+    let mut view = meta.view();
+    let work = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let gateways = tokio::select! {
+                v = view.wait_for(|v| !v.gateways.is_empty()) => match v {
+                    Ok(v) => v.gateways.keys().cloned().collect::<Vec<_>>().join(","),
+                    Err(_) => return,
+                },
+                _ = shutdown.wait() => return,
+            };
+            sluice_connect_runner::run(gateways, format!("runner-{addr}"), shutdown).await;
+        }
+    });
     sluice_runtime::serve(router, listener, shutdown).await?;
+    let _ = work.await;
     telemetry.shutdown().await;
     Ok(())
 }

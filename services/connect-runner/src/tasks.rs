@@ -1,0 +1,495 @@
+//! The tasks a runner runs: started and stopped as its share and the connectors' configs
+//! change, each reporting its state in `__connect_status`.
+//!
+//! - file-source reads whole lines from its byte position and writes each batch of them
+//!   and its new position (to `__connect_offsets`) in one transaction under the task's
+//!   transactional id, so a restart or a move to another runner resumes exactly after the
+//!   last line written: nothing lost, nothing twice (Kafka's KIP-618), and a task's old
+//!   owner is fenced.
+//! - file-sink is a member of the consumer group `connect-<name>` (its tasks share the
+//!   topics' partitions), appends each record as a line, makes the file durable, then
+//!   commits.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sluice_client::consumer::{Consumer, ConsumerConfig, StartFrom};
+use sluice_client::group::{GroupConfig, GroupConsumer};
+use sluice_client::producer::{Producer, ProducerConfig, ProducerRecord};
+use sluice_client::{Client, ClientError};
+use sluice_connect::config::{self, ConnectorConfig};
+use sluice_connect::convert::{self, Converter};
+use sluice_connect::plugins::{FILE_SINK, FILE_SOURCE};
+use sluice_connect::store::{self, TargetState, TaskStatus};
+use sluice_connect::transform::Transform;
+use sluice_connect::{ConnectRecord, Data};
+use sluice_proto::v1::{Acks, IsolationLevel, OffsetSpec};
+use tokio::io::{AsyncBufReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::worker::Configs;
+
+/// One task of one connector.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TaskId {
+    pub connector: String,
+    pub task: u32,
+}
+
+/// How often an idle task looks again (a file that did not grow, a paused task).
+const IDLE: Duration = Duration::from_millis(200);
+
+/// A running task: how to stop or pause it, and what it was started with.
+struct Handle {
+    stop: watch::Sender<bool>,
+    paused: watch::Sender<bool>,
+    join: JoinHandle<()>,
+    config: BTreeMap<String, String>,
+    restarts: u64,
+}
+
+/// The tasks this runner runs now.
+pub struct Running {
+    client: Client,
+    runner: String,
+    tasks: BTreeMap<TaskId, Handle>,
+}
+
+impl Running {
+    pub fn new(client: Client, runner: String) -> Self {
+        Self { client, runner, tasks: BTreeMap::new() }
+    }
+
+    /// Runs exactly the tasks of `mine` whose connector exists, with its current config and
+    /// target state: a task whose config or restart counter changed starts again.
+    pub async fn apply(&mut self, mine: &[TaskId], configs: &Configs) {
+        let wanted: HashMap<&TaskId, (&BTreeMap<String, String>, u64, TargetState)> = mine
+            .iter()
+            .filter_map(|t| {
+                let r = configs.get(&t.connector)?;
+                let restarts = r.restarts + r.task_restarts.get(&t.task).copied().unwrap_or(0);
+                Some((t, (&r.config, restarts, r.target_state)))
+            })
+            .collect();
+        let gone: Vec<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|(id, h)| wanted.get(id).is_none_or(|(c, r, _)| **c != h.config || *r != h.restarts))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            if let Some(h) = self.tasks.remove(&id) {
+                stop(h).await;
+            }
+        }
+        for (id, (config, restarts, state)) in wanted {
+            let paused = state == TargetState::Paused;
+            if let Some(h) = self.tasks.get(id) {
+                h.paused.send_replace(paused);
+                continue;
+            }
+            let (stop, stop_rx) = watch::channel(false);
+            let (pause, pause_rx) = watch::channel(paused);
+            let ctx = Ctx {
+                client: self.client.clone(),
+                runner: self.runner.clone(),
+                id: id.clone(),
+                raw: config.clone(),
+                stop: stop_rx,
+                paused: pause_rx,
+            };
+            let join = tokio::spawn(run(ctx));
+            self.tasks.insert(id.clone(), Handle { stop, paused: pause, join, config: config.clone(), restarts });
+        }
+    }
+
+    /// Stops every task (a rebalance, or the runner stopping).
+    pub async fn stop_all(&mut self) {
+        for (_, h) in std::mem::take(&mut self.tasks) {
+            stop(h).await;
+        }
+    }
+}
+
+async fn stop(h: Handle) {
+    h.stop.send_replace(true);
+    // A task stops at its next step; one stuck in a call is abandoned after a while.
+    let mut join = h.join;
+    if tokio::time::timeout(Duration::from_secs(10), &mut join).await.is_err() {
+        join.abort();
+    }
+}
+
+/// What a task runs with.
+struct Ctx {
+    client: Client,
+    runner: String,
+    id: TaskId,
+    raw: BTreeMap<String, String>,
+    stop: watch::Receiver<bool>,
+    paused: watch::Receiver<bool>,
+}
+
+impl Ctx {
+    fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    fn paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
+    async fn report(&self, state: &str, error: String) {
+        let status = TaskStatus {
+            state: state.to_string(),
+            runner: self.runner.clone(),
+            error,
+            updated_ms: sluice_core::settings::now_ms(),
+        };
+        let mut keys = vec![store::status_key(&self.id.connector, self.id.task as i32)];
+        // Task 0's runner speaks for the connector.
+        if self.id.task == 0 {
+            keys.push(store::status_key(&self.id.connector, -1));
+        }
+        if let Err(e) = ensure_topic(&self.client, store::CONNECT_STATUS_TOPIC, store::STATUS_PARTITIONS).await {
+            tracing::warn!(error = %e, "cannot create the Connect status topic");
+            return;
+        }
+        let producer = Producer::new(self.client.clone(), ProducerConfig { acks: Acks::All, ..Default::default() });
+        for key in keys {
+            let r = ProducerRecord {
+                topic: store::CONNECT_STATUS_TOPIC.into(),
+                key: Some(key),
+                value: Some(store::encode(&status)),
+                ..Default::default()
+            };
+            if let Ok(done) = producer.send(r).await {
+                let _ = done.await;
+            }
+        }
+        producer.close().await;
+    }
+}
+
+/// Runs one task until it is stopped, reporting its state.
+async fn run(ctx: Ctx) {
+    let cfg = match config::validate(&ctx.raw) {
+        Ok(c) => c,
+        Err(errors) => {
+            let why = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+            ctx.report("FAILED", why).await;
+            return;
+        }
+    };
+    let span = tracing::info_span!("connect_task", connector = %ctx.id.connector, task = ctx.id.task);
+    let _e = span.enter();
+    ctx.report(if ctx.paused() { "PAUSED" } else { "RUNNING" }, String::new()).await;
+    let result = if cfg.plugin == &FILE_SOURCE {
+        file_source(&ctx, &cfg).await
+    } else if cfg.plugin == &FILE_SINK {
+        file_sink(&ctx, &cfg).await
+    } else {
+        Err(format!("connector class {} has no task implementation", cfg.plugin.class))
+    };
+    if let Err(why) = result
+        && !ctx.stopped()
+    {
+        tracing::warn!(error = %why, "connect task failed");
+        ctx.report("FAILED", why).await;
+    }
+}
+
+/// The converters and transforms of a config.
+struct Pipeline {
+    key: Box<dyn Converter>,
+    value: Box<dyn Converter>,
+    transforms: Vec<Box<dyn Transform>>,
+    tolerate: bool,
+}
+
+impl Pipeline {
+    fn new(cfg: &ConnectorConfig) -> Result<Self, String> {
+        let conv = |side: &str| {
+            let class = cfg.get(&format!("{side}.converter")).unwrap_or("json");
+            let schemas = cfg.get(&format!("{side}.converter.schemas.enable")) == Some("true");
+            convert::converter(class, schemas).map_err(|e| e.to_string())
+        };
+        Ok(Self {
+            key: conv("key")?,
+            value: conv("value")?,
+            transforms: config::transforms(&cfg.raw).map_err(|e| e.to_string())?,
+            tolerate: cfg.get("errors.tolerance") == Some("all"),
+        })
+    }
+
+    fn transform(&self, mut r: ConnectRecord) -> Result<Option<ConnectRecord>, String> {
+        for t in &self.transforms {
+            match t.apply(r).map_err(|e| e.to_string())? {
+                Some(next) => r = next,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(r))
+    }
+}
+
+/// Creates one of Connect's compacted topics when it is missing.
+async fn ensure_topic(client: &Client, name: &str, partitions: u32) -> Result<(), ClientError> {
+    if client.describe_topic(name).await.is_ok() {
+        return Ok(());
+    }
+    let live = client.list_nodes().await.map(|n| n.iter().filter(|n| n.alive).count() as u32).unwrap_or(1);
+    let config = HashMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
+    match client.create_topic(name, partitions, 3.min(live).max(1), config).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some(tonic::Code::AlreadyExists) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A source offset's key and its partition of `__connect_offsets`, as Kafka Connect lays it
+/// out: `["<connector>", {"filename": "<file>"}]`.
+fn offset_key(connector: &str, file: &str) -> (Bytes, u32) {
+    let key = Bytes::from(serde_json::json!([connector, {"filename": file}]).to_string());
+    let partition = sluice_core::partitioner::partition_for_key(&key, store::OFFSETS_PARTITIONS);
+    (key, partition)
+}
+
+/// The position a file-source task committed last (0 when none), read back committed only.
+async fn committed_position(client: &Client, key: &Bytes, partition: u32) -> Result<u64, String> {
+    let end = client
+        .list_offsets(store::CONNECT_OFFSETS_TOPIC, vec![partition], OffsetSpec::Latest, 0)
+        .await
+        .map_err(|e| e.to_string())?
+        .first()
+        .map_or(0, |o| o.offset.max(0));
+    let cfg = ConsumerConfig { isolation: IsolationLevel::ReadCommitted, ..Default::default() };
+    let mut c = Consumer::assign(client.clone(), store::CONNECT_OFFSETS_TOPIC, &[partition], StartFrom::Earliest, cfg)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut position = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while c.positions().get(&partition).copied().unwrap_or(0) < end {
+        if tokio::time::Instant::now() > deadline {
+            return Err("reading the committed source offsets took more than 30 s".into());
+        }
+        for r in c.poll(Duration::from_millis(500)).await.map_err(|e| e.to_string())? {
+            if r.key.as_ref() != Some(key) {
+                continue;
+            }
+            position = r
+                .value
+                .as_deref()
+                .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+                .and_then(|v| v.get("position").and_then(|p| p.as_u64()))
+                .unwrap_or(0);
+        }
+    }
+    Ok(position)
+}
+
+async fn file_source(ctx: &Ctx, cfg: &ConnectorConfig) -> Result<(), String> {
+    let file = cfg.get("file").unwrap_or_default().to_string();
+    let topic = cfg.get("topic").unwrap_or_default().to_string();
+    let batch: usize = cfg.get("batch.size").and_then(|b| b.parse().ok()).unwrap_or(2000);
+    let pipeline = Pipeline::new(cfg)?;
+    ensure_topic(&ctx.client, store::CONNECT_OFFSETS_TOPIC, store::OFFSETS_PARTITIONS)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tid = format!("connect-{}-{}", ctx.id.connector, ctx.id.task);
+    let producer = Producer::transactional(ctx.client.clone(), &tid, ProducerConfig::default())
+        .await
+        .map_err(|e| format!("transactional id {tid}: {e}"))?;
+    let (key, offsets_partition) = offset_key(&ctx.id.connector, &file);
+    let mut position = committed_position(&ctx.client, &key, offsets_partition).await?;
+    let mut reader: Option<tokio::io::BufReader<tokio::fs::File>> = None;
+    let mut line = Vec::new();
+    while !ctx.stopped() {
+        if ctx.paused() {
+            tokio::time::sleep(IDLE).await;
+            continue;
+        }
+        let r = match reader.as_mut() {
+            Some(r) => r,
+            None => match tokio::fs::File::open(&file).await {
+                Ok(mut f) => {
+                    f.seek(std::io::SeekFrom::Start(position)).await.map_err(|e| format!("{file}: {e}"))?;
+                    reader.insert(tokio::io::BufReader::new(f))
+                }
+                // Not there yet: a file-source waits for its file, as Kafka's does.
+                Err(_) => {
+                    tokio::time::sleep(IDLE).await;
+                    continue;
+                }
+            },
+        };
+        let mut lines: Vec<String> = Vec::new();
+        let mut next = position;
+        while lines.len() < batch {
+            let n = r.read_until(b'\n', &mut line).await.map_err(|e| format!("{file}: {e}"))?;
+            if n == 0 || line.last() != Some(&b'\n') {
+                // The end, or a line still being written: what was read of it stays in
+                // `line` and the rest is appended by the next read.
+                break;
+            }
+            next += line.len() as u64;
+            let text = String::from_utf8_lossy(&line[..line.len() - 1]).trim_end_matches('\r').to_string();
+            lines.push(text);
+            line.clear();
+        }
+        if lines.is_empty() {
+            tokio::time::sleep(IDLE).await;
+            continue;
+        }
+        producer.begin_transaction().await.map_err(|e| e.to_string())?;
+        let sent: Result<(), String> = async {
+            for text in lines {
+                let record = ConnectRecord {
+                    topic: topic.clone(),
+                    value: Data {
+                        schema: Some(serde_json::json!({"type": "string", "optional": false})),
+                        value: text.into(),
+                    },
+                    timestamp_ms: sluice_core::settings::now_ms(),
+                    ..Default::default()
+                };
+                let Some(record) = (match pipeline.transform(record) {
+                    Ok(r) => r,
+                    Err(_) if pipeline.tolerate => None,
+                    Err(e) => return Err(e),
+                }) else {
+                    continue;
+                };
+                let out = ProducerRecord {
+                    topic: record.topic,
+                    partition: record.partition,
+                    key: pipeline.key.to_bytes(&record.key).map_err(|e| e.to_string())?,
+                    value: pipeline.value.to_bytes(&record.value).map_err(|e| e.to_string())?,
+                    headers: record.headers,
+                    timestamp_ms: record.timestamp_ms,
+                };
+                producer.send(out).await.map_err(|e| e.to_string())?;
+            }
+            let offset = ProducerRecord {
+                topic: store::CONNECT_OFFSETS_TOPIC.into(),
+                partition: Some(offsets_partition),
+                key: Some(key.clone()),
+                value: Some(Bytes::from(serde_json::json!({"position": next}).to_string())),
+                ..Default::default()
+            };
+            producer.send(offset).await.map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        .await;
+        match sent {
+            Ok(()) => producer.commit_transaction().await.map_err(|e| e.to_string())?,
+            Err(e) => {
+                let _ = producer.abort_transaction().await;
+                return Err(e);
+            }
+        }
+        position = next;
+    }
+    producer.close().await;
+    Ok(())
+}
+
+async fn file_sink(ctx: &Ctx, cfg: &ConnectorConfig) -> Result<(), String> {
+    let file = cfg.get("file").unwrap_or_default().to_string();
+    let format = cfg.get("format").unwrap_or("value").to_string();
+    let pipeline = Pipeline::new(cfg)?;
+    let topics: Vec<String> = match cfg.get("topics.regex").filter(|r| !r.is_empty()) {
+        Some(re) => {
+            let re = regex::Regex::new(&format!("^(?:{re})$")).map_err(|e| e.to_string())?;
+            let all = ctx.client.list_topics().await.map_err(|e| e.to_string())?;
+            all.into_iter().map(|t| t.name).filter(|n| re.is_match(n)).collect()
+        }
+        None => config::list(cfg.get("topics").unwrap_or_default()),
+    };
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let group = GroupConfig {
+        client_id: format!("connect-{}-{}", ctx.id.connector, ctx.id.task),
+        ..GroupConfig::new(&format!("connect-{}", ctx.id.connector))
+    };
+    let mut consumer = GroupConsumer::subscribe(ctx.client.clone(), &names, group).await.map_err(|e| e.to_string())?;
+    let mut out = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&file)
+        .await
+        .map_err(|e| format!("{file}: {e}"))?;
+    while !ctx.stopped() {
+        if ctx.paused() {
+            tokio::time::sleep(IDLE).await;
+            continue;
+        }
+        let records = consumer.poll(Duration::from_millis(500)).await.map_err(|e| e.to_string())?;
+        if records.is_empty() {
+            continue;
+        }
+        let mut text = String::new();
+        for r in records {
+            let converted = (|| -> Result<Option<ConnectRecord>, String> {
+                let record = ConnectRecord {
+                    topic: r.topic.to_string(),
+                    partition: Some(r.partition),
+                    offset: Some(r.offset),
+                    key: pipeline.key.to_data(r.key.as_deref()).map_err(|e| e.to_string())?,
+                    value: pipeline.value.to_data(r.value.as_deref()).map_err(|e| e.to_string())?,
+                    headers: r.headers.clone(),
+                    timestamp_ms: r.timestamp_ms,
+                };
+                pipeline.transform(record)
+            })();
+            let record = match converted {
+                Ok(Some(record)) => record,
+                Ok(None) => continue,
+                Err(e) if pipeline.tolerate => {
+                    tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, error = %e, "record skipped");
+                    continue;
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "record at offset {} of partition {} of '{}': {e}",
+                        r.offset, r.partition, r.topic
+                    ));
+                }
+            };
+            text.push_str(&line_of(&record, &format));
+            text.push('\n');
+        }
+        out.write_all(text.as_bytes()).await.map_err(|e| format!("{file}: {e}"))?;
+        out.sync_data().await.map_err(|e| format!("{file}: {e}"))?;
+        consumer.commit_sync().await.map_err(|e| e.to_string())?;
+    }
+    let _ = consumer.close().await;
+    Ok(())
+}
+
+/// A value's text: a string as it is, anything else as JSON (null as empty).
+fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn line_of(r: &ConnectRecord, format: &str) -> String {
+    match format {
+        "key-value" => format!("{}\t{}", text(&r.key.value), text(&r.value.value)),
+        "json" => serde_json::json!({
+            "topic": r.topic,
+            "partition": r.partition,
+            "offset": r.offset,
+            "timestamp": r.timestamp_ms,
+            "key": r.key.value,
+            "value": r.value.value,
+        })
+        .to_string(),
+        _ => text(&r.value.value),
+    }
+}
