@@ -475,3 +475,58 @@ async fn file_connectors_copy_a_file_through_a_topic_across_a_restart() {
         sluice(&addr, &["consume", "lines", "--isolation", "read_committed", "--idle-timeout-ms", "2000"], "").await;
     assert_eq!(topic.stdout.lines().collect::<Vec<_>>(), expect(150), "the topic holds each line once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_goes_to_the_dead_letter_topic_or_fails_the_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", sluice_testkit::free_port());
+    let _dev = start_dev(&dir.path().join("data"), &addr).await;
+    assert_eq!(sluice(&addr, &["topic", "create", "events"], "").await.code, 0);
+    let p = sluice(&addr, &["produce", "events", "--key-separator", "|"], "k1|{\"a\":1}\nk2|not json\nk3|{\"a\":2}\n")
+        .await;
+    assert_eq!(p.code, 0, "{}", p.stderr);
+    let (tolerant, strict) = (dir.path().join("tolerant.txt"), dir.path().join("strict.txt"));
+    let sink = |name: &str, file: &Path, extra: &str| {
+        let p = dir.path().join(format!("{name}.json"));
+        let text = format!(
+            r#"{{"name": "{name}", "connector.class": "file-sink", "topics": "events", "file": "{}",
+                "key.converter": "string", "value.converter": "json", "value.converter.schemas.enable": "false"{extra}}}"#,
+            file.display()
+        );
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let dlq = r#", "errors.tolerance": "all", "errors.deadletterqueue.topic.name": "events-dlq",
+        "errors.deadletterqueue.context.headers.enable": "true", "errors.log.enable": "true""#;
+    for c in [sink("tolerant", &tolerant, dlq), sink("strict", &strict, "")] {
+        let created = sluice(&addr, &["connect", "create", "--config", &c], "").await;
+        assert_eq!(created.code, 0, "{}", created.stderr);
+    }
+    eventually("the good records written", Duration::from_secs(60), || {
+        let tolerant = tolerant.clone();
+        async move { (lines_of(&tolerant).len() >= 2).then_some(()) }
+    })
+    .await;
+    assert_eq!(lines_of(&tolerant), vec![r#"{"a":1}"#, r#"{"a":2}"#]);
+    let client = sluice_client::Client::connect(&addr).await.unwrap();
+    let dead = consume_all(&client, "events-dlq", 1).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].value.as_deref(), Some(&b"not json"[..]), "as it was read");
+    let header =
+        |k: &str| dead[0].headers.iter().find(|(n, _)| n == k).map(|(_, v)| String::from_utf8_lossy(v).to_string());
+    assert_eq!(header("__connect.errors.stage").as_deref(), Some("VALUE_CONVERTER"));
+    assert_eq!(header("__connect.errors.offset").as_deref(), Some("1"));
+    assert_eq!(header("__connect.errors.connector.name").as_deref(), Some("tolerant"));
+    // Without tolerance the task stops at the poison record, saying which one, and writes
+    // nothing past it.
+    let failed = eventually("the strict sink to fail", Duration::from_secs(60), || {
+        let addr = addr.clone();
+        async move {
+            let s = sluice(&addr, &["connect", "status", "strict"], "").await;
+            s.stdout.contains("\ttask 0\tFAILED").then_some(s.stdout)
+        }
+    })
+    .await;
+    assert!(failed.contains("record at offset 1 of partition 0 of 'events'"), "{failed}");
+    assert!(lines_of(&strict).len() <= 1, "{:?}", lines_of(&strict));
+}

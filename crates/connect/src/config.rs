@@ -126,7 +126,7 @@ pub const COMMON_KEYS: &[ConfigKey] = &[
         "errors.retry.timeout",
         KeyType::Int { min: -1, max: i64::MAX },
         Some("0"),
-        "How long a failed operation is retried, in ms (-1: forever, 0: not retried).",
+        "How long a failed write to the target or commit of a sink is retried, in ms (-1: forever, 0: not retried).",
     ),
     key(
         "errors.retry.delay.max.ms",

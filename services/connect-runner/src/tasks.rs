@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sluice_client::consumer::{Consumer, ConsumerConfig, StartFrom};
+use sluice_client::consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartFrom};
 use sluice_client::group::{GroupConfig, GroupConsumer};
 use sluice_client::producer::{Producer, ProducerConfig, ProducerRecord};
 use sluice_client::{Client, ClientError};
@@ -202,12 +202,16 @@ async fn run(ctx: Ctx) {
     }
 }
 
-/// The converters and transforms of a config.
+/// The converters and transforms of a config, and what happens to records they refuse.
 struct Pipeline {
     key: Box<dyn Converter>,
     value: Box<dyn Converter>,
     transforms: Vec<Box<dyn Transform>>,
     tolerate: bool,
+    log: bool,
+    log_messages: bool,
+    retry_timeout: Option<Duration>,
+    retry_delay_max: Duration,
 }
 
 impl Pipeline {
@@ -222,7 +226,27 @@ impl Pipeline {
             value: conv("value")?,
             transforms: config::transforms(&cfg.raw).map_err(|e| e.to_string())?,
             tolerate: cfg.get("errors.tolerance") == Some("all"),
+            log: cfg.get("errors.log.enable") == Some("true"),
+            log_messages: cfg.get("errors.log.include.messages") == Some("true"),
+            retry_timeout: match cfg.get("errors.retry.timeout").and_then(|t| t.parse::<i64>().ok()).unwrap_or(0) {
+                -1 => None,
+                ms => Some(Duration::from_millis(ms.max(0) as u64)),
+            },
+            retry_delay_max: Duration::from_millis(
+                cfg.get("errors.retry.delay.max.ms").and_then(|t| t.parse().ok()).unwrap_or(60_000),
+            ),
         })
+    }
+
+    /// The pauses between tries of a failed operation: exponential up to
+    /// errors.retry.delay.max.ms, for errors.retry.timeout (forever with -1).
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            start: tokio::time::Instant::now(),
+            pause: Duration::from_millis(100),
+            timeout: self.retry_timeout,
+            max: self.retry_delay_max,
+        }
     }
 
     fn transform(&self, mut r: ConnectRecord) -> Result<Option<ConnectRecord>, String> {
@@ -233,6 +257,26 @@ impl Pipeline {
             }
         }
         Ok(Some(r))
+    }
+}
+
+struct Backoff {
+    start: tokio::time::Instant,
+    pause: Duration,
+    timeout: Option<Duration>,
+    max: Duration,
+}
+
+impl Backoff {
+    /// Waits before the next try of `what`, or gives `error` back once the time is up.
+    async fn again(&mut self, what: &str, error: String) -> Result<(), String> {
+        if self.timeout.is_some_and(|t| self.start.elapsed() + self.pause > t) {
+            return Err(error);
+        }
+        tracing::info!(%error, what, "retrying");
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(self.max);
+        Ok(())
     }
 }
 
@@ -421,6 +465,7 @@ async fn file_sink(ctx: &Ctx, cfg: &ConnectorConfig) -> Result<(), String> {
         .open(&file)
         .await
         .map_err(|e| format!("{file}: {e}"))?;
+    let dlq = DeadLetters::open(ctx, cfg).await?;
     while !ctx.stopped() {
         if ctx.paused() {
             tokio::time::sleep(IDLE).await;
@@ -432,41 +477,126 @@ async fn file_sink(ctx: &Ctx, cfg: &ConnectorConfig) -> Result<(), String> {
         }
         let mut text = String::new();
         for r in records {
-            let converted = (|| -> Result<Option<ConnectRecord>, String> {
+            let converted = (|| -> Result<Option<ConnectRecord>, (&'static str, String)> {
+                let stage = |s: &'static str| move |e: sluice_connect::ConnectError| (s, e.to_string());
                 let record = ConnectRecord {
                     topic: r.topic.to_string(),
                     partition: Some(r.partition),
                     offset: Some(r.offset),
-                    key: pipeline.key.to_data(r.key.as_deref()).map_err(|e| e.to_string())?,
-                    value: pipeline.value.to_data(r.value.as_deref()).map_err(|e| e.to_string())?,
+                    key: pipeline.key.to_data(r.key.as_deref()).map_err(stage("KEY_CONVERTER"))?,
+                    value: pipeline.value.to_data(r.value.as_deref()).map_err(stage("VALUE_CONVERTER"))?,
                     headers: r.headers.clone(),
                     timestamp_ms: r.timestamp_ms,
                 };
-                pipeline.transform(record)
+                pipeline.transform(record).map_err(|e| ("TRANSFORMATION", e))
             })();
             let record = match converted {
                 Ok(Some(record)) => record,
                 Ok(None) => continue,
-                Err(e) if pipeline.tolerate => {
-                    tracing::warn!(topic = %r.topic, partition = r.partition, offset = r.offset, error = %e, "record skipped");
+                Err((stage, e)) => {
+                    let at = format!("record at offset {} of partition {} of '{}'", r.offset, r.partition, r.topic);
+                    if pipeline.log {
+                        match pipeline.log_messages {
+                            true => tracing::warn!(stage, error = %e, key = ?r.key, value = ?r.value, "{at} failed"),
+                            false => tracing::warn!(stage, error = %e, "{at} failed"),
+                        }
+                    }
+                    if !pipeline.tolerate {
+                        return Err(format!("{at}: {e} ({stage})"));
+                    }
+                    if let Some(d) = &dlq {
+                        let mut backoff = pipeline.backoff();
+                        while let Err(why) = d.send(ctx, &r, stage, &e).await {
+                            backoff.again("dead-letter write", why).await?;
+                        }
+                    }
                     continue;
-                }
-                Err(e) => {
-                    return Err(format!(
-                        "record at offset {} of partition {} of '{}': {e}",
-                        r.offset, r.partition, r.topic
-                    ));
                 }
             };
             text.push_str(&line_of(&record, &format));
             text.push('\n');
         }
-        out.write_all(text.as_bytes()).await.map_err(|e| format!("{file}: {e}"))?;
-        out.sync_data().await.map_err(|e| format!("{file}: {e}"))?;
-        consumer.commit_sync().await.map_err(|e| e.to_string())?;
+        let mut backoff = pipeline.backoff();
+        while let Err(e) = append(&mut out, text.as_bytes()).await {
+            backoff.again("file write", format!("{file}: {e}")).await?;
+        }
+        let mut backoff = pipeline.backoff();
+        while let Err(e) = consumer.commit_sync().await {
+            backoff.again("commit", e.to_string()).await?;
+        }
     }
     let _ = consumer.close().await;
+    if let Some(d) = dlq {
+        d.producer.close().await;
+    }
     Ok(())
+}
+
+/// A sink's dead-letter topic: records that failed conversion or a transform, as they were
+/// read, with headers saying what failed where when asked.
+struct DeadLetters {
+    producer: Producer,
+    topic: String,
+    context: bool,
+}
+
+impl DeadLetters {
+    async fn open(ctx: &Ctx, cfg: &ConnectorConfig) -> Result<Option<Self>, String> {
+        let Some(topic) = cfg.get("errors.deadletterqueue.topic.name").filter(|t| !t.is_empty()) else {
+            return Ok(None);
+        };
+        if ctx.client.describe_topic(topic).await.is_err() {
+            let rf: u32 =
+                cfg.get("errors.deadletterqueue.topic.replication.factor").and_then(|r| r.parse().ok()).unwrap_or(3);
+            let live = ctx.client.list_nodes().await.map(|n| n.iter().filter(|n| n.alive).count() as u32).unwrap_or(1);
+            match ctx.client.create_topic(topic, 1, rf.min(live).max(1), HashMap::new()).await {
+                Ok(_) => {}
+                Err(e) if e.code() == Some(tonic::Code::AlreadyExists) => {}
+                Err(e) => return Err(format!("dead-letter topic '{topic}': {e}")),
+            }
+        }
+        Ok(Some(Self {
+            producer: Producer::new(ctx.client.clone(), ProducerConfig { acks: Acks::All, ..Default::default() }),
+            topic: topic.to_string(),
+            context: cfg.get("errors.deadletterqueue.context.headers.enable") == Some("true"),
+        }))
+    }
+
+    async fn send(&self, ctx: &Ctx, r: &ConsumerRecord, stage: &str, error: &str) -> Result<(), String> {
+        let mut headers = r.headers.clone();
+        if self.context {
+            let h = |k: &str, v: String| (format!("__connect.errors.{k}"), Bytes::from(v));
+            headers.extend([
+                h("topic", r.topic.to_string()),
+                h("partition", r.partition.to_string()),
+                h("offset", r.offset.to_string()),
+                h("connector.name", ctx.id.connector.clone()),
+                h("task.id", ctx.id.task.to_string()),
+                h("stage", stage.to_string()),
+                h("exception.message", error.to_string()),
+            ]);
+        }
+        let record = ProducerRecord {
+            topic: self.topic.clone(),
+            key: r.key.clone(),
+            value: r.value.clone(),
+            headers,
+            timestamp_ms: r.timestamp_ms,
+            ..Default::default()
+        };
+        let done = self.producer.send(record).await.map_err(|e| e.to_string())?;
+        match done.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("dead-letter topic '{}': {e}", self.topic)),
+            Err(_) => Err(format!("dead-letter topic '{}': the producer stopped", self.topic)),
+        }
+    }
+}
+
+/// Writes `bytes` at the end of `out` and makes them durable.
+async fn append(out: &mut tokio::fs::File, bytes: &[u8]) -> std::io::Result<()> {
+    out.write_all(bytes).await?;
+    out.sync_data().await
 }
 
 /// A value's text: a string as it is, anything else as JSON (null as empty).
