@@ -14,6 +14,9 @@
 #                                needed by the tests: clients/java, Kafka's Java client against
 #                                the Kafka listener, built here (kafka-clients from Maven
 #                                Central into clients/java/target)
+#   postgresql  (postgresql)     needed by the tests: the PostgreSQL sink's tests start a
+#                                server of their own (initdb, postgres; as the postgres user
+#                                when run as root) and read it back with psql
 # Usage: scripts/ensure-deps.sh [build|test]   (default: test = both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +31,8 @@ if [ "$want" = test ]; then
   command -v kcat >/dev/null 2>&1 || missing+=(kcat)
   command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
   command -v mvn >/dev/null 2>&1 || missing+=(maven)
+  # The PostgreSQL connector's tests start a server of their own (initdb, postgres, psql).
+  { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v psql >/dev/null 2>&1; } || missing+=(postgresql)
   if ! "$tools/bin/python" -c 'import helm_python, kubernetes_validate, yaml, grpc, grpc_tools, grpc_reflection, confluent_kafka, kafka' >/dev/null 2>&1; then
     need_tools=yes
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)

@@ -217,3 +217,100 @@ pub async fn advertised_services(addr: &str) -> Vec<String> {
     };
     list.service.into_iter().map(|s| s.name).collect()
 }
+
+/// A PostgreSQL server of its own on a free loopback port (Debian's `postgresql`; initdb
+/// and the server run as the `postgres` user when the tests run as root, which PostgreSQL
+/// refuses), logical WAL on, trusting its one user `sluice`; stopped when dropped.
+pub struct Postgres {
+    child: std::process::Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    pub fn start() -> Self {
+        let bin = ["/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin"]
+            .into_iter()
+            .map(std::path::PathBuf::from)
+            .find(|d| d.join("initdb").exists())
+            .expect("PostgreSQL's server binaries (Debian postgresql): run scripts/ensure-deps.sh");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("pg");
+        std::fs::create_dir(&data).unwrap();
+        // As root, drop to the postgres user; setpriv execs, so killing the child kills the server.
+        let as_postgres = |program: &std::path::Path| -> std::process::Command {
+            let root = std::process::Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+            if !root {
+                return std::process::Command::new(program);
+            }
+            let ids = |flag: &str| {
+                let o = std::process::Command::new("id").args([flag, "postgres"]).output().expect("id postgres");
+                String::from_utf8_lossy(&o.stdout).trim().parse::<u32>().expect("the postgres user")
+            };
+            let (uid, gid) = (ids("-u"), ids("-g"));
+            for p in [dir.path(), data.as_path()] {
+                std::os::unix::fs::chown(p, Some(uid), Some(gid)).expect("chown to postgres");
+            }
+            let mut c = std::process::Command::new("setpriv");
+            c.args([format!("--reuid={uid}"), format!("--regid={gid}"), "--clear-groups".into(), "--".into()])
+                .arg(program);
+            c
+        };
+        let init = as_postgres(&bin.join("initdb"))
+            .args(["-D"])
+            .arg(&data)
+            .args(["-U", "sluice", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("initdb runs");
+        assert!(init.success(), "initdb failed");
+        let port = sluice_testkit::free_port();
+        let child = as_postgres(&bin.join("postgres"))
+            .args(["-D"])
+            .arg(&data)
+            .args([
+                "-p",
+                &port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "wal_level=logical",
+                "-c",
+                "fsync=off",
+            ])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", data.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("postgres starts");
+        let pg = Self { child, port, _dir: dir };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while pg.psql("SELECT 1").is_none() {
+            assert!(std::time::Instant::now() < deadline, "PostgreSQL did not answer within 30 s");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        pg
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgresql://sluice@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Runs `sql` with psql; its rows as `|`-separated lines, or None when it failed.
+    pub fn psql(&self, sql: &str) -> Option<String> {
+        let out = std::process::Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "sluice", "-d", "postgres", "-At", "-c", sql])
+            .output()
+            .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

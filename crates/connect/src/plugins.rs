@@ -87,8 +87,71 @@ pub const FILE_SINK: Plugin = Plugin {
     check: no_check,
 };
 
+fn postgres_sink_check(c: &ConnectorConfig) -> Result<(), ConnectError> {
+    let mode = c.get("pk.mode").unwrap_or("none");
+    if c.get("insert.mode") == Some("upsert") && mode == "none" {
+        return Err(ConnectError::config("pk.mode", "upsert needs a primary key: record_key or record_value"));
+    }
+    if c.get("delete.enabled") == Some("true") && mode != "record_key" {
+        return Err(ConnectError::config("delete.enabled", "deletes on tombstones need pk.mode=record_key"));
+    }
+    if mode == "record_value" && c.get("pk.fields").is_none_or(|f| f.trim().is_empty()) {
+        return Err(ConnectError::config("pk.fields", "pk.mode=record_value needs the value fields of the key"));
+    }
+    Ok(())
+}
+
+pub const POSTGRES_SINK: Plugin = Plugin {
+    class: "io.confluent.connect.jdbc.JdbcSinkConnector",
+    aliases: &["postgres-sink", "JdbcSinkConnector"],
+    kind: Kind::Sink,
+    doc: "Writes records as rows of PostgreSQL tables, exactly once: each batch of rows and the offsets it reaches are committed in one PostgreSQL transaction (table __sluice_connect_offsets), and a task resumes from there.",
+    keys: &[
+        plugin_required(
+            "connection.url",
+            KeyType::String,
+            "postgresql://host:port/database (jdbc:postgresql:// accepted), or libpq key=value settings.",
+        ),
+        plugin_key("connection.user", KeyType::String, Some(""), "User, when the URL has none."),
+        plugin_key("connection.password", KeyType::String, Some(""), "Password, when the URL has none."),
+        plugin_key(
+            "table.name.format",
+            KeyType::String,
+            Some("${topic}"),
+            "The table of a record; ${topic} is its topic.",
+        ),
+        plugin_key(
+            "insert.mode",
+            KeyType::Choice(&["insert", "upsert"]),
+            Some("insert"),
+            "insert: INSERT; upsert: INSERT ... ON CONFLICT (primary key) DO UPDATE.",
+        ),
+        plugin_key(
+            "pk.mode",
+            KeyType::Choice(&["none", "record_key", "record_value"]),
+            Some("none"),
+            "Where the primary key comes from: nowhere, the record key (its fields, or one column named by pk.fields for a plain key), or value fields.",
+        ),
+        plugin_key("pk.fields", KeyType::List, Some(""), "The primary key's columns (see pk.mode)."),
+        plugin_key(
+            "delete.enabled",
+            KeyType::Bool,
+            Some("false"),
+            "A tombstone (a record without value) deletes the row of its key (pk.mode=record_key).",
+        ),
+        plugin_key(
+            "auto.create",
+            KeyType::Bool,
+            Some("false"),
+            "Create a missing table from the record's schema (or its JSON value's types).",
+        ),
+        plugin_key("auto.evolve", KeyType::Bool, Some("false"), "Add columns a record has and its table lacks."),
+    ],
+    check: postgres_sink_check,
+};
+
 /// Every class this build runs.
-pub const PLUGINS: &[&Plugin] = &[&FILE_SOURCE, &FILE_SINK];
+pub const PLUGINS: &[&Plugin] = &[&FILE_SOURCE, &FILE_SINK, &POSTGRES_SINK];
 
 /// The plugin a class name or alias names.
 pub fn find(name: &str) -> Option<&'static Plugin> {

@@ -21,7 +21,7 @@ use sluice_client::producer::{Producer, ProducerConfig, ProducerRecord};
 use sluice_client::{Client, ClientError};
 use sluice_connect::config::{self, ConnectorConfig};
 use sluice_connect::convert::{self, Converter};
-use sluice_connect::plugins::{FILE_SINK, FILE_SOURCE};
+use sluice_connect::plugins::{FILE_SINK, FILE_SOURCE, POSTGRES_SINK};
 use sluice_connect::store::{self, TargetState, TaskStatus};
 use sluice_connect::transform::Transform;
 use sluice_connect::{ConnectRecord, Data};
@@ -124,10 +124,10 @@ async fn stop(h: Handle) {
 }
 
 /// What a task runs with.
-struct Ctx {
+pub(crate) struct Ctx {
     client: Client,
     runner: String,
-    id: TaskId,
+    pub(crate) id: TaskId,
     raw: BTreeMap<String, String>,
     stop: watch::Receiver<bool>,
     paused: watch::Receiver<bool>,
@@ -191,6 +191,8 @@ async fn run(ctx: Ctx) {
         file_source(&ctx, &cfg).await
     } else if cfg.plugin == &FILE_SINK {
         file_sink(&ctx, &cfg).await
+    } else if cfg.plugin == &POSTGRES_SINK {
+        crate::postgres::sink(&ctx, &cfg).await
     } else {
         Err(format!("connector class {} has no task implementation", cfg.plugin.class))
     };
@@ -441,42 +443,79 @@ async fn file_source(ctx: &Ctx, cfg: &ConnectorConfig) -> Result<(), String> {
     Ok(())
 }
 
-async fn file_sink(ctx: &Ctx, cfg: &ConnectorConfig) -> Result<(), String> {
-    let file = cfg.get("file").unwrap_or_default().to_string();
-    let format = cfg.get("format").unwrap_or("value").to_string();
-    let pipeline = Pipeline::new(cfg)?;
-    let topics: Vec<String> = match cfg.get("topics.regex").filter(|r| !r.is_empty()) {
+/// Where a sink writes.
+pub(crate) trait Target {
+    /// The offset `partition` of `topic` resumes at when the target keeps its own positions
+    /// (records below it were written already); `None` to go by the group's commits.
+    async fn resume(&mut self, topic: &str, partition: u32) -> Result<Option<i64>, String>;
+    /// Writes `records` durably; `next` is, per partition, the offset after the last record
+    /// handled (written, skipped or dead-lettered), which a target keeping its own positions
+    /// records with them.
+    async fn write(&mut self, records: &[ConnectRecord], next: &BTreeMap<(String, u32), i64>)
+    -> Result<(), WriteError>;
+}
+
+pub(crate) enum WriteError {
+    /// The target's own positions moved past what this task expected (another task had the
+    /// partition): nothing was written; the task resumes from the target's positions.
+    Moved(String),
+    /// Anything else: the same write is tried again (errors.retry.*).
+    Failed(String),
+}
+
+/// The topics a sink reads: `topics`, or those matching `topics.regex` now.
+async fn sink_topics(ctx: &Ctx, cfg: &ConnectorConfig) -> Result<Vec<String>, String> {
+    Ok(match cfg.get("topics.regex").filter(|r| !r.is_empty()) {
         Some(re) => {
             let re = regex::Regex::new(&format!("^(?:{re})$")).map_err(|e| e.to_string())?;
             let all = ctx.client.list_topics().await.map_err(|e| e.to_string())?;
             all.into_iter().map(|t| t.name).filter(|n| re.is_match(n)).collect()
         }
         None => config::list(cfg.get("topics").unwrap_or_default()),
-    };
+    })
+}
+
+/// A sink task: a member of the group `connect-<name>`, converting, transforming and
+/// writing what it is given to `target`, then committing.
+pub(crate) async fn run_sink(ctx: &Ctx, cfg: &ConnectorConfig, mut target: impl Target) -> Result<(), String> {
+    let pipeline = Pipeline::new(cfg)?;
+    let topics = sink_topics(ctx, cfg).await?;
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
     let group = GroupConfig {
         client_id: format!("connect-{}-{}", ctx.id.connector, ctx.id.task),
         ..GroupConfig::new(&format!("connect-{}", ctx.id.connector))
     };
     let mut consumer = GroupConsumer::subscribe(ctx.client.clone(), &names, group).await.map_err(|e| e.to_string())?;
-    let mut out = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&file)
-        .await
-        .map_err(|e| format!("{file}: {e}"))?;
     let dlq = DeadLetters::open(ctx, cfg).await?;
-    while !ctx.stopped() {
+    // Where each partition resumes by the target's own account, per generation: a partition
+    // that left and came back may have moved meanwhile.
+    let mut resume: HashMap<(String, u32), Option<i64>> = HashMap::new();
+    let mut generation = consumer.generation();
+    'poll: while !ctx.stopped() {
         if ctx.paused() {
             tokio::time::sleep(IDLE).await;
             continue;
         }
         let records = consumer.poll(Duration::from_millis(500)).await.map_err(|e| e.to_string())?;
+        if consumer.generation() != generation {
+            generation = consumer.generation();
+            resume.clear();
+        }
         if records.is_empty() {
             continue;
         }
-        let mut text = String::new();
+        let mut out = Vec::with_capacity(records.len());
+        let mut next: BTreeMap<(String, u32), i64> = BTreeMap::new();
         for r in records {
+            let tp = (r.topic.to_string(), r.partition);
+            if !resume.contains_key(&tp) {
+                let from = target.resume(&tp.0, tp.1).await?;
+                resume.insert(tp.clone(), from);
+            }
+            if resume.get(&tp).copied().flatten().is_some_and(|from| r.offset < from) {
+                continue;
+            }
+            next.insert(tp, r.offset + 1);
             let converted = (|| -> Result<Option<ConnectRecord>, (&'static str, String)> {
                 let stage = |s: &'static str| move |e: sluice_connect::ConnectError| (s, e.to_string());
                 let record = ConnectRecord {
@@ -490,9 +529,9 @@ async fn file_sink(ctx: &Ctx, cfg: &ConnectorConfig) -> Result<(), String> {
                 };
                 pipeline.transform(record).map_err(|e| ("TRANSFORMATION", e))
             })();
-            let record = match converted {
-                Ok(Some(record)) => record,
-                Ok(None) => continue,
+            match converted {
+                Ok(Some(record)) => out.push(record),
+                Ok(None) => {}
                 Err((stage, e)) => {
                     let at = format!("record at offset {} of partition {} of '{}'", r.offset, r.partition, r.topic);
                     if pipeline.log {
@@ -510,15 +549,36 @@ async fn file_sink(ctx: &Ctx, cfg: &ConnectorConfig) -> Result<(), String> {
                             backoff.again("dead-letter write", why).await?;
                         }
                     }
-                    continue;
                 }
-            };
-            text.push_str(&line_of(&record, &format));
-            text.push('\n');
+            }
+        }
+        if next.is_empty() {
+            continue;
         }
         let mut backoff = pipeline.backoff();
-        while let Err(e) = append(&mut out, text.as_bytes()).await {
-            backoff.again("file write", format!("{file}: {e}")).await?;
+        loop {
+            match target.write(&out, &next).await {
+                Ok(()) => break,
+                Err(WriteError::Failed(e)) => backoff.again("write", e).await?,
+                Err(WriteError::Moved(why)) => {
+                    // Read on from where the target says, not from what was polled.
+                    tracing::info!(%why, "target positions moved; resuming from them");
+                    resume.clear();
+                    for (topic, partition) in next.keys() {
+                        if let Some(from) = target.resume(topic, *partition).await?
+                            && let Err(e) = consumer.seek(topic, *partition, from)
+                        {
+                            tracing::debug!(error = %e, topic, partition, "not seeking a partition no longer held");
+                        }
+                    }
+                    continue 'poll;
+                }
+            }
+        }
+        for (tp, n) in &next {
+            if let Some(Some(from)) = resume.get_mut(tp) {
+                *from = *n;
+            }
         }
         let mut backoff = pipeline.backoff();
         while let Err(e) = consumer.commit_sync().await {
@@ -530,6 +590,44 @@ async fn file_sink(ctx: &Ctx, cfg: &ConnectorConfig) -> Result<(), String> {
         d.producer.close().await;
     }
     Ok(())
+}
+
+/// file-sink: lines appended to a file, made durable before the commit.
+struct FileTarget {
+    path: String,
+    file: tokio::fs::File,
+    format: String,
+}
+
+impl Target for FileTarget {
+    async fn resume(&mut self, _topic: &str, _partition: u32) -> Result<Option<i64>, String> {
+        Ok(None)
+    }
+
+    async fn write(
+        &mut self,
+        records: &[ConnectRecord],
+        _next: &BTreeMap<(String, u32), i64>,
+    ) -> Result<(), WriteError> {
+        let mut text = String::new();
+        for r in records {
+            text.push_str(&line_of(r, &self.format));
+            text.push('\n');
+        }
+        append(&mut self.file, text.as_bytes()).await.map_err(|e| WriteError::Failed(format!("{}: {e}", self.path)))
+    }
+}
+
+async fn file_sink(ctx: &Ctx, cfg: &ConnectorConfig) -> Result<(), String> {
+    let path = cfg.get("file").unwrap_or_default().to_string();
+    let file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .await
+        .map_err(|e| format!("{path}: {e}"))?;
+    let format = cfg.get("format").unwrap_or("value").to_string();
+    run_sink(ctx, cfg, FileTarget { path, file, format }).await
 }
 
 /// A sink's dead-letter topic: records that failed conversion or a transform, as they were
