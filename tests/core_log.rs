@@ -238,7 +238,16 @@ async fn every_service_answers_health_and_reflection() {
 
     let (c, _dir) = cluster(1).await;
     let expected = [
-        ("gateway", vec!["sluice.v1.Admin", "sluice.v1.Broker", "sluice.v1.Groups", "sluice.v1.Transactions"]),
+        (
+            "gateway",
+            vec![
+                "sluice.v1.Admin",
+                "sluice.v1.Broker",
+                "sluice.v1.Connect",
+                "sluice.v1.Groups",
+                "sluice.v1.Transactions",
+            ],
+        ),
         ("partition-node", vec!["sluice.v1.PartitionNode"]),
         ("group-coordinator", vec!["sluice.v1.Groups", "sluice.v1.Transactions"]),
     ];

@@ -240,15 +240,7 @@ impl PgState {
             }
         }
         // Types as PostgreSQL now has them (the transaction sees its own DDL).
-        let rows = tx
-            .query(
-                "SELECT column_name, udt_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1",
-                &[&table],
-            )
-            .await
-            .map_err(|e| pg_error(&format!("reading the columns of {table}"), e))?;
-        self.columns.insert(table.to_string(), rows.iter().map(|r| (r.get(0), r.get(1))).collect());
-        Ok(())
+        self.load_columns(tx, table).await
     }
 
     async fn write_one(&mut self, tx: &tokio_postgres::Transaction<'_>, r: &ConnectRecord) -> Result<(), String> {
@@ -386,7 +378,9 @@ impl Target for PgTarget {
             .map_err(|e| failed(pg_error(&format!("writing {OFFSETS_TABLE}"), e)))?;
             if moved != 1 {
                 drop(tx);
+                // Rolled back: tables or columns made in it are gone too.
                 st.positions.clear();
+                st.columns.clear();
                 return Err(WriteError::Moved(format!(
                     "partition {partition} of '{topic}' was written by another task"
                 )));

@@ -119,6 +119,16 @@ pub async fn run(client: Client, id: String, shutdown: Shutdown) {
     tokio::spawn(follow(client.clone(), tx, shutdown.clone()));
     let mut member_id = String::new();
     while !shutdown.is_triggered() {
+        // A cluster without connectors has no group: runners join once there is work.
+        if configs.borrow().is_empty() {
+            leave(&client, &mut member_id).await;
+            let mut idle = configs.clone();
+            tokio::select! {
+                _ = idle.wait_for(|c| !c.is_empty()) => {}
+                _ = shutdown.wait() => break,
+            }
+            continue;
+        }
         let mut running = tasks::Running::new(client.clone(), id.clone());
         let outcome = generation(&client, &id, &mut member_id, configs.clone(), &shutdown, &mut running).await;
         running.stop_all().await;
@@ -133,13 +143,19 @@ pub async fn run(client: Client, id: String, shutdown: Shutdown) {
             }
         }
     }
-    if !member_id.is_empty() {
-        let req = ClassicLeaveRequest {
-            group_id: GROUP.into(),
-            members: vec![ClassicLeaver { member_id, instance_id: String::new() }],
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(3), client.groups().leave_classic(req)).await;
+    leave(&client, &mut member_id).await;
+}
+
+/// Leaves the runners' group, if in it.
+async fn leave(client: &Client, member_id: &mut String) {
+    if member_id.is_empty() {
+        return;
     }
+    let req = ClassicLeaveRequest {
+        group_id: GROUP.into(),
+        members: vec![ClassicLeaver { member_id: std::mem::take(member_id), instance_id: String::new() }],
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(3), client.groups().leave_classic(req)).await;
 }
 
 /// One generation: join, sync, run the share until the group rebalances, the layout of
@@ -212,7 +228,7 @@ async fn generation(
                     return Ok(());
                 }
                 let now = configs.borrow_and_update().clone();
-                if layout(&now) != layout_now {
+                if layout(&now) != layout_now || now.is_empty() {
                     // Someone must rebalance: joining again starts it for everyone.
                     return Ok(());
                 }
