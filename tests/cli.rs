@@ -296,7 +296,15 @@ async fn cluster_up_writes_its_manifest_and_down_stops_everything() {
     let roles: Vec<&str> = procs.iter().map(|p| p["role"].as_str().unwrap()).collect();
     assert_eq!(
         roles,
-        vec!["etcd", "partition-node", "partition-node", "gateway", "group-coordinator", "group-coordinator"]
+        vec![
+            "etcd",
+            "partition-node",
+            "partition-node",
+            "gateway",
+            "group-coordinator",
+            "group-coordinator",
+            "connect-runner"
+        ]
     );
     for p in &procs {
         for field in ["role", "id", "pid", "addr", "data_dir", "log", "cmd"] {

@@ -1,28 +1,14 @@
-//! Connect runners as separate processes against a cluster: tasks spread over the runners
-//! through the group coordinator, and a runner killed has its tasks moved to another, which
-//! resumes where the dead one's last transaction left them.
+//! Connect runners as separate processes of a cluster (`sluice cluster up` starts them the
+//! same way): tasks spread over the runners through the group coordinator, and a runner
+//! killed has its tasks moved to another, which resumes where the dead one's last
+//! transaction left them.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use sluice_client::Client;
 use sluice_tests::*;
-use tokio::process::{Child, Command};
-
-fn runner(etcd: &str) -> (Child, String) {
-    let addr = format!("127.0.0.1:{}", sluice_testkit::free_port());
-    let child = Command::new(sluice_testkit::binary("sluice-connect-runner").expect("runner binary"))
-        .args(["--listen", &addr, "--etcd", etcd])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn a connect runner");
-    (child, format!("runner-{addr}"))
-}
 
 fn append(path: &Path, from: usize, to: usize) {
     use std::io::Write;
@@ -41,11 +27,10 @@ async fn running_on(client: &Client, name: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_spread_over_runners_and_move_when_one_dies() {
-    let (c, dir) = cluster(2).await;
-    let etcd = c.manifest.etcd.clone();
+    let (mut c, dir) = cluster_built(|b| b.nodes(2).runners(2), &[]).await;
     let client = Client::connect(c.gateway()).await.unwrap();
-    let (mut r1, n1) = runner(&etcd);
-    let (mut r2, n2) = runner(&etcd);
+    let name = |id: u64| format!("runner-{}", c.entry("connect-runner", id).expect("runner").addr);
+    let (n1, n2) = (name(1), name(2));
     let mut files = HashMap::new();
     for name in ["a", "b"] {
         client.create_topic(name, 1, 1, HashMap::new()).await.unwrap();
@@ -82,9 +67,8 @@ async fn tasks_spread_over_runners_and_move_when_one_dies() {
 
     // The runner of in-b dies without a word; lines written meanwhile are read by the other,
     // from where the dead one's last transaction left off.
-    let (victim, survivor) = if on_b == n1 { (&mut r1, n2.clone()) } else { (&mut r2, n1.clone()) };
-    victim.start_kill().unwrap();
-    let _ = victim.wait().await;
+    let (victim, survivor) = if on_b == n1 { (1, n2.clone()) } else { (2, n1.clone()) };
+    c.kill("connect-runner", victim);
     append(&files["b"], 50, 80);
     eventually("in-b moved to the surviving runner", Duration::from_secs(60), || async {
         (running_on(&client, "in-b").await? == survivor).then_some(())

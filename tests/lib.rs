@@ -31,16 +31,22 @@ pub async fn cluster_gateways(
     gateways: u32,
     extra_env: &[(&str, &str)],
 ) -> (Cluster, tempfile::TempDir) {
+    cluster_built(|b| b.nodes(nodes).coordinators(coordinators).gateways(gateways), extra_env).await
+}
+
+/// A cluster of real processes as `shape` makes the builder (nodes, coordinators, gateways,
+/// connect runners), with the tests' short intervals and `extra_env`.
+pub async fn cluster_built(
+    shape: impl FnOnce(sluice_testkit::ClusterBuilder) -> sluice_testkit::ClusterBuilder,
+    extra_env: &[(&str, &str)],
+) -> (Cluster, tempfile::TempDir) {
     // SLUICE_KEEP_TEST_DIRS=1 keeps data and logs for a post-mortem.
     let keep = std::env::var_os("SLUICE_KEEP_TEST_DIRS").is_some();
     let dir = tempfile::Builder::new().prefix("sluice-test-").disable_cleanup(keep).tempdir().expect("temp dir");
     if keep {
         eprintln!("keeping {}", dir.path().display());
     }
-    let mut b = Cluster::builder()
-        .nodes(nodes)
-        .coordinators(coordinators)
-        .gateways(gateways)
+    let mut b = shape(Cluster::builder())
         .env("SLUICE_ETCD__LEASE_TTL_SECS", "2")
         .env("SLUICE_STORAGE__RETENTION_CHECK_INTERVAL_MS", "200")
         .env("RUST_LOG", "info");

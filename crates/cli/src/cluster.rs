@@ -10,8 +10,8 @@ use crate::GatewayArg;
 
 #[derive(clap::Subcommand)]
 pub enum ClusterCmd {
-    /// Start etcd, N partition nodes, gateways (each with a Kafka listener) and group
-    /// coordinators; print the gateways.
+    /// Start etcd, N partition nodes, gateways (each with a Kafka listener), group
+    /// coordinators and connect runners; print the gateways.
     Up {
         /// Partition nodes to start.
         #[arg(long, default_value_t = 3)]
@@ -22,6 +22,9 @@ pub enum ClusterCmd {
         /// Gateways to start; clients given the printed list move to another when one dies.
         #[arg(long, default_value_t = 1)]
         gateways: u32,
+        /// Connect runners to start (connectors' tasks are spread over them).
+        #[arg(long, default_value_t = 1)]
+        runners: u32,
         /// Where data, logs and cluster.json go.
         #[arg(long, default_value = ".sluice/cluster", value_name = "DIR")]
         dir: PathBuf,
@@ -49,7 +52,7 @@ pub enum ClusterCmd {
 
 pub async fn run(c: ClusterCmd) -> anyhow::Result<ExitCode> {
     match c {
-        ClusterCmd::Up { nodes, coordinators, gateways, dir } => {
+        ClusterCmd::Up { nodes, coordinators, gateways, runners, dir } => {
             if nodes == 0 {
                 anyhow::bail!("a cluster needs at least one partition node (--nodes)");
             }
@@ -63,7 +66,7 @@ pub async fn run(c: ClusterCmd) -> anyhow::Result<ExitCode> {
                     dir.display()
                 );
             }
-            let spec = ClusterSpec { nodes, coordinators, gateways, ..ClusterSpec::new(&dir) };
+            let spec = ClusterSpec { nodes, coordinators, gateways, runners, ..ClusterSpec::new(&dir) };
             let cluster = Cluster::start(spec, false).await?;
             eprintln!(
                 "cluster up: {} processes, described in {}",

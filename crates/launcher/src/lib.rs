@@ -110,6 +110,8 @@ pub struct ClusterSpec {
     pub nodes: u32,
     pub coordinators: u32,
     pub gateways: u32,
+    /// Connect runners (they find the gateways in etcd).
+    pub runners: u32,
     /// Extra environment for the Sluice services (e.g. short retention intervals in tests).
     pub env: Vec<(String, String)>,
     pub health_timeout: Duration,
@@ -124,6 +126,7 @@ impl ClusterSpec {
             nodes: 3,
             coordinators: 1,
             gateways: 1,
+            runners: 1,
             env: Vec::new(),
             health_timeout: Duration::from_secs(60),
             services: true,
@@ -139,6 +142,8 @@ pub struct ClusterBuilder {
     pub nodes: u32,
     pub coordinators: u32,
     pub gateways: u32,
+    /// None by default: tests that need connect runners ask for them.
+    pub runners: u32,
     pub env: Vec<(String, String)>,
 }
 
@@ -158,6 +163,11 @@ impl ClusterBuilder {
         self
     }
 
+    pub fn runners(mut self, n: u32) -> Self {
+        self.runners = n;
+        self
+    }
+
     /// A setting for every service, as `SLUICE_*` environment (e.g.
     /// `("SLUICE_ETCD__LEASE_TTL_SECS", "2")`).
     pub fn env(mut self, key: &str, value: &str) -> Self {
@@ -171,6 +181,7 @@ impl ClusterBuilder {
         spec.nodes = self.nodes;
         spec.coordinators = self.coordinators;
         spec.gateways = self.gateways;
+        spec.runners = self.runners;
         spec.env = self.env;
         Cluster::start(spec, true).await
     }
@@ -277,7 +288,7 @@ async fn live_nodes(gateway: &str) -> usize {
 impl Cluster {
     /// A cluster of 3 partition nodes, 1 coordinator and 1 gateway, to adjust.
     pub fn builder() -> ClusterBuilder {
-        ClusterBuilder { nodes: 3, coordinators: 1, gateways: 1, env: Vec::new() }
+        ClusterBuilder { nodes: 3, coordinators: 1, gateways: 1, runners: 0, env: Vec::new() }
     }
 
     /// Starts etcd and the services, waits until all are healthy and the gateway sees every
@@ -375,6 +386,9 @@ impl Cluster {
         }
         for id in 1..=c.spec.coordinators as u64 {
             c.add(service("group-coordinator", "sluice-group-coordinator", id)?, &env)?;
+        }
+        for id in 1..=c.spec.runners as u64 {
+            c.add(service("connect-runner", "sluice-connect-runner", id)?, &env)?;
         }
         let entries: Vec<_> =
             c.manifest.processes.iter().filter(|e| e.role != "etcd").map(|e| (e.role.clone(), e.id)).collect();
