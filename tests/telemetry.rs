@@ -251,3 +251,35 @@ fn group_lag(metrics: &[(String, Metric)]) -> Option<f64> {
         _ => None,
     })
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connector_tasks_export_their_records_and_errors() {
+    let (receiver, endpoint) = start_receiver().await;
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("SLUICE_TELEMETRY__METRICS_INTERVAL_MS", "500")];
+    let (c, dir) = sluice_tests::cluster_built(|b| b.nodes(1).runners(1), &env).await;
+    let admin = client(&c).await;
+    admin.create_topic("lines", 1, 1, HashMap::new()).await.unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "a\nb\nc\n").unwrap();
+    let config = HashMap::from([
+        ("name".to_string(), "metered".to_string()),
+        ("connector.class".to_string(), "file-source".to_string()),
+        ("file".to_string(), input.display().to_string()),
+        ("topic".to_string(), "lines".to_string()),
+        ("value.converter".to_string(), "string".to_string()),
+    ]);
+    admin.create_connector(config, false).await.unwrap();
+    let metrics = eventually("the connector's metrics", Duration::from_secs(60), || {
+        let m = receiver.metrics.lock().unwrap().clone();
+        async move {
+            let out = last_value(&m, "sluice.connect.records").filter(|(v, _)| *v >= 3.0)?;
+            last_value(&m, "sluice.connect.tasks")?;
+            Some((out, m))
+        }
+    })
+    .await;
+    let ((records, attrs), all) = metrics;
+    assert_eq!(records, 3.0, "three lines in, three records out");
+    assert_eq!(attr(&attrs, "connector").as_deref(), Some("metered"));
+    assert_eq!(last_value(&all, "sluice.connect.tasks").map(|(v, _)| v), Some(1.0), "one task running");
+}

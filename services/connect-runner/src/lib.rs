@@ -3,6 +3,7 @@
 //! the gateways: configs come from `__connect_configs`, records go through the gateways'
 //! Broker and Groups services, and tasks report to `__connect_status`.
 
+pub mod metrics;
 mod postgres;
 pub mod tasks;
 pub mod worker;

@@ -30,6 +30,7 @@ use tokio::io::{AsyncBufReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::metrics;
 use crate::worker::Configs;
 
 /// One task of one connector.
@@ -187,6 +188,8 @@ async fn run(ctx: Ctx) {
     let span = tracing::info_span!("connect_task", connector = %ctx.id.connector, task = ctx.id.task);
     let _e = span.enter();
     ctx.report(if ctx.paused() { "PAUSED" } else { "RUNNING" }, String::new()).await;
+    let attrs = metrics::task(&ctx.id.connector, ctx.id.task);
+    metrics::metrics().tasks.add(1, &attrs);
     let result = if cfg.plugin == &FILE_SOURCE {
         file_source(&ctx, &cfg).await
     } else if cfg.plugin == &FILE_SINK {
@@ -196,6 +199,7 @@ async fn run(ctx: Ctx) {
     } else {
         Err(format!("connector class {} has no task implementation", cfg.plugin.class))
     };
+    metrics::metrics().tasks.add(-1, &attrs);
     if let Err(why) = result
         && !ctx.stopped()
     {
@@ -390,6 +394,9 @@ async fn file_source(ctx: &Ctx, cfg: &ConnectorConfig) -> Result<(), String> {
             tokio::time::sleep(IDLE).await;
             continue;
         }
+        let attrs = metrics::task(&ctx.id.connector, ctx.id.task);
+        metrics::metrics().records.add(lines.len() as u64, &metrics::with(attrs.clone(), "direction", "in"));
+        let mut sent_records = 0u64;
         producer.begin_transaction().await.map_err(|e| e.to_string())?;
         let sent: Result<(), String> = async {
             for text in lines {
@@ -418,6 +425,7 @@ async fn file_source(ctx: &Ctx, cfg: &ConnectorConfig) -> Result<(), String> {
                     timestamp_ms: record.timestamp_ms,
                 };
                 producer.send(out).await.map_err(|e| e.to_string())?;
+                sent_records += 1;
             }
             let offset = ProducerRecord {
                 topic: store::CONNECT_OFFSETS_TOPIC.into(),
@@ -431,7 +439,10 @@ async fn file_source(ctx: &Ctx, cfg: &ConnectorConfig) -> Result<(), String> {
         }
         .await;
         match sent {
-            Ok(()) => producer.commit_transaction().await.map_err(|e| e.to_string())?,
+            Ok(()) => {
+                producer.commit_transaction().await.map_err(|e| e.to_string())?;
+                metrics::metrics().records.add(sent_records, &metrics::with(attrs, "direction", "out"));
+            }
             Err(e) => {
                 let _ = producer.abort_transaction().await;
                 return Err(e);
@@ -491,6 +502,7 @@ pub(crate) async fn run_sink(ctx: &Ctx, cfg: &ConnectorConfig, mut target: impl 
     // that left and came back may have moved meanwhile.
     let mut resume: HashMap<(String, u32), Option<i64>> = HashMap::new();
     let mut generation = consumer.generation();
+    let task_attrs = metrics::task(&ctx.id.connector, ctx.id.task);
     'poll: while !ctx.stopped() {
         if ctx.paused() {
             tokio::time::sleep(IDLE).await;
@@ -506,6 +518,7 @@ pub(crate) async fn run_sink(ctx: &Ctx, cfg: &ConnectorConfig, mut target: impl 
         }
         let mut out = Vec::with_capacity(records.len());
         let mut next: BTreeMap<(String, u32), i64> = BTreeMap::new();
+        let mut polled = 0u64;
         for r in records {
             let tp = (r.topic.to_string(), r.partition);
             if !resume.contains_key(&tp) {
@@ -516,7 +529,10 @@ pub(crate) async fn run_sink(ctx: &Ctx, cfg: &ConnectorConfig, mut target: impl 
                 continue;
             }
             next.insert(tp, r.offset + 1);
-            let converted = (|| -> Result<Option<ConnectRecord>, (&'static str, String)> {
+            polled += 1;
+            // The record's processing continues the producer's trace (its traceparent header).
+            let span = r.process_span(&r.topic);
+            let converted = span.in_scope(|| -> Result<Option<ConnectRecord>, (&'static str, String)> {
                 let stage = |s: &'static str| move |e: sluice_connect::ConnectError| (s, e.to_string());
                 let record = ConnectRecord {
                     topic: r.topic.to_string(),
@@ -528,11 +544,12 @@ pub(crate) async fn run_sink(ctx: &Ctx, cfg: &ConnectorConfig, mut target: impl 
                     timestamp_ms: r.timestamp_ms,
                 };
                 pipeline.transform(record).map_err(|e| ("TRANSFORMATION", e))
-            })();
+            });
             match converted {
                 Ok(Some(record)) => out.push(record),
                 Ok(None) => {}
                 Err((stage, e)) => {
+                    metrics::metrics().errors.add(1, &metrics::with(task_attrs.clone(), "stage", stage));
                     let at = format!("record at offset {} of partition {} of '{}'", r.offset, r.partition, r.topic);
                     if pipeline.log {
                         match pipeline.log_messages {
@@ -555,10 +572,16 @@ pub(crate) async fn run_sink(ctx: &Ctx, cfg: &ConnectorConfig, mut target: impl 
         if next.is_empty() {
             continue;
         }
+        metrics::metrics().records.add(polled, &metrics::with(task_attrs.clone(), "direction", "in"));
         let mut backoff = pipeline.backoff();
         loop {
             match target.write(&out, &next).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    metrics::metrics()
+                        .records
+                        .add(out.len() as u64, &metrics::with(task_attrs.clone(), "direction", "out"));
+                    break;
+                }
                 Err(WriteError::Failed(e)) => backoff.again("write", e).await?,
                 Err(WriteError::Moved(why)) => {
                     // Read on from where the target says, not from what was polled.
