@@ -189,6 +189,7 @@ class Observability(unittest.TestCase):
         "sluice_gateway_active_streams", "sluice_partition_log_end_offset", "sluice_partition_high_watermark",
         "sluice_partition_isr_size", "sluice_partition_storage_bytes", "sluice_node_under_replicated_partitions",
         "sluice_group_lag", "sluice_group_members",
+        "sluice_connect_records_total", "sluice_connect_errors_total", "sluice_connect_tasks",
     }
 
     def test_dashboard_queries_only_exported_metrics(self):
