@@ -156,7 +156,7 @@ impl PgState {
                 .into_iter()
                 .map(|n| {
                     let v = m.get(&n).cloned().ok_or_else(|| format!("the primary key field '{n}' is missing"))?;
-                    let schema = field_schema(data.schema.as_ref(), m, &n);
+                    let schema = field_schema(data.schema.as_ref(), &n);
                     Ok((n, text(&v), schema, v))
                 })
                 .collect()
@@ -273,10 +273,8 @@ impl PgState {
         let Value::Object(m) = &r.value.value else {
             return Err(format!("a row needs an object value, got {}", r.value.value));
         };
-        let mut row: Row = m
-            .iter()
-            .map(|(n, v)| (n.clone(), text(v), field_schema(r.value.schema.as_ref(), m, n), v.clone()))
-            .collect();
+        let mut row: Row =
+            m.iter().map(|(n, v)| (n.clone(), text(v), field_schema(r.value.schema.as_ref(), n), v.clone())).collect();
         // A key column the value lacks (record_key) comes from the key.
         for k in keys {
             if !row.iter().any(|c| c.0 == k.0) {
@@ -311,7 +309,7 @@ impl PgState {
 }
 
 /// The field's schema inside a struct schema, when there is one.
-fn field_schema(schema: Option<&Value>, _m: &serde_json::Map<String, Value>, name: &str) -> Option<Value> {
+fn field_schema(schema: Option<&Value>, name: &str) -> Option<Value> {
     schema?.get("fields")?.as_array()?.iter().find(|f| f.get("field").and_then(Value::as_str) == Some(name)).cloned()
 }
 

@@ -288,12 +288,23 @@ impl Backoff {
 
 /// Creates one of Connect's compacted topics when it is missing.
 async fn ensure_topic(client: &Client, name: &str, partitions: u32) -> Result<(), ClientError> {
+    let config = HashMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
+    create_missing(client, name, partitions, 3, config).await
+}
+
+/// Creates topic `name` when it is missing, its replication factor lowered to the live nodes.
+async fn create_missing(
+    client: &Client,
+    name: &str,
+    partitions: u32,
+    replication_factor: u32,
+    config: HashMap<String, String>,
+) -> Result<(), ClientError> {
     if client.describe_topic(name).await.is_ok() {
         return Ok(());
     }
     let live = client.list_nodes().await.map(|n| n.iter().filter(|n| n.alive).count() as u32).unwrap_or(1);
-    let config = HashMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
-    match client.create_topic(name, partitions, 3.min(live).max(1), config).await {
+    match client.create_topic(name, partitions, replication_factor.min(live).max(1), config).await {
         Ok(_) => Ok(()),
         Err(e) if e.code() == Some(tonic::Code::AlreadyExists) => Ok(()),
         Err(e) => Err(e),
@@ -666,16 +677,11 @@ impl DeadLetters {
         let Some(topic) = cfg.get("errors.deadletterqueue.topic.name").filter(|t| !t.is_empty()) else {
             return Ok(None);
         };
-        if ctx.client.describe_topic(topic).await.is_err() {
-            let rf: u32 =
-                cfg.get("errors.deadletterqueue.topic.replication.factor").and_then(|r| r.parse().ok()).unwrap_or(3);
-            let live = ctx.client.list_nodes().await.map(|n| n.iter().filter(|n| n.alive).count() as u32).unwrap_or(1);
-            match ctx.client.create_topic(topic, 1, rf.min(live).max(1), HashMap::new()).await {
-                Ok(_) => {}
-                Err(e) if e.code() == Some(tonic::Code::AlreadyExists) => {}
-                Err(e) => return Err(format!("dead-letter topic '{topic}': {e}")),
-            }
-        }
+        let rf: u32 =
+            cfg.get("errors.deadletterqueue.topic.replication.factor").and_then(|r| r.parse().ok()).unwrap_or(3);
+        create_missing(&ctx.client, topic, 1, rf, HashMap::new())
+            .await
+            .map_err(|e| format!("dead-letter topic '{topic}': {e}"))?;
         Ok(Some(Self {
             producer: Producer::new(ctx.client.clone(), ProducerConfig { acks: Acks::All, ..Default::default() }),
             topic: topic.to_string(),
