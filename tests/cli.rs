@@ -258,11 +258,12 @@ async fn dev_mode_serves_stops_on_sigterm_and_keeps_data() {
     assert!(status.success(), "{status:?}");
 
     let _dev = start_dev(dir.path(), &addr).await;
-    // Leaders are taken up again at a new epoch after a restart: a little patience.
-    let c = sluice(&addr, &["consume", "keep", "--idle-timeout-ms", "3000", "--format", "%k=%s\\n"], "").await;
+    // Leaders are taken up again at a new epoch after a restart: patience, bounded.
+    let all = ["consume", "keep", "--max-messages", "3", "--idle-timeout-ms", "30000", "--format", "%k=%s\\n"];
+    let c = sluice(&addr, &all, "").await;
     let mut got: Vec<&str> = c.stdout.lines().collect();
     got.sort();
-    assert_eq!(got, vec!["a=1", "b=2", "c=3"]);
+    assert_eq!(got, vec!["a=1", "b=2", "c=3"], "{}", c.stderr);
     // The group's offsets survived the restart: it resumes after what it consumed.
     let p = sluice(&addr, &["produce", "keep", "--key-separator", ":"], "d:4\n").await;
     assert_eq!(p.code, 0, "{}", p.stderr);

@@ -10,6 +10,9 @@ use sluice_group_coordinator::Coordinator;
 use sluice_partition_node::handlers::{LocalNode, NodeService};
 use sluice_runtime::{Settings, Shutdown};
 
+/// How long a stopping dev waits for its connect runner's tasks to finish and commit.
+const RUNNER_STOP: std::time::Duration = std::time::Duration::from_secs(20);
+
 #[derive(clap::Args)]
 pub struct DevArgs {
     /// Where data and metadata are kept.
@@ -34,8 +37,11 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
     let (listener, addr) = sluice_runtime::bind(&settings.listen).await?;
     settings.data_dir = a.data_dir.clone();
     let meta = sluice_runtime::connect_meta(&settings).await?;
+    // A signal stops the connect runner first, so its tasks commit through this process's
+    // gateway and coordinator; the servers stop once it is done.
+    let signals = Shutdown::new();
+    signals.on_signals();
     let shutdown = Shutdown::new();
-    shutdown.on_signals();
 
     let mut node_settings = settings.clone();
     node_settings.data_dir = a.data_dir.join(format!("node-{}", settings.node_id));
@@ -82,9 +88,16 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
         None => println!("Sluice dev is ready. Gateway: {addr}"),
     }
     // One connect runner in process, a client of this gateway like any other.
-    let runner = tokio::spawn(sluice_connect_runner::run(addr.to_string(), format!("dev-{addr}"), shutdown.clone()));
+    let runner = tokio::spawn(sluice_connect_runner::run(addr.to_string(), format!("dev-{addr}"), signals.clone()));
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        signals.wait().await;
+        if tokio::time::timeout(RUNNER_STOP, runner).await.is_err() {
+            tracing::warn!("the connect runner did not stop in {RUNNER_STOP:?}; stopping anyway");
+        }
+        stop.trigger();
+    });
     sluice_runtime::serve(router, listener, shutdown).await?;
-    let _ = runner.await;
     // Everything appended is made durable before the process ends.
     node.sync().await?;
     telemetry.shutdown().await;

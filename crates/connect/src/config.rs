@@ -143,6 +143,13 @@ pub const SINK_KEYS: &[ConfigKey] = &[
     key("topics", KeyType::List, None, "The topics read (this or topics.regex)."),
     key("topics.regex", KeyType::String, None, "A regular expression of the topics read (this or topics)."),
     key(
+        "consumer.override.isolation.level",
+        KeyType::Choice(&["read_committed", "read_uncommitted"]),
+        Some("read_committed"),
+        "What the task reads: committed records only (unlike Kafka Connect's default, so a sink of an \
+         exactly-once source never writes an aborted record), or everything.",
+    ),
+    key(
         "errors.deadletterqueue.topic.name",
         KeyType::String,
         Some(""),

@@ -503,8 +503,13 @@ pub(crate) async fn run_sink(ctx: &Ctx, cfg: &ConnectorConfig, mut target: impl 
     let pipeline = Pipeline::new(cfg)?;
     let topics = sink_topics(ctx, cfg).await?;
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let isolation = match cfg.get("consumer.override.isolation.level") {
+        Some("read_uncommitted") => IsolationLevel::ReadUncommitted,
+        _ => IsolationLevel::ReadCommitted,
+    };
     let group = GroupConfig {
         client_id: format!("connect-{}-{}", ctx.id.connector, ctx.id.task),
+        fetch: ConsumerConfig { isolation, ..ConsumerConfig::default() },
         ..GroupConfig::new(&format!("connect-{}", ctx.id.connector))
     };
     let mut consumer = GroupConsumer::subscribe(ctx.client.clone(), &names, group).await.map_err(|e| e.to_string())?;
