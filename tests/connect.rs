@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
+use serde_json::{Value, json};
 use sluice_client::Client;
 use sluice_tests::*;
 
@@ -104,4 +105,173 @@ async fn tasks_spread_over_runners_and_move_when_one_dies() {
         got.extend(batch.into_iter().map(|r| String::from_utf8_lossy(&r.value.unwrap_or_default()).to_string()));
     }
     assert_eq!(got, expect(80), "every line once, in order, across the move");
+}
+
+/// Every record of `topic` below its last stable offset, as JSON (None for a null side).
+async fn committed_json(client: &Client, topic: &str) -> Vec<(Option<Value>, Option<Value>)> {
+    let cfg = sluice_client::consumer::ConsumerConfig {
+        isolation: sluice_proto::v1::IsolationLevel::ReadCommitted,
+        ..Default::default()
+    };
+    let Ok(mut reader) = sluice_client::consumer::Consumer::assign(
+        client.clone(),
+        topic,
+        &[],
+        sluice_client::consumer::StartFrom::Earliest,
+        cfg,
+    )
+    .await
+    else {
+        return Vec::new();
+    };
+    let json = |b: &Option<bytes::Bytes>| b.as_ref().map(|b| serde_json::from_slice::<Value>(b).expect("JSON"));
+    let mut got = Vec::new();
+    loop {
+        let batch = tokio::time::timeout(Duration::from_secs(10), reader.poll(Duration::from_millis(700)))
+            .await
+            .expect("read in time")
+            .unwrap_or_default();
+        if batch.is_empty() {
+            return got;
+        }
+        got.extend(batch.iter().map(|r| (json(&r.key), json(&r.value))));
+    }
+}
+
+/// PostgreSQL both ways: a table's inserts, updates and deletes streamed by change data
+/// capture and by two query modes, one of those topics written into another database by a
+/// sink, and the runner of the CDC task killed: every task moves, no event is written twice,
+/// and the copied table holds each row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sources_and_sink_keep_every_change_once_across_a_runner_kill() {
+    let pg = Postgres::start();
+    pg.psql(
+        "CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL, qty int, \
+           updated timestamptz NOT NULL DEFAULT clock_timestamp()); \
+         ALTER TABLE orders REPLICA IDENTITY FULL; \
+         INSERT INTO orders (item, qty) SELECT 'item-' || i, i FROM generate_series(1, 50) i",
+    )
+    .expect("the table");
+    pg.psql("CREATE DATABASE copy").expect("the target database");
+    let (mut c, _dir) = cluster_built(|b| b.nodes(2).runners(2), &[]).await;
+    let client = Client::connect(c.gateway()).await.unwrap();
+    // Two partitions for the query topic the sink reads with two tasks; the others are
+    // created by their source.
+    client.create_topic("inc.orders", 2, 1, HashMap::new()).await.unwrap();
+    let create = |name: &str, pairs: &[(&str, &str)], url: String| {
+        let mut config: HashMap<String, String> = [
+            ("name", name),
+            ("key.converter", "json"),
+            ("value.converter", "json"),
+            ("key.converter.schemas.enable", "false"),
+            ("value.converter.schemas.enable", "false"),
+        ]
+        .into_iter()
+        .chain(pairs.iter().copied())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        config.insert("connection.url".into(), url);
+        let client = client.clone();
+        async move { client.create_connector(config, false).await.expect("connector created") }
+    };
+    let source = [("connector.class", "postgres-source"), ("table.whitelist", "orders"), ("poll.interval.ms", "200")];
+    let url = pg.url();
+    create("pg-cdc", &[&source[..], &[("mode", "cdc"), ("topic.prefix", "cdc.")]].concat(), url.clone()).await;
+    let inc = [("mode", "incrementing"), ("incrementing.column.name", "id"), ("topic.prefix", "inc.")];
+    create("pg-inc", &[&source[..], &inc].concat(), url.clone()).await;
+    let ts = [
+        ("mode", "timestamp+incrementing"),
+        ("incrementing.column.name", "id"),
+        ("timestamp.column.name", "updated"),
+        ("topic.prefix", "ts."),
+    ];
+    create("pg-ts", &[&source[..], &ts].concat(), url.clone()).await;
+    let count = |topic: &'static str, n: usize| {
+        let client = client.clone();
+        async move {
+            let got = committed_json(&client, topic).await;
+            (got.len() >= n).then_some(got)
+        }
+    };
+    let snapshot = eventually("the snapshot", Duration::from_secs(60), || count("cdc.orders", 50)).await;
+    assert!(snapshot.iter().all(|(_, v)| v.as_ref().unwrap()["op"] == "r"), "{snapshot:?}");
+    assert_eq!(snapshot[0].0, Some(json!({"id": 1})));
+    assert_eq!(snapshot[0].1.as_ref().unwrap()["after"]["item"], "item-1");
+    let by_id = eventually("the rows by id", Duration::from_secs(60), || count("inc.orders", 50)).await;
+    let ids: Vec<i64> = by_id.iter().map(|(_, v)| v.as_ref().unwrap()["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, (1..=50).collect::<Vec<_>>(), "in the column's order, each once");
+    let by_time = eventually("the rows by time", Duration::from_secs(60), || count("ts.orders", 50)).await;
+    assert_eq!(by_time.len(), 50);
+
+    pg.psql(
+        "INSERT INTO orders (item, qty) SELECT 'item-' || i, i FROM generate_series(51, 60) i; \
+         UPDATE orders SET qty = 1000, updated = clock_timestamp() WHERE id <= 5; \
+         DELETE FROM orders WHERE id BETWEEN 6 AND 8",
+    )
+    .expect("the changes");
+    // 10 creates, 5 updates, 3 deletes each with its tombstone.
+    let cdc = eventually("the changes captured", Duration::from_secs(60), || count("cdc.orders", 71)).await;
+    let ops = |op: &str| cdc.iter().filter(|(_, v)| v.as_ref().is_some_and(|v| v["op"] == op)).count();
+    assert_eq!((ops("r"), ops("c"), ops("u"), ops("d"), cdc.len()), (50, 10, 5, 3, 71));
+    let update = cdc.iter().find_map(|(_, v)| v.as_ref().filter(|v| v["op"] == "u")).unwrap();
+    assert_eq!((&update["before"]["qty"], &update["after"]["qty"]), (&json!(1), &json!(1000)), "{update}");
+    assert_eq!(update["source"]["table"], "orders");
+    let deleted = cdc.iter().position(|(_, v)| v.as_ref().is_some_and(|v| v["op"] == "d")).unwrap();
+    assert_eq!(cdc[deleted].1.as_ref().unwrap()["before"]["item"], "item-6");
+    assert_eq!(cdc[deleted + 1], (Some(json!({"id": 6})), None), "a tombstone follows a delete");
+    let by_id = eventually("new rows by id", Duration::from_secs(60), || count("inc.orders", 60)).await;
+    assert_eq!(by_id.len(), 60);
+    // The updated rows come again, in timestamp order.
+    let by_time = eventually("new and updated rows by time", Duration::from_secs(60), || count("ts.orders", 65)).await;
+    let last: Vec<(i64, i64)> = by_time[60..]
+        .iter()
+        .map(|(_, v)| (v.as_ref().unwrap()["id"].as_i64().unwrap(), v.as_ref().unwrap()["qty"].as_i64().unwrap()))
+        .collect();
+    assert_eq!((by_time.len(), last), (65, (1..=5).map(|i| (i, 1000)).collect()));
+
+    // The query topic into another database, two tasks.
+    let copy_url = format!("postgresql://sluice@127.0.0.1:{}/copy", pg.port);
+    let sink = [
+        ("connector.class", "postgres-sink"),
+        ("topics", "inc.orders"),
+        ("table.name.format", "orders_copy"),
+        ("auto.create", "true"),
+        ("tasks.max", "2"),
+    ];
+    create("pg-copy", &sink, copy_url).await;
+    let copied = |sql: &str| {
+        pg.psql_in("copy", &format!("SELECT {sql} FROM orders_copy")).map(|c| c.replace('\n', " ")).unwrap_or_default()
+    };
+    let rows = |n: usize| {
+        let (copied, want) = (&copied, format!("{n}|{n}"));
+        async move { (copied("count(*), count(DISTINCT id)") == want).then_some(()) }
+    };
+    let copied_in_time = tokio::time::timeout(
+        Duration::from_secs(60),
+        eventually("the rows copied", Duration::from_secs(90), || rows(60)),
+    )
+    .await;
+    if copied_in_time.is_err() {
+        let status = client.connector_status("pg-copy").await;
+        panic!("rows copied: {}; the sink: {status:?}", copied("count(*), count(DISTINCT id)"));
+    }
+
+    // The runner with the CDC task dies without a word; everything it ran moves.
+    let name = |id: u64| format!("runner-{}", c.entry("connect-runner", id).expect("runner").addr);
+    let (n1, n2) = (name(1), name(2));
+    let on = eventually("the CDC task's runner", Duration::from_secs(10), || running_on(&client, "pg-cdc")).await;
+    let (victim, survivor) = if on == n1 { (1, n2) } else { (2, n1) };
+    c.kill("connect-runner", victim);
+    pg.psql("INSERT INTO orders (item, qty) SELECT 'item-' || i, i FROM generate_series(61, 80) i").expect("more");
+    eventually("the CDC task moved", Duration::from_secs(60), || async {
+        (running_on(&client, "pg-cdc").await? == survivor).then_some(())
+    })
+    .await;
+    let cdc = eventually("the rows after the kill captured", Duration::from_secs(60), || count("cdc.orders", 91)).await;
+    let created: Vec<&Value> = cdc.iter().filter_map(|(_, v)| v.as_ref().filter(|v| v["op"] == "c")).collect();
+    let ids: std::collections::BTreeSet<i64> = created.iter().map(|v| v["after"]["id"].as_i64().unwrap()).collect();
+    assert_eq!((created.len(), ids.len(), cdc.len()), (30, 30, 91), "each change once");
+    eventually("every row copied once", Duration::from_secs(60), || rows(80)).await;
+    // Each id as the incrementing mode first read it (later updates are not its to see).
+    assert_eq!(copied("min(id), max(id), sum(qty)"), format!("1|80|{}", (1..=80).sum::<i64>()));
 }

@@ -1051,7 +1051,10 @@ async fn bad_group_requests_get_clear_errors() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
 
     // A subscription to a missing topic waits, and gets the topic once it exists.
-    let mut late = CliMember::spawn(&gw, "later", "g-late", &[]);
+    // A long session: a loaded machine's pauses must not expire these members (leaving is
+    // immediate whatever the timeout).
+    let long = ["--session-timeout-ms", "30000"];
+    let mut late = CliMember::spawn(&gw, "later", "g-late", &long);
     eventually("the member to join", Duration::from_secs(20), || async { late.member_id() }).await;
     assert!(late.held().is_empty());
     client.create_topic("later", 2, 1, Default::default()).await.expect("topic");
@@ -1099,7 +1102,7 @@ async fn bad_group_requests_get_clear_errors() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out.lines().filter(|l| l.ends_with("Committed: 0")).count(), 2, "{out}");
     // Re-read from the start after the reset.
-    let mut again = CliMember::spawn(&gw, "later", "g-late", &[]);
+    let mut again = CliMember::spawn(&gw, "later", "g-late", &long);
     eventually("the records again", Duration::from_secs(20), || async { (again.records().len() == 10).then_some(()) })
         .await;
     wait_caught_up(&client, "g-late", "later", Duration::from_secs(20)).await;

@@ -306,8 +306,13 @@ impl Postgres {
 
     /// Runs `sql` with psql; its rows as `|`-separated lines, or None when it failed.
     pub fn psql(&self, sql: &str) -> Option<String> {
+        self.psql_in("postgres", sql)
+    }
+
+    /// [`Postgres::psql`] in database `db`.
+    pub fn psql_in(&self, db: &str, sql: &str) -> Option<String> {
         let out = std::process::Command::new("psql")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "sluice", "-d", "postgres", "-At", "-c", sql])
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "sluice", "-d", db, "-At", "-c", sql])
             .output()
             .ok()?;
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())

@@ -179,7 +179,6 @@ pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
     };
     // With a group, the records printed and not yet committed, per partition (next offset).
     let mut printed: std::collections::BTreeMap<u32, i64> = Default::default();
-    let mut cut_short = false;
     let mut member = match &consumer {
         Source::Group(g) => g.member_id().to_string(),
         Source::Assigned(_) => String::new(),
@@ -231,7 +230,6 @@ pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
         buf.clear();
         for r in records {
             if a.max_messages.is_some_and(|m| count >= m) {
-                cut_short = true;
                 break;
             }
             if a.group.is_some() {
@@ -248,17 +246,14 @@ pub async fn run(a: ConsumeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Source::Group(mut g) = consumer {
         if a.delivery == DeliveryMode::AtLeastOnce {
-            // Everything printed is committed; with --max-messages the last batch may have
-            // been cut short, so only what was printed.
-            if cut_short {
-                let printed = printed.into_iter().map(|(p, o)| ((a.topic.clone(), p), o)).collect();
-                let refused = g.commit_offsets(&printed).await?;
-                if !refused.is_empty() {
-                    let tps: Vec<TopicPartition> = refused.iter().map(|(tp, _)| tp.clone()).collect();
-                    eprintln!("warning: commits failed for {}: {}", list(&tps), refused[0].1.message);
-                }
-            } else {
-                g.commit_sync().await?;
+            // What was printed is committed, not the consumer's positions: with --max-messages
+            // the last batch may have been cut short, and a poll interrupted by a signal may
+            // have read records it never handed out.
+            let printed = printed.into_iter().map(|(p, o)| ((a.topic.clone(), p), o)).collect();
+            let refused = g.commit_offsets(&printed).await?;
+            if !refused.is_empty() {
+                let tps: Vec<TopicPartition> = refused.iter().map(|(tp, _)| tp.clone()).collect();
+                eprintln!("warning: commits failed for {}: {}", list(&tps), refused[0].1.message);
             }
         }
         g.leave().await;

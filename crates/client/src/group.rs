@@ -443,6 +443,14 @@ impl GroupConsumer {
                         reset_at.insert((topic.clone(), o.partition), reset_position(&o));
                     }
                 }
+                // The coordinator may hand out a topic just created before this gateway's view
+                // has it: the assignment waits for it, as for any passing error.
+                Err(e) if e.is_retriable() || e.code() == Some(tonic::Code::NotFound) => {
+                    tracing::debug!(error = %e, topic, "start offsets not available yet; the assignment waits");
+                    self.pending = Some(a);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    return Ok(());
+                }
                 Err(e) => {
                     // A newer assignment replaces this one; a pending one stays otherwise.
                     self.pending = Some(a);

@@ -1,7 +1,7 @@
 //! Connector configs: Kafka Connect's keys, checked before anything is stored or started.
 //!
 //! A config is a flat map of strings, as Kafka Connect's REST API takes it. Every connector
-//! has the common keys ([`COMMON_KEYS`], and for sinks [`SINK_KEYS`]); its class adds its own
+//! has the common keys ([`COMMON_KEYS`], and [`SOURCE_KEYS`] or [`SINK_KEYS`]); its class adds its own
 //! ([`crate::plugins`]); `transforms.<alias>.*`, `predicates.<name>.*` and
 //! `{key,value}.converter.*` are checked by building what they describe. An unknown key, a
 //! missing required one or a bad value is refused with the key's name.
@@ -138,6 +138,22 @@ pub const COMMON_KEYS: &[ConfigKey] = &[
     key("errors.log.include.messages", KeyType::Bool, Some("false"), "Include the record's key and value in that log."),
 ];
 
+/// Keys every source has (Kafka's KIP-158, for the topics a source writes that do not exist).
+pub const SOURCE_KEYS: &[ConfigKey] = &[
+    key(
+        "topic.creation.default.partitions",
+        KeyType::Int { min: 1, max: 10_000 },
+        Some("1"),
+        "Partitions of a topic the connector writes to that does not exist yet (it is created).",
+    ),
+    key(
+        "topic.creation.default.replication.factor",
+        KeyType::Int { min: 1, max: 32 },
+        Some("3"),
+        "Replication factor of such a topic (lowered to the live nodes).",
+    ),
+];
+
 /// Keys every sink has.
 pub const SINK_KEYS: &[ConfigKey] = &[
     key("topics", KeyType::List, None, "The topics read (this or topics.regex)."),
@@ -195,8 +211,11 @@ impl ConnectorConfig {
 
 /// Every key a plugin documents: the common ones, the sink ones for sinks, and its own.
 pub fn documented(plugin: &Plugin) -> impl Iterator<Item = &ConfigKey> {
-    let sink: &[ConfigKey] = if plugin.kind == Kind::Sink { SINK_KEYS } else { &[] };
-    COMMON_KEYS.iter().chain(sink).chain(plugin.keys)
+    let kind: &[ConfigKey] = match plugin.kind {
+        Kind::Sink => SINK_KEYS,
+        Kind::Source => SOURCE_KEYS,
+    };
+    COMMON_KEYS.iter().chain(kind).chain(plugin.keys.iter().flat_map(|g| g.iter()))
 }
 
 /// Prefixes under which keys are checked by building what they configure.
@@ -254,6 +273,7 @@ pub fn validate(raw: &BTreeMap<String, String>) -> Result<ConnectorConfig, Vec<C
         ConnectorConfig { name: raw.get("name").cloned().unwrap_or_default(), plugin, tasks_max: 1, raw: raw.clone() };
     let tasks_max = cfg.get("tasks.max").and_then(|t| t.trim().parse::<u32>().ok()).unwrap_or(1);
     let cfg = ConnectorConfig { tasks_max, ..cfg };
+    let cfg = ConnectorConfig { tasks_max: tasks_max.min((plugin.max_tasks)(&cfg)).max(1), ..cfg };
     // Converters and transforms are checked by building them.
     for side in ["key", "value"] {
         let schemas = cfg.get(&format!("{side}.converter.schemas.enable")) == Some("true");

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod pgoutput;
 pub mod plugins;
 pub mod store;
 pub mod transform;

@@ -28,10 +28,12 @@ pub struct Plugin {
     pub aliases: &'static [&'static str],
     pub kind: Kind,
     pub doc: &'static str,
-    /// Its own keys (the common ones are in [`crate::config`]).
-    pub keys: &'static [ConfigKey],
+    /// Its own keys, in groups (the common ones are in [`crate::config`]).
+    pub keys: &'static [&'static [ConfigKey]],
     /// Checks between its keys that a key's type cannot express.
     pub check: fn(&ConnectorConfig) -> Result<(), ConnectError>,
+    /// How many tasks a valid config runs, at most (`tasks.max` is capped to it).
+    pub max_tasks: fn(&ConnectorConfig) -> u32,
 }
 
 /// A class is itself: its name says which.
@@ -43,6 +45,10 @@ impl PartialEq for Plugin {
 
 fn no_check(_: &ConnectorConfig) -> Result<(), ConnectError> {
     Ok(())
+}
+
+fn any_tasks(_: &ConnectorConfig) -> u32 {
+    u32::MAX
 }
 
 fn one_task(c: &ConnectorConfig) -> Result<(), ConnectError> {
@@ -57,7 +63,7 @@ pub const FILE_SOURCE: Plugin = Plugin {
     aliases: &["file-source", "FileStreamSource"],
     kind: Kind::Source,
     doc: "Tails a file: each line becomes a record (a string value, no key); resumes at the byte offset after the last line written, so nothing is lost or repeated across restarts.",
-    keys: &[
+    keys: &[&[
         plugin_required("file", KeyType::String, "The file read, on the runner's machine."),
         plugin_required("topic", KeyType::String, "The topic written."),
         plugin_key(
@@ -66,8 +72,9 @@ pub const FILE_SOURCE: Plugin = Plugin {
             Some("2000"),
             "Most lines read before they are written out.",
         ),
-    ],
+    ]],
     check: one_task,
+    max_tasks: any_tasks,
 };
 
 pub const FILE_SINK: Plugin = Plugin {
@@ -75,7 +82,7 @@ pub const FILE_SINK: Plugin = Plugin {
     aliases: &["file-sink", "FileStreamSink"],
     kind: Kind::Sink,
     doc: "Appends each record to a file as a line, in the chosen format.",
-    keys: &[
+    keys: &[&[
         plugin_required("file", KeyType::String, "The file appended to, on the runner's machine."),
         plugin_key(
             "format",
@@ -83,9 +90,21 @@ pub const FILE_SINK: Plugin = Plugin {
             Some("value"),
             "value: the value's text; key-value: key, a tab, value; json: an object with topic, partition, offset, timestamp, key and value.",
         ),
-    ],
+    ]],
     check: no_check,
+    max_tasks: any_tasks,
 };
+
+/// How the PostgreSQL connectors reach their database.
+const POSTGRES_CONNECTION: &[ConfigKey] = &[
+    plugin_required(
+        "connection.url",
+        KeyType::String,
+        "postgresql://host:port/database (jdbc:postgresql:// accepted), or libpq key=value settings.",
+    ),
+    plugin_key("connection.user", KeyType::String, Some(""), "User, when the URL has none."),
+    plugin_key("connection.password", KeyType::String, Some(""), "Password, when the URL has none."),
+];
 
 fn postgres_sink_check(c: &ConnectorConfig) -> Result<(), ConnectError> {
     let mode = c.get("pk.mode").unwrap_or("none");
@@ -107,51 +126,156 @@ pub const POSTGRES_SINK: Plugin = Plugin {
     kind: Kind::Sink,
     doc: "Writes records as rows of PostgreSQL tables, exactly once: each batch of rows and the offsets it reaches are committed in one PostgreSQL transaction (table __sluice_connect_offsets), and a task resumes from there.",
     keys: &[
-        plugin_required(
-            "connection.url",
-            KeyType::String,
-            "postgresql://host:port/database (jdbc:postgresql:// accepted), or libpq key=value settings.",
-        ),
-        plugin_key("connection.user", KeyType::String, Some(""), "User, when the URL has none."),
-        plugin_key("connection.password", KeyType::String, Some(""), "Password, when the URL has none."),
-        plugin_key(
-            "table.name.format",
-            KeyType::String,
-            Some("${topic}"),
-            "The table of a record; ${topic} is its topic.",
-        ),
-        plugin_key(
-            "insert.mode",
-            KeyType::Choice(&["insert", "upsert"]),
-            Some("insert"),
-            "insert: INSERT; upsert: INSERT ... ON CONFLICT (primary key) DO UPDATE.",
-        ),
-        plugin_key(
-            "pk.mode",
-            KeyType::Choice(&["none", "record_key", "record_value"]),
-            Some("none"),
-            "Where the primary key comes from: nowhere, the record key (its fields, or one column named by pk.fields for a plain key), or value fields.",
-        ),
-        plugin_key("pk.fields", KeyType::List, Some(""), "The primary key's columns (see pk.mode)."),
-        plugin_key(
-            "delete.enabled",
-            KeyType::Bool,
-            Some("false"),
-            "A tombstone (a record without value) deletes the row of its key (pk.mode=record_key).",
-        ),
-        plugin_key(
-            "auto.create",
-            KeyType::Bool,
-            Some("false"),
-            "Create a missing table from the record's schema (or its JSON value's types).",
-        ),
-        plugin_key("auto.evolve", KeyType::Bool, Some("false"), "Add columns a record has and its table lacks."),
+        POSTGRES_CONNECTION,
+        &[
+            plugin_key(
+                "table.name.format",
+                KeyType::String,
+                Some("${topic}"),
+                "The table of a record; ${topic} is its topic.",
+            ),
+            plugin_key(
+                "insert.mode",
+                KeyType::Choice(&["insert", "upsert"]),
+                Some("insert"),
+                "insert: INSERT; upsert: INSERT ... ON CONFLICT (primary key) DO UPDATE.",
+            ),
+            plugin_key(
+                "pk.mode",
+                KeyType::Choice(&["none", "record_key", "record_value"]),
+                Some("none"),
+                "Where the primary key comes from: nowhere, the record key (its fields, or one column named by pk.fields for a plain key), or value fields.",
+            ),
+            plugin_key("pk.fields", KeyType::List, Some(""), "The primary key's columns (see pk.mode)."),
+            plugin_key(
+                "delete.enabled",
+                KeyType::Bool,
+                Some("false"),
+                "A tombstone (a record without value) deletes the row of its key (pk.mode=record_key).",
+            ),
+            plugin_key(
+                "auto.create",
+                KeyType::Bool,
+                Some("false"),
+                "Create a missing table from the record's schema (or its JSON value's types).",
+            ),
+            plugin_key("auto.evolve", KeyType::Bool, Some("false"), "Add columns a record has and its table lacks."),
+        ],
     ],
     check: postgres_sink_check,
+    max_tasks: any_tasks,
+};
+
+fn postgres_source_check(c: &ConnectorConfig) -> Result<(), ConnectError> {
+    let mode = c.get("mode").unwrap_or_default();
+    let needs = |key: &'static str| match c.get(key).is_none_or(|v| v.trim().is_empty()) {
+        true => Err(ConnectError::config(key, format!("mode={mode} needs it"))),
+        false => Ok(()),
+    };
+    if mode.contains("incrementing") {
+        needs("incrementing.column.name")?;
+    }
+    if mode.contains("timestamp") {
+        needs("timestamp.column.name")?;
+    }
+    if mode == "cdc" {
+        one_task(c)?;
+    }
+    for key in ["slot.name", "publication.name"] {
+        if let Some(v) = c.get(key).filter(|v| !v.is_empty())
+            && !v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(ConnectError::config(key, "lower-case letters, digits and underscores only"));
+        }
+    }
+    Ok(())
+}
+
+/// A query-mode source runs a task per table at most.
+fn tables_tasks(c: &ConnectorConfig) -> u32 {
+    crate::config::list(c.get("table.whitelist").unwrap_or_default()).len().max(1) as u32
+}
+
+pub const POSTGRES_SOURCE: Plugin = Plugin {
+    class: "io.confluent.connect.jdbc.JdbcSourceConnector",
+    aliases: &["postgres-source", "JdbcSourceConnector"],
+    kind: Kind::Source,
+    doc: "Reads PostgreSQL tables into topics, exactly once per committed position. Query modes (the JDBC source's): bulk, incrementing, timestamp, timestamp+incrementing, a record per row (value: the row as a struct, no key) on topic.prefix + table, the tables dealt over the tasks. mode=cdc: change data capture through logical replication (pgoutput, a replication slot and a publication), one task, Debezium's event layout: key = the primary key's columns; value = {before, after, source, op c/u/d/r, ts_ms}; a tombstone after each delete; an initial snapshot of the tables as op r.",
+    keys: &[
+        POSTGRES_CONNECTION,
+        &[
+            plugin_required(
+                "mode",
+                KeyType::Choice(&["bulk", "incrementing", "timestamp", "timestamp+incrementing", "cdc"]),
+                "How new rows are found: the whole table each poll (bulk), a strictly increasing column, a last-modified timestamp column, both, or the write-ahead log (cdc).",
+            ),
+            plugin_required(
+                "table.whitelist",
+                KeyType::List,
+                "The tables read (schema-qualified or on the search path).",
+            ),
+            plugin_key(
+                "topic.prefix",
+                KeyType::String,
+                Some(""),
+                "Prepended to the table's name (as listed) to name its topic.",
+            ),
+            plugin_key(
+                "incrementing.column.name",
+                KeyType::String,
+                Some(""),
+                "The strictly increasing integer column (incrementing modes).",
+            ),
+            plugin_key(
+                "timestamp.column.name",
+                KeyType::String,
+                Some(""),
+                "The last-modified timestamp column (timestamp modes); compared in UTC.",
+            ),
+            plugin_key(
+                "timestamp.delay.interval.ms",
+                KeyType::Int { min: 0, max: 86_400_000 },
+                Some("0"),
+                "Rows newer than now minus this are left for a later poll, so that transactions still open when a row's timestamp was taken are not skipped.",
+            ),
+            plugin_key(
+                "poll.interval.ms",
+                KeyType::Int { min: 10, max: 86_400_000 },
+                Some("5000"),
+                "Pause between polls that found nothing new (bulk: between copies of the table).",
+            ),
+            plugin_key(
+                "batch.max.rows",
+                KeyType::Int { min: 1, max: 100_000 },
+                Some("1000"),
+                "Most rows (cdc: changes, whole transactions) read per poll and written in one transaction.",
+            ),
+            plugin_key(
+                "slot.name",
+                KeyType::String,
+                Some(""),
+                "cdc: the logical replication slot (created with pgoutput when missing); default sluice_<connector>.",
+            ),
+            plugin_key(
+                "publication.name",
+                KeyType::String,
+                Some(""),
+                "cdc: the publication of the tables (created for table.whitelist when missing); default sluice_<connector>.",
+            ),
+            plugin_key(
+                "snapshot.mode",
+                KeyType::Choice(&["initial", "never"]),
+                Some("initial"),
+                "cdc: initial writes the tables' rows (op r) before streaming changes, when the connector has no position yet; never streams changes only.",
+            ),
+        ],
+    ],
+    check: postgres_source_check,
+    max_tasks: tables_tasks,
 };
 
 /// Every class this build runs.
-pub const PLUGINS: &[&Plugin] = &[&FILE_SOURCE, &FILE_SINK, &POSTGRES_SINK];
+pub const PLUGINS: &[&Plugin] = &[&FILE_SOURCE, &FILE_SINK, &POSTGRES_SOURCE, &POSTGRES_SINK];
 
 /// The plugin a class name or alias names.
 pub fn find(name: &str) -> Option<&'static Plugin> {

@@ -98,6 +98,8 @@ pub enum SluiceError {
     UnknownConnector(String),
     #[error("connector '{0}' already exists")]
     ConnectorExists(String),
+    #[error("invalid connector config: {0}")]
+    InvalidConnectorConfig(String),
     #[error(
         "producer {producer_id} at epoch {epoch} was fenced: transactional id '{transactional_id}' is now at epoch {current} (a newer producer with this id called init)"
     )]
@@ -207,6 +209,7 @@ impl SluiceError {
             Self::UnsupportedAssignor(_) => codes::UNSUPPORTED_ASSIGNOR,
             Self::UnknownConnector(_) => 7001,
             Self::ConnectorExists(_) => 7002,
+            Self::InvalidConnectorConfig(_) => 7003,
             Self::ProducerFenced { .. } => codes::PRODUCER_FENCED,
             Self::InvalidTxnState { .. } => codes::INVALID_TXN_STATE,
             Self::ConcurrentTransactions { .. } => codes::CONCURRENT_TRANSACTIONS,
@@ -226,6 +229,7 @@ impl SluiceError {
             | Self::InvalidTopicName { .. }
             | Self::InvalidPartitions { .. }
             | Self::InvalidConfig(_)
+            | Self::InvalidConnectorConfig(_)
             | Self::InvalidReplicationFactor { .. }
             | Self::RecordTooLarge { .. }
             | Self::CorruptBatch(_)
@@ -430,6 +434,7 @@ mod tests {
             UnsupportedAssignor(_) => (5013, Code::InvalidArgument),
             UnknownConnector(_) => (7001, Code::NotFound),
             ConnectorExists(_) => (7002, Code::AlreadyExists),
+            InvalidConnectorConfig(_) => (7003, Code::InvalidArgument),
             ProducerFenced { .. } => (6001, Code::FailedPrecondition),
             InvalidTxnState { .. } => (6002, Code::FailedPrecondition),
             ConcurrentTransactions { .. } => (6003, Code::Aborted),
@@ -482,6 +487,7 @@ mod tests {
             UnsupportedAssignor(s()),
             UnknownConnector(s()),
             ConnectorExists(s()),
+            InvalidConnectorConfig(s()),
             ProducerFenced { transactional_id: s(), producer_id: 1, epoch: 0, current: 1 },
             InvalidTxnState { transactional_id: s(), reason: s() },
             ConcurrentTransactions { transactional_id: s(), state: s() },

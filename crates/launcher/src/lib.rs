@@ -232,7 +232,8 @@ fn spawn(entry: &mut ProcessEntry, env: &[(String, String)]) -> Result<Child, La
 
 /// Whether a service's log says it could not listen because its address was in use.
 fn address_taken(e: &ProcessEntry) -> bool {
-    std::fs::read_to_string(&e.log).is_ok_and(|l| l.contains("Address already in use"))
+    // Rust says "Address already in use", Go (etcd) "address already in use".
+    std::fs::read_to_string(&e.log).is_ok_and(|l| l.to_ascii_lowercase().contains("address already in use"))
 }
 
 /// Sends a signal (`KILL`, `TERM`, `STOP`, `CONT`) to a process.
@@ -304,43 +305,61 @@ impl Cluster {
         };
 
         let etcd = etcd_binary()?;
-        let (client_port, peer_port) = (free_port(), free_port());
-        let etcd_addr = format!("127.0.0.1:{client_port}");
-        let client_url = format!("http://{etcd_addr}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let etcd_dir = dir.join("etcd");
-        let cmd = vec![
-            etcd.display().to_string(),
-            "--name".into(),
-            "sluice".into(),
-            "--data-dir".into(),
-            etcd_dir.display().to_string(),
-            "--listen-client-urls".into(),
-            client_url.clone(),
-            "--advertise-client-urls".into(),
-            client_url.clone(),
-            "--listen-peer-urls".into(),
-            peer_url.clone(),
-            "--initial-advertise-peer-urls".into(),
-            peer_url.clone(),
-            "--initial-cluster".into(),
-            format!("sluice={peer_url}"),
-        ];
-        c.add(
-            ProcessEntry {
-                role: "etcd".into(),
-                id: 1,
-                pid: 0,
-                addr: etcd_addr.clone(),
-                data_dir: etcd_dir,
-                log: dir.join("etcd.log"),
-                cmd,
-                kafka: String::new(),
-            },
-            &[],
-        )?;
+        // etcd's ports are in every service's command: when one is taken between choosing it
+        // and etcd binding it, etcd starts again on new ones before any service starts.
+        let mut attempts = 0;
+        let client_url = loop {
+            let (client_port, peer_port) = (free_port(), free_port());
+            let etcd_addr = format!("127.0.0.1:{client_port}");
+            let client_url = format!("http://{etcd_addr}");
+            let peer_url = format!("http://127.0.0.1:{peer_port}");
+            let etcd_dir = dir.join("etcd");
+            let cmd = vec![
+                etcd.display().to_string(),
+                "--name".into(),
+                "sluice".into(),
+                "--data-dir".into(),
+                etcd_dir.display().to_string(),
+                "--listen-client-urls".into(),
+                client_url.clone(),
+                "--advertise-client-urls".into(),
+                client_url.clone(),
+                "--listen-peer-urls".into(),
+                peer_url.clone(),
+                "--initial-advertise-peer-urls".into(),
+                peer_url.clone(),
+                "--initial-cluster".into(),
+                format!("sluice={peer_url}"),
+            ];
+            c.add(
+                ProcessEntry {
+                    role: "etcd".into(),
+                    id: 1,
+                    pid: 0,
+                    addr: etcd_addr.clone(),
+                    data_dir: etcd_dir,
+                    log: dir.join("etcd.log"),
+                    cmd,
+                    kafka: String::new(),
+                },
+                &[],
+            )?;
+            match c.wait_healthy("etcd", 1).await {
+                Ok(()) => break client_url,
+                Err(e) => {
+                    let taken = c.entry("etcd", 1).is_some_and(address_taken);
+                    if !taken || attempts == 5 {
+                        return Err(e);
+                    }
+                    attempts += 1;
+                    tracing::info!(attempts, "etcd's address was taken; starting it again on other ports");
+                    c.children.remove(&("etcd".to_string(), 1));
+                    c.manifest.processes.retain(|p| p.role != "etcd");
+                    let _ = std::fs::remove_dir_all(dir.join("etcd"));
+                }
+            }
+        };
         c.manifest.etcd = client_url.clone();
-        c.wait_healthy("etcd", 1).await?;
         if !c.spec.services {
             c.write_manifest()?;
             return Ok(c);

@@ -4,7 +4,9 @@
 //! Broker and Groups services, and tasks report to `__connect_status`.
 
 pub mod metrics;
+mod pgsource;
 mod postgres;
+mod source;
 pub mod tasks;
 pub mod worker;
 

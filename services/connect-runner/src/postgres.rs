@@ -51,7 +51,7 @@ pub(crate) async fn sink(ctx: &Ctx, cfg: &ConnectorConfig) -> Result<(), String>
     run_sink(ctx, cfg, target).await
 }
 
-async fn connect(cfg: &ConnectorConfig) -> Result<Pg, String> {
+pub(crate) async fn connect(cfg: &ConnectorConfig) -> Result<Pg, String> {
     let url = cfg.get("connection.url").unwrap_or_default();
     let url = url.strip_prefix("jdbc:").unwrap_or(url);
     let mut pg: tokio_postgres::Config = url.parse().map_err(|e| pg_error("connection.url", e))?;
@@ -71,7 +71,7 @@ async fn connect(cfg: &ConnectorConfig) -> Result<Pg, String> {
 }
 
 /// What PostgreSQL said (tokio-postgres's own text is only "db error").
-fn pg_error(what: &str, e: tokio_postgres::Error) -> String {
+pub(crate) fn pg_error(what: &str, e: tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{what}: {} ({})", db.message(), db.code().code()),
         None => format!("{what}: {e}"),
@@ -79,7 +79,7 @@ fn pg_error(what: &str, e: tokio_postgres::Error) -> String {
 }
 
 /// A double-quoted identifier.
-fn ident(s: &str) -> String {
+pub(crate) fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 

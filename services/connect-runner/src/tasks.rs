@@ -1,11 +1,8 @@
 //! The tasks a runner runs: started and stopped as its share and the connectors' configs
 //! change, each reporting its state in `__connect_status`.
 //!
-//! - file-source reads whole lines from its byte position and writes each batch of them
-//!   and its new position (to `__connect_offsets`) in one transaction under the task's
-//!   transactional id, so a restart or a move to another runner resumes exactly after the
-//!   last line written: nothing lost, nothing twice (Kafka's KIP-618), and a task's old
-//!   owner is fenced.
+//! - Sources (file-source, postgres-source) run in [`crate::source`]: each batch and the
+//!   position it reaches in one transaction, so nothing is lost or written twice.
 //! - file-sink is a member of the consumer group `connect-<name>` (its tasks share the
 //!   topics' partitions), appends each record as a line, makes the file durable, then
 //!   commits.
@@ -15,22 +12,23 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sluice_client::consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartFrom};
+use sluice_client::consumer::{ConsumerConfig, ConsumerRecord};
 use sluice_client::group::{GroupConfig, GroupConsumer};
 use sluice_client::producer::{Producer, ProducerConfig, ProducerRecord};
 use sluice_client::{Client, ClientError};
+use sluice_connect::ConnectRecord;
 use sluice_connect::config::{self, ConnectorConfig};
 use sluice_connect::convert::{self, Converter};
-use sluice_connect::plugins::{FILE_SINK, FILE_SOURCE, POSTGRES_SINK};
+use sluice_connect::plugins::{FILE_SINK, FILE_SOURCE, POSTGRES_SINK, POSTGRES_SOURCE};
 use sluice_connect::store::{self, TargetState, TaskStatus};
 use sluice_connect::transform::Transform;
-use sluice_connect::{ConnectRecord, Data};
-use sluice_proto::v1::{Acks, IsolationLevel, OffsetSpec};
-use tokio::io::{AsyncBufReadExt, AsyncSeekExt, AsyncWriteExt};
+use sluice_proto::v1::{Acks, IsolationLevel};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::metrics;
+use crate::source::{FileOrigin, run_source};
 use crate::worker::Configs;
 
 /// One task of one connector.
@@ -41,7 +39,7 @@ pub struct TaskId {
 }
 
 /// How often an idle task looks again (a file that did not grow, a paused task).
-const IDLE: Duration = Duration::from_millis(200);
+pub(crate) const IDLE: Duration = Duration::from_millis(200);
 
 /// A running task: how to stop or pause it, and what it was started with.
 struct Handle {
@@ -102,7 +100,10 @@ impl Running {
                 stop: stop_rx,
                 paused: pause_rx,
             };
-            let join = tokio::spawn(run(ctx));
+            // The span goes with the task's future: entered in it, it would follow whatever
+            // else ran on the thread between its awaits.
+            let span = tracing::info_span!("connect_task", connector = %id.connector, task = id.task);
+            let join = tokio::spawn(tracing::Instrument::instrument(run(ctx), span));
             self.tasks.insert(id.clone(), Handle { stop, paused: pause, join, config: config.clone(), restarts });
         }
     }
@@ -126,7 +127,7 @@ async fn stop(h: Handle) {
 
 /// What a task runs with.
 pub(crate) struct Ctx {
-    client: Client,
+    pub(crate) client: Client,
     runner: String,
     pub(crate) id: TaskId,
     raw: BTreeMap<String, String>,
@@ -135,12 +136,21 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    fn stopped(&self) -> bool {
+    pub(crate) fn stopped(&self) -> bool {
         *self.stop.borrow()
     }
 
-    fn paused(&self) -> bool {
+    pub(crate) fn paused(&self) -> bool {
         *self.paused.borrow()
+    }
+
+    /// Waits `d`, or less when the task is stopped meanwhile.
+    pub(crate) async fn idle(&self, d: Duration) {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
     }
 
     async fn report(&self, state: &str, error: String) {
@@ -185,13 +195,13 @@ async fn run(ctx: Ctx) {
             return;
         }
     };
-    let span = tracing::info_span!("connect_task", connector = %ctx.id.connector, task = ctx.id.task);
-    let _e = span.enter();
     ctx.report(if ctx.paused() { "PAUSED" } else { "RUNNING" }, String::new()).await;
     let attrs = metrics::task(&ctx.id.connector, ctx.id.task);
     metrics::metrics().tasks.add(1, &attrs);
     let result = if cfg.plugin == &FILE_SOURCE {
-        file_source(&ctx, &cfg).await
+        run_source(&ctx, &cfg, FileOrigin::new(&cfg)).await
+    } else if cfg.plugin == &POSTGRES_SOURCE {
+        crate::pgsource::source(&ctx, &cfg).await
     } else if cfg.plugin == &FILE_SINK {
         file_sink(&ctx, &cfg).await
     } else if cfg.plugin == &POSTGRES_SINK {
@@ -209,11 +219,11 @@ async fn run(ctx: Ctx) {
 }
 
 /// The converters and transforms of a config, and what happens to records they refuse.
-struct Pipeline {
-    key: Box<dyn Converter>,
-    value: Box<dyn Converter>,
+pub(crate) struct Pipeline {
+    pub(crate) key: Box<dyn Converter>,
+    pub(crate) value: Box<dyn Converter>,
     transforms: Vec<Box<dyn Transform>>,
-    tolerate: bool,
+    pub(crate) tolerate: bool,
     log: bool,
     log_messages: bool,
     retry_timeout: Option<Duration>,
@@ -221,7 +231,7 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn new(cfg: &ConnectorConfig) -> Result<Self, String> {
+    pub(crate) fn new(cfg: &ConnectorConfig) -> Result<Self, String> {
         let conv = |side: &str| {
             let class = cfg.get(&format!("{side}.converter")).unwrap_or("json");
             let schemas = cfg.get(&format!("{side}.converter.schemas.enable")) == Some("true");
@@ -255,7 +265,7 @@ impl Pipeline {
         }
     }
 
-    fn transform(&self, mut r: ConnectRecord) -> Result<Option<ConnectRecord>, String> {
+    pub(crate) fn transform(&self, mut r: ConnectRecord) -> Result<Option<ConnectRecord>, String> {
         for t in &self.transforms {
             match t.apply(r).map_err(|e| e.to_string())? {
                 Some(next) => r = next,
@@ -287,13 +297,13 @@ impl Backoff {
 }
 
 /// Creates one of Connect's compacted topics when it is missing.
-async fn ensure_topic(client: &Client, name: &str, partitions: u32) -> Result<(), ClientError> {
+pub(crate) async fn ensure_topic(client: &Client, name: &str, partitions: u32) -> Result<(), ClientError> {
     let config = HashMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
     create_missing(client, name, partitions, 3, config).await
 }
 
 /// Creates topic `name` when it is missing, its replication factor lowered to the live nodes.
-async fn create_missing(
+pub(crate) async fn create_missing(
     client: &Client,
     name: &str,
     partitions: u32,
@@ -309,160 +319,6 @@ async fn create_missing(
         Err(e) if e.code() == Some(tonic::Code::AlreadyExists) => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-/// A source offset's key and its partition of `__connect_offsets`, as Kafka Connect lays it
-/// out: `["<connector>", {"filename": "<file>"}]`.
-fn offset_key(connector: &str, file: &str) -> (Bytes, u32) {
-    let key = Bytes::from(serde_json::json!([connector, {"filename": file}]).to_string());
-    let partition = sluice_core::partitioner::partition_for_key(&key, store::OFFSETS_PARTITIONS);
-    (key, partition)
-}
-
-/// The position a file-source task committed last (0 when none), read back committed only.
-async fn committed_position(client: &Client, key: &Bytes, partition: u32) -> Result<u64, String> {
-    let end = client
-        .list_offsets(store::CONNECT_OFFSETS_TOPIC, vec![partition], OffsetSpec::Latest, 0)
-        .await
-        .map_err(|e| e.to_string())?
-        .first()
-        .map_or(0, |o| o.offset.max(0));
-    let cfg = ConsumerConfig { isolation: IsolationLevel::ReadCommitted, ..Default::default() };
-    let mut c = Consumer::assign(client.clone(), store::CONNECT_OFFSETS_TOPIC, &[partition], StartFrom::Earliest, cfg)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut position = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while c.positions().get(&partition).copied().unwrap_or(0) < end {
-        if tokio::time::Instant::now() > deadline {
-            return Err("reading the committed source offsets took more than 30 s".into());
-        }
-        for r in c.poll(Duration::from_millis(500)).await.map_err(|e| e.to_string())? {
-            if r.key.as_ref() != Some(key) {
-                continue;
-            }
-            position = r
-                .value
-                .as_deref()
-                .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
-                .and_then(|v| v.get("position").and_then(|p| p.as_u64()))
-                .unwrap_or(0);
-        }
-    }
-    Ok(position)
-}
-
-async fn file_source(ctx: &Ctx, cfg: &ConnectorConfig) -> Result<(), String> {
-    let file = cfg.get("file").unwrap_or_default().to_string();
-    let topic = cfg.get("topic").unwrap_or_default().to_string();
-    let batch: usize = cfg.get("batch.size").and_then(|b| b.parse().ok()).unwrap_or(2000);
-    let pipeline = Pipeline::new(cfg)?;
-    ensure_topic(&ctx.client, store::CONNECT_OFFSETS_TOPIC, store::OFFSETS_PARTITIONS)
-        .await
-        .map_err(|e| e.to_string())?;
-    let tid = format!("connect-{}-{}", ctx.id.connector, ctx.id.task);
-    let producer = Producer::transactional(ctx.client.clone(), &tid, ProducerConfig::default())
-        .await
-        .map_err(|e| format!("transactional id {tid}: {e}"))?;
-    let (key, offsets_partition) = offset_key(&ctx.id.connector, &file);
-    let mut position = committed_position(&ctx.client, &key, offsets_partition).await?;
-    let mut reader: Option<tokio::io::BufReader<tokio::fs::File>> = None;
-    let mut line = Vec::new();
-    while !ctx.stopped() {
-        if ctx.paused() {
-            tokio::time::sleep(IDLE).await;
-            continue;
-        }
-        let r = match reader.as_mut() {
-            Some(r) => r,
-            None => match tokio::fs::File::open(&file).await {
-                Ok(mut f) => {
-                    f.seek(std::io::SeekFrom::Start(position)).await.map_err(|e| format!("{file}: {e}"))?;
-                    reader.insert(tokio::io::BufReader::new(f))
-                }
-                // Not there yet: a file-source waits for its file, as Kafka's does.
-                Err(_) => {
-                    tokio::time::sleep(IDLE).await;
-                    continue;
-                }
-            },
-        };
-        let mut lines: Vec<String> = Vec::new();
-        let mut next = position;
-        while lines.len() < batch {
-            let n = r.read_until(b'\n', &mut line).await.map_err(|e| format!("{file}: {e}"))?;
-            if n == 0 || line.last() != Some(&b'\n') {
-                // The end, or a line still being written: what was read of it stays in
-                // `line` and the rest is appended by the next read.
-                break;
-            }
-            next += line.len() as u64;
-            let text = String::from_utf8_lossy(&line[..line.len() - 1]).trim_end_matches('\r').to_string();
-            lines.push(text);
-            line.clear();
-        }
-        if lines.is_empty() {
-            tokio::time::sleep(IDLE).await;
-            continue;
-        }
-        let attrs = metrics::task(&ctx.id.connector, ctx.id.task);
-        metrics::metrics().records.add(lines.len() as u64, &metrics::with(attrs.clone(), "direction", "in"));
-        let mut sent_records = 0u64;
-        producer.begin_transaction().await.map_err(|e| e.to_string())?;
-        let sent: Result<(), String> = async {
-            for text in lines {
-                let record = ConnectRecord {
-                    topic: topic.clone(),
-                    value: Data {
-                        schema: Some(serde_json::json!({"type": "string", "optional": false})),
-                        value: text.into(),
-                    },
-                    timestamp_ms: sluice_core::settings::now_ms(),
-                    ..Default::default()
-                };
-                let Some(record) = (match pipeline.transform(record) {
-                    Ok(r) => r,
-                    Err(_) if pipeline.tolerate => None,
-                    Err(e) => return Err(e),
-                }) else {
-                    continue;
-                };
-                let out = ProducerRecord {
-                    topic: record.topic,
-                    partition: record.partition,
-                    key: pipeline.key.to_bytes(&record.key).map_err(|e| e.to_string())?,
-                    value: pipeline.value.to_bytes(&record.value).map_err(|e| e.to_string())?,
-                    headers: record.headers,
-                    timestamp_ms: record.timestamp_ms,
-                };
-                producer.send(out).await.map_err(|e| e.to_string())?;
-                sent_records += 1;
-            }
-            let offset = ProducerRecord {
-                topic: store::CONNECT_OFFSETS_TOPIC.into(),
-                partition: Some(offsets_partition),
-                key: Some(key.clone()),
-                value: Some(Bytes::from(serde_json::json!({"position": next}).to_string())),
-                ..Default::default()
-            };
-            producer.send(offset).await.map_err(|e| e.to_string())?;
-            Ok(())
-        }
-        .await;
-        match sent {
-            Ok(()) => {
-                producer.commit_transaction().await.map_err(|e| e.to_string())?;
-                metrics::metrics().records.add(sent_records, &metrics::with(attrs, "direction", "out"));
-            }
-            Err(e) => {
-                let _ = producer.abort_transaction().await;
-                return Err(e);
-            }
-        }
-        position = next;
-    }
-    producer.close().await;
-    Ok(())
 }
 
 /// Where a sink writes.

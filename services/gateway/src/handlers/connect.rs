@@ -85,14 +85,15 @@ fn info(name: &str, r: &ConnectorRecord) -> ConnectorInfo {
         config: r.config.clone().into_iter().collect(),
         r#type: plugin.map_or("unknown", |p| p.kind.name()).to_string(),
         target_state: r.target_state.name().to_string(),
-        tasks_max: r.config.get("tasks.max").and_then(|t| t.trim().parse().ok()).unwrap_or(1),
+        // What runs: tasks.max as capped by the class (a table per task, say).
+        tasks_max: config::validate(&r.config).map_or(1, |c| c.tasks_max),
     }
 }
 
 /// Checks a config; the error lists every problem with its key.
 fn validated(config: &BTreeMap<String, String>) -> Result<ConnectorConfig, SluiceError> {
     config::validate(config).map_err(|errors| {
-        SluiceError::InvalidConfig(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+        SluiceError::InvalidConnectorConfig(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
     })
 }
 
