@@ -13,8 +13,9 @@
 #   java, mvn   (default-jdk-headless, maven)
 #                                needed by the tests: clients/java, Kafka's Java client against
 #                                the Kafka listener, built here (kafka-clients from Maven
-#                                Central into clients/java/target)
-#   postgresql  (postgresql)     needed by the tests: the PostgreSQL sink's tests start a
+#                                Central into clients/java/target); tests/opensearch, a real
+#                                OpenSearch 2.19 node (Maven Central) for the opensearch-sink test
+#   postgresql  (postgresql)     needed by the tests: the PostgreSQL connectors' tests start a
 #                                server of their own (initdb, postgres; as the postgres user
 #                                when run as root) and read it back with psql
 # Usage: scripts/ensure-deps.sh [build|test]   (default: test = both)
@@ -62,11 +63,14 @@ if [ "$need_tools" = yes ]; then
     kafka-python==3.0.12 >&2
 fi
 
-java_check=clients/java
-if [ "$want" = test ] && { [ ! -d "$java_check/target/lib" ] || [ "$java_check/pom.xml" -nt "$java_check/target/lib" ] \
-    || [ -n "$(find "$java_check/src" -newer "$java_check/target/lib" -name '*.java' 2>/dev/null)" ]; }; then
-  echo "building $java_check (Kafka's Java client from Maven Central) ..." >&2
-  rm -rf "$java_check/target"
-  mvn -q -B -f "$java_check/pom.xml" compile dependency:copy-dependencies \
-    -DoutputDirectory=target/lib -DincludeScope=runtime >&2
-fi
+# Java programs the tests run: Kafka's Java client (clients/java) and a real OpenSearch node
+# (tests/opensearch), each built with its dependencies from Maven Central when missing or stale.
+for java_check in clients/java tests/opensearch; do
+  if [ "$want" = test ] && { [ ! -d "$java_check/target/lib" ] || [ "$java_check/pom.xml" -nt "$java_check/target/lib" ] \
+      || [ -n "$(find "$java_check/src" -newer "$java_check/target/lib" -name '*.java' 2>/dev/null)" ]; }; then
+    echo "building $java_check (from Maven Central) ..." >&2
+    rm -rf "$java_check/target"
+    mvn -q -B -f "$java_check/pom.xml" compile dependency:copy-dependencies \
+      -DoutputDirectory=target/lib -DincludeScope=runtime >&2
+  fi
+done

@@ -407,6 +407,27 @@ async fn connect_commands_validate_store_and_show_connectors() {
     assert_eq!(keep.code, 1, "{}", keep.stdout);
 }
 
+/// Produces keyed records (a `None` value is a tombstone) and waits for every ack.
+async fn produce_keyed(addr: &str, topic: &str, records: Vec<(String, Option<String>)>) {
+    use sluice_client::producer::{Producer, ProducerConfig, ProducerRecord};
+    let client = sluice_client::Client::connect(addr).await.unwrap();
+    let p = Producer::new(client, ProducerConfig::default());
+    let mut acks = Vec::new();
+    for (k, v) in records {
+        let r = ProducerRecord {
+            topic: topic.into(),
+            key: Some(k.into_bytes().into()),
+            value: v.map(|v| v.into_bytes().into()),
+            ..Default::default()
+        };
+        acks.push(p.send(r).await.unwrap());
+    }
+    for a in acks {
+        a.await.unwrap().unwrap();
+    }
+    p.close().await;
+}
+
 /// Lines of a file (none when it does not exist yet).
 fn lines_of(p: &Path) -> Vec<String> {
     std::fs::read_to_string(p).unwrap_or_default().lines().map(String::from).collect()
@@ -542,7 +563,6 @@ async fn a_poison_record_goes_to_the_dead_letter_topic_or_fails_the_task() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_sink_writes_rows_exactly_once_across_a_crash() {
-    use sluice_client::producer::{Producer, ProducerConfig, ProducerRecord};
     let pg = Postgres::start();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -551,24 +571,7 @@ async fn postgres_sink_writes_rows_exactly_once_across_a_crash() {
     assert_eq!(sluice(&addr, &["topic", "create", "users", "--partitions", "2"], "").await.code, 0);
     let send = |records: Vec<(String, Option<String>)>| {
         let addr = addr.clone();
-        async move {
-            let client = sluice_client::Client::connect(&addr).await.unwrap();
-            let p = Producer::new(client, ProducerConfig::default());
-            let mut acks = Vec::new();
-            for (k, v) in records {
-                let r = ProducerRecord {
-                    topic: "users".into(),
-                    key: Some(k.into_bytes().into()),
-                    value: v.map(|v| v.into_bytes().into()),
-                    ..Default::default()
-                };
-                acks.push(p.send(r).await.unwrap());
-            }
-            for a in acks {
-                a.await.unwrap().unwrap();
-            }
-            p.close().await;
-        }
+        async move { produce_keyed(&addr, "users", records).await }
     };
     let row = |i: usize| (format!("k{i}"), Some(format!(r#"{{"id": "k{i}", "n": {i}}}"#)));
     send((0..200).map(row).collect()).await;
@@ -650,4 +653,84 @@ async fn postgres_sink_writes_rows_exactly_once_across_a_crash() {
     .await;
     // One row per record that has a value: nothing twice, nothing lost.
     assert_eq!(count("users_log"), Some(total - 1), "{}", records.stdout);
+}
+
+/// A real OpenSearch node: documents indexed by key, a tombstone deleting one, an update
+/// replacing one, a document the mapping refuses sent to the dead-letter topic with the
+/// reason; and the whole topic written again from its start leaves the index as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opensearch_sink_indexes_by_key_deletes_and_dead_letters_refused_documents() {
+    let search = OpenSearch::start();
+    // n is a number: a document where it is not is refused by the mapping.
+    let (status, _) = search.http("PUT", "/docs", r#"{"mappings": {"properties": {"n": {"type": "long"}}}}"#);
+    assert_eq!(status, 200);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", sluice_testkit::free_port());
+    let _dev = start_dev(&dir.path().join("data"), &addr).await;
+    assert_eq!(sluice(&addr, &["topic", "create", "Docs", "--partitions", "2"], "").await.code, 0);
+    let doc = |i: usize| (format!("k{i}"), Some(format!(r#"{{"n": {i}, "name": "doc {i}"}}"#)));
+    produce_keyed(&addr, "Docs", (0..100).map(doc).collect()).await;
+    produce_keyed(
+        &addr,
+        "Docs",
+        vec![
+            ("k5".into(), None),
+            ("bad".into(), Some(r#"{"n": "not a number"}"#.into())),
+            ("k1".into(), Some(r#"{"n": 1000, "name": "updated"}"#.into())),
+        ],
+    )
+    .await;
+    let config = dir.path().join("sink.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"name": "search", "connector.class": "opensearch-sink", "topics": "Docs", "connection.url": "{}",
+                "key.converter": "string", "value.converter": "json", "value.converter.schemas.enable": "false",
+                "errors.tolerance": "all", "errors.deadletterqueue.topic.name": "docs-dlq",
+                "errors.deadletterqueue.context.headers.enable": "true", "tasks.max": "2"}}"#,
+            search.url()
+        ),
+    )
+    .unwrap();
+    let created = sluice(&addr, &["connect", "create", "--config", &config.display().to_string()], "").await;
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    let count = || {
+        search.http("POST", "/docs/_refresh", "");
+        search.http("GET", "/docs/_count", "").1["count"].as_u64()
+    };
+    let indexed = |n: u64| {
+        let count = &count;
+        async move { (count() == Some(n)).then_some(()) }
+    };
+    // 100 documents, k5 deleted, the refused one not there.
+    eventually("99 documents", Duration::from_secs(60), || indexed(99)).await;
+    let (status, k1) = search.http("GET", "/docs/_doc/k1", "");
+    assert_eq!((status, &k1["_source"]["n"]), (200, &serde_json::json!(1000)), "{k1}");
+    assert_eq!(search.http("GET", "/docs/_doc/k5", "").0, 404);
+    let dlq = sluice(
+        &addr,
+        &["consume", "docs-dlq", "--max-messages", "1", "--idle-timeout-ms", "20000", "--format", "%k %s\\n"],
+        "",
+    )
+    .await;
+    assert_eq!(dlq.stdout.trim(), r#"bad {"n": "not a number"}"#, "{}", dlq.stderr);
+    let status = sluice(&addr, &["connect", "status", "search"], "").await;
+    assert!(status.stdout.contains("task 1\tRUNNING"), "a refused document stops nothing: {}", status.stdout);
+
+    // Everything again from the start: the same ids, the same index.
+    assert_eq!(sluice(&addr, &["connect", "delete", "search"], "").await.code, 0);
+    let group = ["group", "reset-offsets", "connect-search", "--topic", "Docs", "--to-earliest"];
+    eventually("the sink's group to empty and rewind", Duration::from_secs(30), || async {
+        (sluice(&addr, &group, "").await.code == 0).then_some(())
+    })
+    .await;
+    let created = sluice(&addr, &["connect", "create", "--config", &config.display().to_string()], "").await;
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    eventually("the topic read again", Duration::from_secs(60), || async {
+        let d = sluice(&addr, &["group", "describe", "connect-search"], "").await;
+        (d.stdout.matches("Lag: 0").count() == 2 && d.stdout.contains("Member:")).then_some(())
+    })
+    .await;
+    assert_eq!(count(), Some(99));
+    assert_eq!(search.http("GET", "/docs/_doc/k1", "").1["_source"]["n"], 1000);
 }

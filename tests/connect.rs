@@ -238,7 +238,22 @@ async fn postgres_sources_and_sink_keep_every_change_once_across_a_runner_kill()
         ("auto.create", "true"),
         ("tasks.max", "2"),
     ];
-    create("pg-copy", &sink, copy_url).await;
+    create("pg-copy", &sink, copy_url.clone()).await;
+    // And the change events, as rows, into a mirror of the table: upserts by key, deletes on
+    // the tombstones.
+    let mirror = [
+        ("connector.class", "postgres-sink"),
+        ("topics", "cdc.orders"),
+        ("table.name.format", "orders_mirror"),
+        ("auto.create", "true"),
+        ("insert.mode", "upsert"),
+        ("pk.mode", "record_key"),
+        ("delete.enabled", "true"),
+        ("transforms", "rows"),
+        ("transforms.rows.type", "io.debezium.transforms.ExtractNewRecordState"),
+        ("transforms.rows.drop.tombstones", "false"),
+    ];
+    create("pg-mirror", &mirror, copy_url).await;
     let copied = |sql: &str| {
         pg.psql_in("copy", &format!("SELECT {sql} FROM orders_copy")).map(|c| c.replace('\n', " ")).unwrap_or_default()
     };
@@ -272,6 +287,12 @@ async fn postgres_sources_and_sink_keep_every_change_once_across_a_runner_kill()
     let ids: std::collections::BTreeSet<i64> = created.iter().map(|v| v["after"]["id"].as_i64().unwrap()).collect();
     assert_eq!((created.len(), ids.len(), cdc.len()), (30, 30, 91), "each change once");
     eventually("every row copied once", Duration::from_secs(60), || rows(80)).await;
+    let state = "SELECT string_agg(id || ':' || qty, ',' ORDER BY id) FROM";
+    let source_state = pg.psql(&format!("{state} orders")).unwrap();
+    eventually("the mirror equal to the table", Duration::from_secs(60), || async {
+        (pg.psql_in("copy", &format!("{state} orders_mirror")).as_ref() == Some(&source_state)).then_some(())
+    })
+    .await;
     // Each id as the incrementing mode first read it (later updates are not its to see).
     assert_eq!(copied("min(id), max(id), sum(qty)"), format!("1|80|{}", (1..=80).sum::<i64>()));
 }

@@ -325,3 +325,77 @@ impl Drop for Postgres {
         let _ = self.child.wait();
     }
 }
+
+/// A real OpenSearch 2.19 node (tests/opensearch, built by scripts/ensure-deps.sh from Maven
+/// Central) on free loopback ports, stopped when dropped.
+pub struct OpenSearch {
+    child: std::process::Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl OpenSearch {
+    pub fn start() -> Self {
+        use std::io::BufRead;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("opensearch/target");
+        assert!(
+            root.join("lib").is_dir() && root.join("classes").is_dir(),
+            "{} is missing: run scripts/ensure-deps.sh",
+            root.display()
+        );
+        let classpath = format!("{}:{}/*", root.join("classes").display(), root.join("lib").display());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (port, transport) = (sluice_testkit::free_port(), sluice_testkit::free_port());
+        let mut child = std::process::Command::new("java")
+            .args(["-Xms256m", "-Xmx512m", "-cp", &classpath, "io.sluice.test.OpenSearchNode"])
+            .arg(dir.path())
+            .args([port.to_string(), transport.to_string()])
+            // The node stops when its stdin closes: it never outlives this process.
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("java starts");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let ready = std::io::BufReader::new(out).lines().map_while(Result::ok).any(|l| l == "ready");
+            let _ = tx.send(ready);
+        });
+        let ready = rx.recv_timeout(Duration::from_secs(90)).unwrap_or(false);
+        let node = Self { child, port, _dir: dir };
+        assert!(ready, "OpenSearch did not start within 90 s (its logs are in its home directory)");
+        node
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// One HTTP request (`Connection: close`): the status and the body as JSON (Null when
+    /// it is not JSON).
+    pub fn http(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect to OpenSearch");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("an answer");
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+    }
+}
+
+impl Drop for OpenSearch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

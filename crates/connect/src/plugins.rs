@@ -274,8 +274,82 @@ pub const POSTGRES_SOURCE: Plugin = Plugin {
     max_tasks: tables_tasks,
 };
 
+fn opensearch_check(c: &ConnectorConfig) -> Result<(), ConnectError> {
+    for url in crate::config::list(c.get("connection.url").unwrap_or_default()) {
+        let Some(rest) = url.strip_prefix("http://") else {
+            return Err(ConnectError::config("connection.url", format!("'{url}': only http:// addresses (no TLS)")));
+        };
+        if rest.trim_end_matches('/').is_empty() || rest.trim_end_matches('/').contains('/') {
+            return Err(ConnectError::config("connection.url", format!("'{url}': expected http://host:port")));
+        }
+    }
+    Ok(())
+}
+
+pub const OPENSEARCH_SINK: Plugin = Plugin {
+    class: "io.confluent.connect.elasticsearch.ElasticsearchSinkConnector",
+    aliases: &["opensearch-sink", "ElasticsearchSinkConnector"],
+    kind: Kind::Sink,
+    doc: "Writes records as documents of OpenSearch or Elasticsearch through the _bulk API: the index is the topic (lower-cased), the document id the key, so a batch written again rewrites the same documents; a tombstone deletes its document; 429 and 5xx answers are retried with backoff; documents the index refuses (mapping errors) fail the task or go to the dead-letter topic.",
+    keys: &[&[
+        plugin_required(
+            "connection.url",
+            KeyType::List,
+            "http://host:port of the nodes (comma-separated; the next is tried when one fails).",
+        ),
+        plugin_key("connection.username", KeyType::String, Some(""), "Basic authentication user."),
+        plugin_key("connection.password", KeyType::String, Some(""), "Basic authentication password."),
+        plugin_key(
+            "key.ignore",
+            KeyType::Bool,
+            Some("false"),
+            "Ids from topic+partition+offset instead of the key (each record its own document).",
+        ),
+        plugin_key(
+            "write.method",
+            KeyType::Choice(&["insert", "upsert"]),
+            Some("insert"),
+            "insert: index the whole document; upsert: merge its fields into the existing document.",
+        ),
+        plugin_key(
+            "behavior.on.null.values",
+            KeyType::Choice(&["delete", "ignore", "fail"]),
+            Some("delete"),
+            "What a tombstone does (Confluent's default is fail; deleting keeps a compacted topic's index in step).",
+        ),
+        plugin_key(
+            "behavior.on.malformed.documents",
+            KeyType::Choice(&["fail", "warn", "ignore"]),
+            Some("fail"),
+            "A document the index refuses: fail (the task fails, or with errors.tolerance=all it goes to the dead-letter topic), warn (logged and skipped), ignore (skipped).",
+        ),
+        plugin_key(
+            "batch.size",
+            KeyType::Int { min: 1, max: 100_000 },
+            Some("2000"),
+            "Most documents per _bulk request.",
+        ),
+        plugin_key(
+            "max.retries",
+            KeyType::Int { min: 0, max: 1000 },
+            Some("5"),
+            "Retries of a request or of items answered 429 or 5xx, before the write fails.",
+        ),
+        plugin_key(
+            "retry.backoff.ms",
+            KeyType::Int { min: 0, max: 600_000 },
+            Some("100"),
+            "The first pause before a retry; doubled each time, 30 s at most.",
+        ),
+        plugin_key("connection.timeout.ms", KeyType::Int { min: 1, max: 600_000 }, Some("1000"), "Connecting."),
+        plugin_key("read.timeout.ms", KeyType::Int { min: 1, max: 3_600_000 }, Some("3000"), "Waiting for an answer."),
+    ]],
+    check: opensearch_check,
+    max_tasks: any_tasks,
+};
+
 /// Every class this build runs.
-pub const PLUGINS: &[&Plugin] = &[&FILE_SOURCE, &FILE_SINK, &POSTGRES_SOURCE, &POSTGRES_SINK];
+pub const PLUGINS: &[&Plugin] = &[&FILE_SOURCE, &FILE_SINK, &POSTGRES_SOURCE, &POSTGRES_SINK, &OPENSEARCH_SINK];
 
 /// The plugin a class name or alias names.
 pub fn find(name: &str) -> Option<&'static Plugin> {

@@ -71,7 +71,14 @@ pub const TRANSFORMS: &[(&str, &str)] = &[
         "Renames a topic that wholly matches regex to replacement ($1 for groups).",
     ),
     ("org.apache.kafka.connect.transforms.Filter", "Drops the record; used with a predicate."),
+    (
+        DEBEZIUM_UNWRAP,
+        "Debezium's change events to rows: the value becomes its after state; a delete is dropped (delete.handling.mode=drop), kept as its before state with __deleted=true (rewrite) or made a null value (none); tombstones dropped unless drop.tombstones=false.",
+    ),
 ];
+
+/// Debezium's transform from change events to row states.
+const DEBEZIUM_UNWRAP: &str = "io.debezium.transforms.ExtractNewRecordState";
 
 /// The predicates, by Kafka class name, for `connect plugins`.
 pub const PREDICATES: &[(&str, &str)] = &[
@@ -89,6 +96,9 @@ pub fn build(alias: &str, props: &BTreeMap<String, String>) -> Result<Box<dyn Tr
     let p = Props { prefix: format!("transforms.{alias}."), map: props };
     let class = p.required("type")?;
     let unknown = || p.err("type", format!("unknown transform '{class}' (known: {})", short_names(TRANSFORMS)));
+    if class == DEBEZIUM_UNWRAP {
+        return Ok(Box::new(ExtractNewRecordState::new(&p)?));
+    }
     let Some(name) = class.strip_prefix(PACKAGE) else { return Err(unknown()) };
     let (base, side) = match name.split_once('$') {
         None => (name, None),
@@ -744,6 +754,83 @@ impl Transform for Filter {
     }
 }
 
+/// Debezium's ExtractNewRecordState.
+struct ExtractNewRecordState {
+    drop_tombstones: bool,
+    deletes: DeleteHandling,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum DeleteHandling {
+    Drop,
+    Rewrite,
+    None,
+}
+
+impl ExtractNewRecordState {
+    fn new(p: &Props) -> Result<Self, ConnectError> {
+        let drop_tombstones = match p.get("drop.tombstones") {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(v) => return Err(p.err("drop.tombstones", format!("'{v}' is not true or false"))),
+        };
+        let deletes = match p.get("delete.handling.mode") {
+            None | Some("drop") => DeleteHandling::Drop,
+            Some("rewrite") => DeleteHandling::Rewrite,
+            Some("none") => DeleteHandling::None,
+            Some(v) => return Err(p.err("delete.handling.mode", format!("'{v}' is not drop, rewrite or none"))),
+        };
+        Ok(Self { drop_tombstones, deletes })
+    }
+}
+
+/// The schema of an envelope's field `name`, as a schema of its own.
+fn envelope_field(schema: &Option<Value>, name: &str) -> Option<Value> {
+    let fields = schema.as_ref()?.get("fields")?.as_array()?;
+    let mut field = fields.iter().find(|f| field_name(f) == Some(name))?.clone();
+    if let Value::Object(entry) = &mut field {
+        entry.remove("field");
+        entry.insert("optional".into(), Value::Bool(false));
+    }
+    Some(field)
+}
+
+impl Transform for ExtractNewRecordState {
+    fn apply(&self, mut r: ConnectRecord) -> Result<Option<ConnectRecord>, ConnectError> {
+        if r.value.value.is_null() {
+            return Ok((!self.drop_tombstones).then_some(r));
+        }
+        // Not a change event (a heartbeat, or already a row): left as it is.
+        let Some(op) = r.value.value.get("op").and_then(Value::as_str).map(str::to_owned) else { return Ok(Some(r)) };
+        let rewrite = self.deletes == DeleteHandling::Rewrite;
+        let state = if op == "d" {
+            match self.deletes {
+                DeleteHandling::Drop => return Ok(None),
+                DeleteHandling::None => {
+                    r.value = Data::default();
+                    return Ok(Some(r));
+                }
+                DeleteHandling::Rewrite => "before",
+            }
+        } else {
+            "after"
+        };
+        let mut value = r.value.value.get(state).cloned().unwrap_or(Value::Null);
+        let mut schema = envelope_field(&r.value.schema, state);
+        if rewrite {
+            let deleted = if op == "d" { "true" } else { "false" };
+            if let Value::Object(m) = &mut value {
+                m.insert("__deleted".into(), deleted.into());
+            }
+            if let Some(fields) = schema.as_mut().and_then(|s| s.get_mut("fields")).and_then(Value::as_array_mut) {
+                fields.push(serde_json::json!({"field": "__deleted", "type": "string", "optional": true}));
+            }
+        }
+        r.value = Data { schema, value };
+        Ok(Some(r))
+    }
+}
+
 struct TopicNameMatches(Regex);
 
 impl Predicate for TopicNameMatches {
@@ -803,6 +890,30 @@ mod tests {
             Err(e) => panic!("expected a config error, got {e}"),
             Ok(_) => panic!("expected a config error"),
         }
+    }
+
+    #[test]
+    fn extract_new_record_state_turns_change_events_into_rows() {
+        let unwrap = [("type", DEBEZIUM_UNWRAP)];
+        let event = |op: &str| {
+            record(json!({"before": {"id": 1, "qty": 1}, "after": {"id": 1, "qty": 2}, "op": op, "source": {}}))
+        };
+        assert_eq!(applied(&unwrap, event("u")).value.value, json!({"id": 1, "qty": 2}));
+        assert!(run(&unwrap, event("d")).unwrap().is_none(), "deletes dropped by default");
+        assert!(run(&unwrap, record(Value::Null)).unwrap().is_none(), "tombstones dropped by default");
+        let keep = [("type", DEBEZIUM_UNWRAP), ("drop.tombstones", "false"), ("delete.handling.mode", "rewrite")];
+        assert!(applied(&keep, record(Value::Null)).value.value.is_null());
+        assert_eq!(applied(&keep, event("d")).value.value, json!({"id": 1, "qty": 1, "__deleted": "true"}));
+        assert_eq!(applied(&keep, event("c")).value.value["__deleted"], "false");
+        // With a schema, the row's schema is the after field's.
+        let mut r = event("c");
+        r.value.schema = Some(json!({"type": "struct", "fields": [
+            {"field": "after", "type": "struct", "optional": true, "fields": [{"field": "id", "type": "int32"}]}]}));
+        let schema = applied(&unwrap, r).value.schema.unwrap();
+        assert_eq!(schema, json!({"type": "struct", "optional": false, "fields": [{"field": "id", "type": "int32"}]}));
+        assert_eq!(applied(&unwrap, record(json!({"id": 3}))).value.value, json!({"id": 3}), "not an event");
+        let bad = build("t", &props(&[("type", DEBEZIUM_UNWRAP), ("delete.handling.mode", "keep")]));
+        assert_eq!(config_error_key(bad), "transforms.t.delete.handling.mode");
     }
 
     fn data_error_message(result: Result<Option<ConnectRecord>, ConnectError>) -> String {
@@ -1029,7 +1140,7 @@ mod tests {
             assert_eq!(config_error_key(build("t", &props(&[("type", ty)]))), "transforms.t.type", "{ty}");
         }
         assert_eq!(config_error_key(build("t", &props(&[]))), "transforms.t.type");
-        assert!(TRANSFORMS.iter().all(|(class, _)| class.starts_with(PACKAGE)));
+        assert!(TRANSFORMS.iter().all(|(class, _)| class.starts_with(PACKAGE) || *class == DEBEZIUM_UNWRAP));
         assert!(PREDICATES.iter().all(|(class, _)| class.starts_with(PREDICATE_PACKAGE)));
     }
 }

@@ -4,6 +4,7 @@
 //! Broker and Groups services, and tasks report to `__connect_status`.
 
 pub mod metrics;
+mod opensearch;
 mod pgsource;
 mod postgres;
 mod source;

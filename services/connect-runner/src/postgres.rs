@@ -342,7 +342,7 @@ impl Target for PgTarget {
         &mut self,
         records: &[ConnectRecord],
         next: &BTreeMap<(String, u32), i64>,
-    ) -> Result<(), WriteError> {
+    ) -> Result<Vec<(usize, String)>, WriteError> {
         let failed = WriteError::Failed;
         let st = &mut self.st;
         let tx = self.pg.transaction().await.map_err(|e| failed(pg_error("starting a PostgreSQL transaction", e)))?;
@@ -388,6 +388,6 @@ impl Target for PgTarget {
         for (tp, n) in next {
             st.positions.insert(tp.clone(), Some(*n));
         }
-        Ok(())
+        Ok(Vec::new())
     }
 }

@@ -19,7 +19,7 @@ use sluice_client::{Client, ClientError};
 use sluice_connect::ConnectRecord;
 use sluice_connect::config::{self, ConnectorConfig};
 use sluice_connect::convert::{self, Converter};
-use sluice_connect::plugins::{FILE_SINK, FILE_SOURCE, POSTGRES_SINK, POSTGRES_SOURCE};
+use sluice_connect::plugins::{FILE_SINK, FILE_SOURCE, OPENSEARCH_SINK, POSTGRES_SINK, POSTGRES_SOURCE};
 use sluice_connect::store::{self, TargetState, TaskStatus};
 use sluice_connect::transform::Transform;
 use sluice_proto::v1::{Acks, IsolationLevel};
@@ -206,6 +206,8 @@ async fn run(ctx: Ctx) {
         file_sink(&ctx, &cfg).await
     } else if cfg.plugin == &POSTGRES_SINK {
         crate::postgres::sink(&ctx, &cfg).await
+    } else if cfg.plugin == &OPENSEARCH_SINK {
+        crate::opensearch::sink(&ctx, &cfg).await
     } else {
         Err(format!("connector class {} has no task implementation", cfg.plugin.class))
     };
@@ -328,9 +330,13 @@ pub(crate) trait Target {
     async fn resume(&mut self, topic: &str, partition: u32) -> Result<Option<i64>, String>;
     /// Writes `records` durably; `next` is, per partition, the offset after the last record
     /// handled (written, skipped or dead-lettered), which a target keeping its own positions
-    /// records with them.
-    async fn write(&mut self, records: &[ConnectRecord], next: &BTreeMap<(String, u32), i64>)
-    -> Result<(), WriteError>;
+    /// records with them. Records the target refuses for good (a document its mapping
+    /// rejects, say) come back with the reason, by index: the rest were written.
+    async fn write(
+        &mut self,
+        records: &[ConnectRecord],
+        next: &BTreeMap<(String, u32), i64>,
+    ) -> Result<Vec<(usize, String)>, WriteError>;
 }
 
 pub(crate) enum WriteError {
@@ -389,6 +395,8 @@ pub(crate) async fn run_sink(ctx: &Ctx, cfg: &ConnectorConfig, mut target: impl 
             continue;
         }
         let mut out = Vec::with_capacity(records.len());
+        // The records as read, beside what they became: a refused one is dead-lettered as read.
+        let mut kept = Vec::with_capacity(records.len());
         let mut next: BTreeMap<(String, u32), i64> = BTreeMap::new();
         let mut polled = 0u64;
         for r in records {
@@ -418,7 +426,10 @@ pub(crate) async fn run_sink(ctx: &Ctx, cfg: &ConnectorConfig, mut target: impl 
                 pipeline.transform(record).map_err(|e| ("TRANSFORMATION", e))
             });
             match converted {
-                Ok(Some(record)) => out.push(record),
+                Ok(Some(record)) => {
+                    out.push(record);
+                    kept.push(r);
+                }
                 Ok(None) => {}
                 Err((stage, e)) => {
                     metrics::metrics().errors.add(1, &metrics::with(task_attrs.clone(), "stage", stage));
@@ -448,10 +459,28 @@ pub(crate) async fn run_sink(ctx: &Ctx, cfg: &ConnectorConfig, mut target: impl 
         let mut backoff = pipeline.backoff();
         loop {
             match target.write(&out, &next).await {
-                Ok(()) => {
-                    metrics::metrics()
-                        .records
-                        .add(out.len() as u64, &metrics::with(task_attrs.clone(), "direction", "out"));
+                Ok(refused) => {
+                    metrics::metrics().records.add(
+                        (out.len() - refused.len()) as u64,
+                        &metrics::with(task_attrs.clone(), "direction", "out"),
+                    );
+                    for (i, why) in refused {
+                        let Some(r) = kept.get(i) else { continue };
+                        metrics::metrics().errors.add(1, &metrics::with(task_attrs.clone(), "stage", "TASK_PUT"));
+                        let at = format!("record at offset {} of partition {} of '{}'", r.offset, r.partition, r.topic);
+                        if !pipeline.tolerate {
+                            return Err(format!("{at}: {why} (TASK_PUT)"));
+                        }
+                        if pipeline.log {
+                            tracing::warn!(stage = "TASK_PUT", error = %why, "{at} refused by the target");
+                        }
+                        if let Some(d) = &dlq {
+                            let mut backoff = pipeline.backoff();
+                            while let Err(e) = d.send(ctx, r, "TASK_PUT", &why).await {
+                                backoff.again("dead-letter write", e).await?;
+                            }
+                        }
+                    }
                     break;
                 }
                 Err(WriteError::Failed(e)) => backoff.again("write", e).await?,
@@ -503,13 +532,14 @@ impl Target for FileTarget {
         &mut self,
         records: &[ConnectRecord],
         _next: &BTreeMap<(String, u32), i64>,
-    ) -> Result<(), WriteError> {
+    ) -> Result<Vec<(usize, String)>, WriteError> {
         let mut text = String::new();
         for r in records {
             text.push_str(&line_of(r, &self.format));
             text.push('\n');
         }
-        append(&mut self.file, text.as_bytes()).await.map_err(|e| WriteError::Failed(format!("{}: {e}", self.path)))
+        append(&mut self.file, text.as_bytes()).await.map_err(|e| WriteError::Failed(format!("{}: {e}", self.path)))?;
+        Ok(Vec::new())
     }
 }
 
