@@ -4,12 +4,13 @@
 #   etcd    (etcd-server)        needed by the tests and by `sluice cluster up`
 #   kcat    (kcat)               needed by the tests: a real Kafka client against the Kafka listener
 #   .tools/venv (python3-venv + PyPI helm-python-sdk, kubernetes-validate, PyYAML, grpcio,
-#                grpcio-tools, grpcio-reflection, confluent-kafka, kafka-python)
+#                grpcio-tools, grpcio-reflection, confluent-kafka, kafka-python, pyarrow)
 #                                needed by the tests: the Helm chart is rendered, linted and
 #                                validated against the Kubernetes schemas offline, and the
 #                                Python client (clients/python) is generated from proto/ and
 #                                run against a real cluster; confluent-kafka (librdkafka)
-#                                and kafka-python are Kafka clients against the Kafka listener
+#                                and kafka-python are Kafka clients against the Kafka listener;
+#                                pyarrow reads the Parquet sink's files back
 #   java, mvn   (default-jdk-headless, maven)
 #                                needed by the tests: clients/java, Kafka's Java client against
 #                                the Kafka listener, built here (kafka-clients from Maven
@@ -34,7 +35,7 @@ if [ "$want" = test ]; then
   command -v mvn >/dev/null 2>&1 || missing+=(maven)
   # The PostgreSQL connector's tests start a server of their own (initdb, postgres, psql).
   { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v psql >/dev/null 2>&1; } || missing+=(postgresql)
-  if ! "$tools/bin/python" -c 'import helm_python, kubernetes_validate, yaml, grpc, grpc_tools, grpc_reflection, confluent_kafka, kafka' >/dev/null 2>&1; then
+  if ! "$tools/bin/python" -c 'import helm_python, kubernetes_validate, yaml, grpc, grpc_tools, grpc_reflection, confluent_kafka, kafka, pyarrow' >/dev/null 2>&1; then
     need_tools=yes
     python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
   fi
@@ -60,7 +61,7 @@ if [ "$need_tools" = yes ]; then
   "$tools/bin/pip" install -q --disable-pip-version-check \
     helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 PyYAML==6.0.4 \
     grpcio==1.85.1 grpcio-tools==1.85.1 grpcio-reflection==1.85.1 confluent-kafka==2.16.1 \
-    kafka-python==3.0.12 >&2
+    kafka-python==3.0.12 pyarrow==26.0.1 >&2
 fi
 
 # Java programs the tests run: Kafka's Java client (clients/java) and a real OpenSearch node

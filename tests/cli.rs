@@ -734,3 +734,119 @@ async fn opensearch_sink_indexes_by_key_deletes_and_dead_letters_refused_documen
     assert_eq!(count(), Some(99));
     assert_eq!(search.http("GET", "/docs/_doc/k1", "").1["_source"]["n"], 1000);
 }
+
+/// The Parquet files under `dir`, read back by pyarrow: each file's name and row count, every
+/// row, and the columns' types.
+fn parquet_files(dir: &Path) -> serde_json::Value {
+    let script = r#"
+import glob, json, os, sys
+import pyarrow.parquet as pq
+out = {"files": [], "rows": [], "types": {}}
+for f in sorted(glob.glob(os.path.join(sys.argv[1], "**", "*.parquet"), recursive=True)):
+    if os.sep + "_tmp" + os.sep in f:
+        continue
+    t = pq.read_table(f)
+    out["files"].append({"name": os.path.basename(f), "rows": t.num_rows})
+    out["types"] = {c.name: str(c.type) for c in t.schema}
+    for r in t.to_pylist():
+        r["at"] = None if r["at"] is None else r["at"].isoformat()
+        out["rows"].append(r)
+print(json.dumps(out))
+"#;
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/venv/bin/python");
+    let out = std::process::Command::new(python).args(["-c", script]).arg(dir).output().expect("pyarrow runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON from the script")
+}
+
+/// Parquet files written by the sink, read back by pyarrow with their rows and types; the
+/// files of each partition cover its offsets once, in order, across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_sink_writes_each_record_once_in_typed_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let lake = dir.path().join("lake");
+    let addr = format!("127.0.0.1:{}", sluice_testkit::free_port());
+    let mut dev = start_dev(&data, &addr).await;
+    assert_eq!(sluice(&addr, &["topic", "create", "events", "--partitions", "2"], "").await.code, 0);
+    let schema = r#"{"type": "struct", "optional": false, "fields": [
+        {"field": "id", "type": "int32", "optional": false}, {"field": "name", "type": "string", "optional": true},
+        {"field": "score", "type": "float64", "optional": true}, {"field": "ok", "type": "boolean", "optional": true},
+        {"field": "at", "type": "int64", "name": "org.apache.kafka.connect.data.Timestamp", "optional": true}]}"#;
+    let event = |i: usize| {
+        let payload = format!(
+            r#"{{"id": {i}, "name": "e{i}", "score": {}, "ok": {}, "at": {}}}"#,
+            i as f64 / 2.0,
+            i.is_multiple_of(2),
+            1_700_000_000_000u64 + i as u64
+        );
+        (format!("k{i}"), Some(format!(r#"{{"schema": {schema}, "payload": {payload}}}"#)))
+    };
+    produce_keyed(&addr, "events", (0..250).map(event).collect()).await;
+    let config = dir.path().join("lake.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"name": "lake", "connector.class": "parquet-sink", "topics": "events", "store.url": "{}",
+                "flush.size": "100", "rotate.interval.ms": "1000", "tasks.max": "2",
+                "key.converter": "string", "value.converter": "json", "value.converter.schemas.enable": "true"}}"#,
+            lake.display()
+        ),
+    )
+    .unwrap();
+    let created = sluice(&addr, &["connect", "create", "--config", &config.display().to_string()], "").await;
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    let rows = |n: usize| {
+        let lake = lake.clone();
+        async move {
+            let files = parquet_files(&lake);
+            (files["rows"].as_array()?.len() >= n).then_some(files)
+        }
+    };
+    let files = eventually("250 rows in Parquet files", Duration::from_secs(60), || rows(250)).await;
+    let types = &files["types"];
+    assert_eq!(
+        (&types["id"], &types["name"], &types["score"], &types["ok"], &types["at"]),
+        (
+            &serde_json::json!("int32"),
+            &serde_json::json!("string"),
+            &serde_json::json!("double"),
+            &serde_json::json!("bool"),
+            &serde_json::json!("timestamp[ms, tz=UTC]")
+        )
+    );
+    let row = files["rows"].as_array().unwrap().iter().find(|r| r["id"] == 7).unwrap().clone();
+    assert_eq!(
+        row,
+        serde_json::json!({"id": 7, "name": "e7", "score": 3.5, "ok": false, "at": "2023-11-14T22:13:20.007000+00:00"})
+    );
+
+    // Stopped and started again, with more records meanwhile: each record once.
+    assert!(sluice_testkit::signal(dev.id().unwrap(), "TERM"));
+    assert!(tokio::time::timeout(Duration::from_secs(30), dev.wait()).await.expect("dev stops").unwrap().success());
+    let _dev = start_dev(&data, &addr).await;
+    produce_keyed(&addr, "events", (250..300).map(event).collect()).await;
+    let files = eventually("300 rows in Parquet files", Duration::from_secs(60), || rows(300)).await;
+    let mut ids: Vec<i64> = files["rows"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, (0..300).collect::<Vec<i64>>(), "every record once");
+    // Each partition's files cover its offsets from 0, in order, without overlap.
+    let mut ranges: std::collections::BTreeMap<u32, Vec<(i64, i64, u64)>> = Default::default();
+    for f in files["files"].as_array().unwrap() {
+        let name = f["name"].as_str().unwrap().trim_end_matches(".parquet");
+        let parts: Vec<&str> = name.split('+').collect();
+        assert_eq!(parts.len(), 4, "{name}");
+        let range = (parts[2].parse().unwrap(), parts[3].parse().unwrap(), f["rows"].as_u64().unwrap());
+        ranges.entry(parts[1].parse().unwrap()).or_default().push(range);
+    }
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    for (p, mut files) in ranges {
+        files.sort();
+        let mut next = 0;
+        for (first, last, n) in files {
+            assert_eq!(first, next, "partition {p}: files follow each other");
+            assert!(n as i64 == last - first + 1 && n <= 100, "partition {p}: {first}..{last} holds {n} rows");
+            next = last + 1;
+        }
+    }
+}

@@ -241,8 +241,13 @@ async fn sluice_copy_copies_every_record_exactly_once_through_kills_of_copier_le
     let pid = copier.id().expect("copier pid");
     let mut paused = false;
     for _ in 0..50 {
-        let epoch =
-            sluice_tests::within(Duration::from_secs(20), ongoing).await.expect("the copier opens a transaction");
+        let Some(epoch) = sluice_tests::within(Duration::from_secs(20), ongoing).await else {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            let state = client.describe_transaction("copier-t").await;
+            panic!("the copier opened no transaction in 20 s; it is {state:?}; its log ends:\n{}", tail.join("\n"));
+        };
         assert!(sluice_testkit::signal(pid, "STOP"), "pause the copier");
         // Paused inside that transaction, unless its commit was already on the way.
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -302,7 +302,7 @@ pub fn base64_encode(bytes: &[u8]) -> String {
 }
 
 /// Standard base64; padding may be left out, as Java's `Base64.getDecoder()` allows.
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
+pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
     let body = text.trim_end_matches('=');
     let padding = text.len() - body.len();
     // One leftover character cannot hold a byte; padding must complete the last quantum.

@@ -348,8 +348,57 @@ pub const OPENSEARCH_SINK: Plugin = Plugin {
     max_tasks: any_tasks,
 };
 
+fn parquet_check(c: &ConnectorConfig) -> Result<(), ConnectError> {
+    let url = c.get("store.url").unwrap_or_default();
+    if url.contains("://") && !url.starts_with("file://") {
+        return Err(ConnectError::config(
+            "store.url",
+            format!("'{url}': a local directory (a path or file:///path) is what this build writes to"),
+        ));
+    }
+    Ok(())
+}
+
+pub const PARQUET_SINK: Plugin = Plugin {
+    class: "io.sluice.connect.parquet.ParquetSinkConnector",
+    aliases: &["parquet-sink", "ParquetSinkConnector"],
+    kind: Kind::Sink,
+    doc: "Writes records as Apache Parquet files, a series per topic-partition named <topic>+<partition>+<first offset>+<last offset>.parquet under <topics.dir>/<topic>/partition=<p>/, exactly once: each file is written aside and renamed, the group's commits never pass the files, and a task resumes after the last file. Columns from the value's Connect schema or its JSON fields.",
+    keys: &[&[
+        plugin_required("store.url", KeyType::String, "The directory written (a path or file:///path)."),
+        plugin_key("topics.dir", KeyType::String, Some("topics"), "The directory of the topics inside store.url."),
+        plugin_key(
+            "flush.size",
+            KeyType::Int { min: 1, max: 10_000_000 },
+            Some("1000"),
+            "Records per file (a deterministic rotation: a task taking a partition over writes the same files).",
+        ),
+        plugin_key(
+            "rotate.size.bytes",
+            KeyType::Int { min: 0, max: 1 << 40 },
+            Some("0"),
+            "Also write the file once its records' JSON reaches this many bytes (0: no limit).",
+        ),
+        plugin_key(
+            "rotate.interval.ms",
+            KeyType::Int { min: 0, max: 86_400_000 },
+            Some("0"),
+            "Also write the file this long after its first record (0: never by time).",
+        ),
+        plugin_key(
+            "parquet.codec",
+            KeyType::Choice(&["snappy", "gzip", "zstd", "lz4", "none"]),
+            Some("snappy"),
+            "The compression of the column chunks.",
+        ),
+    ]],
+    check: parquet_check,
+    max_tasks: any_tasks,
+};
+
 /// Every class this build runs.
-pub const PLUGINS: &[&Plugin] = &[&FILE_SOURCE, &FILE_SINK, &POSTGRES_SOURCE, &POSTGRES_SINK, &OPENSEARCH_SINK];
+pub const PLUGINS: &[&Plugin] =
+    &[&FILE_SOURCE, &FILE_SINK, &POSTGRES_SOURCE, &POSTGRES_SINK, &OPENSEARCH_SINK, &PARQUET_SINK];
 
 /// The plugin a class name or alias names.
 pub fn find(name: &str) -> Option<&'static Plugin> {

@@ -5,6 +5,7 @@
 
 pub mod metrics;
 mod opensearch;
+mod parquet;
 mod pgsource;
 mod postgres;
 mod source;

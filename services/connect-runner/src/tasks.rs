@@ -7,7 +7,7 @@
 //!   topics' partitions), appends each record as a line, makes the file durable, then
 //!   commits.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,7 +19,7 @@ use sluice_client::{Client, ClientError};
 use sluice_connect::ConnectRecord;
 use sluice_connect::config::{self, ConnectorConfig};
 use sluice_connect::convert::{self, Converter};
-use sluice_connect::plugins::{FILE_SINK, FILE_SOURCE, OPENSEARCH_SINK, POSTGRES_SINK, POSTGRES_SOURCE};
+use sluice_connect::plugins::{FILE_SINK, FILE_SOURCE, OPENSEARCH_SINK, PARQUET_SINK, POSTGRES_SINK, POSTGRES_SOURCE};
 use sluice_connect::store::{self, TargetState, TaskStatus};
 use sluice_connect::transform::Transform;
 use sluice_proto::v1::{Acks, IsolationLevel};
@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 use crate::metrics;
 use crate::source::{FileOrigin, run_source};
 use crate::worker::Configs;
+pub(crate) use sluice_client::group::TopicPartition;
 
 /// One task of one connector.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -208,6 +209,8 @@ async fn run(ctx: Ctx) {
         crate::postgres::sink(&ctx, &cfg).await
     } else if cfg.plugin == &OPENSEARCH_SINK {
         crate::opensearch::sink(&ctx, &cfg).await
+    } else if cfg.plugin == &PARQUET_SINK {
+        crate::parquet::sink(&ctx, &cfg).await
     } else {
         Err(format!("connector class {} has no task implementation", cfg.plugin.class))
     };
@@ -337,6 +340,37 @@ pub(crate) trait Target {
         records: &[ConnectRecord],
         next: &BTreeMap<(String, u32), i64>,
     ) -> Result<Vec<(usize, String)>, WriteError>;
+    /// The offsets the group may commit after a write that handled up to `handled`: all of
+    /// it for a target that writes durably at once; less for one that buffers.
+    fn committable(&mut self, handled: &BTreeMap<TopicPartition, i64>) -> BTreeMap<TopicPartition, i64> {
+        handled.clone()
+    }
+    /// Called at every poll, with records or not: a buffering target writes what is due
+    /// and says which offsets that makes committable.
+    async fn tick(&mut self) -> Result<BTreeMap<TopicPartition, i64>, WriteError> {
+        Ok(BTreeMap::new())
+    }
+    /// The partitions this task holds now (after a rebalance).
+    fn assigned(&mut self, _held: &BTreeSet<TopicPartition>) {}
+}
+
+/// Commits `offsets` for the group, trying again with backoff (a rebalance under way, say).
+async fn commit(
+    consumer: &mut GroupConsumer,
+    offsets: &BTreeMap<TopicPartition, i64>,
+    pipeline: &Pipeline,
+) -> Result<(), String> {
+    let mut backoff = pipeline.backoff();
+    loop {
+        let why = match consumer.commit_offsets(offsets).await {
+            Ok(refused) => match refused.first() {
+                None => return Ok(()),
+                Some(((t, p), e)) => format!("the commit for partition {p} of '{t}' failed: {}", e.message),
+            },
+            Err(e) => e.to_string(),
+        };
+        backoff.again("commit", why).await?;
+    }
 }
 
 pub(crate) enum WriteError {
@@ -372,6 +406,8 @@ pub(crate) async fn run_sink(ctx: &Ctx, cfg: &ConnectorConfig, mut target: impl 
     let group = GroupConfig {
         client_id: format!("connect-{}-{}", ctx.id.connector, ctx.id.task),
         fetch: ConsumerConfig { isolation, ..ConsumerConfig::default() },
+        // The task commits what its target says is written, not the positions polled.
+        auto_commit_interval: None,
         ..GroupConfig::new(&format!("connect-{}", ctx.id.connector))
     };
     let mut consumer = GroupConsumer::subscribe(ctx.client.clone(), &names, group).await.map_err(|e| e.to_string())?;
@@ -390,7 +426,12 @@ pub(crate) async fn run_sink(ctx: &Ctx, cfg: &ConnectorConfig, mut target: impl 
         if consumer.generation() != generation {
             generation = consumer.generation();
             resume.clear();
+            target.assigned(consumer.assignment());
         }
+        let due = target.tick().await.map_err(|e| match e {
+            WriteError::Moved(why) | WriteError::Failed(why) => why,
+        })?;
+        commit(&mut consumer, &due, &pipeline).await?;
         if records.is_empty() {
             continue;
         }
@@ -504,10 +545,8 @@ pub(crate) async fn run_sink(ctx: &Ctx, cfg: &ConnectorConfig, mut target: impl 
                 *from = *n;
             }
         }
-        let mut backoff = pipeline.backoff();
-        while let Err(e) = consumer.commit_sync().await {
-            backoff.again("commit", e.to_string()).await?;
-        }
+        let offsets = target.committable(&next);
+        commit(&mut consumer, &offsets, &pipeline).await?;
     }
     let _ = consumer.close().await;
     if let Some(d) = dlq {
