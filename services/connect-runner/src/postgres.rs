@@ -243,32 +243,29 @@ impl PgState {
         self.load_columns(tx, table).await
     }
 
-    async fn write_one(&mut self, tx: &tokio_postgres::Transaction<'_>, r: &ConnectRecord) -> Result<(), String> {
+    /// What writing `r` takes: nothing, a delete, or a row to insert with its neighbours.
+    async fn prepare(&mut self, tx: &tokio_postgres::Transaction<'_>, r: &ConnectRecord) -> Result<Step, String> {
         let table = self.table(&r.topic);
         let keys = self.key_columns(r)?;
         let key_names: Vec<String> = keys.iter().map(|k| k.0.clone()).collect();
         if r.value.value.is_null() {
             if !self.delete {
-                return Ok(());
+                return Ok(Step::Skip);
             }
             if !self.columns.contains_key(&table) {
                 self.load_columns(tx, &table).await?;
             }
             let types = self.columns.get(&table).cloned().unwrap_or_default();
             if types.is_empty() {
-                return Ok(());
+                return Ok(Step::Skip);
             }
             let cond: Vec<String> = keys
                 .iter()
                 .enumerate()
                 .map(|(i, (n, ..))| format!("{} = (${}::text)::{}", ident(n), i + 1, cast(&types, n)))
                 .collect();
-            let params: Vec<Option<String>> = keys.into_iter().map(|k| k.1).collect();
-            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.iter().map(|p| p as _).collect();
-            tx.execute(&format!("DELETE FROM {} WHERE {}", ident(&table), cond.join(" AND ")), &refs)
-                .await
-                .map_err(|e| pg_error(&format!("deleting from {table}"), e))?;
-            return Ok(());
+            let sql = format!("DELETE FROM {} WHERE {}", ident(&table), cond.join(" AND "));
+            return Ok(Step::Delete { table, sql, params: keys.into_iter().map(|k| k.1).collect() });
         }
         let Value::Object(m) = &r.value.value else {
             return Err(format!("a row needs an object value, got {}", r.value.value));
@@ -276,24 +273,49 @@ impl PgState {
         let mut row: Row =
             m.iter().map(|(n, v)| (n.clone(), text(v), field_schema(r.value.schema.as_ref(), n), v.clone())).collect();
         // A key column the value lacks (record_key) comes from the key.
-        for k in keys {
+        for k in &keys {
             if !row.iter().any(|c| c.0 == k.0) {
-                row.push(k);
+                row.push(k.clone());
             }
         }
         self.fit(tx, &table, &row, &key_names).await?;
         let types = self.columns.get(&table).cloned().unwrap_or_default();
-        let names: Vec<String> = row.iter().map(|c| ident(&c.0)).collect();
-        let values: Vec<String> =
-            row.iter().enumerate().map(|(i, c)| format!("(${}::text)::{}", i + 1, cast(&types, &c.0))).collect();
-        let mut sql = format!("INSERT INTO {} ({}) VALUES ({})", ident(&table), names.join(", "), values.join(", "));
-        if self.upsert && !key_names.is_empty() {
-            let updates: Vec<String> = row
+        let key = keys.iter().map(|k| k.1.clone()).collect();
+        Ok(Step::Insert(Insert {
+            columns: row.iter().map(|c| (c.0.clone(), cast(&types, &c.0))).collect(),
+            table,
+            key_names,
+            key,
+            params: row.into_iter().map(|c| c.1).collect(),
+        }))
+    }
+
+    /// Inserts `rows` (same table, same columns) in one statement.
+    async fn insert(&self, tx: &tokio_postgres::Transaction<'_>, rows: &[Insert]) -> Result<(), String> {
+        let Some(first) = rows.first() else { return Ok(()) };
+        let names: Vec<String> = first.columns.iter().map(|c| ident(&c.0)).collect();
+        let width = first.columns.len();
+        let values: Vec<String> = (0..rows.len())
+            .map(|r| {
+                let cells: Vec<String> = first
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, cast))| format!("(${}::text)::{cast}", r * width + i + 1))
+                    .collect();
+                format!("({})", cells.join(", "))
+            })
+            .collect();
+        let table = &first.table;
+        let mut sql = format!("INSERT INTO {} ({}) VALUES {}", ident(table), names.join(", "), values.join(", "));
+        if self.upsert && !first.key_names.is_empty() {
+            let updates: Vec<String> = first
+                .columns
                 .iter()
-                .filter(|c| !key_names.contains(&c.0))
+                .filter(|c| !first.key_names.contains(&c.0))
                 .map(|c| format!("{0} = EXCLUDED.{0}", ident(&c.0)))
                 .collect();
-            let keys: Vec<String> = key_names.iter().map(|k| ident(k)).collect();
+            let keys: Vec<String> = first.key_names.iter().map(|k| ident(k)).collect();
             sql.push_str(&format!(" ON CONFLICT ({}) ", keys.join(", ")));
             sql.push_str(&if updates.is_empty() {
                 "DO NOTHING".to_string()
@@ -301,12 +323,33 @@ impl PgState {
                 format!("DO UPDATE SET {}", updates.join(", "))
             });
         }
-        let params: Vec<Option<String>> = row.into_iter().map(|c| c.1).collect();
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            rows.iter().flat_map(|r| r.params.iter().map(|p| p as _)).collect();
         tx.execute(&sql, &refs).await.map_err(|e| pg_error(&format!("writing to {table}"), e))?;
         Ok(())
     }
 }
+
+/// What one record makes the sink do.
+enum Step {
+    Skip,
+    Delete { table: String, sql: String, params: Vec<Option<String>> },
+    Insert(Insert),
+}
+
+/// A row ready to insert.
+struct Insert {
+    table: String,
+    /// Each column with the cast of its parameter.
+    columns: Vec<(String, String)>,
+    key_names: Vec<String>,
+    /// The primary key's values (rows of one statement must not share one under upsert).
+    key: Vec<Option<String>>,
+    params: Vec<Option<String>>,
+}
+
+/// Most parameters of one statement (PostgreSQL's protocol allows 65,535).
+const MAX_PARAMS: usize = 30_000;
 
 /// The field's schema inside a struct schema, when there is one.
 fn field_schema(schema: Option<&Value>, name: &str) -> Option<Value> {
@@ -346,12 +389,42 @@ impl Target for PgTarget {
         let failed = WriteError::Failed;
         let st = &mut self.st;
         let tx = self.pg.transaction().await.map_err(|e| failed(pg_error("starting a PostgreSQL transaction", e)))?;
-        for r in records {
-            if let Err(e) = st.write_one(&tx, r).await {
-                // The cached columns may be what failed (a table changed by hand).
-                st.columns.clear();
-                return Err(failed(e));
+        // Rows go in multi-row statements: consecutive rows of one table and one set of
+        // columns, in order, a delete or (under upsert) a key seen again closing the group.
+        let mut group: Vec<Insert> = Vec::new();
+        let mut keys = std::collections::HashSet::new();
+        let written: Result<(), String> = async {
+            for r in records {
+                match st.prepare(&tx, r).await? {
+                    Step::Skip => {}
+                    Step::Delete { table, sql, params } => {
+                        // The rows before it first: order is what the topic says.
+                        st.insert(&tx, &std::mem::take(&mut group)).await?;
+                        keys.clear();
+                        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                            params.iter().map(|p| p as _).collect();
+                        tx.execute(&sql, &refs).await.map_err(|e| pg_error(&format!("deleting from {table}"), e))?;
+                    }
+                    Step::Insert(i) => {
+                        let fits = group.first().is_none_or(|f| f.table == i.table && f.columns == i.columns)
+                            && (group.len() + 1) * i.params.len() <= MAX_PARAMS
+                            && !(st.upsert && keys.contains(&i.key));
+                        if !fits {
+                            st.insert(&tx, &std::mem::take(&mut group)).await?;
+                            keys.clear();
+                        }
+                        keys.insert(i.key.clone());
+                        group.push(i);
+                    }
+                }
             }
+            st.insert(&tx, &group).await
+        }
+        .await;
+        if let Err(e) = written {
+            // The cached columns may be what failed (a table changed by hand).
+            st.columns.clear();
+            return Err(failed(e));
         }
         for ((topic, partition), n) in next {
             let expected = st.positions.get(&(topic.clone(), *partition)).copied().flatten();
