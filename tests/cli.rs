@@ -428,6 +428,16 @@ async fn produce_keyed(addr: &str, topic: &str, records: Vec<(String, Option<Str
     p.close().await;
 }
 
+/// Writes connector `name`'s config (JSON) into `dir` and creates it with the CLI; the
+/// file's path.
+async fn create_connector(addr: &str, dir: &Path, name: &str, json: &str) -> String {
+    let path = dir.join(format!("{name}.json")).display().to_string();
+    std::fs::write(&path, json).unwrap();
+    let created = sluice(addr, &["connect", "create", "--config", &path], "").await;
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    path
+}
+
 /// Lines of a file (none when it does not exist yet).
 fn lines_of(p: &Path) -> Vec<String> {
     std::fs::read_to_string(p).unwrap_or_default().lines().map(String::from).collect()
@@ -680,20 +690,14 @@ async fn opensearch_sink_indexes_by_key_deletes_and_dead_letters_refused_documen
         ],
     )
     .await;
-    let config = dir.path().join("sink.json");
-    std::fs::write(
-        &config,
-        format!(
-            r#"{{"name": "search", "connector.class": "opensearch-sink", "topics": "Docs", "connection.url": "{}",
-                "key.converter": "string", "value.converter": "json", "value.converter.schemas.enable": "false",
-                "errors.tolerance": "all", "errors.deadletterqueue.topic.name": "docs-dlq",
-                "errors.deadletterqueue.context.headers.enable": "true", "tasks.max": "2"}}"#,
-            search.url()
-        ),
-    )
-    .unwrap();
-    let created = sluice(&addr, &["connect", "create", "--config", &config.display().to_string()], "").await;
-    assert_eq!(created.code, 0, "{}", created.stderr);
+    let config = format!(
+        r#"{{"name": "search", "connector.class": "opensearch-sink", "topics": "Docs", "connection.url": "{}",
+            "key.converter": "string", "value.converter": "json", "value.converter.schemas.enable": "false",
+            "errors.tolerance": "all", "errors.deadletterqueue.topic.name": "docs-dlq",
+            "errors.deadletterqueue.context.headers.enable": "true", "tasks.max": "2"}}"#,
+        search.url()
+    );
+    let config = create_connector(&addr, dir.path(), "search", &config).await;
     let count = || {
         search.http("POST", "/docs/_refresh", "");
         search.http("GET", "/docs/_count", "").1["count"].as_u64()
@@ -724,7 +728,7 @@ async fn opensearch_sink_indexes_by_key_deletes_and_dead_letters_refused_documen
         (sluice(&addr, &group, "").await.code == 0).then_some(())
     })
     .await;
-    let created = sluice(&addr, &["connect", "create", "--config", &config.display().to_string()], "").await;
+    let created = sluice(&addr, &["connect", "create", "--config", &config], "").await;
     assert_eq!(created.code, 0, "{}", created.stderr);
     eventually("the topic read again", Duration::from_secs(60), || async {
         let d = sluice(&addr, &["group", "describe", "connect-search"], "").await;
@@ -783,19 +787,13 @@ async fn parquet_sink_writes_each_record_once_in_typed_files() {
         (format!("k{i}"), Some(format!(r#"{{"schema": {schema}, "payload": {payload}}}"#)))
     };
     produce_keyed(&addr, "events", (0..250).map(event).collect()).await;
-    let config = dir.path().join("lake.json");
-    std::fs::write(
-        &config,
-        format!(
-            r#"{{"name": "lake", "connector.class": "parquet-sink", "topics": "events", "store.url": "{}",
-                "flush.size": "100", "rotate.interval.ms": "1000", "tasks.max": "2",
-                "key.converter": "string", "value.converter": "json", "value.converter.schemas.enable": "true"}}"#,
-            lake.display()
-        ),
-    )
-    .unwrap();
-    let created = sluice(&addr, &["connect", "create", "--config", &config.display().to_string()], "").await;
-    assert_eq!(created.code, 0, "{}", created.stderr);
+    let config = format!(
+        r#"{{"name": "lake", "connector.class": "parquet-sink", "topics": "events", "store.url": "{}",
+            "flush.size": "100", "rotate.interval.ms": "1000", "tasks.max": "2",
+            "key.converter": "string", "value.converter": "json", "value.converter.schemas.enable": "true"}}"#,
+        lake.display()
+    );
+    create_connector(&addr, dir.path(), "lake", &config).await;
     let rows = |n: usize| {
         let lake = lake.clone();
         async move {

@@ -54,6 +54,27 @@ async fn tasks_spread_over_runners_and_move_when_one_dies() {
     })
     .await;
     assert!([&n1, &n2].contains(&&on_a) && [&n1, &n2].contains(&&on_b), "{on_a} {on_b} not {n1} {n2}");
+    // Rebalances are incremental: a new connector's task is dealt without restarting the
+    // tasks that stay (each reports when it started).
+    let started = |name: &'static str| {
+        let client = client.clone();
+        async move { client.connector_status(name).await.ok()?.tasks.first().map(|t| (t.runner.clone(), t.updated_ms)) }
+    };
+    let (a_before, b_before) = (started("in-a").await, started("in-b").await);
+    let file_c = dir.path().join("c.txt");
+    append(&file_c, 0, 5);
+    client.create_topic("c", 1, 1, HashMap::new()).await.unwrap();
+    let config = HashMap::from([
+        ("name".to_string(), "in-c".to_string()),
+        ("connector.class".to_string(), "file-source".to_string()),
+        ("file".to_string(), file_c.display().to_string()),
+        ("topic".to_string(), "c".to_string()),
+        ("value.converter".to_string(), "string".to_string()),
+    ]);
+    client.create_connector(config, false).await.unwrap();
+    eventually("in-c running", Duration::from_secs(60), || running_on(&client, "in-c")).await;
+    assert_eq!((started("in-a").await, started("in-b").await), (a_before, b_before), "nothing that stays restarted");
+    client.delete_connector("in-c").await.unwrap();
     let lines = |topic: &'static str, n: usize| {
         let client = client.clone();
         async move {

@@ -263,10 +263,6 @@ struct Retry {
 }
 
 impl Target for Bulk {
-    async fn resume(&mut self, _topic: &str, _partition: u32) -> Result<Option<i64>, String> {
-        Ok(None)
-    }
-
     async fn write(
         &mut self,
         records: &[ConnectRecord],

@@ -109,7 +109,12 @@ impl Running {
         }
     }
 
-    /// Stops every task (a rebalance, or the runner stopping).
+    /// The tasks running here.
+    pub fn ids(&self) -> Vec<TaskId> {
+        self.tasks.keys().cloned().collect()
+    }
+
+    /// Stops every task (out of the group, or the runner stopping).
     pub async fn stop_all(&mut self) {
         for (_, h) in std::mem::take(&mut self.tasks) {
             stop(h).await;
@@ -330,7 +335,9 @@ pub(crate) async fn create_missing(
 pub(crate) trait Target {
     /// The offset `partition` of `topic` resumes at when the target keeps its own positions
     /// (records below it were written already); `None` to go by the group's commits.
-    async fn resume(&mut self, topic: &str, partition: u32) -> Result<Option<i64>, String>;
+    async fn resume(&mut self, _topic: &str, _partition: u32) -> Result<Option<i64>, String> {
+        Ok(None)
+    }
     /// Writes `records` durably; `next` is, per partition, the offset after the last record
     /// handled (written, skipped or dead-lettered), which a target keeping its own positions
     /// records with them. Records the target refuses for good (a document its mapping
@@ -563,10 +570,6 @@ struct FileTarget {
 }
 
 impl Target for FileTarget {
-    async fn resume(&mut self, _topic: &str, _partition: u32) -> Result<Option<i64>, String> {
-        Ok(None)
-    }
-
     async fn write(
         &mut self,
         records: &[ConnectRecord],

@@ -2,13 +2,19 @@
 //!
 //! Runners are the members of one Kafka classic group, `__connect`, run by the group
 //! coordinator (as Kafka Connect's workers are): at every generation the leader (the first
-//! member) spreads the tasks of every connector over the members, the same way on every
-//! runner (sorted tasks, round-robin over sorted members), and hands each its share through
-//! SyncGroup. A runner that dies is removed after its session timeout and the others
+//! member) spreads the tasks of every connector over the members and hands each its share
+//! through SyncGroup. A runner that dies is removed after its session timeout and the others
 //! rebalance; a connector created, deleted or resized makes every runner join again.
-//! Rebalancing is eager: a runner stops its tasks before it rejoins, so a task never runs
-//! on two runners of one generation (and its transactional id fences an old owner's late
-//! writes).
+//!
+//! Rebalancing is incremental and cooperative, as Kafka Connect's (KIP-415): each runner
+//! joins with the tasks it runs, and keeps running them through the rebalance. The leader
+//! leaves every task where it runs while that runner's share stays within the fair share
+//! (tasks / runners, rounded up), and deals the tasks nobody runs to the least loaded runners.
+//! A task that must move is first taken from its runner alone (assigned to nobody for a
+//! generation); that runner stops it and joins again at once, and the next generation gives
+//! it to its new runner. So a task never runs on two runners (and its transactional id fences
+//! a late write of an old owner anyway), and adding a connector or a runner restarts nothing
+//! that stays.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,7 +36,7 @@ use crate::tasks::{self, TaskId};
 /// The runners' group.
 pub const GROUP: &str = "__connect";
 const PROTOCOL_TYPE: &str = "connect";
-const PROTOCOL: &str = "sluice-eager";
+const PROTOCOL: &str = "sluice-cooperative";
 const SESSION_TIMEOUT_MS: u32 = 10_000;
 const REBALANCE_TIMEOUT_MS: u32 = 30_000;
 const HEARTBEAT: Duration = Duration::from_millis(1000);
@@ -57,13 +63,43 @@ fn all_tasks(c: &Configs) -> Vec<TaskId> {
         .collect()
 }
 
-/// The leader's split: task i to member i mod n, members sorted by id.
-fn assign(members: &[String], tasks: &[TaskId]) -> BTreeMap<String, Vec<TaskId>> {
-    let mut sorted: Vec<&String> = members.iter().collect();
-    sorted.sort();
-    let mut out: BTreeMap<String, Vec<TaskId>> = sorted.iter().map(|m| ((*m).clone(), Vec::new())).collect();
-    for (i, t) in tasks.iter().enumerate() {
-        if let Some(list) = out.get_mut(sorted[i % sorted.len()]) {
+/// What a runner joins with: its name and the tasks it runs.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Joining {
+    runner: String,
+    owned: Vec<TaskId>,
+}
+
+/// The leader's split. `owned` is what each member runs now. A task stays where it runs while
+/// that member is within the fair share; tasks nobody runs go to the least loaded members
+/// (ties to the lowest member id); a task whose runner is over its share is revoked:
+/// assigned to nobody this generation.
+fn assign(owned: &BTreeMap<String, Vec<TaskId>>, tasks: &[TaskId]) -> BTreeMap<String, Vec<TaskId>> {
+    let mut out: BTreeMap<String, Vec<TaskId>> = owned.keys().map(|m| (m.clone(), Vec::new())).collect();
+    if out.is_empty() {
+        return out;
+    }
+    let fair = tasks.len().div_ceil(out.len());
+    let wanted: std::collections::BTreeSet<&TaskId> = tasks.iter().collect();
+    let mut placed: std::collections::BTreeSet<&TaskId> = std::collections::BTreeSet::new();
+    let mut revoked = std::collections::BTreeSet::new();
+    for (member, tasks) in owned {
+        let mut kept: Vec<&TaskId> = tasks.iter().filter(|t| wanted.contains(t) && !placed.contains(t)).collect();
+        kept.sort();
+        for t in kept {
+            if out[member].len() < fair {
+                placed.insert(t);
+                if let Some(list) = out.get_mut(member) {
+                    list.push(t.clone());
+                }
+            } else {
+                revoked.insert(t);
+            }
+        }
+    }
+    for t in tasks.iter().filter(|t| !placed.contains(t) && !revoked.contains(t)) {
+        let least = out.iter().min_by_key(|(m, l)| (l.len(), *m)).map(|(m, _)| m.clone());
+        if let Some(list) = least.and_then(|m| out.get_mut(&m)) {
             list.push(t.clone());
         }
     }
@@ -118,9 +154,12 @@ pub async fn run(client: Client, id: String, shutdown: Shutdown) {
     let (tx, configs) = watch::channel::<Configs>(Arc::default());
     tokio::spawn(follow(client.clone(), tx, shutdown.clone()));
     let mut member_id = String::new();
+    // Kept across generations: tasks that stay on this runner run on through rebalances.
+    let mut running = tasks::Running::new(client.clone(), id.clone());
     while !shutdown.is_triggered() {
         // A cluster without connectors has no group: runners join once there is work.
         if configs.borrow().is_empty() {
+            running.stop_all().await;
             leave(&client, &mut member_id).await;
             let mut idle = configs.clone();
             tokio::select! {
@@ -129,10 +168,10 @@ pub async fn run(client: Client, id: String, shutdown: Shutdown) {
             }
             continue;
         }
-        let mut running = tasks::Running::new(client.clone(), id.clone());
         let outcome = generation(&client, &id, &mut member_id, configs.clone(), &shutdown, &mut running).await;
-        running.stop_all().await;
         if let Err(e) = outcome {
+            // Out of the group (or unsure of it): its tasks may be dealt to others already.
+            running.stop_all().await;
             tracing::info!(error = %e, "connect group left or refused; joining again");
             if e.sluice_code() == sluice_core::error::codes::UNKNOWN_MEMBER {
                 member_id.clear();
@@ -143,6 +182,7 @@ pub async fn run(client: Client, id: String, shutdown: Shutdown) {
             }
         }
     }
+    running.stop_all().await;
     leave(&client, &mut member_id).await;
 }
 
@@ -168,6 +208,7 @@ async fn generation(
     shutdown: &Shutdown,
     running: &mut tasks::Running,
 ) -> Result<(), ClientError> {
+    let joining = Joining { runner: id.to_string(), owned: running.ids() };
     let join = ClassicJoinRequest {
         group_id: GROUP.into(),
         member_id: member_id.clone(),
@@ -177,7 +218,10 @@ async fn generation(
         session_timeout_ms: SESSION_TIMEOUT_MS,
         rebalance_timeout_ms: REBALANCE_TIMEOUT_MS,
         protocol_type: PROTOCOL_TYPE.into(),
-        protocols: vec![ClassicProtocol { name: PROTOCOL.into(), metadata: id.as_bytes().to_vec().into() }],
+        protocols: vec![ClassicProtocol {
+            name: PROTOCOL.into(),
+            metadata: serde_json::to_vec(&joining).unwrap_or_default().into(),
+        }],
     };
     let joined = client.groups().join_classic(join).await?.into_inner();
     *member_id = joined.member_id.clone();
@@ -185,8 +229,15 @@ async fn generation(
     // differs joins again once it has caught up.
     let snapshot = configs.borrow_and_update().clone();
     let assignments = if joined.leader == joined.member_id {
-        let members: Vec<String> = joined.members.iter().map(|m| m.member_id.clone()).collect();
-        assign(&members, &all_tasks(&snapshot))
+        let owned: BTreeMap<String, Vec<TaskId>> = joined
+            .members
+            .iter()
+            .map(|m| {
+                let j: Joining = serde_json::from_slice(&m.metadata).unwrap_or_default();
+                (m.member_id.clone(), j.owned)
+            })
+            .collect();
+        assign(&owned, &all_tasks(&snapshot))
             .into_iter()
             .map(|(m, tasks)| ClassicAssignment {
                 member_id: m,
@@ -209,7 +260,13 @@ async fn generation(
     let mine: Vec<TaskId> = serde_json::from_slice(&synced.assignment).unwrap_or_default();
     tracing::info!(generation = joined.generation, tasks = mine.len(), "connect tasks assigned");
     let layout_now = layout(&snapshot);
+    let before = running.ids();
     running.apply(&mine, &snapshot).await;
+    if before.iter().any(|t| !mine.contains(t)) {
+        // Tasks were taken from this runner to go elsewhere: now stopped, it joins again so
+        // that the next generation hands them on.
+        return Ok(());
+    }
     let mut beat = tokio::time::interval(HEARTBEAT);
     loop {
         tokio::select! {
@@ -221,7 +278,14 @@ async fn generation(
                     instance_id: String::new(),
                     generation: joined.generation,
                 };
-                client.groups().heartbeat_classic(hb).await?;
+                if let Err(e) = client.groups().heartbeat_classic(hb).await {
+                    let e = ClientError::from(e);
+                    // Another member joined or left: join again, tasks running meanwhile.
+                    if e.sluice_code() == sluice_core::error::codes::REBALANCE_IN_PROGRESS {
+                        return Ok(());
+                    }
+                    return Err(e);
+                }
             }
             changed = configs.changed() => {
                 if changed.is_err() {
@@ -242,12 +306,43 @@ async fn generation(
 mod tests {
     use super::*;
 
+    fn t(c: &str, n: u32) -> TaskId {
+        TaskId { connector: c.into(), task: n }
+    }
+
     #[test]
-    fn tasks_are_spread_round_robin_over_sorted_members() {
-        let t = |c: &str, n: u32| TaskId { connector: c.into(), task: n };
+    fn new_tasks_go_to_the_least_loaded_and_running_ones_stay() {
         let tasks = vec![t("a", 0), t("a", 1), t("b", 0)];
-        let split = assign(&["r2".into(), "r1".into()], &tasks);
+        let owned = BTreeMap::from([("r2".to_string(), vec![]), ("r1".to_string(), vec![])]);
+        let split = assign(&owned, &tasks);
         assert_eq!(split["r1"], vec![t("a", 0), t("b", 0)]);
         assert_eq!(split["r2"], vec![t("a", 1)]);
+        // A new connector: what runs stays, the new task goes to the lighter runner.
+        let more = vec![t("a", 0), t("a", 1), t("b", 0), t("c", 0)];
+        let split = assign(&split, &more);
+        assert_eq!(split["r1"], vec![t("a", 0), t("b", 0)]);
+        assert_eq!(split["r2"], vec![t("a", 1), t("c", 0)]);
+    }
+
+    #[test]
+    fn a_newcomer_gets_tasks_only_after_their_runner_gave_them_up() {
+        let tasks = vec![t("a", 0), t("a", 1), t("a", 2), t("a", 3)];
+        let owned = BTreeMap::from([("r1".to_string(), tasks.clone()), ("r3".to_string(), vec![])]);
+        // Over its share: two tasks are taken from r1 and given to nobody yet.
+        let first = assign(&owned, &tasks);
+        assert_eq!(first["r1"], vec![t("a", 0), t("a", 1)]);
+        assert!(first["r3"].is_empty());
+        // r1 stopped them and joined again: now they go to r3.
+        let second = assign(&first, &tasks);
+        assert_eq!(second["r1"], vec![t("a", 0), t("a", 1)]);
+        assert_eq!(second["r3"], vec![t("a", 2), t("a", 3)]);
+    }
+
+    #[test]
+    fn tasks_of_a_runner_gone_are_dealt_at_once_and_deleted_ones_dropped() {
+        let tasks = vec![t("a", 0), t("b", 0), t("b", 1)];
+        let owned = BTreeMap::from([("r1".to_string(), vec![t("a", 0), t("z", 0)])]);
+        let split = assign(&owned, &tasks);
+        assert_eq!(split["r1"], vec![t("a", 0), t("b", 0), t("b", 1)]);
     }
 }
