@@ -204,6 +204,11 @@ impl ConnectorConfig {
             .or_else(|| documented(self.plugin).find(|k| k.name == key).and_then(|k| k.default))
     }
 
+    /// An integer key's value, or its documented default (validation checked its range).
+    pub fn int(&self, key: &str) -> Option<i64> {
+        self.get(key).and_then(|v| v.trim().parse().ok())
+    }
+
     pub fn kind(&self) -> Kind {
         self.plugin.kind
     }
@@ -438,6 +443,35 @@ mod tests {
         assert_eq!(
             keys(&[("name", "a/b"), ("connector.class", "file-sink"), ("file", "f"), ("topics", "a")]),
             vec!["name"]
+        );
+    }
+
+    #[test]
+    fn the_new_classes_check_their_keys_and_cap_their_tasks() {
+        let errors = |pairs: &[(&str, &str)]| -> Vec<String> {
+            validate(&cfg(pairs)).err().unwrap_or_default().iter().map(ToString::to_string).collect()
+        };
+        let pg = [("name", "p"), ("connector.class", "postgres-source"), ("connection.url", "postgresql://h/db")];
+        let with = |more: &[(&'static str, &'static str)]| [&pg[..], more].concat();
+        let e = errors(&with(&[("mode", "incrementing"), ("table.whitelist", "t")]));
+        assert!(e.len() == 1 && e[0].contains("incrementing.column.name"), "{e:?}");
+        let e = errors(&with(&[("mode", "cdc"), ("table.whitelist", "t"), ("slot.name", "Bad-Slot")]));
+        assert!(e.len() == 1 && e[0].contains("slot.name"), "{e:?}");
+        let e = errors(&with(&[("mode", "cdc"), ("table.whitelist", "a,b"), ("tasks.max", "2")]));
+        assert!(e.len() == 1 && e[0].contains("tasks.max"), "{e:?}");
+        assert!(errors(&with(&[("mode", "sometimes"), ("table.whitelist", "t")]))[0].contains("mode"));
+        // A query source runs a task per table at most.
+        let three = validate(&cfg(&with(&[("mode", "bulk"), ("table.whitelist", "a,b"), ("tasks.max", "3")]))).unwrap();
+        assert_eq!(three.tasks_max, 2);
+        let os = [("name", "o"), ("connector.class", "opensearch-sink"), ("topics", "t")];
+        let e = errors(&[&os[..], &[("connection.url", "https://search:9200")]].concat());
+        assert!(e.len() == 1 && e[0].contains("connection.url") && e[0].contains("no TLS"), "{e:?}");
+        let lake = [("name", "l"), ("connector.class", "parquet-sink"), ("topics", "t")];
+        let e = errors(&[&lake[..], &[("store.url", "s3://bucket/x")]].concat());
+        assert!(e.len() == 1 && e[0].contains("store.url"), "{e:?}");
+        assert!(
+            errors(&[&lake[..], &[("store.url", "/data/lake"), ("parquet.codec", "brotli")]].concat())[0]
+                .contains("parquet.codec")
         );
     }
 }

@@ -274,14 +274,19 @@ pub const POSTGRES_SOURCE: Plugin = Plugin {
     max_tasks: tables_tasks,
 };
 
+/// `http://host:port[/]` as `host:port` (port 9200 when none; TLS is not built in).
+pub fn http_host(url: &str) -> Result<String, String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| format!("'{url}': only http:// addresses (no TLS)"))?;
+    let host = rest.trim_end_matches('/');
+    if host.is_empty() || host.contains('/') {
+        return Err(format!("'{url}': expected http://host:port"));
+    }
+    Ok(if host.contains(':') { host.to_string() } else { format!("{host}:9200") })
+}
+
 fn opensearch_check(c: &ConnectorConfig) -> Result<(), ConnectError> {
     for url in crate::config::list(c.get("connection.url").unwrap_or_default()) {
-        let Some(rest) = url.strip_prefix("http://") else {
-            return Err(ConnectError::config("connection.url", format!("'{url}': only http:// addresses (no TLS)")));
-        };
-        if rest.trim_end_matches('/').is_empty() || rest.trim_end_matches('/').contains('/') {
-            return Err(ConnectError::config("connection.url", format!("'{url}': expected http://host:port")));
-        }
+        http_host(&url).map_err(|why| ConnectError::config("connection.url", why))?;
     }
     Ok(())
 }

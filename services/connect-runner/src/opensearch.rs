@@ -20,12 +20,13 @@ use hyper::client::conn::http1::SendRequest;
 use serde_json::{Value, json};
 use sluice_connect::ConnectRecord;
 use sluice_connect::config::{self, ConnectorConfig};
+use sluice_connect::plugins::http_host;
 use tokio::net::TcpStream;
 
 use crate::tasks::{Ctx, Target, WriteError, run_sink};
 
 pub(crate) async fn sink(ctx: &Ctx, cfg: &ConnectorConfig) -> Result<(), String> {
-    let int = |k: &str, d: u64| cfg.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
+    let int = |k: &str, d: i64| cfg.int(k).unwrap_or(d).max(0) as u64;
     let auth = match (cfg.get("connection.username"), cfg.get("connection.password")) {
         (Some(u), p) if !u.is_empty() => {
             let pair = format!("{u}:{}", p.unwrap_or_default());
@@ -37,7 +38,7 @@ pub(crate) async fn sink(ctx: &Ctx, cfg: &ConnectorConfig) -> Result<(), String>
         http: Http {
             hosts: config::list(cfg.get("connection.url").unwrap_or_default())
                 .iter()
-                .map(|u| host_of(u))
+                .map(|u| http_host(u).map_err(|why| format!("connection.url {why}")))
                 .collect::<Result<_, _>>()?,
             next: 0,
             conn: None,
@@ -54,18 +55,6 @@ pub(crate) async fn sink(ctx: &Ctx, cfg: &ConnectorConfig) -> Result<(), String>
         batch: int("batch.size", 2000).max(1) as usize,
     };
     run_sink(ctx, cfg, target).await
-}
-
-/// `http://host:port[/]` as `host:port` (TLS is not built in).
-pub(crate) fn host_of(url: &str) -> Result<String, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("connection.url '{url}': only http:// addresses are supported (no TLS)"))?;
-    let host = rest.trim_end_matches('/');
-    if host.is_empty() || host.contains('/') {
-        return Err(format!("connection.url '{url}': expected http://host:port"));
-    }
-    Ok(if host.contains(':') { host.to_string() } else { format!("{host}:9200") })
 }
 
 /// A keep-alive HTTP/1.1 connection to one of the hosts, the next one after a failure.
@@ -318,10 +307,10 @@ mod tests {
 
     #[test]
     fn urls_and_ids() {
-        assert_eq!(host_of("http://127.0.0.1:9201/").unwrap(), "127.0.0.1:9201");
-        assert_eq!(host_of("http://search").unwrap(), "search:9200");
-        assert!(host_of("https://search:9200").unwrap_err().contains("no TLS"));
-        assert!(host_of("http://search:9200/prefix").is_err());
+        assert_eq!(http_host("http://127.0.0.1:9201/").unwrap(), "127.0.0.1:9201");
+        assert_eq!(http_host("http://search").unwrap(), "search:9200");
+        assert!(http_host("https://search:9200").unwrap_err().contains("no TLS"));
+        assert!(http_host("http://search:9200/prefix").is_err());
         let r = ConnectRecord {
             topic: "Orders".into(),
             partition: Some(1),

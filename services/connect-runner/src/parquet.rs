@@ -45,7 +45,7 @@ pub(crate) async fn sink(ctx: &Ctx, cfg: &ConnectorConfig) -> Result<(), String>
     let dir = url.strip_prefix("file://").unwrap_or(url);
     std::fs::create_dir_all(dir).map_err(|e| format!("store.url '{url}': {e}"))?;
     let store = LocalFileSystem::new_with_prefix(dir).map_err(|e| format!("store.url '{url}': {e}"))?;
-    let int = |k: &str| cfg.get(k).and_then(|v| v.parse::<i64>().ok()).filter(|v| *v > 0);
+    let int = |k: &str| cfg.int(k).filter(|v| *v > 0);
     let codec = match cfg.get("parquet.codec").unwrap_or("snappy") {
         "none" => Compression::UNCOMPRESSED,
         "gzip" => Compression::GZIP(GzipLevel::default()),
@@ -266,7 +266,8 @@ impl Target for Files {
             if self.open.get(&tp).is_some_and(|o| o.columns != cols) {
                 self.flush(&tp).await?;
             }
-            let size = r.value.value.to_string().len();
+            // Sizing a record means writing its JSON: only when a size limit asks for it.
+            let size = if self.rotation.bytes.is_some() { r.value.value.to_string().len() } else { 0 };
             let o = self.open.entry(tp.clone()).or_insert_with(|| Open {
                 columns: cols,
                 rows: Vec::new(),

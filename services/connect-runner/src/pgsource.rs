@@ -33,7 +33,7 @@ pub(crate) async fn source(ctx: &Ctx, cfg: &ConnectorConfig) -> Result<(), Strin
     // Timestamps without a time zone are compared with now() as UTC.
     pg.batch_execute("SET TIME ZONE 'UTC'").await.map_err(|e| pg_error("setting the time zone", e))?;
     let all = config::list(cfg.get("table.whitelist").unwrap_or_default());
-    let int = |k: &str, d: u64| cfg.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
+    let int = |k: &str, d: i64| cfg.int(k).unwrap_or(d).max(0) as u64;
     let common = Common {
         pg,
         prefix: cfg.get("topic.prefix").unwrap_or_default().to_string(),
@@ -321,6 +321,74 @@ struct Relation {
     name: String,
     columns: Vec<Column>,
     topic: String,
+    /// Built once: the key's schema (None without key columns) and the event envelope's.
+    key_schema: Option<Value>,
+    envelope: Value,
+}
+
+impl Relation {
+    fn new(schema: String, name: String, columns: Vec<Column>, topic: String) -> Self {
+        let keys: Vec<&Column> = columns.iter().filter(|c| c.key).collect();
+        let key_schema = (!keys.is_empty()).then(|| pgoutput::struct_schema(&format!("{topic}.Key"), &keys, false));
+        let all: Vec<&Column> = columns.iter().collect();
+        let row_schema = pgoutput::struct_schema(&format!("{topic}.Value"), &all, true);
+        let mut before = row_schema.clone();
+        before["field"] = "before".into();
+        let mut after = row_schema;
+        after["field"] = "after".into();
+        let source = json!({"type": "struct", "name": "io.debezium.connector.postgresql.Source", "optional": false,
+            "field": "source", "fields": [
+            {"field": "version", "type": "string", "optional": false},
+            {"field": "connector", "type": "string", "optional": false},
+            {"field": "name", "type": "string", "optional": false},
+            {"field": "ts_ms", "type": "int64", "optional": false},
+            {"field": "snapshot", "type": "string", "optional": true},
+            {"field": "db", "type": "string", "optional": false},
+            {"field": "schema", "type": "string", "optional": false},
+            {"field": "table", "type": "string", "optional": false},
+            {"field": "txId", "type": "int64", "optional": true},
+            {"field": "lsn", "type": "int64", "optional": true},
+        ]});
+        let envelope = json!({"type": "struct", "name": format!("{topic}.Envelope"), "optional": false, "fields": [
+            before, after, source,
+            {"field": "op", "type": "string", "optional": false},
+            {"field": "ts_ms", "type": "int64", "optional": true},
+        ]});
+        Self { schema, name, columns, topic, key_schema, envelope }
+    }
+
+    /// A change event, and the tombstone that follows a delete.
+    fn events(
+        &self,
+        op: &str,
+        key_cells: &[Cell],
+        before: Option<Value>,
+        after: Option<Value>,
+        source: Value,
+        out: &mut Vec<ConnectRecord>,
+    ) {
+        let key = match &self.key_schema {
+            None => Data::default(),
+            Some(schema) => Data { schema: Some(schema.clone()), value: pgoutput::row(&self.columns, key_cells, true) },
+        };
+        let now = sluice_core::settings::now_ms();
+        let value = json!({"before": before, "after": after, "source": source, "op": op, "ts_ms": now});
+        let tombstone = (op == "d" && self.key_schema.is_some()).then(|| ConnectRecord {
+            topic: self.topic.clone(),
+            key: key.clone(),
+            timestamp_ms: now,
+            ..Default::default()
+        });
+        out.push(ConnectRecord {
+            topic: self.topic.clone(),
+            key,
+            value: Data { schema: Some(self.envelope.clone()), value },
+            timestamp_ms: now,
+            ..Default::default()
+        });
+        // A compacted topic forgets the row.
+        out.extend(tombstone);
+    }
 }
 
 /// The initial snapshot under way: the tables still to read, in one transaction.
@@ -366,67 +434,6 @@ impl Cdc {
             "txId": xid,
             "lsn": lsn,
         })
-    }
-
-    /// A change event, and the tombstone that follows a delete.
-    #[allow(clippy::too_many_arguments)]
-    fn events(
-        &self,
-        rel: &Relation,
-        op: &str,
-        key_cells: &[Cell],
-        before: Option<Value>,
-        after: Option<Value>,
-        source: Value,
-        out: &mut Vec<ConnectRecord>,
-    ) {
-        let keys: Vec<&Column> = rel.columns.iter().filter(|c| c.key).collect();
-        let key = match keys.is_empty() {
-            true => Data::default(),
-            false => Data {
-                schema: Some(pgoutput::struct_schema(&format!("{}.Key", rel.topic), &keys, false)),
-                value: pgoutput::row(&rel.columns, key_cells, true),
-            },
-        };
-        let all: Vec<&Column> = rel.columns.iter().collect();
-        let row_schema = pgoutput::struct_schema(&format!("{}.Value", rel.topic), &all, true);
-        let source_schema = json!({"type": "struct", "name": "io.debezium.connector.postgresql.Source", "optional": false, "fields": [
-            {"field": "version", "type": "string", "optional": false},
-            {"field": "connector", "type": "string", "optional": false},
-            {"field": "name", "type": "string", "optional": false},
-            {"field": "ts_ms", "type": "int64", "optional": false},
-            {"field": "snapshot", "type": "string", "optional": true},
-            {"field": "db", "type": "string", "optional": false},
-            {"field": "schema", "type": "string", "optional": false},
-            {"field": "table", "type": "string", "optional": false},
-            {"field": "txId", "type": "int64", "optional": true},
-            {"field": "lsn", "type": "int64", "optional": true},
-        ]});
-        let mut before_schema = row_schema.clone();
-        before_schema["field"] = "before".into();
-        let mut after_schema = row_schema;
-        after_schema["field"] = "after".into();
-        let mut source_field = source_schema;
-        source_field["field"] = "source".into();
-        let schema = json!({"type": "struct", "name": format!("{}.Envelope", rel.topic), "optional": false, "fields": [
-            before_schema, after_schema, source_field,
-            {"field": "op", "type": "string", "optional": false},
-            {"field": "ts_ms", "type": "int64", "optional": true},
-        ]});
-        let now = sluice_core::settings::now_ms();
-        let value = json!({"before": before, "after": after, "source": source, "op": op, "ts_ms": now});
-        let delete = op == "d";
-        out.push(ConnectRecord {
-            topic: rel.topic.clone(),
-            key: key.clone(),
-            value: Data { schema: Some(schema), value },
-            timestamp_ms: now,
-            ..Default::default()
-        });
-        if delete && !keys.is_empty() {
-            // A compacted topic forgets the row.
-            out.push(ConnectRecord { topic: rel.topic.clone(), key, timestamp_ms: now, ..Default::default() });
-        }
     }
 
     async fn simple(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
@@ -478,14 +485,14 @@ impl Cdc {
             }
         }
         let (schema, name) = split_name(&self.topic_key(&table));
-        let rel = Relation { topic: format!("{}{table}", self.c.prefix), columns, schema, name };
+        let rel = Relation::new(schema, name, columns, format!("{}{table}", self.c.prefix));
         let now = sluice_core::settings::now_ms();
         let mut records = Vec::with_capacity(rows.len());
         for row in rows {
             let cells: Vec<Cell> = row.into_iter().map(|v| v.map_or(Cell::Null, Cell::Text)).collect();
             let after = pgoutput::row(&rel.columns, &cells, false);
             let source = self.source(&rel.schema, &rel.name, now, true, None, lsn);
-            self.events(&rel, "r", &cells, None, Some(after), source, &mut records);
+            rel.events("r", &cells, None, Some(after), source, &mut records);
         }
         // A snapshot cut short is taken again: its batches carry no position.
         Ok(Batch { records, offsets: vec![] })
@@ -548,13 +555,13 @@ impl Cdc {
                     }
                     let key = format!("{schema}.{name}");
                     let topic = self.topics.get(&key).cloned().unwrap_or_else(|| format!("{}{key}", self.c.prefix));
-                    self.relations.insert(oid, Relation { schema, name, columns, topic });
+                    self.relations.insert(oid, Relation::new(schema, name, columns, topic));
                 }
                 Message::Insert { relation, new } => {
                     let rel = self.relation(relation)?;
                     let after = pgoutput::row(&rel.columns, &new, false);
                     let source = self.source(&rel.schema, &rel.name, commit_ms, false, Some(xid), lsn);
-                    self.events(rel, "c", &new, None, Some(after), source, &mut tx);
+                    rel.events("c", &new, None, Some(after), source, &mut tx);
                 }
                 Message::Update { relation, old, new } => {
                     let rel = self.relation(relation)?;
@@ -567,21 +574,21 @@ impl Cdc {
                         // Debezium does, so each key's events stay on its own.
                         Some((_, cells)) if old_key.as_ref() != Some(&new_key) => {
                             let before = pgoutput::row(&rel.columns, &cells, false);
-                            self.events(rel, "d", &cells, Some(before), None, source.clone(), &mut tx);
-                            self.events(rel, "c", &new, None, Some(after), source, &mut tx);
+                            rel.events("d", &cells, Some(before), None, source.clone(), &mut tx);
+                            rel.events("c", &new, None, Some(after), source, &mut tx);
                         }
                         Some((kind, cells)) => {
                             let before = (kind == 'O').then(|| pgoutput::row(&rel.columns, &cells, false));
-                            self.events(rel, "u", &new, before, Some(after), source, &mut tx);
+                            rel.events("u", &new, before, Some(after), source, &mut tx);
                         }
-                        None => self.events(rel, "u", &new, None, Some(after), source, &mut tx),
+                        None => rel.events("u", &new, None, Some(after), source, &mut tx),
                     }
                 }
                 Message::Delete { relation, old: (_, cells) } => {
                     let rel = self.relation(relation)?;
                     let source = self.source(&rel.schema, &rel.name, commit_ms, false, Some(xid), lsn);
                     let before = pgoutput::row(&rel.columns, &cells, false);
-                    self.events(rel, "d", &cells, Some(before), None, source, &mut tx);
+                    rel.events("d", &cells, Some(before), None, source, &mut tx);
                 }
                 Message::Truncate { relations } => {
                     tracing::warn!(?relations, "TRUNCATE is not streamed (Debezium skips it by default too)");

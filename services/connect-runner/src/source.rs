@@ -114,7 +114,7 @@ pub(crate) async fn run_source(ctx: &Ctx, cfg: &ConnectorConfig, mut origin: imp
     origin.open(keys.iter().map(|(k, _)| committed.get(k).cloned()).collect()).await?;
     let attrs = metrics::task(&ctx.id.connector, ctx.id.task);
     // Topics written to that are missing are created (KIP-158's defaults); those seen exist.
-    let int = |k: &str, d: u32| cfg.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
+    let int = |k: &str, d: i64| cfg.int(k).unwrap_or(d).max(1) as u32;
     let new_topics = (int("topic.creation.default.partitions", 1), int("topic.creation.default.replication.factor", 3));
     let mut topics: HashSet<String> = HashSet::new();
     while !ctx.stopped() {
@@ -207,7 +207,7 @@ impl FileOrigin {
         Self {
             file: cfg.get("file").unwrap_or_default().to_string(),
             topic: cfg.get("topic").unwrap_or_default().to_string(),
-            batch: cfg.get("batch.size").and_then(|b| b.parse().ok()).unwrap_or(2000),
+            batch: cfg.int("batch.size").unwrap_or(2000).max(1) as usize,
             position: 0,
             reader: None,
             line: Vec::new(),

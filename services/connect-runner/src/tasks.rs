@@ -254,13 +254,11 @@ impl Pipeline {
             tolerate: cfg.get("errors.tolerance") == Some("all"),
             log: cfg.get("errors.log.enable") == Some("true"),
             log_messages: cfg.get("errors.log.include.messages") == Some("true"),
-            retry_timeout: match cfg.get("errors.retry.timeout").and_then(|t| t.parse::<i64>().ok()).unwrap_or(0) {
+            retry_timeout: match cfg.int("errors.retry.timeout").unwrap_or(0) {
                 -1 => None,
                 ms => Some(Duration::from_millis(ms.max(0) as u64)),
             },
-            retry_delay_max: Duration::from_millis(
-                cfg.get("errors.retry.delay.max.ms").and_then(|t| t.parse().ok()).unwrap_or(60_000),
-            ),
+            retry_delay_max: Duration::from_millis(cfg.int("errors.retry.delay.max.ms").unwrap_or(60_000).max(0) as u64),
         })
     }
 
@@ -610,8 +608,7 @@ impl DeadLetters {
         let Some(topic) = cfg.get("errors.deadletterqueue.topic.name").filter(|t| !t.is_empty()) else {
             return Ok(None);
         };
-        let rf: u32 =
-            cfg.get("errors.deadletterqueue.topic.replication.factor").and_then(|r| r.parse().ok()).unwrap_or(3);
+        let rf = cfg.int("errors.deadletterqueue.topic.replication.factor").unwrap_or(3).max(1) as u32;
         create_missing(&ctx.client, topic, 1, rf, HashMap::new())
             .await
             .map_err(|e| format!("dead-letter topic '{topic}': {e}"))?;
