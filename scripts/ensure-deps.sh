@@ -15,7 +15,9 @@
 #                                needed by the tests: clients/java, Kafka's Java client against
 #                                the Kafka listener, built here (kafka-clients from Maven
 #                                Central into clients/java/target); tests/opensearch, a real
-#                                OpenSearch 2.19 node (Maven Central) for the opensearch-sink test
+#                                OpenSearch 2.19 node (Maven Central) for the opensearch-sink test;
+#                                tests/s3proxy, S3Proxy 2.6 (Maven Central), a real S3-compatible
+#                                store for the parquet-sink test
 #   postgresql  (postgresql)     needed by the tests: the PostgreSQL connectors' tests start a
 #                                server of their own (initdb, postgres; as the postgres user
 #                                when run as root) and read it back with psql
@@ -64,9 +66,9 @@ if [ "$need_tools" = yes ]; then
     kafka-python==3.0.12 pyarrow==26.0.1 >&2
 fi
 
-# Java programs the tests run: Kafka's Java client (clients/java) and a real OpenSearch node
-# (tests/opensearch), each built with its dependencies from Maven Central when missing or stale.
-for java_check in clients/java tests/opensearch; do
+# Java programs the tests run: Kafka's Java client (clients/java), a real OpenSearch node
+# (tests/opensearch) and S3Proxy (tests/s3proxy), each built with its dependencies from Maven Central when missing or stale.
+for java_check in clients/java tests/opensearch tests/s3proxy; do
   if [ "$want" = test ] && { [ ! -d "$java_check/target/lib" ] || [ "$java_check/pom.xml" -nt "$java_check/target/lib" ] \
       || [ -n "$(find "$java_check/src" -newer "$java_check/target/lib" -name '*.java' 2>/dev/null)" ]; }; then
     echo "building $java_check (from Maven Central) ..." >&2

@@ -739,16 +739,37 @@ async fn opensearch_sink_indexes_by_key_deletes_and_dead_letters_refused_documen
     assert_eq!(search.http("GET", "/docs/_doc/k1", "").1["_source"]["n"], 1000);
 }
 
-/// The Parquet files under `dir`, read back by pyarrow: each file's name and row count, every
-/// row, and the columns' types.
-fn parquet_files(dir: &Path) -> serde_json::Value {
-    let script = r#"
+/// Where a Parquet sink test writes: a local directory or a bucket of a real S3-compatible store.
+enum Lake {
+    Dir(std::path::PathBuf),
+    S3(S3Proxy),
+}
+
+impl Lake {
+    /// The connector keys naming this store.
+    fn keys(&self) -> String {
+        match self {
+            Lake::Dir(d) => format!(r#""store.url": "{}""#, d.display()),
+            Lake::S3(s3) => format!(
+                r#""store.url": "s3://{}/warehouse", "s3.endpoint": "{}", "aws.access.key.id": "{}",
+                   "aws.secret.access.key": "{}""#,
+                S3Proxy::BUCKET,
+                s3.endpoint(),
+                S3Proxy::ACCESS_KEY,
+                S3Proxy::SECRET_KEY
+            ),
+        }
+    }
+
+    /// The Parquet files written, read back by pyarrow: each file's name and row count, every
+    /// row, and the columns' types. A bucket's objects are read where S3Proxy's filesystem
+    /// backend keeps them (pyarrow's S3 client sends checksum headers S3Proxy 2.6 refuses).
+    fn files(&self) -> serde_json::Value {
+        let script = r#"
 import glob, json, os, sys
 import pyarrow.parquet as pq
 out = {"files": [], "rows": [], "types": {}}
 for f in sorted(glob.glob(os.path.join(sys.argv[1], "**", "*.parquet"), recursive=True)):
-    if os.sep + "_tmp" + os.sep in f:
-        continue
     t = pq.read_table(f)
     out["files"].append({"name": os.path.basename(f), "rows": t.num_rows})
     out["types"] = {c.name: str(c.type) for c in t.schema}
@@ -757,19 +778,58 @@ for f in sorted(glob.glob(os.path.join(sys.argv[1], "**", "*.parquet"), recursiv
         out["rows"].append(r)
 print(json.dumps(out))
 "#;
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/venv/bin/python");
-    let out = std::process::Command::new(python).args(["-c", script]).arg(dir).output().expect("pyarrow runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("JSON from the script")
+        let dir = match self {
+            Lake::Dir(d) => d.clone(),
+            Lake::S3(s3) => s3.bucket_dir().join("warehouse"),
+        };
+        let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/venv/bin/python");
+        let out = std::process::Command::new(python).args(["-c", script]).arg(dir).output().expect("pyarrow runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("JSON from the script")
+    }
 }
 
-/// Parquet files written by the sink, read back by pyarrow with their rows and types; the
-/// files of each partition cover its offsets once, in order, across a restart.
+/// Parquet files written by the sink to a directory, read back by pyarrow with their rows and
+/// types; the files of each partition cover its offsets once, in order, across a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parquet_sink_writes_each_record_once_in_typed_files() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let lake = dir.path().join("lake");
+    parquet_sink_round(dir.path(), Lake::Dir(dir.path().join("lake"))).await;
+}
+
+/// The same into a bucket of a real S3-compatible store (S3Proxy, SigV4), through the same
+/// restart; a connector with a wrong secret key fails its task, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_sink_writes_to_an_s3_compatible_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_dev, addr, lake) = parquet_sink_round(dir.path(), Lake::S3(S3Proxy::start())).await;
+    let Lake::S3(s3) = &*lake else { unreachable!("an S3 lake") };
+    // Signed with the wrong secret: the store refuses every request and the task says so.
+    let config = format!(
+        r#"{{"name": "forged", "connector.class": "parquet-sink", "topics": "events",
+            "store.url": "s3://{}/forged", "s3.endpoint": "{}", "aws.access.key.id": "{}",
+            "aws.secret.access.key": "not-the-secret", "flush.size": "10",
+            "key.converter": "string", "value.converter": "json", "value.converter.schemas.enable": "true"}}"#,
+        S3Proxy::BUCKET,
+        s3.endpoint(),
+        S3Proxy::ACCESS_KEY
+    );
+    create_connector(&addr, dir.path(), "forged", &config).await;
+    let failed = eventually("the forged connector's task to fail", Duration::from_secs(60), || {
+        let addr = addr.clone();
+        async move {
+            let s = sluice(&addr, &["connect", "status", "forged"], "").await;
+            s.stdout.contains("\ttask 0\tFAILED").then_some(s.stdout)
+        }
+    })
+    .await;
+    assert!(failed.contains("403") || failed.contains("SignatureDoesNotMatch"), "{failed}");
+}
+
+/// Writes 250 then 50 more records through a parquet-sink into `lake` across a restart of
+/// `sluice dev` and checks the files; returns the running dev, its address and the lake.
+async fn parquet_sink_round(dir: &Path, lake: Lake) -> (tokio::process::Child, String, std::sync::Arc<Lake>) {
+    let data = dir.join("data");
     let addr = format!("127.0.0.1:{}", sluice_testkit::free_port());
     let mut dev = start_dev(&data, &addr).await;
     assert_eq!(sluice(&addr, &["topic", "create", "events", "--partitions", "2"], "").await.code, 0);
@@ -788,16 +848,17 @@ async fn parquet_sink_writes_each_record_once_in_typed_files() {
     };
     produce_keyed(&addr, "events", (0..250).map(event).collect()).await;
     let config = format!(
-        r#"{{"name": "lake", "connector.class": "parquet-sink", "topics": "events", "store.url": "{}",
+        r#"{{"name": "lake", "connector.class": "parquet-sink", "topics": "events", {},
             "flush.size": "100", "rotate.interval.ms": "1000", "tasks.max": "2",
             "key.converter": "string", "value.converter": "json", "value.converter.schemas.enable": "true"}}"#,
-        lake.display()
+        lake.keys()
     );
-    create_connector(&addr, dir.path(), "lake", &config).await;
+    create_connector(&addr, dir, "lake", &config).await;
+    let lake = std::sync::Arc::new(lake);
     let rows = |n: usize| {
         let lake = lake.clone();
         async move {
-            let files = parquet_files(&lake);
+            let files = tokio::task::spawn_blocking(move || lake.files()).await.expect("pyarrow reads");
             (files["rows"].as_array()?.len() >= n).then_some(files)
         }
     };
@@ -822,7 +883,7 @@ async fn parquet_sink_writes_each_record_once_in_typed_files() {
     // Stopped and started again, with more records meanwhile: each record once.
     assert!(sluice_testkit::signal(dev.id().unwrap(), "TERM"));
     assert!(tokio::time::timeout(Duration::from_secs(30), dev.wait()).await.expect("dev stops").unwrap().success());
-    let _dev = start_dev(&data, &addr).await;
+    let dev = start_dev(&data, &addr).await;
     produce_keyed(&addr, "events", (250..300).map(event).collect()).await;
     let files = eventually("300 rows in Parquet files", Duration::from_secs(60), || rows(300)).await;
     let mut ids: Vec<i64> = files["rows"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
@@ -847,4 +908,5 @@ async fn parquet_sink_writes_each_record_once_in_typed_files() {
             next = last + 1;
         }
     }
+    (dev, addr, lake)
 }

@@ -399,3 +399,72 @@ impl Drop for OpenSearch {
         let _ = self.child.wait();
     }
 }
+
+/// A real S3-compatible object store: S3Proxy 2.6 over its filesystem backend (tests/s3proxy,
+/// built by scripts/ensure-deps.sh from Maven Central) on a free loopback port, checking
+/// SigV4 signatures against one identity, with the bucket [`S3Proxy::BUCKET`]; stopped when
+/// dropped.
+pub struct S3Proxy {
+    child: std::process::Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl S3Proxy {
+    pub const ACCESS_KEY: &'static str = "sluice";
+    pub const SECRET_KEY: &'static str = "sluice-secret";
+    pub const BUCKET: &'static str = "lake";
+
+    pub fn start() -> Self {
+        let lib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("s3proxy/target/lib");
+        assert!(lib.is_dir(), "{} is missing: run scripts/ensure-deps.sh", lib.display());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = sluice_testkit::free_port();
+        // The filesystem backend's buckets are the directories of its base directory.
+        std::fs::create_dir_all(dir.path().join("data").join(Self::BUCKET)).expect("bucket directory");
+        let props = dir.path().join("s3proxy.conf");
+        std::fs::write(
+            &props,
+            format!(
+                "s3proxy.endpoint=http://127.0.0.1:{port}\ns3proxy.authorization=aws-v2-or-v4\n\
+                 s3proxy.identity={}\ns3proxy.credential={}\njclouds.provider=filesystem\n\
+                 jclouds.filesystem.basedir={}\n",
+                Self::ACCESS_KEY,
+                Self::SECRET_KEY,
+                dir.path().join("data").display()
+            ),
+        )
+        .expect("S3Proxy config");
+        let child = std::process::Command::new("java")
+            .args(["-Xmx256m", "-cp", &format!("{}/*", lib.display()), "org.gaul.s3proxy.Main", "--properties"])
+            .arg(&props)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("java starts");
+        let proxy = Self { child, port, dir };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "S3Proxy did not listen within 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        proxy
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The directory holding the bucket's objects, one file per object under its key.
+    pub fn bucket_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data").join(Self::BUCKET)
+    }
+}
+
+impl Drop for S3Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

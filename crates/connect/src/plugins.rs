@@ -275,18 +275,18 @@ pub const POSTGRES_SOURCE: Plugin = Plugin {
 };
 
 /// `http://host:port[/]` as `host:port` (port 9200 when none; TLS is not built in).
-pub fn http_host(url: &str) -> Result<String, String> {
+pub fn http_host(url: &str, default_port: u16) -> Result<String, String> {
     let rest = url.strip_prefix("http://").ok_or_else(|| format!("'{url}': only http:// addresses (no TLS)"))?;
     let host = rest.trim_end_matches('/');
     if host.is_empty() || host.contains('/') {
         return Err(format!("'{url}': expected http://host:port"));
     }
-    Ok(if host.contains(':') { host.to_string() } else { format!("{host}:9200") })
+    Ok(if host.contains(':') { host.to_string() } else { format!("{host}:{default_port}") })
 }
 
 fn opensearch_check(c: &ConnectorConfig) -> Result<(), ConnectError> {
     for url in crate::config::list(c.get("connection.url").unwrap_or_default()) {
-        http_host(&url).map_err(|why| ConnectError::config("connection.url", why))?;
+        http_host(&url, 9200).map_err(|why| ConnectError::config("connection.url", why))?;
     }
     Ok(())
 }
@@ -355,10 +355,28 @@ pub const OPENSEARCH_SINK: Plugin = Plugin {
 
 fn parquet_check(c: &ConnectorConfig) -> Result<(), ConnectError> {
     let url = c.get("store.url").unwrap_or_default();
-    if url.contains("://") && !url.starts_with("file://") {
+    if let Some(rest) = url.strip_prefix("s3://") {
+        if rest.split('/').next().unwrap_or_default().is_empty() {
+            return Err(ConnectError::config(
+                "store.url",
+                format!("'{url}': expected s3://bucket or s3://bucket/prefix"),
+            ));
+        }
+        match c.get("s3.endpoint").unwrap_or_default() {
+            "" => {
+                return Err(ConnectError::config(
+                    "s3.endpoint",
+                    "required with an s3:// store.url: the http://host:port of the S3-compatible store",
+                ));
+            }
+            e => {
+                http_host(e, 80).map_err(|why| ConnectError::config("s3.endpoint", why))?;
+            }
+        }
+    } else if url.contains("://") && !url.starts_with("file://") {
         return Err(ConnectError::config(
             "store.url",
-            format!("'{url}': a local directory (a path or file:///path) is what this build writes to"),
+            format!("'{url}': a local directory (a path or file:///path) or s3://bucket[/prefix]"),
         ));
     }
     Ok(())
@@ -368,10 +386,39 @@ pub const PARQUET_SINK: Plugin = Plugin {
     class: "io.sluice.connect.parquet.ParquetSinkConnector",
     aliases: &["parquet-sink", "ParquetSinkConnector"],
     kind: Kind::Sink,
-    doc: "Writes records as Apache Parquet files, a series per topic-partition named <topic>+<partition>+<first offset>+<last offset>.parquet under <topics.dir>/<topic>/partition=<p>/, exactly once: each file is written aside and renamed, the group's commits never pass the files, and a task resumes after the last file. Columns from the value's Connect schema or its JSON fields.",
+    doc: "Writes records as Apache Parquet files, a series per topic-partition named <topic>+<partition>+<first offset>+<last offset>.parquet under <topics.dir>/<topic>/partition=<p>/, to a directory or an S3-compatible object store, exactly once: each file appears whole (a single PUT, or a local write renamed into place), the group's commits never pass the files, and a task resumes after the last file. Columns from the value's Connect schema or its JSON fields.",
     keys: &[&[
-        plugin_required("store.url", KeyType::String, "The directory written (a path or file:///path)."),
+        plugin_required(
+            "store.url",
+            KeyType::String,
+            "Where the files go: a directory (a path or file:///path), or s3://bucket[/prefix] of an S3-compatible object store.",
+        ),
         plugin_key("topics.dir", KeyType::String, Some("topics"), "The directory of the topics inside store.url."),
+        plugin_key(
+            "s3.endpoint",
+            KeyType::String,
+            Some(""),
+            "http://host:port of the S3-compatible store, for an s3:// store.url (plain HTTP: no TLS in this build).",
+        ),
+        plugin_key("s3.region", KeyType::String, Some("us-east-1"), "The region requests are signed for."),
+        plugin_key(
+            "s3.path.style.access.enabled",
+            KeyType::Bool,
+            Some("true"),
+            "Address the bucket in the path (endpoint/bucket/key) rather than as a host name (bucket.endpoint/key).",
+        ),
+        plugin_key(
+            "aws.access.key.id",
+            KeyType::String,
+            Some(""),
+            "The access key (empty: AWS_ACCESS_KEY_ID of the runner's environment).",
+        ),
+        plugin_key(
+            "aws.secret.access.key",
+            KeyType::String,
+            Some(""),
+            "The secret key (empty: AWS_SECRET_ACCESS_KEY of the runner's environment).",
+        ),
         plugin_key(
             "flush.size",
             KeyType::Int { min: 1, max: 10_000_000 },

@@ -3,11 +3,13 @@
 //! the gateways: configs come from `__connect_configs`, records go through the gateways'
 //! Broker and Groups services, and tasks report to `__connect_status`.
 
+mod http;
 pub mod metrics;
 mod opensearch;
 mod parquet;
 mod pgsource;
 mod postgres;
+mod s3;
 mod source;
 pub mod tasks;
 pub mod worker;

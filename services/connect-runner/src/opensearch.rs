@@ -21,7 +21,6 @@ use serde_json::{Value, json};
 use sluice_connect::ConnectRecord;
 use sluice_connect::config::{self, ConnectorConfig};
 use sluice_connect::plugins::http_host;
-use tokio::net::TcpStream;
 
 use crate::tasks::{Ctx, Target, WriteError, run_sink};
 
@@ -38,7 +37,7 @@ pub(crate) async fn sink(ctx: &Ctx, cfg: &ConnectorConfig) -> Result<(), String>
         http: Http {
             hosts: config::list(cfg.get("connection.url").unwrap_or_default())
                 .iter()
-                .map(|u| http_host(u).map_err(|why| format!("connection.url {why}")))
+                .map(|u| http_host(u, 9200).map_err(|why| format!("connection.url {why}")))
                 .collect::<Result<_, _>>()?,
             next: 0,
             conn: None,
@@ -78,19 +77,7 @@ impl Http {
         if self.conn.is_none() {
             let host = self.hosts.get(self.next % self.hosts.len().max(1)).cloned().ok_or("no connection.url")?;
             self.next += 1;
-            let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&host))
-                .await
-                .map_err(|_| format!("{host}: no connection within {:?}", self.connect_timeout))?
-                .map_err(|e| format!("{host}: {e}"))?;
-            let _ = stream.set_nodelay(true);
-            let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| format!("{host}: {e}"))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "OpenSearch connection ended");
-                }
-            });
+            let send = crate::http::connect(&host, self.connect_timeout, "OpenSearch").await?;
             self.conn = Some((host, send));
         }
         self.conn.as_mut().ok_or_else(|| "no connection".to_string())
@@ -307,10 +294,10 @@ mod tests {
 
     #[test]
     fn urls_and_ids() {
-        assert_eq!(http_host("http://127.0.0.1:9201/").unwrap(), "127.0.0.1:9201");
-        assert_eq!(http_host("http://search").unwrap(), "search:9200");
-        assert!(http_host("https://search:9200").unwrap_err().contains("no TLS"));
-        assert!(http_host("http://search:9200/prefix").is_err());
+        assert_eq!(http_host("http://127.0.0.1:9201/", 9200).unwrap(), "127.0.0.1:9201");
+        assert_eq!(http_host("http://search", 9200).unwrap(), "search:9200");
+        assert!(http_host("https://search:9200", 9200).unwrap_err().contains("no TLS"));
+        assert!(http_host("http://search:9200/prefix", 9200).is_err());
         let r = ConnectRecord {
             topic: "Orders".into(),
             partition: Some(1),

@@ -3,9 +3,9 @@
 //!
 //! Records are buffered per partition and written as a file when `flush.size` records or
 //! `rotate.size.bytes` bytes are buffered, or `rotate.interval.ms` after the file's first
-//! record. A file is written aside (`_tmp/`) and renamed to
-//! `<topics.dir>/<topic>/partition=<p>/<topic>+<p>+<first offset>+<last offset>.parquet`:
-//! a file is there whole or not at all. The group's commits never run ahead of the files
+//! record, as `<topics.dir>/<topic>/partition=<p>/<topic>+<p>+<first offset>+<last offset>.parquet`
+//! in a local directory or an S3-compatible bucket (`crate::s3`), in one put: a file is there
+//! whole or not at all. The group's commits never run ahead of the files
 //! (only offsets below the open buffers are committed), and a task resumes each partition
 //! after the last file's last offset, so a crash between a rename and a commit writes
 //! nothing twice. Rotation by count is deterministic: a task that takes over a partition
@@ -28,7 +28,6 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ArrowWriter;
@@ -41,10 +40,7 @@ use sluice_connect::config::ConnectorConfig;
 use crate::tasks::{Ctx, Target, TopicPartition, WriteError, run_sink};
 
 pub(crate) async fn sink(ctx: &Ctx, cfg: &ConnectorConfig) -> Result<(), String> {
-    let url = cfg.get("store.url").unwrap_or_default();
-    let dir = url.strip_prefix("file://").unwrap_or(url);
-    std::fs::create_dir_all(dir).map_err(|e| format!("store.url '{url}': {e}"))?;
-    let store = LocalFileSystem::new_with_prefix(dir).map_err(|e| format!("store.url '{url}': {e}"))?;
+    let store = crate::s3::open(cfg)?;
     let int = |k: &str| cfg.int(k).filter(|v| *v > 0);
     let codec = match cfg.get("parquet.codec").unwrap_or("snappy") {
         "none" => Compression::UNCOMPRESSED,
@@ -54,7 +50,7 @@ pub(crate) async fn sink(ctx: &Ctx, cfg: &ConnectorConfig) -> Result<(), String>
         _ => Compression::SNAPPY,
     };
     let target = Files {
-        store: Arc::new(store),
+        store,
         topics_dir: cfg.get("topics.dir").unwrap_or("topics").trim_matches('/').to_string(),
         rotation: Rotation {
             records: int("flush.size").unwrap_or(1000) as usize,
@@ -167,7 +163,7 @@ struct Open {
 }
 
 struct Files {
-    store: Arc<LocalFileSystem>,
+    store: Arc<dyn ObjectStore>,
     topics_dir: String,
     rotation: Rotation,
     props: WriterProperties,
@@ -199,10 +195,9 @@ impl Files {
         w.close().map_err(|e| failed(e.to_string()))?;
         let dir = self.dir(&tp.0, tp.1);
         let name = format!("{}+{}+{:020}+{:020}.parquet", tp.0, tp.1, open.first, open.last);
-        let (aside, fin) = (Path::from(format!("{dir}/_tmp/{name}")), Path::from(format!("{dir}/{name}")));
-        let io = |e: object_store::Error| failed(format!("{fin}: {e}"));
-        self.store.put(&aside, bytes.into()).await.map_err(io)?;
-        self.store.rename(&aside, &fin).await.map_err(io)?;
+        // One put: an S3 object appears whole, a local file is written aside and renamed.
+        let fin = Path::from(format!("{dir}/{name}"));
+        self.store.put(&fin, bytes.into()).await.map_err(|e| failed(format!("{fin}: {e}")))?;
         tracing::debug!(file = %fin, rows = open.rows.len(), "parquet file written");
         self.durable.insert(tp.clone(), open.last + 1);
         Ok(())
