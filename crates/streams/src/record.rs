@@ -1,0 +1,65 @@
+//! What flows between processors: typed records, table changes and windowed keys.
+
+use bytes::Bytes;
+
+use crate::codec::{Codec, CodecError};
+
+/// A record's headers as read (name, value); most records have none, which costs nothing.
+pub type Headers = Vec<(String, Bytes)>;
+
+/// A record inside a topology: typed key and value, event time and headers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record<K, V> {
+    pub key: K,
+    pub value: V,
+    /// Event time, milliseconds since the epoch: the record's timestamp or what the
+    /// application's timestamp extractor says.
+    pub timestamp: i64,
+    pub headers: Headers,
+}
+
+impl<K, V> Record<K, V> {
+    pub fn new(key: K, value: V, timestamp: i64) -> Self {
+        Self { key, value, timestamp, headers: Vec::new() }
+    }
+
+    /// The same record with another key and value (time and headers kept).
+    pub fn with<K2, V2>(self, key: K2, value: V2) -> Record<K2, V2> {
+        Record { key, value, timestamp: self.timestamp, headers: self.headers }
+    }
+}
+
+/// A table's update to a key: the new value (`None`: deleted) and the one it replaced, which
+/// downstream aggregations subtract and joins compare.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change<V> {
+    pub new: Option<V>,
+    pub old: Option<V>,
+}
+
+/// A key within a window `[start, end)` (milliseconds).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Windowed<K> {
+    pub key: K,
+    pub start: i64,
+    pub end: i64,
+}
+
+/// The key's bytes, then the window's start and end, 8 bytes each, big-endian.
+impl<K: Codec> Codec for Windowed<K> {
+    fn encode(&self) -> Option<Vec<u8>> {
+        let mut out = self.key.encode().unwrap_or_default();
+        out.extend_from_slice(&self.start.to_be_bytes());
+        out.extend_from_slice(&self.end.to_be_bytes());
+        Some(out)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        let cut =
+            bytes.len().checked_sub(16).ok_or_else(|| CodecError("a windowed key is at least 16 bytes".into()))?;
+        let (key, times) = bytes.split_at(cut);
+        let (start, end) = times.split_at(8);
+        let word = |b: &[u8]| i64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
+        Ok(Windowed { key: K::decode(key)?, start: word(start), end: word(end) })
+    }
+}
