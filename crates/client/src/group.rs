@@ -956,6 +956,45 @@ async fn membership(
     }
 }
 
+/// A cooperative, sticky split of `tasks` over the members of a classic group, as the
+/// leader computes it (Connect's runners and Streams instances use it). `owned` is what each
+/// member runs now. A task stays where it runs while that member is within the fair share
+/// (tasks / members, rounded up); tasks nobody runs go to the least loaded members (ties to
+/// the lowest member id); a task whose member is over its share is revoked: assigned to
+/// nobody this generation, so that its member stops it before the next generation hands it
+/// on (a task never runs in two places at once).
+pub fn cooperative_assign<T: Ord + Clone>(owned: &BTreeMap<String, Vec<T>>, tasks: &[T]) -> BTreeMap<String, Vec<T>> {
+    let mut out: BTreeMap<String, Vec<T>> = owned.keys().map(|m| (m.clone(), Vec::new())).collect();
+    if out.is_empty() {
+        return out;
+    }
+    let fair = tasks.len().div_ceil(out.len());
+    let wanted: std::collections::BTreeSet<&T> = tasks.iter().collect();
+    let mut placed: std::collections::BTreeSet<&T> = std::collections::BTreeSet::new();
+    let mut revoked = std::collections::BTreeSet::new();
+    for (member, tasks) in owned {
+        let mut kept: Vec<&T> = tasks.iter().filter(|t| wanted.contains(t) && !placed.contains(t)).collect();
+        kept.sort();
+        for t in kept {
+            if out[member].len() < fair {
+                placed.insert(t);
+                if let Some(list) = out.get_mut(member) {
+                    list.push(t.clone());
+                }
+            } else {
+                revoked.insert(t);
+            }
+        }
+    }
+    for t in tasks.iter().filter(|t| !placed.contains(t) && !revoked.contains(t)) {
+        let least = out.iter().min_by_key(|(m, l)| (l.len(), *m)).map(|(m, _)| m.clone());
+        if let Some(list) = least.and_then(|m| out.get_mut(&m)) {
+            list.push(t.clone());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

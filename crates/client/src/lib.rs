@@ -380,6 +380,26 @@ impl Client {
         resp.topic.ok_or_else(|| ClientError::Invalid("the gateway returned no topic".into()))
     }
 
+    /// Creates topic `name` when it is missing, its replication factor lowered to the live
+    /// nodes (a topic created meanwhile by another client is fine).
+    pub async fn create_topic_if_missing(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        config: HashMap<String, String>,
+    ) -> Result<(), ClientError> {
+        if self.describe_topic(name).await.is_ok() {
+            return Ok(());
+        }
+        let live = self.list_nodes().await.map(|n| n.iter().filter(|n| n.alive).count() as u32).unwrap_or(1);
+        match self.create_topic(name, partitions, replication_factor.min(live).max(1), config).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(tonic::Code::AlreadyExists) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Grows `topic` to `count` partitions.
     pub async fn create_partitions(&self, topic: &str, count: u32) -> Result<TopicDescription, ClientError> {
         let req = CreatePartitionsRequest { topic: topic.to_string(), count };

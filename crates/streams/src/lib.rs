@@ -23,6 +23,7 @@
 //! assert_eq!(counts["or"], 1);
 //! ```
 
+pub mod app;
 pub mod codec;
 pub mod driver;
 pub mod dsl;
@@ -33,6 +34,7 @@ pub mod task;
 pub mod topology;
 pub mod window;
 
+pub use app::{Guarantee, StreamsApp, StreamsConfig};
 pub use codec::{Codec, CodecError, Json};
 pub use driver::TestDriver;
 pub use dsl::{JoinWindows, KGroupedStream, KStream, KTable, StreamsBuilder};
@@ -41,7 +43,7 @@ pub use topology::{Output, StoreKind, StoreSpec, TaskMetrics, Topology};
 pub use window::{SessionWindows, TimeWindows};
 
 /// What can go wrong running a topology.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum StreamsError {
     #[error("no source reads topic '{0}'")]
     UnknownTopic(String),
@@ -51,4 +53,6 @@ pub enum StreamsError {
     Store(#[from] store::StoreError),
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Client(Box<sluice_client::ClientError>),
 }

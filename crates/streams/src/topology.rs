@@ -304,6 +304,30 @@ impl Topology {
         out
     }
 
+    /// The repartition topics of application `app_id`.
+    pub fn repartition_topics(&self, app_id: &str) -> Vec<String> {
+        self.graph.internal_topics.iter().map(|t| format!("{app_id}-{t}")).collect()
+    }
+
+    /// The sub-topology whose tasks hold store `store`.
+    pub fn sub_topology_of_store(&self, store: &str) -> Option<usize> {
+        self.source_groups().iter().position(|sources| {
+            let mut stack: Vec<NodeId> = sources.iter().map(|s| s.node).collect();
+            let mut seen = std::collections::BTreeSet::new();
+            while let Some(id) = stack.pop() {
+                if !seen.insert(id) {
+                    continue;
+                }
+                let n = &self.graph.nodes[id];
+                if n.stores.iter().any(|s| s == store) {
+                    return true;
+                }
+                stack.extend(n.children.iter().copied());
+            }
+            false
+        })
+    }
+
     /// Each logged store's changelog topic.
     pub fn changelog_topics(&self, app_id: &str) -> BTreeMap<String, String> {
         self.graph

@@ -310,7 +310,7 @@ pub(crate) async fn ensure_topic(client: &Client, name: &str, partitions: u32) -
     create_missing(client, name, partitions, 3, config).await
 }
 
-/// Creates topic `name` when it is missing, its replication factor lowered to the live nodes.
+/// Creates topic `name` when it is missing (see [`Client::create_topic_if_missing`]).
 pub(crate) async fn create_missing(
     client: &Client,
     name: &str,
@@ -318,15 +318,7 @@ pub(crate) async fn create_missing(
     replication_factor: u32,
     config: HashMap<String, String>,
 ) -> Result<(), ClientError> {
-    if client.describe_topic(name).await.is_ok() {
-        return Ok(());
-    }
-    let live = client.list_nodes().await.map(|n| n.iter().filter(|n| n.alive).count() as u32).unwrap_or(1);
-    match client.create_topic(name, partitions, replication_factor.min(live).max(1), config).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.code() == Some(tonic::Code::AlreadyExists) => Ok(()),
-        Err(e) => Err(e),
-    }
+    client.create_topic_if_missing(name, partitions, replication_factor, config).await
 }
 
 /// Where a sink writes.

@@ -70,40 +70,9 @@ struct Joining {
     owned: Vec<TaskId>,
 }
 
-/// The leader's split. `owned` is what each member runs now. A task stays where it runs while
-/// that member is within the fair share; tasks nobody runs go to the least loaded members
-/// (ties to the lowest member id); a task whose runner is over its share is revoked:
-/// assigned to nobody this generation.
+/// The leader's split (see [`sluice_client::group::cooperative_assign`]).
 fn assign(owned: &BTreeMap<String, Vec<TaskId>>, tasks: &[TaskId]) -> BTreeMap<String, Vec<TaskId>> {
-    let mut out: BTreeMap<String, Vec<TaskId>> = owned.keys().map(|m| (m.clone(), Vec::new())).collect();
-    if out.is_empty() {
-        return out;
-    }
-    let fair = tasks.len().div_ceil(out.len());
-    let wanted: std::collections::BTreeSet<&TaskId> = tasks.iter().collect();
-    let mut placed: std::collections::BTreeSet<&TaskId> = std::collections::BTreeSet::new();
-    let mut revoked = std::collections::BTreeSet::new();
-    for (member, tasks) in owned {
-        let mut kept: Vec<&TaskId> = tasks.iter().filter(|t| wanted.contains(t) && !placed.contains(t)).collect();
-        kept.sort();
-        for t in kept {
-            if out[member].len() < fair {
-                placed.insert(t);
-                if let Some(list) = out.get_mut(member) {
-                    list.push(t.clone());
-                }
-            } else {
-                revoked.insert(t);
-            }
-        }
-    }
-    for t in tasks.iter().filter(|t| !placed.contains(t) && !revoked.contains(t)) {
-        let least = out.iter().min_by_key(|(m, l)| (l.len(), *m)).map(|(m, _)| m.clone());
-        if let Some(list) = least.and_then(|m| out.get_mut(&m)) {
-            list.push(t.clone());
-        }
-    }
-    out
+    sluice_client::group::cooperative_assign(owned, tasks)
 }
 
 /// Follows `__connect_configs` from its start, publishing the connectors after each change.

@@ -1,0 +1,837 @@
+//! Running a topology against a Sluice cluster (Kafka's `KafkaStreams`).
+//!
+//! The instances of an application are the members of one classic group named after the
+//! application id, as Kafka Streams' are. At each generation the leader splits the tasks (a
+//! sub-topology and a partition of its topics) over the instances with the cooperative,
+//! sticky assignment Connect's runners use: a task stays where it runs while that instance
+//! is within its fair share, and a task that moves is first given up (its owner commits and
+//! closes it) before the next generation hands it on. So starting a second instance moves
+//! half the tasks to it, and stopping one moves them back.
+//!
+//! A task's stores live in sled (`state_dir`), one tree per store and task, and every write
+//! goes to the store's compacted changelog topic. A task that opens restores its stores from
+//! the changelog: from the offset a clean close wrote down (a checkpoint), or, without one
+//! (a crash), from the start into emptied trees.
+//!
+//! Processing runs on one thread of the instance (its tasks' processors are single-threaded).
+//! Every `commit_interval` the outputs of every task, their changelog records and the input
+//! offsets they reach are committed: with `exactly_once`, in one transaction of the
+//! instance's transactional producer (`<application id>-<instance>`) whose offsets are
+//! fenced by the group generation (KIP-447), so a zombie's work is aborted; new owners read
+//! the committed offsets stable (waiting for a pending transaction) and the changelogs and
+//! repartition topics read_committed. With `at_least_once`, outputs are flushed and then the
+//! offsets committed: a crash reprocesses what followed the last commit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_client::consumer::{Consumer, ConsumerConfig, ConsumerRecord};
+use sluice_client::producer::{GroupMetadata, Producer, ProducerConfig, ProducerRecord};
+use sluice_client::{Client, ClientError};
+use sluice_proto::v1::{
+    ClassicAssignment, ClassicHeartbeatRequest, ClassicJoinRequest, ClassicLeaveRequest, ClassicLeaver,
+    ClassicProtocol, ClassicSyncRequest, CommitOffsetsRequest, CommittedOffset, IsolationLevel, OffsetSpec,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::StreamsError;
+use crate::codec::Codec;
+use crate::record::Record;
+use crate::store::{Backend, Entries};
+use crate::task::{Task, TaskId};
+use crate::topology::{Output, StoreSpec, TaskMetrics, Topology};
+
+/// `processing.guarantee`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarantee {
+    /// Outputs flushed, then offsets committed: a crash reprocesses records (faster).
+    AtLeastOnce,
+    /// Outputs, changelog writes and offsets in one transaction per commit.
+    ExactlyOnce,
+}
+
+/// An application instance's settings.
+#[derive(Debug, Clone)]
+pub struct StreamsConfig {
+    /// [application.id] The group, the prefix of internal topics and of transactional ids.
+    pub application_id: String,
+    /// Gateway addresses, comma-separated.
+    pub gateway: String,
+    pub guarantee: Guarantee,
+    /// [commit.interval.ms]
+    pub commit_interval: Duration,
+    /// [state.dir] Where the stores' sled database goes (a directory per application).
+    pub state_dir: PathBuf,
+    /// This instance's name: its member name and transactional id suffix. Restarting an
+    /// instance under the same name fences what it left running.
+    pub instance: String,
+    /// [replication.factor] Of the internal topics (lowered to the live nodes).
+    pub replication_factor: u32,
+    /// [session.timeout.ms] How long the group waits for a silent instance.
+    pub session_timeout: Duration,
+}
+
+impl StreamsConfig {
+    pub fn new(application_id: &str, gateway: &str) -> Self {
+        Self {
+            application_id: application_id.to_string(),
+            gateway: gateway.to_string(),
+            guarantee: Guarantee::AtLeastOnce,
+            commit_interval: Duration::from_millis(100),
+            state_dir: std::env::temp_dir().join("sluice-streams"),
+            instance: format!("{}-{}", hostname(), std::process::id()),
+            replication_factor: 3,
+            session_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "local".into())
+}
+
+/// What an instance reports about itself.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceState {
+    /// The tasks it runs.
+    pub tasks: Vec<TaskId>,
+    pub generation: u64,
+    /// Per task: processed, dropped late and skipped records.
+    pub metrics: BTreeMap<TaskId, TaskMetrics>,
+    /// Changelog records applied while opening tasks, in total.
+    pub restored: u64,
+    /// Commits done.
+    pub commits: u64,
+    /// Why the instance stopped, when it did on its own.
+    pub failed: Option<String>,
+}
+
+enum Command {
+    /// Every entry of store `name` across the instance's tasks.
+    All(String, oneshot::Sender<Entries>),
+}
+
+/// A running application instance.
+pub struct StreamsApp {
+    commands: mpsc::Sender<Command>,
+    state: Arc<Mutex<InstanceState>>,
+    stop: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StreamsApp {
+    /// Starts an instance of `topology`: creates the internal topics, joins the application's
+    /// group and processes the tasks it is given until [`StreamsApp::close`].
+    pub fn start(topology: Topology, config: StreamsConfig) -> Result<Self, StreamsError> {
+        let dir = config.state_dir.join(&config.application_id).join(&config.instance);
+        std::fs::create_dir_all(&dir).map_err(|e| StreamsError::Config(format!("state.dir {}: {e}", dir.display())))?;
+        let db = sled::open(&dir).map_err(|e| StreamsError::Config(format!("state.dir {}: {e}", dir.display())))?;
+        let (commands, rx) = mpsc::channel(16);
+        let (stop, stopped) = watch::channel(false);
+        let state = Arc::new(Mutex::new(InstanceState::default()));
+        let st = state.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("streams-{}", config.application_id))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => return set_failed(&st, format!("no runtime: {e}")),
+                };
+                let local = tokio::task::LocalSet::new();
+                let instance = Instance::new(topology, config, db, st.clone());
+                if let Err(e) = local.block_on(&rt, instance.run(rx, stopped)) {
+                    tracing::error!(error = %e, "streams instance stopped");
+                    set_failed(&st, e.to_string());
+                }
+            })
+            .map_err(|e| StreamsError::Config(format!("no processing thread: {e}")))?;
+        Ok(Self { commands, state, stop, thread: Some(thread) })
+    }
+
+    /// What the instance runs and has done so far.
+    pub fn state(&self) -> InstanceState {
+        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Interactive query: every entry of key-value store `store` held by this instance's
+    /// tasks, decoded.
+    pub async fn all<K: Codec, V: Codec>(&self, store: &str) -> Result<Vec<(K, V)>, StreamsError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::All(store.to_string(), tx))
+            .await
+            .map_err(|_| StreamsError::Config("the instance has stopped".into()))?;
+        let entries = rx.await.map_err(|_| StreamsError::Config("the instance has stopped".into()))?;
+        entries
+            .into_iter()
+            .map(|(k, v)| {
+                let key = K::decode(&k).map_err(|e| StreamsError::Codec(store.to_string(), e))?;
+                let value = V::decode(&v).map_err(|e| StreamsError::Codec(store.to_string(), e))?;
+                Ok((key, value))
+            })
+            .collect()
+    }
+
+    /// Commits, closes the tasks cleanly (their stores checkpointed) and leaves the group.
+    pub fn close(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn set_failed(state: &Mutex<InstanceState>, why: String) {
+    if let Ok(mut s) = state.lock() {
+        s.failed = Some(why);
+    }
+}
+
+/// A sled tree as a store backend.
+struct SledBackend(sled::Tree);
+
+impl Backend for SledBackend {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        self.0.get(key).map(|v| v.map(|v| v.to_vec())).map_err(|e| e.to_string())
+    }
+    fn put(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
+        match value {
+            Some(v) => self.0.insert(key, v).map(|_| ()),
+            None => self.0.remove(key).map(|_| ()),
+        }
+        .map_err(|e| e.to_string())
+    }
+    fn range(&self, from: &[u8], to: Option<&[u8]>) -> Result<Entries, String> {
+        let iter = match to {
+            Some(t) => self.0.range(from..t),
+            None => self.0.range(from..),
+        };
+        iter.map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(|e| e.to_string())).collect()
+    }
+    fn flush(&mut self) -> Result<(), String> {
+        self.0.flush().map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+/// What an instance joins the group with: its name and the tasks it runs.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Joining {
+    instance: String,
+    owned: Vec<(usize, u32)>,
+}
+
+const PROTOCOL_TYPE: &str = "streams";
+const PROTOCOL: &str = "sluice-streams";
+const HEARTBEAT: Duration = Duration::from_millis(1000);
+
+/// The processing thread's state.
+struct Instance {
+    topology: Rc<Topology>,
+    cfg: StreamsConfig,
+    db: sled::Db,
+    state: Arc<Mutex<InstanceState>>,
+    tasks: BTreeMap<TaskId, Task>,
+    /// The next offset of each input partition, as processed.
+    positions: BTreeMap<(String, u32), i64>,
+    /// Positions processed since the last commit.
+    dirty: bool,
+    member_id: String,
+    generation: u64,
+    /// Input readers of the current assignment, and its number.
+    readers: Vec<tokio::task::JoinHandle<()>>,
+    epoch: u64,
+    /// The task of each input partition.
+    routes: HashMap<(String, u32), TaskId>,
+}
+
+impl Instance {
+    fn new(topology: Topology, cfg: StreamsConfig, db: sled::Db, state: Arc<Mutex<InstanceState>>) -> Self {
+        Self {
+            topology: Rc::new(topology),
+            cfg,
+            db,
+            state,
+            tasks: BTreeMap::new(),
+            positions: BTreeMap::new(),
+            dirty: false,
+            member_id: String::new(),
+            generation: 0,
+            readers: Vec::new(),
+            epoch: 0,
+            routes: HashMap::new(),
+        }
+    }
+
+    fn app(&self) -> &str {
+        &self.cfg.application_id
+    }
+
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), StreamsError> {
+        let client = loop {
+            match Client::connect(&self.cfg.gateway).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::info!(error = %e, "no gateway answers yet");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.changed() => return Ok(()),
+                    }
+                }
+            }
+        };
+        let counts = self.prepare_topics(&client).await?;
+        let producer = match self.cfg.guarantee {
+            Guarantee::ExactlyOnce => {
+                let id = format!("{}-{}", self.app(), self.cfg.instance);
+                // Kafka Streams' 10 s: a dead instance's open transaction holds its tasks' new
+                // owners (they read offsets stable) until it is aborted.
+                let cfg = ProducerConfig {
+                    linger: Duration::from_millis(5),
+                    transaction_timeout: Duration::from_secs(10),
+                    ..ProducerConfig::default()
+                };
+                Producer::transactional(client.clone(), &id, cfg).await.map_err(remote)?
+            }
+            Guarantee::AtLeastOnce => Producer::new(client.clone(), ProducerConfig::default()),
+        };
+        let (records_tx, mut records) = mpsc::channel::<(u64, Vec<ConsumerRecord>)>(64);
+        while !*stop.borrow() {
+            let joined = match self.join(&client, &counts).await {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::info!(error = %e, "joining the application's group failed; trying again");
+                    if e.sluice_code() == sluice_core::error::codes::UNKNOWN_MEMBER {
+                        self.member_id.clear();
+                    }
+                    self.drop_tasks("out of the group");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            if let Err(e) = self.apply(&client, joined, &records_tx).await {
+                tracing::warn!(error = %e, "opening the tasks failed; joining again");
+                self.drop_tasks("opening failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            let outcome = self.process(&client, &producer, &mut records, &mut commands, &mut stop).await;
+            if let Err(e) = outcome {
+                tracing::warn!(error = %e, "processing interrupted; the tasks are reopened from their changelogs");
+                self.drop_tasks("a commit failed");
+                if matches!(&e, StreamsError::Client(c) if c.sluice_code() == sluice_core::error::codes::PRODUCER_FENCED)
+                {
+                    return Err(e);
+                }
+            }
+        }
+        // A clean close: commit, checkpoint the stores, leave.
+        if self.dirty
+            && let Err(e) = self.commit(&client, &producer).await
+        {
+            tracing::warn!(error = %e, "the last commit failed");
+            self.drop_tasks("the last commit failed");
+        }
+        self.close_tasks(&client, self.tasks.keys().copied().collect()).await;
+        self.stop_readers();
+        producer.close().await;
+        if !self.member_id.is_empty() {
+            let req = ClassicLeaveRequest {
+                group_id: self.app().to_string(),
+                members: vec![ClassicLeaver {
+                    member_id: self.member_id.clone(),
+                    instance_id: self.cfg.instance.clone(),
+                }],
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(3), client.groups().leave_classic(req)).await;
+        }
+        Ok(())
+    }
+
+    /// Checks co-partitioning and creates the repartition and changelog topics; answers each
+    /// sub-topology's partition count.
+    async fn prepare_topics(&self, client: &Client) -> Result<Vec<u32>, StreamsError> {
+        let app = self.app().to_string();
+        let subs = self.topology.sub_topologies(&app);
+        let internal: Vec<String> = self.topology.internal_topics(&app);
+        // Repartition topics get as many partitions as the widest input topic.
+        let mut widest = 1;
+        for sub in &subs {
+            for t in sub.topics.iter().filter(|t| !internal.contains(t)) {
+                let d = client.describe_topic(t).await.map_err(remote)?;
+                widest = widest.max(d.partitions.len() as u32);
+            }
+        }
+        for t in self.topology.repartition_topics(&app) {
+            client
+                .create_topic_if_missing(&t, widest, self.cfg.replication_factor, HashMap::new())
+                .await
+                .map_err(remote)?;
+        }
+        let mut counts = Vec::new();
+        for sub in &subs {
+            let mut n: Option<(u32, String)> = None;
+            for t in &sub.topics {
+                let got = client.describe_topic(t).await.map_err(remote)?.partitions.len() as u32;
+                match &n {
+                    Some((m, first)) if *m != got => {
+                        return Err(StreamsError::Config(format!(
+                            "topics '{first}' ({m} partitions) and '{t}' ({got}) are joined and must have as many partitions"
+                        )));
+                    }
+                    Some(_) => {}
+                    None => n = Some((got, t.clone())),
+                }
+            }
+            counts.push(n.map(|(m, _)| m).unwrap_or(1));
+        }
+        let compact = HashMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
+        for (store, topic) in self.topology.changelog_topics(&app) {
+            let sub = self.topology.sub_topology_of_store(&store).unwrap_or(0);
+            let partitions = counts.get(sub).copied().unwrap_or(1);
+            client
+                .create_topic_if_missing(&topic, partitions, self.cfg.replication_factor, compact.clone())
+                .await
+                .map_err(remote)?;
+        }
+        Ok(counts)
+    }
+
+    /// Joins the group (the leader assigns) and answers this instance's tasks.
+    async fn join(&mut self, client: &Client, counts: &[u32]) -> Result<Vec<TaskId>, ClientError> {
+        let owned = self.tasks.keys().map(|t| (t.sub_topology, t.partition)).collect();
+        let joining = Joining { instance: self.cfg.instance.clone(), owned };
+        let join = ClassicJoinRequest {
+            group_id: self.app().to_string(),
+            member_id: self.member_id.clone(),
+            // Static membership: an instance restarted under its name takes its tasks back at
+            // once instead of waiting for its old self's session to expire.
+            instance_id: self.cfg.instance.clone(),
+            client_id: self.cfg.instance.clone(),
+            client_host: String::new(),
+            session_timeout_ms: self.cfg.session_timeout.as_millis() as u32,
+            rebalance_timeout_ms: 30_000,
+            protocol_type: PROTOCOL_TYPE.into(),
+            protocols: vec![ClassicProtocol {
+                name: PROTOCOL.into(),
+                metadata: serde_json::to_vec(&joining).unwrap_or_default().into(),
+            }],
+        };
+        let joined = client.groups().join_classic(join).await?.into_inner();
+        self.member_id = joined.member_id.clone();
+        let assignments = if joined.leader == joined.member_id {
+            let owned: BTreeMap<String, Vec<(usize, u32)>> = joined
+                .members
+                .iter()
+                .map(|m| {
+                    let j: Joining = serde_json::from_slice(&m.metadata).unwrap_or_default();
+                    (m.member_id.clone(), j.owned)
+                })
+                .collect();
+            let all: Vec<(usize, u32)> =
+                counts.iter().enumerate().flat_map(|(sub, n)| (0..*n).map(move |p| (sub, p))).collect();
+            sluice_client::group::cooperative_assign(&owned, &all)
+                .into_iter()
+                .map(|(m, tasks)| ClassicAssignment {
+                    member_id: m,
+                    assignment: serde_json::to_vec(&tasks).unwrap_or_default().into(),
+                })
+                .collect()
+        } else {
+            vec![]
+        };
+        let sync = ClassicSyncRequest {
+            group_id: self.app().to_string(),
+            member_id: self.member_id.clone(),
+            instance_id: self.cfg.instance.clone(),
+            generation: joined.generation,
+            protocol_type: PROTOCOL_TYPE.into(),
+            protocol: PROTOCOL.into(),
+            assignments,
+        };
+        let synced = client.groups().sync_classic(sync).await?.into_inner();
+        self.generation = joined.generation;
+        let mine: Vec<(usize, u32)> = serde_json::from_slice(&synced.assignment).unwrap_or_default();
+        Ok(mine.into_iter().map(|(s, p)| TaskId { sub_topology: s, partition: p }).collect())
+    }
+
+    /// Closes the tasks given up and opens the new ones, then reads their inputs.
+    async fn apply(
+        &mut self,
+        client: &Client,
+        mine: Vec<TaskId>,
+        records: &mpsc::Sender<(u64, Vec<ConsumerRecord>)>,
+    ) -> Result<(), StreamsError> {
+        let gone: Vec<TaskId> = self.tasks.keys().filter(|t| !mine.contains(t)).copied().collect();
+        self.close_tasks(client, gone).await;
+        for id in mine.iter().filter(|t| !self.tasks.contains_key(t)).copied().collect::<Vec<_>>() {
+            let task = self.open_task(client, id).await?;
+            self.tasks.insert(id, task);
+        }
+        tracing::info!(generation = self.generation, tasks = ?mine, "streams tasks assigned");
+        if let Ok(mut s) = self.state.lock() {
+            s.tasks = mine.clone();
+            s.generation = self.generation;
+        }
+        self.start_readers(client, records).await
+    }
+
+    /// Opens a task: its stores restored from their changelogs.
+    async fn open_task(&mut self, client: &Client, id: TaskId) -> Result<Task, StreamsError> {
+        let app = self.app().to_string();
+        let db = self.db.clone();
+        let open = move |spec: &StoreSpec| -> Box<dyn Backend> {
+            let name = format!("{}-{}", spec.name, id);
+            match db.open_tree(name.as_bytes()) {
+                Ok(t) => Box::new(SledBackend(t)),
+                Err(e) => {
+                    tracing::error!(error = %e, store = %spec.name, "store unreadable; kept in memory");
+                    Box::new(crate::store::MemoryBackend::default())
+                }
+            }
+        };
+        let task = Task::new(&self.topology, &app, id, &open)?;
+        let checkpoints = self.db.open_tree("checkpoints").map_err(sled_error)?;
+        let mut restored = 0u64;
+        for (store, topic) in task.changelogs().clone() {
+            let Some(handle) = task.store(&store) else { continue };
+            let key = format!("{store}-{id}");
+            // A checkpoint is written at a clean close only: without one the tree may hold
+            // writes that never committed, so it is emptied and rebuilt.
+            let from = match checkpoints.remove(key.as_bytes()).map_err(sled_error)? {
+                Some(v) => i64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
+                None => {
+                    self.db
+                        .open_tree(format!("{store}-{id}").as_bytes())
+                        .and_then(|t| t.clear())
+                        .map_err(sled_error)?;
+                    0
+                }
+            };
+            let end = end_offset(client, &topic, id.partition).await?;
+            if from >= end {
+                continue;
+            }
+            let cfg = ConsumerConfig { isolation: IsolationLevel::ReadCommitted, ..ConsumerConfig::default() };
+            let mut c = Consumer::at(client.clone(), &topic, BTreeMap::from([(id.partition, from)]), cfg);
+            let mut idle = 0;
+            loop {
+                let batch = c.poll(Duration::from_millis(200)).await.map_err(remote)?;
+                if batch.is_empty() {
+                    idle += 1;
+                    // Caught up, or stuck below a marker or an open transaction's end.
+                    if c.positions().get(&id.partition).copied().unwrap_or(0) >= end || idle >= 5 {
+                        break;
+                    }
+                    continue;
+                }
+                idle = 0;
+                for r in batch {
+                    if let Some(k) = r.key.as_deref() {
+                        handle.borrow_mut().restore(k, r.value.as_deref()).map_err(StreamsError::Store)?;
+                        restored += 1;
+                    }
+                }
+            }
+            tracing::info!(task = %id, store = %store, from, end, "store restored");
+        }
+        if let Ok(mut s) = self.state.lock() {
+            s.restored += restored;
+        }
+        Ok(task)
+    }
+
+    /// Closes tasks cleanly: stores flushed and checkpointed at their changelogs' ends.
+    async fn close_tasks(&mut self, client: &Client, ids: Vec<TaskId>) {
+        let Ok(checkpoints) = self.db.open_tree("checkpoints") else { return };
+        for id in ids {
+            let Some(mut task) = self.tasks.remove(&id) else { continue };
+            if task.flush().is_err() {
+                continue;
+            }
+            for (store, topic) in task.changelogs().clone() {
+                if let Ok(end) = end_offset(client, &topic, id.partition).await {
+                    let _ = checkpoints.insert(format!("{store}-{id}").as_bytes(), &end.to_be_bytes());
+                }
+            }
+            let _ = checkpoints.flush();
+            let topics = task.topics();
+            self.positions.retain(|(t, p), _| !(topics.contains(t) && *p == id.partition));
+        }
+    }
+
+    /// Drops every task without a checkpoint (their stores are rebuilt when reopened).
+    fn drop_tasks(&mut self, why: &str) {
+        if !self.tasks.is_empty() {
+            tracing::info!(why, tasks = self.tasks.len(), "tasks dropped");
+        }
+        self.tasks.clear();
+        self.positions.clear();
+        self.dirty = false;
+        self.stop_readers();
+    }
+
+    fn stop_readers(&mut self) {
+        for r in self.readers.drain(..) {
+            r.abort();
+        }
+    }
+
+    /// Reads every input partition of the tasks from its committed offset (or the start).
+    async fn start_readers(
+        &mut self,
+        client: &Client,
+        records: &mpsc::Sender<(u64, Vec<ConsumerRecord>)>,
+    ) -> Result<(), StreamsError> {
+        self.stop_readers();
+        self.routes.clear();
+        for (id, task) in &self.tasks {
+            for t in task.topics() {
+                self.routes.insert((t, id.partition), *id);
+            }
+        }
+        // Batches a stopped reader queued are told apart and dropped.
+        self.epoch += 1;
+        let epoch = self.epoch;
+        let mut by_topic: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for (id, task) in &self.tasks {
+            for t in task.topics() {
+                by_topic.entry(t).or_default().push(id.partition);
+            }
+        }
+        let app = self.app().to_string();
+        for (topic, partitions) in by_topic {
+            let mut positions = BTreeMap::new();
+            let committed = loop {
+                match client.fetch_stable_offsets(&app, &topic, partitions.clone()).await {
+                    Ok(c) => break c,
+                    // A transaction holding these offsets is still being decided.
+                    Err(e) if e.is_retriable() => tokio::time::sleep(Duration::from_millis(200)).await,
+                    Err(e) => return Err(remote(e)),
+                }
+            };
+            for p in partitions {
+                let at = match self.positions.get(&(topic.clone(), p)) {
+                    Some(o) => *o,
+                    None => match committed.iter().find(|c| c.partition == p) {
+                        Some(c) => c.offset,
+                        None => start_offset(client, &topic, p).await?,
+                    },
+                };
+                self.positions.insert((topic.clone(), p), at);
+                positions.insert(p, at);
+            }
+            let cfg = ConsumerConfig { isolation: IsolationLevel::ReadCommitted, ..ConsumerConfig::default() };
+            let mut consumer = Consumer::at(client.clone(), &topic, positions, cfg);
+            let tx = records.clone();
+            self.readers.push(tokio::spawn(async move {
+                loop {
+                    match consumer.poll(Duration::from_millis(500)).await {
+                        Ok(batch) if batch.is_empty() => {}
+                        Ok(batch) => {
+                            if tx.send((epoch, batch)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, topic = consumer.topic(), "reading input failed; trying again");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    }
+                }
+            }));
+        }
+        Ok(())
+    }
+
+    /// Processes records until the group rebalances, a commit fails or the instance stops.
+    async fn process(
+        &mut self,
+        client: &Client,
+        producer: &Producer,
+        records: &mut mpsc::Receiver<(u64, Vec<ConsumerRecord>)>,
+        commands: &mut mpsc::Receiver<Command>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), StreamsError> {
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        let mut commit = tokio::time::interval(self.cfg.commit_interval);
+        let started = Instant::now();
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return Ok(()),
+                batch = records.recv() => {
+                    let Some((epoch, batch)) = batch else { return Ok(()) };
+                    if epoch == self.epoch {
+                        self.handle(batch)?;
+                    }
+                }
+                Some(cmd) = commands.recv() => self.answer(cmd),
+                _ = commit.tick() => {
+                    if self.dirty {
+                        self.commit(client, producer).await?;
+                    }
+                }
+                _ = beat.tick() => {
+                    if started.elapsed() < HEARTBEAT {
+                        continue;
+                    }
+                    let hb = ClassicHeartbeatRequest {
+                        group_id: self.app().to_string(),
+                        member_id: self.member_id.clone(),
+                        instance_id: self.cfg.instance.clone(),
+                        generation: self.generation,
+                    };
+                    if let Err(e) = client.groups().heartbeat_classic(hb).await {
+                        let e = ClientError::from(e);
+                        if self.dirty {
+                            self.commit(client, producer).await?;
+                        }
+                        if e.sluice_code() == sluice_core::error::codes::REBALANCE_IN_PROGRESS {
+                            return Ok(());
+                        }
+                        return Err(remote(e));
+                    }
+                }
+            }
+        }
+    }
+
+    fn answer(&self, cmd: Command) {
+        match cmd {
+            Command::All(store, reply) => {
+                let mut out = Entries::new();
+                for t in self.tasks.values() {
+                    if let Some(s) = t.store(&store)
+                        && let Ok(entries) = s.borrow().range_raw(&[], None)
+                    {
+                        out.extend(entries);
+                    }
+                }
+                let _ = reply.send(out);
+            }
+        }
+    }
+
+    /// Processes a batch of one topic's records through their tasks.
+    fn handle(&mut self, batch: Vec<ConsumerRecord>) -> Result<(), StreamsError> {
+        for r in batch {
+            let topic = r.topic.to_string();
+            let key = (topic.clone(), r.partition);
+            // Records of partitions no longer held (a reader stopped late) are not processed.
+            let Some(at) = self.positions.get(&key).copied() else { continue };
+            if r.offset < at {
+                continue;
+            }
+            let Some(task) = self.routes.get(&key).and_then(|id| self.tasks.get_mut(id)) else { continue };
+            let span = r.process_span(&topic);
+            let _entered = span.enter();
+            let record = Record { key: r.key, value: r.value, timestamp: r.timestamp_ms, headers: r.headers };
+            task.process(&topic, r.offset, record)?;
+            self.positions.insert(key, r.offset + 1);
+            self.dirty = true;
+        }
+        if let Ok(mut s) = self.state.lock() {
+            s.metrics = self.tasks.iter().map(|(id, t)| (*id, t.metrics().clone())).collect();
+        }
+        Ok(())
+    }
+
+    /// Writes every task's outputs and commits the positions reached; a failed transaction is
+    /// aborted (the caller reopens the tasks from what committed).
+    async fn commit(&mut self, client: &Client, producer: &Producer) -> Result<(), StreamsError> {
+        let outcome = self.try_commit(client, producer).await;
+        if outcome.is_err() && self.cfg.guarantee == Guarantee::ExactlyOnce {
+            let _ = producer.abort_transaction().await;
+        }
+        outcome
+    }
+
+    async fn try_commit(&mut self, client: &Client, producer: &Producer) -> Result<(), StreamsError> {
+        let outputs: Vec<Output> = self.tasks.values_mut().flat_map(|t| t.take_outputs()).collect();
+        let offsets: BTreeMap<(String, u32), i64> = self.positions.clone();
+        let eos = self.cfg.guarantee == Guarantee::ExactlyOnce;
+        if eos {
+            producer.begin_transaction().await.map_err(remote)?;
+        }
+        let mut deliveries = Vec::with_capacity(outputs.len());
+        for o in outputs {
+            let record = ProducerRecord {
+                topic: o.topic,
+                partition: o.partition,
+                key: o.key.map(Bytes::from),
+                value: o.value.map(Bytes::from),
+                headers: o.headers,
+                timestamp_ms: o.timestamp.max(0),
+            };
+            deliveries.push(producer.send(record).await.map_err(remote)?);
+        }
+        if eos {
+            let group = GroupMetadata {
+                group_id: self.app().to_string(),
+                member_id: self.member_id.clone(),
+                generation: self.generation,
+            };
+            producer.send_offsets_to_transaction(&offsets, &group).await.map_err(remote)?;
+            drop(deliveries);
+            producer.commit_transaction().await.map_err(remote)?;
+        } else {
+            for d in deliveries {
+                d.await.map_err(|_| StreamsError::Config("the producer stopped".into()))?.map_err(remote)?;
+            }
+            let req = CommitOffsetsRequest {
+                id: 0,
+                group_id: self.app().to_string(),
+                member_id: self.member_id.clone(),
+                generation: self.generation,
+                offsets: offsets
+                    .iter()
+                    .map(|((t, p), o)| CommittedOffset {
+                        topic: t.clone(),
+                        partition: *p,
+                        offset: *o,
+                        ..CommittedOffset::default()
+                    })
+                    .collect(),
+            };
+            let resp = client.groups().commit_offsets(req).await.map_err(|s| remote(s.into()))?.into_inner();
+            if let Some(e) = resp.results.iter().find_map(|r| r.error.as_ref()) {
+                return Err(remote(sluice_core::RemoteError::from(e).into()));
+            }
+        }
+        self.dirty = false;
+        if let Ok(mut s) = self.state.lock() {
+            s.commits += 1;
+        }
+        Ok(())
+    }
+}
+
+fn remote(e: ClientError) -> StreamsError {
+    StreamsError::Client(Box::new(e))
+}
+
+fn sled_error(e: sled::Error) -> StreamsError {
+    StreamsError::Config(format!("state store database: {e}"))
+}
+
+async fn list(client: &Client, topic: &str, partition: u32, spec: OffsetSpec) -> Result<i64, StreamsError> {
+    let offsets = client.list_offsets(topic, vec![partition], spec, 0).await.map_err(remote)?;
+    Ok(offsets.first().map(|o| if o.offset >= 0 { o.offset } else { o.log_end_offset }).unwrap_or(0))
+}
+
+async fn end_offset(client: &Client, topic: &str, partition: u32) -> Result<i64, StreamsError> {
+    list(client, topic, partition, OffsetSpec::Latest).await
+}
+
+async fn start_offset(client: &Client, topic: &str, partition: u32) -> Result<i64, StreamsError> {
+    list(client, topic, partition, OffsetSpec::Earliest).await
+}
