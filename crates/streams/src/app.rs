@@ -28,7 +28,6 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use sluice_client::consumer::{Consumer, ConsumerConfig, ConsumerRecord};
 use sluice_client::producer::{GroupMetadata, Producer, ProducerConfig, ProducerRecord};
 use sluice_client::{Client, ClientError};
@@ -247,7 +246,7 @@ struct Instance {
     readers: Vec<tokio::task::JoinHandle<()>>,
     epoch: u64,
     /// The task of each input partition.
-    routes: HashMap<(String, u32), TaskId>,
+    routes: HashMap<String, HashMap<u32, TaskId>>,
 }
 
 impl Instance {
@@ -596,7 +595,7 @@ impl Instance {
         self.routes.clear();
         for (id, task) in &self.tasks {
             for t in task.topics() {
-                self.routes.insert((t, id.partition), *id);
+                self.routes.entry(t).or_default().insert(id.partition, *id);
             }
         }
         // Batches a stopped reader queued are told apart and dropped.
@@ -723,20 +722,27 @@ impl Instance {
 
     /// Processes a batch of one topic's records through their tasks.
     fn handle(&mut self, batch: Vec<ConsumerRecord>) -> Result<(), StreamsError> {
+        let Some(first) = batch.first() else { return Ok(()) };
+        let topic = first.topic.to_string();
+        let Some(routes) = self.routes.get(&topic) else { return Ok(()) };
+        let mut key = (topic, u32::MAX);
+        let mut at = None;
         for r in batch {
-            let topic = r.topic.to_string();
-            let key = (topic.clone(), r.partition);
+            if r.partition != key.1 {
+                key.1 = r.partition;
+                at = self.positions.get_mut(&key);
+            }
             // Records of partitions no longer held (a reader stopped late) are not processed.
-            let Some(at) = self.positions.get(&key).copied() else { continue };
-            if r.offset < at {
+            let Some(at) = at.as_deref_mut() else { continue };
+            if r.offset < *at {
                 continue;
             }
-            let Some(task) = self.routes.get(&key).and_then(|id| self.tasks.get_mut(id)) else { continue };
-            let span = r.process_span(&topic);
+            let Some(task) = routes.get(&r.partition).and_then(|id| self.tasks.get_mut(id)) else { continue };
+            let span = r.process_span(&key.0);
             let _entered = span.enter();
             let record = Record { key: r.key, value: r.value, timestamp: r.timestamp_ms, headers: r.headers };
-            task.process(&topic, r.offset, record)?;
-            self.positions.insert(key, r.offset + 1);
+            task.process(&key.0, r.offset, record)?;
+            *at = r.offset + 1;
             self.dirty = true;
         }
         if let Ok(mut s) = self.state.lock() {
@@ -767,8 +773,8 @@ impl Instance {
             let record = ProducerRecord {
                 topic: o.topic,
                 partition: o.partition,
-                key: o.key.map(Bytes::from),
-                value: o.value.map(Bytes::from),
+                key: o.key,
+                value: o.value,
                 headers: o.headers,
                 timestamp_ms: o.timestamp.max(0),
             };

@@ -39,7 +39,7 @@ impl TestDriver {
         value: V,
         timestamp: i64,
     ) -> Result<(), StreamsError> {
-        let record = Record::new(key.encode().map(Bytes::from), value.encode().map(Bytes::from), timestamp);
+        let record = Record::new(key.encode(), value.encode(), timestamp);
         self.pipe_raw(topic, record)
     }
 

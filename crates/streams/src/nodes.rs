@@ -19,11 +19,11 @@ pub(crate) struct Decode<K, V> {
 
 impl<K: Codec + Clone, V: Codec + Clone> Process<Option<Bytes>, Option<Bytes>> for Decode<K, V> {
     fn process(&mut self, ctx: &mut Ctx, r: Record<Option<Bytes>, Option<Bytes>>) {
-        let key = match K::decode_opt(r.key.as_deref()) {
+        let key = match K::decode_opt_owned(r.key) {
             Ok(k) => k,
             Err(e) => return ctx.skip(&format!("key: {e}")),
         };
-        let value = match V::decode_opt(r.value.as_deref()) {
+        let value = match V::decode_opt_owned(r.value) {
             Ok(v) => v,
             Err(e) => return ctx.skip(&format!("value: {e}")),
         };
@@ -73,7 +73,7 @@ pub(crate) struct ToTable<K, V2> {
 
 impl<K: Codec + Clone, V: Into<Option<V2>>, V2: Codec + Clone> Process<K, V> for ToTable<K, V2> {
     fn process(&mut self, ctx: &mut Ctx, r: Record<K, V>) {
-        if r.key.encode().is_none() {
+        if r.key.is_null() {
             return ctx.skip("a table row needs a key");
         }
         let new: Option<V2> = r.value.into();
@@ -100,7 +100,7 @@ pub(crate) struct Aggregate<K, VA, F> {
 
 impl<K: Codec + Clone, V, VA: Codec + Clone, F: Fn(&K, &V, Option<VA>) -> VA> Process<K, V> for Aggregate<K, VA, F> {
     fn process(&mut self, ctx: &mut Ctx, r: Record<K, V>) {
-        if r.key.encode().is_none() {
+        if r.key.is_null() {
             return ctx.skip("an aggregation needs a key");
         }
         let mut store = self.store.borrow_mut();
@@ -212,7 +212,7 @@ impl<K: Codec + Clone, VA: Codec + Clone, F> WindowAggregate<K, VA, F> {
         if !self.opened {
             self.open()?;
         }
-        let Some(kb) = r.key.encode() else {
+        let Some(kb) = r.key.encode().map(Vec::from) else {
             ctx.skip("a windowed aggregation needs a key");
             return Ok(());
         };
@@ -298,7 +298,7 @@ where
                 }
             }
         }
-        let Some(kb) = r.key.encode() else {
+        let Some(kb) = r.key.encode().map(Vec::from) else {
             ctx.skip("a session aggregation needs a key");
             return Ok(());
         };
@@ -366,7 +366,7 @@ impl<K: Codec + Clone, V, VT: Codec, VR: Clone, F: Fn(&V, Option<&VT>) -> Option
     for StreamTableJoin<K, VT, VR, F>
 {
     fn process(&mut self, ctx: &mut Ctx, r: Record<K, V>) {
-        if r.key.encode().is_none() {
+        if r.key.is_null() {
             return ctx.skip("a stream-table join needs a key");
         }
         let row = match self.store.borrow().get::<K, VT>(&r.key) {
@@ -539,7 +539,7 @@ where
         if !self.opened {
             self.open()?;
         }
-        let Some(kb) = r.key.encode() else {
+        let Some(kb) = r.key.encode().map(Vec::from) else {
             ctx.skip("a stream-stream join needs a key");
             return Ok(());
         };
@@ -578,7 +578,7 @@ where
         }
         .unwrap_or_default();
         let mut list_raw = mine.get_raw(&kb, t, t)?.unwrap_or_default();
-        list_raw.extend(blob(&[(if matched { MATCHED } else { UNMATCHED }, own.as_slice())]));
+        list_raw.extend(blob(&[(if matched { MATCHED } else { UNMATCHED }, &own[..])]));
         mine.put_raw(&kb, t, t, Some(&list_raw))?;
         if !matched && self.waits(this_side) {
             let close = self.close(this_side, t);

@@ -47,11 +47,11 @@ pub struct Windowed<K> {
 
 /// The key's bytes, then the window's start and end, 8 bytes each, big-endian.
 impl<K: Codec> Codec for Windowed<K> {
-    fn encode(&self) -> Option<Vec<u8>> {
-        let mut out = self.key.encode().unwrap_or_default();
+    fn encode(&self) -> Option<Bytes> {
+        let mut out = self.key.encode().map(Vec::from).unwrap_or_default();
         out.extend_from_slice(&self.start.to_be_bytes());
         out.extend_from_slice(&self.end.to_be_bytes());
-        Some(out)
+        Some(Bytes::from(out))
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, CodecError> {

@@ -84,8 +84,8 @@ impl Task {
             for (key, value) in store.borrow_mut().take_changelog() {
                 out.push(Output {
                     topic: topic.clone(),
-                    key: Some(key),
-                    value,
+                    key: Some(Bytes::from(key)),
+                    value: value.map(Bytes::from),
                     timestamp: self.ctx.stream_time.max(0),
                     headers: Vec::new(),
                     partition: Some(self.id.partition),

@@ -50,8 +50,8 @@ impl<K: Clone, V: Clone> Out<K, V> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {
     pub topic: String,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
     pub timestamp: i64,
     pub headers: Headers,
     /// Set for changelog records (the task's partition); otherwise the producer's
