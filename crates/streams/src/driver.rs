@@ -4,8 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
-
 use crate::StreamsError;
 use crate::codec::Codec;
 use crate::record::Record;
@@ -59,12 +57,7 @@ impl TestDriver {
                     && o.topic.starts_with(&format!("{}-", self.app_id))
                     && o.topic.ends_with("-repartition")
                 {
-                    let r = Record {
-                        key: o.key.map(Bytes::from),
-                        value: o.value.map(Bytes::from),
-                        timestamp: o.timestamp,
-                        headers: o.headers,
-                    };
+                    let r = Record { key: o.key, value: o.value, timestamp: o.timestamp, headers: o.headers };
                     looped.push((o.topic, r));
                 } else {
                     self.outputs.entry(o.topic.clone()).or_default().push(o);
