@@ -28,8 +28,9 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use opentelemetry::KeyValue;
 use sluice_client::consumer::{Consumer, ConsumerConfig, ConsumerRecord};
-use sluice_client::producer::{GroupMetadata, Producer, ProducerConfig, ProducerRecord};
+use sluice_client::producer::{DeliveryFuture, GroupMetadata, Producer, ProducerConfig, ProducerRecord};
 use sluice_client::{Client, ClientError};
 use sluice_proto::v1::{
     ClassicAssignment, ClassicHeartbeatRequest, ClassicJoinRequest, ClassicLeaveRequest, ClassicLeaver,
@@ -128,6 +129,7 @@ impl StreamsApp {
     /// Starts an instance of `topology`: creates the internal topics, joins the application's
     /// group and processes the tasks it is given until [`StreamsApp::close`].
     pub fn start(topology: Topology, config: StreamsConfig) -> Result<Self, StreamsError> {
+        topology.validate()?;
         let dir = config.state_dir.join(&config.application_id).join(&config.instance);
         std::fs::create_dir_all(&dir).map_err(|e| StreamsError::Config(format!("state.dir {}: {e}", dir.display())))?;
         let db = sled::open(&dir).map_err(|e| StreamsError::Config(format!("state.dir {}: {e}", dir.display())))?;
@@ -144,9 +146,24 @@ impl StreamsApp {
                 };
                 let local = tokio::task::LocalSet::new();
                 let instance = Instance::new(topology, config, db, st.clone());
-                if let Err(e) = local.block_on(&rt, instance.run(rx, stopped)) {
-                    tracing::error!(error = %e, "streams instance stopped");
-                    set_failed(&st, e.to_string());
+                // A processor that panics (a user's function) stops the instance, saying so.
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    local.block_on(&rt, instance.run(rx, stopped))
+                }));
+                match run {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "streams instance stopped");
+                        set_failed(&st, e.to_string());
+                    }
+                    Err(panic) => {
+                        let why = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default();
+                        set_failed(&st, format!("a processor panicked: {why}"));
+                    }
                 }
             })
             .map_err(|e| StreamsError::Config(format!("no processing thread: {e}")))?;
@@ -178,7 +195,14 @@ impl StreamsApp {
     }
 
     /// Commits, closes the tasks cleanly (their stores checkpointed) and leaves the group.
-    pub fn close(mut self) {
+    pub fn close(self) {
+        drop(self);
+    }
+}
+
+/// Dropping an instance closes it as [`StreamsApp::close`] does.
+impl Drop for StreamsApp {
+    fn drop(&mut self) {
         let _ = self.stop.send(true);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -218,6 +242,20 @@ impl Backend for SledBackend {
     }
 }
 
+/// Heartbeats sent while tasks open.
+struct Beating {
+    task: tokio::task::JoinHandle<()>,
+    rebalance: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Beating {
+    /// Stops; answers whether a rebalance was asked for.
+    fn stop(self) -> bool {
+        self.task.abort();
+        self.rebalance.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// What an instance joins the group with: its name and the tasks it runs.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Joining {
@@ -247,6 +285,10 @@ struct Instance {
     epoch: u64,
     /// The task of each input partition.
     routes: HashMap<String, HashMap<u32, TaskId>>,
+    /// How far in each changelog partition the stores are (restored, then written).
+    changelog_at: HashMap<(String, u32), i64>,
+    /// Each task's counts as last exported.
+    reported: HashMap<TaskId, TaskMetrics>,
 }
 
 impl Instance {
@@ -264,6 +306,8 @@ impl Instance {
             readers: Vec::new(),
             epoch: 0,
             routes: HashMap::new(),
+            changelog_at: HashMap::new(),
+            reported: HashMap::new(),
         }
     }
 
@@ -304,32 +348,53 @@ impl Instance {
             Guarantee::AtLeastOnce => Producer::new(client.clone(), ProducerConfig::default()),
         };
         let (records_tx, mut records) = mpsc::channel::<(u64, Vec<ConsumerRecord>)>(64);
-        while !*stop.borrow() {
+        // A dropped `StreamsApp` stops the instance as `close` does.
+        let stopping = |stop: &watch::Receiver<bool>| *stop.borrow() || stop.has_changed().is_err();
+        while !stopping(&stop) {
             let joined = match self.join(&client, &counts).await {
                 Ok(j) => j,
                 Err(e) => {
+                    // The tasks stay open, unprocessed: everything they did is committed, and
+                    // the next generation most likely gives them back.
                     tracing::info!(error = %e, "joining the application's group failed; trying again");
                     if e.sluice_code() == sluice_core::error::codes::UNKNOWN_MEMBER {
                         self.member_id.clear();
                     }
-                    self.drop_tasks("out of the group");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
             };
-            if let Err(e) = self.apply(&client, joined, &records_tx).await {
-                tracing::warn!(error = %e, "opening the tasks failed; joining again");
-                self.drop_tasks("opening failed");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
+            // Opening tasks (restores) may take long: the membership is kept alive meanwhile,
+            // and a rebalance asked for meanwhile is answered right after.
+            let beating = self.heartbeat_in_background(&client);
+            let applied = self.apply(&client, joined, &records_tx, &stop).await;
+            let rebalance = beating.stop();
+            match applied {
+                Ok(gave_up) if gave_up || rebalance => {
+                    // Tasks given up go to their new owners in the next generation: join again.
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e @ StreamsError::Store(_)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "opening the tasks failed; joining again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
             }
             let outcome = self.process(&client, &producer, &mut records, &mut commands, &mut stop).await;
-            if let Err(e) = outcome {
-                tracing::warn!(error = %e, "processing interrupted; the tasks are reopened from their changelogs");
-                self.drop_tasks("a commit failed");
-                if matches!(&e, StreamsError::Client(c) if c.sluice_code() == sluice_core::error::codes::PRODUCER_FENCED)
-                {
-                    return Err(e);
+            match outcome {
+                Ok(()) => {}
+                // A store that cannot be read or written, or a record its codec refuses, fails
+                // the same way every time: stop rather than rebalance the group for ever.
+                Err(e @ StreamsError::Store(_)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "processing interrupted; the tasks are reopened from their changelogs");
+                    self.drop_tasks("a commit failed");
+                    if matches!(&e, StreamsError::Client(c) if c.sluice_code() == sluice_core::error::codes::PRODUCER_FENCED)
+                    {
+                        return Err(e);
+                    }
                 }
             }
         }
@@ -340,7 +405,7 @@ impl Instance {
             tracing::warn!(error = %e, "the last commit failed");
             self.drop_tasks("the last commit failed");
         }
-        self.close_tasks(&client, self.tasks.keys().copied().collect()).await;
+        self.close_tasks(self.tasks.keys().copied().collect());
         self.stop_readers();
         producer.close().await;
         if !self.member_id.is_empty() {
@@ -361,37 +426,52 @@ impl Instance {
     async fn prepare_topics(&self, client: &Client) -> Result<Vec<u32>, StreamsError> {
         let app = self.app().to_string();
         let subs = self.topology.sub_topologies(&app);
-        let internal: Vec<String> = self.topology.internal_topics(&app);
-        // Repartition topics get as many partitions as the widest input topic.
-        let mut widest = 1;
-        for sub in &subs {
-            for t in sub.topics.iter().filter(|t| !internal.contains(t)) {
-                let d = client.describe_topic(t).await.map_err(remote)?;
-                widest = widest.max(d.partitions.len() as u32);
-            }
-        }
-        for t in self.topology.repartition_topics(&app) {
-            client
-                .create_topic_if_missing(&t, widest, self.cfg.replication_factor, HashMap::new())
-                .await
-                .map_err(remote)?;
-        }
-        let mut counts = Vec::new();
-        for sub in &subs {
-            let mut n: Option<(u32, String)> = None;
-            for t in &sub.topics {
+        let writers = self.topology.repartition_writers(&app);
+        let repartition = |t: &str| writers.iter().any(|(r, _)| r == t);
+        // The input topics' partition counts: topics read together must agree.
+        let mut counts: Vec<Option<(u32, String)>> = vec![None; subs.len()];
+        for (i, sub) in subs.iter().enumerate() {
+            for t in sub.topics.iter().filter(|t| !repartition(t)) {
                 let got = client.describe_topic(t).await.map_err(remote)?.partitions.len() as u32;
-                match &n {
-                    Some((m, first)) if *m != got => {
+                match &counts[i] {
+                    Some((n, first)) if *n != got => {
                         return Err(StreamsError::Config(format!(
-                            "topics '{first}' ({m} partitions) and '{t}' ({got}) are joined and must have as many partitions"
+                            "topics '{first}' ({n} partitions) and '{t}' ({got}) are joined and must have as many partitions"
                         )));
                     }
                     Some(_) => {}
-                    None => n = Some((got, t.clone())),
+                    None => counts[i] = Some((got, t.clone())),
                 }
             }
-            counts.push(n.map(|(m, _)| m).unwrap_or(1));
+        }
+        // A sub-topology reading only repartition topics gets the count of the one writing
+        // them (Kafka's rule); one that joins them with input topics, the inputs' count.
+        for _ in 0..=subs.len() {
+            for (i, sub) in subs.iter().enumerate() {
+                if counts[i].is_some() {
+                    continue;
+                }
+                let from_writer = sub.topics.iter().find_map(|t| {
+                    let writer = writers.iter().find(|(r, _)| r == t)?.1?;
+                    counts.get(writer)?.clone()
+                });
+                counts[i] = from_writer;
+            }
+        }
+        let counts: Vec<u32> = counts.into_iter().map(|c| c.map_or(1, |(n, _)| n)).collect();
+        for (topic, _) in &writers {
+            let reader = subs.iter().position(|s| s.topics.contains(topic)).unwrap_or(0);
+            let want = counts.get(reader).copied().unwrap_or(1);
+            client
+                .create_topic_if_missing(topic, want, self.cfg.replication_factor, HashMap::new())
+                .await
+                .map_err(remote)?;
+            let got = client.describe_topic(topic).await.map_err(remote)?.partitions.len() as u32;
+            if got != want {
+                return Err(StreamsError::Config(format!(
+                    "repartition topic '{topic}' has {got} partitions where the topology needs {want}: delete it (the application's state with it) or keep the input topics' partition counts"
+                )));
+            }
         }
         let compact = HashMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
         for (store, topic) in self.topology.changelog_topics(&app) {
@@ -463,29 +543,65 @@ impl Instance {
         Ok(mine.into_iter().map(|(s, p)| TaskId { sub_topology: s, partition: p }).collect())
     }
 
-    /// Closes the tasks given up and opens the new ones, then reads their inputs.
+    /// Closes the tasks given up and opens the new ones, then reads their inputs; answers
+    /// whether tasks were given up.
     async fn apply(
         &mut self,
         client: &Client,
         mine: Vec<TaskId>,
         records: &mpsc::Sender<(u64, Vec<ConsumerRecord>)>,
-    ) -> Result<(), StreamsError> {
+        stop: &watch::Receiver<bool>,
+    ) -> Result<bool, StreamsError> {
         let gone: Vec<TaskId> = self.tasks.keys().filter(|t| !mine.contains(t)).copied().collect();
-        self.close_tasks(client, gone).await;
+        let gave_up = !gone.is_empty();
+        self.close_tasks(gone);
         for id in mine.iter().filter(|t| !self.tasks.contains_key(t)).copied().collect::<Vec<_>>() {
-            let task = self.open_task(client, id).await?;
+            let task = self.open_task(client, id, stop).await?;
             self.tasks.insert(id, task);
+            crate::metrics::metrics().tasks.add(1, &crate::metrics::task(&self.cfg.application_id, &id));
         }
         tracing::info!(generation = self.generation, tasks = ?mine, "streams tasks assigned");
         if let Ok(mut s) = self.state.lock() {
             s.tasks = mine.clone();
             s.generation = self.generation;
         }
-        self.start_readers(client, records).await
+        self.start_readers(client, records).await?;
+        Ok(gave_up)
     }
 
-    /// Opens a task: its stores restored from their changelogs.
-    async fn open_task(&mut self, client: &Client, id: TaskId) -> Result<Task, StreamsError> {
+    /// Heartbeats for the current generation until stopped; tells whether the group asked
+    /// for a rebalance meanwhile.
+    fn heartbeat_in_background(&self, client: &Client) -> Beating {
+        let (client, flag) = (client.clone(), Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        let hb = ClassicHeartbeatRequest {
+            group_id: self.app().to_string(),
+            member_id: self.member_id.clone(),
+            instance_id: self.cfg.instance.clone(),
+            generation: self.generation,
+        };
+        let seen = flag.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT).await;
+                if let Err(e) = client.groups().heartbeat_classic(hb.clone()).await {
+                    let e = ClientError::from(e);
+                    if e.sluice_code() == sluice_core::error::codes::REBALANCE_IN_PROGRESS {
+                        seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        Beating { task, rebalance: flag }
+    }
+
+    /// Opens a task: once no transaction holds its input offsets, its stores are restored
+    /// from their changelogs to their ends.
+    async fn open_task(
+        &mut self,
+        client: &Client,
+        id: TaskId,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Task, StreamsError> {
         let app = self.app().to_string();
         let db = self.db.clone();
         let open = move |spec: &StoreSpec| -> Box<dyn Backend> {
@@ -499,6 +615,10 @@ impl Instance {
             }
         };
         let task = Task::new(&self.topology, &app, id, &open)?;
+        // A previous owner's transaction still being decided would add to the changelogs.
+        for topic in task.topics() {
+            self.committed(client, &topic, vec![id.partition]).await?;
+        }
         let checkpoints = self.db.open_tree("checkpoints").map_err(sled_error)?;
         let mut restored = 0u64;
         for (store, topic) in task.changelogs().clone() {
@@ -509,39 +629,37 @@ impl Instance {
             let from = match checkpoints.remove(key.as_bytes()).map_err(sled_error)? {
                 Some(v) => i64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
                 None => {
-                    self.db
-                        .open_tree(format!("{store}-{id}").as_bytes())
-                        .and_then(|t| t.clear())
-                        .map_err(sled_error)?;
+                    self.db.open_tree(key.as_bytes()).and_then(|t| t.clear()).map_err(sled_error)?;
                     0
                 }
             };
+            let _ = checkpoints.flush();
             let end = end_offset(client, &topic, id.partition).await?;
-            if from >= end {
-                continue;
-            }
-            let cfg = ConsumerConfig { isolation: IsolationLevel::ReadCommitted, ..ConsumerConfig::default() };
-            let mut c = Consumer::at(client.clone(), &topic, BTreeMap::from([(id.partition, from)]), cfg);
-            let mut idle = 0;
-            loop {
-                let batch = c.poll(Duration::from_millis(200)).await.map_err(remote)?;
-                if batch.is_empty() {
-                    idle += 1;
-                    // Caught up, or stuck below a marker or an open transaction's end.
-                    if c.positions().get(&id.partition).copied().unwrap_or(0) >= end || idle >= 5 {
-                        break;
+            let mut at = from;
+            let mut n = 0u64;
+            if from < end {
+                let cfg = ConsumerConfig { isolation: IsolationLevel::ReadCommitted, ..ConsumerConfig::default() };
+                let mut c = Consumer::at(client.clone(), &topic, BTreeMap::from([(id.partition, from)]), cfg);
+                // To the end as it was: every record of a decided transaction below it, markers
+                // included (positions move past them), so nothing committed is left out.
+                while at < end {
+                    if *stop.borrow() {
+                        return Err(StreamsError::Config("stopping".into()));
                     }
-                    continue;
-                }
-                idle = 0;
-                for r in batch {
-                    if let Some(k) = r.key.as_deref() {
-                        handle.borrow_mut().restore(k, r.value.as_deref()).map_err(StreamsError::Store)?;
-                        restored += 1;
+                    for r in c.poll(Duration::from_millis(500)).await.map_err(remote)? {
+                        if let Some(k) = r.key.as_deref() {
+                            handle.borrow_mut().restore(k, r.value.as_deref()).map_err(StreamsError::Store)?;
+                            n += 1;
+                        }
                     }
+                    at = c.positions().get(&id.partition).copied().unwrap_or(at);
                 }
+                tracing::info!(task = %id, store = %store, from, end, "store restored");
+                let attrs = [KeyValue::new("application", app.clone()), KeyValue::new("store", store.clone())];
+                crate::metrics::metrics().restored.add(n, &attrs);
+                restored += n;
             }
-            tracing::info!(task = %id, store = %store, from, end, "store restored");
+            self.changelog_at.insert((topic.clone(), id.partition), at.max(end));
         }
         if let Ok(mut s) = self.state.lock() {
             s.restored += restored;
@@ -549,22 +667,40 @@ impl Instance {
         Ok(task)
     }
 
-    /// Closes tasks cleanly: stores flushed and checkpointed at their changelogs' ends.
-    async fn close_tasks(&mut self, client: &Client, ids: Vec<TaskId>) {
-        let Ok(checkpoints) = self.db.open_tree("checkpoints") else { return };
+    /// The committed offsets of `partitions` of `topic`, once no transaction holds them.
+    async fn committed(
+        &self,
+        client: &Client,
+        topic: &str,
+        partitions: Vec<u32>,
+    ) -> Result<Vec<CommittedOffset>, StreamsError> {
+        loop {
+            match client.fetch_stable_offsets(self.app(), topic, partitions.clone()).await {
+                Ok(c) => return Ok(c),
+                // A transaction holding these offsets is still being decided.
+                Err(e) if e.is_retriable() => tokio::time::sleep(Duration::from_millis(200)).await,
+                Err(e) => return Err(remote(e)),
+            }
+        }
+    }
+
+    /// Closes tasks cleanly: stores flushed and checkpointed at the changelog offsets this
+    /// instance knows its stores reflect (restored to, then written by its commits).
+    fn close_tasks(&mut self, ids: Vec<TaskId>) {
+        let checkpoints = self.db.open_tree("checkpoints").ok();
         for id in ids {
             let Some(mut task) = self.tasks.remove(&id) else { continue };
-            if task.flush().is_err() {
-                continue;
-            }
+            crate::metrics::metrics().tasks.add(-1, &crate::metrics::task(&self.cfg.application_id, &id));
+            self.reported.remove(&id);
+            let topics = task.topics();
+            self.positions.retain(|(t, p), _| !(topics.contains(t) && *p == id.partition));
+            let (Some(checkpoints), Ok(())) = (&checkpoints, task.flush()) else { continue };
             for (store, topic) in task.changelogs().clone() {
-                if let Ok(end) = end_offset(client, &topic, id.partition).await {
-                    let _ = checkpoints.insert(format!("{store}-{id}").as_bytes(), &end.to_be_bytes());
+                if let Some(at) = self.changelog_at.remove(&(topic, id.partition)) {
+                    let _ = checkpoints.insert(format!("{store}-{id}").as_bytes(), &at.to_be_bytes());
                 }
             }
             let _ = checkpoints.flush();
-            let topics = task.topics();
-            self.positions.retain(|(t, p), _| !(topics.contains(t) && *p == id.partition));
         }
     }
 
@@ -573,8 +709,13 @@ impl Instance {
         if !self.tasks.is_empty() {
             tracing::info!(why, tasks = self.tasks.len(), "tasks dropped");
         }
+        for id in self.tasks.keys() {
+            crate::metrics::metrics().tasks.add(-1, &crate::metrics::task(&self.cfg.application_id, id));
+        }
         self.tasks.clear();
+        self.reported.clear();
         self.positions.clear();
+        self.changelog_at.clear();
         self.dirty = false;
         self.stop_readers();
     }
@@ -607,17 +748,9 @@ impl Instance {
                 by_topic.entry(t).or_default().push(id.partition);
             }
         }
-        let app = self.app().to_string();
         for (topic, partitions) in by_topic {
             let mut positions = BTreeMap::new();
-            let committed = loop {
-                match client.fetch_stable_offsets(&app, &topic, partitions.clone()).await {
-                    Ok(c) => break c,
-                    // A transaction holding these offsets is still being decided.
-                    Err(e) if e.is_retriable() => tokio::time::sleep(Duration::from_millis(200)).await,
-                    Err(e) => return Err(remote(e)),
-                }
-            };
+            let committed = self.committed(client, &topic, partitions.clone()).await?;
             for p in partitions {
                 let at = match self.positions.get(&(topic.clone(), p)) {
                     Some(o) => *o,
@@ -712,7 +845,8 @@ impl Instance {
                     if let Some(s) = t.store(&store)
                         && let Ok(entries) = s.borrow().range_raw(&[], None)
                     {
-                        out.extend(entries);
+                        // The empty key holds a windowed processor's stream time, not an entry.
+                        out.extend(entries.into_iter().filter(|(k, _)| !k.is_empty()));
                     }
                 }
                 let _ = reply.send(out);
@@ -769,7 +903,10 @@ impl Instance {
             producer.begin_transaction().await.map_err(remote)?;
         }
         let mut deliveries = Vec::with_capacity(outputs.len());
+        // Changelog records' deliveries: their offsets say how far the stores are.
+        let mut logged = Vec::new();
         for o in outputs {
+            let changelog = o.partition.map(|_| o.topic.clone());
             let record = ProducerRecord {
                 topic: o.topic,
                 partition: o.partition,
@@ -778,7 +915,11 @@ impl Instance {
                 headers: o.headers,
                 timestamp_ms: o.timestamp.max(0),
             };
-            deliveries.push(producer.send(record).await.map_err(remote)?);
+            let delivery = producer.send(record).await.map_err(remote)?;
+            match changelog {
+                Some(topic) => logged.push((topic, delivery)),
+                None => deliveries.push(delivery),
+            }
         }
         if eos {
             let group = GroupMetadata {
@@ -793,6 +934,7 @@ impl Instance {
             for d in deliveries {
                 d.await.map_err(|_| StreamsError::Config("the producer stopped".into()))?.map_err(remote)?;
             }
+            self.note_changelog(std::mem::take(&mut logged)).await?;
             let req = CommitOffsetsRequest {
                 id: 0,
                 group_id: self.app().to_string(),
@@ -813,9 +955,36 @@ impl Instance {
                 return Err(remote(sluice_core::RemoteError::from(e).into()));
             }
         }
+        // Committed: the changelog records are written (a no-op for at-least-once, done above).
+        self.note_changelog(logged).await?;
         self.dirty = false;
+        self.report();
         if let Ok(mut s) = self.state.lock() {
             s.commits += 1;
+        }
+        Ok(())
+    }
+
+    /// Adds what each task did since the last report to the exported counters.
+    fn report(&mut self) {
+        let m = crate::metrics::metrics();
+        for (id, task) in &self.tasks {
+            let now = task.metrics();
+            let before = self.reported.entry(*id).or_default();
+            let attrs = crate::metrics::task(&self.cfg.application_id, id);
+            m.processed.add(now.processed - before.processed.min(now.processed), &attrs);
+            m.dropped_late.add(now.dropped_late - before.dropped_late.min(now.dropped_late), &attrs);
+            m.skipped.add(now.skipped - before.skipped.min(now.skipped), &attrs);
+            *before = now.clone();
+        }
+    }
+
+    /// Waits for changelog records and notes how far each changelog partition now is.
+    async fn note_changelog(&mut self, logged: Vec<(String, DeliveryFuture)>) -> Result<(), StreamsError> {
+        for (topic, d) in logged {
+            let delivery = d.await.map_err(|_| StreamsError::Config("the producer stopped".into()))?.map_err(remote)?;
+            let at = self.changelog_at.entry((topic, delivery.partition)).or_insert(0);
+            *at = (*at).max(delivery.offset + 1);
         }
         Ok(())
     }

@@ -21,6 +21,7 @@ pub struct TestDriver {
 impl TestDriver {
     /// Runs `topology` as application `app_id` (which names its internal topics).
     pub fn new(topology: Topology, app_id: &str) -> Result<Self, StreamsError> {
+        topology.validate()?;
         let open =
             |_: &crate::topology::StoreSpec| Box::new(MemoryBackend::default()) as Box<dyn crate::store::Backend>;
         let tasks = (0..topology.sub_topologies(app_id).len())

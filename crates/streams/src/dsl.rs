@@ -46,6 +46,11 @@ impl StreamsBuilder {
 
     fn source<K: Wire, V: Wire>(&self, topics: Vec<String>, internal: bool) -> KStream<K, V> {
         let mut g = self.graph.borrow_mut();
+        for t in &topics {
+            if g.sources.iter().any(|s| s.internal == internal && s.topics.contains(t)) {
+                g.problems.push(format!("topic '{t}' is read by two sources: read it once and share the stream"));
+            }
+        }
         let name = g.name("KSTREAM-SOURCE");
         let group = g.new_group();
         let id = g.nodes.len();
@@ -395,8 +400,9 @@ impl<K: Wire, V: Wire> KStream<K, V> {
         let both = this.merge(&that);
         self.graph.borrow_mut().copartitioned.push((this.group, that.group));
         let name = self.graph.borrow_mut().name("KSTREAM-JOIN");
-        // A record is kept until no record of the other side can join it any more.
-        let retention = windows.before + windows.after + windows.grace;
+        // A record is kept until no record of the other side can join it any more (and a
+        // left/outer join has emitted it unmatched, one tick after its close).
+        let retention = windows.before + windows.after + windows.grace + 1;
         let spec = StoreKind::Window { retention };
         let (ls, rs) = (
             register_store(&self.graph, &format!("{name}-this-store"), spec.clone()),
@@ -419,9 +425,13 @@ impl<K: Wire, V: Wire> KStream<K, V> {
     }
 }
 
-/// Registers a store and returns its name.
+/// Registers a store and returns its name; a name given twice is a problem of the topology.
 fn register_store(graph: &Shared, name: &str, kind: StoreKind) -> String {
-    graph.borrow_mut().stores.insert(name.to_string(), StoreSpec { name: name.to_string(), kind, logged: true });
+    let mut g = graph.borrow_mut();
+    let spec = StoreSpec { name: name.to_string(), kind, logged: true };
+    if g.stores.insert(name.to_string(), spec).is_some() {
+        g.problems.push(format!("store '{name}' is named twice: each aggregation or table needs its own store"));
+    }
     name.to_string()
 }
 
@@ -590,7 +600,9 @@ impl<K: Wire, V: Wire> SessionWindowedKStream<K, V> {
         merge: impl Fn(&K, VA, VA) -> VA + Send + Sync + 'static,
     ) -> KTable<Windowed<K>, VA> {
         let s = self.stream.keyed();
-        let retention = self.windows.gap + self.windows.grace;
+        // One past the close: a session ending exactly `gap + grace` before stream time can
+        // still merge, and is emitted before it is dropped.
+        let retention = self.windows.gap + self.windows.grace + 1;
         let store = register_store(&s.graph, store, StoreKind::Window { retention });
         let (st, windows, emit_final) = (store.clone(), self.windows, self.emit_final);
         let (init, f, merge) = (Arc::new(init), Arc::new(f), Arc::new(merge));
@@ -606,6 +618,7 @@ impl<K: Wire, V: Wire> SessionWindowedKStream<K, V> {
                 out,
                 pending: Default::default(),
                 restored: false,
+                observed: i64::MIN,
             }))
         });
         s.graph.borrow_mut().nodes[id].stores.push(store.clone());

@@ -27,6 +27,7 @@ pub mod app;
 pub mod codec;
 pub mod driver;
 pub mod dsl;
+mod metrics;
 mod nodes;
 pub mod record;
 pub mod store;

@@ -254,6 +254,8 @@ pub(crate) struct SessionAggregate<K, VA, I, F, M> {
     /// Sessions updated and not yet emitted (emit-final): (end, key, start).
     pub pending: BTreeSet<(i64, Vec<u8>, i64)>,
     pub restored: bool,
+    /// The largest time this processor has seen.
+    pub observed: i64,
 }
 
 impl<K, V, VA, I, F, M> Process<K, V> for SessionAggregate<K, VA, I, F, M>
@@ -278,21 +280,22 @@ where
     I: Fn() -> VA,
     M: Fn(&K, VA, VA) -> VA,
 {
-    fn observed(&self) -> i64 {
-        read_meta(&self.store).unwrap_or(i64::MIN)
-    }
-
     fn step<V>(&mut self, ctx: &mut Ctx, r: Record<K, V>) -> Result<(), crate::store::StoreError>
     where
         F: Fn(&K, &V, VA) -> VA,
     {
         let (gap, grace) = (self.windows.gap, self.windows.grace);
         if !self.restored {
+            // Where the store's last owner stopped: its stream time as last written (when it
+            // emitted), else the latest session end, and the sessions not yet emitted.
             self.restored = true;
+            let entries = self.store.all_raw()?;
+            let meta = read_meta(&self.store);
+            self.observed = entries.iter().map(|e| e.2).chain(meta).max().unwrap_or(i64::MIN);
             if self.emit_final {
-                let observed = self.observed();
-                for (k, s, e, _) in self.store.all_raw()? {
-                    if e + gap + grace > observed {
+                let emitted_at = meta.unwrap_or(i64::MIN);
+                for (k, s, e, _) in entries {
+                    if e + gap + grace >= emitted_at {
                         self.pending.insert((e, k, s));
                     }
                 }
@@ -302,8 +305,8 @@ where
             ctx.skip("a session aggregation needs a key");
             return Ok(());
         };
-        let observed = self.observed().max(r.timestamp);
-        self.store.store.borrow_mut().put_raw(META, Some(&observed.to_be_bytes()))?;
+        self.observed = self.observed.max(r.timestamp);
+        let observed = self.observed;
         let t = r.timestamp;
         // Sessions this record touches: ending at most `gap` before it, starting at most `gap`
         // after it.
@@ -335,10 +338,12 @@ where
         if self.emit_final {
             self.pending.insert((end, kb.clone(), start));
             while let Some((e, _, _)) = self.pending.first() {
-                if e + gap + grace > observed {
+                // Closed once no record can merge into it: its end, gap and grace passed.
+                if e + gap + grace >= observed {
                     break;
                 }
                 let Some((e, k, s)) = self.pending.pop_first() else { break };
+                self.store.store.borrow_mut().put_raw(META, Some(&observed.to_be_bytes()))?;
                 let Some(raw) = self.store.get_raw(&k, s, e)? else { continue };
                 if let (Ok(key), Ok(value)) = (K::decode(&k), VA::decode(&raw)) {
                     let rec =

@@ -171,6 +171,8 @@ pub(crate) struct Graph {
     pub copartitioned: Vec<(usize, usize)>,
     /// Repartition topics (named without the application id), created by the application.
     pub internal_topics: Vec<String>,
+    /// What is wrong with the topology (a store named twice, a topic read twice).
+    pub problems: Vec<String>,
     counter: usize,
 }
 
@@ -272,6 +274,41 @@ pub struct SubTopology {
 }
 
 impl Topology {
+    /// Refuses a topology Kafka Streams would refuse at build time, naming each problem.
+    pub fn validate(&self) -> Result<(), crate::StreamsError> {
+        match self.graph.problems.is_empty() {
+            true => Ok(()),
+            false => Err(crate::StreamsError::Config(self.graph.problems.join("; "))),
+        }
+    }
+
+    /// The sub-topology holding each node.
+    fn sub_topology_of_nodes(&self) -> HashMap<NodeId, usize> {
+        let mut out = HashMap::new();
+        for (sub, sources) in self.source_groups().iter().enumerate() {
+            let mut stack: Vec<NodeId> = sources.iter().map(|s| s.node).collect();
+            while let Some(id) = stack.pop() {
+                if out.insert(id, sub).is_none() {
+                    stack.extend(self.graph.nodes[id].children.iter().copied());
+                }
+            }
+        }
+        out
+    }
+
+    /// Each repartition topic of application `app_id` with the sub-topology that writes it.
+    pub fn repartition_writers(&self, app_id: &str) -> Vec<(String, Option<usize>)> {
+        let subs = self.sub_topology_of_nodes();
+        self.graph
+            .internal_topics
+            .iter()
+            .map(|t| {
+                let writer = self.graph.nodes.iter().position(|n| n.sink.as_deref() == Some(t.as_str()));
+                (format!("{app_id}-{t}"), writer.and_then(|w| subs.get(&w).copied()))
+            })
+            .collect()
+    }
+
     /// The sub-topologies in order, with the topic names of application `app_id`: each has a
     /// task per partition of its topics, which must have as many partitions each.
     pub fn sub_topologies(&self, app_id: &str) -> Vec<SubTopology> {
@@ -311,21 +348,9 @@ impl Topology {
 
     /// The sub-topology whose tasks hold store `store`.
     pub fn sub_topology_of_store(&self, store: &str) -> Option<usize> {
-        self.source_groups().iter().position(|sources| {
-            let mut stack: Vec<NodeId> = sources.iter().map(|s| s.node).collect();
-            let mut seen = std::collections::BTreeSet::new();
-            while let Some(id) = stack.pop() {
-                if !seen.insert(id) {
-                    continue;
-                }
-                let n = &self.graph.nodes[id];
-                if n.stores.iter().any(|s| s == store) {
-                    return true;
-                }
-                stack.extend(n.children.iter().copied());
-            }
-            false
-        })
+        let subs = self.sub_topology_of_nodes();
+        let node = self.graph.nodes.iter().position(|n| n.stores.iter().any(|s| s == store))?;
+        subs.get(&node).copied()
     }
 
     /// Each logged store's changelog topic.

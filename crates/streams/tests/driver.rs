@@ -365,3 +365,59 @@ fn json_values_and_a_description_of_the_topology() {
     let totals = d.read_table::<String, i64>("totals").unwrap();
     assert_eq!((totals["ann"], totals["bob"]), (6, 7));
 }
+
+#[test]
+fn a_session_ending_exactly_at_the_gap_still_merges() {
+    let b = StreamsBuilder::new();
+    b.stream::<String, i64>("in")
+        .group_by_key()
+        .windowed_by_session(SessionWindows::with_inactivity_gap(5))
+        .emit_final()
+        .count("s")
+        .to_stream()
+        .to("out");
+    let mut d = TestDriver::new(b.build(), "app").unwrap();
+    d.pipe("in", "a".to_string(), 1i64, 0).unwrap();
+    d.pipe("in", "b".to_string(), 1i64, 5).unwrap();
+    d.pipe("in", "a".to_string(), 1i64, 5).unwrap();
+    d.pipe("in", "b".to_string(), 1i64, 100).unwrap();
+    let out = d.read::<Windowed<String>, Option<i64>>("out").unwrap();
+    let a: Vec<(i64, i64, Option<i64>)> =
+        out.iter().filter(|r| r.key.key == "a").map(|r| (r.key.start, r.key.end, r.value)).collect();
+    assert_eq!(a, vec![(0, 5, Some(2))], "a@0 and a@5 are one session, as in Kafka");
+}
+
+#[test]
+fn a_zero_width_join_window_joins_records_of_the_same_time() {
+    let b = StreamsBuilder::new();
+    let left = b.stream::<String, String>("l");
+    let right = b.stream::<String, String>("r");
+    left.join_windowed(&right, JoinWindows::of(0), |a, b| format!("{a}{b}")).to("inner");
+    left.left_join_windowed(&right, JoinWindows::of(0), |a, b| format!("{a}{}", b.map_or("-", String::as_str)))
+        .to("left");
+    let mut d = TestDriver::new(b.build(), "app").unwrap();
+    let s = |x: &str| x.to_string();
+    d.pipe("l", s("k"), s("a"), 10).unwrap();
+    d.pipe("r", s("k"), s("b"), 10).unwrap();
+    d.pipe("l", s("k"), s("c"), 11).unwrap();
+    d.pipe("r", s("x"), s("tick"), 20).unwrap();
+    assert_eq!(values(&d.read::<String, String>("inner").unwrap()), vec!["ab"]);
+    let mut left = values(&d.read::<String, String>("left").unwrap());
+    left.sort();
+    assert_eq!(left, vec!["ab", "c-"]);
+}
+
+#[test]
+fn a_store_named_twice_or_a_topic_read_twice_is_refused() {
+    let b = StreamsBuilder::new();
+    let s = b.stream::<String, i64>("in");
+    s.group_by_key().count("same").to_stream().to("a");
+    s.group_by_key().reduce("same", |a, b| a + b).to_stream().to("b");
+    let err = TestDriver::new(b.build(), "app").err().expect("refused").to_string();
+    assert!(err.contains("store 'same' is named twice"), "{err}");
+    let b = StreamsBuilder::new();
+    b.stream::<String, i64>("in").to("a");
+    b.stream::<String, i64>("in").to("b");
+    let err = TestDriver::new(b.build(), "app").err().expect("refused").to_string();
+    assert!(err.contains("topic 'in' is read by two sources"), "{err}");
+}

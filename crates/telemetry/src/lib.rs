@@ -92,7 +92,13 @@ pub fn init(cfg: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_filter));
     // Logs and spans are filtered apart: a quiet CLI still exports its spans.
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_filter(filter);
+    // Colours only on a terminal: logs written to files stay greppable.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .with_filter(filter);
     let Some(endpoint) = &cfg.otlp_endpoint else {
         let _ = tracing_subscriber::registry().with(fmt).try_init();
         return Ok(Telemetry::default());

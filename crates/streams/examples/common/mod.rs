@@ -44,14 +44,30 @@ pub struct Args {
     /// Grace period for out-of-order records (milliseconds).
     #[arg(long, default_value_t = 0)]
     pub grace_ms: i64,
+    /// OTLP/gRPC endpoint to export traces and metrics to (`OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// too); none by default.
+    #[arg(long, default_value = "")]
+    pub otlp_endpoint: String,
 }
 
 /// Runs `topology` until SIGINT or SIGTERM, then closes the instance cleanly.
 pub fn run(topology: Topology, args: &Args) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    // Logs on stderr; traces and metrics over OTLP when an endpoint is given.
+    let telemetry_cfg = sluice_telemetry::TelemetryConfig::resolve(&args.otlp_endpoint, "sluice-streams", 1000);
+    let telemetry = match rt.block_on(async { sluice_telemetry::init(&telemetry_cfg) }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
     eprintln!("{topology}");
     let mut cfg = StreamsConfig::new(&args.app_id, &args.gateway);
     cfg.guarantee = match args.processing_guarantee.as_str() {
@@ -68,13 +84,6 @@ pub fn run(topology: Topology, args: &Args) -> ExitCode {
     }
     let app = match StreamsApp::start(topology, cfg) {
         Ok(app) => app,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(1);
@@ -97,6 +106,7 @@ pub fn run(topology: Topology, args: &Args) -> ExitCode {
     });
     let state = app.state();
     app.close();
+    rt.block_on(telemetry.shutdown());
     eprintln!("stopped: {} tasks, {} commits, {} records restored", state.tasks.len(), state.commits, state.restored);
     match failed {
         Some(why) => {
