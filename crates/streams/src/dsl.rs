@@ -18,7 +18,7 @@ use crate::codec::Codec;
 use crate::nodes;
 use crate::record::{Change, Record, Windowed};
 use crate::topology::{Factory, Graph, NodeId, SourceDef, StoreKind, StoreSpec, Topology};
-use crate::window::{SessionWindows, TimeWindows};
+use crate::window::{SessionWindows, SlidingWindows, TimeWindows};
 
 /// A predicate of [`KStream::branch`].
 pub type Predicate<K, V> = Box<dyn Fn(&K, &V) -> bool + Send + Sync>;
@@ -505,6 +505,11 @@ impl<K: Wire, V: Wire> KGroupedStream<K, V> {
         TimeWindowedKStream { stream: self.stream.clone(), windows, emit_final: false }
     }
 
+    /// Groups further by sliding windows.
+    pub fn windowed_by_sliding(&self, windows: SlidingWindows) -> SlidingWindowedKStream<K, V> {
+        SlidingWindowedKStream { stream: self.stream.clone(), windows, emit_final: false }
+    }
+
     /// Groups further by sessions of activity.
     pub fn windowed_by_session(&self, windows: SessionWindows) -> SessionWindowedKStream<K, V> {
         SessionWindowedKStream { stream: self.stream.clone(), windows, emit_final: false }
@@ -568,6 +573,73 @@ impl<K: Wire, V: Wire> TimeWindowedKStream<K, V> {
         });
         s.graph.borrow_mut().nodes[id].stores.push(store.clone());
         KTable { stream: KStream::at(&s.graph, id, s.group, false), store }
+    }
+}
+
+/// A grouped stream in sliding windows.
+pub struct SlidingWindowedKStream<K, V> {
+    stream: KStream<K, V>,
+    windows: SlidingWindows,
+    emit_final: bool,
+}
+
+impl<K: Wire, V: Wire> SlidingWindowedKStream<K, V> {
+    /// Emits each window's result once, when it closes (its end plus grace passed).
+    pub fn emit_final(mut self) -> Self {
+        self.emit_final = true;
+        self
+    }
+
+    pub fn count(&self, store: &str) -> KTable<Windowed<K>, i64> {
+        self.aggregate_with(store, |_, _, n: Option<i64>| n.unwrap_or(0) + 1)
+    }
+
+    pub fn reduce(&self, store: &str, f: impl Fn(V, V) -> V + Send + Sync + 'static) -> KTable<Windowed<K>, V> {
+        self.aggregate_with(store, move |_, v, agg: Option<V>| match agg {
+            Some(a) => f(a, v.clone()),
+            None => v.clone(),
+        })
+    }
+
+    pub fn aggregate<VA: Wire>(
+        &self,
+        store: &str,
+        init: impl Fn() -> VA + Send + Sync + 'static,
+        f: impl Fn(&K, &V, VA) -> VA + Send + Sync + 'static,
+    ) -> KTable<Windowed<K>, VA> {
+        self.aggregate_with(store, move |k, v, agg: Option<VA>| f(k, v, agg.unwrap_or_else(&init)))
+    }
+
+    fn aggregate_with<VA: Wire>(
+        &self,
+        store: &str,
+        f: impl Fn(&K, &V, Option<VA>) -> VA + Send + Sync + 'static,
+    ) -> KTable<Windowed<K>, VA> {
+        let s = self.stream.keyed();
+        let w = self.windows;
+        // Records and results are kept until no window holding them can change.
+        let retention = w.difference + w.grace + 1;
+        let results = register_store(&s.graph, store, StoreKind::Window { retention });
+        let records = register_store(&s.graph, &format!("{store}-records"), StoreKind::Window { retention });
+        let (rs, ds, f, emit_final) = (results.clone(), records.clone(), Arc::new(f), self.emit_final);
+        let id = add_node::<K, V>(&s.graph, "KSTREAM-SLIDING-WINDOWED-AGGREGATE", s.node, move |b, id| {
+            let out = b.out::<Windowed<K>, Change<VA>>(id);
+            Rc::new(RefCell::new(nodes::SlidingAggregate {
+                records: crate::store::WindowStore::new(b.store(&ds), retention),
+                results: crate::store::WindowStore::new(b.store(&rs), retention),
+                difference: w.difference,
+                grace: w.grace,
+                emit_final,
+                f: f.clone(),
+                out,
+                observed: i64::MIN,
+                pending: Default::default(),
+                opened: false,
+                _t: PhantomData,
+            }))
+        });
+        s.graph.borrow_mut().nodes[id].stores.extend([results.clone(), records]);
+        KTable { stream: KStream::at(&s.graph, id, s.group, false), store: results }
     }
 }
 

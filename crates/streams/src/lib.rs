@@ -41,7 +41,7 @@ pub use driver::TestDriver;
 pub use dsl::{JoinWindows, KGroupedStream, KStream, KTable, StreamsBuilder};
 pub use record::{Change, Record, Windowed};
 pub use topology::{Output, StoreKind, StoreSpec, TaskMetrics, Topology};
-pub use window::{SessionWindows, TimeWindows};
+pub use window::{SessionWindows, SlidingWindows, TimeWindows};
 
 /// What can go wrong running a topology.
 #[derive(Debug, thiserror::Error)]

@@ -630,3 +630,147 @@ where
         Ok(())
     }
 }
+
+/// Folds each key's records into sliding windows (Kafka's `SlidingWindows`): fixed windows
+/// `[start, start + difference]`, both ends included, one ending at each record (starting at
+/// 0 for records earlier than `difference`) and one starting just after each record when it
+/// holds records: every distinct set of records at most `difference` apart. Records are kept
+/// (`records` store, by time) while a window holding them is open; each window a record
+/// falls in is folded again from its records, so a window's result never depends on arrival
+/// order.
+pub(crate) struct SlidingAggregate<K, V, VA, F> {
+    pub records: WindowStore,
+    pub results: WindowStore,
+    pub difference: i64,
+    pub grace: i64,
+    pub emit_final: bool,
+    pub f: Arc<F>,
+    pub out: Out<Windowed<K>, Change<VA>>,
+    pub observed: i64,
+    pub pending: BTreeSet<(i64, Vec<u8>, i64)>,
+    pub opened: bool,
+    pub _t: PhantomData<fn(V)>,
+}
+
+impl<K, V, VA, F> Process<K, V> for SlidingAggregate<K, V, VA, F>
+where
+    K: Codec + Clone,
+    V: Codec,
+    VA: Codec + Clone,
+    F: Fn(&K, &V, Option<VA>) -> VA,
+{
+    fn process(&mut self, ctx: &mut Ctx, r: Record<K, V>) {
+        if let Err(e) = self.step(ctx, r) {
+            ctx.fail(e)
+        }
+    }
+}
+
+impl<K, V, VA, F> SlidingAggregate<K, V, VA, F>
+where
+    K: Codec + Clone,
+    V: Codec,
+    VA: Codec + Clone,
+    F: Fn(&K, &V, Option<VA>) -> VA,
+{
+    /// The window ending at a record at `t`.
+    fn left(&self, t: i64) -> (i64, i64) {
+        let start = (t - self.difference).max(0);
+        (start, start + self.difference)
+    }
+
+    fn step(&mut self, ctx: &mut Ctx, r: Record<K, V>) -> Result<(), crate::store::StoreError> {
+        let (d, grace) = (self.difference, self.grace);
+        if !self.opened {
+            self.opened = true;
+            let results = self.results.all_raw()?;
+            let meta = read_meta(&self.results);
+            self.observed = results.iter().map(|e| e.2).chain(meta).max().unwrap_or(i64::MIN);
+            if self.emit_final {
+                let emitted_at = meta.unwrap_or(i64::MIN);
+                for (k, s, e, _) in results {
+                    if e + grace >= emitted_at {
+                        self.pending.insert((e, k, s));
+                    }
+                }
+            }
+        }
+        let Some(kb) = r.key.encode().map(Vec::from) else {
+            ctx.skip("a windowed aggregation needs a key");
+            return Ok(());
+        };
+        let t = r.timestamp;
+        self.observed = self.observed.max(t);
+        if t + d + grace < self.observed {
+            ctx.metrics.dropped_late += 1;
+            return Ok(());
+        }
+        let value = r.value.encode().unwrap_or_default();
+        let mut list = self.records.get_raw(&kb, t, t)?.unwrap_or_default();
+        list.extend(blob(&[(UNMATCHED, &value[..])]));
+        self.records.put_raw(&kb, t, t, Some(&list))?;
+        // The records around: every window holding `t` is made of some of them.
+        let near: Vec<(i64, Vec<Vec<u8>>)> = self
+            .records
+            .fetch_raw(&kb, t - d - 1, t + d + 1)?
+            .into_iter()
+            .map(|(rt, _, raw)| (rt, entries(&raw).into_iter().map(|(_, b)| b.to_vec()).collect()))
+            .collect();
+        let mut windows = BTreeSet::new();
+        for (rt, _) in &near {
+            let (rt, (ls, le)) = (*rt, self.left(*rt));
+            if ls <= t && t <= le {
+                windows.insert((ls, le));
+            }
+            // The window right after a record, when it holds records.
+            let (rs, re) = (rt + 1, rt + 1 + d);
+            if near.iter().any(|(x, _)| rs <= *x && *x <= re) && (rs <= t && t <= re || rt == t) {
+                windows.insert((rs, re));
+            }
+        }
+        for (start, end) in windows {
+            // A closed window (its end is included, so closed once stream time passed end +
+            // grace) is final: a record still taken by others leaves it alone.
+            if end + grace < self.observed {
+                continue;
+            }
+            let mut agg = None;
+            for (_, values) in near.iter().filter(|(rt, _)| start <= *rt && *rt <= end) {
+                for v in values {
+                    if let Ok(v) = V::decode(v) {
+                        agg = Some((self.f)(&r.key, &v, agg));
+                    }
+                }
+            }
+            let Some(agg) = agg else { continue };
+            let old = self.results.get_raw(&kb, start, end)?.and_then(|raw| VA::decode(&raw).ok());
+            self.results.put_raw(&kb, start, end, agg.encode().as_deref())?;
+            if self.emit_final {
+                self.pending.insert((end, kb.clone(), start));
+            } else {
+                let key = Windowed { key: r.key.clone(), start, end };
+                self.out.forward(ctx, Record::new(key, Change { new: Some(agg), old }, t));
+            }
+        }
+        if self.emit_final {
+            let mut any = false;
+            while let Some((end, _, _)) = self.pending.first() {
+                if end + grace >= self.observed {
+                    break;
+                }
+                let Some((end, k, start)) = self.pending.pop_first() else { break };
+                any = true;
+                let Some(raw) = self.results.get_raw(&k, start, end)? else { continue };
+                if let (Ok(key), Ok(value)) = (K::decode(&k), VA::decode(&raw)) {
+                    let rec = Record::new(Windowed { key, start, end }, Change { new: Some(value), old: None }, end);
+                    self.out.forward(ctx, rec);
+                }
+            }
+            if any {
+                self.results.store.borrow_mut().put_raw(META, Some(&self.observed.to_be_bytes()))?;
+            }
+        }
+        self.records.expire(self.observed)?;
+        self.results.expire(self.observed)
+    }
+}

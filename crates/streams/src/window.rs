@@ -40,6 +40,23 @@ impl TimeWindows {
     }
 }
 
+/// Sliding windows: fixed windows `[start, start + difference]` (both ends included) for
+/// every distinct set of a key's records at most `difference` apart, with a grace period.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlidingWindows {
+    pub difference: i64,
+    pub grace: i64,
+}
+
+impl SlidingWindows {
+    pub fn with_time_difference(difference: i64) -> Self {
+        Self { difference: difference.max(1), grace: 0 }
+    }
+    pub fn grace(self, grace: i64) -> Self {
+        Self { grace: grace.max(0), ..self }
+    }
+}
+
 /// Sessions: a key's records less than `gap` ms apart form one window `[first, last]`; a
 /// record between two sessions merges them.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use sluice_streams::{JoinWindows, Json, SessionWindows, StreamsBuilder, TestDriver, TimeWindows, Windowed};
+use sluice_streams::{
+    JoinWindows, Json, SessionWindows, SlidingWindows, StreamsBuilder, TestDriver, TimeWindows, Windowed,
+};
 
 fn values<K, V: Clone>(rs: &[sluice_streams::Record<K, V>]) -> Vec<V> {
     rs.iter().map(|r| r.value.clone()).collect()
@@ -420,4 +422,42 @@ fn a_store_named_twice_or_a_topic_read_twice_is_refused() {
     b.stream::<String, i64>("in").to("b");
     let err = TestDriver::new(b.build(), "app").err().expect("refused").to_string();
     assert!(err.contains("topic 'in' is read by two sources"), "{err}");
+}
+
+#[test]
+fn sliding_windows_hold_every_distinct_set_of_records_close_enough() {
+    let b = StreamsBuilder::new();
+    let grouped = b.stream::<String, i64>("in").group_by_key();
+    grouped
+        .windowed_by_sliding(SlidingWindows::with_time_difference(10).grace(100))
+        .reduce("sum", |a, b| a + b)
+        .to_stream()
+        .to("sums");
+    grouped
+        .windowed_by_sliding(SlidingWindows::with_time_difference(10).grace(0))
+        .emit_final()
+        .count("final")
+        .to_stream()
+        .to("final");
+    let mut d = TestDriver::new(b.build(), "app").unwrap();
+    for (t, v) in [(20, 1), (25, 10), (32, 100), (22, 1000)] {
+        d.pipe("in", "k".to_string(), v as i64, t).unwrap();
+    }
+    // Windows ending at each record, and starting right after each record when not empty:
+    // [10,20]={20}, [15,25]={20,22,25}, [22,32]={22,25,32}, [12,22]={20,22},
+    // [21,31]={22,25}, [23,33]={25,32}, [26,36]={32}.
+    let sums = d.read_table::<Windowed<String>, i64>("sums").unwrap();
+    let got: Vec<(i64, i64, i64)> = sums.iter().map(|(w, v)| (w.start, w.end, *v)).collect();
+    assert_eq!(
+        got,
+        vec![(10, 20, 1), (12, 22, 1001), (15, 25, 1011), (21, 31, 1010), (22, 32, 1110), (23, 33, 110), (26, 36, 100)]
+    );
+    // Final counts (no grace): when 22 arrives (stream time 32), [12,22], [15,25] and
+    // [21,31] are closed and emitted already ({20,25} for [15,25]); 22 still counts in
+    // [22,32] and makes [23,33].
+    d.pipe("in", "k".to_string(), 1i64, 100).unwrap();
+    let fin = d.read::<Windowed<String>, Option<i64>>("final").unwrap();
+    let fin: Vec<(i64, i64, i64)> = fin.iter().map(|r| (r.key.start, r.key.end, r.value.unwrap())).collect();
+    assert_eq!(fin, vec![(10, 20, 1), (15, 25, 2), (21, 31, 1), (22, 32, 3), (23, 33, 2), (26, 36, 1)]);
+    assert_eq!(d.metrics().dropped_late, 0, "22 is within 10 + 0 of stream time 32: it counts where it can");
 }
