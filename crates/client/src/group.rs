@@ -497,7 +497,7 @@ impl GroupConsumer {
     }
 
     fn request(&self, offsets: &BTreeMap<TopicPartition, i64>) -> CommitOffsetsRequest {
-        commit_request(&self.cfg.group_id, self.generation, offsets)
+        commit_request(&self.cfg.group_id, "", self.generation, offsets)
     }
 
     /// Commits `offsets` (the next offset to read, per partition) and waits; returns the
@@ -770,13 +770,19 @@ fn rewind_points(
         .collect()
 }
 
-/// A commit of `offsets` (the next offset to read, per partition) on the membership stream,
-/// under `generation`; the membership task sets its id.
-fn commit_request(group_id: &str, generation: u64, offsets: &BTreeMap<TopicPartition, i64>) -> CommitOffsetsRequest {
+/// A commit of `offsets` (the next offset to read, per partition) under `generation`: on the
+/// membership stream (`member_id` empty: the membership task sets its id), or by a classic
+/// member.
+pub fn commit_request(
+    group_id: &str,
+    member_id: &str,
+    generation: u64,
+    offsets: &BTreeMap<TopicPartition, i64>,
+) -> CommitOffsetsRequest {
     CommitOffsetsRequest {
         id: 0,
         group_id: group_id.to_string(),
-        member_id: String::new(),
+        member_id: member_id.to_string(),
         generation,
         offsets: offsets
             .iter()
@@ -954,6 +960,22 @@ async fn membership(
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
+}
+
+/// The leader's answer in a classic group's SyncGroup: [`cooperative_assign`] of `tasks`
+/// over `members`, each member's running tasks read from its join metadata by `owned`, each
+/// share written by `encode`.
+pub fn cooperative_assignments<T: Ord + Clone>(
+    members: &[sluice_proto::v1::ClassicMember],
+    tasks: &[T],
+    owned: impl Fn(&[u8]) -> Vec<T>,
+    encode: impl Fn(&[T]) -> Vec<u8>,
+) -> Vec<sluice_proto::v1::ClassicAssignment> {
+    let running: BTreeMap<String, Vec<T>> = members.iter().map(|m| (m.member_id.clone(), owned(&m.metadata))).collect();
+    cooperative_assign(&running, tasks)
+        .into_iter()
+        .map(|(member_id, share)| sluice_proto::v1::ClassicAssignment { member_id, assignment: encode(&share).into() })
+        .collect()
 }
 
 /// A cooperative, sticky split of `tasks` over the members of a classic group, as the
@@ -1257,7 +1279,7 @@ mod tests {
     fn a_commit_request_carries_the_generation_and_the_offsets() {
         let offsets = BTreeMap::from([(tp("b", 1), 3), (tp("a", 0), 10)]);
         assert_eq!(
-            commit_request("payments", 9, &offsets),
+            commit_request("payments", "", 9, &offsets),
             CommitOffsetsRequest {
                 id: 0,
                 group_id: "payments".into(),

@@ -33,8 +33,8 @@ use sluice_client::consumer::{Consumer, ConsumerConfig, ConsumerRecord};
 use sluice_client::producer::{DeliveryFuture, GroupMetadata, Producer, ProducerConfig, ProducerRecord};
 use sluice_client::{Client, ClientError};
 use sluice_proto::v1::{
-    ClassicAssignment, ClassicHeartbeatRequest, ClassicJoinRequest, ClassicLeaveRequest, ClassicLeaver,
-    ClassicProtocol, ClassicSyncRequest, CommitOffsetsRequest, CommittedOffset, IsolationLevel, OffsetSpec,
+    ClassicHeartbeatRequest, ClassicJoinRequest, ClassicLeaveRequest, ClassicLeaver, ClassicProtocol,
+    ClassicSyncRequest, CommittedOffset, IsolationLevel, OffsetSpec,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -508,23 +508,14 @@ impl Instance {
         let joined = client.groups().join_classic(join).await?.into_inner();
         self.member_id = joined.member_id.clone();
         let assignments = if joined.leader == joined.member_id {
-            let owned: BTreeMap<String, Vec<(usize, u32)>> = joined
-                .members
-                .iter()
-                .map(|m| {
-                    let j: Joining = serde_json::from_slice(&m.metadata).unwrap_or_default();
-                    (m.member_id.clone(), j.owned)
-                })
-                .collect();
             let all: Vec<(usize, u32)> =
                 counts.iter().enumerate().flat_map(|(sub, n)| (0..*n).map(move |p| (sub, p))).collect();
-            sluice_client::group::cooperative_assign(&owned, &all)
-                .into_iter()
-                .map(|(m, tasks)| ClassicAssignment {
-                    member_id: m,
-                    assignment: serde_json::to_vec(&tasks).unwrap_or_default().into(),
-                })
-                .collect()
+            sluice_client::group::cooperative_assignments(
+                &joined.members,
+                &all,
+                |meta| serde_json::from_slice::<Joining>(meta).unwrap_or_default().owned,
+                |share| serde_json::to_vec(share).unwrap_or_default(),
+            )
         } else {
             vec![]
         };
@@ -935,21 +926,7 @@ impl Instance {
                 d.await.map_err(|_| StreamsError::Config("the producer stopped".into()))?.map_err(remote)?;
             }
             self.note_changelog(std::mem::take(&mut logged)).await?;
-            let req = CommitOffsetsRequest {
-                id: 0,
-                group_id: self.app().to_string(),
-                member_id: self.member_id.clone(),
-                generation: self.generation,
-                offsets: offsets
-                    .iter()
-                    .map(|((t, p), o)| CommittedOffset {
-                        topic: t.clone(),
-                        partition: *p,
-                        offset: *o,
-                        ..CommittedOffset::default()
-                    })
-                    .collect(),
-            };
+            let req = sluice_client::group::commit_request(self.app(), &self.member_id, self.generation, &offsets);
             let resp = client.groups().commit_offsets(req).await.map_err(|s| remote(s.into()))?.into_inner();
             if let Some(e) = resp.results.iter().find_map(|r| r.error.as_ref()) {
                 return Err(remote(sluice_core::RemoteError::from(e).into()));

@@ -516,6 +516,31 @@ impl<K: Wire, V: Wire> KGroupedStream<K, V> {
     }
 }
 
+/// count, reduce and aggregate of a windowed stream, over its `aggregate_with`.
+macro_rules! windowed_aggregations {
+    () => {
+        pub fn count(&self, store: &str) -> KTable<Windowed<K>, i64> {
+            self.aggregate_with(store, |_, _, n: Option<i64>| n.unwrap_or(0) + 1)
+        }
+
+        pub fn reduce(&self, store: &str, f: impl Fn(V, V) -> V + Send + Sync + 'static) -> KTable<Windowed<K>, V> {
+            self.aggregate_with(store, move |_, v, agg: Option<V>| match agg {
+                Some(a) => f(a, v.clone()),
+                None => v.clone(),
+            })
+        }
+
+        pub fn aggregate<VA: Wire>(
+            &self,
+            store: &str,
+            init: impl Fn() -> VA + Send + Sync + 'static,
+            f: impl Fn(&K, &V, VA) -> VA + Send + Sync + 'static,
+        ) -> KTable<Windowed<K>, VA> {
+            self.aggregate_with(store, move |k, v, agg: Option<VA>| f(k, v, agg.unwrap_or_else(&init)))
+        }
+    };
+}
+
 /// A grouped stream in time windows (tumbling or hopping).
 pub struct TimeWindowedKStream<K, V> {
     stream: KStream<K, V>,
@@ -531,26 +556,7 @@ impl<K: Wire, V: Wire> TimeWindowedKStream<K, V> {
         self
     }
 
-    pub fn count(&self, store: &str) -> KTable<Windowed<K>, i64> {
-        self.aggregate(store, || 0i64, |_, _, n| n + 1)
-    }
-
-    pub fn reduce(&self, store: &str, f: impl Fn(V, V) -> V + Send + Sync + 'static) -> KTable<Windowed<K>, V> {
-        let f = Arc::new(f);
-        self.aggregate_with(store, move |_, v, agg: Option<V>| match agg {
-            Some(a) => f(a, v.clone()),
-            None => v.clone(),
-        })
-    }
-
-    pub fn aggregate<VA: Wire>(
-        &self,
-        store: &str,
-        init: impl Fn() -> VA + Send + Sync + 'static,
-        f: impl Fn(&K, &V, VA) -> VA + Send + Sync + 'static,
-    ) -> KTable<Windowed<K>, VA> {
-        self.aggregate_with(store, move |k, v, agg: Option<VA>| f(k, v, agg.unwrap_or_else(&init)))
-    }
+    windowed_aggregations!();
 
     fn aggregate_with<VA: Wire>(
         &self,
@@ -590,25 +596,7 @@ impl<K: Wire, V: Wire> SlidingWindowedKStream<K, V> {
         self
     }
 
-    pub fn count(&self, store: &str) -> KTable<Windowed<K>, i64> {
-        self.aggregate_with(store, |_, _, n: Option<i64>| n.unwrap_or(0) + 1)
-    }
-
-    pub fn reduce(&self, store: &str, f: impl Fn(V, V) -> V + Send + Sync + 'static) -> KTable<Windowed<K>, V> {
-        self.aggregate_with(store, move |_, v, agg: Option<V>| match agg {
-            Some(a) => f(a, v.clone()),
-            None => v.clone(),
-        })
-    }
-
-    pub fn aggregate<VA: Wire>(
-        &self,
-        store: &str,
-        init: impl Fn() -> VA + Send + Sync + 'static,
-        f: impl Fn(&K, &V, VA) -> VA + Send + Sync + 'static,
-    ) -> KTable<Windowed<K>, VA> {
-        self.aggregate_with(store, move |k, v, agg: Option<VA>| f(k, v, agg.unwrap_or_else(&init)))
-    }
+    windowed_aggregations!();
 
     fn aggregate_with<VA: Wire>(
         &self,

@@ -25,8 +25,8 @@ use sluice_client::{Client, ClientError};
 use sluice_connect::config;
 use sluice_connect::store::{self, ConnectorRecord, Connectors};
 use sluice_proto::v1::{
-    ClassicAssignment, ClassicHeartbeatRequest, ClassicJoinRequest, ClassicLeaveRequest, ClassicLeaver,
-    ClassicProtocol, ClassicSyncRequest,
+    ClassicHeartbeatRequest, ClassicJoinRequest, ClassicLeaveRequest, ClassicLeaver, ClassicProtocol,
+    ClassicSyncRequest,
 };
 use sluice_runtime::Shutdown;
 use tokio::sync::watch;
@@ -68,11 +68,6 @@ fn all_tasks(c: &Configs) -> Vec<TaskId> {
 struct Joining {
     runner: String,
     owned: Vec<TaskId>,
-}
-
-/// The leader's split (see [`sluice_client::group::cooperative_assign`]).
-fn assign(owned: &BTreeMap<String, Vec<TaskId>>, tasks: &[TaskId]) -> BTreeMap<String, Vec<TaskId>> {
-    sluice_client::group::cooperative_assign(owned, tasks)
 }
 
 /// Follows `__connect_configs` from its start, publishing the connectors after each change.
@@ -198,21 +193,12 @@ async fn generation(
     // differs joins again once it has caught up.
     let snapshot = configs.borrow_and_update().clone();
     let assignments = if joined.leader == joined.member_id {
-        let owned: BTreeMap<String, Vec<TaskId>> = joined
-            .members
-            .iter()
-            .map(|m| {
-                let j: Joining = serde_json::from_slice(&m.metadata).unwrap_or_default();
-                (m.member_id.clone(), j.owned)
-            })
-            .collect();
-        assign(&owned, &all_tasks(&snapshot))
-            .into_iter()
-            .map(|(m, tasks)| ClassicAssignment {
-                member_id: m,
-                assignment: serde_json::to_vec(&tasks).unwrap_or_default().into(),
-            })
-            .collect()
+        sluice_client::group::cooperative_assignments(
+            &joined.members,
+            &all_tasks(&snapshot),
+            |meta| serde_json::from_slice::<Joining>(meta).unwrap_or_default().owned,
+            |share| serde_json::to_vec(share).unwrap_or_default(),
+        )
     } else {
         vec![]
     };
@@ -283,12 +269,12 @@ mod tests {
     fn new_tasks_go_to_the_least_loaded_and_running_ones_stay() {
         let tasks = vec![t("a", 0), t("a", 1), t("b", 0)];
         let owned = BTreeMap::from([("r2".to_string(), vec![]), ("r1".to_string(), vec![])]);
-        let split = assign(&owned, &tasks);
+        let split = sluice_client::group::cooperative_assign(&owned, &tasks);
         assert_eq!(split["r1"], vec![t("a", 0), t("b", 0)]);
         assert_eq!(split["r2"], vec![t("a", 1)]);
         // A new connector: what runs stays, the new task goes to the lighter runner.
         let more = vec![t("a", 0), t("a", 1), t("b", 0), t("c", 0)];
-        let split = assign(&split, &more);
+        let split = sluice_client::group::cooperative_assign(&split, &more);
         assert_eq!(split["r1"], vec![t("a", 0), t("b", 0)]);
         assert_eq!(split["r2"], vec![t("a", 1), t("c", 0)]);
     }
@@ -298,11 +284,11 @@ mod tests {
         let tasks = vec![t("a", 0), t("a", 1), t("a", 2), t("a", 3)];
         let owned = BTreeMap::from([("r1".to_string(), tasks.clone()), ("r3".to_string(), vec![])]);
         // Over its share: two tasks are taken from r1 and given to nobody yet.
-        let first = assign(&owned, &tasks);
+        let first = sluice_client::group::cooperative_assign(&owned, &tasks);
         assert_eq!(first["r1"], vec![t("a", 0), t("a", 1)]);
         assert!(first["r3"].is_empty());
         // r1 stopped them and joined again: now they go to r3.
-        let second = assign(&first, &tasks);
+        let second = sluice_client::group::cooperative_assign(&first, &tasks);
         assert_eq!(second["r1"], vec![t("a", 0), t("a", 1)]);
         assert_eq!(second["r3"], vec![t("a", 2), t("a", 3)]);
     }
@@ -311,7 +297,7 @@ mod tests {
     fn tasks_of_a_runner_gone_are_dealt_at_once_and_deleted_ones_dropped() {
         let tasks = vec![t("a", 0), t("b", 0), t("b", 1)];
         let owned = BTreeMap::from([("r1".to_string(), vec![t("a", 0), t("z", 0)])]);
-        let split = assign(&owned, &tasks);
+        let split = sluice_client::group::cooperative_assign(&owned, &tasks);
         assert_eq!(split["r1"], vec![t("a", 0), t("b", 0), t("b", 1)]);
     }
 }
