@@ -145,7 +145,7 @@ impl StreamsApp {
                     Err(e) => return set_failed(&st, format!("no runtime: {e}")),
                 };
                 let local = tokio::task::LocalSet::new();
-                let instance = Instance::new(topology, config, db, st.clone());
+                let instance = Instance::new(topology, config, db, st.clone(), stopped.clone());
                 // A processor that panics (a user's function) stops the instance, saying so.
                 let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     local.block_on(&rt, instance.run(rx, stopped))
@@ -289,10 +289,18 @@ struct Instance {
     changelog_at: HashMap<(String, u32), i64>,
     /// Each task's counts as last exported.
     reported: HashMap<TaskId, TaskMetrics>,
+    /// Set when the instance must stop (waits check it).
+    stop: watch::Receiver<bool>,
 }
 
 impl Instance {
-    fn new(topology: Topology, cfg: StreamsConfig, db: sled::Db, state: Arc<Mutex<InstanceState>>) -> Self {
+    fn new(
+        topology: Topology,
+        cfg: StreamsConfig,
+        db: sled::Db,
+        state: Arc<Mutex<InstanceState>>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             topology: Rc::new(topology),
             cfg,
@@ -308,6 +316,7 @@ impl Instance {
             routes: HashMap::new(),
             changelog_at: HashMap::new(),
             reported: HashMap::new(),
+            stop,
         }
     }
 
@@ -367,7 +376,7 @@ impl Instance {
             // Opening tasks (restores) may take long: the membership is kept alive meanwhile,
             // and a rebalance asked for meanwhile is answered right after.
             let beating = self.heartbeat_in_background(&client);
-            let applied = self.apply(&client, joined, &records_tx, &stop).await;
+            let applied = self.apply(&client, joined, &records_tx, &stop, &beating.rebalance).await;
             let rebalance = beating.stop();
             match applied {
                 Ok(gave_up) if gave_up || rebalance => {
@@ -542,12 +551,13 @@ impl Instance {
         mine: Vec<TaskId>,
         records: &mpsc::Sender<(u64, Vec<ConsumerRecord>)>,
         stop: &watch::Receiver<bool>,
+        rebalance: &std::sync::atomic::AtomicBool,
     ) -> Result<bool, StreamsError> {
         let gone: Vec<TaskId> = self.tasks.keys().filter(|t| !mine.contains(t)).copied().collect();
         let gave_up = !gone.is_empty();
         self.close_tasks(gone);
         for id in mine.iter().filter(|t| !self.tasks.contains_key(t)).copied().collect::<Vec<_>>() {
-            let task = self.open_task(client, id, stop).await?;
+            let task = self.open_task(client, id, stop, rebalance).await?;
             self.tasks.insert(id, task);
             crate::metrics::metrics().tasks.add(1, &crate::metrics::task(&self.cfg.application_id, &id));
         }
@@ -574,11 +584,10 @@ impl Instance {
         let task = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(HEARTBEAT).await;
-                if let Err(e) = client.groups().heartbeat_classic(hb.clone()).await {
-                    let e = ClientError::from(e);
-                    if e.sluice_code() == sluice_core::error::codes::REBALANCE_IN_PROGRESS {
-                        seen.store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
+                // A rebalance, or a membership gone: answer it as soon as the tasks are open
+                // (restores stop early for it).
+                if client.groups().heartbeat_classic(hb.clone()).await.is_err() {
+                    seen.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         });
@@ -592,6 +601,7 @@ impl Instance {
         client: &Client,
         id: TaskId,
         stop: &watch::Receiver<bool>,
+        rebalance: &std::sync::atomic::AtomicBool,
     ) -> Result<Task, StreamsError> {
         let app = self.app().to_string();
         let db = self.db.clone();
@@ -615,18 +625,26 @@ impl Instance {
         for (store, topic) in task.changelogs().clone() {
             let Some(handle) = task.store(&store) else { continue };
             let key = format!("{store}-{id}");
+            let end = end_offset(client, &topic, id.partition).await?;
             // A checkpoint is written at a clean close only: without one the tree may hold
-            // writes that never committed, so it is emptied and rebuilt.
-            let from = match checkpoints.remove(key.as_bytes()).map_err(sled_error)? {
-                Some(v) => i64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
+            // writes that never committed, so it is emptied and rebuilt. One past the end (a
+            // changelog deleted and created again) is as good as none. It is removed once the
+            // store is restored (replaying from it again after an interruption is harmless).
+            let checkpoint = checkpoints
+                .get(key.as_bytes())
+                .map_err(sled_error)?
+                .map(|v| i64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])))
+                .filter(|c| *c <= end);
+            let from = match checkpoint {
+                Some(c) => c,
                 None => {
                     self.db.open_tree(key.as_bytes()).and_then(|t| t.clear()).map_err(sled_error)?;
                     0
                 }
             };
-            let _ = checkpoints.flush();
-            let end = end_offset(client, &topic, id.partition).await?;
-            let mut at = from;
+            // Records below the log start are gone (deleted records): nothing to restore there.
+            let from = from.max(start_offset(client, &topic, id.partition).await?);
+            let (mut at, mut end) = (from, end);
             let mut n = 0u64;
             if from < end {
                 let cfg = ConsumerConfig { isolation: IsolationLevel::ReadCommitted, ..ConsumerConfig::default() };
@@ -634,10 +652,18 @@ impl Instance {
                 // To the end as it was: every record of a decided transaction below it, markers
                 // included (positions move past them), so nothing committed is left out.
                 while at < end {
-                    if *stop.borrow() {
+                    if *stop.borrow() || stop.has_changed().is_err() {
                         return Err(StreamsError::Config("stopping".into()));
                     }
-                    for r in c.poll(Duration::from_millis(500)).await.map_err(remote)? {
+                    if rebalance.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Err(StreamsError::Config("the group rebalances; restoring goes on after it".into()));
+                    }
+                    let batch = c.poll(Duration::from_millis(500)).await.map_err(remote)?;
+                    if batch.is_empty() {
+                        // A log cut below the end (an unclean election) ends lower.
+                        end = end.min(end_offset(client, &topic, id.partition).await?);
+                    }
+                    for r in batch {
                         if let Some(k) = r.key.as_deref() {
                             handle.borrow_mut().restore(k, r.value.as_deref()).map_err(StreamsError::Store)?;
                             n += 1;
@@ -650,6 +676,9 @@ impl Instance {
                 crate::metrics::metrics().restored.add(n, &attrs);
                 restored += n;
             }
+            // From here on the tree takes writes that may not commit.
+            checkpoints.remove(key.as_bytes()).map_err(sled_error)?;
+            let _ = checkpoints.flush();
             self.changelog_at.insert((topic.clone(), id.partition), at.max(end));
         }
         if let Ok(mut s) = self.state.lock() {
@@ -658,7 +687,8 @@ impl Instance {
         Ok(task)
     }
 
-    /// The committed offsets of `partitions` of `topic`, once no transaction holds them.
+    /// The committed offsets of `partitions` of `topic`, once no transaction holds them (or
+    /// an error when the instance is stopping).
     async fn committed(
         &self,
         client: &Client,
@@ -669,7 +699,12 @@ impl Instance {
             match client.fetch_stable_offsets(self.app(), topic, partitions.clone()).await {
                 Ok(c) => return Ok(c),
                 // A transaction holding these offsets is still being decided.
-                Err(e) if e.is_retriable() => tokio::time::sleep(Duration::from_millis(200)).await,
+                Err(e) if e.is_retriable() => {
+                    if *self.stop.borrow() || self.stop.has_changed().is_err() {
+                        return Err(remote(e));
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
                 Err(e) => return Err(remote(e)),
             }
         }
@@ -815,13 +850,18 @@ impl Instance {
                     };
                     if let Err(e) = client.groups().heartbeat_classic(hb).await {
                         let e = ClientError::from(e);
+                        // Whatever the group says (a rebalance, an unknown member after a
+                        // coordinator failover or an expired session, a failed call): commit
+                        // what was done, then join again with the tasks kept. A commit the
+                        // group refuses (a stale generation) drops them instead.
+                        tracing::info!(error = %e, "heartbeat refused; joining again");
                         if self.dirty {
                             self.commit(client, producer).await?;
                         }
-                        if e.sluice_code() == sluice_core::error::codes::REBALANCE_IN_PROGRESS {
-                            return Ok(());
+                        if e.sluice_code() == sluice_core::error::codes::UNKNOWN_MEMBER {
+                            self.member_id.clear();
                         }
-                        return Err(remote(e));
+                        return Ok(());
                     }
                 }
             }

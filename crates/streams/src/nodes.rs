@@ -685,7 +685,9 @@ where
             self.opened = true;
             let results = self.results.all_raw()?;
             let meta = read_meta(&self.results);
-            self.observed = results.iter().map(|e| e.2).chain(meta).max().unwrap_or(i64::MIN);
+            // Stream time is the latest record's (window ends can lie ahead of it).
+            let latest = self.records.all_raw()?.iter().map(|e| e.1).max();
+            self.observed = latest.into_iter().chain(meta).max().unwrap_or(i64::MIN);
             if self.emit_final {
                 let emitted_at = meta.unwrap_or(i64::MIN);
                 for (k, s, e, _) in results {
@@ -701,7 +703,7 @@ where
         };
         let t = r.timestamp;
         self.observed = self.observed.max(t);
-        if t + d + grace < self.observed {
+        if t.saturating_add(d).saturating_add(grace) < self.observed {
             ctx.metrics.dropped_late += 1;
             return Ok(());
         }

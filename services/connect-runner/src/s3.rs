@@ -40,12 +40,22 @@ pub(crate) fn open(cfg: &ConnectorConfig) -> Result<Arc<dyn ObjectStore>, String
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     let endpoint = cfg.get("s3.endpoint").unwrap_or_default();
     let host = http_host(endpoint, 80).map_err(|why| format!("s3.endpoint {why}"))?;
-    let mut b = AmazonS3Builder::from_env()
+    // Virtual-hosted style: object_store sends requests to the endpoint as given, so the
+    // bucket goes in its host name.
+    let virtual_hosted = cfg.get("s3.path.style.access.enabled") == Some("false");
+    let endpoint = if virtual_hosted { format!("http://{bucket}.{host}") } else { format!("http://{host}") };
+    // Only what this connector is given (and the two standard keys), not the whole AWS_*
+    // environment: AWS_ENDPOINT_URL_S3 or a stray session token would override or spoil it.
+    let from_config = |k: &str| cfg.get(k).filter(|v| !v.is_empty()).map(str::to_string);
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let key_id = from_config("aws.access.key.id").or_else(|| env("AWS_ACCESS_KEY_ID"));
+    let secret = from_config("aws.secret.access.key").or_else(|| env("AWS_SECRET_ACCESS_KEY"));
+    let mut b = AmazonS3Builder::new()
         .with_bucket_name(bucket)
-        .with_endpoint(format!("http://{host}"))
+        .with_endpoint(endpoint)
         .with_allow_http(true)
         .with_region(cfg.get("s3.region").unwrap_or("us-east-1"))
-        .with_virtual_hosted_style_request(cfg.get("s3.path.style.access.enabled") == Some("false"))
+        .with_virtual_hosted_style_request(virtual_hosted)
         .with_http_connector(Connector)
         .with_crypto_provider(Arc::new(Crypto))
         .with_retry(RetryConfig {
@@ -53,13 +63,14 @@ pub(crate) fn open(cfg: &ConnectorConfig) -> Result<Arc<dyn ObjectStore>, String
             max_retries: 5,
             retry_timeout: Duration::from_secs(60),
         });
-    for (key, set) in [
-        ("aws.access.key.id", AmazonS3Builder::with_access_key_id as fn(_, String) -> _),
-        ("aws.secret.access.key", AmazonS3Builder::with_secret_access_key),
-    ] {
-        if let Some(v) = cfg.get(key).filter(|v| !v.is_empty()) {
-            b = set(b, v.to_string());
-        }
+    match (key_id, secret) {
+        (Some(k), Some(s)) => b = b.with_access_key_id(k).with_secret_access_key(s),
+        _ => return Err("s3: no credentials: set aws.access.key.id and aws.secret.access.key (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)".into()),
+    }
+    if from_config("aws.access.key.id").is_none()
+        && let Some(token) = env("AWS_SESSION_TOKEN")
+    {
+        b = b.with_token(token);
     }
     let s3 = b.build().map_err(|e| format!("store.url '{url}': {e}"))?;
     Ok(match prefix.trim_matches('/') {
@@ -68,8 +79,14 @@ pub(crate) fn open(cfg: &ConnectorConfig) -> Result<Arc<dyn ObjectStore>, String
     })
 }
 
-/// How long one request may take, answer included.
+/// How long one request may take, answer included, besides its body's upload time.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The time a request may take: [`REQUEST_TIMEOUT`] plus a second per MiB it sends (a
+/// large file on a slow link is not cut off half-way and sent again for ever).
+fn request_timeout(body_bytes: usize) -> Duration {
+    REQUEST_TIMEOUT + Duration::from_secs((body_bytes >> 20) as u64)
+}
 
 #[derive(Debug)]
 struct Connector;
@@ -119,6 +136,9 @@ impl HttpService for Pool {
             parts.uri.authority().map(|a| a.to_string()).ok_or_else(|| {
                 http_error(HttpErrorKind::Request, format!("'{}': no host in the address", parts.uri))
             })?;
+        // object_store writes addresses as the url crate normalises them: port 80 is left out
+        // (the signature covers the host as written, so Host stays so).
+        let addr = if parts.uri.port().is_some() { host.clone() } else { format!("{host}:80") };
         // An HTTP/1.1 connection is asked for the path; the signature covered the host.
         parts.uri = parts
             .uri
@@ -132,10 +152,11 @@ impl HttpService for Pool {
             .insert(hyper::header::HOST, host.parse().map_err(|e| http_error(HttpErrorKind::Request, format!("{e}")))?);
         let mut send = match self.take(&host) {
             Some(s) => s,
-            None => crate::http::connect(&host, REQUEST_TIMEOUT, "S3")
+            None => crate::http::connect(&addr, REQUEST_TIMEOUT, "S3")
                 .await
                 .map_err(|why| http_error(HttpErrorKind::Connect, why))?,
         };
+        let timeout = request_timeout(body.content_length());
         let exchange = async {
             send.ready().await.map_err(|e| http_error(HttpErrorKind::Connect, e))?;
             let resp = send
@@ -144,12 +165,13 @@ impl HttpService for Pool {
                 .map_err(|e| http_error(HttpErrorKind::Request, e))?;
             let (head, incoming) = resp.into_parts();
             // Answers are read whole (listings, small objects): the connection is free after.
-            let bytes: Bytes = incoming.collect().await.map_err(|e| http_error(HttpErrorKind::Decode, e))?.to_bytes();
+            let bytes: Bytes =
+                incoming.collect().await.map_err(|e| http_error(HttpErrorKind::Interrupted, e))?.to_bytes();
             Ok::<_, HttpError>(HttpResponse::from_parts(head, HttpResponseBody::from(bytes)))
         };
-        let answer = tokio::time::timeout(REQUEST_TIMEOUT, exchange).await.map_err(|_| {
-            http_error(HttpErrorKind::Timeout, format!("{host}: no answer within {REQUEST_TIMEOUT:?}"))
-        })??;
+        let answer = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| http_error(HttpErrorKind::Timeout, format!("{host}: no answer within {timeout:?}")))??;
         self.give_back(host, send);
         Ok(answer)
     }
