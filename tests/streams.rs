@@ -216,3 +216,55 @@ async fn a_second_instance_takes_half_the_tasks_and_all_of_a_killed_ones_from_th
     let status = tokio::time::timeout(Duration::from_secs(30), a.wait()).await.expect("stops").unwrap();
     assert!(status.success(), "{}", log_of(&log_a));
 }
+
+/// The library in the test's process, at-least-once: the counts in its store (an interactive
+/// query) and on its output topic equal the reference, and a topology with a store named
+/// twice is refused before anything starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_in_process_answers_interactive_queries_at_least_once() {
+    use sluice_streams::{Guarantee, StreamsApp, StreamsBuilder, StreamsConfig};
+    let s = seed("streams-in-process");
+    let (c, dir) = cluster_with(3, ENV).await;
+    let client = client(&c).await;
+    for t in ["lines", "counts"] {
+        client.create_topic(t, PARTITIONS, 3, HashMap::new()).await.unwrap();
+    }
+    let input = lines(s, 1000);
+    let reference = counts_of(&input);
+    produce(&client, &input, 0).await;
+    let topology = || {
+        let b = StreamsBuilder::new();
+        b.stream::<Option<String>, String>("lines")
+            .flat_map_values(|_, line| line.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .select_key(|_, w| w.clone())
+            .group_by_key()
+            .count("word-counts")
+            .to_stream()
+            .to("counts");
+        b
+    };
+    let mut cfg = StreamsConfig::new("wc-iq", c.gateway());
+    cfg.guarantee = Guarantee::AtLeastOnce;
+    cfg.state_dir = dir.path().join("state");
+    cfg.instance = "iq".into();
+    let bad = topology();
+    bad.stream::<String, String>("lines");
+    let refused = StreamsApp::start(bad.build(), cfg.clone()).err().expect("refused").to_string();
+    assert!(refused.contains("topic 'lines' is read by two sources"), "{refused}");
+
+    let app = StreamsApp::start(topology().build(), cfg).unwrap();
+    wait_consumed(&client, "wc-iq", 1000, Duration::from_secs(60)).await;
+    // The count tasks commit after the repartition topic is read: wait for the store too.
+    let counts = eventually("the store to hold the reference counts", Duration::from_secs(60), || async {
+        let got: BTreeMap<String, i64> = app.all::<String, i64>("word-counts").await.ok()?.into_iter().collect();
+        (got == reference).then_some(got)
+    })
+    .await;
+    assert_eq!(counts.len(), reference.len());
+    let total: usize = reference.values().map(|n| *n as usize).sum();
+    check(&updates(&client, total, Duration::from_secs(60)).await, &reference);
+    let state = app.state();
+    assert!(state.failed.is_none() && state.commits > 0, "{state:?}");
+    assert_eq!(state.metrics.values().map(|m| m.processed).sum::<u64>() as usize, 1000 + total);
+    tokio::task::spawn_blocking(move || app.close()).await.unwrap();
+}
