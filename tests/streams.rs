@@ -115,8 +115,13 @@ fn check(updates: &BTreeMap<String, Vec<i64>>, reference: &BTreeMap<String, i64>
 
 /// Waits until the committed offsets of `app` reach `total` records of `lines`.
 async fn wait_consumed(client: &Client, app: &str, total: usize, limit: Duration) {
-    eventually(&format!("{app} to commit {total} lines"), limit, || async {
-        let offsets = client.fetch_offsets(app, Some("lines")).await.ok()?;
+    wait_committed(client, app, "lines", total, limit).await
+}
+
+/// Waits until the committed offsets of `app` reach `total` records of `topic`.
+async fn wait_committed(client: &Client, app: &str, topic: &str, total: usize, limit: Duration) {
+    eventually(&format!("{app} to commit {total} records of {topic}"), limit, || async {
+        let offsets = client.fetch_offsets(app, Some(topic)).await.ok()?;
         (offsets.iter().map(|o| o.offset as usize).sum::<usize>() >= total).then_some(())
     })
     .await
@@ -266,5 +271,76 @@ async fn an_instance_in_process_answers_interactive_queries_at_least_once() {
     let state = app.state();
     assert!(state.failed.is_none() && state.commits > 0, "{state:?}");
     assert_eq!(state.metrics.values().map(|m| m.processed).sum::<u64>() as usize, 1000 + total);
+    tokio::task::spawn_blocking(move || app.close()).await.unwrap();
+}
+
+/// A task with two inputs takes their records in timestamp order, and waits up to
+/// `max_task_idle` for an input that has nothing yet: orders read before the customers they
+/// refer to exist on their topic, but later in event time, all find their customer (an
+/// inner stream-table join). With no wait (`max_task_idle` 0) the orders would be joined
+/// against an empty table and dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_join_over_a_backlog_takes_both_inputs_in_timestamp_order() {
+    use sluice_streams::{StreamsApp, StreamsBuilder, StreamsConfig};
+    let (c, dir) = cluster_with(3, ENV).await;
+    let client = client(&c).await;
+    for t in ["orders", "customers", "enriched"] {
+        client.create_topic(t, PARTITIONS, 3, HashMap::new()).await.unwrap();
+    }
+    let base = sluice_core::settings::now_ms() - 60_000;
+    let send = |topic: &'static str, records: Vec<(String, String, i64)>| {
+        let client = client.clone();
+        async move {
+            let producer = Producer::new(client, ProducerConfig::default());
+            let mut futs = Vec::new();
+            for (k, v, ts) in records {
+                let r = ProducerRecord {
+                    topic: topic.into(),
+                    key: Some(Bytes::from(k)),
+                    value: Some(Bytes::from(v)),
+                    timestamp_ms: ts,
+                    ..Default::default()
+                };
+                futs.push(producer.send(r).await.expect("queued"));
+            }
+            for f in futs {
+                f.await.expect("answered").expect("acknowledged");
+            }
+            producer.close().await;
+        }
+    };
+    // The orders first (event times base+1000...); the customers (base) once the application
+    // runs and has read the orders.
+    send("orders", (0..300).map(|i| (format!("c{}", i % 30), format!("o{i}"), base + 1000 + i as i64)).collect()).await;
+
+    let b = StreamsBuilder::new();
+    let customers = b.table::<String, String>("customers", "customers");
+    b.stream::<String, String>("orders").join(&customers, |o, name| format!("{o}:{name}")).to("enriched");
+    let mut cfg = StreamsConfig::new("enrich", c.gateway());
+    cfg.state_dir = dir.path().join("state");
+    cfg.instance = "e".into();
+    cfg.max_task_idle = Duration::from_secs(2);
+    let app = StreamsApp::start(b.build(), cfg).unwrap();
+    eventually("the application to run its tasks", Duration::from_secs(60), || async {
+        (!app.state().tasks.is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send("customers", (0..30).map(|i| (format!("c{i}"), format!("name{i}"), base)).collect()).await;
+    wait_committed(&client, "enrich", "orders", 300, Duration::from_secs(60)).await;
+    let cfg = ConsumerConfig { isolation: IsolationLevel::ReadCommitted, ..ConsumerConfig::default() };
+    let mut consumer = Consumer::assign(client.clone(), "enriched", &[], StartFrom::Earliest, cfg).await.unwrap();
+    let mut joined = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while joined.len() < 300 && tokio::time::Instant::now() < deadline {
+        joined.extend(consumer.poll(Duration::from_millis(500)).await.unwrap());
+    }
+    assert_eq!(joined.len(), 300, "every order found its customer");
+    for r in &joined {
+        let (key, value) =
+            (String::from_utf8_lossy(r.key.as_deref().unwrap()), String::from_utf8_lossy(r.value.as_deref().unwrap()));
+        let i: usize = value.split(':').next().unwrap().trim_start_matches('o').parse().unwrap();
+        assert_eq!((key.to_string(), value.to_string()), (format!("c{}", i % 30), format!("o{i}:name{}", i % 30)));
+    }
     tokio::task::spawn_blocking(move || app.close()).await.unwrap();
 }

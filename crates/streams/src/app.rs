@@ -73,6 +73,10 @@ pub struct StreamsConfig {
     pub replication_factor: u32,
     /// [session.timeout.ms] How long the group waits for a silent instance.
     pub session_timeout: Duration,
+    /// [max.task.idle.ms] How long a task with several inputs waits for one that has no
+    /// records buffered before it processes the others' (records are taken in timestamp
+    /// order across a task's inputs while all have some).
+    pub max_task_idle: Duration,
 }
 
 impl StreamsConfig {
@@ -86,6 +90,7 @@ impl StreamsConfig {
             instance: format!("{}-{}", hostname(), std::process::id()),
             replication_factor: 3,
             session_timeout: Duration::from_secs(10),
+            max_task_idle: Duration::from_millis(200),
         }
     }
 }
@@ -291,6 +296,23 @@ struct Instance {
     reported: HashMap<TaskId, TaskMetrics>,
     /// Set when the instance must stop (waits check it).
     stop: watch::Receiver<bool>,
+    /// Each task's records read and not yet processed, per input.
+    pending: BTreeMap<TaskId, Pending>,
+}
+
+/// A task's records waiting to be processed: a queue per input (its topics, at its partition)
+/// with the next offset to process, taken in timestamp order.
+#[derive(Default)]
+struct Pending {
+    inputs: BTreeMap<String, Input>,
+    /// Since when an input has had nothing buffered while another had records.
+    idle_since: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Input {
+    queue: std::collections::VecDeque<ConsumerRecord>,
+    next: i64,
 }
 
 impl Instance {
@@ -317,6 +339,7 @@ impl Instance {
             changelog_at: HashMap::new(),
             reported: HashMap::new(),
             stop,
+            pending: BTreeMap::new(),
         }
     }
 
@@ -713,9 +736,11 @@ impl Instance {
     /// Closes tasks cleanly: stores flushed and checkpointed at the changelog offsets this
     /// instance knows its stores reflect (restored to, then written by its commits).
     fn close_tasks(&mut self, ids: Vec<TaskId>) {
+        self.sync_positions();
         let checkpoints = self.db.open_tree("checkpoints").ok();
         for id in ids {
             let Some(mut task) = self.tasks.remove(&id) else { continue };
+            self.pending.remove(&id);
             crate::metrics::metrics().tasks.add(-1, &crate::metrics::task(&self.cfg.application_id, &id));
             self.reported.remove(&id);
             let topics = task.topics();
@@ -739,6 +764,7 @@ impl Instance {
             crate::metrics::metrics().tasks.add(-1, &crate::metrics::task(&self.cfg.application_id, id));
         }
         self.tasks.clear();
+        self.pending.clear();
         self.reported.clear();
         self.positions.clear();
         self.changelog_at.clear();
@@ -759,6 +785,9 @@ impl Instance {
         records: &mpsc::Sender<(u64, Vec<ConsumerRecord>)>,
     ) -> Result<(), StreamsError> {
         self.stop_readers();
+        // What was queued and not processed is read again from the processed positions.
+        self.sync_positions();
+        self.pending.clear();
         self.routes.clear();
         for (id, task) in &self.tasks {
             for t in task.topics() {
@@ -787,6 +816,10 @@ impl Instance {
                 };
                 self.positions.insert((topic.clone(), p), at);
                 positions.insert(p, at);
+                if let Some(id) = self.routes.get(&topic).and_then(|r| r.get(&p)) {
+                    let pending = self.pending.entry(*id).or_default();
+                    pending.inputs.insert(topic.clone(), Input { queue: Default::default(), next: at });
+                }
             }
             let cfg = ConsumerConfig { isolation: IsolationLevel::ReadCommitted, ..ConsumerConfig::default() };
             let mut consumer = Consumer::at(client.clone(), &topic, positions, cfg);
@@ -822,6 +855,8 @@ impl Instance {
     ) -> Result<(), StreamsError> {
         let mut beat = tokio::time::interval(HEARTBEAT);
         let mut commit = tokio::time::interval(self.cfg.commit_interval);
+        // Tasks waiting for an idle input go on once `max_task_idle` passed.
+        let mut idle = tokio::time::interval(Duration::from_millis(50));
         let started = Instant::now();
         loop {
             tokio::select! {
@@ -833,6 +868,7 @@ impl Instance {
                     }
                 }
                 Some(cmd) = commands.recv() => self.answer(cmd),
+                _ = idle.tick() => self.drain()?,
                 _ = commit.tick() => {
                     if self.dirty {
                         self.commit(client, producer).await?;
@@ -885,35 +921,74 @@ impl Instance {
         }
     }
 
-    /// Processes a batch of one topic's records through their tasks.
+    /// Queues a batch of one topic's records for their tasks, then processes what can be.
     fn handle(&mut self, batch: Vec<ConsumerRecord>) -> Result<(), StreamsError> {
         let Some(first) = batch.first() else { return Ok(()) };
         let topic = first.topic.to_string();
         let Some(routes) = self.routes.get(&topic) else { return Ok(()) };
-        let mut key = (topic, u32::MAX);
-        let mut at = None;
         for r in batch {
-            if r.partition != key.1 {
-                key.1 = r.partition;
-                at = self.positions.get_mut(&key);
-            }
-            // Records of partitions no longer held (a reader stopped late) are not processed.
-            let Some(at) = at.as_deref_mut() else { continue };
-            if r.offset < *at {
+            // Records of partitions no longer held (a reader stopped late) are dropped.
+            let Some(input) =
+                routes.get(&r.partition).and_then(|id| self.pending.get_mut(id)).and_then(|p| p.inputs.get_mut(&topic))
+            else {
                 continue;
+            };
+            // Offsets have gaps (markers, compaction): compare with the last one queued.
+            if r.offset > input.queue.back().map_or(input.next - 1, |q| q.offset) {
+                input.queue.push_back(r);
             }
-            let Some(task) = routes.get(&r.partition).and_then(|id| self.tasks.get_mut(id)) else { continue };
-            let span = r.process_span(&key.0);
-            let _entered = span.enter();
-            let record = Record { key: r.key, value: r.value, timestamp: r.timestamp_ms, headers: r.headers };
-            task.process(&key.0, r.offset, record)?;
-            *at = r.offset + 1;
-            self.dirty = true;
+        }
+        self.drain()
+    }
+
+    /// Processes the queued records: per task, the earliest (by timestamp) of its inputs'
+    /// heads while every input has some; when one has none, after `max_task_idle` (it may
+    /// hold earlier records still being fetched), the others' anyway.
+    fn drain(&mut self) -> Result<(), StreamsError> {
+        let now = Instant::now();
+        let Self { pending, tasks, cfg, dirty, .. } = self;
+        for (id, p) in pending.iter_mut() {
+            let Some(task) = tasks.get_mut(id) else { continue };
+            loop {
+                if p.inputs.len() > 1 && p.inputs.values().any(|i| i.queue.is_empty()) {
+                    let since = *p.idle_since.get_or_insert(now);
+                    if now.duration_since(since) < cfg.max_task_idle {
+                        break;
+                    }
+                } else {
+                    p.idle_since = None;
+                }
+                let head = p
+                    .inputs
+                    .iter_mut()
+                    .filter(|(_, i)| !i.queue.is_empty())
+                    .min_by_key(|(_, i)| i.queue.front().map_or(i64::MAX, |r| r.timestamp_ms));
+                let Some((topic, input)) = head else { break };
+                let Some(r) = input.queue.pop_front() else { break };
+                let span = r.process_span(topic);
+                let _entered = span.enter();
+                let record = Record { key: r.key, value: r.value, timestamp: r.timestamp_ms, headers: r.headers };
+                task.process(topic, r.offset, record)?;
+                input.next = r.offset + 1;
+                *dirty = true;
+            }
         }
         if let Ok(mut s) = self.state.lock() {
             s.metrics = self.tasks.iter().map(|(id, t)| (*id, t.metrics().clone())).collect();
         }
         Ok(())
+    }
+
+    /// Copies how far each input was processed into `positions` (what commits and readers
+    /// go by).
+    fn sync_positions(&mut self) {
+        for (id, p) in &self.pending {
+            for (topic, input) in &p.inputs {
+                if let Some(at) = self.positions.get_mut(&(topic.clone(), id.partition)) {
+                    *at = input.next;
+                }
+            }
+        }
     }
 
     /// Writes every task's outputs and commits the positions reached; a failed transaction is
@@ -927,6 +1002,7 @@ impl Instance {
     }
 
     async fn try_commit(&mut self, client: &Client, producer: &Producer) -> Result<(), StreamsError> {
+        self.sync_positions();
         let outputs: Vec<Output> = self.tasks.values_mut().flat_map(|t| t.take_outputs()).collect();
         let offsets: BTreeMap<(String, u32), i64> = self.positions.clone();
         let eos = self.cfg.guarantee == Guarantee::ExactlyOnce;
