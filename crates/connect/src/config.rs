@@ -467,8 +467,19 @@ mod tests {
         let e = errors(&[&os[..], &[("connection.url", "https://search:9200")]].concat());
         assert!(e.len() == 1 && e[0].contains("connection.url") && e[0].contains("no TLS"), "{e:?}");
         let lake = [("name", "l"), ("connector.class", "parquet-sink"), ("topics", "t")];
+        // An S3 store needs its endpoint, over plain HTTP, and a bucket.
         let e = errors(&[&lake[..], &[("store.url", "s3://bucket/x")]].concat());
+        assert!(e.len() == 1 && e[0].contains("s3.endpoint") && e[0].contains("required"), "{e:?}");
+        let e = errors(&[&lake[..], &[("store.url", "s3://bucket/x"), ("s3.endpoint", "https://s3:9000")]].concat());
+        assert!(e.len() == 1 && e[0].contains("s3.endpoint") && e[0].contains("no TLS"), "{e:?}");
+        let e = errors(&[&lake[..], &[("store.url", "s3:///x"), ("s3.endpoint", "http://s3:9000")]].concat());
+        assert!(e.len() == 1 && e[0].contains("s3://bucket"), "{e:?}");
+        let e = errors(&[&lake[..], &[("store.url", "gs://bucket")]].concat());
         assert!(e.len() == 1 && e[0].contains("store.url"), "{e:?}");
+        assert!(
+            validate(&cfg(&[&lake[..], &[("store.url", "s3://b/x"), ("s3.endpoint", "http://s3:9000")]].concat()))
+                .is_ok()
+        );
         assert!(
             errors(&[&lake[..], &[("store.url", "/data/lake"), ("parquet.codec", "brotli")]].concat())[0]
                 .contains("parquet.codec")
