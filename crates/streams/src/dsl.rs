@@ -344,7 +344,6 @@ impl<K: Wire, V: Wire> KStream<K, V> {
         });
         self.graph.borrow_mut().nodes[id].stores.push(table.store.clone());
         let group = self.graph.borrow_mut().union(s.group, table.stream.group);
-        self.graph.borrow_mut().copartitioned.push((s.group, table.stream.group));
         KStream::at(&self.graph, id, group, false)
     }
 
@@ -398,7 +397,6 @@ impl<K: Wire, V: Wire> KStream<K, V> {
             out.forward(ctx, r.with(k, v))
         });
         let both = this.merge(&that);
-        self.graph.borrow_mut().copartitioned.push((this.group, that.group));
         let name = self.graph.borrow_mut().name("KSTREAM-JOIN");
         // A record is kept until no record of the other side can join it any more (and a
         // left/outer join has emitted it unmatched, one tick after its close).
@@ -776,7 +774,6 @@ impl<K: Wire, V: Wire> KTable<K, V> {
             f2(mine.as_ref(), r.value.new.as_ref())
         });
         let merged = left.merge(&right);
-        self.stream.graph.borrow_mut().copartitioned.push((self.stream.group, other.stream.group));
         merged.to_table(store)
     }
 }

@@ -165,10 +165,9 @@ pub(crate) struct Graph {
     pub nodes: Vec<NodeDef>,
     pub sources: Vec<SourceDef>,
     pub stores: BTreeMap<String, StoreSpec>,
-    /// Union-find parents of source groups.
+    /// Union-find parents of source groups: joined or merged sources share a root, whose
+    /// topics must have as many partitions (checked when an application starts).
     pub groups: Vec<usize>,
-    /// Pairs of source groups that must be co-partitioned (joined).
-    pub copartitioned: Vec<(usize, usize)>,
     /// Repartition topics (named without the application id), created by the application.
     pub internal_topics: Vec<String>,
     /// What is wrong with the topology (a store named twice, a topic read twice).
