@@ -66,8 +66,11 @@ pub struct StreamsConfig {
     pub commit_interval: Duration,
     /// [state.dir] Where the stores' sled database goes (a directory per application).
     pub state_dir: PathBuf,
-    /// This instance's name: its member name and transactional id suffix. Restarting an
-    /// instance under the same name fences what it left running.
+    /// This instance's name: its member name, transactional id suffix and state directory.
+    /// Restarting an instance under the same name fences what it left running and finds its
+    /// stores again. Empty (the default): the host name, or `<host>-2`, `<host>-3`, ... the
+    /// first whose state directory no other process holds, so instances started on one
+    /// machine get distinct names and a restarted one gets its old name back.
     pub instance: String,
     /// [replication.factor] Of the internal topics (lowered to the live nodes).
     pub replication_factor: u32,
@@ -87,12 +90,41 @@ impl StreamsConfig {
             guarantee: Guarantee::AtLeastOnce,
             commit_interval: Duration::from_millis(100),
             state_dir: std::env::temp_dir().join("sluice-streams"),
-            instance: format!("{}-{}", hostname(), std::process::id()),
+            instance: String::new(),
             replication_factor: 3,
             session_timeout: Duration::from_secs(10),
             max_task_idle: Duration::from_millis(200),
         }
     }
+}
+
+/// Opens the instance's state directory, choosing the instance's name when none was given:
+/// sled locks its directory, so a name whose directory is open elsewhere is taken.
+fn open_state(config: &mut StreamsConfig) -> Result<sled::Db, StreamsError> {
+    let open = |name: &str| {
+        let dir = config.state_dir.join(&config.application_id).join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("state.dir {}: {e}", dir.display()))?;
+        sled::open(&dir).map_err(|e| format!("state.dir {}: {e}", dir.display()))
+    };
+    if !config.instance.is_empty() {
+        return open(&config.instance).map_err(StreamsError::Config);
+    }
+    let host = hostname();
+    let mut last = String::new();
+    for n in 1..=64 {
+        let name = if n == 1 { host.clone() } else { format!("{host}-{n}") };
+        match open(&name) {
+            Ok(db) => {
+                config.instance = name;
+                return Ok(db);
+            }
+            // Only a held lock moves on to the next name; anything else is the directory's
+            // own problem and would repeat.
+            Err(e) if e.contains("could not acquire lock") => last = e,
+            Err(e) => return Err(StreamsError::Config(e)),
+        }
+    }
+    Err(StreamsError::Config(format!("64 instances of this application already run here ({last}): name this one")))
 }
 
 fn hostname() -> String {
@@ -133,11 +165,10 @@ pub struct StreamsApp {
 impl StreamsApp {
     /// Starts an instance of `topology`: creates the internal topics, joins the application's
     /// group and processes the tasks it is given until [`StreamsApp::close`].
-    pub fn start(topology: Topology, config: StreamsConfig) -> Result<Self, StreamsError> {
+    pub fn start(topology: Topology, mut config: StreamsConfig) -> Result<Self, StreamsError> {
         topology.validate()?;
-        let dir = config.state_dir.join(&config.application_id).join(&config.instance);
-        std::fs::create_dir_all(&dir).map_err(|e| StreamsError::Config(format!("state.dir {}: {e}", dir.display())))?;
-        let db = sled::open(&dir).map_err(|e| StreamsError::Config(format!("state.dir {}: {e}", dir.display())))?;
+        let db = open_state(&mut config)?;
+        tracing::info!(instance = %config.instance, "streams instance starting");
         let (commands, rx) = mpsc::channel(16);
         let (stop, stopped) = watch::channel(false);
         let state = Arc::new(Mutex::new(InstanceState::default()));
@@ -1102,4 +1133,32 @@ async fn end_offset(client: &Client, topic: &str, partition: u32) -> Result<i64,
 
 async fn start_offset(client: &Client, topic: &str, partition: u32) -> Result<i64, StreamsError> {
     list(client, topic, partition, OffsetSpec::Earliest).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unnamed_instances_on_one_machine_get_distinct_names_and_keep_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = StreamsConfig::new("app", "127.0.0.1:1");
+        cfg.state_dir = dir.path().to_path_buf();
+        let (mut a, mut b) = (cfg.clone(), cfg.clone());
+        let da = open_state(&mut a).unwrap();
+        let db = open_state(&mut b).unwrap();
+        let host = hostname();
+        assert_eq!(a.instance, host);
+        assert_eq!(b.instance, format!("{host}-2"));
+        drop(da);
+        // The first instance restarted: its name (and its stores) again.
+        let mut again = cfg.clone();
+        let _d = open_state(&mut again).unwrap();
+        assert_eq!(again.instance, host);
+        drop(db);
+        let mut named = cfg;
+        named.instance = "x".into();
+        open_state(&mut named).unwrap();
+        assert_eq!(named.instance, "x");
+    }
 }

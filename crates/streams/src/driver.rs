@@ -108,6 +108,11 @@ impl TestDriver {
         s.borrow().all::<K, V>().map_err(StreamsError::Store)
     }
 
+    /// The largest event time any task has seen.
+    pub fn stream_time(&self) -> i64 {
+        self.tasks.iter().map(|t| t.stream_time()).max().unwrap_or(i64::MIN)
+    }
+
     /// The tasks' counts, summed.
     pub fn metrics(&self) -> TaskMetrics {
         let mut m = TaskMetrics::default();

@@ -23,6 +23,12 @@ use crate::window::{SessionWindows, SlidingWindows, TimeWindows};
 /// A predicate of [`KStream::branch`].
 pub type Predicate<K, V> = Box<dyn Fn(&K, &V) -> bool + Send + Sync>;
 
+/// When a record happened, from its key, value and timestamp (Kafka's `TimestampExtractor`):
+/// windows, joins and stream time go by it. A negative result skips the record (counted as
+/// skipped). (A task with several inputs interleaves them by the records' own timestamps,
+/// which are known before decoding.)
+pub type TimestampExtractor<K, V> = Arc<dyn Fn(&K, &V, i64) -> i64 + Send + Sync>;
+
 /// Types a stream can carry.
 pub trait Data: Clone + 'static {}
 impl<T: Clone + 'static> Data for T {}
@@ -44,7 +50,12 @@ impl StreamsBuilder {
         Self::default()
     }
 
-    fn source<K: Wire, V: Wire>(&self, topics: Vec<String>, internal: bool) -> KStream<K, V> {
+    fn source<K: Wire, V: Wire>(
+        &self,
+        topics: Vec<String>,
+        internal: bool,
+        extract: Option<TimestampExtractor<K, V>>,
+    ) -> KStream<K, V> {
         let mut g = self.graph.borrow_mut();
         for t in &topics {
             if g.sources.iter().any(|s| s.internal == internal && s.topics.contains(t)) {
@@ -56,7 +67,7 @@ impl StreamsBuilder {
         let id = g.nodes.len();
         let factory: Factory<Option<Bytes>, Option<Bytes>> = Arc::new(move |b| {
             let out = b.out::<K, V>(id);
-            Rc::new(RefCell::new(nodes::Decode { out }))
+            Rc::new(RefCell::new(nodes::Decode { out, extract: extract.clone() }))
         });
         g.add(name, Box::new(factory), None);
         g.sources.push(SourceDef { topics, internal, node: id, group });
@@ -66,18 +77,42 @@ impl StreamsBuilder {
 
     /// The records of `topic`, decoded with the codecs of `K` and `V`.
     pub fn stream<K: Wire, V: Wire>(&self, topic: &str) -> KStream<K, V> {
-        self.source(vec![topic.to_string()], false)
+        self.source(vec![topic.to_string()], false, None)
+    }
+
+    /// The records of `topic`, their event time given by `extract` (from the key, the value
+    /// and the record's timestamp) instead of the record's timestamp.
+    pub fn stream_with_timestamps<K: Wire, V: Wire>(
+        &self,
+        topic: &str,
+        extract: impl Fn(&K, &V, i64) -> i64 + Send + Sync + 'static,
+    ) -> KStream<K, V> {
+        self.source(vec![topic.to_string()], false, Some(Arc::new(extract)))
     }
 
     /// The records of several topics as one stream.
     pub fn streams<K: Wire, V: Wire>(&self, topics: &[&str]) -> KStream<K, V> {
-        self.source(topics.iter().map(|t| t.to_string()).collect(), false)
+        self.source(topics.iter().map(|t| t.to_string()).collect(), false, None)
     }
 
     /// `topic` read as a table: the latest value of each key (a null value deletes), kept in
     /// store `store` (whose changelog is the topic itself in Kafka; here a changelog topic).
     pub fn table<K: Wire, V: Wire>(&self, topic: &str, store: &str) -> KTable<K, V> {
-        let s: KStream<K, Option<V>> = self.source(vec![topic.to_string()], false);
+        let s: KStream<K, Option<V>> = self.source(vec![topic.to_string()], false, None);
+        s.to_table(store)
+    }
+
+    /// [`StreamsBuilder::table`] with the updates' event time given by `extract` (a deletion
+    /// has no value: it keeps the record's timestamp).
+    pub fn table_with_timestamps<K: Wire, V: Wire>(
+        &self,
+        topic: &str,
+        store: &str,
+        extract: impl Fn(&K, &V, i64) -> i64 + Send + Sync + 'static,
+    ) -> KTable<K, V> {
+        let extract: TimestampExtractor<K, Option<V>> =
+            Arc::new(move |k, v, ts| v.as_ref().map_or(ts, |v| extract(k, v, ts)));
+        let s: KStream<K, Option<V>> = self.source(vec![topic.to_string()], false, Some(extract));
         s.to_table(store)
     }
 
@@ -281,7 +316,7 @@ impl<K: Wire, V: Wire> KStream<K, V> {
         self.sink(&topic, true);
         self.graph.borrow_mut().internal_topics.push(topic.clone());
         let b = StreamsBuilder { graph: self.graph.clone() };
-        b.source(vec![topic], true)
+        b.source(vec![topic], true, None)
     }
 
     /// The stream as it must be before a stateful step: repartitioned when its key changed.

@@ -12,9 +12,11 @@ use crate::store::{StoreRef, WindowStore};
 use crate::topology::{Ctx, Out, Output, Process};
 use crate::window::{SessionWindows, TimeWindows};
 
-/// Decodes a source's records with the stream's codecs; undecodable ones are skipped.
+/// Decodes a source's records with the stream's codecs; undecodable ones are skipped. Their
+/// event time (the record's timestamp or the extractor's) advances the task's stream time.
 pub(crate) struct Decode<K, V> {
     pub out: Out<K, V>,
+    pub extract: Option<crate::dsl::TimestampExtractor<K, V>>,
 }
 
 impl<K: Codec + Clone, V: Codec + Clone> Process<Option<Bytes>, Option<Bytes>> for Decode<K, V> {
@@ -27,7 +29,15 @@ impl<K: Codec + Clone, V: Codec + Clone> Process<Option<Bytes>, Option<Bytes>> f
             Ok(v) => v,
             Err(e) => return ctx.skip(&format!("value: {e}")),
         };
-        self.out.forward(ctx, Record { key, value, timestamp: r.timestamp, headers: r.headers })
+        let timestamp = match &self.extract {
+            None => r.timestamp,
+            Some(f) => match f(&key, &value, r.timestamp) {
+                t if t < 0 => return ctx.skip(&format!("the timestamp extractor gave {t}: event times are >= 0")),
+                t => t,
+            },
+        };
+        ctx.stream_time = ctx.stream_time.max(timestamp);
+        self.out.forward(ctx, Record { key, value, timestamp, headers: r.headers })
     }
 }
 

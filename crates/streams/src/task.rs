@@ -66,7 +66,6 @@ impl Task {
         self.ctx.topic.clear();
         self.ctx.topic.push_str(topic);
         self.ctx.offset = offset;
-        self.ctx.stream_time = self.ctx.stream_time.max(record.timestamp);
         self.ctx.metrics.processed += 1;
         port.borrow_mut().process(&mut self.ctx, record);
         match self.ctx.failure.take() {

@@ -461,3 +461,34 @@ fn sliding_windows_hold_every_distinct_set_of_records_close_enough() {
     assert_eq!(fin, vec![(10, 20, 1), (15, 25, 2), (21, 31, 1), (22, 32, 3), (23, 33, 2), (26, 36, 1)]);
     assert_eq!(d.metrics().dropped_late, 0, "22 is within 10 + 0 of stream time 32: it counts where it can");
 }
+
+#[test]
+fn a_timestamp_extractor_gives_event_time_from_the_value() {
+    let b = StreamsBuilder::new();
+    // The value carries its own event time; the record's timestamp (the append time) is
+    // ignored, and a negative event time skips the record.
+    b.stream_with_timestamps::<String, i64>("in", |_, v, _| *v)
+        .group_by_key()
+        .windowed_by(TimeWindows::of(10).grace(0))
+        .count("w")
+        .to_stream()
+        .to("out");
+    b.table_with_timestamps::<String, i64>("tin", "t", |_, v, _| *v).to_stream().to("tout");
+    let mut d = TestDriver::new(b.build(), "app").unwrap();
+    for v in [3i64, 12, 5, -1, 25] {
+        d.pipe("in", "k".to_string(), v, 1_000_000).unwrap();
+    }
+    let out = d.read::<Windowed<String>, Option<i64>>("out").unwrap();
+    let times: Vec<i64> = out.iter().map(|r| r.timestamp).collect();
+    assert_eq!(times, vec![3, 12, 25], "events at their extracted times; 5 late, -1 skipped");
+    let starts: Vec<(i64, Option<i64>)> = out.iter().map(|r| (r.key.start, r.value)).collect();
+    assert_eq!(starts, vec![(0, Some(1)), (10, Some(1)), (20, Some(1))]);
+    assert_eq!(d.metrics().dropped_late, 1);
+    assert_eq!(d.metrics().skipped, 1);
+    assert_eq!(d.stream_time(), 25);
+
+    d.pipe("tin", "a".to_string(), 7i64, 1_000_000).unwrap();
+    d.pipe_raw("tin", sluice_streams::Record::new(Some("a".into()), None, 99)).unwrap();
+    let t: Vec<i64> = d.read::<String, Option<i64>>("tout").unwrap().iter().map(|r| r.timestamp).collect();
+    assert_eq!(t, vec![7, 99], "an update at its value's time, a deletion at the record's");
+}

@@ -26,8 +26,9 @@ pub struct Args {
     /// Where the state stores go (default: a directory under the system's temporary one).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// This instance's name (default: host and process id); an instance restarted under the
-    /// same name fences what it left running.
+    /// This instance's name (default: the host name, or `<host>-N` while another instance
+    /// on this machine holds it); an instance restarted under the same name fences what it
+    /// left running and finds its stores again.
     #[arg(long)]
     pub instance: Option<String>,
     #[arg(long, default_value_t = 100)]
