@@ -29,6 +29,27 @@ pub type Predicate<K, V> = Box<dyn Fn(&K, &V) -> bool + Send + Sync>;
 /// which are known before decoding.)
 pub type TimestampExtractor<K, V> = Arc<dyn Fn(&K, &V, i64) -> i64 + Send + Sync>;
 
+/// Turns a source's raw records into typed ones (given the task's context: topic, partition,
+/// offset), or says why a record is skipped.
+pub type Decoder<K, V> =
+    Arc<dyn Fn(&crate::topology::Ctx, crate::topology::RawRecord) -> Result<Record<K, V>, String> + Send + Sync>;
+
+/// The decoder of codecs `K` and `V`, with an optional timestamp extractor.
+fn codec_decoder<K: Wire, V: Wire>(extract: Option<TimestampExtractor<K, V>>) -> Decoder<K, V> {
+    Arc::new(move |_, r| {
+        let key = K::decode_opt_owned(r.key).map_err(|e| format!("key: {e}"))?;
+        let value = V::decode_opt_owned(r.value).map_err(|e| format!("value: {e}"))?;
+        let timestamp = match &extract {
+            None => r.timestamp,
+            Some(f) => match f(&key, &value, r.timestamp) {
+                t if t < 0 => return Err(format!("the timestamp extractor gave {t}: event times are >= 0")),
+                t => t,
+            },
+        };
+        Ok(Record { key, value, timestamp, headers: r.headers })
+    })
+}
+
 /// Types a stream can carry.
 pub trait Data: Clone + 'static {}
 impl<T: Clone + 'static> Data for T {}
@@ -50,12 +71,7 @@ impl StreamsBuilder {
         Self::default()
     }
 
-    fn source<K: Wire, V: Wire>(
-        &self,
-        topics: Vec<String>,
-        internal: bool,
-        extract: Option<TimestampExtractor<K, V>>,
-    ) -> KStream<K, V> {
+    fn source<K: Data, V: Data>(&self, topics: Vec<String>, internal: bool, decode: Decoder<K, V>) -> KStream<K, V> {
         let mut g = self.graph.borrow_mut();
         for t in &topics {
             if g.sources.iter().any(|s| s.internal == internal && s.topics.contains(t)) {
@@ -67,7 +83,7 @@ impl StreamsBuilder {
         let id = g.nodes.len();
         let factory: Factory<Option<Bytes>, Option<Bytes>> = Arc::new(move |b| {
             let out = b.out::<K, V>(id);
-            Rc::new(RefCell::new(nodes::Decode { out, extract: extract.clone() }))
+            Rc::new(RefCell::new(nodes::Decode { out, decode: decode.clone() }))
         });
         g.add(name, Box::new(factory), None);
         g.sources.push(SourceDef { topics, internal, node: id, group });
@@ -77,7 +93,7 @@ impl StreamsBuilder {
 
     /// The records of `topic`, decoded with the codecs of `K` and `V`.
     pub fn stream<K: Wire, V: Wire>(&self, topic: &str) -> KStream<K, V> {
-        self.source(vec![topic.to_string()], false, None)
+        self.source(vec![topic.to_string()], false, codec_decoder(None))
     }
 
     /// The records of `topic`, their event time given by `extract` (from the key, the value
@@ -87,18 +103,18 @@ impl StreamsBuilder {
         topic: &str,
         extract: impl Fn(&K, &V, i64) -> i64 + Send + Sync + 'static,
     ) -> KStream<K, V> {
-        self.source(vec![topic.to_string()], false, Some(Arc::new(extract)))
+        self.source(vec![topic.to_string()], false, codec_decoder(Some(Arc::new(extract))))
     }
 
     /// The records of several topics as one stream.
     pub fn streams<K: Wire, V: Wire>(&self, topics: &[&str]) -> KStream<K, V> {
-        self.source(topics.iter().map(|t| t.to_string()).collect(), false, None)
+        self.source(topics.iter().map(|t| t.to_string()).collect(), false, codec_decoder(None))
     }
 
     /// `topic` read as a table: the latest value of each key (a null value deletes), kept in
     /// store `store` (whose changelog is the topic itself in Kafka; here a changelog topic).
     pub fn table<K: Wire, V: Wire>(&self, topic: &str, store: &str) -> KTable<K, V> {
-        let s: KStream<K, Option<V>> = self.source(vec![topic.to_string()], false, None);
+        let s: KStream<K, Option<V>> = self.source(vec![topic.to_string()], false, codec_decoder(None));
         s.to_table(store)
     }
 
@@ -112,8 +128,34 @@ impl StreamsBuilder {
     ) -> KTable<K, V> {
         let extract: TimestampExtractor<K, Option<V>> =
             Arc::new(move |k, v, ts| v.as_ref().map_or(ts, |v| extract(k, v, ts)));
-        let s: KStream<K, Option<V>> = self.source(vec![topic.to_string()], false, Some(extract));
+        let s: KStream<K, Option<V>> = self.source(vec![topic.to_string()], false, codec_decoder(Some(extract)));
         s.to_table(store)
+    }
+
+    /// The records of `topic` decoded by `decode`, for formats known at run time rather
+    /// than by type (the decoder sets each record's event time).
+    pub fn stream_decoded<K: Data, V: Data>(
+        &self,
+        topic: &str,
+        decode: impl Fn(&crate::topology::Ctx, crate::topology::RawRecord) -> Result<Record<K, V>, String>
+        + Send
+        + Sync
+        + 'static,
+    ) -> KStream<K, V> {
+        self.source(vec![topic.to_string()], false, Arc::new(decode))
+    }
+
+    /// `topic` as a table, its records decoded by `decode` (a `None` value deletes).
+    pub fn table_decoded<K: Wire, V: Wire>(
+        &self,
+        topic: &str,
+        store: &str,
+        decode: impl Fn(&crate::topology::Ctx, crate::topology::RawRecord) -> Result<Record<K, Option<V>>, String>
+        + Send
+        + Sync
+        + 'static,
+    ) -> KTable<K, V> {
+        self.stream_decoded(topic, decode).to_table(store)
     }
 
     pub fn build(self) -> Topology {
@@ -316,7 +358,7 @@ impl<K: Wire, V: Wire> KStream<K, V> {
         self.sink(&topic, true);
         self.graph.borrow_mut().internal_topics.push(topic.clone());
         let b = StreamsBuilder { graph: self.graph.clone() };
-        b.source(vec![topic], true, None)
+        b.source(vec![topic], true, codec_decoder(None))
     }
 
     /// The stream as it must be before a stateful step: repartitioned when its key changed.

@@ -12,32 +12,22 @@ use crate::store::{StoreRef, WindowStore};
 use crate::topology::{Ctx, Out, Output, Process};
 use crate::window::{SessionWindows, TimeWindows};
 
-/// Decodes a source's records with the stream's codecs; undecodable ones are skipped. Their
-/// event time (the record's timestamp or the extractor's) advances the task's stream time.
+/// Decodes a source's records (with the stream's codecs or the source's own decoder);
+/// undecodable ones are skipped. Their event time advances the task's stream time.
 pub(crate) struct Decode<K, V> {
     pub out: Out<K, V>,
-    pub extract: Option<crate::dsl::TimestampExtractor<K, V>>,
+    pub decode: crate::dsl::Decoder<K, V>,
 }
 
-impl<K: Codec + Clone, V: Codec + Clone> Process<Option<Bytes>, Option<Bytes>> for Decode<K, V> {
+impl<K: Clone, V: Clone> Process<Option<Bytes>, Option<Bytes>> for Decode<K, V> {
     fn process(&mut self, ctx: &mut Ctx, r: Record<Option<Bytes>, Option<Bytes>>) {
-        let key = match K::decode_opt_owned(r.key) {
-            Ok(k) => k,
-            Err(e) => return ctx.skip(&format!("key: {e}")),
-        };
-        let value = match V::decode_opt_owned(r.value) {
-            Ok(v) => v,
-            Err(e) => return ctx.skip(&format!("value: {e}")),
-        };
-        let timestamp = match &self.extract {
-            None => r.timestamp,
-            Some(f) => match f(&key, &value, r.timestamp) {
-                t if t < 0 => return ctx.skip(&format!("the timestamp extractor gave {t}: event times are >= 0")),
-                t => t,
-            },
-        };
-        ctx.stream_time = ctx.stream_time.max(timestamp);
-        self.out.forward(ctx, Record { key, value, timestamp, headers: r.headers })
+        match (self.decode)(ctx, r) {
+            Ok(r) => {
+                ctx.stream_time = ctx.stream_time.max(r.timestamp);
+                self.out.forward(ctx, r)
+            }
+            Err(why) => ctx.skip(&why),
+        }
     }
 }
 
