@@ -279,6 +279,7 @@ pub fn from_json(v: &Json, ty: &SqlType) -> Result<Value, String> {
     }
     let bad = || format!("{v} is not a valid {ty}");
     Ok(match ty {
+        SqlType::Null => Value::Null,
         SqlType::Boolean => match v {
             Json::Bool(b) => Value::Bool(*b),
             Json::String(s) => parse_text(s, ty)?,

@@ -2,7 +2,9 @@
 //! ([`parser`]), checked against a catalog of streams and tables, and persistent queries are
 //! planned into Streams topologies that any number of stream-processor instances share.
 
+pub mod agg;
 pub mod ast;
+pub mod expr;
 pub mod format;
 pub mod parser;
 pub mod time;

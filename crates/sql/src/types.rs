@@ -24,11 +24,18 @@ pub enum SqlType {
     /// Keys are strings.
     Map(Box<SqlType>),
     Struct(Vec<(String, SqlType)>),
+    /// The type of a bare NULL literal: it fits anywhere, and no column has it.
+    Null,
 }
 
 impl SqlType {
     pub fn is_numeric(&self) -> bool {
-        matches!(self, SqlType::Int | SqlType::BigInt | SqlType::Double)
+        matches!(self, SqlType::Int | SqlType::BigInt | SqlType::Double | SqlType::Null)
+    }
+
+    /// Whether a value of this type can stand where `want` is expected.
+    pub fn fits(&self, want: &SqlType) -> bool {
+        self == want || *self == SqlType::Null
     }
 }
 
@@ -43,6 +50,7 @@ impl fmt::Display for SqlType {
             SqlType::Bytes => f.write_str("BYTES"),
             SqlType::Timestamp => f.write_str("TIMESTAMP"),
             SqlType::Date => f.write_str("DATE"),
+            SqlType::Null => f.write_str("NULL"),
             SqlType::Array(t) => write!(f, "ARRAY<{t}>"),
             SqlType::Map(t) => write!(f, "MAP<STRING, {t}>"),
             SqlType::Struct(fields) => {
