@@ -128,7 +128,9 @@ impl AggCall {
             },
             AggFunc::CountDistinct | AggFunc::CollectSet => {
                 let mut items = items(state);
-                if !items.iter().any(|x| x == &v) && items.len() < if self.func == AggFunc::CollectSet { COLLECT_LIMIT } else { usize::MAX } {
+                if !items.iter().any(|x| x == &v)
+                    && items.len() < if self.func == AggFunc::CollectSet { COLLECT_LIMIT } else { usize::MAX }
+                {
                     items.push(v);
                 }
                 Value::Array(Arc::new(items))
@@ -141,7 +143,13 @@ impl AggCall {
                 Value::Array(Arc::new(items))
             }
             AggFunc::LatestByOffset => v,
-            AggFunc::EarliestByOffset => if state.is_null() { v } else { state },
+            AggFunc::EarliestByOffset => {
+                if state.is_null() {
+                    v
+                } else {
+                    state
+                }
+            }
             AggFunc::Count => state,
         }
     }
@@ -161,8 +169,20 @@ impl AggCall {
                 }
                 state
             }
-            AggFunc::LatestByOffset => if b.is_null() { a } else { b },
-            AggFunc::EarliestByOffset => if a.is_null() { b } else { a },
+            AggFunc::LatestByOffset => {
+                if b.is_null() {
+                    a
+                } else {
+                    b
+                }
+            }
+            AggFunc::EarliestByOffset => {
+                if a.is_null() {
+                    b
+                } else {
+                    a
+                }
+            }
             _ if b.is_null() => a,
             _ => self.fold(a, b),
         }
@@ -193,7 +213,9 @@ fn items(v: Value) -> Vec<Value> {
 
 fn avg_parts(v: &Value) -> (f64, i64) {
     match v {
-        Value::Array(p) => (p.first().and_then(Value::as_f64).unwrap_or(0.0), p.get(1).and_then(Value::as_i64).unwrap_or(0)),
+        Value::Array(p) => {
+            (p.first().and_then(Value::as_f64).unwrap_or(0.0), p.get(1).and_then(Value::as_i64).unwrap_or(0))
+        }
         _ => (0.0, 0),
     }
 }
@@ -201,7 +223,9 @@ fn avg_parts(v: &Value) -> (f64, i64) {
 fn add(a: &Value, b: &Value) -> Value {
     match (a, b) {
         (Value::Int(x), Value::Int(y)) => Value::Int(x.wrapping_add(*y)),
-        (Value::Double(_), _) | (_, Value::Double(_)) => Value::Double(a.as_f64().unwrap_or(0.0) + b.as_f64().unwrap_or(0.0)),
+        (Value::Double(_), _) | (_, Value::Double(_)) => {
+            Value::Double(a.as_f64().unwrap_or(0.0) + b.as_f64().unwrap_or(0.0))
+        }
         _ => Value::BigInt(a.as_i64().unwrap_or(0).wrapping_add(b.as_i64().unwrap_or(0))),
     }
 }

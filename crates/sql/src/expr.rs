@@ -48,7 +48,9 @@ impl Scope {
                 let full = qualifier.map_or(name.to_string(), |q| format!("{q}.{name}"));
                 Err(SqlError::NotFound(format!("column '{full}' cannot be resolved")))
             }
-            _ => Err(SqlError::Invalid(format!("column '{name}' is ambiguous: qualify it with its source's name or alias"))),
+            _ => Err(SqlError::Invalid(format!(
+                "column '{name}' is ambiguous: qualify it with its source's name or alias"
+            ))),
         }
     }
 }
@@ -85,10 +87,26 @@ pub enum Scalar {
     Or(Box<Scalar>, Box<Scalar>),
     Not(Box<Scalar>),
     IsNull(Box<Scalar>, bool),
-    Like { expr: Box<Scalar>, pattern: Box<Scalar>, negated: bool },
-    Between { expr: Box<Scalar>, low: Box<Scalar>, high: Box<Scalar>, negated: bool },
-    In { expr: Box<Scalar>, list: Vec<Scalar>, negated: bool },
-    Case { whens: Vec<(Scalar, Scalar)>, otherwise: Option<Box<Scalar>> },
+    Like {
+        expr: Box<Scalar>,
+        pattern: Box<Scalar>,
+        negated: bool,
+    },
+    Between {
+        expr: Box<Scalar>,
+        low: Box<Scalar>,
+        high: Box<Scalar>,
+        negated: bool,
+    },
+    In {
+        expr: Box<Scalar>,
+        list: Vec<Scalar>,
+        negated: bool,
+    },
+    Case {
+        whens: Vec<(Scalar, Scalar)>,
+        otherwise: Option<Box<Scalar>>,
+    },
     Cast(Box<Scalar>, SqlType),
     Call(Func, Vec<Scalar>),
     /// `struct->field`
@@ -227,8 +245,15 @@ pub fn compile(e: &Expr, scope: &Scope, aggs: &mut AggSink<'_>) -> Result<(Scala
         Expr::IsTrue(x) | Expr::IsFalse(x) => {
             let (x, t) = c(x, aggs)?;
             expect(&t, &SqlType::Boolean, e)?;
-            let cmp = Scalar::Cmp(Cmp::Eq, Box::new(x), Box::new(Scalar::Literal(Value::Bool(matches!(e, Expr::IsTrue(_))))));
-            (Scalar::Case { whens: vec![(cmp, Scalar::Literal(Value::Bool(true)))], otherwise: Some(Box::new(Scalar::Literal(Value::Bool(false)))) }, SqlType::Boolean)
+            let cmp =
+                Scalar::Cmp(Cmp::Eq, Box::new(x), Box::new(Scalar::Literal(Value::Bool(matches!(e, Expr::IsTrue(_))))));
+            (
+                Scalar::Case {
+                    whens: vec![(cmp, Scalar::Literal(Value::Bool(true)))],
+                    otherwise: Some(Box::new(Scalar::Literal(Value::Bool(false)))),
+                },
+                SqlType::Boolean,
+            )
         }
         Expr::Like { negated, expr, pattern, escape_char: None, any: false } => {
             let (x, t) = c(expr, aggs)?;
@@ -243,7 +268,10 @@ pub fn compile(e: &Expr, scope: &Scope, aggs: &mut AggSink<'_>) -> Result<(Scala
             let (h, ht) = c(high, aggs)?;
             comparable(&t, &lt, e)?;
             comparable(&t, &ht, e)?;
-            (Scalar::Between { expr: Box::new(x), low: Box::new(l), high: Box::new(h), negated: *negated }, SqlType::Boolean)
+            (
+                Scalar::Between { expr: Box::new(x), low: Box::new(l), high: Box::new(h), negated: *negated },
+                SqlType::Boolean,
+            )
         }
         Expr::In { expr, target: sqlparser::ast::InTarget::List(list), negated, .. } => {
             let (x, t) = c(expr, aggs)?;
@@ -292,7 +320,10 @@ pub fn compile(e: &Expr, scope: &Scope, aggs: &mut AggSink<'_>) -> Result<(Scala
                 || matches!(to, SqlType::String)
                 || (from == SqlType::String && !matches!(to, SqlType::Array(_) | SqlType::Map(_) | SqlType::Struct(_)))
                 || (from.is_numeric() && to.is_numeric())
-                || matches!((&from, &to), (SqlType::BigInt, SqlType::Timestamp) | (SqlType::Timestamp, SqlType::BigInt))
+                || matches!(
+                    (&from, &to),
+                    (SqlType::BigInt, SqlType::Timestamp) | (SqlType::Timestamp, SqlType::BigInt)
+                )
                 || matches!((&from, &to), (SqlType::Timestamp, SqlType::Date) | (SqlType::Date, SqlType::Timestamp));
             if !ok {
                 return Err(SqlError::Type(format!("cannot cast '{expr}' of type {from} to {to}")));
@@ -343,6 +374,11 @@ pub fn compile(e: &Expr, scope: &Scope, aggs: &mut AggSink<'_>) -> Result<(Scala
             }
             (x, t)
         }
+        // USER, CURRENT_DATE ... parse as calls without parentheses: here they are columns.
+        Expr::Function(f) if matches!(f.args, FunctionArguments::None) && f.name.0.len() == 1 => {
+            let name = f.name.0[0].to_string();
+            column(scope, None, &name.to_uppercase())?
+        }
         Expr::Function(f) => {
             let name = f
                 .name
@@ -356,8 +392,12 @@ pub fn compile(e: &Expr, scope: &Scope, aggs: &mut AggSink<'_>) -> Result<(Scala
                 .join(".");
             let (args, distinct) = match &f.args {
                 FunctionArguments::None => (Vec::new(), false),
-                FunctionArguments::List(l) => (l.args.clone(), l.duplicate_treatment.is_some_and(|d| d.to_string() == "DISTINCT")),
-                FunctionArguments::Subquery(_) => return Err(SqlError::Invalid(format!("'{e}': subqueries are not supported"))),
+                FunctionArguments::List(l) => {
+                    (l.args.clone(), l.duplicate_treatment.is_some_and(|d| d.to_string() == "DISTINCT"))
+                }
+                FunctionArguments::Subquery(_) => {
+                    return Err(SqlError::Invalid(format!("'{e}': subqueries are not supported")));
+                }
             };
             if f.over.is_some() || f.filter.is_some() {
                 return Err(SqlError::Invalid(format!("'{e}': OVER and FILTER are not supported")));
@@ -576,7 +616,13 @@ fn call(f: Func, name: &str, args: Vec<(Scalar, SqlType)>) -> Result<(Scalar, Sq
         Split if n == 2 && is(0, &T::String) && is(1, &T::String) => T::Array(Box::new(T::String)),
         Lpad | Rpad if n == 3 && is(0, &T::String) && int(1) && is(2, &T::String) => T::String,
         Abs | Ceil | Floor if n == 1 && num(0) => types[0].clone(),
-        Round if n == 1 && num(0) => if is(0, &T::Double) { T::BigInt } else { types[0].clone() },
+        Round if n == 1 && num(0) => {
+            if is(0, &T::Double) {
+                T::BigInt
+            } else {
+                types[0].clone()
+            }
+        }
         Round if n == 2 && num(0) && int(1) => T::Double,
         Sqrt | Exp | Ln if n == 1 && num(0) => T::Double,
         Power if n == 2 && num(0) && num(1) => T::Double,
@@ -597,9 +643,15 @@ fn call(f: Func, name: &str, args: Vec<(Scalar, SqlType)>) -> Result<(Scalar, Sq
         Ifnull | Nullif if n == 2 && (types[1].fits(types[0]) || (num(0) && num(1))) => types[0].clone(),
         UnixTimestamp if n == 0 || (n == 1 && is(0, &T::Timestamp)) => T::BigInt,
         UnixDate if n == 0 || (n == 1 && is(0, &T::Date)) => T::Int,
-        TimestampToString if (n == 2 || n == 3) && int(0) && is(1, &T::String) && (n == 2 || is(2, &T::String)) => T::String,
+        TimestampToString if (n == 2 || n == 3) && int(0) && is(1, &T::String) && (n == 2 || is(2, &T::String)) => {
+            T::String
+        }
         StringToTimestamp if (n == 2 || n == 3) && (0..n).all(|i| is(i, &T::String)) => T::BigInt,
-        FormatTimestamp if (n == 2 || n == 3) && is(0, &T::Timestamp) && is(1, &T::String) && (n == 2 || is(2, &T::String)) => T::String,
+        FormatTimestamp
+            if (n == 2 || n == 3) && is(0, &T::Timestamp) && is(1, &T::String) && (n == 2 || is(2, &T::String)) =>
+        {
+            T::String
+        }
         ParseTimestamp if (n == 2 || n == 3) && (0..n).all(|i| is(i, &T::String)) => T::Timestamp,
         FromUnixtime if n == 1 && int(0) => T::Timestamp,
         FormatDate if n == 2 && is(0, &T::Date) && is(1, &T::String) => T::String,
@@ -608,7 +660,12 @@ fn call(f: Func, name: &str, args: Vec<(Scalar, SqlType)>) -> Result<(Scalar, Sq
         StringToDate if n == 2 && is(0, &T::String) && is(1, &T::String) => T::Int,
         ExtractJsonField if n == 2 && is(0, &T::String) && is(1, &T::String) => T::String,
         ArrayLength if n == 1 && matches!(types[0], T::Array(_)) => T::Int,
-        ArrayContains if n == 2 && matches!(types[0], T::Array(item) if **item == *types[1] || (item.is_numeric() && types[1].is_numeric())) => T::Boolean,
+        ArrayContains
+            if n == 2
+                && matches!(types[0], T::Array(item) if **item == *types[1] || (item.is_numeric() && types[1].is_numeric())) =>
+        {
+            T::Boolean
+        }
         _ => return Err(bad()),
     };
     Ok((Scalar::Call(f, args.into_iter().map(|(s, _)| s).collect()), ty))
@@ -633,7 +690,9 @@ impl Scalar {
     fn visit(&self, f: &mut impl FnMut(&Scalar)) {
         f(self);
         match self {
-            Scalar::Neg(x) | Scalar::Not(x) | Scalar::IsNull(x, _) | Scalar::Cast(x, _) | Scalar::Field(x, _) => x.visit(f),
+            Scalar::Neg(x) | Scalar::Not(x) | Scalar::IsNull(x, _) | Scalar::Cast(x, _) | Scalar::Field(x, _) => {
+                x.visit(f)
+            }
             Scalar::Arith(_, a, b)
             | Scalar::Concat(a, b)
             | Scalar::Cmp(_, a, b)
@@ -685,7 +744,9 @@ impl Scalar {
             Scalar::And(x, y) => Scalar::And(b(x), b(y)),
             Scalar::Or(x, y) => Scalar::Or(b(x), b(y)),
             Scalar::Subscript(x, y) => Scalar::Subscript(b(x), b(y)),
-            Scalar::Like { expr, pattern, negated } => Scalar::Like { expr: b(expr), pattern: b(pattern), negated: *negated },
+            Scalar::Like { expr, pattern, negated } => {
+                Scalar::Like { expr: b(expr), pattern: b(pattern), negated: *negated }
+            }
             Scalar::Between { expr, low, high, negated } => {
                 Scalar::Between { expr: b(expr), low: b(low), high: b(high), negated: *negated }
             }
@@ -940,7 +1001,9 @@ fn call_fn(f: Func, a: &[Value]) -> Option<Value> {
     match f {
         Coalesce => return Some(a.iter().find(|v| !v.is_null()).cloned().unwrap_or(Value::Null)),
         Ifnull => return Some(if a[0].is_null() { a[1].clone() } else { a[0].clone() }),
-        Nullif => return Some(if compare(&a[0], &a[1]).is_some_and(|o| o.is_eq()) { Value::Null } else { a[0].clone() }),
+        Nullif => {
+            return Some(if compare(&a[0], &a[1]).is_some_and(|o| o.is_eq()) { Value::Null } else { a[0].clone() });
+        }
         Concat => {
             // ksqlDB's CONCAT skips nulls.
             return string(a.iter().filter_map(|v| v.as_str()).collect());
@@ -968,7 +1031,11 @@ fn call_fn(f: Func, a: &[Value]) -> Option<Value> {
             let mut out = String::new();
             let mut start = true;
             for c in s(0)?.chars() {
-                if start { out.extend(c.to_uppercase()) } else { out.extend(c.to_lowercase()) }
+                if start {
+                    out.extend(c.to_uppercase())
+                } else {
+                    out.extend(c.to_lowercase())
+                }
                 start = c.is_whitespace();
             }
             Value::str(&out)
@@ -978,7 +1045,13 @@ fn call_fn(f: Func, a: &[Value]) -> Option<Value> {
             let len = chars.len() as i64;
             let pos = i(1)?;
             // 1-based; negative counts from the end.
-            let start = if pos > 0 { pos - 1 } else if pos < 0 { (len + pos).max(0) } else { 0 };
+            let start = if pos > 0 {
+                pos - 1
+            } else if pos < 0 {
+                (len + pos).max(0)
+            } else {
+                0
+            };
             let end = match a.get(2) {
                 Some(n) => (start + n.as_i64()?.max(0)).min(len),
                 None => len,

@@ -4,12 +4,17 @@
 
 pub mod agg;
 pub mod ast;
+pub mod engine;
 pub mod expr;
 pub mod format;
+pub mod harness;
 pub mod parser;
+pub mod plan;
 pub mod time;
 pub mod types;
 
+pub use engine::{Engine, Outcome, QueryInfo};
+pub use parser::{Parsed, parse};
 pub use types::{Column, Row, Schema, SqlType, Value};
 
 /// What can be wrong with a statement.

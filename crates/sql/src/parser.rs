@@ -351,7 +351,8 @@ impl P<'_> {
                 loop {
                     let name = self.name()?;
                     fields.push((name, self.data_type()?));
-                    if !self.p.consume_token(&Token::Comma) {
+                    // A `>>` just closed a nested type and this one with it.
+                    if self.owed_gt > 0 || !self.p.consume_token(&Token::Comma) {
                         break;
                     }
                 }

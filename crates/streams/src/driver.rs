@@ -16,6 +16,8 @@ pub struct TestDriver {
     tasks: Vec<Task>,
     /// Everything written, by topic, not yet read.
     outputs: BTreeMap<String, Vec<Output>>,
+    /// The next offset of each topic piped into.
+    offsets: BTreeMap<String, i64>,
 }
 
 impl TestDriver {
@@ -27,7 +29,7 @@ impl TestDriver {
         let tasks = (0..topology.sub_topologies(app_id).len())
             .map(|sub| Task::new(&topology, app_id, TaskId { sub_topology: sub, partition: 0 }, &open))
             .collect::<Result<_, _>>()?;
-        Ok(Self { app_id: app_id.to_string(), tasks, outputs: BTreeMap::new() })
+        Ok(Self { app_id: app_id.to_string(), tasks, outputs: BTreeMap::new(), offsets: BTreeMap::new() })
     }
 
     /// Pipes a record into `topic`.
@@ -51,7 +53,11 @@ impl TestDriver {
                 .iter_mut()
                 .find(|t| t.topics().contains(&topic))
                 .ok_or_else(|| StreamsError::UnknownTopic(topic.clone()))?;
-            task.process(&topic, -1, record)?;
+            // Each topic's records get offsets 0, 1, ... in the order piped.
+            let next = self.offsets.entry(topic.clone()).or_insert(0);
+            let offset = *next;
+            *next += 1;
+            task.process(&topic, offset, record)?;
             let mut looped = Vec::new();
             for o in task.take_outputs() {
                 if o.partition.is_none()
