@@ -39,7 +39,8 @@ impl QueryInfo {
     }
 }
 
-/// What a statement asks to be done.
+/// What a statement asks to be done (one per statement: variant sizes do not matter).
+#[allow(clippy::large_enum_variant)]
 pub enum Outcome {
     /// A stream or table was declared; its topic is created when missing.
     Created {

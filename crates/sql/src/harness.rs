@@ -16,6 +16,9 @@ use crate::plan::SourceDef;
 use crate::types::{Column, Row, Value};
 use crate::{SqlError, parse};
 
+/// A window `(start, end)` of a windowed key.
+pub type Window = Option<(i64, i64)>;
+
 /// A record on a topic.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TopicRecord {
@@ -138,7 +141,7 @@ impl Harness {
     }
 
     /// A record of `topic` as JSON (key, value, window).
-    pub fn decode_json(&self, topic: &str, r: &TopicRecord) -> Result<(Json, Json, Option<(i64, i64)>), String> {
+    pub fn decode_json(&self, topic: &str, r: &TopicRecord) -> Result<(Json, Json, Window), String> {
         let s = self
             .engine
             .sources()
@@ -196,7 +199,7 @@ fn json_to_bytes(v: &Json, cols: &[&Column], format: Format, key: bool) -> Resul
     Ok(format.encode(&vals, cols, key))
 }
 
-fn split_window(k: &[u8], window: Option<WindowKind>) -> Result<(&[u8], Option<(i64, i64)>), String> {
+fn split_window(k: &[u8], window: Option<WindowKind>) -> Result<(&[u8], Window), String> {
     let word = |b: &[u8]| i64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
     match window {
         None => Ok((k, None)),

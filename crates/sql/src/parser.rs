@@ -464,7 +464,7 @@ impl P<'_> {
             }
         }
         self.expect("FROM")?;
-        let from = self.from_item()?;
+        let from = self.source_item()?;
         let mut joins = Vec::new();
         loop {
             let kind = if self.eat_all(&["LEFT", "OUTER", "JOIN"]) || self.eat_all(&["LEFT", "JOIN"]) {
@@ -481,7 +481,7 @@ impl P<'_> {
             } else {
                 break;
             };
-            let source = self.from_item()?;
+            let source = self.source_item()?;
             let mut within = None;
             let mut grace = None;
             if self.eat("WITHIN") {
@@ -550,17 +550,12 @@ impl P<'_> {
             return Ok(SelectItem::QualifiedWildcard(name));
         }
         let expr = self.expr()?;
-        let alias = if self.eat("AS") {
-            Some(self.name()?)
-        } else if matches!(self.p.peek_token().token, Token::Word(_)) && !self.peek_word("FROM") {
-            Some(self.name()?)
-        } else {
-            None
-        };
+        let named = self.eat("AS") || (matches!(self.p.peek_token().token, Token::Word(_)) && !self.peek_word("FROM"));
+        let alias = if named { Some(self.name()?) } else { None };
         Ok(SelectItem::Expr { expr, alias })
     }
 
-    fn from_item(&mut self) -> Result<FromItem, SqlError> {
+    fn source_item(&mut self) -> Result<FromItem, SqlError> {
         let name = self.name()?;
         self.eat("AS");
         let alias = match &self.p.peek_token().token {

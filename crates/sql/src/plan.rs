@@ -235,7 +235,8 @@ impl QueryPlan {
                 }
             };
             // Each side of `=` must read one source; either order.
-            let side = |e: &crate::ast::Expr| -> (Option<(Scalar, SqlType)>, Option<(Scalar, SqlType)>) {
+            type Typed = Option<(Scalar, SqlType)>;
+            let side = |e: &crate::ast::Expr| -> (Typed, Typed) {
                 (compile(e, &left_scope, &mut None).ok(), compile(e, &right_scope, &mut None).ok())
             };
             let ((la, ra), (lb, rb)) = (side(a), side(b));
@@ -700,7 +701,8 @@ fn split_key(
     }
     let mut values = Vec::new();
     for (i, (s, t, n)) in items.iter().enumerate() {
-        if !used[i] && !(window.is_some() && matches!(s, Scalar::WindowStart | Scalar::WindowEnd)) {
+        let window_bound = window.is_some() && matches!(s, Scalar::WindowStart | Scalar::WindowEnd);
+        if !(used[i] || window_bound) {
             columns.push(Column { name: n.clone(), ty: t.clone(), key: false });
             values.push(s.clone());
         }

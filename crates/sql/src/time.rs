@@ -126,7 +126,9 @@ pub fn format(ms: i64, pattern: &str) -> Result<String, String> {
             Piece::Field('M', n) => out.push_str(&format!("{:0n$}", p.month)),
             Piece::Field('d', n) => out.push_str(&format!("{:0n$}", p.day)),
             Piece::Field('H', n) => out.push_str(&format!("{:0n$}", p.hour)),
-            Piece::Field('h', n) => out.push_str(&format!("{:0n$}", if p.hour % 12 == 0 { 12 } else { p.hour % 12 })),
+            Piece::Field('h', n) => {
+                out.push_str(&format!("{:0n$}", if p.hour.is_multiple_of(12) { 12 } else { p.hour % 12 }))
+            }
             Piece::Field('m', n) => out.push_str(&format!("{:0n$}", p.minute)),
             Piece::Field('s', n) => out.push_str(&format!("{:0n$}", p.second)),
             Piece::Field('S', n) => {
