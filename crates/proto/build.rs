@@ -4,10 +4,11 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files: Vec<PathBuf> = ["common", "admin", "broker", "partition_node", "groups", "transactions", "connect"]
-        .iter()
-        .map(|f| root.join(format!("sluice/v1/{f}.proto")))
-        .collect();
+    let files: Vec<PathBuf> =
+        ["common", "admin", "broker", "partition_node", "groups", "transactions", "connect", "sql"]
+            .iter()
+            .map(|f| root.join(format!("sluice/v1/{f}.proto")))
+            .collect();
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("sluice_descriptor.bin"))

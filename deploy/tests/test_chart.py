@@ -81,6 +81,10 @@ class Chart(unittest.TestCase):
         ports = find(docs, "Service", "demo-sluice-gateway")["spec"]["ports"]
         self.assertIn(9092, [p["port"] for p in ports])
         self.assertEqual(find(docs, "Deployment", "demo-sluice-connect-runner")["spec"]["replicas"], 1)
+        sp = find(docs, "Deployment", "demo-sluice-stream-processor")
+        self.assertEqual(sp["spec"]["replicas"], 1)
+        self.assertEqual(containers(sp)[0]["command"][0], "sluice-stream-processor")
+        self.assertIn({"name": "data", "emptyDir": {}}, sp["spec"]["template"]["spec"]["volumes"])
         self.assertFalse([d for d in docs if d["kind"] == "HorizontalPodAutoscaler"])
         self.assertIn("kubectl -n streaming port-forward svc/demo-sluice-gateway 7070:7070", notes)
         etcd = " ".join(containers(find(docs, "StatefulSet", "demo-sluice-etcd"))[0]["command"])
@@ -218,7 +222,7 @@ class Compose(unittest.TestCase):
         c = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
         names = set(c["services"])
         self.assertTrue({"etcd", "partition-node-1", "partition-node-2", "partition-node-3", "gateway",
-                         "group-coordinator-1", "group-coordinator-2", "connect-runner"} <= names, names)
+                         "group-coordinator-1", "group-coordinator-2", "connect-runner", "stream-processor"} <= names, names)
         for n in (1, 2):
             env = c["services"][f"group-coordinator-{n}"]["environment"]
             self.assertEqual(env["SLUICE_ADVERTISE"], f"group-coordinator-{n}:7070")
@@ -234,7 +238,8 @@ class Compose(unittest.TestCase):
         self.assertGreaterEqual(len(re.findall(r"^FROM ", d, re.M)), 2)
         user = re.findall(r"^USER (\S+)", d, re.M)
         self.assertTrue(user and user[-1] not in ("root", "0"), user)
-        for b in ("sluice", "sluice-gateway", "sluice-partition-node", "sluice-group-coordinator", "sluice-connect-runner"):
+        for b in ("sluice", "sluice-gateway", "sluice-partition-node", "sluice-group-coordinator", "sluice-connect-runner",
+                  "sluice-stream-processor"):
             self.assertIn(f"/usr/local/bin/{b}", d)
 
 

@@ -25,6 +25,9 @@ pub enum ClusterCmd {
         /// Connect runners to start (connectors' tasks are spread over them).
         #[arg(long, default_value_t = 1)]
         runners: u32,
+        /// Stream processors to start (streaming SQL's persistent queries are shared by them).
+        #[arg(long, default_value_t = 1)]
+        processors: u32,
         /// Where data, logs and cluster.json go.
         #[arg(long, default_value = ".sluice/cluster", value_name = "DIR")]
         dir: PathBuf,
@@ -52,7 +55,7 @@ pub enum ClusterCmd {
 
 pub async fn run(c: ClusterCmd) -> anyhow::Result<ExitCode> {
     match c {
-        ClusterCmd::Up { nodes, coordinators, gateways, runners, dir } => {
+        ClusterCmd::Up { nodes, coordinators, gateways, runners, processors, dir } => {
             if nodes == 0 {
                 anyhow::bail!("a cluster needs at least one partition node (--nodes)");
             }
@@ -66,7 +69,7 @@ pub async fn run(c: ClusterCmd) -> anyhow::Result<ExitCode> {
                     dir.display()
                 );
             }
-            let spec = ClusterSpec { nodes, coordinators, gateways, runners, ..ClusterSpec::new(&dir) };
+            let spec = ClusterSpec { nodes, coordinators, gateways, runners, processors, ..ClusterSpec::new(&dir) };
             let cluster = Cluster::start(spec, false).await?;
             eprintln!(
                 "cluster up: {} processes, described in {}",

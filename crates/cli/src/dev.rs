@@ -76,9 +76,14 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
     // The partition node is served too (its address is this one), but it is internal: the
     // public port advertises only the client services.
     let served = sluice_gateway::handlers::SERVICE_NAMES;
-    let (_health, health) =
-        sluice_runtime::health(&[&served[..], &[sluice_connect_runner::SERVICE_NAME]].concat()).await;
-    let routes = gateway.data_routes().add_service(NodeService::new(node.clone()).into_server());
+    let (_health, health) = sluice_runtime::health(
+        &[&served[..], &[sluice_connect_runner::SERVICE_NAME, sluice_stream_processor::SERVICE_NAME]].concat(),
+    )
+    .await;
+    let routes = gateway
+        .data_routes()
+        .add_service(sluice_gateway::handlers::sql_server(&addr.to_string()))
+        .add_service(NodeService::new(node.clone()).into_server());
     let routes = sluice_group_coordinator::handlers::add_routes(routes, coordinator);
     let router =
         sluice_runtime::add_reflection(sluice_runtime::server().add_routes(routes).add_service(health), &served)?;
@@ -89,9 +94,21 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
     }
     // One connect runner in process, a client of this gateway like any other.
     let runner = tokio::spawn(sluice_connect_runner::run(addr.to_string(), format!("dev-{addr}"), signals.clone()));
+    // One stream processor in process: it runs the SQL persistent queries.
+    let processor = sluice_stream_processor::ProcessorConfig {
+        gateways: addr.to_string(),
+        instance: "dev".into(),
+        state_dir: a.data_dir.join("stream-processor"),
+        guarantee: sluice_streams::Guarantee::ExactlyOnce,
+        replication_factor: 1,
+    };
+    let sql = tokio::spawn(sluice_stream_processor::run(processor, signals.clone()));
     let stop = shutdown.clone();
     tokio::spawn(async move {
         signals.wait().await;
+        if tokio::time::timeout(RUNNER_STOP, sql).await.is_err() {
+            tracing::warn!("the stream processor did not stop in {RUNNER_STOP:?}; stopping anyway");
+        }
         if tokio::time::timeout(RUNNER_STOP, runner).await.is_err() {
             tracing::warn!("the connect runner did not stop in {RUNNER_STOP:?}; stopping anyway");
         }

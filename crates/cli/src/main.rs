@@ -13,6 +13,7 @@ mod copy;
 mod dev;
 mod group;
 mod produce;
+mod sql;
 mod topic;
 mod txn;
 
@@ -66,6 +67,8 @@ enum Command {
     /// Create, inspect, pause, restart and delete connectors (Kafka Connect's configs).
     #[command(subcommand)]
     Connect(connect::ConnectCmd),
+    /// Streaming SQL: an interactive shell, or statements given with -e or -f.
+    Sql(sql::SqlArgs),
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -99,6 +102,7 @@ async fn main() -> ExitCode {
         Command::Group(c) => group::run(c).await,
         Command::Txn(c) => txn::run(c).await,
         Command::Connect(c) => connect::run(c).await,
+        Command::Sql(a) => sql::run(a).await,
         Command::Bench(c) => bench::run(c).await,
     };
     telemetry.shutdown().await;

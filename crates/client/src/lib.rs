@@ -22,6 +22,7 @@ use sluice_proto::v1::admin_client::AdminClient;
 use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::connect_client::ConnectClient;
 use sluice_proto::v1::groups_client::GroupsClient;
+use sluice_proto::v1::sql_client::SqlClient;
 use sluice_proto::v1::transactions_client::TransactionsClient;
 use sluice_proto::v1::*;
 use sluice_telemetry::Propagate;
@@ -190,6 +191,11 @@ impl Client {
     /// The Groups API; every call carries the caller's trace context.
     pub fn groups(&self) -> GroupsClient<Traced> {
         GroupsClient::with_interceptor(self.channel.clone(), Propagate)
+    }
+
+    /// `sluice.v1.Sql` (streaming SQL).
+    pub fn sql_api(&self) -> SqlClient<Traced> {
+        SqlClient::with_interceptor(self.channel.clone(), Propagate).max_decoding_message_size(64 << 20)
     }
 
     /// `sluice.v1.Connect` (connectors).

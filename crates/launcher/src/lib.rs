@@ -112,6 +112,8 @@ pub struct ClusterSpec {
     pub gateways: u32,
     /// Connect runners (they find the gateways in etcd).
     pub runners: u32,
+    /// Stream processors (streaming SQL's persistent queries; they find the gateways in etcd).
+    pub processors: u32,
     /// Extra environment for the Sluice services (e.g. short retention intervals in tests).
     pub env: Vec<(String, String)>,
     pub health_timeout: Duration,
@@ -127,6 +129,7 @@ impl ClusterSpec {
             coordinators: 1,
             gateways: 1,
             runners: 1,
+            processors: 1,
             env: Vec::new(),
             health_timeout: Duration::from_secs(60),
             services: true,
@@ -144,6 +147,8 @@ pub struct ClusterBuilder {
     pub gateways: u32,
     /// None by default: tests that need connect runners ask for them.
     pub runners: u32,
+    /// None by default: tests that need stream processors ask for them.
+    pub processors: u32,
     pub env: Vec<(String, String)>,
 }
 
@@ -168,6 +173,11 @@ impl ClusterBuilder {
         self
     }
 
+    pub fn processors(mut self, n: u32) -> Self {
+        self.processors = n;
+        self
+    }
+
     /// A setting for every service, as `SLUICE_*` environment (e.g.
     /// `("SLUICE_ETCD__LEASE_TTL_SECS", "2")`).
     pub fn env(mut self, key: &str, value: &str) -> Self {
@@ -182,6 +192,7 @@ impl ClusterBuilder {
         spec.coordinators = self.coordinators;
         spec.gateways = self.gateways;
         spec.runners = self.runners;
+        spec.processors = self.processors;
         spec.env = self.env;
         Cluster::start(spec, true).await
     }
@@ -289,7 +300,7 @@ async fn live_nodes(gateway: &str) -> usize {
 impl Cluster {
     /// A cluster of 3 partition nodes, 1 coordinator and 1 gateway, to adjust.
     pub fn builder() -> ClusterBuilder {
-        ClusterBuilder { nodes: 3, coordinators: 1, gateways: 1, runners: 0, env: Vec::new() }
+        ClusterBuilder { nodes: 3, coordinators: 1, gateways: 1, runners: 0, processors: 0, env: Vec::new() }
     }
 
     /// Starts etcd and the services, waits until all are healthy and the gateway sees every
@@ -408,6 +419,9 @@ impl Cluster {
         }
         for id in 1..=c.spec.runners as u64 {
             c.add(service("connect-runner", "sluice-connect-runner", id)?, &env)?;
+        }
+        for id in 1..=c.spec.processors as u64 {
+            c.add(service("stream-processor", "sluice-stream-processor", id)?, &env)?;
         }
         let entries: Vec<_> =
             c.manifest.processes.iter().filter(|e| e.role != "etcd").map(|e| (e.role.clone(), e.id)).collect();

@@ -82,33 +82,40 @@ pub enum Outcome {
     Terminated(Vec<String>),
 }
 
-/// A pull query over a materialized table.
+/// A pull query over a table: its current rows, filtered and projected.
 pub struct Pull {
     pub table: SourceDef,
-    pub query: String,
-    pub store: String,
-    pub plan: QueryPlan,
+    /// The persistent query materializing the table: its id, its result store and plan.
+    pub writer: Option<(String, String, QueryPlan)>,
     where_: Option<crate::expr::Scalar>,
     project: Vec<crate::expr::Scalar>,
     pub columns: Vec<String>,
 }
 
 impl Pull {
-    /// The result rows from the store's entries (key row, stored value row).
-    pub fn rows(&self, entries: Vec<(Row, Row)>) -> Vec<Vec<Value>> {
+    /// The result from the table's full rows (key columns, then value columns).
+    pub fn select(&self, rows: impl IntoIterator<Item = Vec<Value>>) -> Vec<Vec<Value>> {
         let cx = EvalCtx::default();
-        let mut out = Vec::new();
-        for (k, v) in entries {
-            let value = if self.store.ends_with("-AGGREGATE") { self.plan.finish(&k, &v, None) } else { Some(v) };
-            let Some(value) = value else { continue };
-            let mut row = k.0;
-            row.extend(value.0);
-            if self.where_.as_ref().is_some_and(|w| w.eval(&row, &cx) != Value::Bool(true)) {
-                continue;
-            }
-            out.push(self.project.iter().map(|e| e.eval(&row, &cx)).collect());
-        }
-        out
+        rows.into_iter()
+            .filter(|row| self.where_.as_ref().is_none_or(|w| w.eval(row, &cx) == Value::Bool(true)))
+            .map(|row| self.project.iter().map(|e| e.eval(&row, &cx)).collect())
+            .collect()
+    }
+
+    /// The table's full rows from its writer's store entries (an aggregation's states
+    /// finished into its result rows).
+    pub fn from_store(&self, entries: Vec<(Row, Row)>) -> Vec<Vec<Value>> {
+        let Some((_, store, plan)) = &self.writer else { return Vec::new() };
+        let aggregate = store.ends_with("-AGGREGATE");
+        entries
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let value = if aggregate { plan.finish(&k, &v, None)? } else { v };
+                let mut row = k.0;
+                row.extend(value.0);
+                Some(row)
+            })
+            .collect()
     }
 }
 
@@ -564,19 +571,10 @@ impl Engine {
             let plan = self.plan("TRANSIENT", q)?;
             return Ok(Outcome::Push { plan, emit_final: q.emit == Some(Emit::Final) });
         }
-        let Some(writer) = &from.writer else {
-            return Err(SqlError::Invalid(format!(
-                "{} is not materialized: pull queries read tables made by CREATE TABLE ... AS SELECT",
-                from.name
-            )));
-        };
-        if from.window.is_some() {
-            return Err(SqlError::Invalid("pull queries over windowed tables are not supported yet".into()));
-        }
-        let query =
-            self.queries.get(writer).ok_or_else(|| SqlError::NotFound(format!("query {writer} does not exist")))?;
-        let store =
-            query.plan.store().ok_or_else(|| SqlError::Invalid(format!("{} keeps no state to read", from.name)))?;
+        let writer = from.writer.as_ref().and_then(|id| {
+            let q = self.queries.get(id)?;
+            Some((id.clone(), q.plan.store()?, q.plan.clone()))
+        });
         let alias = q.from.alias.clone().unwrap_or_else(|| from.name.clone());
         let scope = Scope {
             columns: from
@@ -609,15 +607,7 @@ impl Engine {
                 }
             }
         }
-        Ok(Outcome::Pull(Pull {
-            table: from.clone(),
-            query: writer.clone(),
-            store,
-            plan: query.plan.clone(),
-            where_,
-            project,
-            columns,
-        }))
+        Ok(Outcome::Pull(Pull { table: from.clone(), writer, where_, project, columns }))
     }
 
     fn show(&self, what: ShowWhat) -> Outcome {

@@ -640,7 +640,13 @@ fn call(f: Func, name: &str, args: Vec<(Scalar, SqlType)>) -> Result<(Scalar, Sq
             }
             t.unwrap_or(T::Null)
         }
-        Ifnull | Nullif if n == 2 && (types[1].fits(types[0]) || (num(0) && num(1))) => types[0].clone(),
+        Ifnull | Nullif if n == 2 && (types[1].fits(types[0]) || types[0].fits(types[1]) || (num(0) && num(1))) => {
+            if *types[0] == T::Null {
+                types[1].clone()
+            } else {
+                types[0].clone()
+            }
+        }
         UnixTimestamp if n == 0 || (n == 1 && is(0, &T::Timestamp)) => T::BigInt,
         UnixDate if n == 0 || (n == 1 && is(0, &T::Date)) => T::Int,
         TimestampToString if (n == 2 || n == 3) && int(0) && is(1, &T::String) && (n == 2 || is(2, &T::String)) => {

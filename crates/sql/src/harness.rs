@@ -9,15 +9,11 @@ use serde_json::Value as Json;
 use sluice_streams::TestDriver;
 use sluice_streams::topology::RawRecord;
 
-use crate::ast::WindowKind;
 use crate::engine::{Engine, Outcome};
 use crate::format::{Format, from_json, to_json};
-use crate::plan::SourceDef;
+use crate::plan::{SourceDef, Window, split_window};
 use crate::types::{Column, Row, Value};
 use crate::{SqlError, parse};
-
-/// A window `(start, end)` of a windowed key.
-pub type Window = Option<(i64, i64)>;
 
 /// A record on a topic.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,12 +112,18 @@ impl Harness {
         let Outcome::Pull(pull) = self.engine.select(&q)? else {
             return Err(SqlError::Invalid("not a pull query: it reads a stream or ends with EMIT".into()));
         };
-        let (driver, _, _) = self
-            .drivers
-            .get(&pull.query)
-            .ok_or_else(|| SqlError::NotFound(format!("query {} is not running", pull.query)))?;
-        let entries = driver.store::<Row, Row>(&pull.store).map_err(|e| SqlError::Invalid(e.to_string()))?;
-        let rows = pull.rows(entries);
+        let Some((query, store, _)) = &pull.writer else {
+            return Err(SqlError::Invalid(format!("{} is not materialized by a query here", pull.table.name)));
+        };
+        if pull.table.window.is_some() {
+            return Err(SqlError::Invalid(
+                "the in-memory harness reads no windowed stores: pull from the topic".into(),
+            ));
+        }
+        let (driver, _, _) =
+            self.drivers.get(query).ok_or_else(|| SqlError::NotFound(format!("query {query} is not running")))?;
+        let entries = driver.store::<Row, Row>(store).map_err(|e| SqlError::Invalid(e.to_string()))?;
+        let rows = pull.select(pull.from_store(entries));
         Ok((pull.columns.clone(), rows))
     }
 
@@ -148,11 +150,7 @@ impl Harness {
             .find(|s| s.topic == topic && s.writer.is_some())
             .or_else(|| self.engine.sources().find(|s| s.topic == topic))
             .ok_or_else(|| format!("no stream or table has topic {topic}"))?;
-        let key_cols: Vec<&Column> = s
-            .schema
-            .keys()
-            .filter(|c| s.window.is_none() || !matches!(c.name.as_str(), "WINDOWSTART" | "WINDOWEND"))
-            .collect();
+        let key_cols = s.encoded_key_cols();
         let (mut key, mut window) = (Json::Null, None);
         if let Some(k) = &r.key {
             let (body, w) = split_window(k, s.window)?;
@@ -197,20 +195,4 @@ fn json_to_bytes(v: &Json, cols: &[&Column], format: Format, key: bool) -> Resul
             .collect::<Result<_, _>>()?
     };
     Ok(format.encode(&vals, cols, key))
-}
-
-fn split_window(k: &[u8], window: Option<WindowKind>) -> Result<(&[u8], Window), String> {
-    let word = |b: &[u8]| i64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
-    match window {
-        None => Ok((k, None)),
-        Some(WindowKind::Session { .. }) => {
-            let cut = k.len().checked_sub(16).ok_or("a session key is at least 16 bytes")?;
-            Ok((&k[..cut], Some((word(&k[cut + 8..]), word(&k[cut..cut + 8])))))
-        }
-        Some(WindowKind::Tumbling { size }) | Some(WindowKind::Hopping { size, .. }) => {
-            let cut = k.len().checked_sub(8).ok_or("a windowed key is at least 8 bytes")?;
-            let start = word(&k[cut..]);
-            Ok((&k[..cut], Some((start, start + size))))
-        }
-    }
 }

@@ -116,6 +116,57 @@ impl SourceDef {
     }
 }
 
+/// A window `(start, end)`, when the key has one.
+pub type Window = Option<(i64, i64)>;
+
+/// A windowed key cut into the key's bytes and its window `(start, end)`, as Kafka's
+/// windowed serdes lay it out: key then start (time windows), or key, end, start (sessions).
+pub fn split_window(k: &[u8], window: Option<WindowKind>) -> Result<(&[u8], Window), String> {
+    let word = |b: &[u8]| i64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
+    match window {
+        None => Ok((k, None)),
+        Some(WindowKind::Session { .. }) => {
+            let cut = k.len().checked_sub(16).ok_or("a session key is at least 16 bytes")?;
+            Ok((&k[..cut], Some((word(&k[cut + 8..]), word(&k[cut..cut + 8])))))
+        }
+        Some(WindowKind::Tumbling { size }) | Some(WindowKind::Hopping { size, .. }) => {
+            let cut = k.len().checked_sub(8).ok_or("a windowed key is at least 8 bytes")?;
+            let start = word(&k[cut..]);
+            Ok((&k[..cut], Some((start, start + size))))
+        }
+    }
+}
+
+impl SourceDef {
+    /// The key columns its key format holds (a windowed table's window bounds are not).
+    pub fn encoded_key_cols(&self) -> Vec<&Column> {
+        self.schema
+            .keys()
+            .filter(|c| self.window.is_none() || !matches!(c.name.as_str(), "WINDOWSTART" | "WINDOWEND"))
+            .collect()
+    }
+
+    /// A record of a table's topic as a full row of its schema: key columns (with the
+    /// window's bounds for a windowed table), then value columns.
+    pub fn decode_row(&self, key: Option<&[u8]>, value: &[u8]) -> Result<Vec<Value>, String> {
+        let key_cols = self.encoded_key_cols();
+        let mut row = match key {
+            Some(k) if self.key_format != Format::None => {
+                let (body, window) = split_window(k, self.window)?;
+                let mut vals = self.key_format.decode(body, &key_cols, true)?;
+                if let Some((s, e)) = window {
+                    vals.push(Value::BigInt(s));
+                    vals.push(Value::BigInt(e));
+                }
+                vals
+            }
+            _ => vec![Value::Null; self.schema.key_count()],
+        };
+        row.extend(self.value_format.decode(value, &self.value_cols(), false)?);
+        Ok(row)
+    }
+}
+
 /// What a query's result looks like and how to make it.
 #[derive(Clone)]
 pub struct QueryPlan {

@@ -3,6 +3,7 @@
 //! They run in memory ([`Harness`]), every persistent query in a Streams test driver.
 
 use serde_json::Value as Json;
+use sluice_sql::Outcome;
 use sluice_sql::harness::{Harness, TopicRecord};
 
 fn run_case(case: &Json) -> Result<(), String> {
@@ -54,6 +55,29 @@ fn run_case(case: &Json) -> Result<(), String> {
                     serde_json::to_string(&got_json).unwrap_or_default()
                 ));
             }
+        }
+    }
+    // Statements answering rows (SHOW, DESCRIBE, EXPLAIN): exact rows, or text they contain.
+    for r in case.get("results").and_then(Json::as_array).into_iter().flatten() {
+        let sql = r["sql"].as_str().ok_or("result without sql")?;
+        let outcomes = h.execute(sql).map_err(|e| format!("{sql}: {e}"))?;
+        let rows = match outcomes.into_iter().next() {
+            Some(Outcome::Rows { rows, .. }) => rows,
+            Some(Outcome::Terminated(ids)) => vec![ids],
+            Some(Outcome::Dropped { name, delete_topic }) => vec![vec![name, delete_topic.unwrap_or_default()]],
+            _ => return Err(format!("{sql}: no rows")),
+        };
+        let got =
+            Json::Array(rows.iter().map(|r| Json::Array(r.iter().cloned().map(Json::String).collect())).collect());
+        if let Some(want) = r.get("rows")
+            && &got != want
+        {
+            return Err(format!("{sql}:\n  expected {want}\n  got      {got}"));
+        }
+        if let Some(text) = r.get("contains").and_then(Json::as_str)
+            && !got.to_string().contains(text)
+        {
+            return Err(format!("{sql}: {got} does not contain {text}"));
         }
     }
     for pull in case.get("pulls").and_then(Json::as_array).into_iter().flatten() {

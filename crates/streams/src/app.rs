@@ -80,6 +80,17 @@ pub struct StreamsConfig {
     /// records buffered before it processes the others' (records are taken in timestamp
     /// order across a task's inputs while all have some).
     pub max_task_idle: Duration,
+    /// [auto.offset.reset] Where an input partition without a committed offset is read
+    /// from: the start (Kafka Streams' default) or the end. Repartition topics are always
+    /// read from the start.
+    pub offset_reset: OffsetReset,
+}
+
+/// `auto.offset.reset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
 }
 
 impl StreamsConfig {
@@ -94,6 +105,7 @@ impl StreamsConfig {
             replication_factor: 3,
             session_timeout: Duration::from_secs(10),
             max_task_idle: Duration::from_millis(200),
+            offset_reset: OffsetReset::Earliest,
         }
     }
 }
@@ -809,7 +821,13 @@ impl Instance {
         }
     }
 
-    /// Reads every input partition of the tasks from its committed offset (or the start).
+    /// Whether `topic` is one of the application's repartition topics.
+    fn internal(&self, topic: &str) -> bool {
+        topic.starts_with(&format!("{}-", self.app())) && topic.ends_with("-repartition")
+    }
+
+    /// Reads every input partition of the tasks from its committed offset (or where
+    /// `offset_reset` says).
     async fn start_readers(
         &mut self,
         client: &Client,
@@ -842,6 +860,9 @@ impl Instance {
                     Some(o) => *o,
                     None => match committed.iter().find(|c| c.partition == p) {
                         Some(c) => c.offset,
+                        None if self.cfg.offset_reset == OffsetReset::Latest && !self.internal(&topic) => {
+                            end_offset(client, &topic, p).await?
+                        }
                         None => start_offset(client, &topic, p).await?,
                     },
                 };

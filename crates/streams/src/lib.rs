@@ -35,7 +35,7 @@ pub mod task;
 pub mod topology;
 pub mod window;
 
-pub use app::{Guarantee, StreamsApp, StreamsConfig};
+pub use app::{Guarantee, OffsetReset, StreamsApp, StreamsConfig};
 pub use codec::{Codec, CodecError, Json};
 pub use driver::TestDriver;
 pub use dsl::{JoinWindows, KGroupedStream, KStream, KTable, StreamsBuilder};

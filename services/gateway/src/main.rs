@@ -19,7 +19,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let service = GatewayService::new(router);
     let (_health, health) = sluice_runtime::health(&SERVICE_NAMES).await;
-    let routes = service.routes(shutdown.clone());
+    let routes =
+        service.routes(shutdown.clone()).add_service(sluice_gateway::handlers::sql_server(&settings.advertised()));
     let router = sluice_runtime::add_reflection(
         sluice_runtime::server().add_routes(routes).add_service(health),
         &SERVICE_NAMES,

@@ -63,8 +63,19 @@ impl GatewayService {
 }
 
 /// The public services a gateway serves (for health and reflection).
-pub const SERVICE_NAMES: [&str; 5] =
-    ["sluice.v1.Admin", "sluice.v1.Broker", "sluice.v1.Connect", "sluice.v1.Groups", "sluice.v1.Transactions"];
+pub const SERVICE_NAMES: [&str; 6] = [
+    "sluice.v1.Admin",
+    "sluice.v1.Broker",
+    "sluice.v1.Connect",
+    "sluice.v1.Groups",
+    "sluice.v1.Sql",
+    "sluice.v1.Transactions",
+];
+
+/// `sluice.v1.Sql`: it reaches the cluster as a client of the gateway at `addr` (its own).
+pub fn sql_server(addr: &str) -> sluice_proto::v1::sql_server::SqlServer<sluice_sql_server::api::SqlService> {
+    sluice_sql_server::api::SqlService::new(addr).into_server()
+}
 
 #[tonic::async_trait]
 impl Admin for GatewayService {

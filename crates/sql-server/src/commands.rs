@@ -1,0 +1,128 @@
+//! The command topic `__sql_commands`: every statement that changes the catalog, in the
+//! order accepted, as ksqlDB's command topic. Gateways append; gateways and processors
+//! replay it into a [`sluice_sql::Engine`], so all of them hold the same catalog and give
+//! persistent queries the same ids.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_client::consumer::{Consumer, ConsumerConfig, StartFrom};
+use sluice_client::producer::{Producer, ProducerConfig, ProducerRecord};
+use sluice_client::{Client, ClientError};
+use sluice_proto::v1::OffsetSpec;
+use sluice_sql::{Engine, Outcome};
+
+pub const TOPIC: &str = "__sql_commands";
+/// Replication factor of the command topic (lowered to the live nodes).
+const REPLICATION: u32 = 3;
+
+/// A statement as written to the command topic.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Command {
+    pub sql: String,
+    /// Statement properties (`auto.offset.reset`).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Creates the command topic when missing: one partition (one order), compacted with a
+/// distinct key per command (nothing is ever compacted away, and it never expires).
+pub async fn ensure_topic(client: &Client) -> Result<(), ClientError> {
+    let config: HashMap<String, String> = [("cleanup.policy".to_string(), "compact".to_string())].into();
+    client.create_topic_if_missing(TOPIC, 1, REPLICATION, config).await
+}
+
+/// Appends a command; answers its offset.
+pub async fn append(client: &Client, cmd: &Command) -> Result<i64, ClientError> {
+    ensure_topic(client).await?;
+    let value = serde_json::to_vec(cmd).map_err(|e| ClientError::Invalid(e.to_string()))?;
+    let key = format!(
+        "{}-{}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+        std::process::id()
+    );
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let record = ProducerRecord {
+        topic: TOPIC.to_string(),
+        partition: Some(0),
+        key: Some(Bytes::from(key)),
+        value: Some(Bytes::from(value)),
+        headers: Vec::new(),
+        timestamp_ms: 0,
+    };
+    let delivery = producer.send(record).await?;
+    producer.flush().await;
+    let d = delivery
+        .await
+        .map_err(|_| ClientError::Invalid("the producer stopped before the command was written".into()))??;
+    Ok(d.offset)
+}
+
+/// Every command so far, with its offset.
+pub async fn read_all(client: &Client) -> Result<Vec<(i64, Command)>, ClientError> {
+    let end = client.list_offsets(TOPIC, vec![0], OffsetSpec::Latest, 0).await;
+    let end = match end {
+        Ok(o) => o.first().map_or(0, |o| o.offset),
+        // No command topic yet: no commands.
+        Err(e) if e.code() == Some(tonic::Code::NotFound) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    if end <= 0 {
+        return Ok(out);
+    }
+    let mut consumer =
+        Consumer::assign(client.clone(), TOPIC, &[0], StartFrom::Earliest, ConsumerConfig::default()).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while consumer.positions().get(&0).copied().unwrap_or(0) < end {
+        if tokio::time::Instant::now() > deadline {
+            return Err(ClientError::Invalid(format!("reading {TOPIC} took more than 30 s")));
+        }
+        for r in consumer.poll(Duration::from_millis(500)).await? {
+            if let Some(c) = decode(r.value.as_deref()) {
+                out.push((r.offset, c));
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn decode(value: Option<&[u8]>) -> Option<Command> {
+    match serde_json::from_slice(value?) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "a command of {TOPIC} is not one; skipped");
+            None
+        }
+    }
+}
+
+/// Applies a command to `engine`; a statement that fails now (it was accepted against an
+/// older catalog, by a racing gateway) is skipped everywhere alike.
+pub fn apply(engine: &mut Engine, cmd: &Command) -> Vec<Outcome> {
+    let parsed = match sluice_sql::parse(&cmd.sql) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, sql = %cmd.sql, "a command does not parse; skipped");
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for p in parsed {
+        match engine.execute(&p) {
+            Ok(o) => out.push(o),
+            Err(e) => tracing::warn!(error = %e, sql = %p.text, "a command fails against the catalog; skipped"),
+        }
+    }
+    out
+}
+
+/// The catalog as the command topic makes it now.
+pub async fn catalog(client: &Client) -> Result<Engine, ClientError> {
+    let mut engine = Engine::new();
+    for (_, c) in read_all(client).await? {
+        apply(&mut engine, &c);
+    }
+    Ok(engine)
+}

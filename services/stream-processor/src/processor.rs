@@ -1,0 +1,141 @@
+//! A processor instance: follows the command topic, keeps the catalog, and runs every
+//! persistent query as a Sluice Streams application (`_sluice_sql_<query id>`). All
+//! instances run every query; each query's tasks spread over them through its group, so
+//! starting another instance shares the work and stopping one hands its tasks back.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sluice_client::Client;
+use sluice_client::consumer::{Consumer, ConsumerConfig, StartFrom};
+use sluice_runtime::Shutdown;
+use sluice_sql::{Engine, Outcome};
+use sluice_streams::{Guarantee, OffsetReset, StreamsApp, StreamsConfig};
+
+use sluice_sql_server::commands::{self, Command};
+
+/// How an instance runs its queries.
+#[derive(Debug, Clone)]
+pub struct ProcessorConfig {
+    /// Gateway addresses, comma-separated.
+    pub gateways: String,
+    /// This instance's name: its member name in every query's group. Keep it across
+    /// restarts, so a restarted instance takes its tasks (and its state) back.
+    pub instance: String,
+    /// Where the queries' state stores live.
+    pub state_dir: PathBuf,
+    pub guarantee: Guarantee,
+    /// Replication factor of the queries' internal topics (lowered to the live nodes).
+    pub replication_factor: u32,
+}
+
+/// The Streams application id of query `id`.
+pub fn application_id(id: &str) -> String {
+    format!("_sluice_sql_{id}")
+}
+
+/// Runs until `shutdown`: replays the command topic, then follows it.
+pub async fn run(client: Client, cfg: ProcessorConfig, shutdown: Shutdown) {
+    let mut engine = Engine::new();
+    let mut apps: BTreeMap<String, StreamsApp> = BTreeMap::new();
+    let mut props: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut consumer = None;
+    while !shutdown.is_triggered() {
+        let c = match consumer.as_mut() {
+            Some(c) => c,
+            None => {
+                if let Err(e) = commands::ensure_topic(&client).await {
+                    tracing::info!(error = %e, "the command topic is not reachable yet");
+                    wait(&shutdown, Duration::from_secs(1)).await;
+                    continue;
+                }
+                match Consumer::assign(
+                    client.clone(),
+                    commands::TOPIC,
+                    &[0],
+                    StartFrom::Earliest,
+                    ConsumerConfig::default(),
+                )
+                .await
+                {
+                    Ok(c) => consumer.insert(c),
+                    Err(e) => {
+                        tracing::info!(error = %e, "cannot read the command topic yet");
+                        wait(&shutdown, Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
+        };
+        let batch = tokio::select! {
+            b = c.poll(Duration::from_millis(500)) => b,
+            _ = shutdown.wait() => break,
+        };
+        let records = match batch {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the command topic failed; trying again");
+                wait(&shutdown, Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        for r in records {
+            let Some(cmd) = commands::decode(r.value.as_deref()) else { continue };
+            for outcome in commands::apply(&mut engine, &cmd) {
+                match outcome {
+                    Outcome::Started { id, .. } => {
+                        props.insert(id.clone(), cmd.properties.clone());
+                        start(&engine, &id, &cmd, &cfg, &mut apps);
+                    }
+                    Outcome::Terminated(ids) => {
+                        for id in ids {
+                            if let Some(app) = apps.remove(&id) {
+                                tracing::info!(query = %id, "query terminated");
+                                // Closing commits and leaves the group: off the async threads.
+                                let _ = tokio::task::spawn_blocking(move || app.close()).await;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // A query whose application failed (a store failure) is reported once.
+        for (id, app) in &apps {
+            if let Some(why) = app.state().failed {
+                tracing::error!(query = %id, error = %why, "query failed");
+            }
+        }
+    }
+    let all: Vec<StreamsApp> = std::mem::take(&mut apps).into_values().collect();
+    let _ = tokio::task::spawn_blocking(move || drop(all)).await;
+}
+
+fn start(engine: &Engine, id: &str, cmd: &Command, cfg: &ProcessorConfig, apps: &mut BTreeMap<String, StreamsApp>) {
+    let Some(q) = engine.query(id) else { return };
+    let Some(sink) = engine.source(&q.sink) else { return };
+    let mut sc = StreamsConfig::new(&application_id(id), &cfg.gateways);
+    sc.guarantee = cfg.guarantee;
+    sc.state_dir = cfg.state_dir.clone();
+    sc.instance = cfg.instance.clone();
+    sc.replication_factor = cfg.replication_factor;
+    sc.offset_reset = match cmd.properties.get("auto.offset.reset").map(|s| s.to_ascii_lowercase()) {
+        Some(s) if s == "earliest" => OffsetReset::Earliest,
+        _ => OffsetReset::Latest,
+    };
+    match StreamsApp::start(q.topology(sink), sc) {
+        Ok(app) => {
+            tracing::info!(query = %id, sink = %q.sink, "query started");
+            apps.insert(id.to_string(), app);
+        }
+        Err(e) => tracing::error!(query = %id, error = %e, "query could not start"),
+    }
+}
+
+async fn wait(shutdown: &Shutdown, d: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = shutdown.wait() => {}
+    }
+}
