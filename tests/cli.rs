@@ -910,3 +910,78 @@ async fn parquet_sink_round(dir: &Path, lake: Lake) -> (tokio::process::Child, S
     }
     (dev, addr, lake)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_statements_from_flags_files_and_the_shell() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let addr = format!("127.0.0.1:{}", sluice_testkit::free_port());
+    let _dev = start_dev(&dir.path().join("dev"), &addr).await;
+    let earliest = ["sql", "-p", "auto.offset.reset=earliest"];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        earliest.iter().copied().chain(extra.iter().copied()).collect()
+    };
+    let ddl = sluice(
+        &addr,
+        &with(&["-e", "CREATE STREAM orders (id INT KEY, region STRING, amount DOUBLE) WITH (kafka_topic='orders', value_format='JSON', partitions=2); CREATE TABLE by_region AS SELECT region, COUNT(*) AS n, SUM(amount) AS total FROM orders GROUP BY region;"]),
+        "",
+    )
+    .await;
+    assert_eq!(ddl.code, 0, "{}", ddl.stderr);
+    assert!(ddl.stdout.contains("ORDERS created (topic orders)"), "{}", ddl.stdout);
+    assert!(ddl.stdout.contains("query CTAS_BY_REGION_1 started"), "{}", ddl.stdout);
+    let file = dir.path().join("inserts.sql");
+    std::fs::write(
+        &file,
+        "INSERT INTO orders (id, region, amount) VALUES (1, 'eu', 2.5);\nINSERT INTO orders (id, region, amount)\n  VALUES (2, 'eu', 1.5);\nINSERT INTO orders VALUES (3, 'us', 4.0);\n",
+    )
+    .expect("write sql file");
+    let f = file.display().to_string();
+    let inserted = sluice(&addr, &["sql", "-f", &f], "").await;
+    assert_eq!(
+        (inserted.code, inserted.stdout.matches("1 record written to orders").count()),
+        (0, 3),
+        "{}",
+        inserted.stderr
+    );
+
+    // Pull queries as a table, JSON lines and CSV, once the query has counted the three.
+    let table = eventually("the table has both regions", Duration::from_secs(30), || async {
+        let out = sluice(&addr, &["sql", "-e", "SELECT * FROM by_region;"], "").await;
+        (out.code == 0 && out.stdout.contains("(2 rows)") && out.stdout.contains("4.0")).then_some(out.stdout)
+    })
+    .await;
+    assert!(table.contains("REGION | N | TOTAL"), "{table}");
+    let json =
+        sluice(&addr, &["sql", "-o", "json", "-e", "SELECT region, n FROM by_region WHERE region = 'eu';"], "").await;
+    assert_eq!(json.stdout.trim(), r#"{"N":2,"REGION":"eu"}"#, "{}", json.stderr);
+    let csv =
+        sluice(&addr, &["sql", "-o", "csv", "-e", "SELECT region, total FROM by_region WHERE region = 'us';"], "")
+            .await;
+    assert_eq!(csv.stdout, "REGION,TOTAL\nus,4.0\n", "{}", csv.stderr);
+
+    // A push query from the start, ended by its LIMIT.
+    let push = sluice(
+        &addr,
+        &with(&["-o", "csv", "-e", "SELECT id, amount * 2 AS twice FROM orders EMIT CHANGES LIMIT 3;"]),
+        "",
+    )
+    .await;
+    assert_eq!(push.code, 0, "{}", push.stderr);
+    let mut rows: Vec<&str> = push.stdout.lines().skip(1).collect();
+    rows.sort();
+    assert_eq!(rows, vec!["1,5.0", "2,3.0", "3,8.0"], "{}", push.stdout);
+
+    // Errors: a sentence on stderr and exit code 1.
+    let bad = sluice(&addr, &["sql", "-e", "SELEC 1;"], "").await;
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.contains("line 1, column 1: expected a statement"), "{}", bad.stderr);
+    let missing = sluice(&addr, &["sql", "-e", "SELECT * FROM nowhere;"], "").await;
+    assert_eq!(missing.code, 1);
+    assert!(missing.stderr.contains("stream or table NOWHERE does not exist"), "{}", missing.stderr);
+
+    // The shell reads statements (over several lines) from its input too.
+    let shell = sluice(&addr, &["sql"], "SHOW\n  STREAMS;\nDESCRIBE orders;\n").await;
+    assert_eq!(shell.code, 0, "{}", shell.stderr);
+    assert!(shell.stdout.contains("ORDERS | orders"), "{}", shell.stdout);
+    assert!(shell.stdout.contains("ID     | INTEGER (key)"), "{}", shell.stdout);
+}

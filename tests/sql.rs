@@ -26,11 +26,14 @@ type Reference = BTreeMap<(String, i64), (i64, i64)>;
 
 fn readings(seed: u64) -> Vec<(String, i64, i64)> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    // Ten minutes of readings, in time order per sensor (no late records).
+    // Ten minutes of readings from an hour ago (recent: retention keeps them), in time order
+    // (no late records).
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let base = (now - 3_600_000) / MINUTE * MINUTE;
     (0..RECORDS)
         .map(|i| {
             let sensor = format!("s{}", rng.random_range(0..SENSORS));
-            let ts = 1_700_000_000_000 / MINUTE * MINUTE + (i as i64) * 60;
+            let ts = base + (i as i64) * 60;
             (sensor, ts, rng.random_range(0..100))
         })
         .collect()
@@ -135,17 +138,26 @@ async fn windowed_aggregation_is_exact_through_a_processor_kill() {
         (changes, last)
     });
 
-    // Half, then the processor dies with -9 once it has written results, then comes back.
-    let half = RECORDS / 2;
-    produce(&client, &rs[..half]).await;
+    // Records arrive in 40 slices while the processor runs; it dies with -9 once it has
+    // written results (mid-stream), and comes back while records still arrive.
+    let feeder = {
+        let (client, rs) = (client.clone(), rs.clone());
+        tokio::spawn(async move {
+            for slice in rs.chunks(RECORDS / 40) {
+                produce(&client, slice).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
     eventually("the query writes results", Duration::from_secs(60), || async {
         let ends = client.list_offsets("PER_MINUTE", vec![], sluice_proto::v1::OffsetSpec::Latest, 0).await.ok()?;
-        (ends.iter().map(|o| o.offset).sum::<i64>() > 100).then_some(())
+        (ends.iter().map(|o| o.offset).sum::<i64>() > 500).then_some(())
     })
     .await;
     c.kill("stream-processor", 1);
-    produce(&client, &rs[half..]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     c.restart("stream-processor", 1).await.expect("processor restarted");
+    feeder.await.expect("every record produced");
 
     let got = eventually("pull queries give the reference counts and sums", Duration::from_secs(120), || async {
         let got = pull_all(&client).await;

@@ -609,9 +609,17 @@ impl QueryPlan {
                 }
             }
             Shape::Aggregate { keys, aggs, .. } => {
+                // Grouped by the record key as it is: no repartition (after a join the key is
+                // the join key, not the left source's key columns).
+                let by_key = p.join.is_none()
+                    && keys.len() == p.sources[0].0.schema.key_count()
+                    && keys.iter().enumerate().all(|(i, k)| *k == Scalar::Column(i));
                 let keys = keys.clone();
-                let grouped =
-                    s.group_by(move |_, v| Row(keys.iter().map(|e| e.eval(&v.0, &EvalCtx::default())).collect()));
+                let grouped = if by_key {
+                    s.group_by_key()
+                } else {
+                    s.group_by(move |_, v| Row(keys.iter().map(|e| e.eval(&v.0, &EvalCtx::default())).collect()))
+                };
                 let store = format!("{}-AGGREGATE", p.id);
                 let aggs = Arc::new(aggs.clone());
                 let (a1, a2, a3) = (aggs.clone(), aggs.clone(), aggs.clone());
