@@ -90,6 +90,8 @@ pub enum BenchCmd {
     Consume(BenchArgs),
     /// Produce at --rate and consume at the same time; latency is producer to consumer.
     E2e(BenchArgs),
+    /// Rows per second through a persistent SQL query (needs a stream processor).
+    Sql(crate::bench_sql::SqlBenchArgs),
 }
 
 pub(crate) struct Stats {
@@ -226,6 +228,7 @@ pub async fn run(c: BenchCmd) -> anyhow::Result<ExitCode> {
             let s = e2e(&a).await?;
             (a, s)
         }
+        BenchCmd::Sql(a) => return crate::bench_sql::run(a).await,
     };
     eprintln!();
     stats.print(&a);

@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_kafka;
+mod bench_sql;
 mod cluster;
 mod connect;
 mod consume;
