@@ -304,7 +304,8 @@ async fn cluster_up_writes_its_manifest_and_down_stops_everything() {
             "gateway",
             "group-coordinator",
             "group-coordinator",
-            "connect-runner"
+            "connect-runner",
+            "stream-processor"
         ]
     );
     for p in &procs {

@@ -245,6 +245,7 @@ async fn every_service_answers_health_and_reflection() {
                 "sluice.v1.Broker",
                 "sluice.v1.Connect",
                 "sluice.v1.Groups",
+                "sluice.v1.Sql",
                 "sluice.v1.Transactions",
             ],
         ),

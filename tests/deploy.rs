@@ -58,7 +58,7 @@ for path, text in out.items():
     assert!(status.success(), "rendering failed (run scripts/ensure-deps.sh for the tools)");
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
-    assert_eq!(files.len(), 4, "{files:?}");
+    assert_eq!(files.len(), 5, "{files:?}");
     for f in files {
         let s: sluice_runtime::Settings =
             sluice_core::settings::load(Some(&f)).unwrap_or_else(|e| panic!("{}: {e}", f.display()));

@@ -127,7 +127,7 @@ class Chart(unittest.TestCase):
     def test_pods_run_as_non_root_with_grpc_probes_resources_and_budgets(self):
         docs, _ = render()
         workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
-        self.assertEqual(len(workloads), 5)
+        self.assertEqual(len(workloads), 6)
         for w in workloads:
             name = w["metadata"]["name"]
             pod = w["spec"]["template"]["spec"]

@@ -35,8 +35,13 @@ pub fn status(e: &SqlError) -> Status {
     }
 }
 
+/// A failure of a call into the cluster: the cluster's own status when it answered one (a
+/// bad topic name stays INVALID_ARGUMENT), UNAVAILABLE when it did not answer.
 fn remote(e: ClientError) -> Status {
-    Status::unavailable(format!("the cluster did not answer: {e}"))
+    match e.code() {
+        Some(code) => Status::new(code, e.to_string()),
+        None => Status::unavailable(format!("the cluster did not answer: {e}")),
+    }
 }
 
 /// The service; it talks to the cluster as a client of `gateway` (its own gateway).
@@ -69,16 +74,37 @@ impl SqlService {
             let outcome = engine.execute(&p).map_err(|e| status(&e))?;
             let mut result = StatementResult { statement: p.text.clone(), ..Default::default() };
             let command = Command { sql: p.text.clone(), properties: properties.clone() };
-            let append = || commands::append(&client, &command);
+            // Appended, then replayed in the log's order: what the statement did there is the
+            // truth (another gateway's statement may have landed first).
+            let append = || async {
+                let offset = commands::append(&client, &command).await.map_err(remote)?;
+                let (truth, outcome) = commands::catalog_through(&client, offset).await.map_err(remote)?;
+                match outcome {
+                    Some(Ok(outcomes)) => Ok((truth, outcomes)),
+                    Some(Err(e)) => Err(Status::aborted(format!(
+                        "another statement changed the catalog first, and this one now fails: {e}"
+                    ))),
+                    None => Err(Status::internal("the statement was appended but not read back")),
+                }
+            };
             match outcome {
                 Outcome::Created { name, topic, partitions } => {
                     create_topic(&client, &topic, partitions).await?;
-                    append().await.map_err(remote)?;
+                    (engine, _) = append().await?;
                     result.message = format!("{name} created (topic {topic})");
                 }
                 Outcome::Started { id, topic, partitions } => {
                     create_topic(&client, &topic, partitions).await?;
-                    append().await.map_err(remote)?;
+                    let (truth, outcomes) = append().await?;
+                    engine = truth;
+                    // The id the processors give it.
+                    let id = outcomes
+                        .iter()
+                        .find_map(|o| match o {
+                            Outcome::Started { id, .. } => Some(id.clone()),
+                            _ => None,
+                        })
+                        .unwrap_or(id);
                     result.message = format!("query {id} started, writing to topic {topic}");
                     result.query_id = id;
                 }
@@ -105,7 +131,7 @@ impl SqlService {
                     ));
                 }
                 Outcome::Dropped { name, delete_topic } => {
-                    append().await.map_err(remote)?;
+                    (engine, _) = append().await?;
                     if let Some(t) = &delete_topic {
                         client.delete_topic(t).await.map_err(remote)?;
                     }
@@ -115,7 +141,7 @@ impl SqlService {
                     };
                 }
                 Outcome::Terminated(ids) => {
-                    append().await.map_err(remote)?;
+                    (engine, _) = append().await?;
                     result.message =
                         format!("terminated: {}", if ids.is_empty() { "nothing".into() } else { ids.join(", ") });
                 }
@@ -252,13 +278,14 @@ async fn push(
 ) {
     let topics: Vec<String> = plan.sources().iter().filter_map(|s| engine.source(s)).map(|s| s.topic.clone()).collect();
     let (records_tx, mut records_rx) = mpsc::channel::<(String, sluice_streams::topology::RawRecord)>(1024);
-    let (rows_tx, mut rows_rx) = mpsc::unbounded_channel::<(Row, Option<Row>)>();
+    // Bounded: a slow client slows the query down instead of piling rows up here.
+    let (rows_tx, mut rows_rx) = mpsc::channel::<(Row, Option<Row>)>(1024);
     let runner_plan = plan.clone();
     let runner = std::thread::spawn(move || {
         let b = sluice_streams::StreamsBuilder::new();
         let rows = rows_tx.clone();
         runner_plan.build(&b, emit_final).foreach(move |k, v| {
-            let _ = rows.send((k.clone(), v.clone()));
+            let _ = rows.blocking_send((k.clone(), v.clone()));
         });
         let mut driver = match sluice_streams::TestDriver::new(b.build(), "push") {
             Ok(d) => d,
@@ -268,15 +295,22 @@ async fn push(
             if let Err(e) = driver.pipe_raw(&topic, r) {
                 tracing::debug!(error = %e, "push query record failed");
             }
+            // Rows left through foreach; changelog records of its stores are not needed.
+            driver.discard_outputs();
         }
     });
     let mut readers = Vec::new();
     for t in topics {
-        let (client, records, topic) = (client.clone(), records_tx.clone(), t.clone());
+        let (client, records, topic, errors) = (client.clone(), records_tx.clone(), t.clone(), tx.clone());
         let from = if latest { StartFrom::Latest } else { StartFrom::Earliest };
         readers.push(tokio::spawn(async move {
-            let Ok(mut c) = Consumer::assign(client, &topic, &[], from, ConsumerConfig::default()).await else {
-                return;
+            let mut c = match Consumer::assign(client, &topic, &[], from, ConsumerConfig::default()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    // The client hears why its query ends.
+                    let _ = errors.send(Err(Status::unavailable(format!("cannot read {topic}: {e}")))).await;
+                    return;
+                }
             };
             loop {
                 let Ok(batch) = c.poll(Duration::from_millis(500)).await else {

@@ -118,6 +118,35 @@ pub fn apply(engine: &mut Engine, cmd: &Command) -> Vec<Outcome> {
     out
 }
 
+/// Applies a command, reporting the first statement that fails.
+pub fn apply_checked(engine: &mut Engine, cmd: &Command) -> Result<Vec<Outcome>, sluice_sql::SqlError> {
+    let mut out = Vec::new();
+    for p in sluice_sql::parse(&cmd.sql)? {
+        out.push(engine.execute(&p)?);
+    }
+    Ok(out)
+}
+
+/// The catalog through the command at `offset`, and what that command did (None: no
+/// command there).
+pub async fn catalog_through(
+    client: &Client,
+    offset: i64,
+) -> Result<(Engine, Option<Result<Vec<Outcome>, sluice_sql::SqlError>>), ClientError> {
+    let mut engine = Engine::new();
+    let mut outcome = None;
+    for (o, c) in read_all(client).await? {
+        if o < offset {
+            apply(&mut engine, &c);
+        } else if o == offset {
+            outcome = Some(apply_checked(&mut engine, &c));
+        } else {
+            break;
+        }
+    }
+    Ok((engine, outcome))
+}
+
 /// The catalog as the command topic makes it now.
 pub async fn catalog(client: &Client) -> Result<Engine, ClientError> {
     let mut engine = Engine::new();

@@ -90,6 +90,7 @@ pub struct Pull {
     where_: Option<crate::expr::Scalar>,
     project: Vec<crate::expr::Scalar>,
     pub columns: Vec<String>,
+    limit: Option<u64>,
 }
 
 impl Pull {
@@ -98,6 +99,7 @@ impl Pull {
         let cx = EvalCtx::default();
         rows.into_iter()
             .filter(|row| self.where_.as_ref().is_none_or(|w| w.eval(row, &cx) == Value::Bool(true)))
+            .take(self.limit.map_or(usize::MAX, |l| l as usize))
             .map(|row| self.project.iter().map(|e| e.eval(&row, &cx)).collect())
             .collect()
     }
@@ -205,6 +207,8 @@ impl Engine {
                     if !*or_replace {
                         return Err(SqlError::Exists(format!("{} {name} already exists", kind.name())));
                     }
+                    // Replacing a query in place is not supported: its writer must stop first.
+                    self.check_unused(name, false)?;
                 }
                 self.persistent(*kind, name, props, query, &p.text)
             }
@@ -607,7 +611,7 @@ impl Engine {
                 }
             }
         }
-        Ok(Outcome::Pull(Pull { table: from.clone(), writer, where_, project, columns }))
+        Ok(Outcome::Pull(Pull { table: from.clone(), writer, where_, project, columns, limit: q.limit }))
     }
 
     fn show(&self, what: ShowWhat) -> Outcome {

@@ -300,18 +300,24 @@ pub fn compile(e: &Expr, scope: &Scope, aggs: &mut AggSink<'_>) -> Result<(Scala
                     }
                 };
                 let (r, rt) = c(&w.result, aggs)?;
-                ty = Some(unify(ty, rt, e)?);
-                whens.push((cond, r));
+                ty = Some(unify(ty, rt.clone(), e)?);
+                whens.push((cond, (r, rt)));
             }
             let otherwise = match else_result {
                 Some(x) => {
                     let (r, rt) = c(x, aggs)?;
-                    ty = Some(unify(ty, rt, e)?);
-                    Some(Box::new(r))
+                    ty = Some(unify(ty, rt.clone(), e)?);
+                    Some((r, rt))
                 }
                 None => None,
             };
-            (Scalar::Case { whens, otherwise }, ty.unwrap_or(SqlType::String))
+            let ty = ty.unwrap_or(SqlType::Null);
+            // Branches of a narrower number type take the CASE's type (an INT branch of a
+            // DOUBLE CASE gives a DOUBLE).
+            let fit = |(r, rt): (Scalar, SqlType)| widen(r, &rt, &ty);
+            let whens = whens.into_iter().map(|(c, r)| (c, fit(r))).collect();
+            let otherwise = otherwise.map(|o| Box::new(fit(o)));
+            (Scalar::Case { whens, otherwise }, ty)
         }
         Expr::Cast { kind: CastKind::Cast | CastKind::DoubleColon, expr, data_type, format: None } => {
             let (x, from) = c(expr, aggs)?;
@@ -516,7 +522,17 @@ fn unify(current: Option<SqlType>, t: SqlType, e: &Expr) -> Result<SqlType, SqlE
     Err(SqlError::Type(format!("the branches of '{e}' have types {c} and {t}")))
 }
 
-fn wider(a: &SqlType, b: &SqlType) -> SqlType {
+/// `s` (of type `from`) made of type `to` when both are numbers and they differ.
+fn widen(s: Scalar, from: &SqlType, to: &SqlType) -> Scalar {
+    if from != to && from.is_numeric() && to.is_numeric() && *from != SqlType::Null && *to != SqlType::Null {
+        Scalar::Cast(Box::new(s), to.clone())
+    } else {
+        s
+    }
+}
+
+/// The wider of two numeric types (NULL takes the other).
+pub fn wider(a: &SqlType, b: &SqlType) -> SqlType {
     match (a, b) {
         (SqlType::Null, t) | (t, SqlType::Null) => t.clone(),
         (SqlType::Double, _) | (_, SqlType::Double) => SqlType::Double,
@@ -674,7 +690,12 @@ fn call(f: Func, name: &str, args: Vec<(Scalar, SqlType)>) -> Result<(Scalar, Sq
         }
         _ => return Err(bad()),
     };
-    Ok((Scalar::Call(f, args.into_iter().map(|(s, _)| s).collect()), ty))
+    // COALESCE, IFNULL and NULLIF give one of their arguments: of the call's type.
+    let args = match f {
+        Coalesce | Ifnull | Nullif => args.into_iter().map(|(s, t)| widen(s, &t, &ty)).collect(),
+        _ => args.into_iter().map(|(s, _)| s).collect(),
+    };
+    Ok((Scalar::Call(f, args), ty))
 }
 
 /// What evaluation sees besides the row: the window of an aggregated row.
@@ -832,7 +853,12 @@ impl Scalar {
                 if x.is_null() {
                     return Value::Null;
                 }
-                let found = list.iter().any(|i| compare(&x, &ev(i)).is_some_and(|o| o.is_eq()));
+                let items: Vec<Value> = list.iter().map(ev).collect();
+                let found = items.iter().any(|i| compare(&x, i).is_some_and(|o| o.is_eq()));
+                // Not found among a list holding NULL: unknown, as in SQL.
+                if !found && items.iter().any(Value::is_null) {
+                    return Value::Null;
+                }
                 Value::Bool(found != *negated)
             }
             Scalar::Case { whens, otherwise } => {
@@ -986,6 +1012,9 @@ pub fn value_has_type(v: &Value, t: &SqlType) -> bool {
     )
 }
 
+/// LPAD and RPAD build strings of at most this many characters (NULL beyond).
+const MAX_PAD: usize = 1 << 20;
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -1054,12 +1083,12 @@ fn call_fn(f: Func, a: &[Value]) -> Option<Value> {
             let start = if pos > 0 {
                 pos - 1
             } else if pos < 0 {
-                (len + pos).max(0)
+                len.saturating_add(pos).max(0)
             } else {
                 0
             };
             let end = match a.get(2) {
-                Some(n) => (start + n.as_i64()?.max(0)).min(len),
+                Some(n) => start.saturating_add(n.as_i64()?.max(0)).min(len),
                 None => len,
             };
             if start >= len || start >= end {
@@ -1084,6 +1113,9 @@ fn call_fn(f: Func, a: &[Value]) -> Option<Value> {
         }
         Lpad | Rpad => {
             let (x, n, pad) = (s(0)?, usize::try_from(i(1)?).ok()?, s(2)?);
+            if n > MAX_PAD {
+                return None;
+            }
             let chars: Vec<char> = x.chars().collect();
             if chars.len() >= n {
                 Value::str(&chars[..n].iter().collect::<String>())

@@ -132,7 +132,12 @@ impl Harness {
     pub fn encode_json(&self, topic: &str, key: &Json, value: &Json) -> Result<(Option<Bytes>, Option<Bytes>), String> {
         let s = self.reader_of(topic)?;
         let key_cols: Vec<&Column> = s.schema.keys().collect();
-        let key = if key.is_null() { None } else { json_to_bytes(key, &key_cols, s.key_format, true)? };
+        let key = match key {
+            Json::Null => None,
+            // A keyless source's records may still carry a key: its JSON text.
+            k if key_cols.is_empty() => Some(Bytes::from(k.to_string())),
+            k => json_to_bytes(k, &key_cols, s.key_format, true)?,
+        };
         let value_cols: Vec<&Column> = s.schema.values().collect();
         let value = match value {
             Json::Null => None,

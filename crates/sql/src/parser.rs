@@ -24,7 +24,7 @@ pub fn parse(sql: &str) -> Result<Vec<Parsed>, SqlError> {
     let parser = Parser::new(&dialect).try_with_sql(sql).map_err(|e| from_parser(e, None))?;
     let lines: Vec<&str> = sql.split('\n').collect();
     let end = (lines.len() as u64, lines.last().map_or(0, |l| l.chars().count()) as u64 + 1);
-    let mut p = P { p: parser, owed_gt: 0, end };
+    let mut p = P { p: parser, owed_gt: 0, end, type_depth: 0 };
     let mut out = Vec::new();
     loop {
         while p.p.consume_token(&Token::SemiColon) {}
@@ -100,6 +100,9 @@ pub fn ident(i: &Ident) -> String {
     if i.quote_style.is_some() { i.value.clone() } else { i.value.to_uppercase() }
 }
 
+/// How deep ARRAY, MAP and STRUCT types may nest.
+const MAX_TYPE_DEPTH: usize = 32;
+
 /// Words ending a FROM item (so they are not read as its alias).
 const CLAUSE_WORDS: &[&str] = &[
     "WINDOW",
@@ -125,6 +128,8 @@ struct P<'a> {
     owed_gt: usize,
     /// Just past the text: where errors at its end point (EOF tokens carry no place).
     end: (u64, u64),
+    /// How deep the type being read nests (bounded: a type is read recursively).
+    type_depth: usize,
 }
 
 impl P<'_> {
@@ -306,6 +311,16 @@ impl P<'_> {
     /// ksqlDB's types: BOOLEAN, INT/INTEGER, BIGINT, DOUBLE, STRING/VARCHAR, BYTES,
     /// TIMESTAMP, DATE, ARRAY<T>, MAP<STRING, T>, STRUCT<name T, ...>.
     fn data_type(&mut self) -> Result<SqlType, SqlError> {
+        if self.type_depth >= MAX_TYPE_DEPTH {
+            return Err(self.err(&self.p.peek_token(), format!("types nest {MAX_TYPE_DEPTH} deep at most")));
+        }
+        self.type_depth += 1;
+        let t = self.data_type_inner();
+        self.type_depth -= 1;
+        t
+    }
+
+    fn data_type_inner(&mut self) -> Result<SqlType, SqlError> {
         let t = self.p.next_token();
         let Token::Word(w) = &t.token else { return Err(self.expected("a type", &t)) };
         let word = w.value.to_ascii_uppercase();
@@ -702,6 +717,9 @@ mod tests {
         assert!(e.to_string().starts_with("line 1, column 24: expected TUMBLING, HOPPING or SESSION"), "{e}");
         let e = parse("SELECT a +\n  FROM").unwrap_err();
         assert!(e.to_string().starts_with("line 2, column 7: expected FROM, found the end of the statement"), "{e}");
+        let deep =
+            format!("CREATE STREAM s (a {}INT{}) WITH (kafka_topic='t')", "ARRAY<".repeat(5000), "> ".repeat(5000));
+        assert!(parse(&deep).unwrap_err().to_string().contains("types nest 32 deep at most"));
         let e = parse("SELEC a FROM s").unwrap_err();
         assert!(e.to_string().contains("expected a statement"), "{e}");
         let e = parse("CREATE STREAM s (a DECIMAL(4,2)) WITH (kafka_topic='t')").unwrap_err();

@@ -19,6 +19,9 @@ use crate::types::{Column, Row, Schema, SqlType, Value};
 /// ksqlDB's grace period when a window names none.
 pub const DEFAULT_GRACE_MS: i64 = 24 * 3_600_000;
 
+/// Hopping windows a record may fall in (each is a store read and write per record).
+const MAX_WINDOWS_PER_RECORD: i64 = 1000;
+
 /// Pseudo columns every source row carries after its own.
 pub const PSEUDO: [(&str, SqlType); 3] =
     [("ROWTIME", SqlType::BigInt), ("ROWPARTITION", SqlType::Int), ("ROWOFFSET", SqlType::BigInt)];
@@ -76,7 +79,9 @@ impl SourceDef {
     pub fn decode(&self, ctx: &Ctx, raw: RawRecord) -> Result<Record<Row, Option<Row>>, String> {
         let key_cols = self.key_cols();
         let mut key = match (&raw.key, self.key_format) {
+            // No key columns: whatever the key holds is not read (ksqlDB ignores it).
             (_, Format::None) => Vec::new(),
+            _ if key_cols.is_empty() => Vec::new(),
             (None, _) => vec![Value::Null; key_cols.len()],
             (Some(k), f) => {
                 let bytes: &[u8] = match self.window {
@@ -192,9 +197,12 @@ struct JoinPlan {
     /// The left and right join expressions, each over its own side's row.
     left: Scalar,
     right: Scalar,
-    /// Whether each side's join expression is its key already (no repartition).
-    left_is_key: bool,
-    right_is_key: bool,
+    /// Whether both sides are keyed by their join expression in the same bytes already
+    /// (keys of one type and one key format): then no side is repartitioned. Otherwise both
+    /// go through repartition topics keyed the same way (the key cast to `key_type`), so
+    /// that equal keys meet in one partition.
+    copartitioned: bool,
+    key_type: SqlType,
     within: Option<(i64, i64, i64)>,
 }
 
@@ -345,7 +353,9 @@ impl QueryPlan {
             }
             kind = if left.kind == SourceKind::Table { SourceKind::Table } else { SourceKind::Stream };
             scope.columns.extend(right.scope(&right_alias));
-            join = Some(JoinPlan { kind: j.kind, left: l, right: r, left_is_key, right_is_key, within });
+            let key_type = if lt == rt { lt.clone() } else { crate::expr::wider(&lt, &rt) };
+            let copartitioned = left_is_key && right_is_key && lt == rt && left.key_format == right.key_format;
+            join = Some(JoinPlan { kind: j.kind, left: l, right: r, copartitioned, key_type, within });
             sources.push((right, right_alias));
         }
         let filter = match &q.filter {
@@ -395,6 +405,22 @@ impl QueryPlan {
             }
         }
         let window = q.window;
+        if let Some(WindowSpec { kind: WindowKind::Hopping { size, advance }, .. }) = window {
+            if advance <= 0 || size <= 0 || advance > size {
+                return Err(SqlError::Invalid("a hopping window advances by more than 0 and at most its size".into()));
+            }
+            if size / advance > MAX_WINDOWS_PER_RECORD {
+                return Err(SqlError::Invalid(format!(
+                    "a record would fall in {} hopping windows: {MAX_WINDOWS_PER_RECORD} at most (advance by more)",
+                    size / advance
+                )));
+            }
+        }
+        if let Some(WindowSpec { kind: WindowKind::Tumbling { size } | WindowKind::Session { gap: size }, .. }) = window
+            && size <= 0
+        {
+            return Err(SqlError::Invalid("a window's size is more than 0".into()));
+        }
         if window.is_some() && q.group_by.is_empty() {
             return Err(SqlError::Invalid("WINDOW needs GROUP BY".into()));
         }
@@ -433,8 +459,7 @@ impl QueryPlan {
                         Scalar::Column(i) => lt[*i].name.clone(),
                         _ => "ROWKEY".into(),
                     };
-                    let ty = compile_type(&j.left, &scope);
-                    vec![(j.left.clone(), ty, name)]
+                    vec![(j.left.clone(), j.key_type.clone(), name)]
                 }
                 (None, None) => left
                     .schema
@@ -549,11 +574,13 @@ impl QueryPlan {
                     }
                     Row(v)
                 };
+                let (co, ty) = (j.copartitioned, j.key_type.clone());
+                let id = p.id.clone();
                 match right.kind {
                     SourceKind::Table if left.kind == SourceKind::Table => {
-                        let lt = table(b, left, &format!("{}-LEFT", p.id));
-                        let rt = table(b, right, &format!("{}-RIGHT", p.id));
-                        let store = format!("{}-JOIN", p.id);
+                        let lt = keyed_table(b, left, &format!("{id}-LEFT"), co, &ty);
+                        let rt = keyed_table(b, right, &format!("{id}-RIGHT"), co, &ty);
+                        let store = format!("{id}-JOIN");
                         let joined = match j.kind {
                             JoinKind::Inner => lt.join(&rt, &store, move |l, r| concat(Some(l), Some(r))),
                             JoinKind::Left => lt.left_join(&rt, &store, move |l, r| concat(Some(l), r)),
@@ -562,8 +589,8 @@ impl QueryPlan {
                         self.after_table(joined)
                     }
                     SourceKind::Table => {
-                        let s = rekey(stream(b, left), &j.left, j.left_is_key);
-                        let t = table(b, right, &format!("{}-RIGHT", p.id));
+                        let s = rekey(stream(b, left), &j.left, co, &ty);
+                        let t = keyed_table(b, right, &format!("{id}-RIGHT"), co, &ty);
                         let joined = match j.kind {
                             JoinKind::Left => s.left_join(&t, move |l, r| concat(Some(l), r)),
                             _ => s.join(&t, move |l, r| concat(Some(l), Some(r))),
@@ -571,8 +598,8 @@ impl QueryPlan {
                         self.after_stream(joined, emit_final)
                     }
                     SourceKind::Stream => {
-                        let s = rekey(stream(b, left), &j.left, j.left_is_key);
-                        let o = rekey(stream(b, right), &j.right, j.right_is_key);
+                        let s = rekey(stream(b, left), &j.left, co, &ty);
+                        let o = rekey(stream(b, right), &j.right, co, &ty);
                         let (before, after, grace) = j.within.unwrap_or((0, 0, 0));
                         let w = JoinWindows { before, after, grace };
                         let joined = match j.kind {
@@ -615,10 +642,13 @@ impl QueryPlan {
                     && keys.len() == p.sources[0].0.schema.key_count()
                     && keys.iter().enumerate().all(|(i, k)| *k == Scalar::Column(i));
                 let keys = keys.clone();
+                // Rows with a null grouping value are dropped, as ksqlDB drops them.
                 let grouped = if by_key {
-                    s.group_by_key()
+                    s.filter(|k, _| !k.0.iter().any(Value::is_null)).group_by_key()
                 } else {
-                    s.group_by(move |_, v| Row(keys.iter().map(|e| e.eval(&v.0, &EvalCtx::default())).collect()))
+                    let k2 = keys.clone();
+                    s.filter(move |_, v| !k2.iter().any(|e| e.eval(&v.0, &EvalCtx::default()).is_null()))
+                        .group_by(move |_, v| Row(keys.iter().map(|e| e.eval(&v.0, &EvalCtx::default())).collect()))
                 };
                 let store = format!("{}-AGGREGATE", p.id);
                 let aggs = Arc::new(aggs.clone());
@@ -715,14 +745,6 @@ impl QueryPlan {
     }
 }
 
-/// The type of a compiled expression, found again from the scope (join keys).
-fn compile_type(s: &Scalar, scope: &Scope) -> SqlType {
-    match s {
-        Scalar::Column(i) => scope.columns[*i].ty.clone(),
-        _ => SqlType::String,
-    }
-}
-
 /// `s` reading the right side of a joined row (its columns moved past the left side's).
 fn shift(s: &Scalar, by: usize) -> Scalar {
     s.rewrite(&|x| match x {
@@ -781,15 +803,51 @@ fn stream(b: &StreamsBuilder, src: &SourceDef) -> KStream<Row, Row> {
 
 fn table(b: &StreamsBuilder, src: &SourceDef, store: &str) -> KTable<Row, Row> {
     let s = src.clone();
-    b.table_decoded(&src.topic, store, move |ctx, raw| s.decode(ctx, raw))
+    b.table_decoded(&src.topic, store, move |ctx, raw| {
+        let r = s.decode(ctx, raw)?;
+        // A table row needs its key, as in ksqlDB.
+        if r.key.0.iter().all(Value::is_null) && !r.key.0.is_empty() {
+            return Err("a table record without a key".into());
+        }
+        Ok(r)
+    })
 }
 
-fn rekey(s: KStream<Row, Row>, by: &Scalar, is_key: bool) -> KStream<Row, Row> {
-    if is_key {
-        return s;
+/// A table keyed for a join: as read when both sides are co-partitioned, otherwise its
+/// changes go through a repartition topic keyed by its key cast to `ty` (a table joins on its
+/// primary key).
+fn keyed_table(
+    b: &StreamsBuilder,
+    src: &SourceDef,
+    store: &str,
+    copartitioned: bool,
+    ty: &SqlType,
+) -> KTable<Row, Row> {
+    if copartitioned {
+        return table(b, src, store);
     }
-    let by = by.clone();
-    s.select_key(move |_, v| Row(vec![by.eval(&v.0, &EvalCtx::default())]))
+    let s = src.clone();
+    let changes: KStream<Row, Option<Row>> = b.stream_decoded(&src.topic, move |ctx, raw| s.decode(ctx, raw));
+    let ty = ty.clone();
+    changes
+        .filter(|k, _| k.0.first().is_some_and(|v| !v.is_null()))
+        .select_key(move |k, _| Row(vec![crate::expr::cast(k.get(0).clone(), &ty)]))
+        .to_table(store)
+}
+
+/// A stream keyed by its join expression: as read when both sides are co-partitioned,
+/// otherwise rekeyed (through a repartition topic) by the expression cast to `ty`. Rows
+/// whose join key is null are dropped, as ksqlDB drops them.
+fn rekey(s: KStream<Row, Row>, by: &Scalar, copartitioned: bool, ty: &SqlType) -> KStream<Row, Row> {
+    if copartitioned {
+        return s.filter(|k, _| !k.0.iter().any(Value::is_null));
+    }
+    let (by, ty) = (by.clone(), ty.clone());
+    s.filter({
+        let by = by.clone();
+        move |_, v| !by.eval(&v.0, &EvalCtx::default()).is_null()
+    })
+    .select_key(move |_, v| Row(vec![crate::expr::cast(by.eval(&v.0, &EvalCtx::default()), &ty)]))
 }
 
 /// Encodes result rows for a topic: key columns with `key_format` (and the window, as

@@ -150,9 +150,11 @@ pub fn parse(text: &str, pattern: &str) -> Result<i64, String> {
     let (mut year, mut month, mut day, mut hour, mut minute, mut second, mut milli) = (1970i64, 1u32, 1u32, 0, 0, 0, 0);
     let mut pm = None;
     let mut rest = text;
-    for piece in pieces(pattern)? {
-        match piece {
-            Piece::Literal(l) => rest = rest.strip_prefix(l.as_str()).ok_or_else(bad)?,
+    let pieces = pieces(pattern)?;
+    for (at, piece) in pieces.iter().enumerate() {
+        let adjacent = matches!(pieces.get(at + 1), Some(Piece::Field(..)));
+        match *piece {
+            Piece::Literal(ref l) => rest = rest.strip_prefix(l.as_str()).ok_or_else(bad)?,
             Piece::Field('a', _) => {
                 let upper = rest.get(..2).map(|s| s.to_ascii_uppercase());
                 pm = match upper.as_deref() {
@@ -160,7 +162,7 @@ pub fn parse(text: &str, pattern: &str) -> Result<i64, String> {
                     Some("PM") => Some(true),
                     _ => return Err(bad()),
                 };
-                rest = &rest[2..];
+                rest = rest.get(2..).ok_or_else(bad)?;
             }
             Piece::Field('X' | 'Z', _) => {
                 // Offsets: only UTC is understood.
@@ -173,16 +175,17 @@ pub fn parse(text: &str, pattern: &str) -> Result<i64, String> {
                 }
             }
             Piece::Field(c, n) => {
-                // A field as wide as its letters, or wider for a lone letter (M, d, H ...).
-                let width = if n == 1 || (c == 'y' && n == 4) {
-                    rest.chars().take_while(|c| c.is_ascii_digit()).count().min(if c == 'y' { 9 } else { 3 })
+                // A field as wide as its letters, or wider for a lone letter (M, d, H ...) and
+                // a year not followed at once by another field (`yyyyMMdd` reads 4 digits).
+                let variable = n == 1 || (c == 'y' && n == 4 && !adjacent);
+                let width = if variable {
+                    rest.bytes().take_while(|b| b.is_ascii_digit()).count().min(if c == 'y' { 9 } else { 3 })
                 } else {
                     n
                 };
-                if width == 0 || rest.len() < width || !rest[..width].bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(bad());
-                }
-                let v: i64 = rest[..width].parse().map_err(|_| bad())?;
+                let digits =
+                    rest.get(..width).filter(|d| width > 0 && d.bytes().all(|b| b.is_ascii_digit())).ok_or_else(bad)?;
+                let v: i64 = digits.parse().map_err(|_| bad())?;
                 rest = &rest[width..];
                 match c {
                     'y' => year = if n == 2 { 2000 + v } else { v },
@@ -207,7 +210,8 @@ pub fn parse(text: &str, pattern: &str) -> Result<i64, String> {
         return Err(format!("'{text}' is not a valid date and time"));
     }
     let days = days_from_civil(year, month, day);
-    Ok(days * 86_400_000 + (hour as i64 * 3600 + minute as i64 * 60 + second as i64) * 1000 + milli as i64)
+    let time = (hour as i64 * 3600 + minute as i64 * 60 + second as i64) * 1000 + milli as i64;
+    days.checked_mul(86_400_000).and_then(|d| d.checked_add(time)).ok_or_else(|| format!("'{text}' is out of range"))
 }
 
 #[cfg(test)]
@@ -230,5 +234,10 @@ mod tests {
         assert!(parse("2024-13-01", "yyyy-MM-dd").is_err());
         assert!(parse("2024-01-01x", "yyyy-MM-dd").is_err());
         assert!(format(0, "EEE").is_err());
+        assert_eq!(parse("20240102", "yyyyMMdd").unwrap(), days_from_civil(2024, 1, 2) * 86_400_000);
+        // Multi-byte text where digits are expected, and years past any range: errors.
+        assert!(parse("2024-1é-01", "yyyy-MM-dd").is_err());
+        assert!(parse("é", "a").is_err());
+        assert!(parse("999999999-01-01", "yyyy-MM-dd").unwrap_err().contains("out of range"));
     }
 }

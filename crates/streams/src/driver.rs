@@ -114,6 +114,12 @@ impl TestDriver {
         s.borrow().all::<K, V>().map_err(StreamsError::Store)
     }
 
+    /// Drops everything written and not read (a long-running driver that reads its results
+    /// another way, through `foreach`, keeps no changelog or output records).
+    pub fn discard_outputs(&mut self) {
+        self.outputs.clear();
+    }
+
     /// The largest event time any task has seen.
     pub fn stream_time(&self) -> i64 {
         self.tasks.iter().map(|t| t.stream_time()).max().unwrap_or(i64::MIN)

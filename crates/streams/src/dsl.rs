@@ -366,8 +366,9 @@ impl<K: Wire, V: Wire> KStream<K, V> {
         if self.rekeyed { self.repartition() } else { self.clone() }
     }
 
-    /// The stream as a table: the latest value of each key; `None` deletes.
-    fn to_table<V2: Wire>(&self, store: &str) -> KTable<K, V2>
+    /// The stream as a table (Kafka's `toTable`): the latest value of each key, kept in
+    /// store `store`; a `None` value deletes. Repartitioned first when the key changed.
+    pub fn to_table<V2: Wire>(&self, store: &str) -> KTable<K, V2>
     where
         V: Into<Option<V2>>,
     {

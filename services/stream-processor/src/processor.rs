@@ -3,7 +3,7 @@
 //! instances run every query; each query's tasks spread over them through its group, so
 //! starting another instance shares the work and stopping one hands its tasks back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use sluice_runtime::Shutdown;
 use sluice_sql::{Engine, Outcome};
 use sluice_streams::{Guarantee, OffsetReset, StreamsApp, StreamsConfig};
 
-use sluice_sql_server::commands::{self, Command};
+use sluice_sql_server::commands;
 
 /// How an instance runs its queries.
 #[derive(Debug, Clone)]
@@ -35,38 +35,49 @@ pub fn application_id(id: &str) -> String {
     format!("_sluice_sql_{id}")
 }
 
-/// Runs until `shutdown`: replays the command topic, then follows it.
+/// Runs until `shutdown`: replays the command topic to its end, starts the queries still
+/// running then (a query terminated later in the log never starts), and follows it.
 pub async fn run(client: Client, cfg: ProcessorConfig, shutdown: Shutdown) {
-    let mut engine = Engine::new();
     let mut apps: BTreeMap<String, StreamsApp> = BTreeMap::new();
-    let mut props: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut failed: BTreeSet<String> = BTreeSet::new();
+    // Catch up.
+    let ((mut engine, started), next) = loop {
+        match catch_up(&client).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::info!(error = %e, "the command topic is not readable yet");
+                wait(&shutdown, Duration::from_secs(1)).await;
+                if shutdown.is_triggered() {
+                    return;
+                }
+            }
+        }
+    };
+    let running: Vec<(String, BTreeMap<String, String>)> =
+        engine.queries().map(|q| (q.id.clone(), started.get(&q.id).cloned().unwrap_or_default())).collect();
+    for (id, props) in running {
+        start(&engine, &id, &props, &cfg, &mut apps);
+    }
     let mut consumer = None;
     while !shutdown.is_triggered() {
         let c = match consumer.as_mut() {
             Some(c) => c,
-            None => {
-                if let Err(e) = commands::ensure_topic(&client).await {
-                    tracing::info!(error = %e, "the command topic is not reachable yet");
+            None => match Consumer::assign(
+                client.clone(),
+                commands::TOPIC,
+                &[0],
+                StartFrom::Offset(next),
+                ConsumerConfig::default(),
+            )
+            .await
+            {
+                Ok(c) => consumer.insert(c),
+                Err(e) => {
+                    tracing::info!(error = %e, "cannot read the command topic yet");
                     wait(&shutdown, Duration::from_secs(1)).await;
                     continue;
                 }
-                match Consumer::assign(
-                    client.clone(),
-                    commands::TOPIC,
-                    &[0],
-                    StartFrom::Earliest,
-                    ConsumerConfig::default(),
-                )
-                .await
-                {
-                    Ok(c) => consumer.insert(c),
-                    Err(e) => {
-                        tracing::info!(error = %e, "cannot read the command topic yet");
-                        wait(&shutdown, Duration::from_secs(1)).await;
-                        continue;
-                    }
-                }
-            }
+            },
         };
         let batch = tokio::select! {
             b = c.poll(Duration::from_millis(500)) => b,
@@ -84,12 +95,10 @@ pub async fn run(client: Client, cfg: ProcessorConfig, shutdown: Shutdown) {
             let Some(cmd) = commands::decode(r.value.as_deref()) else { continue };
             for outcome in commands::apply(&mut engine, &cmd) {
                 match outcome {
-                    Outcome::Started { id, .. } => {
-                        props.insert(id.clone(), cmd.properties.clone());
-                        start(&engine, &id, &cmd, &cfg, &mut apps);
-                    }
+                    Outcome::Started { id, .. } => start(&engine, &id, &cmd.properties, &cfg, &mut apps),
                     Outcome::Terminated(ids) => {
                         for id in ids {
+                            failed.remove(&id);
                             if let Some(app) = apps.remove(&id) {
                                 tracing::info!(query = %id, "query terminated");
                                 // Closing commits and leaves the group: off the async threads.
@@ -103,7 +112,9 @@ pub async fn run(client: Client, cfg: ProcessorConfig, shutdown: Shutdown) {
         }
         // A query whose application failed (a store failure) is reported once.
         for (id, app) in &apps {
-            if let Some(why) = app.state().failed {
+            if let Some(why) = app.state().failed
+                && failed.insert(id.clone())
+            {
                 tracing::error!(query = %id, error = %why, "query failed");
             }
         }
@@ -112,7 +123,41 @@ pub async fn run(client: Client, cfg: ProcessorConfig, shutdown: Shutdown) {
     let _ = tokio::task::spawn_blocking(move || drop(all)).await;
 }
 
-fn start(engine: &Engine, id: &str, cmd: &Command, cfg: &ProcessorConfig, apps: &mut BTreeMap<String, StreamsApp>) {
+/// The catalog as the command topic makes it now, the properties each running query was
+/// started with, and the offset to follow from.
+type CaughtUp = ((Engine, BTreeMap<String, BTreeMap<String, String>>), i64);
+
+async fn catch_up(client: &Client) -> Result<CaughtUp, sluice_client::ClientError> {
+    commands::ensure_topic(client).await?;
+    let mut engine = Engine::new();
+    let mut props = BTreeMap::new();
+    let mut next = 0;
+    for (offset, cmd) in commands::read_all(client).await? {
+        next = offset + 1;
+        for outcome in commands::apply(&mut engine, &cmd) {
+            match outcome {
+                Outcome::Started { id, .. } => {
+                    props.insert(id, cmd.properties.clone());
+                }
+                Outcome::Terminated(ids) => {
+                    for id in ids {
+                        props.remove(&id);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(((engine, props), next))
+}
+
+fn start(
+    engine: &Engine,
+    id: &str,
+    props: &BTreeMap<String, String>,
+    cfg: &ProcessorConfig,
+    apps: &mut BTreeMap<String, StreamsApp>,
+) {
     let Some(q) = engine.query(id) else { return };
     let Some(sink) = engine.source(&q.sink) else { return };
     let mut sc = StreamsConfig::new(&application_id(id), &cfg.gateways);
@@ -120,7 +165,7 @@ fn start(engine: &Engine, id: &str, cmd: &Command, cfg: &ProcessorConfig, apps: 
     sc.state_dir = cfg.state_dir.clone();
     sc.instance = cfg.instance.clone();
     sc.replication_factor = cfg.replication_factor;
-    sc.offset_reset = match cmd.properties.get("auto.offset.reset").map(|s| s.to_ascii_lowercase()) {
+    sc.offset_reset = match props.get("auto.offset.reset").map(|s| s.to_ascii_lowercase()) {
         Some(s) if s == "earliest" => OffsetReset::Earliest,
         _ => OffsetReset::Latest,
     };
