@@ -1,6 +1,7 @@
 //! Streaming SQL on a real cluster (real etcd, partition nodes, a gateway serving
-//! `sluice.v1.Sql`, a stream-processor process): a CTAS with a tumbling-window count and sum
-//! per key over 10,000 records, its processor killed with -9 and restarted half-way. Pull
+//! `sluice.v1.Sql`, two stream-processor processes sharing the query's tasks): a CTAS with a
+//! tumbling-window count and sum per key over 10,000 records, one processor killed with -9
+//! mid-stream and restarted. Pull
 //! queries must equal the counts and sums computed here, the table's topic must hold every
 //! window's updates exactly once (exactly-once: counts 1, 2, ... N in order), and a push
 //! query running the same aggregation must receive every change.
@@ -95,7 +96,7 @@ async fn pull_all(client: &Client) -> Reference {
 async fn windowed_aggregation_is_exact_through_a_processor_kill() {
     let rs = readings(seed("sql"));
     let want = reference(&rs);
-    let (mut c, _dir) = cluster_built(|b| b.nodes(3).processors(1), &[]).await;
+    let (mut c, _dir) = cluster_built(|b| b.nodes(3).processors(2), &[]).await;
     let client = client(&c).await;
 
     // Errors are clear before anything runs.
@@ -152,6 +153,13 @@ async fn windowed_aggregation_is_exact_through_a_processor_kill() {
     eventually("the query writes results", Duration::from_secs(60), || async {
         let ends = client.list_offsets("PER_MINUTE", vec![], sluice_proto::v1::OffsetSpec::Latest, 0).await.ok()?;
         (ends.iter().map(|o| o.offset).sum::<i64>() > 500).then_some(())
+    })
+    .await;
+    // Both processors run the query: its group has a member from each.
+    let group = format!("_sluice_sql_{query}");
+    eventually("both processors share the query", Duration::from_secs(60), || async {
+        let g = client.describe_group(&group).await.ok()?;
+        (g.members.len() == 2).then_some(())
     })
     .await;
     c.kill("stream-processor", 1);

@@ -145,6 +145,24 @@ impl Client {
     /// answers, and whenever it breaks the channel reconnects to the next one that answers,
     /// so everything built on this client (producers, consumers, group members) moves to
     /// another gateway when one dies.
+    /// [`Client::connect`], tried again every second while no gateway answers, until `stop`
+    /// resolves (then `None`): what a long-running service does at start.
+    pub async fn connect_retrying(addr: &str, stop: impl std::future::Future<Output = ()>) -> Option<Self> {
+        tokio::pin!(stop);
+        loop {
+            match Self::connect(addr).await {
+                Ok(c) => return Some(c),
+                Err(e) => {
+                    tracing::info!(error = %e, "no gateway answers yet");
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                        _ = &mut stop => return None,
+                    }
+                }
+            }
+        }
+    }
+
     pub async fn connect(addr: &str) -> Result<Self, ClientError> {
         let addrs: Vec<String> = addr
             .split(',')

@@ -333,6 +333,20 @@ pub fn init_telemetry(settings: &Settings, name: &str) -> anyhow::Result<Telemet
 
 /// The metadata store the settings ask for: etcd when endpoints are given, else embedded
 /// (persisted under the data dir).
+/// The gateways registered in the metadata store (comma-separated), once there is one;
+/// `None` when `shutdown` comes first. Services that are clients of the gateways (connect
+/// runners, stream processors) find them this way.
+pub async fn registered_gateways(meta: &Arc<dyn MetaStore>, shutdown: &Shutdown) -> Option<String> {
+    let mut view = meta.view();
+    tokio::select! {
+        v = view.wait_for(|v| !v.gateways.is_empty()) => match v {
+            Ok(v) => Some(v.gateways.keys().cloned().collect::<Vec<_>>().join(",")),
+            Err(_) => None,
+        },
+        _ = shutdown.wait() => None,
+    }
+}
+
 pub async fn connect_meta(s: &Settings) -> anyhow::Result<Arc<dyn MetaStore>> {
     if s.etcd.endpoints.is_empty() {
         std::fs::create_dir_all(&s.data_dir)?;

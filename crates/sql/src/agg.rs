@@ -78,6 +78,26 @@ impl AggFunc {
         })
     }
 
+    /// Whether a row can be taken back out of its state (table aggregations need it).
+    pub fn retractable(self) -> bool {
+        matches!(self, AggFunc::Count | AggFunc::Sum | AggFunc::Avg | AggFunc::CollectList)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AggFunc::Count => "COUNT",
+            AggFunc::Sum => "SUM",
+            AggFunc::Avg => "AVG",
+            AggFunc::Min => "MIN",
+            AggFunc::Max => "MAX",
+            AggFunc::CountDistinct => "COUNT_DISTINCT",
+            AggFunc::LatestByOffset => "LATEST_BY_OFFSET",
+            AggFunc::EarliestByOffset => "EARLIEST_BY_OFFSET",
+            AggFunc::CollectList => "COLLECT_LIST",
+            AggFunc::CollectSet => "COLLECT_SET",
+        }
+    }
+
     /// The state before any row.
     pub fn init(self) -> Value {
         match self {
@@ -151,6 +171,48 @@ impl AggCall {
                 }
             }
             AggFunc::Count => state,
+        }
+    }
+
+    /// The state with row `row` taken back out (a table row that changed or left its group);
+    /// only for [`AggFunc::retractable`] functions.
+    pub fn retract(&self, state: Value, row: &[Value]) -> Value {
+        let arg = self.args.first().map(|a| a.eval(row, &EvalCtx::default()));
+        match self.func {
+            AggFunc::Count => {
+                let counted = arg.as_ref().is_none_or(|v| !v.is_null());
+                Value::BigInt(state.as_i64().unwrap_or(0) - counted as i64)
+            }
+            _ => {
+                let v = arg.unwrap_or(Value::Null);
+                if v.is_null() {
+                    return state;
+                }
+                match self.func {
+                    AggFunc::Sum => match (&state, &v) {
+                        (Value::Int(x), Value::Int(y)) => Value::Int(x.wrapping_sub(*y)),
+                        (Value::Double(_), _) | (_, Value::Double(_)) => {
+                            Value::Double(state.as_f64().unwrap_or(0.0) - v.as_f64().unwrap_or(0.0))
+                        }
+                        _ => Value::BigInt(state.as_i64().unwrap_or(0).wrapping_sub(v.as_i64().unwrap_or(0))),
+                    },
+                    AggFunc::Avg => {
+                        let (sum, n) = avg_parts(&state);
+                        Value::Array(Arc::new(vec![
+                            Value::Double(sum - v.as_f64().unwrap_or(0.0)),
+                            Value::BigInt(n - 1),
+                        ]))
+                    }
+                    AggFunc::CollectList => {
+                        let mut items = items(state);
+                        if let Some(i) = items.iter().position(|x| *x == v) {
+                            items.remove(i);
+                        }
+                        Value::Array(Arc::new(items))
+                    }
+                    _ => state,
+                }
+            }
         }
     }
 

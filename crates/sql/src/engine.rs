@@ -175,19 +175,8 @@ impl Engine {
     pub fn execute(&mut self, p: &Parsed) -> Result<Outcome, SqlError> {
         match &p.statement {
             Statement::CreateSource { kind, name, or_replace, if_not_exists, columns, props } => {
-                if self.sources.contains_key(name) {
-                    if *if_not_exists {
-                        let s = &self.sources[name];
-                        return Ok(Outcome::Created {
-                            name: name.clone(),
-                            topic: s.topic.clone(),
-                            partitions: s.partitions,
-                        });
-                    }
-                    if !*or_replace {
-                        return Err(SqlError::Exists(format!("{} {name} already exists", kind.name())));
-                    }
-                    self.check_unused(name, false)?;
+                if let Some(existing) = self.existing(*kind, name, *or_replace, *if_not_exists)? {
+                    return Ok(existing);
                 }
                 let def = self.declare(*kind, name, columns, props)?;
                 let out = Outcome::Created { name: name.clone(), topic: def.topic.clone(), partitions: def.partitions };
@@ -195,20 +184,8 @@ impl Engine {
                 Ok(out)
             }
             Statement::CreateAs { kind, name, or_replace, if_not_exists, props, query } => {
-                if self.sources.contains_key(name) {
-                    if *if_not_exists {
-                        let s = &self.sources[name];
-                        return Ok(Outcome::Created {
-                            name: name.clone(),
-                            topic: s.topic.clone(),
-                            partitions: s.partitions,
-                        });
-                    }
-                    if !*or_replace {
-                        return Err(SqlError::Exists(format!("{} {name} already exists", kind.name())));
-                    }
-                    // Replacing a query in place is not supported: its writer must stop first.
-                    self.check_unused(name, false)?;
+                if let Some(existing) = self.existing(*kind, name, *or_replace, *if_not_exists)? {
+                    return Ok(existing);
                 }
                 self.persistent(*kind, name, props, query, &p.text)
             }
@@ -327,6 +304,31 @@ impl Engine {
                 Ok(Outcome::Terminated(ids))
             }
         }
+    }
+
+    /// A CREATE of a name that exists: IF NOT EXISTS answers the existing one, OR REPLACE
+    /// goes on when no query uses it (replacing a query in place is not supported: its
+    /// writer must stop first), anything else is refused. `None`: go on and create.
+    fn existing(
+        &self,
+        kind: SourceKind,
+        name: &str,
+        or_replace: bool,
+        if_not_exists: bool,
+    ) -> Result<Option<Outcome>, SqlError> {
+        let Some(s) = self.sources.get(name) else { return Ok(None) };
+        if if_not_exists {
+            return Ok(Some(Outcome::Created {
+                name: name.to_string(),
+                topic: s.topic.clone(),
+                partitions: s.partitions,
+            }));
+        }
+        if !or_replace {
+            return Err(SqlError::Exists(format!("{} {name} already exists", kind.name())));
+        }
+        self.check_unused(name, false)?;
+        Ok(None)
     }
 
     /// Refuses to replace or drop a source a query reads or writes.

@@ -475,8 +475,8 @@ impl QueryPlan {
             let key = if rekey { Some(key_exprs.into_iter().map(|(s, _, _)| s).collect()) } else { None };
             (Shape::Project { key, values }, output, kind)
         } else {
-            if kind == SourceKind::Table {
-                return Err(SqlError::Invalid("GROUP BY over a table is not supported yet: aggregate a stream".into()));
+            if kind == SourceKind::Table && window.is_some() {
+                return Err(SqlError::Invalid("a table has no event times to window: WINDOW is for streams".into()));
             }
             if q.partition_by.is_some() {
                 return Err(SqlError::Invalid("PARTITION BY and GROUP BY cannot go together".into()));
@@ -537,6 +537,15 @@ impl QueryPlan {
             let post_keys: Vec<(Scalar, SqlType, String)> =
                 keys.iter().enumerate().map(|(i, (_, t, n))| (Scalar::Column(i), t.clone(), n.clone())).collect();
             let (output, values) = split_key(&post_keys, &post_items, None, window.map(|w| w.kind));
+            if kind == SourceKind::Table
+                && let Some(a) = aggs.iter().find(|a| !a.func.retractable())
+            {
+                return Err(SqlError::Invalid(format!(
+                    "{} cannot aggregate a table: a row that changes or leaves must be taken back out \
+                     (COUNT, SUM, AVG and COLLECT_LIST can)",
+                    a.func.name()
+                )));
+            }
             (Shape::Aggregate { keys: group, aggs, values, having }, output, SourceKind::Table)
         };
         Ok(QueryPlan {
@@ -727,9 +736,9 @@ impl QueryPlan {
 
     fn after_table(&self, t: KTable<Row, Row>) -> KStream<Row, Option<Row>> {
         let p = self.inner.clone();
-        let Shape::Project { values, .. } = &p.shape else {
-            // Planning refuses GROUP BY over tables.
-            return t.to_stream().map_values(|_, _| None);
+        let values = match &p.shape {
+            Shape::Project { values, .. } => values,
+            Shape::Aggregate { keys, aggs, .. } => return self.aggregate_table(t, keys, aggs),
         };
         let (filter, values) = (p.filter.clone(), values.clone());
         let projected = t.map_values(&format!("{}-PROJECT", p.id), move |_, v| {
@@ -742,6 +751,34 @@ impl QueryPlan {
             Some(Row(values.iter().map(|e| e.eval(&v.0, &cx)).collect()))
         });
         projected.to_stream()
+    }
+}
+
+impl QueryPlan {
+    /// A table's rows grouped and aggregated: a row that changes group, stops matching WHERE
+    /// or is deleted is taken out of its old group (retracted) before it joins its new one.
+    fn aggregate_table(&self, t: KTable<Row, Row>, keys: &[Scalar], aggs: &[AggCall]) -> KStream<Row, Option<Row>> {
+        let p = self.inner.clone();
+        // Rows failing WHERE, or with a null grouping value, are in no group.
+        let (filter, k1) = (p.filter.clone(), keys.to_vec());
+        let kept = t.filter(&format!("{}-FILTER", p.id), move |_, v| {
+            let cx = EvalCtx::default();
+            filter.as_ref().is_none_or(|f| f.eval(&v.0, &cx) == Value::Bool(true))
+                && !k1.iter().any(|e| e.eval(&v.0, &cx).is_null())
+        });
+        let k2 = keys.to_vec();
+        let grouped =
+            kept.group_by(move |_, v| (Row(k2.iter().map(|e| e.eval(&v.0, &EvalCtx::default())).collect()), v.clone()));
+        let aggs = Arc::new(aggs.to_vec());
+        let (a1, a2, a3) = (aggs.clone(), aggs.clone(), aggs);
+        let init = move || Row(a1.iter().map(|a| a.func.init()).collect());
+        let add =
+            move |_: &Row, v: &Row, state: Row| Row(a2.iter().zip(state.0).map(|(a, s)| a.add(s, &v.0)).collect());
+        let sub =
+            move |_: &Row, v: &Row, state: Row| Row(a3.iter().zip(state.0).map(|(a, s)| a.retract(s, &v.0)).collect());
+        let table = grouped.aggregate(&format!("{}-AGGREGATE", p.id), init, add, sub);
+        let plan = self.clone();
+        table.to_stream().map_values(move |k, state| state.and_then(|s| plan.finish(k, &s, None)))
     }
 }
 

@@ -16,7 +16,7 @@ use bytes::Bytes;
 
 use crate::codec::Codec;
 use crate::nodes;
-use crate::record::{Change, Record, Windowed};
+use crate::record::{Change, Record, TableOp, Windowed};
 use crate::topology::{Factory, Graph, NodeId, SourceDef, StoreKind, StoreSpec, Topology};
 use crate::window::{SessionWindows, SlidingWindows, TimeWindows};
 
@@ -762,6 +762,33 @@ impl<K: Wire, V: Wire> SessionWindowedKStream<K, V> {
     }
 }
 
+/// A table grouped by a new key ([`KTable::group_by`]), for aggregations with retractions.
+pub struct KGroupedTable<K, V> {
+    stream: KGroupedStream<K, TableOp<V>>,
+}
+
+impl<K: Wire, V: Wire> KGroupedTable<K, V> {
+    /// The number of rows in each group.
+    pub fn count(&self, store: &str) -> KTable<K, i64> {
+        self.aggregate(store, || 0i64, |_, _, n| n + 1, |_, _, n| n - 1)
+    }
+
+    /// Each group's rows folded from `init()`: `add` for a row entering the group,
+    /// `subtract` for one leaving it (its old value).
+    pub fn aggregate<VA: Wire>(
+        &self,
+        store: &str,
+        init: impl Fn() -> VA + Send + Sync + 'static,
+        add: impl Fn(&K, &V, VA) -> VA + Send + Sync + 'static,
+        subtract: impl Fn(&K, &V, VA) -> VA + Send + Sync + 'static,
+    ) -> KTable<K, VA> {
+        self.stream.aggregate(store, init, move |k, op: &TableOp<V>, agg| match op {
+            TableOp::Add(v) => add(k, v, agg),
+            TableOp::Sub(v) => subtract(k, v, agg),
+        })
+    }
+}
+
 /// A table: the latest value of each key, with its changes as a stream.
 pub struct KTable<K, V> {
     /// The node emitting the table's changes.
@@ -785,6 +812,28 @@ impl<K: Wire, V: Wire> KTable<K, V> {
     /// The table's changes as a stream: each update's new value, `None` for a deletion.
     pub fn to_stream(&self) -> KStream<K, Option<V>> {
         self.stream.map_values(|_, c: Change<V>| c.new)
+    }
+
+    /// Groups the table's rows by a new key (`f` gives each row's key and value in its
+    /// group), for aggregations that follow updates and deletions: a row that changes or
+    /// leaves is subtracted from its old group before it is added to its new one. The
+    /// groups go through a repartition topic.
+    pub fn group_by<K2: Wire, V2: Wire>(
+        &self,
+        f: impl Fn(&K, &V) -> (K2, V2) + Send + Sync + 'static,
+    ) -> KGroupedTable<K2, V2> {
+        let ops: KStream<K2, TableOp<V2>> = self.stream.step("KTABLE-SELECT", true, move |ctx, r, out| {
+            let Change { new, old } = r.value.clone();
+            if let Some(old) = old {
+                let (k, v) = f(&r.key, &old);
+                out.forward(ctx, r.clone().with(k, TableOp::Sub(v)));
+            }
+            if let Some(new) = new {
+                let (k, v) = f(&r.key, &new);
+                out.forward(ctx, r.with(k, TableOp::Add(v)));
+            }
+        });
+        KGroupedTable { stream: ops.group_by_key() }
     }
 
     /// The rows for which `p` holds (a row that stops matching is deleted downstream).

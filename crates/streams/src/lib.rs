@@ -38,8 +38,8 @@ pub mod window;
 pub use app::{Guarantee, OffsetReset, StreamsApp, StreamsConfig};
 pub use codec::{Codec, CodecError, Json};
 pub use driver::TestDriver;
-pub use dsl::{JoinWindows, KGroupedStream, KStream, KTable, StreamsBuilder};
-pub use record::{Change, Record, Windowed};
+pub use dsl::{JoinWindows, KGroupedStream, KGroupedTable, KStream, KTable, StreamsBuilder};
+pub use record::{Change, Record, TableOp, Windowed};
 pub use topology::{Output, StoreKind, StoreSpec, TaskMetrics, Topology};
 pub use window::{SessionWindows, SlidingWindows, TimeWindows};
 

@@ -63,3 +63,34 @@ impl<K: Codec> Codec for Windowed<K> {
         Ok(Windowed { key: K::decode(key)?, start: word(start), end: word(end) })
     }
 }
+
+/// A table row entering (`Add`) or leaving (`Sub`) a group, on its way to a table
+/// aggregation (Kafka's "subtractor" and "adder" inputs).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TableOp<V> {
+    Add(V),
+    Sub(V),
+}
+
+/// A tag byte (1: add, 0: subtract), then the value's bytes.
+impl<V: Codec> Codec for TableOp<V> {
+    fn encode(&self) -> Option<Bytes> {
+        let (tag, v) = match self {
+            TableOp::Add(v) => (1u8, v),
+            TableOp::Sub(v) => (0u8, v),
+        };
+        let body = v.encode().unwrap_or_default();
+        let mut out = Vec::with_capacity(body.len() + 1);
+        out.push(tag);
+        out.extend_from_slice(&body);
+        Some(Bytes::from(out))
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+        match bytes.split_first() {
+            Some((1, v)) => Ok(TableOp::Add(V::decode(v)?)),
+            Some((0, v)) => Ok(TableOp::Sub(V::decode(v)?)),
+            _ => Err(CodecError("a table operation starts with 0 or 1".into())),
+        }
+    }
+}

@@ -492,3 +492,27 @@ fn a_timestamp_extractor_gives_event_time_from_the_value() {
     let t: Vec<i64> = d.read::<String, Option<i64>>("tout").unwrap().iter().map(|r| r.timestamp).collect();
     assert_eq!(t, vec![7, 99], "an update at its value's time, a deletion at the record's");
 }
+
+#[test]
+fn grouped_tables_follow_updates_and_deletions() {
+    let b = StreamsBuilder::new();
+    // Users by region: a user moving region leaves its old group's count and sum.
+    let users = b.table::<String, i64>("users", "users");
+    users.group_by(|_, region| (*region, ())).count("per-region").to_stream().to("counts");
+    users
+        .group_by(|_, region| (0i64, *region))
+        .aggregate("sum", || 0i64, |_, v, s| s + v, |_, v, s| s - v)
+        .to_stream()
+        .to("sum");
+    let mut d = TestDriver::new(b.build(), "app").unwrap();
+    d.pipe("users", "ann".to_string(), 1i64, 1).unwrap();
+    d.pipe("users", "bob".to_string(), 1i64, 2).unwrap();
+    d.pipe("users", "ann".to_string(), 2i64, 3).unwrap();
+    d.pipe_raw("users", sluice_streams::Record::new(Some("bob".into()), None, 4)).unwrap();
+    let counts: Vec<(i64, Option<i64>)> =
+        d.read::<i64, Option<i64>>("counts").unwrap().into_iter().map(|r| (r.key, r.value)).collect();
+    // ann joins 1; bob joins 1; ann leaves 1 (-> 1) and joins 2; bob leaves 1 (-> 0).
+    assert_eq!(counts, vec![(1, Some(1)), (1, Some(2)), (1, Some(1)), (2, Some(1)), (1, Some(0))]);
+    let sums: Vec<Option<i64>> = d.read::<i64, Option<i64>>("sum").unwrap().into_iter().map(|r| r.value).collect();
+    assert_eq!(sums, vec![Some(1), Some(2), Some(1), Some(3), Some(2)]);
+}

@@ -28,17 +28,6 @@ pub async fn router() -> anyhow::Result<tonic::transport::server::Router> {
 /// Runs a runner named `id` against the gateways at `gateways` (comma-separated) until
 /// `shutdown`, connecting again while none answers.
 pub async fn run(gateways: String, id: String, shutdown: Shutdown) {
-    let client = loop {
-        match sluice_client::Client::connect(&gateways).await {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::info!(error = %e, "no gateway answers yet");
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                    _ = shutdown.wait() => return,
-                }
-            }
-        }
-    };
+    let Some(client) = sluice_client::Client::connect_retrying(&gateways, shutdown.wait()).await else { return };
     worker::run(client, id, shutdown).await;
 }

@@ -10,17 +10,10 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(%addr, "connect-runner listening");
     // The gateways this runner talks to are the ones registered in the metadata store.
     let meta = sluice_runtime::connect_meta(&settings).await?;
-    let mut view = meta.view();
     let work = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
-            let gateways = tokio::select! {
-                v = view.wait_for(|v| !v.gateways.is_empty()) => match v {
-                    Ok(v) => v.gateways.keys().cloned().collect::<Vec<_>>().join(","),
-                    Err(_) => return,
-                },
-                _ = shutdown.wait() => return,
-            };
+            let Some(gateways) = sluice_runtime::registered_gateways(&meta, &shutdown).await else { return };
             sluice_connect_runner::run(gateways, format!("runner-{addr}"), shutdown).await;
         }
     });

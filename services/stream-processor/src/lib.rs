@@ -20,17 +20,6 @@ pub async fn router() -> anyhow::Result<tonic::transport::server::Router> {
 
 /// Runs a processor until `shutdown`, connecting again while no gateway answers.
 pub async fn run(cfg: ProcessorConfig, shutdown: Shutdown) {
-    let client = loop {
-        match sluice_client::Client::connect(&cfg.gateways).await {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::info!(error = %e, "no gateway answers yet");
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                    _ = shutdown.wait() => return,
-                }
-            }
-        }
-    };
+    let Some(client) = sluice_client::Client::connect_retrying(&cfg.gateways, shutdown.wait()).await else { return };
     processor::run(client, cfg, shutdown).await;
 }

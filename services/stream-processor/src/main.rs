@@ -11,18 +11,11 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(%addr, "stream-processor listening");
     // The gateways it talks to are the ones registered in the metadata store.
     let meta = sluice_runtime::connect_meta(&settings).await?;
-    let mut view = meta.view();
     let state_dir = settings.data_dir.join("stream-processor");
     let work = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
-            let gateways = tokio::select! {
-                v = view.wait_for(|v| !v.gateways.is_empty()) => match v {
-                    Ok(v) => v.gateways.keys().cloned().collect::<Vec<_>>().join(","),
-                    Err(_) => return,
-                },
-                _ = shutdown.wait() => return,
-            };
+            let Some(gateways) = sluice_runtime::registered_gateways(&meta, &shutdown).await else { return };
             // The advertised address names the instance: a restart at the same address
             // takes its tasks and state back.
             let named = if settings.advertise.is_empty() { addr.to_string() } else { settings.advertise.clone() };
