@@ -67,36 +67,23 @@ impl SqlService {
     async fn run(&self, req: ExecuteRequest) -> Result<ExecuteResponse, Status> {
         let parsed = sluice_sql::parse(&req.sql).map_err(|e| status(&e))?;
         let client = self.client().await?;
-        let mut engine = commands::catalog(&client).await.map_err(remote)?;
+        let (mut engine, mut next) = commands::catalog(&client).await.map_err(remote)?;
         let properties: BTreeMap<String, String> = req.properties.into_iter().collect();
         let mut results = Vec::new();
         for p in parsed {
-            let outcome = engine.execute(&p).map_err(|e| status(&e))?;
+            // Checked on a copy: the catalog itself moves only with the log.
+            let outcome = engine.clone().execute(&p).map_err(|e| status(&e))?;
             let mut result = StatementResult { statement: p.text.clone(), ..Default::default() };
             let command = Command { sql: p.text.clone(), properties: properties.clone() };
-            // Appended, then replayed in the log's order: what the statement did there is the
-            // truth (another gateway's statement may have landed first).
-            let append = || async {
-                let offset = commands::append(&client, &command).await.map_err(remote)?;
-                let (truth, outcome) = commands::catalog_through(&client, offset).await.map_err(remote)?;
-                match outcome {
-                    Some(Ok(outcomes)) => Ok((truth, outcomes)),
-                    Some(Err(e)) => Err(Status::aborted(format!(
-                        "another statement changed the catalog first, and this one now fails: {e}"
-                    ))),
-                    None => Err(Status::internal("the statement was appended but not read back")),
-                }
-            };
             match outcome {
                 Outcome::Created { name, topic, partitions } => {
                     create_topic(&client, &topic, partitions).await?;
-                    (engine, _) = append().await?;
+                    commit(&client, &command, &mut engine, &mut next).await?;
                     result.message = format!("{name} created (topic {topic})");
                 }
                 Outcome::Started { id, topic, partitions } => {
                     create_topic(&client, &topic, partitions).await?;
-                    let (truth, outcomes) = append().await?;
-                    engine = truth;
+                    let outcomes = commit(&client, &command, &mut engine, &mut next).await?;
                     // The id the processors give it.
                     let id = outcomes
                         .iter()
@@ -130,8 +117,13 @@ impl SqlService {
                         "a push query streams its rows: run it with Query (`sluice sql` does)",
                     ));
                 }
-                Outcome::Dropped { name, delete_topic } => {
-                    (engine, _) = append().await?;
+                Outcome::Dropped { name, .. } => {
+                    // What the log made of it decides (the table may have gone meanwhile).
+                    let truth = commit(&client, &command, &mut engine, &mut next).await?;
+                    let delete_topic = truth.into_iter().find_map(|o| match o {
+                        Outcome::Dropped { delete_topic, .. } => delete_topic,
+                        _ => None,
+                    });
                     if let Some(t) = &delete_topic {
                         client.delete_topic(t).await.map_err(remote)?;
                     }
@@ -140,8 +132,15 @@ impl SqlService {
                         None => format!("{name} dropped"),
                     };
                 }
-                Outcome::Terminated(ids) => {
-                    (engine, _) = append().await?;
+                Outcome::Terminated(_) => {
+                    let truth = commit(&client, &command, &mut engine, &mut next).await?;
+                    let ids: Vec<String> = truth
+                        .into_iter()
+                        .flat_map(|o| match o {
+                            Outcome::Terminated(ids) => ids,
+                            _ => Vec::new(),
+                        })
+                        .collect();
                     result.message =
                         format!("terminated: {}", if ids.is_empty() { "nothing".into() } else { ids.join(", ") });
                 }
@@ -149,6 +148,32 @@ impl SqlService {
             results.push(result);
         }
         Ok(ExecuteResponse { results })
+    }
+}
+
+/// Appends a statement and moves `engine` (which reflects the log up to `next`) through the
+/// log to it: what the statement did there is the truth, since another gateway's statement
+/// may have landed first.
+async fn commit(
+    client: &Client,
+    command: &Command,
+    engine: &mut Engine,
+    next: &mut i64,
+) -> Result<Vec<Outcome>, Status> {
+    let offset = commands::append(client, command).await.map_err(remote)?;
+    let (moved, outcome) = commands::advance(client, engine, *next, offset).await.map_err(|e| {
+        Status::unknown(format!(
+            "the statement was appended (command {offset}) but the log could not be read back ({e}): \
+             SHOW or DESCRIBE tells what it did"
+        ))
+    })?;
+    *next = moved;
+    match outcome {
+        Some(Ok(outcomes)) => Ok(outcomes),
+        Some(Err(e)) => {
+            Err(Status::aborted(format!("another statement changed the catalog first, and this one now fails: {e}")))
+        }
+        None => Err(Status::internal(format!("command {offset} was appended but not read back"))),
     }
 }
 
@@ -234,7 +259,7 @@ impl Sql for SqlService {
             return Err(Status::invalid_argument("Query runs a SELECT; other statements go to Execute"));
         };
         let client = self.client().await?;
-        let engine = commands::catalog(&client).await.map_err(remote)?;
+        let (engine, _) = commands::catalog(&client).await.map_err(remote)?;
         let (tx, rx) = mpsc::channel(256);
         match engine.select(&q).map_err(|e| status(&e))? {
             Outcome::Pull(pull) => {
@@ -250,6 +275,13 @@ impl Sql for SqlService {
                 });
             }
             Outcome::Push { plan, emit_final } => {
+                // A topology the in-memory run refuses (a source read twice) fails here, saying why.
+                {
+                    let b = sluice_streams::StreamsBuilder::new();
+                    plan.build(&b, emit_final).foreach(|_, _| {});
+                    sluice_streams::TestDriver::new(b.build(), "push")
+                        .map_err(|e| Status::failed_precondition(format!("this query cannot run: {e}")))?;
+                }
                 let latest =
                     req.properties.get("auto.offset.reset").is_none_or(|v| !v.eq_ignore_ascii_case("earliest"));
                 let out = plan.output();

@@ -59,21 +59,21 @@ pub async fn append(client: &Client, cmd: &Command) -> Result<i64, ClientError> 
     Ok(d.offset)
 }
 
-/// Every command so far, with its offset.
-pub async fn read_all(client: &Client) -> Result<Vec<(i64, Command)>, ClientError> {
-    let end = client.list_offsets(TOPIC, vec![0], OffsetSpec::Latest, 0).await;
-    let end = match end {
+/// The commands from offset `from` to the current end, each with its offset, and the
+/// offset after them (where following continues).
+pub async fn read_from(client: &Client, from: i64) -> Result<(Vec<(i64, Command)>, i64), ClientError> {
+    let end = match client.list_offsets(TOPIC, vec![0], OffsetSpec::Latest, 0).await {
         Ok(o) => o.first().map_or(0, |o| o.offset),
         // No command topic yet: no commands.
-        Err(e) if e.code() == Some(tonic::Code::NotFound) => return Ok(Vec::new()),
+        Err(e) if e.code() == Some(tonic::Code::NotFound) => return Ok((Vec::new(), from)),
         Err(e) => return Err(e),
     };
     let mut out = Vec::new();
-    if end <= 0 {
-        return Ok(out);
+    if end <= from {
+        return Ok((out, from.max(end)));
     }
-    let mut consumer =
-        Consumer::assign(client.clone(), TOPIC, &[0], StartFrom::Earliest, ConsumerConfig::default()).await?;
+    let start = if from == 0 { StartFrom::Earliest } else { StartFrom::Offset(from) };
+    let mut consumer = Consumer::assign(client.clone(), TOPIC, &[0], start, ConsumerConfig::default()).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while consumer.positions().get(&0).copied().unwrap_or(0) < end {
         if tokio::time::Instant::now() > deadline {
@@ -85,7 +85,14 @@ pub async fn read_all(client: &Client) -> Result<Vec<(i64, Command)>, ClientErro
             }
         }
     }
-    Ok(out)
+    // The consumer's position, not the last record's offset + 1: right past a gap too.
+    let next = consumer.positions().get(&0).copied().unwrap_or(end);
+    Ok((out, next))
+}
+
+/// Every command so far, and the offset after them.
+pub async fn read_all(client: &Client) -> Result<(Vec<(i64, Command)>, i64), ClientError> {
+    read_from(client, 0).await
 }
 
 pub fn decode(value: Option<&[u8]>) -> Option<Command> {
@@ -127,31 +134,37 @@ pub fn apply_checked(engine: &mut Engine, cmd: &Command) -> Result<Vec<Outcome>,
     Ok(out)
 }
 
-/// The catalog through the command at `offset`, and what that command did (None: no
-/// command there).
-pub async fn catalog_through(
+/// Moves `engine` (the log applied up to `next`) through the command at `offset`: what
+/// that command did (None: no command there), and the new `next`.
+pub async fn advance(
     client: &Client,
+    engine: &mut Engine,
+    next: i64,
     offset: i64,
-) -> Result<(Engine, Option<Result<Vec<Outcome>, sluice_sql::SqlError>>), ClientError> {
-    let mut engine = Engine::new();
+) -> Result<(i64, Option<Result<Vec<Outcome>, sluice_sql::SqlError>>), ClientError> {
+    let (commands, _) = read_from(client, next).await?;
     let mut outcome = None;
-    for (o, c) in read_all(client).await? {
-        if o < offset {
-            apply(&mut engine, &c);
-        } else if o == offset {
-            outcome = Some(apply_checked(&mut engine, &c));
-        } else {
+    let mut moved = next;
+    for (o, c) in commands {
+        if o > offset {
             break;
         }
+        moved = o + 1;
+        if o == offset {
+            outcome = Some(apply_checked(engine, &c));
+        } else {
+            apply(engine, &c);
+        }
     }
-    Ok((engine, outcome))
+    Ok((moved.max(offset + 1), outcome))
 }
 
-/// The catalog as the command topic makes it now.
-pub async fn catalog(client: &Client) -> Result<Engine, ClientError> {
+/// The catalog as the command topic makes it now, and the offset after its last command.
+pub async fn catalog(client: &Client) -> Result<(Engine, i64), ClientError> {
     let mut engine = Engine::new();
-    for (_, c) in read_all(client).await? {
+    let (commands, next) = read_all(client).await?;
+    for (_, c) in commands {
         apply(&mut engine, &c);
     }
-    Ok(engine)
+    Ok((engine, next))
 }

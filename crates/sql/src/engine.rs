@@ -122,6 +122,7 @@ impl Pull {
 }
 
 /// The catalog.
+#[derive(Clone)]
 pub struct Engine {
     sources: BTreeMap<String, SourceDef>,
     queries: BTreeMap<String, QueryInfo>,

@@ -656,12 +656,16 @@ fn call(f: Func, name: &str, args: Vec<(Scalar, SqlType)>) -> Result<(Scalar, Sq
             }
             t.unwrap_or(T::Null)
         }
-        Ifnull | Nullif if n == 2 && (types[1].fits(types[0]) || types[0].fits(types[1]) || (num(0) && num(1))) => {
-            if *types[0] == T::Null {
-                types[1].clone()
-            } else {
-                types[0].clone()
+        Ifnull if n == 2 && (types[1].fits(types[0]) || types[0].fits(types[1]) || (num(0) && num(1))) => {
+            match (types[0], types[1]) {
+                (T::Null, t) => t.clone(),
+                (a, b) if a.is_numeric() && b.is_numeric() => wider(a, b),
+                (a, _) => a.clone(),
             }
+        }
+        // NULLIF gives its first argument or NULL: of the first argument's type.
+        Nullif if n == 2 && (types[1].fits(types[0]) || types[0].fits(types[1]) || (num(0) && num(1))) => {
+            if *types[0] == T::Null { types[1].clone() } else { types[0].clone() }
         }
         UnixTimestamp if n == 0 || (n == 1 && is(0, &T::Timestamp)) => T::BigInt,
         UnixDate if n == 0 || (n == 1 && is(0, &T::Date)) => T::Int,
@@ -690,9 +694,9 @@ fn call(f: Func, name: &str, args: Vec<(Scalar, SqlType)>) -> Result<(Scalar, Sq
         }
         _ => return Err(bad()),
     };
-    // COALESCE, IFNULL and NULLIF give one of their arguments: of the call's type.
+    // COALESCE and IFNULL give one of their arguments: of the call's type.
     let args = match f {
-        Coalesce | Ifnull | Nullif => args.into_iter().map(|(s, t)| widen(s, &t, &ty)).collect(),
+        Coalesce | Ifnull => args.into_iter().map(|(s, t)| widen(s, &t, &ty)).collect(),
         _ => args.into_iter().map(|(s, _)| s).collect(),
     };
     Ok((Scalar::Call(f, args), ty))

@@ -354,6 +354,18 @@ impl QueryPlan {
             kind = if left.kind == SourceKind::Table { SourceKind::Table } else { SourceKind::Stream };
             scope.columns.extend(right.scope(&right_alias));
             let key_type = if lt == rt { lt.clone() } else { crate::expr::wider(&lt, &rt) };
+            if (lt == SqlType::Double) != (rt == SqlType::Double) && lt.is_numeric() && rt.is_numeric() {
+                return Err(SqlError::Type(format!(
+                    "the join compares {lt} with {rt} in '{}': keys are compared exactly, CAST one side",
+                    j.on
+                )));
+            }
+            if left.partitions != right.partitions {
+                return Err(SqlError::Invalid(format!(
+                    "joined sources have as many partitions: {} has {}, {} has {}",
+                    left.name, left.partitions, right.name, right.partitions
+                )));
+            }
             let copartitioned = left_is_key && right_is_key && lt == rt && left.key_format == right.key_format;
             join = Some(JoinPlan { kind: j.kind, left: l, right: r, copartitioned, key_type, within });
             sources.push((right, right_alias));

@@ -183,17 +183,20 @@ pub fn parse(text: &str, pattern: &str) -> Result<i64, String> {
                 } else {
                     n
                 };
+                if width > 9 {
+                    return Err(format!("a pattern field of {width} letters is too wide"));
+                }
                 let digits =
                     rest.get(..width).filter(|d| width > 0 && d.bytes().all(|b| b.is_ascii_digit())).ok_or_else(bad)?;
                 let v: i64 = digits.parse().map_err(|_| bad())?;
                 rest = &rest[width..];
                 match c {
                     'y' => year = if n == 2 { 2000 + v } else { v },
-                    'M' => month = v as u32,
-                    'd' => day = v as u32,
-                    'H' | 'h' => hour = v as u32,
-                    'm' => minute = v as u32,
-                    's' => second = v as u32,
+                    'M' => month = u32::try_from(v).map_err(|_| bad())?,
+                    'd' => day = u32::try_from(v).map_err(|_| bad())?,
+                    'H' | 'h' => hour = u32::try_from(v).map_err(|_| bad())?,
+                    'm' => minute = u32::try_from(v).map_err(|_| bad())?,
+                    's' => second = u32::try_from(v).map_err(|_| bad())?,
                     'S' => milli = (v as f64 * 10f64.powi(3 - width as i32)) as u32,
                     _ => return Err(bad()),
                 }
@@ -239,5 +242,6 @@ mod tests {
         assert!(parse("2024-1é-01", "yyyy-MM-dd").is_err());
         assert!(parse("é", "a").is_err());
         assert!(parse("999999999-01-01", "yyyy-MM-dd").unwrap_err().contains("out of range"));
+        assert!(parse("9999999999999999999", "yyyyyyyyyyyyyyyyyyy").is_err());
     }
 }

@@ -785,6 +785,7 @@ impl<K: Wire, V: Wire> KGroupedTable<K, V> {
         self.stream.aggregate(store, init, move |k, op: &TableOp<V>, agg| match op {
             TableOp::Add(v) => add(k, v, agg),
             TableOp::Sub(v) => subtract(k, v, agg),
+            TableOp::Replace(old, new) => add(k, new, subtract(k, old, agg)),
         })
     }
 }
@@ -824,13 +825,21 @@ impl<K: Wire, V: Wire> KTable<K, V> {
     ) -> KGroupedTable<K2, V2> {
         let ops: KStream<K2, TableOp<V2>> = self.stream.step("KTABLE-SELECT", true, move |ctx, r, out| {
             let Change { new, old } = r.value.clone();
-            if let Some(old) = old {
-                let (k, v) = f(&r.key, &old);
-                out.forward(ctx, r.clone().with(k, TableOp::Sub(v)));
-            }
-            if let Some(new) = new {
-                let (k, v) = f(&r.key, &new);
-                out.forward(ctx, r.with(k, TableOp::Add(v)));
+            let old = old.map(|o| f(&r.key, &o));
+            let new = new.map(|n| f(&r.key, &n));
+            match (old, new) {
+                // Within one group: one replacement, so the group's result changes once.
+                (Some((ko, vo)), Some((kn, vn))) if ko.encode() == kn.encode() => {
+                    out.forward(ctx, r.with(kn, TableOp::Replace(vo, vn)))
+                }
+                (old, new) => {
+                    if let Some((k, v)) = old {
+                        out.forward(ctx, r.clone().with(k, TableOp::Sub(v)));
+                    }
+                    if let Some((k, v)) = new {
+                        out.forward(ctx, r.with(k, TableOp::Add(v)));
+                    }
+                }
             }
         });
         KGroupedTable { stream: ops.group_by_key() }

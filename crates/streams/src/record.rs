@@ -70,19 +70,34 @@ impl<K: Codec> Codec for Windowed<K> {
 pub enum TableOp<V> {
     Add(V),
     Sub(V),
+    /// A row that changed within its group: the old value out and the new in, at once (one
+    /// result, no intermediate one, as Kafka's KIP-904).
+    Replace(V, V),
 }
 
-/// A tag byte (1: add, 0: subtract), then the value's bytes.
+/// A tag byte (1: add, 0: subtract, 2: replace), then the value's bytes (for a replacement,
+/// the old value's length as 4 big-endian bytes, the old value, the new one).
 impl<V: Codec> Codec for TableOp<V> {
     fn encode(&self) -> Option<Bytes> {
-        let (tag, v) = match self {
-            TableOp::Add(v) => (1u8, v),
-            TableOp::Sub(v) => (0u8, v),
-        };
-        let body = v.encode().unwrap_or_default();
-        let mut out = Vec::with_capacity(body.len() + 1);
-        out.push(tag);
-        out.extend_from_slice(&body);
+        let body = |v: &V| v.encode().unwrap_or_default();
+        let mut out = Vec::new();
+        match self {
+            TableOp::Add(v) => {
+                out.push(1u8);
+                out.extend_from_slice(&body(v));
+            }
+            TableOp::Sub(v) => {
+                out.push(0u8);
+                out.extend_from_slice(&body(v));
+            }
+            TableOp::Replace(old, new) => {
+                let old = body(old);
+                out.push(2u8);
+                out.extend_from_slice(&(old.len() as u32).to_be_bytes());
+                out.extend_from_slice(&old);
+                out.extend_from_slice(&body(new));
+            }
+        }
         Some(Bytes::from(out))
     }
 
@@ -90,7 +105,14 @@ impl<V: Codec> Codec for TableOp<V> {
         match bytes.split_first() {
             Some((1, v)) => Ok(TableOp::Add(V::decode(v)?)),
             Some((0, v)) => Ok(TableOp::Sub(V::decode(v)?)),
-            _ => Err(CodecError("a table operation starts with 0 or 1".into())),
+            Some((2, rest)) => {
+                let cut = || CodecError("a table replacement is cut short".into());
+                let (len, rest) = rest.split_first_chunk::<4>().ok_or_else(cut)?;
+                let len = u32::from_be_bytes(*len) as usize;
+                let old = rest.get(..len).ok_or_else(cut)?;
+                Ok(TableOp::Replace(V::decode(old)?, V::decode(&rest[len..])?))
+            }
+            _ => Err(CodecError("a table operation starts with 0, 1 or 2".into())),
         }
     }
 }

@@ -131,9 +131,8 @@ async fn catch_up(client: &Client) -> Result<CaughtUp, sluice_client::ClientErro
     commands::ensure_topic(client).await?;
     let mut engine = Engine::new();
     let mut props = BTreeMap::new();
-    let mut next = 0;
-    for (offset, cmd) in commands::read_all(client).await? {
-        next = offset + 1;
+    let (commands, next) = commands::read_all(client).await?;
+    for (_, cmd) in commands {
         for outcome in commands::apply(&mut engine, &cmd) {
             match outcome {
                 Outcome::Started { id, .. } => {
