@@ -892,11 +892,11 @@ fn rekey(s: KStream<Row, Row>, by: &Scalar, copartitioned: bool, ty: &SqlType) -
         return s.filter(|k, _| !k.0.iter().any(Value::is_null));
     }
     let (by, ty) = (by.clone(), ty.clone());
-    s.filter({
-        let by = by.clone();
-        move |_, v| !by.eval(&v.0, &EvalCtx::default()).is_null()
+    // One evaluation per row: the key, or the row dropped when it is null.
+    s.flat_map(move |_, v| {
+        let key = by.eval(&v.0, &EvalCtx::default());
+        (!key.is_null()).then(|| (Row(vec![crate::expr::cast(key, &ty)]), v))
     })
-    .select_key(move |_, v| Row(vec![crate::expr::cast(by.eval(&v.0, &EvalCtx::default()), &ty)]))
 }
 
 /// Encodes result rows for a topic: key columns with `key_format` (and the window, as
