@@ -16,7 +16,7 @@ use sluice_client::Client;
 use sluice_client::consumer::{Consumer, ConsumerConfig, StartFrom};
 use sluice_proto::v1::partition_node_client::PartitionNodeClient;
 use sluice_proto::v1::{Acks, AppendRequest, PartitionRef, ProduceRequest, ProduceResponse, Record, TopicDescription};
-use sluice_storage::{LogStore, PartitionId, SledStore};
+use sluice_storage::{LogStore, PartitionId, SegmentStore};
 use sluice_testkit::Cluster;
 use sluice_tests::{by_partition, client, cluster_with, consume_all, eventually, fault_secs, seed, text};
 use tokio_stream::wrappers::ReceiverStream;
@@ -239,7 +239,7 @@ fn spawn_reader(
     })
 }
 
-/// Stops every process, then reads each node's copy of `topic` straight from its sled store:
+/// Stops every process, then reads each node's copy of `topic` straight from its store (segment files and their sled index):
 /// below the high watermark, all replicas hold the very same batches.
 async fn assert_replicas_identical(c: &mut Cluster, d: &TopicDescription) {
     let nodes: Vec<(u64, std::path::PathBuf)> = c
@@ -247,7 +247,7 @@ async fn assert_replicas_identical(c: &mut Cluster, d: &TopicDescription) {
         .processes
         .iter()
         .filter(|e| e.role == "partition-node")
-        .map(|e| (e.id, e.data_dir.join("sled")))
+        .map(|e| (e.id, e.data_dir.clone()))
         .collect();
     for (id, _) in &nodes {
         c.kill("partition-node", *id);
@@ -272,10 +272,10 @@ async fn assert_replicas_identical(c: &mut Cluster, d: &TopicDescription) {
     }
 }
 
-async fn open_store(dir: &std::path::Path) -> Arc<SledStore> {
+async fn open_store(dir: &std::path::Path) -> Arc<SegmentStore> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match SledStore::open(dir) {
+        match SegmentStore::open(dir) {
             Ok(s) => return s,
             Err(e) if Instant::now() < deadline => {
                 let _ = e;

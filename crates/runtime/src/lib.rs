@@ -142,12 +142,16 @@ pub struct GatewaySettings {
 pub struct StorageSettings {
     /// How often retention and compaction run, milliseconds.
     pub retention_check_interval_ms: u64,
-    /// sled page cache, bytes.
+    /// sled page cache (it holds the partitions' indexes), bytes.
     pub cache_bytes: u64,
-    /// How often sled writes out and fsyncs what acks=0/1 appends left in its buffers,
-    /// milliseconds. A process crash loses at most this much acks=1 data; acks=all is always
-    /// flushed before it is acknowledged.
+    /// How often what acks=0/1 appends wrote is synced to disk (segment files, then the
+    /// index), milliseconds; 0: only acks=all syncs. A machine crash loses at most this much
+    /// acks=1 data (a process crash loses none: the bytes are in the files); acks=all is always
+    /// synced before it is acknowledged.
     pub flush_interval_ms: u64,
+    /// Size at which a partition's segment file is closed and a new one started, bytes.
+    /// Retention deletes a file once none of its batches is left.
+    pub segment_bytes: u64,
 }
 
 /// Partition-node replication tuning.
@@ -220,7 +224,12 @@ impl Default for GatewaySettings {
 
 impl Default for StorageSettings {
     fn default() -> Self {
-        Self { retention_check_interval_ms: 30_000, cache_bytes: 256 << 20, flush_interval_ms: 500 }
+        Self {
+            retention_check_interval_ms: 30_000,
+            cache_bytes: 64 << 20,
+            flush_interval_ms: 500,
+            segment_bytes: 64 << 20,
+        }
     }
 }
 

@@ -1,18 +1,20 @@
 //! Partition logs.
 //!
-//! A partition is a sequence of Kafka RecordBatch v2 stored as received, keyed by base offset
-//! (never a key per record). [`LogStore`] and [`PartitionLog`] are the traits the partition
-//! node programs against; [`sled_store`] is the sled implementation, with durable group commit
-//! ([`LogStore::sync`]), retention and compaction ([`cleaner`]).
+//! A partition is a sequence of Kafka RecordBatch v2 stored as received, indexed by base
+//! offset (never a key per record). [`LogStore`] and [`PartitionLog`] are the traits the
+//! partition node programs against; [`segment_store`] implements them with the batch bytes in
+//! append-only segment files ([`segments`]) and their index in sled (ADR 0001), with durable
+//! group commit ([`LogStore::sync`]), retention and compaction ([`cleaner`]).
 //!
 //! Async code never calls the traits directly: it holds an [`AsyncStore`] and [`AsyncLog`]s,
 //! whose async methods run every call that may touch the disk on tokio's blocking pool, and
 //! whose synchronous methods answer from memory without waiting for a writer's I/O. The rule
-//! "no sled call on an async worker" is kept by these types, not by habit.
+//! "no file or sled call on an async worker" is kept by these types, not by habit.
 
 pub mod cleaner;
 pub mod producers;
-pub mod sled_store;
+pub mod segment_store;
+mod segments;
 pub mod txns;
 
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use sluice_core::topic::TopicConfig;
 
-pub use sled_store::SledStore;
+pub use segment_store::{SegmentStore, StoreOptions};
 
 /// A transaction marker to append (see [`PartitionLog::append_marker`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +78,10 @@ pub enum StorageError {
     MissingKey,
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("sync to disk failed: {0}")]
+    Sync(String),
     #[error("stored batch at offset {offset} of {partition} is damaged: {reason}")]
     Damaged { partition: String, offset: i64, reason: String },
     #[error("storage task failed: {0}")]

@@ -1,4 +1,4 @@
-//! The sled partition log: appends, reads, recovery, retention, compaction, timestamps.
+//! The partition log (segment files indexed in sled): appends, reads, recovery, retention, compaction, timestamps.
 
 use std::collections::BTreeMap;
 
@@ -6,14 +6,14 @@ use bytes::Bytes;
 use sluice_core::batch::{BatchBuilder, decode_records};
 use sluice_core::compression::Compression;
 use sluice_core::topic::TopicConfig;
-use sluice_storage::{LogStore, MarkerSpec, PartitionId, SledStore, StorageError};
+use sluice_storage::{LogStore, MarkerSpec, PartitionId, SegmentStore, StorageError, StoreOptions};
 
 /// Opens the store again after a drop. sled's background I/O threads may still hold the
 /// database's lock file for a moment, so poll with a deadline.
-async fn reopen(dir: &std::path::Path) -> std::sync::Arc<SledStore> {
+async fn reopen(dir: &std::path::Path) -> std::sync::Arc<SegmentStore> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match SledStore::open(dir) {
+        match SegmentStore::open(dir) {
             Ok(s) => return s,
             Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("could not acquire lock") => {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -55,7 +55,7 @@ async fn offsets_are_dense_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = TopicConfig::default();
     {
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SegmentStore::open(dir.path()).unwrap();
         let log = store.open(&pid()).unwrap();
         let a =
             log.append(&batch(&[(None, Some("a"), 1), (None, Some("b"), 2)], Compression::None), &cfg, 10, 0).unwrap();
@@ -79,7 +79,7 @@ async fn offsets_are_dense_and_survive_a_restart() {
 #[tokio::test]
 async fn bad_batches_are_refused_and_nothing_is_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SegmentStore::open(dir.path()).unwrap();
     let log = store.open(&pid()).unwrap();
     let cfg = TopicConfig { max_message_bytes: 200, ..TopicConfig::default() };
     let good = batch(&[(None, Some("ok"), 1)], Compression::None);
@@ -103,7 +103,7 @@ async fn bad_batches_are_refused_and_nothing_is_stored() {
 #[tokio::test]
 async fn retention_by_time_and_size_moves_the_log_start() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SegmentStore::open(dir.path()).unwrap();
     let log = store.open(&pid()).unwrap();
     let cfg = TopicConfig::default();
     for ts in [1_000, 2_000, 3_000, 4_000] {
@@ -131,7 +131,7 @@ async fn retention_by_time_and_size_moves_the_log_start() {
 #[tokio::test]
 async fn compaction_keeps_the_latest_value_per_key() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SegmentStore::open(dir.path()).unwrap();
     let log = store.open(&pid()).unwrap();
     let cfg = TopicConfig::from_map(&BTreeMap::from([
         ("cleanup.policy".to_string(), "compact".to_string()),
@@ -175,7 +175,7 @@ async fn compaction_keeps_the_latest_value_per_key() {
 #[tokio::test]
 async fn timestamp_lookup_finds_the_first_record_at_or_after() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SegmentStore::open(dir.path()).unwrap();
     let log = store.open(&pid()).unwrap();
     let cfg = TopicConfig::default();
     log.append(&batch(&[(None, Some("a"), 100), (None, Some("b"), 200)], Compression::None), &cfg, 0, 0).unwrap();
@@ -189,7 +189,7 @@ async fn timestamp_lookup_finds_the_first_record_at_or_after() {
 #[tokio::test]
 async fn concurrent_syncs_share_flushes() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SegmentStore::open(dir.path()).unwrap();
     let log = store.open(&pid()).unwrap();
     let cfg = TopicConfig::default();
     let mut tasks = Vec::new();
@@ -208,7 +208,7 @@ async fn concurrent_syncs_share_flushes() {
 async fn replica_copies_truncates_by_epoch_and_resets() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = TopicConfig::default();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SegmentStore::open(dir.path()).unwrap();
     let leader = store.open(&pid()).unwrap();
     let follower = store.open(&PartitionId { partition: 1, ..pid() }).unwrap();
     // Epoch 1: offsets 0-2; epoch 3: offsets 3-4.
@@ -272,7 +272,7 @@ async fn idempotent_batches_are_written_once_and_in_order_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = TopicConfig::default();
     {
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SegmentStore::open(dir.path()).unwrap();
         let log = store.open(&pid()).unwrap();
         let a = log.append(&idem(9, 0, 0, 3, 1), &cfg, 0, 1).unwrap();
         assert_eq!((a.base_offset, a.last_offset, a.duplicate), (0, 2, false));
@@ -323,7 +323,7 @@ async fn producer_state_outlives_retention_and_follows_replication_and_truncatio
     let cfg = TopicConfig::default();
     let now = 10_000_000;
     {
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SegmentStore::open(dir.path()).unwrap();
         let log = store.open(&pid()).unwrap();
         log.append(&idem(1, 0, 0, 2, now), &cfg, 0, 1).unwrap();
         log.append(&idem(2, 0, 0, 2, now), &cfg, 0, 1).unwrap();
@@ -360,7 +360,7 @@ async fn a_truncation_below_the_producer_snapshot_does_not_resurrect_its_batches
     let cfg = TopicConfig::default();
     let now = 10_000_000;
     {
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SegmentStore::open(dir.path()).unwrap();
         let log = store.open(&pid()).unwrap();
         log.append(&batch(&[(None, Some("old"), 1_000)], Compression::None), &cfg, 0, 1).unwrap();
         log.append(&idem(1, 0, 0, 2, now), &cfg, 0, 1).unwrap(); // offsets 1-2
@@ -399,7 +399,7 @@ async fn transactions_hold_the_stable_offset_and_aborts_are_remembered_across_re
     let dir = tempfile::tempdir().unwrap();
     let cfg = TopicConfig::default();
     {
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SegmentStore::open(dir.path()).unwrap();
         let log = store.open(&pid()).unwrap();
         log.append(&batch(&[(None, Some("plain"), 1)], Compression::None), &cfg, 0, 1).unwrap(); // 0
         // A transaction opens only as verified by the coordinator; later batches of it need not.
@@ -468,7 +468,7 @@ async fn a_producer_keeping_its_epoch_ends_each_transaction_with_a_marker_at_tha
     use sluice_storage::txns::AbortedTxn;
     let dir = tempfile::tempdir().unwrap();
     let cfg = TopicConfig::default();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SegmentStore::open(dir.path()).unwrap();
     let log = store.open(&pid()).unwrap();
     let keeping = |m: Marker| MarkerSpec { keeps_epoch: true, ..MarkerSpec::new(5, 2, m, 1) };
     // A Kafka client before transaction version 2: every transaction at epoch 2.
@@ -495,7 +495,7 @@ async fn a_producer_keeping_its_epoch_ends_each_transaction_with_a_marker_at_tha
 #[tokio::test]
 async fn a_duplicate_on_a_log_append_time_topic_gets_the_original_append_time() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SegmentStore::open(dir.path()).unwrap();
     let log = store.open(&pid()).unwrap();
     let cfg = TopicConfig {
         message_timestamp_type: sluice_core::topic::TimestampType::LogAppendTime,
@@ -511,7 +511,7 @@ async fn a_duplicate_on_a_log_append_time_topic_gets_the_original_append_time() 
 async fn compaction_drops_aborted_records_and_leaves_open_transactions_alone() {
     use sluice_core::batch::Marker;
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = SegmentStore::open(dir.path()).unwrap();
     let log = store.open(&pid()).unwrap();
     let cfg = TopicConfig::from_map(&BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())])).unwrap();
     let keyed = |id: i64, seq: i32, k: &str, v: &str| {
@@ -537,4 +537,175 @@ async fn compaction_drops_aborted_records_and_leaves_open_transactions_alone() {
     log.clean(&cfg, 0).unwrap();
     let offsets: Vec<i64> = all_records(&*log, 0).iter().map(|r| r.0).collect();
     assert_eq!(offsets, vec![2, 4, 5, 6, 7, 8]);
+}
+
+fn segment_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let dir = root.join("segments").join("7").join("t").join("0");
+    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+}
+
+fn disk_bytes(root: &std::path::Path) -> u64 {
+    segment_files(root).iter().map(|f| std::fs::metadata(f).unwrap().len()).sum()
+}
+
+fn small_segments(bytes: u64) -> StoreOptions {
+    StoreOptions { segment_bytes: bytes, ..StoreOptions::default() }
+}
+
+async fn reopen_with(dir: &std::path::Path, options: StoreOptions) -> std::sync::Arc<SegmentStore> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SegmentStore::open_with(dir, options) {
+            Ok(s) => return s,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("could not acquire lock") => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn segment_files_roll_at_their_size_and_retention_deletes_them_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let value = "v".repeat(1000);
+    let mut cfg = TopicConfig::default();
+    {
+        let store = SegmentStore::open_with(dir.path(), small_segments(4096)).unwrap();
+        let log = store.open(&pid()).unwrap();
+        for i in 0..20i64 {
+            log.append(&batch(&[(None, Some(&value), i)], Compression::None), &cfg, 0, 0).unwrap();
+        }
+        // About 1,070 bytes a batch: three to a 4 KiB file.
+        assert_eq!(segment_files(dir.path()).len(), 7, "{:?}", segment_files(dir.path()));
+        assert_eq!(disk_bytes(dir.path()), log.size_bytes());
+        // Keep about five batches: the files whose batches all went are deleted; the log start
+        // moves batch by batch, as before.
+        cfg.retention_bytes = 5 * 1100;
+        assert_eq!(log.clean(&cfg, 0).unwrap().deleted_batches, 15);
+        assert_eq!(log.offsets().log_start_offset, 15);
+        assert_eq!(segment_files(dir.path()).len(), 2, "{:?}", segment_files(dir.path()));
+        assert_eq!(all_records(&*log, 15).len(), 5);
+        store.sync().await.unwrap();
+    }
+    let store = reopen_with(dir.path(), small_segments(4096)).await;
+    let log = store.open(&pid()).unwrap();
+    assert_eq!((log.offsets().log_start_offset, log.offsets().log_end_offset), (15, 20));
+    assert_eq!(all_records(&*log, 15).iter().map(|r| r.0).collect::<Vec<_>>(), vec![15, 16, 17, 18, 19]);
+    // Appends go on in the last file, then new ones.
+    log.append(&batch(&[(None, Some(&value), 20)], Compression::None), &cfg, 0, 0).unwrap();
+    assert_eq!(all_records(&*log, 15).len(), 6);
+}
+
+#[tokio::test]
+async fn a_restart_indexes_whole_batches_the_index_missed_and_cuts_torn_or_missing_bytes() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TopicConfig::default();
+    {
+        let store = SegmentStore::open(dir.path()).unwrap();
+        let log = store.open(&pid()).unwrap();
+        for i in 0..3i64 {
+            log.append(&batch(&[(None, Some("a"), i), (None, Some("b"), i)], Compression::None), &cfg, 0, 0).unwrap();
+        }
+        store.sync().await.unwrap();
+    }
+    // The process died after writing a batch to the file and before indexing it, and in the
+    // middle of writing the next one.
+    let file = segment_files(dir.path()).pop().unwrap();
+    let mut whole = BatchBuilder::new(Compression::None);
+    whole.push(3, None, Some(b"c"), &[]);
+    whole.push(3, None, Some(b"d"), &[]);
+    let whole = whole.build_at(6, 1).unwrap();
+    let torn = batch(&[(None, Some("e"), 4)], Compression::None);
+    let mut f = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
+    f.write_all(&whole).unwrap();
+    f.write_all(&torn[..torn.len() / 2]).unwrap();
+    drop(f);
+    let len_before = std::fs::metadata(&file).unwrap().len();
+    {
+        let store = reopen(dir.path()).await;
+        let log = store.open(&pid()).unwrap();
+        assert_eq!(log.offsets().log_end_offset, 8);
+        let recs = all_records(&*log, 0);
+        assert_eq!(
+            recs[6..].iter().map(|r| (r.0, r.2.clone().unwrap())).collect::<Vec<_>>(),
+            [(6, "c".to_string()), (7, "d".to_string())]
+        );
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), len_before - (torn.len() / 2) as u64);
+        store.sync().await.unwrap();
+    }
+    // A machine crash lost the file's tail that the index had already recorded: the entries
+    // whose bytes are gone go, and the log ends before them.
+    let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    f.set_len(std::fs::metadata(&file).unwrap().len() - 10).unwrap();
+    drop(f);
+    let store = reopen(dir.path()).await;
+    let log = store.open(&pid()).unwrap();
+    assert_eq!(log.offsets().log_end_offset, 6);
+    assert_eq!(all_records(&*log, 0).len(), 6);
+    let info = log.append(&batch(&[(None, Some("f"), 5)], Compression::None), &cfg, 0, 0).unwrap();
+    assert_eq!(info.base_offset, 6);
+    assert_eq!(all_records(&*log, 6)[0].2.as_deref(), Some("f"));
+}
+
+#[tokio::test]
+async fn a_partition_in_the_old_layout_is_moved_to_segment_files() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // Before ADR 0001: one sled value per batch, keyed by base offset, and an index tree.
+        let db = sled::open(dir.path().join("sled")).unwrap();
+        let data = db.open_tree("log/7/t/0").unwrap();
+        let idx = db.open_tree("idx/7/t/0").unwrap();
+        for i in 0..3i64 {
+            let mut b = batch(&[(Some("k"), Some(&format!("v{i}")), i)], Compression::None).to_vec();
+            sluice_core::batch::set_base_offset(&mut b, i);
+            data.insert(i.to_be_bytes(), b).unwrap();
+            idx.insert(i.to_be_bytes(), &[0u8; 28][..]).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    for _ in 0..2 {
+        let store = reopen(dir.path()).await;
+        assert_eq!(store.list().unwrap(), vec![pid()]);
+        let log = store.open(&pid()).unwrap();
+        assert_eq!(log.offsets().log_end_offset, 3);
+        let values: Vec<_> = all_records(&*log, 0).into_iter().map(|r| r.2.unwrap()).collect();
+        assert_eq!(values, ["v0", "v1", "v2"]);
+        assert_eq!(segment_files(dir.path()).len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn compaction_gives_back_the_space_of_mostly_dead_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TopicConfig::from_map(&BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())])).unwrap();
+    let value = "v".repeat(200);
+    let expected = {
+        let store = SegmentStore::open_with(dir.path(), small_segments(2048)).unwrap();
+        let log = store.open(&pid()).unwrap();
+        for round in 0..60i64 {
+            let key = format!("k{}", round % 3);
+            log.append(&batch(&[(Some(&key), Some(&format!("{round}{value}")), round)], Compression::None), &cfg, 0, 0)
+                .unwrap();
+        }
+        let before = disk_bytes(dir.path());
+        let stats = log.clean(&cfg, 1_000).unwrap();
+        assert_eq!(stats.compacted_records, 57);
+        // The last value of each key, at its offset; the head batch is never compacted.
+        let recs = all_records(&*log, 0);
+        assert_eq!(recs.iter().map(|r| r.0).collect::<Vec<_>>(), vec![57, 58, 59]);
+        let after = disk_bytes(dir.path());
+        assert!(after * 4 < before, "compaction kept {after} of {before} bytes on disk");
+        // A second pass over a compacted log changes nothing.
+        assert_eq!(log.clean(&cfg, 1_000).unwrap().compacted_batches, 0);
+        store.sync().await.unwrap();
+        recs
+    };
+    let store = reopen_with(dir.path(), small_segments(2048)).await;
+    let log = store.open(&pid()).unwrap();
+    assert_eq!(all_records(&*log, 0), expected);
+    assert_eq!(log.offsets().log_end_offset, 60);
 }

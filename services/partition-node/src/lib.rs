@@ -32,7 +32,7 @@ use sluice_meta::{ClusterView, MetaStore, NodeInfo, PartitionAssignment, TopicMe
 use sluice_proto::v1::PartitionRef;
 use sluice_runtime::{ReplicationSettings, Settings, Shutdown};
 use sluice_storage::producers::SeqError;
-use sluice_storage::{AsyncLog, AsyncStore, LogStore, PartitionId, SledStore, StorageError};
+use sluice_storage::{AsyncLog, AsyncStore, LogStore, PartitionId, SegmentStore, StorageError, StoreOptions};
 use tokio::sync::watch;
 
 /// Maps a storage failure for `p` to what the client is told. The only such mapping.
@@ -63,6 +63,8 @@ pub fn map_storage(p: &PartitionId, e: StorageError) -> SluiceError {
             SluiceError::InvalidRequest(format!("topic '{}' is compacted: every record needs a key", p.topic))
         }
         e @ (StorageError::Sled(_)
+        | StorageError::Io { .. }
+        | StorageError::Sync(_)
         | StorageError::Damaged { .. }
         | StorageError::NotContiguous { .. }
         | StorageError::Task(_)) => {
@@ -236,11 +238,15 @@ pub async fn start(
     let dir = settings.data_dir.clone();
     std::fs::create_dir_all(&dir)?;
     // Opening replays sled's log: blocking work, kept off the async workers.
-    let (path, cache, flush) = (dir.join("sled"), settings.storage.cache_bytes, settings.storage.flush_interval_ms);
-    let handle = tokio::runtime::Handle::current();
+    let options = StoreOptions {
+        cache_bytes: settings.storage.cache_bytes,
+        flush_interval_ms: settings.storage.flush_interval_ms,
+        segment_bytes: settings.storage.segment_bytes,
+    };
+    let (root, handle) = (dir.clone(), tokio::runtime::Handle::current());
     let store: Arc<dyn LogStore> = tokio::task::spawn_blocking(move || {
         let _runtime = handle.enter();
-        SledStore::open_with(&path, cache, flush)
+        SegmentStore::open_with(&root, options)
     })
     .await??;
     let store = AsyncStore::new(store);

@@ -1,0 +1,1344 @@
+//! The partition logs of a node (ADR 0001, `docs/adr/0001-record-data-layout.md`): batch
+//! bytes in append-only segment files, one directory per partition ([`crate::segments`]), and
+//! one sled database holding, per partition, the index (base offset -> file, position, size
+//! and the batch's summary), the log start, the producer snapshot and the offset up to which
+//! the files are known to be synced.
+//!
+//! Durability. An append writes the batch bytes to the active file, then their index entries
+//! to sled; neither is synced then. A sync (acks=all, and every `flush_interval_ms`)
+//! fdatasyncs the files written since the last one, records in each partition's index the
+//! offset they are synced up to, then flushes sled: an index entry becomes durable only after
+//! its bytes. Opening a partition reconciles the two after a crash: an entry whose bytes are
+//! not all in its file, or that lies beyond the synced offset and fails its CRC, is dropped
+//! with everything after it; whole batches written after the last entry (a process killed
+//! between the two writes) are indexed; a torn tail is cut. A file is deleted only once the
+//! index that no longer refers to it has been flushed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use sluice_core::batch::{self, BatchHeader};
+use sluice_core::topic::{TimestampType, TopicConfig};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::MarkerSpec;
+use crate::cleaner::{self, CleanStats};
+use crate::producers::{self, ProducerTable, SeqBatch, Verdict};
+use crate::segments::{self, SegFile};
+use crate::txns::{ABORT_MARKER, AbortedTxn, TxnIndex};
+use crate::{AppendInfo, LogOffsets, LogStore, PartitionId, PartitionLog, ReadResult, StorageError};
+
+/// Key (in the index tree) under which a partition remembers its log start offset once
+/// retention moved it. Index keys are exactly 8 bytes, so this one cannot collide.
+const START_KEY: &[u8] = b"meta:log_start";
+/// Key (in the index tree) of the producer snapshot.
+const PRODUCERS_KEY: &[u8] = b"meta:producers";
+/// Key (in the index tree) of the offset below which every batch's bytes were synced.
+const SYNCED_KEY: &[u8] = b"meta:synced";
+/// Trees of the layout before ADR 0001 (one sled value per batch): moved to segment files
+/// when their partition is opened.
+const OLD_TREE_PREFIX: &str = "log/";
+const INDEX_PREFIX: &str = "idx/";
+/// Background sync interval when none is configured.
+pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 500;
+/// sled page cache when none is configured: it holds the index only.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+/// Size at which a partition's active file is closed and a new one started.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+
+/// How a store is tuned.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// sled's page cache, bytes.
+    pub cache_bytes: u64,
+    /// How often what acks=0/1 appends wrote is synced, milliseconds; 0: only acks=all syncs.
+    pub flush_interval_ms: u64,
+    /// Size at which a segment file is closed and a new one started, bytes.
+    pub segment_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            flush_interval_ms: DEFAULT_FLUSH_INTERVAL_MS,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+        }
+    }
+}
+
+/// Position and summary of one stored batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchMeta {
+    pub last_offset: i64,
+    pub max_timestamp: i64,
+    pub size: u64,
+    /// The leader epoch stamped in the batch header: where each epoch starts is what a
+    /// returning replica compares to find where its log diverged.
+    pub epoch: i32,
+    /// The batch's producer fields (-1 id when it has none): the producer state is rebuilt
+    /// from these without reading the batches.
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub attributes: i16,
+    /// The segment file holding the batch, and where in it.
+    pub file: u64,
+    pub pos: u64,
+}
+
+/// One segment file and what the index holds in it.
+pub(crate) struct Segment {
+    pub file: Arc<SegFile>,
+    /// Where the next append to it goes.
+    pub len: u64,
+    /// Batches and bytes of it the index refers to: a file nothing refers to is deleted, and
+    /// compaction moves what is left of a mostly dead one.
+    pub live: u64,
+    pub live_bytes: u64,
+}
+
+pub(crate) struct LogState {
+    pub index: BTreeMap<i64, BatchMeta>,
+    pub next_offset: i64,
+    pub log_start: i64,
+    pub bytes: u64,
+    /// Idempotent producers, as of the log end.
+    pub producers: ProducerTable,
+    /// The last producer snapshot written, and the offset it covers up to: what the index
+    /// alone cannot tell once retention or compaction removed batches.
+    pub producers_base: Option<(i64, ProducerTable)>,
+    /// Whether `producers` changed since the snapshot.
+    pub producers_dirty: bool,
+    /// Open and aborted transactions.
+    pub txns: TxnIndex,
+    /// The segment files, by number.
+    pub segments: BTreeMap<u64, Segment>,
+    /// The file appends go to.
+    pub active: u64,
+    /// The number the next new file gets.
+    pub next_file: u64,
+}
+
+impl LogState {
+    /// The producer table from the snapshot and the index entries after it.
+    fn rebuild_producers(&mut self) {
+        let (from, mut t) = match &self.producers_base {
+            Some((end, t)) => {
+                let from = (*end).min(self.next_offset);
+                let mut t = t.clone();
+                t.truncate(from);
+                (from, t)
+            }
+            None => (i64::MIN, ProducerTable::default()),
+        };
+        let now = sluice_core::settings::now_ms();
+        for (base, m) in self.index.range(from..) {
+            m.record_producer(*base, &mut t, now);
+        }
+        self.producers = t;
+        // Transactions come from the whole log: what retention removed is no longer read.
+        let mut txns = TxnIndex::default();
+        for (base, m) in &self.index {
+            txns.on_batch(*base, m.last_offset, m.producer_id, m.attributes);
+        }
+        self.txns = txns;
+    }
+}
+
+/// What [`LogState`] says of the log as a whole, copied out whenever the state lock is
+/// released: the answers that async code needs at once (offsets, size, last epoch) never wait
+/// for a writer, who holds the state lock across its I/O.
+#[derive(Debug, Clone, Copy)]
+struct Summary {
+    offsets: LogOffsets,
+    bytes: u64,
+    last_epoch: i32,
+    first_unstable: i64,
+}
+
+impl Summary {
+    fn of(st: &LogState) -> Self {
+        Self {
+            offsets: LogOffsets { log_start_offset: st.log_start, log_end_offset: st.next_offset },
+            bytes: st.bytes,
+            last_epoch: st.index.values().next_back().map(|m| m.epoch).unwrap_or(-1),
+            first_unstable: st.txns.first_unstable().unwrap_or(st.next_offset),
+        }
+    }
+}
+
+/// What a partition wrote since the last sync.
+#[derive(Default)]
+struct Pending {
+    files: Vec<Arc<SegFile>>,
+    /// The log end after the last write.
+    end: i64,
+}
+
+/// A partition's part in the store's syncs.
+struct PartitionSync {
+    index_tree: sled::Tree,
+    /// Whether it is in the store's list of partitions to sync.
+    queued: AtomicBool,
+    pending: Mutex<Pending>,
+}
+
+/// What the store and its partitions share: the database and the partitions written to since
+/// the last sync.
+struct Shared {
+    db: sled::Db,
+    dirty: Mutex<Vec<Arc<PartitionSync>>>,
+}
+
+impl Shared {
+    /// Syncs the files written since the last sync, records how far each partition is synced,
+    /// then flushes the index.
+    fn sync_all(&self) -> Result<(), StorageError> {
+        let dirty = std::mem::take(&mut *lock(&self.dirty));
+        for ps in dirty {
+            ps.queued.store(false, Ordering::Release);
+            let (files, end) = {
+                let mut p = lock(&ps.pending);
+                (std::mem::take(&mut p.files), p.end)
+            };
+            for f in &files {
+                f.sync()?;
+            }
+            ps.index_tree.insert(SYNCED_KEY, &end.to_be_bytes())?;
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // What these mutexes guard stays consistent across a panic (lists and counters whose
+    // truth is on disk), so a poisoned one is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A partition log in segment files indexed in sled.
+///
+/// Lock order: `state` (held across file and sled I/O by writers, retention and compaction)
+/// before `summary` (held only to copy a [`Summary`] in or out, never across I/O).
+pub struct SegmentPartition {
+    id: PartitionId,
+    dir: PathBuf,
+    index_tree: sled::Tree,
+    shared: Arc<Shared>,
+    sync: Arc<PartitionSync>,
+    segment_bytes: u64,
+    state: Mutex<LogState>,
+    summary: Mutex<Summary>,
+    end_tx: watch::Sender<i64>,
+}
+
+/// The state lock, held; publishes the [`Summary`] when released.
+pub(crate) struct StateGuard<'a> {
+    st: MutexGuard<'a, LogState>,
+    summary: &'a Mutex<Summary>,
+}
+
+impl std::ops::Deref for StateGuard<'_> {
+    type Target = LogState;
+    fn deref(&self) -> &LogState {
+        &self.st
+    }
+}
+
+impl std::ops::DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut LogState {
+        &mut self.st
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        *self.summary.lock().unwrap_or_else(|p| p.into_inner()) = Summary::of(&self.st);
+    }
+}
+
+/// Many partitions: their files under one directory, their indexes in one sled database,
+/// with a group-commit syncer.
+pub struct SegmentStore {
+    root: PathBuf,
+    shared: Arc<Shared>,
+    options: StoreOptions,
+    open: Mutex<HashMap<PartitionId, Arc<SegmentPartition>>>,
+    flush_tx: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+}
+
+/// Each partition's index tree maps the 8-byte big-endian base offset of every batch to
+/// (last offset, max timestamp, size, leader epoch, producer id, producer epoch, base
+/// sequence, attributes, file, position): opening a partition reads these entries, never the
+/// batches. Other keys (`meta:...`) are longer.
+const META_LEN: usize = 60;
+
+pub(crate) fn encode_meta(m: &BatchMeta) -> [u8; META_LEN] {
+    let mut v = [0u8; META_LEN];
+    v[..8].copy_from_slice(&m.last_offset.to_be_bytes());
+    v[8..16].copy_from_slice(&m.max_timestamp.to_be_bytes());
+    v[16..24].copy_from_slice(&m.size.to_be_bytes());
+    v[24..28].copy_from_slice(&m.epoch.to_be_bytes());
+    v[28..36].copy_from_slice(&m.producer_id.to_be_bytes());
+    v[36..38].copy_from_slice(&m.producer_epoch.to_be_bytes());
+    v[38..42].copy_from_slice(&m.base_sequence.to_be_bytes());
+    v[42..44].copy_from_slice(&m.attributes.to_be_bytes());
+    v[44..52].copy_from_slice(&m.file.to_be_bytes());
+    v[52..60].copy_from_slice(&m.pos.to_be_bytes());
+    v
+}
+
+fn decode_meta(v: &[u8]) -> Option<BatchMeta> {
+    if v.len() != META_LEN {
+        return None;
+    }
+    Some(BatchMeta {
+        last_offset: be_i64(&v[..8]),
+        max_timestamp: be_i64(&v[8..16]),
+        size: be_i64(&v[16..24]) as u64,
+        epoch: i32::from_be_bytes([v[24], v[25], v[26], v[27]]),
+        producer_id: be_i64(&v[28..36]),
+        producer_epoch: i16::from_be_bytes([v[36], v[37]]),
+        base_sequence: i32::from_be_bytes([v[38], v[39], v[40], v[41]]),
+        attributes: i16::from_be_bytes([v[42], v[43]]),
+        file: be_i64(&v[44..52]) as u64,
+        pos: be_i64(&v[52..60]) as u64,
+    })
+}
+
+impl BatchMeta {
+    fn of(h: &BatchHeader, size: usize) -> Self {
+        Self {
+            last_offset: h.last_offset(),
+            max_timestamp: h.max_timestamp,
+            size: size as u64,
+            epoch: h.partition_leader_epoch,
+            producer_id: h.producer_id,
+            producer_epoch: h.producer_epoch,
+            base_sequence: h.base_sequence,
+            attributes: h.attributes,
+            file: 0,
+            pos: 0,
+        }
+    }
+
+    /// The meta of a stored batch, marking abort markers for the transaction index.
+    fn of_stored(h: &BatchHeader, bytes: &[u8]) -> Self {
+        let mut m = Self::of(h, bytes.len());
+        if h.is_control() && batch::marker_of(&Bytes::copy_from_slice(bytes)) == Some(batch::Marker::Abort) {
+            m.attributes |= ABORT_MARKER;
+        }
+        m
+    }
+
+    /// Adds the batch at `base`, written at `now_ms` (this node's clock), to `t` when it has a
+    /// producer.
+    fn record_producer(&self, base: i64, t: &mut ProducerTable, now_ms: i64) {
+        if self.producer_id >= 0 && self.attributes & batch::CONTROL != 0 {
+            t.note_epoch(self.producer_id, self.producer_epoch, now_ms);
+        } else if self.producer_id >= 0 {
+            let last_seq = batch::add_sequence(self.base_sequence, (self.last_offset - base) as i32);
+            let b =
+                SeqBatch { first_seq: self.base_sequence, last_seq, base_offset: base, last_offset: self.last_offset };
+            t.record(self.producer_id, self.producer_epoch, b, now_ms);
+        }
+    }
+}
+
+/// Checks the producer fields of a request's batches against the table. Returns the original
+/// offsets when the request is one batch already written; refuses gaps, stale epochs and a
+/// written batch beside others.
+fn check_producers(
+    table: &ProducerTable,
+    parts: &[(BatchHeader, std::ops::Range<usize>)],
+) -> Result<Option<SeqBatch>, StorageError> {
+    let mut scratch: Option<ProducerTable> = None;
+    for (i, (h, _)) in parts.iter().enumerate() {
+        if !h.has_producer() {
+            continue;
+        }
+        if h.base_sequence < 0 || h.producer_epoch < 0 {
+            return Err(batch::BatchError::Malformed(format!(
+                "a batch of producer {} needs an epoch and a base sequence of 0 or more (got {} and {})",
+                h.producer_id, h.producer_epoch, h.base_sequence
+            ))
+            .into());
+        }
+        let t = scratch.as_ref().unwrap_or(table);
+        match t.check(h.producer_id, h.producer_epoch, h.base_sequence, h.last_sequence()) {
+            Ok(Verdict::Duplicate(b)) if parts.len() == 1 => return Ok(Some(b)),
+            Ok(Verdict::Duplicate(_)) => {
+                return Err(StorageError::DuplicateInRequest { producer_id: h.producer_id, sequence: h.base_sequence });
+            }
+            Ok(Verdict::Append) if i + 1 < parts.len() => {
+                // Later batches of the request are checked as if this one were written; the
+                // offsets do not matter for that.
+                let first_seq = h.base_sequence;
+                let b = SeqBatch { first_seq, last_seq: h.last_sequence(), base_offset: -1, last_offset: -1 };
+                scratch.get_or_insert_with(|| table.clone()).record(
+                    h.producer_id,
+                    h.producer_epoch,
+                    b,
+                    h.max_timestamp,
+                );
+            }
+            Ok(Verdict::Append) => {}
+            Err(e) => return Err(StorageError::Sequence(e)),
+        }
+    }
+    Ok(None)
+}
+
+/// A stored batch that no longer parses or checks out.
+fn damaged(id: &PartitionId, offset: i64, e: batch::BatchError) -> StorageError {
+    StorageError::Damaged { partition: id.to_string(), offset, reason: e.to_string() }
+}
+
+fn be_i64(b: &[u8]) -> i64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    i64::from_be_bytes(a)
+}
+
+fn old_tree_name(id: &PartitionId) -> String {
+    format!("{OLD_TREE_PREFIX}{}/{}/{}", id.topic_id, id.topic, id.partition)
+}
+
+fn index_tree_name(id: &PartitionId) -> String {
+    format!("{INDEX_PREFIX}{}/{}/{}", id.topic_id, id.topic, id.partition)
+}
+
+fn parse_tree_name(name: &[u8]) -> Option<PartitionId> {
+    let s = std::str::from_utf8(name).ok()?.strip_prefix(INDEX_PREFIX)?;
+    let (id, rest) = s.split_once('/')?;
+    let (topic, partition) = rest.rsplit_once('/')?;
+    Some(PartitionId { topic: topic.to_string(), topic_id: id.parse().ok()?, partition: partition.parse().ok()? })
+}
+
+/// Moves a partition stored in the layout before ADR 0001 (one sled value per batch, in a
+/// tree of its own) into segment files. Redone whole if interrupted: the old tree goes only
+/// once the files are synced and the new index flushed.
+fn migrate(
+    db: &sled::Db,
+    idx: &sled::Tree,
+    dir: &Path,
+    id: &PartitionId,
+    segment_bytes: u64,
+) -> Result<(), StorageError> {
+    let old = db.open_tree(old_tree_name(id))?;
+    segments::remove_dir(dir)?;
+    let mut no = 0;
+    let mut file = segments::create(dir, no)?;
+    let (mut pos, mut moved) = (0u64, 0u64);
+    let mut entries = sled::Batch::default();
+    for k in idx.iter().keys() {
+        let k = k?;
+        if k.len() == 8 {
+            entries.remove(k);
+        }
+    }
+    for kv in old.iter() {
+        let (k, v) = kv?;
+        if k.len() != 8 {
+            continue;
+        }
+        let base = be_i64(&k);
+        let h = BatchHeader::parse(&v).map_err(|e| damaged(id, base, e))?;
+        if pos > 0 && pos + v.len() as u64 > segment_bytes {
+            file.sync()?;
+            no += 1;
+            file = segments::create(dir, no)?;
+            pos = 0;
+        }
+        file.write_at(&v, pos)?;
+        let mut m = BatchMeta::of_stored(&h, &v);
+        (m.file, m.pos) = (no, pos);
+        pos += v.len() as u64;
+        moved += 1;
+        entries.insert(&k, &encode_meta(&m)[..]);
+    }
+    file.sync()?;
+    idx.apply_batch(entries)?;
+    idx.insert(SYNCED_KEY, &i64::MAX.to_be_bytes())?;
+    db.flush()?;
+    db.drop_tree(old_tree_name(id))?;
+    db.flush()?;
+    tracing::info!(partition = %id, batches = moved, "moved the partition's batches from sled values to segment files");
+    Ok(())
+}
+
+impl SegmentStore {
+    /// Opens (or creates) the store under `root` with default tuning. Must be called inside a
+    /// tokio runtime: the group-commit syncer runs as a task.
+    pub fn open(root: &Path) -> Result<Arc<Self>, StorageError> {
+        Self::open_with(root, StoreOptions::default())
+    }
+
+    /// Opens (or creates) the store under `root`: the index in `root/sled`, the files in
+    /// `root/segments/<topic id>/<topic>/<partition>/`.
+    pub fn open_with(root: &Path, options: StoreOptions) -> Result<Arc<Self>, StorageError> {
+        // The index is flushed by the syncer only, after the files it refers to.
+        let db = sled::Config::new()
+            .path(root.join("sled"))
+            .cache_capacity(options.cache_bytes)
+            .flush_every_ms(None)
+            .open()?;
+        let shared = Arc::new(Shared { db, dirty: Mutex::new(Vec::new()) });
+        let (flush_tx, flush_rx) = mpsc::unbounded_channel();
+        tokio::spawn(syncer(Arc::downgrade(&shared), flush_rx, options.flush_interval_ms));
+        let store =
+            Arc::new(Self { root: root.to_path_buf(), shared, options, open: Mutex::new(HashMap::new()), flush_tx });
+        store.remove_orphan_dirs()?;
+        Ok(store)
+    }
+
+    fn partition_dir(&self, id: &PartitionId) -> PathBuf {
+        self.root.join("segments").join(id.topic_id.to_string()).join(&id.topic).join(id.partition.to_string())
+    }
+
+    /// Directories of partitions the index no longer has (removed while the process died).
+    fn remove_orphan_dirs(&self) -> Result<(), StorageError> {
+        let known: std::collections::HashSet<PathBuf> = self.list()?.iter().map(|id| self.partition_dir(id)).collect();
+        let base = self.root.join("segments");
+        let subdirs = |d: &Path| -> Vec<PathBuf> {
+            std::fs::read_dir(d)
+                .map(|it| it.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect())
+                .unwrap_or_default()
+        };
+        for topic_id in subdirs(&base) {
+            for topic in subdirs(&topic_id) {
+                for p in subdirs(&topic) {
+                    if !known.contains(&p) {
+                        tracing::info!(dir = %p.display(), "removing the files of a deleted partition");
+                        segments::remove_dir(&p)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn open_partition(&self, id: &PartitionId) -> Result<Arc<SegmentPartition>, StorageError> {
+        let mut open = lock(&self.open);
+        if let Some(p) = open.get(id) {
+            return Ok(p.clone());
+        }
+        let db = &self.shared.db;
+        let index_tree = db.open_tree(index_tree_name(id))?;
+        let dir = self.partition_dir(id);
+        if db.tree_names().iter().any(|n| n == old_tree_name(id).as_bytes()) {
+            migrate(db, &index_tree, &dir, id, self.options.segment_bytes)?;
+        }
+        let recovered = recover(&index_tree, &dir, id)?;
+        let producers_base = match index_tree.get(PRODUCERS_KEY)? {
+            Some(v) => {
+                let snap = producers::decode(&v);
+                if snap.is_none() {
+                    // Rebuilt from the index instead: only producers whose batches retention
+                    // already removed are forgotten (they may start again at any sequence).
+                    tracing::warn!(partition = %id, "producer snapshot is damaged; rebuilding it from the log");
+                }
+                snap
+            }
+            None => None,
+        };
+        let Recovered { index, log_start, segments, active, next_file } = recovered;
+        let bytes = index.values().map(|m| m.size).sum();
+        let end = index.values().next_back().map(|m| m.last_offset + 1).unwrap_or(0);
+        let next_offset = end.max(log_start.unwrap_or(0));
+        // Retention and compaction record the log start whenever the first batch no longer
+        // tells it; otherwise it is the first batch.
+        let log_start = log_start.unwrap_or_else(|| index.keys().next().copied().unwrap_or(next_offset));
+        let (end_tx, _) = watch::channel(next_offset);
+        tracing::debug!(partition = %id, next_offset, log_start, batches = index.len(), files = segments.len(), "opened partition");
+        let mut state = LogState {
+            index,
+            next_offset,
+            log_start,
+            bytes,
+            producers: ProducerTable::default(),
+            producers_base,
+            producers_dirty: false,
+            txns: TxnIndex::default(),
+            segments,
+            active,
+            next_file,
+        };
+        state.rebuild_producers();
+        // What the index told beyond the snapshot is in no snapshot yet: the first retention
+        // pass that removes batches writes one.
+        state.producers_dirty = state.producers_base.as_ref().is_none_or(|(_, t)| *t != state.producers);
+        let sync = Arc::new(PartitionSync {
+            index_tree: index_tree.clone(),
+            queued: AtomicBool::new(false),
+            pending: Mutex::new(Pending { files: Vec::new(), end: next_offset }),
+        });
+        let p = Arc::new(SegmentPartition {
+            id: id.clone(),
+            dir,
+            index_tree,
+            shared: self.shared.clone(),
+            sync,
+            segment_bytes: self.options.segment_bytes.max(1),
+            summary: Mutex::new(Summary::of(&state)),
+            state: Mutex::new(state),
+            end_tx,
+        });
+        open.insert(id.clone(), p.clone());
+        Ok(p)
+    }
+}
+
+/// Syncs for waiters (acks=all), sharing one sync among all who asked while the last ran, and
+/// every `interval_ms` (when not 0). Holds the store only while syncing, so that dropping the
+/// store closes the database.
+async fn syncer(
+    shared: Weak<Shared>,
+    mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), String>>>,
+    interval_ms: u64,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(interval_ms.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        let mut waiters = Vec::new();
+        tokio::select! {
+            w = rx.recv() => match w {
+                Some(w) => waiters.push(w),
+                None => break,
+            },
+            _ = tick.tick(), if interval_ms > 0 => {}
+        }
+        while let Ok(w) = rx.try_recv() {
+            waiters.push(w);
+        }
+        let Some(shared) = shared.upgrade() else { break };
+        let res = tokio::task::spawn_blocking(move || shared.sync_all())
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = &res {
+            tracing::error!(error = %e, "sync to disk failed");
+        }
+        for w in waiters {
+            let _ = w.send(res.clone());
+        }
+    }
+}
+
+/// A partition's index and files as found on disk, reconciled.
+struct Recovered {
+    index: BTreeMap<i64, BatchMeta>,
+    log_start: Option<i64>,
+    segments: BTreeMap<u64, Segment>,
+    active: u64,
+    next_file: u64,
+}
+
+/// Reads a partition's index and files and makes them agree (see the module doc): entries
+/// whose bytes are missing or, beyond the synced offset, damaged go with everything after
+/// them; whole batches after the last entry are indexed; a torn tail is cut; files nothing
+/// refers to are deleted.
+fn recover(idx: &sled::Tree, dir: &Path, id: &PartitionId) -> Result<Recovered, StorageError> {
+    let mut index = BTreeMap::new();
+    for kv in idx.iter() {
+        let (k, v) = kv?;
+        if let (8, Some(m)) = (k.len(), decode_meta(&v)) {
+            index.insert(be_i64(&k), m);
+        }
+    }
+    let log_start = idx.get(START_KEY)?.filter(|v| v.len() == 8).map(|v| be_i64(&v));
+    let synced = idx.get(SYNCED_KEY)?.filter(|v| v.len() == 8).map_or(i64::MIN, |v| be_i64(&v));
+    let mut files = segments::open_all(dir)?;
+    let mut cut = None;
+    for (base, m) in &index {
+        let ok = match files.get(&m.file) {
+            Some((f, len)) if m.pos.checked_add(m.size).is_some_and(|end| end <= *len) => {
+                *base < synced
+                    || segments::batch_at(f, m.pos, *len)?
+                        .is_some_and(|b| b.header.base_offset == *base && b.bytes.len() as u64 == m.size)
+            }
+            _ => false,
+        };
+        if !ok {
+            cut = Some(*base);
+            break;
+        }
+    }
+    let mut changes = sled::Batch::default();
+    if let Some(cut) = cut {
+        let doomed: Vec<i64> = index.range(cut..).map(|(b, _)| *b).collect();
+        tracing::warn!(partition = %id, from = cut, batches = doomed.len(), "index entries whose bytes are not on disk dropped");
+        for b in doomed {
+            index.remove(&b);
+            changes.remove(&b.to_be_bytes());
+        }
+    }
+    // The file the last batch is in takes the appends; whole batches after it (and in newer
+    // files that nothing refers to, when it was full) are what the index had not recorded.
+    let last = index.iter().next_back().map(|(_, m)| (m.file, m.pos + m.size, m.last_offset + 1));
+    let mut active = match last {
+        Some((file, ..)) => file,
+        None => files.keys().next().copied().unwrap_or(0),
+    };
+    let mut from = last.map_or(0, |l| l.1);
+    let mut next = last.map_or(log_start.unwrap_or(0), |l| l.2);
+    let referenced: std::collections::HashSet<u64> = index.values().map(|m| m.file).collect();
+    let mut indexed = 0;
+    loop {
+        if let Some((f, len)) = files.get_mut(&active) {
+            let found = segments::scan(f, from, *len, next)?;
+            for b in &found {
+                let mut m = BatchMeta::of_stored(&b.header, &b.bytes);
+                (m.file, m.pos) = (active, b.pos);
+                changes.insert(&b.header.base_offset.to_be_bytes(), &encode_meta(&m)[..]);
+                index.insert(b.header.base_offset, m);
+                next = b.header.next_offset();
+                from = b.pos + b.bytes.len() as u64;
+                indexed += 1;
+            }
+            if from < *len {
+                tracing::warn!(partition = %id, file = active, at = from, bytes = *len - from, "cut a torn tail");
+                f.set_len(from)?;
+                *len = from;
+                break;
+            }
+        }
+        // A newer file no entry refers to continues the log when its first batch does.
+        let Some(newer) = files.range(active + 1..).map(|(n, _)| *n).find(|n| !referenced.contains(n)) else { break };
+        let (f, len) = &files[&newer];
+        let Some(first) = segments::batch_at(f, 0, *len)? else { break };
+        if first.header.base_offset != next {
+            break;
+        }
+        (active, from) = (newer, 0);
+    }
+    if indexed > 0 {
+        tracing::info!(partition = %id, batches = indexed, "indexed batches missing from the index");
+    }
+    idx.apply_batch(changes)?;
+    let mut segs = BTreeMap::new();
+    for (no, (f, len)) in files {
+        let used = index.values().any(|m| m.file == no);
+        if !used && no != active {
+            f.delete()?;
+            continue;
+        }
+        segs.insert(no, Segment { file: f, len, live: 0, live_bytes: 0 });
+    }
+    if let std::collections::btree_map::Entry::Vacant(e) = segs.entry(active) {
+        e.insert(Segment { file: segments::create(dir, active)?, len: 0, live: 0, live_bytes: 0 });
+    }
+    for m in index.values() {
+        if let Some(s) = segs.get_mut(&m.file) {
+            s.live += 1;
+            s.live_bytes += m.size;
+        }
+    }
+    let next_file = segs.keys().next_back().map_or(0, |n| n + 1);
+    Ok(Recovered { index, log_start, segments: segs, active, next_file })
+}
+
+impl LogStore for SegmentStore {
+    fn open(&self, id: &PartitionId) -> Result<Arc<dyn PartitionLog>, StorageError> {
+        Ok(self.open_partition(id)?)
+    }
+
+    fn remove(&self, id: &PartitionId) -> Result<(), StorageError> {
+        lock(&self.open).remove(id);
+        self.shared.db.drop_tree(index_tree_name(id))?;
+        self.shared.db.drop_tree(old_tree_name(id))?;
+        self.shared.db.flush()?;
+        segments::remove_dir(&self.partition_dir(id))
+    }
+
+    fn list(&self) -> Result<Vec<PartitionId>, StorageError> {
+        Ok(self.shared.db.tree_names().iter().filter_map(|n| parse_tree_name(n)).collect())
+    }
+
+    fn sync(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send + '_>> {
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            if self.flush_tx.send(tx).is_err() {
+                let shared = self.shared.clone();
+                return tokio::task::spawn_blocking(move || shared.sync_all())
+                    .await
+                    .map_err(|e| StorageError::Task(e.to_string()))?;
+            }
+            match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(StorageError::Sync(e)),
+                Err(_) => Err(StorageError::Sync("the syncer stopped".into())),
+            }
+        })
+    }
+}
+
+impl SegmentPartition {
+    pub(crate) fn lock(&self) -> StateGuard<'_> {
+        StateGuard { st: lock(&self.state), summary: &self.summary }
+    }
+
+    fn summary(&self) -> Summary {
+        *lock(&self.summary)
+    }
+
+    /// Writes the producer snapshot when the table changed since the last one (the caller
+    /// holds the state lock): to be done before batches are removed from the front, whose
+    /// producers the index would no longer tell.
+    pub(crate) fn snapshot_producers(&self, st: &mut LogState) -> Result<(), StorageError> {
+        if !st.producers_dirty {
+            return Ok(());
+        }
+        self.index_tree.insert(PRODUCERS_KEY, producers::encode(st.next_offset, &st.producers))?;
+        st.producers_base = Some((st.next_offset, st.producers.clone()));
+        st.producers_dirty = false;
+        Ok(())
+    }
+
+    pub(crate) fn persist_log_start(&self, start: i64) -> Result<(), StorageError> {
+        self.index_tree.insert(START_KEY, &start.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// The bytes of a batch the index refers to.
+    pub(crate) fn load(&self, st: &LogState, base: i64, m: &BatchMeta) -> Result<Option<Bytes>, StorageError> {
+        let Some(seg) = st.segments.get(&m.file) else { return Ok(None) };
+        let mut buf = vec![0u8; m.size as usize];
+        if !seg.file.read_at(&mut buf, m.pos)? {
+            return Ok(None);
+        }
+        let h = BatchHeader::parse(&buf).map_err(|e| damaged(&self.id, base, e))?;
+        batch::check_crc(&buf, &h).map_err(|e| damaged(&self.id, base, e))?;
+        Ok(Some(Bytes::from(buf)))
+    }
+
+    /// Records that `file` was written, for the next sync.
+    fn mark_written(&self, file: &Arc<SegFile>, end: i64) {
+        {
+            let mut p = lock(&self.sync.pending);
+            if !p.files.iter().any(|f| f.no == file.no) {
+                p.files.push(file.clone());
+            }
+            p.end = end;
+        }
+        if !self.sync.queued.swap(true, Ordering::AcqRel) {
+            lock(&self.shared.dirty).push(self.sync.clone());
+        }
+    }
+
+    /// The active file, after starting a new one when `need` more bytes would take it past
+    /// the segment size.
+    fn active_for(&self, st: &mut LogState, need: u64) -> Result<u64, StorageError> {
+        let full = st.segments.get(&st.active).is_none_or(|s| s.len > 0 && s.len + need > self.segment_bytes);
+        if full {
+            let no = st.next_file;
+            let file = segments::create(&self.dir, no)?;
+            st.segments.insert(no, Segment { file, len: 0, live: 0, live_bytes: 0 });
+            st.next_file += 1;
+            st.active = no;
+        }
+        Ok(st.active)
+    }
+
+    /// Writes a new file holding `batches` (in offset order), synced; returns it and each
+    /// batch's position. Used by compaction, without the state lock but for a moment.
+    pub(crate) fn write_file(&self, batches: &[&[u8]]) -> Result<(Arc<SegFile>, Vec<u64>), StorageError> {
+        let no = {
+            let mut st = self.lock();
+            st.next_file += 1;
+            st.next_file - 1
+        };
+        let file = segments::create(&self.dir, no)?;
+        let total: usize = batches.iter().map(|b| b.len()).sum();
+        let mut buf = Vec::with_capacity(total);
+        let mut positions = Vec::with_capacity(batches.len());
+        for b in batches {
+            positions.push(buf.len() as u64);
+            buf.extend_from_slice(b);
+        }
+        file.write_at(&buf, 0)?;
+        file.sync()?;
+        Ok((file, positions))
+    }
+
+    /// Removes index entries (the caller holds the state lock and updates the rest of the
+    /// state); returns the files nothing refers to any more, to delete once the index is
+    /// flushed ([`SegmentPartition::delete_files`]).
+    pub(crate) fn unindex(&self, st: &mut LogState, bases: &[i64]) -> Result<Vec<Arc<SegFile>>, StorageError> {
+        let mut b = sled::Batch::default();
+        for base in bases {
+            b.remove(&base.to_be_bytes());
+        }
+        self.index_tree.apply_batch(b)?;
+        for base in bases {
+            if let Some(m) = st.index.remove(base) {
+                st.bytes -= m.size;
+                if let Some(s) = st.segments.get_mut(&m.file) {
+                    s.live -= 1;
+                    s.live_bytes -= m.size;
+                }
+            }
+        }
+        Ok(self.unused_files(st))
+    }
+
+    /// Takes the files nothing refers to (but the active one) out of the state.
+    pub(crate) fn unused_files(&self, st: &mut LogState) -> Vec<Arc<SegFile>> {
+        let unused: Vec<u64> =
+            st.segments.iter().filter(|(no, s)| s.live == 0 && **no != st.active).map(|(no, _)| *no).collect();
+        unused.iter().filter_map(|no| st.segments.remove(no)).map(|s| s.file).collect()
+    }
+
+    /// Writes index entries (and flushes nothing).
+    pub(crate) fn index_entries(&self, entries: &[(i64, BatchMeta)]) -> Result<(), StorageError> {
+        if let [(base, m)] = entries {
+            self.index_tree.insert(base.to_be_bytes(), &encode_meta(m)[..])?;
+            return Ok(());
+        }
+        let mut b = sled::Batch::default();
+        for (base, m) in entries {
+            b.insert(&base.to_be_bytes(), &encode_meta(m)[..]);
+        }
+        self.index_tree.apply_batch(b)?;
+        Ok(())
+    }
+
+    /// Deletes files once the index no longer referring to them is durable.
+    pub(crate) fn delete_files(&self, files: Vec<Arc<SegFile>>) -> Result<(), StorageError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        self.shared.db.flush()?;
+        for f in &files {
+            f.delete()?;
+        }
+        segments::sync_dir(&self.dir)
+    }
+
+    /// Appends `buf` (whole stamped batches, back to back, described by `items` in order) to
+    /// the active file, then indexes them (the caller holds the state lock), and publishes the
+    /// new end. Nothing is indexed if the write fails, and the next write goes where it went.
+    fn store_locked(
+        &self,
+        st: &mut LogState,
+        buf: &[u8],
+        mut items: Vec<(i64, BatchMeta)>,
+    ) -> Result<(), StorageError> {
+        let no = self.active_for(st, buf.len() as u64)?;
+        let seg = st.segments.get(&no).ok_or_else(|| StorageError::Task(format!("segment file {no} is not open")))?;
+        let (file, at) = (seg.file.clone(), seg.len);
+        file.write_at(buf, at)?;
+        let mut pos = at;
+        for (_, m) in items.iter_mut() {
+            (m.file, m.pos) = (no, pos);
+            pos += m.size;
+        }
+        self.index_entries(&items)?;
+        if let Some(seg) = st.segments.get_mut(&no) {
+            seg.len = at + buf.len() as u64;
+            seg.live += items.len() as u64;
+            seg.live_bytes += buf.len() as u64;
+        }
+        for (base, m) in items {
+            st.bytes += m.size;
+            st.next_offset = m.last_offset + 1;
+            if m.producer_id >= 0 {
+                m.record_producer(base, &mut st.producers, sluice_core::settings::now_ms());
+                st.producers_dirty = true;
+                st.txns.on_batch(base, m.last_offset, m.producer_id, m.attributes);
+            }
+            st.index.insert(base, m);
+        }
+        self.mark_written(&file, st.next_offset);
+        self.end_tx.send_replace(st.next_offset);
+        Ok(())
+    }
+
+    /// Lowers the synced offset to `end` when the log was cut below it: later appends there
+    /// are not synced yet.
+    fn lower_synced(&self, end: i64) -> Result<(), StorageError> {
+        let synced = self.index_tree.get(SYNCED_KEY)?.filter(|v| v.len() == 8).map(|v| be_i64(&v));
+        if synced.is_some_and(|s| s > end) {
+            self.index_tree.insert(SYNCED_KEY, &end.to_be_bytes())?;
+        }
+        lock(&self.sync.pending).end = end;
+        Ok(())
+    }
+}
+
+/// A batch to read: where the index said it was when the read started.
+struct Piece {
+    base: i64,
+    meta: BatchMeta,
+    file: Arc<SegFile>,
+}
+
+impl SegmentPartition {
+    /// Reads batches, one positioned read per run of batches that sit back to back in one
+    /// file. Stops early, without error, where a batch is no longer what the index said (a
+    /// truncation cut or rewrote it since): the reader asks again from there. Returns the
+    /// bytes and the offset after the last batch read.
+    fn read_pieces(&self, pieces: &[Piece]) -> Result<(Bytes, Option<i64>), StorageError> {
+        let total: u64 = pieces.iter().map(|p| p.meta.size).sum();
+        let mut out = BytesMut::zeroed(total as usize);
+        let (mut filled, mut next, mut i) = (0usize, None, 0);
+        'runs: while i < pieces.len() {
+            let first = &pieces[i];
+            let (mut j, mut run) = (i + 1, first.meta.size);
+            while j < pieces.len() && pieces[j].file.no == first.file.no && pieces[j].meta.pos == first.meta.pos + run {
+                run += pieces[j].meta.size;
+                j += 1;
+            }
+            let dst = &mut out[filled..filled + run as usize];
+            if !first.file.read_at(dst, first.meta.pos)? {
+                break;
+            }
+            let mut at = 0usize;
+            for p in &pieces[i..j] {
+                let b = &dst[at..at + p.meta.size as usize];
+                let h = BatchHeader::parse(b).map_err(|e| damaged(&self.id, p.base, e))?;
+                if h.base_offset != p.base || h.total_len() != b.len() {
+                    break 'runs;
+                }
+                batch::check_crc(b, &h).map_err(|e| damaged(&self.id, p.base, e))?;
+                at += b.len();
+                filled += b.len();
+                next = Some(p.meta.last_offset + 1);
+            }
+            i = j;
+        }
+        out.truncate(filled);
+        Ok((out.freeze(), next))
+    }
+}
+
+impl PartitionLog for SegmentPartition {
+    fn id(&self) -> &PartitionId {
+        &self.id
+    }
+
+    fn append_verified(
+        &self,
+        batches: &[u8],
+        config: &TopicConfig,
+        now_ms: i64,
+        leader_epoch: i32,
+        verified: Option<(i64, i16)>,
+    ) -> Result<AppendInfo, StorageError> {
+        // Everything that can refuse the request happens before the lock and before any write:
+        // a request is stored whole or not at all.
+        let parts = batch::split_batches(batches)?;
+        if parts.is_empty() {
+            return Err(batch::BatchError::Malformed("no record batch in the request".into()).into());
+        }
+        for (h, range) in &parts {
+            if h.is_control() {
+                return Err(StorageError::ControlBatch);
+            }
+            if h.is_transactional() && !h.has_producer() {
+                return Err(batch::BatchError::Malformed("a transactional batch needs a producer id".into()).into());
+            }
+            batch::verify_batch(&batches[range.clone()], config.max_message_bytes)?;
+            if config.cleanup_policy.compact {
+                let b = Bytes::copy_from_slice(&batches[range.clone()]);
+                if batch::decode_records(&b)?.iter().any(|r| r.key.is_none()) {
+                    return Err(StorageError::MissingKey);
+                }
+            }
+        }
+        let log_append = config.message_timestamp_type == TimestampType::LogAppendTime;
+        let mut st = self.lock();
+        if let Some(dup) = check_producers(&st.producers, &parts)? {
+            let count = (dup.last_offset - dup.base_offset + 1) as u32;
+            // The original's append time, which its index entry keeps as its max timestamp.
+            let log_append_time = st
+                .index
+                .get(&dup.base_offset)
+                .filter(|m| m.attributes & batch::TIMESTAMP_TYPE_LOG_APPEND != 0)
+                .map_or(-1, |m| m.max_timestamp);
+            return Ok(AppendInfo {
+                base_offset: dup.base_offset,
+                last_offset: dup.last_offset,
+                record_count: count,
+                log_append_time,
+                duplicate: true,
+            });
+        }
+        for (h, _) in parts.iter().filter(|(h, _)| h.is_transactional()) {
+            let id = (h.producer_id, h.producer_epoch);
+            let open_here =
+                st.txns.open_since(id.0).is_some() && st.producers.get(id.0).is_some_and(|e| e.epoch == id.1);
+            if !open_here && verified != Some(id) {
+                return Err(StorageError::NotInTransaction { producer_id: id.0, epoch: id.1 });
+            }
+        }
+        let base_offset = st.next_offset;
+        let mut count = 0u32;
+        let mut items = Vec::with_capacity(parts.len());
+        // One copy of the request, stamped in place and written with one call.
+        let mut buf = Vec::with_capacity(batches.len());
+        for (h, range) in &parts {
+            let at = buf.len();
+            buf.extend_from_slice(&batches[range.clone()]);
+            let v_mut = &mut buf[at..];
+            let base = st.next_offset + count as i64;
+            batch::set_base_offset(v_mut, base);
+            batch::set_partition_leader_epoch(v_mut, leader_epoch);
+            if log_append {
+                batch::set_log_append_time(v_mut, now_ms);
+            }
+            let meta = BatchMeta {
+                last_offset: base + h.last_offset_delta as i64,
+                max_timestamp: if log_append { now_ms } else { h.max_timestamp },
+                size: range.len() as u64,
+                epoch: leader_epoch,
+                producer_id: h.producer_id,
+                producer_epoch: h.producer_epoch,
+                base_sequence: h.base_sequence,
+                attributes: if log_append { h.attributes | batch::TIMESTAMP_TYPE_LOG_APPEND } else { h.attributes },
+                file: 0,
+                pos: 0,
+            };
+            items.push((base, meta));
+            count += h.record_count as u32;
+        }
+        self.store_locked(&mut st, &buf, items)?;
+        drop(st);
+        let end = base_offset + count as i64;
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: end - 1,
+            record_count: count,
+            log_append_time: if log_append { now_ms } else { -1 },
+            duplicate: false,
+        })
+    }
+
+    fn append_replica(&self, batches: &[u8]) -> Result<i64, StorageError> {
+        let parts = batch::split_batches(batches)?;
+        let mut st = self.lock();
+        let mut expected = st.next_offset;
+        let mut items = Vec::with_capacity(parts.len());
+        for (h, range) in &parts {
+            // The leader validated the records (and compaction may have left gaps in offset
+            // deltas that a fresh batch could not have); the CRC still guards the copy.
+            batch::check_crc(&batches[range.clone()], h)?;
+            if h.base_offset != expected {
+                return Err(StorageError::NotContiguous { expected, got: h.base_offset });
+            }
+            expected = h.last_offset() + 1;
+            items.push((h.base_offset, BatchMeta::of_stored(h, &batches[range.clone()])));
+        }
+        if !items.is_empty() {
+            // Written as received: the leader's bytes, back to back.
+            let end = parts.last().map_or(0, |(_, r)| r.end);
+            self.store_locked(&mut st, &batches[..end], items)?;
+        }
+        Ok(st.next_offset)
+    }
+
+    fn truncate(&self, offset: i64) -> Result<i64, StorageError> {
+        let mut st = self.lock();
+        if offset >= st.next_offset {
+            return Ok(st.next_offset);
+        }
+        // A batch is kept whole or not at all: one that straddles `offset` goes too.
+        let cut = st.index.range(..=offset).next_back().filter(|(_, m)| m.last_offset >= offset).map(|(b, _)| *b);
+        let from = cut.unwrap_or(offset);
+        let doomed: Vec<i64> = st.index.range(from..).map(|(b, _)| *b).collect();
+        // The file of the batch now last takes the appends, from the end of that batch on
+        // (what follows it there is what was just removed).
+        let active = st.index.range(..from).next_back().map_or(st.active, |(_, m)| m.file);
+        st.active = active;
+        let unused = self.unindex(&mut st, &doomed)?;
+        let keep = st.index.values().filter(|m| m.file == active).map(|m| m.pos + m.size).max().unwrap_or(0);
+        if let Some(seg) = st.segments.get_mut(&active) {
+            seg.file.set_len(keep)?;
+            seg.len = keep;
+        }
+        st.next_offset = from.max(st.log_start);
+        let end = st.next_offset;
+        if from < st.log_start {
+            st.log_start = end;
+        }
+        self.lower_synced(end)?;
+        st.rebuild_producers();
+        if st.producers_base.as_ref().is_some_and(|(covered, _)| *covered > end) {
+            // The snapshot covers batches that are gone: a rebuild from it would remember
+            // them and skip the index entries written over them. It covers the new end now.
+            self.index_tree.insert(PRODUCERS_KEY, producers::encode(end, &st.producers))?;
+            st.producers_base = Some((end, st.producers.clone()));
+            st.producers_dirty = false;
+        }
+        drop(st);
+        self.delete_files(unused)?;
+        self.end_tx.send_replace(end);
+        tracing::info!(partition = %self.id, end, removed = doomed.len(), "truncated");
+        Ok(end)
+    }
+
+    fn reset(&self, offset: i64) -> Result<(), StorageError> {
+        let mut st = self.lock();
+        let doomed: Vec<i64> = st.index.keys().copied().collect();
+        let mut unused = self.unindex(&mut st, &doomed)?;
+        // Everything goes, the active file too: the log starts again in a new one.
+        let active = st.active;
+        if let Some(old) = st.segments.remove(&active) {
+            unused.push(old.file);
+        }
+        let no = st.next_file;
+        st.segments.insert(no, Segment { file: segments::create(&self.dir, no)?, len: 0, live: 0, live_bytes: 0 });
+        st.next_file += 1;
+        st.active = no;
+        self.persist_log_start(offset)?;
+        self.lower_synced(offset)?;
+        st.bytes = 0;
+        st.log_start = offset;
+        st.next_offset = offset;
+        // What the leader's log holds after `offset` comes with its batches; producers that
+        // only wrote before it are forgotten, as after their expiry.
+        self.index_tree.remove(PRODUCERS_KEY)?;
+        st.producers_base = None;
+        st.rebuild_producers();
+        drop(st);
+        self.delete_files(unused)?;
+        self.end_tx.send_replace(offset);
+        tracing::info!(partition = %self.id, offset, "log reset to a new start");
+        Ok(())
+    }
+
+    fn last_epoch(&self) -> i32 {
+        self.summary().last_epoch
+    }
+
+    fn epoch_end(&self, epoch: i32) -> (i32, i64) {
+        let st = self.lock();
+        // Walk back over the batches of later epochs: the first batch at or below `epoch`
+        // tells which epoch it is, and the batch after it where that epoch ended.
+        let mut end = st.next_offset;
+        for (base, m) in st.index.iter().rev() {
+            if m.epoch <= epoch {
+                return (m.epoch, end);
+            }
+            end = *base;
+        }
+        (-1, st.log_start)
+    }
+
+    fn read_to(&self, offset: i64, max_bytes: usize, max_offset: i64) -> Result<ReadResult, StorageError> {
+        let (pieces, start, end) = {
+            let st = self.lock();
+            if offset < st.log_start || offset > st.next_offset {
+                return Err(StorageError::OffsetOutOfRange { offset, start: st.log_start, end: st.next_offset });
+            }
+            // The batch holding `offset` is the last one whose base is at or below it (unless
+            // compaction emptied the tail of that batch, in which case it ends before offset).
+            let first = st.index.range(..=offset).next_back().filter(|(_, m)| m.last_offset >= offset).map(|(b, _)| *b);
+            let from = first.unwrap_or(offset);
+            let mut pieces = Vec::new();
+            let mut total = 0u64;
+            for (base, m) in st.index.range(from..) {
+                if m.last_offset >= max_offset || (total > 0 && total + m.size > max_bytes as u64) {
+                    break;
+                }
+                let Some(seg) = st.segments.get(&m.file) else { break };
+                total += m.size;
+                pieces.push(Piece { base: *base, meta: *m, file: seg.file.clone() });
+            }
+            (pieces, st.log_start, st.next_offset)
+        };
+        let (batches, next) = self.read_pieces(&pieces)?;
+        Ok(ReadResult {
+            batches,
+            next_offset: next.unwrap_or(offset).max(offset),
+            log_start_offset: start,
+            log_end_offset: end,
+        })
+    }
+
+    fn offsets(&self) -> LogOffsets {
+        self.summary().offsets
+    }
+
+    fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>, StorageError> {
+        let v = {
+            let st = self.lock();
+            let Some((base, m)) = st.index.iter().find(|(_, m)| m.max_timestamp >= timestamp_ms) else {
+                return Ok(None);
+            };
+            let (base, m) = (*base, *m);
+            self.load(&st, base, &m)?
+        };
+        let Some(v) = v else { return Ok(None) };
+        let records = batch::decode_records(&v)?;
+        Ok(records.iter().find(|r| r.timestamp >= timestamp_ms).map(|r| (r.offset, r.timestamp)))
+    }
+
+    fn subscribe(&self) -> watch::Receiver<i64> {
+        self.end_tx.subscribe()
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.summary().bytes
+    }
+
+    fn clean(&self, config: &TopicConfig, now_ms: i64) -> Result<CleanStats, StorageError> {
+        cleaner::clean(self, config, now_ms)
+    }
+
+    fn append_marker(&self, spec: &MarkerSpec, now_ms: i64, leader_epoch: i32) -> Result<AppendInfo, StorageError> {
+        let MarkerSpec { producer_id, producer_epoch, marker, coordinator_epoch, keeps_epoch } = *spec;
+        let data = batch::marker_batch(producer_id, producer_epoch, marker, coordinator_epoch, now_ms)?;
+        let h = BatchHeader::parse(&data)?;
+        let mut st = self.lock();
+        // Written whenever it moves the producer's epoch here, also with nothing open: a
+        // batch the coordinator verified just before it ended the transaction may still be
+        // on its way, and must find its epoch fenced rather than open a transaction nothing
+        // would end. A marker at an epoch already reached is a retry: nothing is written;
+        // unless the producer keeps its epoch and its transaction at that epoch is open here.
+        let ends_open = keeps_epoch && st.txns.open_since(producer_id).is_some();
+        let reached = st.producers.get(producer_id).map(|e| e.epoch);
+        if reached.is_some_and(|e| e > producer_epoch || (e == producer_epoch && !ends_open)) {
+            let end = st.next_offset;
+            return Ok(AppendInfo {
+                base_offset: end,
+                last_offset: end - 1,
+                record_count: 0,
+                log_append_time: -1,
+                duplicate: true,
+            });
+        }
+        let base = st.next_offset;
+        let mut v = data.to_vec();
+        batch::set_base_offset(&mut v, base);
+        batch::set_partition_leader_epoch(&mut v, leader_epoch);
+        let mut meta = BatchMeta::of(&h, v.len());
+        meta.last_offset = base;
+        meta.epoch = leader_epoch;
+        if marker == batch::Marker::Abort {
+            meta.attributes |= ABORT_MARKER;
+        }
+        self.store_locked(&mut st, &v, vec![(base, meta)])?;
+        Ok(AppendInfo { base_offset: base, last_offset: base, record_count: 1, log_append_time: -1, duplicate: false })
+    }
+
+    fn first_unstable_offset(&self) -> i64 {
+        self.summary().first_unstable
+    }
+
+    fn aborted_transactions(&self, from: i64, to: i64) -> Vec<AbortedTxn> {
+        self.lock().txns.aborted(from, to)
+    }
+
+    fn producers(&self) -> Vec<producers::ProducerInfo> {
+        let st = self.lock();
+        st.producers.describe(|id| st.txns.open_since(id))
+    }
+}

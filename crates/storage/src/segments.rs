@@ -1,0 +1,176 @@
+//! The segment files of one partition: append-only files holding RecordBatch v2 bytes exactly
+//! as stored, back to back, named by a number that only grows (`00000000000000000007.log`).
+//!
+//! Where each batch lives (file number, position, size) is the index's business
+//! ([`crate::segment_store`]); this module creates, writes, reads, syncs and deletes files,
+//! and after a crash finds the whole batches written past the last indexed one.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sluice_core::batch::{self, BatchHeader, HEADER_LEN};
+
+use crate::StorageError;
+
+const SUFFIX: &str = ".log";
+
+/// One open segment file.
+#[derive(Debug)]
+pub(crate) struct SegFile {
+    pub no: u64,
+    file: File,
+    path: PathBuf,
+}
+
+impl SegFile {
+    fn io(&self, source: io::Error) -> StorageError {
+        StorageError::Io { path: self.path.display().to_string(), source }
+    }
+
+    /// Writes `buf` at `pos` (the caller knows where the file ends).
+    pub fn write_at(&self, buf: &[u8], pos: u64) -> Result<(), StorageError> {
+        self.file.write_all_at(buf, pos).map_err(|e| self.io(e))
+    }
+
+    /// Fills `buf` from `pos`. `Ok(false)` when the file ends first: the bytes were cut by a
+    /// truncation since the caller looked them up.
+    pub fn read_at(&self, buf: &mut [u8], pos: u64) -> Result<bool, StorageError> {
+        match self.file.read_exact_at(buf, pos) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
+    /// fdatasync: the bytes written so far survive a power loss.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        self.file.sync_data().map_err(|e| self.io(e))
+    }
+
+    pub fn set_len(&self, len: u64) -> Result<(), StorageError> {
+        self.file.set_len(len).map_err(|e| self.io(e))?;
+        self.sync()
+    }
+
+    pub fn len(&self) -> Result<u64, StorageError> {
+        Ok(self.file.metadata().map_err(|e| self.io(e))?.len())
+    }
+
+    /// Unlinks the file. Readers holding it keep reading what it held.
+    pub fn delete(&self) -> Result<(), StorageError> {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io(e)),
+        }
+    }
+}
+
+fn dir_io(dir: &Path, source: io::Error) -> StorageError {
+    StorageError::Io { path: dir.display().to_string(), source }
+}
+
+fn file_path(dir: &Path, no: u64) -> PathBuf {
+    dir.join(format!("{no:020}{SUFFIX}"))
+}
+
+/// Makes a directory's entries (files created or removed in it) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| dir_io(dir, e))
+}
+
+fn open_file(path: PathBuf, no: u64, create: bool) -> Result<Arc<SegFile>, StorageError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StorageError::Io { path: path.display().to_string(), source: e })?;
+    Ok(Arc::new(SegFile { no, file, path }))
+}
+
+/// Creates segment file `no` in `dir` (which it creates too), durably named.
+pub(crate) fn create(dir: &Path, no: u64) -> Result<Arc<SegFile>, StorageError> {
+    std::fs::create_dir_all(dir).map_err(|e| dir_io(dir, e))?;
+    let f = open_file(file_path(dir, no), no, true)?;
+    sync_dir(dir)?;
+    Ok(f)
+}
+
+/// Opens every segment file in `dir` (none when it does not exist), with its length.
+pub(crate) fn open_all(dir: &Path) -> Result<BTreeMap<u64, (Arc<SegFile>, u64)>, StorageError> {
+    let mut out = BTreeMap::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(dir_io(dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| dir_io(dir, e))?;
+        let name = entry.file_name();
+        let Some(no) = name.to_str().and_then(|n| n.strip_suffix(SUFFIX)).and_then(|n| n.parse::<u64>().ok()) else {
+            continue;
+        };
+        let f = open_file(entry.path(), no, false)?;
+        let len = f.len()?;
+        out.insert(no, (f, len));
+    }
+    Ok(out)
+}
+
+/// Removes a partition's directory and everything in it.
+pub(crate) fn remove_dir(dir: &Path) -> Result<(), StorageError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(dir_io(dir, e)),
+    }
+}
+
+/// A whole batch found in a file.
+pub(crate) struct Found {
+    pub pos: u64,
+    pub header: BatchHeader,
+    pub bytes: Vec<u8>,
+}
+
+/// Reads and checks (framing, CRC) the batch at `pos`; `None` when what is there is not a whole,
+/// intact batch (a torn write, zeros, the end of the file).
+pub(crate) fn batch_at(f: &SegFile, pos: u64, file_len: u64) -> Result<Option<Found>, StorageError> {
+    let mut head = [0u8; HEADER_LEN];
+    if pos + HEADER_LEN as u64 > file_len || !f.read_at(&mut head, pos)? {
+        return Ok(None);
+    }
+    let Ok(h) = BatchHeader::parse(&head) else { return Ok(None) };
+    let size = h.total_len() as u64;
+    if pos + size > file_len {
+        return Ok(None);
+    }
+    // The length was read from the file: bounded by the file's size just above.
+    let mut bytes = vec![0u8; size as usize];
+    if !f.read_at(&mut bytes, pos)? || batch::check_crc(&bytes, &h).is_err() {
+        return Ok(None);
+    }
+    Ok(Some(Found { pos, header: h, bytes }))
+}
+
+/// The whole batches from `pos` on, as long as each starts at the offset after the previous
+/// one (`next`, then each batch's next offset): what was written after the last batch the
+/// index knows of. Stops at the first thing that is not such a batch.
+pub(crate) fn scan(f: &SegFile, mut pos: u64, file_len: u64, mut next: i64) -> Result<Vec<Found>, StorageError> {
+    let mut out = Vec::new();
+    while let Some(found) = batch_at(f, pos, file_len)? {
+        if found.header.base_offset != next {
+            break;
+        }
+        next = found.header.next_offset();
+        pos += found.bytes.len() as u64;
+        out.push(found);
+    }
+    Ok(out)
+}
