@@ -20,7 +20,7 @@ use sluice_client::Client;
 use sluice_core::batch::{BatchBuilder, BatchHeader};
 use sluice_core::compression::Compression;
 use sluice_proto::v1::fetch_request::Kind;
-use sluice_proto::v1::{Acks, FetchCredit, FetchRequest, FetchStart, PartitionBatches, ProduceRequest};
+use sluice_proto::v1::{Acks, FetchCredit, FetchRequest, FetchStart, OffsetSpec, PartitionBatches, ProduceRequest};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -208,9 +208,26 @@ async fn ensure_topic(client: &Client, a: &BenchArgs) -> anyhow::Result<u32> {
         Ok(t) => Ok(t.partitions.len() as u32),
         Err(e) if e.code() == Some(tonic::Code::NotFound) => {
             let t = client.create_topic(&a.topic, a.partitions, a.replication_factor, HashMap::new()).await?;
-            Ok(t.partitions.len() as u32)
+            let n = t.partitions.len() as u32;
+            wait_for_leaders(client, &a.topic, n).await?;
+            Ok(n)
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Waits until every partition of a new topic has a leader serving it (its offsets answer),
+/// so that the clock does not count leader elections.
+async fn wait_for_leaders(client: &Client, topic: &str, partitions: u32) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let offsets = client.list_offsets(topic, (0..partitions).collect(), OffsetSpec::Latest, 0).await;
+        match offsets {
+            Ok(o) if o.len() == partitions as usize && o.iter().all(|p| p.log_end_offset >= 0) => return Ok(()),
+            Ok(_) | Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+            Ok(_) => anyhow::bail!("the partitions of '{topic}' still have no leader after 30 s"),
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

@@ -180,7 +180,8 @@ impl Client {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .initial_stream_window_size(Some(8 << 20))
-            .initial_connection_window_size(Some(32 << 20));
+            .initial_connection_window_size(Some(32 << 20))
+            .max_frame_size(Some(sluice_core::HTTP2_MAX_FRAME_BYTES));
         let channel = if addrs.len() == 1 {
             endpoint.connect().await
         } else {

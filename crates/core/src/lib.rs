@@ -16,3 +16,8 @@ pub mod topic;
 pub mod varint;
 
 pub use error::{RemoteError, SluiceError};
+
+/// The largest HTTP/2 frame every Sluice endpoint accepts (servers and clients): batches of
+/// hundreds of KiB cross in a few frames instead of one per 16 KiB (the HTTP/2 default),
+/// which saves a frame header, a flow-control update and a wake-up each.
+pub const HTTP2_MAX_FRAME_BYTES: u32 = 1 << 20;

@@ -490,6 +490,7 @@ pub fn server() -> tonic::transport::Server {
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20))
+        .max_frame_size(Some(sluice_core::HTTP2_MAX_FRAME_BYTES))
 }
 
 /// How long open streams get to finish after the stop signal.

@@ -41,7 +41,8 @@ pub fn service_channel(addr: &str) -> Result<tonic::transport::Channel, String> 
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
         .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(32 << 20));
+        .initial_connection_window_size(Some(32 << 20))
+        .max_frame_size(Some(sluice_core::HTTP2_MAX_FRAME_BYTES));
     Ok(endpoint.connect_lazy())
 }
 

@@ -176,6 +176,8 @@ impl Summary {
 #[derive(Default)]
 struct Pending {
     files: Vec<Arc<SegFile>>,
+    /// Files were created in the partition's directory: it is synced too.
+    new_files: bool,
     /// The log end after the last write.
     end: i64,
 }
@@ -183,6 +185,7 @@ struct Pending {
 /// A partition's part in the store's syncs.
 struct PartitionSync {
     index_tree: sled::Tree,
+    dir: PathBuf,
     /// Whether it is in the store's list of partitions to sync.
     queued: AtomicBool,
     pending: Mutex<Pending>,
@@ -202,12 +205,15 @@ impl Shared {
         let dirty = std::mem::take(&mut *lock(&self.dirty));
         for ps in dirty {
             ps.queued.store(false, Ordering::Release);
-            let (files, end) = {
+            let (files, new_files, end) = {
                 let mut p = lock(&ps.pending);
-                (std::mem::take(&mut p.files), p.end)
+                (std::mem::take(&mut p.files), std::mem::take(&mut p.new_files), p.end)
             };
             for f in &files {
                 f.sync()?;
+            }
+            if new_files {
+                segments::sync_dir(&ps.dir)?;
             }
             ps.index_tree.insert(SYNCED_KEY, &end.to_be_bytes())?;
         }
@@ -434,7 +440,7 @@ fn migrate(
     let old = db.open_tree(old_tree_name(id))?;
     segments::remove_dir(dir)?;
     let mut no = 0;
-    let mut file = segments::create(dir, no)?;
+    let mut file = segments::create(dir, no, true)?;
     let (mut pos, mut moved) = (0u64, 0u64);
     let mut entries = sled::Batch::default();
     for k in idx.iter().keys() {
@@ -453,7 +459,7 @@ fn migrate(
         if pos > 0 && pos + v.len() as u64 > segment_bytes {
             file.sync()?;
             no += 1;
-            file = segments::create(dir, no)?;
+            file = segments::create(dir, no, true)?;
             pos = 0;
         }
         file.write_at(&v, pos)?;
@@ -576,8 +582,9 @@ impl SegmentStore {
         state.producers_dirty = state.producers_base.as_ref().is_none_or(|(_, t)| *t != state.producers);
         let sync = Arc::new(PartitionSync {
             index_tree: index_tree.clone(),
+            dir: dir.clone(),
             queued: AtomicBool::new(false),
-            pending: Mutex::new(Pending { files: Vec::new(), end: next_offset }),
+            pending: Mutex::new(Pending { files: Vec::new(), new_files: false, end: next_offset }),
         });
         let p = Arc::new(SegmentPartition {
             id: id.clone(),
@@ -733,7 +740,7 @@ fn recover(idx: &sled::Tree, dir: &Path, id: &PartitionId) -> Result<Recovered, 
         segs.insert(no, Segment { file: f, len, live: 0, live_bytes: 0 });
     }
     if let std::collections::btree_map::Entry::Vacant(e) = segs.entry(active) {
-        e.insert(Segment { file: segments::create(dir, active)?, len: 0, live: 0, live_bytes: 0 });
+        e.insert(Segment { file: segments::create(dir, active, true)?, len: 0, live: 0, live_bytes: 0 });
     }
     for m in index.values() {
         if let Some(s) = segs.get_mut(&m.file) {
@@ -839,7 +846,10 @@ impl SegmentPartition {
         let full = st.segments.get(&st.active).is_none_or(|s| s.len > 0 && s.len + need > self.segment_bytes);
         if full {
             let no = st.next_file;
-            let file = segments::create(&self.dir, no)?;
+            // Syncing the directory here would stall appends behind the journal commit it
+            // forces; the next sync does it, before it counts on the file.
+            let file = segments::create(&self.dir, no, false)?;
+            lock(&self.sync.pending).new_files = true;
             st.segments.insert(no, Segment { file, len: 0, live: 0, live_bytes: 0 });
             st.next_file += 1;
             st.active = no;
@@ -855,7 +865,7 @@ impl SegmentPartition {
             st.next_file += 1;
             st.next_file - 1
         };
-        let file = segments::create(&self.dir, no)?;
+        let file = segments::create(&self.dir, no, true)?;
         let total: usize = batches.iter().map(|b| b.len()).sum();
         let mut buf = Vec::with_capacity(total);
         let mut positions = Vec::with_capacity(batches.len());
@@ -1194,7 +1204,8 @@ impl PartitionLog for SegmentPartition {
             unused.push(old.file);
         }
         let no = st.next_file;
-        st.segments.insert(no, Segment { file: segments::create(&self.dir, no)?, len: 0, live: 0, live_bytes: 0 });
+        st.segments
+            .insert(no, Segment { file: segments::create(&self.dir, no, true)?, len: 0, live: 0, live_bytes: 0 });
         st.next_file += 1;
         st.active = no;
         self.persist_log_start(offset)?;

@@ -94,11 +94,14 @@ fn open_file(path: PathBuf, no: u64, create: bool) -> Result<Arc<SegFile>, Stora
     Ok(Arc::new(SegFile { no, file, path }))
 }
 
-/// Creates segment file `no` in `dir` (which it creates too), durably named.
-pub(crate) fn create(dir: &Path, no: u64) -> Result<Arc<SegFile>, StorageError> {
+/// Creates segment file `no` in `dir` (which it creates too); with `durable`, its name is
+/// synced at once, otherwise the caller syncs `dir` before it counts on the file's data.
+pub(crate) fn create(dir: &Path, no: u64, durable: bool) -> Result<Arc<SegFile>, StorageError> {
     std::fs::create_dir_all(dir).map_err(|e| dir_io(dir, e))?;
     let f = open_file(file_path(dir, no), no, true)?;
-    sync_dir(dir)?;
+    if durable {
+        sync_dir(dir)?;
+    }
     Ok(f)
 }
 
