@@ -462,7 +462,7 @@ fn migrate(
             file = segments::create(dir, no, true)?;
             pos = 0;
         }
-        file.write_at(&v, pos)?;
+        file.append(&[&v[..]], pos)?;
         let mut m = BatchMeta::of_stored(&h, &v);
         (m.file, m.pos) = (no, pos);
         pos += v.len() as u64;
@@ -873,7 +873,7 @@ impl SegmentPartition {
             positions.push(buf.len() as u64);
             buf.extend_from_slice(b);
         }
-        file.write_at(&buf, 0)?;
+        file.append(&[&buf[..]], 0)?;
         file.sync()?;
         Ok((file, positions))
     }
@@ -932,19 +932,20 @@ impl SegmentPartition {
         segments::sync_dir(&self.dir)
     }
 
-    /// Appends `buf` (whole stamped batches, back to back, described by `items` in order) to
+    /// Appends `bufs` (whole stamped batches, back to back, described by `items` in order) to
     /// the active file, then indexes them (the caller holds the state lock), and publishes the
     /// new end. Nothing is indexed if the write fails, and the next write goes where it went.
     fn store_locked(
         &self,
         st: &mut LogState,
-        buf: &[u8],
+        bufs: &[&[u8]],
         mut items: Vec<(i64, BatchMeta)>,
     ) -> Result<(), StorageError> {
-        let no = self.active_for(st, buf.len() as u64)?;
+        let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+        let no = self.active_for(st, total)?;
         let seg = st.segments.get(&no).ok_or_else(|| StorageError::Task(format!("segment file {no} is not open")))?;
         let (file, at) = (seg.file.clone(), seg.len);
-        file.write_at(buf, at)?;
+        file.append(bufs, at)?;
         let mut pos = at;
         for (_, m) in items.iter_mut() {
             (m.file, m.pos) = (no, pos);
@@ -952,9 +953,9 @@ impl SegmentPartition {
         }
         self.index_entries(&items)?;
         if let Some(seg) = st.segments.get_mut(&no) {
-            seg.len = at + buf.len() as u64;
+            seg.len = at + total;
             seg.live += items.len() as u64;
-            seg.live_bytes += buf.len() as u64;
+            seg.live_bytes += total;
         }
         for (base, m) in items {
             st.bytes += m.size;
@@ -980,6 +981,22 @@ impl SegmentPartition {
         }
         lock(&self.sync.pending).end = end;
         Ok(())
+    }
+}
+
+/// A request's batch, stamped with its offset and epoch: its header alone, or all of it when
+/// a CRC'd field changed.
+enum Stamped {
+    Head([u8; batch::HEADER_LEN]),
+    Whole(Vec<u8>),
+}
+
+impl Stamped {
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Stamped::Head(h) => h,
+            Stamped::Whole(v) => v,
+        }
     }
 }
 
@@ -1092,18 +1109,26 @@ impl PartitionLog for SegmentPartition {
         let base_offset = st.next_offset;
         let mut count = 0u32;
         let mut items = Vec::with_capacity(parts.len());
-        // One copy of the request, stamped in place and written with one call.
-        let mut buf = Vec::with_capacity(batches.len());
+        // The offset and epoch sit before the CRC'd part of the header: only the header is
+        // copied to stamp them, and written beside the request's own bytes. A log-append-time
+        // topic changes a CRC'd field, so its batches are copied whole.
+        let mut stamped = Vec::with_capacity(parts.len());
         for (h, range) in &parts {
-            let at = buf.len();
-            buf.extend_from_slice(&batches[range.clone()]);
-            let v_mut = &mut buf[at..];
             let base = st.next_offset + count as i64;
+            let mut s = if log_append {
+                Stamped::Whole(batches[range.clone()].to_vec())
+            } else {
+                let mut head = [0u8; batch::HEADER_LEN];
+                head.copy_from_slice(&batches[range.start..range.start + batch::HEADER_LEN]);
+                Stamped::Head(head)
+            };
+            let v_mut = s.bytes_mut();
             batch::set_base_offset(v_mut, base);
             batch::set_partition_leader_epoch(v_mut, leader_epoch);
             if log_append {
                 batch::set_log_append_time(v_mut, now_ms);
             }
+            stamped.push(s);
             let meta = BatchMeta {
                 last_offset: base + h.last_offset_delta as i64,
                 max_timestamp: if log_append { now_ms } else { h.max_timestamp },
@@ -1119,7 +1144,17 @@ impl PartitionLog for SegmentPartition {
             items.push((base, meta));
             count += h.record_count as u32;
         }
-        self.store_locked(&mut st, &buf, items)?;
+        let mut bufs: Vec<&[u8]> = Vec::with_capacity(parts.len() * 2);
+        for ((_, range), s) in parts.iter().zip(&stamped) {
+            match s {
+                Stamped::Head(head) => {
+                    bufs.push(head);
+                    bufs.push(&batches[range.start + batch::HEADER_LEN..range.end]);
+                }
+                Stamped::Whole(v) => bufs.push(v),
+            }
+        }
+        self.store_locked(&mut st, &bufs, items)?;
         drop(st);
         let end = base_offset + count as i64;
         Ok(AppendInfo {
@@ -1149,7 +1184,7 @@ impl PartitionLog for SegmentPartition {
         if !items.is_empty() {
             // Written as received: the leader's bytes, back to back.
             let end = parts.last().map_or(0, |(_, r)| r.end);
-            self.store_locked(&mut st, &batches[..end], items)?;
+            self.store_locked(&mut st, &[&batches[..end]], items)?;
         }
         Ok(st.next_offset)
     }
@@ -1336,7 +1371,7 @@ impl PartitionLog for SegmentPartition {
         if marker == batch::Marker::Abort {
             meta.attributes |= ABORT_MARKER;
         }
-        self.store_locked(&mut st, &v, vec![(base, meta)])?;
+        self.store_locked(&mut st, &[&v[..]], vec![(base, meta)])?;
         Ok(AppendInfo { base_offset: base, last_offset: base, record_count: 1, log_append_time: -1, duplicate: false })
     }
 

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, IoSlice, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,9 +31,29 @@ impl SegFile {
         StorageError::Io { path: self.path.display().to_string(), source }
     }
 
-    /// Writes `buf` at `pos` (the caller knows where the file ends).
-    pub fn write_at(&self, buf: &[u8], pos: u64) -> Result<(), StorageError> {
-        self.file.write_all_at(buf, pos).map_err(|e| self.io(e))
+    /// Appends `bufs`, back to back, with as few system calls as the kernel allows (the file
+    /// is opened for appending: what a batch's stamped header and the request's bytes are
+    /// written from need not be joined first). `at` is where the caller knows the file ends;
+    /// bytes a failed write left past it are cut first, so the data lands where the index
+    /// will say.
+    pub fn append(&self, bufs: &[&[u8]], at: u64) -> Result<(), StorageError> {
+        if self.len()? != at {
+            self.file.set_len(at).map_err(|e| self.io(e))?;
+        }
+        let mut slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match (&self.file).write_vectored(rest) {
+                Ok(0) => return Err(self.io(io::ErrorKind::WriteZero.into())),
+                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = self.file.set_len(at);
+                    return Err(self.io(e));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Fills `buf` from `pos`. `Ok(false)` when the file ends first: the bytes were cut by a
@@ -86,7 +106,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 fn open_file(path: PathBuf, no: u64, create: bool) -> Result<Arc<SegFile>, StorageError> {
     let file = OpenOptions::new()
         .read(true)
-        .write(true)
+        .append(true)
         .create(create)
         .truncate(false)
         .open(&path)
