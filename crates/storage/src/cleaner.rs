@@ -88,9 +88,15 @@ fn load(p: &SegmentPartition, base: i64, m: &BatchMeta) -> Result<Option<Bytes>,
     let st = p.lock();
     // The batch may have moved or gone since the caller looked.
     match st.index.get(&base) {
-        Some(now) if (now.file, now.pos) == (m.file, m.pos) => p.load(&st, base, m),
+        Some(now) if same_place(now, m) => p.load(&st, base, m),
         _ => Ok(None),
     }
+}
+
+/// Whether an index entry still describes the batch compaction read. Positions are never
+/// reused (a truncation starts a new file), so the place says it; size and epoch guard it.
+fn same_place(now: &BatchMeta, then: &BatchMeta) -> bool {
+    (now.file, now.pos, now.size, now.epoch) == (then.file, then.pos, then.size, then.epoch)
 }
 
 /// What compaction does to one batch.
@@ -237,7 +243,7 @@ fn apply(p: &SegmentPartition, changes: Vec<(i64, BatchMeta, Change)>) -> Result
             Change::Remove => None,
         };
         // A batch truncation or retention removed since it was read stays removed.
-        if st.index.get(base).is_none_or(|now| (now.file, now.pos) != (m.file, m.pos)) {
+        if st.index.get(base).is_none_or(|now| !same_place(now, m)) {
             continue;
         }
         match (c, &new_file, pos) {

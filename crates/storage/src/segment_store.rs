@@ -47,6 +47,8 @@ const INDEX_PREFIX: &str = "idx/";
 pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 500;
 /// sled page cache when none is configured: it holds the index only.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+/// sled's own segment size, fixed for the life of a database.
+pub const SLED_SEGMENT_BYTES: usize = 8 << 20;
 /// Size at which a partition's active file is closed and a new one started.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 
@@ -180,12 +182,17 @@ struct Pending {
     new_files: bool,
     /// The log end after the last write.
     end: i64,
+    /// The log was cut below a mark a sync in progress may have taken: that sync does not
+    /// record its mark.
+    lowered: bool,
 }
 
 /// A partition's part in the store's syncs.
 struct PartitionSync {
     index_tree: sled::Tree,
     dir: PathBuf,
+    /// The partition was deleted: nothing of it is synced any more.
+    removed: AtomicBool,
     /// Whether it is in the store's list of partitions to sync.
     queued: AtomicBool,
     pending: Mutex<Pending>,
@@ -203,21 +210,55 @@ impl Shared {
     /// then flushes the index.
     fn sync_all(&self) -> Result<(), StorageError> {
         let dirty = std::mem::take(&mut *lock(&self.dirty));
+        let mut first_error = None;
         for ps in dirty {
+            if ps.removed.load(Ordering::Acquire) {
+                continue;
+            }
             ps.queued.store(false, Ordering::Release);
             let (files, new_files, end) = {
                 let mut p = lock(&ps.pending);
+                p.lowered = false;
                 (std::mem::take(&mut p.files), std::mem::take(&mut p.new_files), p.end)
             };
-            for f in &files {
-                f.sync()?;
+            match Self::sync_partition(&ps, &files, new_files, end) {
+                Ok(()) => {}
+                Err(e) => {
+                    // Synced again by the next sync: nothing written is forgotten.
+                    {
+                        let mut p = lock(&ps.pending);
+                        p.files.extend(files);
+                        p.new_files |= new_files;
+                    }
+                    if !ps.queued.swap(true, Ordering::AcqRel) {
+                        lock(&self.dirty).push(ps.clone());
+                    }
+                    first_error.get_or_insert(e);
+                }
             }
-            if new_files {
-                segments::sync_dir(&ps.dir)?;
-            }
-            ps.index_tree.insert(SYNCED_KEY, &end.to_be_bytes())?;
         }
         self.db.flush()?;
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Syncs one partition's files, then records the mark (unless a truncation lowered it
+    /// meanwhile).
+    fn sync_partition(
+        ps: &PartitionSync,
+        files: &[Arc<SegFile>],
+        new_files: bool,
+        end: i64,
+    ) -> Result<(), StorageError> {
+        for f in files {
+            f.sync()?;
+        }
+        if new_files {
+            segments::sync_dir(&ps.dir)?;
+        }
+        let p = lock(&ps.pending);
+        if !p.lowered {
+            ps.index_tree.insert(SYNCED_KEY, &end.to_be_bytes())?;
+        }
         Ok(())
     }
 }
@@ -441,7 +482,7 @@ fn migrate(
     segments::remove_dir(dir)?;
     let mut no = 0;
     let mut file = segments::create(dir, no, true)?;
-    let (mut pos, mut moved) = (0u64, 0u64);
+    let (mut pos, mut moved, mut next) = (0u64, 0u64, 0i64);
     let mut entries = sled::Batch::default();
     for k in idx.iter().keys() {
         let k = k?;
@@ -467,11 +508,12 @@ fn migrate(
         (m.file, m.pos) = (no, pos);
         pos += v.len() as u64;
         moved += 1;
+        next = h.next_offset();
         entries.insert(&k, &encode_meta(&m)[..]);
     }
     file.sync()?;
     idx.apply_batch(entries)?;
-    idx.insert(SYNCED_KEY, &i64::MAX.to_be_bytes())?;
+    idx.insert(SYNCED_KEY, &next.to_be_bytes())?;
     db.flush()?;
     db.drop_tree(old_tree_name(id))?;
     db.flush()?;
@@ -489,10 +531,13 @@ impl SegmentStore {
     /// Opens (or creates) the store under `root`: the index in `root/sled`, the files in
     /// `root/segments/<topic id>/<topic>/<partition>/`.
     pub fn open_with(root: &Path, options: StoreOptions) -> Result<Arc<Self>, StorageError> {
-        // The index is flushed by the syncer only, after the files it refers to.
+        // The index is flushed by the syncer only, after the files it refers to. sled refuses
+        // to open a database with another segment size than it was created with: the size the
+        // layout before ADR 0001 used stays, so that those databases open and migrate.
         let db = sled::Config::new()
             .path(root.join("sled"))
             .cache_capacity(options.cache_bytes)
+            .segment_size(SLED_SEGMENT_BYTES)
             .flush_every_ms(None)
             .open()?;
         let shared = Arc::new(Shared { db, dirty: Mutex::new(Vec::new()) });
@@ -536,12 +581,18 @@ impl SegmentStore {
             return Ok(p.clone());
         }
         let db = &self.shared.db;
+        let is_new = !db.tree_names().iter().any(|n| n == index_tree_name(id).as_bytes());
         let index_tree = db.open_tree(index_tree_name(id))?;
+        if is_new {
+            // A tree sled forgot would make the next start take the partition's files for a
+            // deleted partition's.
+            db.flush()?;
+        }
         let dir = self.partition_dir(id);
         if db.tree_names().iter().any(|n| n == old_tree_name(id).as_bytes()) {
             migrate(db, &index_tree, &dir, id, self.options.segment_bytes)?;
         }
-        let recovered = recover(&index_tree, &dir, id)?;
+        let recovered = recover(db, &index_tree, &dir, id)?;
         let producers_base = match index_tree.get(PRODUCERS_KEY)? {
             Some(v) => {
                 let snap = producers::decode(&v);
@@ -583,8 +634,9 @@ impl SegmentStore {
         let sync = Arc::new(PartitionSync {
             index_tree: index_tree.clone(),
             dir: dir.clone(),
+            removed: AtomicBool::new(false),
             queued: AtomicBool::new(false),
-            pending: Mutex::new(Pending { files: Vec::new(), new_files: false, end: next_offset }),
+            pending: Mutex::new(Pending { files: Vec::new(), new_files: false, end: next_offset, lowered: false }),
         });
         let p = Arc::new(SegmentPartition {
             id: id.clone(),
@@ -652,7 +704,7 @@ struct Recovered {
 /// whose bytes are missing or, beyond the synced offset, damaged go with everything after
 /// them; whole batches after the last entry are indexed; a torn tail is cut; files nothing
 /// refers to are deleted.
-fn recover(idx: &sled::Tree, dir: &Path, id: &PartitionId) -> Result<Recovered, StorageError> {
+fn recover(db: &sled::Db, idx: &sled::Tree, dir: &Path, id: &PartitionId) -> Result<Recovered, StorageError> {
     let mut index = BTreeMap::new();
     for kv in idx.iter() {
         let (k, v) = kv?;
@@ -700,30 +752,36 @@ fn recover(idx: &sled::Tree, dir: &Path, id: &PartitionId) -> Result<Recovered, 
     let mut indexed = 0;
     loop {
         if let Some((f, len)) = files.get_mut(&active) {
-            let found = segments::scan(f, from, *len, next)?;
+            let (found, end) = segments::scan(f, from, *len, next)?;
             for b in &found {
                 let mut m = BatchMeta::of_stored(&b.header, &b.bytes);
                 (m.file, m.pos) = (active, b.pos);
                 changes.insert(&b.header.base_offset.to_be_bytes(), &encode_meta(&m)[..]);
                 index.insert(b.header.base_offset, m);
                 next = b.header.next_offset();
-                from = b.pos + b.bytes.len() as u64;
                 indexed += 1;
             }
-            if from < *len {
-                tracing::warn!(partition = %id, file = active, at = from, bytes = *len - from, "cut a torn tail");
-                f.set_len(from)?;
-                *len = from;
+            if end < *len {
+                tracing::warn!(partition = %id, file = active, at = end, bytes = *len - end, "cut a torn tail");
+                f.set_len(end)?;
+                *len = end;
                 break;
             }
         }
-        // A newer file no entry refers to continues the log when its first batch does.
-        let Some(newer) = files.range(active + 1..).map(|(n, _)| *n).find(|n| !referenced.contains(n)) else { break };
-        let (f, len) = &files[&newer];
-        let Some(first) = segments::batch_at(f, 0, *len)? else { break };
-        if first.header.base_offset != next {
-            break;
+        // A newer file no entry refers to continues the log when its first batch does (the
+        // active one was full); others (a compaction's output the index never pointed to)
+        // are passed over.
+        let mut continuation = None;
+        for (no, (f, len)) in files.range(active + 1..) {
+            if referenced.contains(no) {
+                continue;
+            }
+            if segments::batch_at(f, 0, *len)?.is_some_and(|b| b.header.base_offset == next) {
+                continuation = Some(*no);
+                break;
+            }
         }
+        let Some(newer) = continuation else { break };
         (active, from) = (newer, 0);
     }
     if indexed > 0 {
@@ -748,6 +806,18 @@ fn recover(idx: &sled::Tree, dir: &Path, id: &PartitionId) -> Result<Recovered, 
             s.live_bytes += m.size;
         }
     }
+    // What was found past the synced mark survived in the page cache only: it is synced now,
+    // with the index's repairs, before anything is appended after it.
+    let end = index.values().next_back().map(|m| m.last_offset + 1);
+    if let Some(end) = end.filter(|e| *e > synced) {
+        let unsynced: std::collections::BTreeSet<u64> = index.range(synced..).map(|(_, m)| m.file).collect();
+        for s in unsynced.iter().filter_map(|no| segs.get(no)) {
+            s.file.sync()?;
+        }
+        segments::sync_dir(dir)?;
+        idx.insert(SYNCED_KEY, &end.to_be_bytes())?;
+    }
+    db.flush()?;
     let next_file = segs.keys().next_back().map_or(0, |n| n + 1);
     Ok(Recovered { index, log_start, segments: segs, active, next_file })
 }
@@ -758,7 +828,9 @@ impl LogStore for SegmentStore {
     }
 
     fn remove(&self, id: &PartitionId) -> Result<(), StorageError> {
-        lock(&self.open).remove(id);
+        if let Some(p) = lock(&self.open).remove(id) {
+            p.sync.removed.store(true, Ordering::Release);
+        }
         self.shared.db.drop_tree(index_tree_name(id))?;
         self.shared.db.drop_tree(old_tree_name(id))?;
         self.shared.db.flush()?;
@@ -822,6 +894,15 @@ impl SegmentPartition {
             return Ok(None);
         }
         let h = BatchHeader::parse(&buf).map_err(|e| damaged(&self.id, base, e))?;
+        if h.base_offset != base || h.total_len() != buf.len() {
+            let why = format!(
+                "the index says {} bytes at offset {base}, the file holds a batch of {} at {}",
+                buf.len(),
+                h.total_len(),
+                h.base_offset
+            );
+            return Err(damaged(&self.id, base, batch::BatchError::Malformed(why)));
+        }
         batch::check_crc(&buf, &h).map_err(|e| damaged(&self.id, base, e))?;
         Ok(Some(Bytes::from(buf)))
     }
@@ -975,11 +1056,15 @@ impl SegmentPartition {
     /// Lowers the synced offset to `end` when the log was cut below it: later appends there
     /// are not synced yet.
     fn lower_synced(&self, end: i64) -> Result<(), StorageError> {
+        // Under the pending lock, which a sync holds while it records its mark: a sync that
+        // started before the cut cannot raise the mark again past it.
+        let mut p = lock(&self.sync.pending);
         let synced = self.index_tree.get(SYNCED_KEY)?.filter(|v| v.len() == 8).map(|v| be_i64(&v));
         if synced.is_some_and(|s| s > end) {
             self.index_tree.insert(SYNCED_KEY, &end.to_be_bytes())?;
         }
-        lock(&self.sync.pending).end = end;
+        p.end = p.end.min(end);
+        p.lowered = true;
         Ok(())
     }
 }
@@ -1198,16 +1283,27 @@ impl PartitionLog for SegmentPartition {
         let cut = st.index.range(..=offset).next_back().filter(|(_, m)| m.last_offset >= offset).map(|(b, _)| *b);
         let from = cut.unwrap_or(offset);
         let doomed: Vec<i64> = st.index.range(from..).map(|(b, _)| *b).collect();
-        // The file of the batch now last takes the appends, from the end of that batch on
-        // (what follows it there is what was just removed).
-        let active = st.index.range(..from).next_back().map_or(st.active, |(_, m)| m.file);
-        st.active = active;
-        let unused = self.unindex(&mut st, &doomed)?;
-        let keep = st.index.values().filter(|m| m.file == active).map(|m| m.pos + m.size).max().unwrap_or(0);
-        if let Some(seg) = st.segments.get_mut(&active) {
-            seg.file.set_len(keep)?;
-            seg.len = keep;
+        let last_file = st.index.range(..from).next_back().map(|(_, m)| m.file);
+        let mut unused = self.unindex(&mut st, &doomed)?;
+        // The removed batches' bytes are cut from the file the log now ends in, so that a
+        // restart finds nothing after its last batch there.
+        if let Some(no) = last_file {
+            let keep = st.index.values().filter(|m| m.file == no).map(|m| m.pos + m.size).max().unwrap_or(0);
+            if let Some(seg) = st.segments.get_mut(&no) {
+                seg.file.set_len(keep)?;
+                seg.len = keep;
+            }
         }
+        // Appends go on in a new file: the positions of removed batches are never reused, so
+        // no entry a crash restores, a reader holds or compaction read can point at other
+        // bytes than it did.
+        let no = st.next_file;
+        let file = segments::create(&self.dir, no, false)?;
+        lock(&self.sync.pending).new_files = true;
+        st.segments.insert(no, Segment { file, len: 0, live: 0, live_bytes: 0 });
+        st.next_file += 1;
+        st.active = no;
+        unused.extend(self.unused_files(&mut st));
         st.next_offset = from.max(st.log_start);
         let end = st.next_offset;
         if from < st.log_start {
@@ -1222,6 +1318,8 @@ impl PartitionLog for SegmentPartition {
             st.producers_base = Some((end, st.producers.clone()));
             st.producers_dirty = false;
         }
+        // Durable before anything is appended after it.
+        self.shared.db.flush()?;
         drop(st);
         self.delete_files(unused)?;
         self.end_tx.send_replace(end);

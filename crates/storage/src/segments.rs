@@ -182,18 +182,22 @@ pub(crate) fn batch_at(f: &SegFile, pos: u64, file_len: u64) -> Result<Option<Fo
     Ok(Some(Found { pos, header: h, bytes }))
 }
 
-/// The whole batches from `pos` on, as long as each starts at the offset after the previous
-/// one (`next`, then each batch's next offset): what was written after the last batch the
-/// index knows of. Stops at the first thing that is not such a batch.
-pub(crate) fn scan(f: &SegFile, mut pos: u64, file_len: u64, mut next: i64) -> Result<Vec<Found>, StorageError> {
+/// The whole batches from `pos` on that continue the log at `next` (then each one's next
+/// offset): what was written after the last batch the index knows of. Whole batches below
+/// `next` are passed over (batches retention or compaction already removed, before the ones
+/// appended after them). Stops at the first thing that is neither; returns the batches and
+/// where the whole batches end.
+pub(crate) fn scan(f: &SegFile, mut pos: u64, file_len: u64, mut next: i64) -> Result<(Vec<Found>, u64), StorageError> {
     let mut out = Vec::new();
     while let Some(found) = batch_at(f, pos, file_len)? {
-        if found.header.base_offset != next {
+        if found.header.base_offset > next {
             break;
         }
-        next = found.header.next_offset();
         pos += found.bytes.len() as u64;
-        out.push(found);
+        if found.header.base_offset == next {
+            next = found.header.next_offset();
+            out.push(found);
+        }
     }
-    Ok(out)
+    Ok((out, pos))
 }

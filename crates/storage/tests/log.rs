@@ -8,12 +8,17 @@ use sluice_core::compression::Compression;
 use sluice_core::topic::TopicConfig;
 use sluice_storage::{LogStore, MarkerSpec, PartitionId, SegmentStore, StorageError, StoreOptions};
 
-/// Opens the store again after a drop. sled's background I/O threads may still hold the
-/// database's lock file for a moment, so poll with a deadline.
+/// Opens the store again after a drop, with default tuning.
 async fn reopen(dir: &std::path::Path) -> std::sync::Arc<SegmentStore> {
+    reopen_with(dir, StoreOptions::default()).await
+}
+
+/// Opens the store again after a drop, tuned by `options`. sled's background I/O threads may
+/// still hold the database's lock file for a moment, so poll with a deadline.
+async fn reopen_with(dir: &std::path::Path, options: StoreOptions) -> std::sync::Arc<SegmentStore> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match SegmentStore::open(dir) {
+        match SegmentStore::open_with(dir, options) {
             Ok(s) => return s,
             Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("could not acquire lock") => {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -554,19 +559,6 @@ fn small_segments(bytes: u64) -> StoreOptions {
     StoreOptions { segment_bytes: bytes, ..StoreOptions::default() }
 }
 
-async fn reopen_with(dir: &std::path::Path, options: StoreOptions) -> std::sync::Arc<SegmentStore> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match SegmentStore::open_with(dir, options) {
-            Ok(s) => return s,
-            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("could not acquire lock") => {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("reopen: {e}"),
-        }
-    }
-}
-
 #[tokio::test]
 async fn segment_files_roll_at_their_size_and_retention_deletes_them_whole() {
     let dir = tempfile::tempdir().unwrap();
@@ -656,7 +648,11 @@ async fn a_partition_in_the_old_layout_is_moved_to_segment_files() {
     let dir = tempfile::tempdir().unwrap();
     {
         // Before ADR 0001: one sled value per batch, keyed by base offset, and an index tree.
-        let db = sled::open(dir.path().join("sled")).unwrap();
+        let db = sled::Config::new()
+            .path(dir.path().join("sled"))
+            .segment_size(sluice_storage::segment_store::SLED_SEGMENT_BYTES)
+            .open()
+            .unwrap();
         let data = db.open_tree("log/7/t/0").unwrap();
         let idx = db.open_tree("idx/7/t/0").unwrap();
         for i in 0..3i64 {
@@ -708,4 +704,29 @@ async fn compaction_gives_back_the_space_of_mostly_dead_files() {
     let log = store.open(&pid()).unwrap();
     assert_eq!(all_records(&*log, 0), expected);
     assert_eq!(log.offsets().log_end_offset, 60);
+}
+
+#[tokio::test]
+async fn a_truncated_log_goes_on_in_a_new_file_and_reopens_with_the_new_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TopicConfig::default();
+    {
+        let store = SegmentStore::open(dir.path()).unwrap();
+        let log = store.open(&pid()).unwrap();
+        for v in ["a", "b", "c"] {
+            log.append(&batch(&[(None, Some(v), 1)], Compression::None), &cfg, 0, 0).unwrap();
+        }
+        assert_eq!(log.truncate(1).unwrap(), 1);
+        // The removed batches' positions are never written again: a new file takes the appends.
+        assert_eq!(segment_files(dir.path()).len(), 2);
+        for v in ["x", "y"] {
+            log.append(&batch(&[(None, Some(v), 2)], Compression::None), &cfg, 0, 1).unwrap();
+        }
+        assert_eq!(log.epoch_end(0), (0, 1));
+    }
+    let store = reopen(dir.path()).await;
+    let log = store.open(&pid()).unwrap();
+    let values: Vec<_> = all_records(&*log, 0).into_iter().map(|r| (r.0, r.2.unwrap())).collect();
+    assert_eq!(values, [(0, "a".to_string()), (1, "x".to_string()), (2, "y".to_string())]);
+    assert_eq!((log.last_epoch(), log.epoch_end(0)), (1, (0, 1)));
 }
