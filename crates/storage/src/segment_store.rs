@@ -581,13 +581,9 @@ impl SegmentStore {
             return Ok(p.clone());
         }
         let db = &self.shared.db;
-        let is_new = !db.tree_names().iter().any(|n| n == index_tree_name(id).as_bytes());
+        // Not flushed here: a new partition becomes leader without waiting for a flush; its
+        // tree is durable with the first sync (at most `flush_interval_ms` later).
         let index_tree = db.open_tree(index_tree_name(id))?;
-        if is_new {
-            // A tree sled forgot would make the next start take the partition's files for a
-            // deleted partition's.
-            db.flush()?;
-        }
         let dir = self.partition_dir(id);
         if db.tree_names().iter().any(|n| n == old_tree_name(id).as_bytes()) {
             migrate(db, &index_tree, &dir, id, self.options.segment_bytes)?;
@@ -605,7 +601,7 @@ impl SegmentStore {
             }
             None => None,
         };
-        let Recovered { index, log_start, segments, active, next_file } = recovered;
+        let Recovered { index, log_start, segments, active, next_file, new_file } = recovered;
         let bytes = index.values().map(|m| m.size).sum();
         let end = index.values().next_back().map(|m| m.last_offset + 1).unwrap_or(0);
         let next_offset = end.max(log_start.unwrap_or(0));
@@ -636,7 +632,7 @@ impl SegmentStore {
             dir: dir.clone(),
             removed: AtomicBool::new(false),
             queued: AtomicBool::new(false),
-            pending: Mutex::new(Pending { files: Vec::new(), new_files: false, end: next_offset, lowered: false }),
+            pending: Mutex::new(Pending { files: Vec::new(), new_files: new_file, end: next_offset, lowered: false }),
         });
         let p = Arc::new(SegmentPartition {
             id: id.clone(),
@@ -698,6 +694,8 @@ struct Recovered {
     segments: BTreeMap<u64, Segment>,
     active: u64,
     next_file: u64,
+    /// The active file was just created: the next sync makes its name durable.
+    new_file: bool,
 }
 
 /// Reads a partition's index and files and makes them agree (see the module doc): entries
@@ -731,6 +729,7 @@ fn recover(db: &sled::Db, idx: &sled::Tree, dir: &Path, id: &PartitionId) -> Res
         }
     }
     let mut changes = sled::Batch::default();
+    let mut changed = false;
     if let Some(cut) = cut {
         let doomed: Vec<i64> = index.range(cut..).map(|(b, _)| *b).collect();
         tracing::warn!(partition = %id, from = cut, batches = doomed.len(), "index entries whose bytes are not on disk dropped");
@@ -738,6 +737,7 @@ fn recover(db: &sled::Db, idx: &sled::Tree, dir: &Path, id: &PartitionId) -> Res
             index.remove(&b);
             changes.remove(&b.to_be_bytes());
         }
+        changed = true;
     }
     // The file the last batch is in takes the appends; whole batches after it (and in newer
     // files that nothing refers to, when it was full) are what the index had not recorded.
@@ -760,6 +760,7 @@ fn recover(db: &sled::Db, idx: &sled::Tree, dir: &Path, id: &PartitionId) -> Res
                 index.insert(b.header.base_offset, m);
                 next = b.header.next_offset();
                 indexed += 1;
+                changed = true;
             }
             if end < *len {
                 tracing::warn!(partition = %id, file = active, at = end, bytes = *len - end, "cut a torn tail");
@@ -793,12 +794,16 @@ fn recover(db: &sled::Db, idx: &sled::Tree, dir: &Path, id: &PartitionId) -> Res
         let used = index.values().any(|m| m.file == no);
         if !used && no != active {
             f.delete()?;
+            changed = true;
             continue;
         }
         segs.insert(no, Segment { file: f, len, live: 0, live_bytes: 0 });
     }
+    let mut new_file = false;
     if let std::collections::btree_map::Entry::Vacant(e) = segs.entry(active) {
-        e.insert(Segment { file: segments::create(dir, active, true)?, len: 0, live: 0, live_bytes: 0 });
+        // Its name is made durable by the first sync (the partition is new or empty).
+        e.insert(Segment { file: segments::create(dir, active, false)?, len: 0, live: 0, live_bytes: 0 });
+        new_file = true;
     }
     for m in index.values() {
         if let Some(s) = segs.get_mut(&m.file) {
@@ -816,10 +821,14 @@ fn recover(db: &sled::Db, idx: &sled::Tree, dir: &Path, id: &PartitionId) -> Res
         }
         segments::sync_dir(dir)?;
         idx.insert(SYNCED_KEY, &end.to_be_bytes())?;
+        changed = true;
     }
-    db.flush()?;
+    if changed {
+        // The repairs are durable before anything is appended after them.
+        db.flush()?;
+    }
     let next_file = segs.keys().next_back().map_or(0, |n| n + 1);
-    Ok(Recovered { index, log_start, segments: segs, active, next_file })
+    Ok(Recovered { index, log_start, segments: segs, active, next_file, new_file })
 }
 
 impl LogStore for SegmentStore {
