@@ -935,16 +935,21 @@ impl SegmentPartition {
     fn active_for(&self, st: &mut LogState, need: u64) -> Result<u64, StorageError> {
         let full = st.segments.get(&st.active).is_none_or(|s| s.len > 0 && s.len + need > self.segment_bytes);
         if full {
-            let no = st.next_file;
-            // Syncing the directory here would stall appends behind the journal commit it
-            // forces; the next sync does it, before it counts on the file.
-            let file = segments::create(&self.dir, no, false)?;
-            lock(&self.sync.pending).new_files = true;
-            st.segments.insert(no, Segment { file, len: 0, live: 0, live_bytes: 0 });
-            st.next_file += 1;
-            st.active = no;
+            self.start_file(st)?;
         }
         Ok(st.active)
+    }
+
+    /// Starts a new active file. Syncing the directory here would stall appends behind the
+    /// journal commit it forces; the next sync does it, before it counts on the file.
+    fn start_file(&self, st: &mut LogState) -> Result<(), StorageError> {
+        let no = st.next_file;
+        let file = segments::create(&self.dir, no, false)?;
+        lock(&self.sync.pending).new_files = true;
+        st.segments.insert(no, Segment { file, len: 0, live: 0, live_bytes: 0 });
+        st.next_file += 1;
+        st.active = no;
+        Ok(())
     }
 
     /// Writes a new file holding `batches` (in offset order), synced; returns it and each
@@ -1306,12 +1311,7 @@ impl PartitionLog for SegmentPartition {
         // Appends go on in a new file: the positions of removed batches are never reused, so
         // no entry a crash restores, a reader holds or compaction read can point at other
         // bytes than it did.
-        let no = st.next_file;
-        let file = segments::create(&self.dir, no, false)?;
-        lock(&self.sync.pending).new_files = true;
-        st.segments.insert(no, Segment { file, len: 0, live: 0, live_bytes: 0 });
-        st.next_file += 1;
-        st.active = no;
+        self.start_file(&mut st)?;
         unused.extend(self.unused_files(&mut st));
         st.next_offset = from.max(st.log_start);
         let end = st.next_offset;
