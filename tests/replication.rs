@@ -227,9 +227,19 @@ fn spawn_reader(
 ) -> tokio::task::JoinHandle<Vec<(u32, i64, String)>> {
     let topic = topic.to_string();
     tokio::spawn(async move {
-        let mut c = Consumer::assign(client, &topic, &[], StartFrom::Earliest, ConsumerConfig::default())
-            .await
-            .expect("assign");
+        // Right after the topic's creation a leader may not serve yet (a retriable error;
+        // Consumer::assign does not retry it by itself: see the closing note of issue 16).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut c = loop {
+            match Consumer::assign(client.clone(), &topic, &[], StartFrom::Earliest, ConsumerConfig::default()).await {
+                Ok(c) => break c,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    eprintln!("assign: {e}; again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("assign: {e}"),
+            }
+        };
         let mut seen = Vec::new();
         while !stop.load(Ordering::Relaxed) {
             let recs = c.poll(Duration::from_millis(500)).await.expect("the consumer rides through failovers");
