@@ -115,8 +115,8 @@ pub async fn run(a: DevArgs) -> anyhow::Result<ExitCode> {
         stop.trigger();
     });
     sluice_runtime::serve(router, listener, shutdown).await?;
-    // Everything appended is made durable before the process ends.
-    node.sync().await?;
+    // Everything appended, and the index, is made durable before the process ends.
+    node.checkpoint().await?;
     telemetry.shutdown().await;
     println!("Sluice dev stopped.");
     Ok(ExitCode::SUCCESS)

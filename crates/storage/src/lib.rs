@@ -221,6 +221,12 @@ pub trait LogStore: Send + Sync {
     fn list(&self) -> Result<Vec<PartitionId>, StorageError>;
     /// Makes every append done so far durable. Concurrent callers share one flush.
     fn sync(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send + '_>>;
+    /// Makes every append and everything a restart reads durable (before a process stops, so
+    /// that the next start has nothing to rebuild). A store whose sync already does that need
+    /// not override it.
+    fn checkpoint(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send + '_>> {
+        self.sync()
+    }
 }
 
 /// Runs blocking storage work on tokio's blocking pool.
@@ -338,5 +344,10 @@ impl AsyncStore {
     /// Makes every append done so far durable; concurrent callers share one flush.
     pub async fn sync(&self) -> Result<(), StorageError> {
         self.0.sync().await
+    }
+
+    /// Makes everything durable, the index included (see [`LogStore::checkpoint`]).
+    pub async fn checkpoint(&self) -> Result<(), StorageError> {
+        self.0.checkpoint().await
     }
 }

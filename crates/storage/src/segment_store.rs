@@ -5,14 +5,17 @@
 //! the files are known to be synced.
 //!
 //! Durability. An append writes the batch bytes to the active file, then their index entries
-//! to sled; neither is synced then. A sync (acks=all, and every `flush_interval_ms`)
-//! fdatasyncs the files written since the last one, records in each partition's index the
-//! offset they are synced up to, then flushes sled: an index entry becomes durable only after
-//! its bytes. Opening a partition reconciles the two after a crash: an entry whose bytes are
-//! not all in its file, or that lies beyond the synced offset and fails its CRC, is dropped
-//! with everything after it; whole batches written after the last entry (a process killed
-//! between the two writes) are indexed; a torn tail is cut. A file is deleted only once the
-//! index that no longer refers to it has been flushed.
+//! to sled; neither is synced then. A sync (acks=all) fdatasyncs the files written since the
+//! last one and records in each partition's index the offset they are synced up to: the
+//! acknowledged bytes are durable, their index entries not necessarily. Every
+//! `flush_interval_ms` a checkpoint does the same, then flushes sled: an index entry becomes
+//! durable only after its bytes. A sync flushes sled too when a partition's tree is new (so that
+//! a restart does not take its files for a deleted partition's). Opening a partition reconciles
+//! the two after a crash: an entry whose bytes are not all in its file, or that lies beyond
+//! the synced offset and fails its CRC, is dropped with everything after it; whole batches
+//! written after the last entry (synced but not indexed yet, or a process killed between the
+//! two writes) are indexed; a torn tail is cut. A file is deleted only once the index that no
+//! longer refers to it has been flushed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -182,9 +185,23 @@ struct Pending {
     new_files: bool,
     /// The log end after the last write.
     end: i64,
-    /// The log was cut below a mark a sync in progress may have taken: that sync does not
-    /// record its mark.
-    lowered: bool,
+    /// How many times the log was cut below its synced mark: a sync that took its part before
+    /// a cut does not record its mark.
+    cuts: u64,
+    /// The last synced mark recorded: a sync that ends after a later one does not lower it.
+    marked: i64,
+    /// The partition's index tree was created and sled not flushed since: until it is, a
+    /// restart would not know the partition, so the next sync flushes sled.
+    new_tree: bool,
+}
+
+/// How far a sync goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncKind {
+    /// The bytes of every append (acks=all): the index is rebuilt from the files after a crash.
+    Data,
+    /// The bytes, then the index (the periodic checkpoint, and before a process stops).
+    Checkpoint,
 }
 
 /// A partition's part in the store's syncs.
@@ -206,58 +223,93 @@ struct Shared {
 }
 
 impl Shared {
-    /// Syncs the files written since the last sync, records how far each partition is synced,
-    /// then flushes the index.
-    fn sync_all(&self) -> Result<(), StorageError> {
+    /// Syncs the files written since the last sync and records how far each partition is
+    /// synced; then flushes the index for a checkpoint or when a partition's tree is new.
+    fn sync_all(&self, kind: SyncKind) -> Result<(), StorageError> {
+        let started = std::time::Instant::now();
         let dirty = std::mem::take(&mut *lock(&self.dirty));
         let mut first_error = None;
+        let mut flush_index = kind == SyncKind::Checkpoint;
+        let mut jobs = Vec::with_capacity(dirty.len());
         for ps in dirty {
             if ps.removed.load(Ordering::Acquire) {
                 continue;
             }
             ps.queued.store(false, Ordering::Release);
-            let (files, new_files, end) = {
+            let (files, new_files, end, new_tree, cuts) = {
                 let mut p = lock(&ps.pending);
-                p.lowered = false;
-                (std::mem::take(&mut p.files), std::mem::take(&mut p.new_files), p.end)
+                let new_tree = std::mem::take(&mut p.new_tree);
+                (std::mem::take(&mut p.files), std::mem::take(&mut p.new_files), p.end, new_tree, p.cuts)
             };
-            match Self::sync_partition(&ps, &files, new_files, end) {
-                Ok(()) => {}
-                Err(e) => {
-                    // Synced again by the next sync: nothing written is forgotten.
-                    {
-                        let mut p = lock(&ps.pending);
-                        p.files.extend(files);
-                        p.new_files |= new_files;
-                    }
-                    if !ps.queued.swap(true, Ordering::AcqRel) {
-                        lock(&self.dirty).push(ps.clone());
-                    }
-                    first_error.get_or_insert(e);
+            let job = Job { ps, files, new_files, end, new_tree, cuts };
+            flush_index |= job.new_tree;
+            jobs.push(job);
+        }
+        // The partitions' files are synced side by side: the device takes the writes of all
+        // of them at once, and their journal commits are shared.
+        let results: Vec<Result<(), StorageError>> =
+            match jobs.len() {
+                0 => Vec::new(),
+                1 => vec![jobs[0].run()],
+                _ => std::thread::scope(|s| {
+                    let handles: Vec<_> = jobs[1..].iter().map(|j| s.spawn(move || j.run())).collect();
+                    let mut out = vec![jobs[0].run()];
+                    out.extend(handles.into_iter().map(|h| {
+                        h.join().unwrap_or_else(|_| Err(StorageError::Task("a sync thread panicked".into())))
+                    }));
+                    out
+                }),
+            };
+        for (job, res) in jobs.into_iter().zip(results) {
+            if let Err(e) = res {
+                // Synced again by the next sync: nothing written is forgotten.
+                let ps = job.ps;
+                {
+                    let mut p = lock(&ps.pending);
+                    p.files.extend(job.files);
+                    p.new_files |= job.new_files;
+                    p.new_tree |= job.new_tree;
                 }
+                if !ps.queued.swap(true, Ordering::AcqRel) {
+                    lock(&self.dirty).push(ps.clone());
+                }
+                first_error.get_or_insert(e);
             }
         }
-        self.db.flush()?;
+        let files_done = started.elapsed();
+        if flush_index {
+            self.db.flush()?;
+        }
+        tracing::trace!(?kind, files = ?files_done, index = ?started.elapsed() - files_done, "synced");
         first_error.map_or(Ok(()), Err)
     }
+}
 
-    /// Syncs one partition's files, then records the mark (unless a truncation lowered it
-    /// meanwhile).
-    fn sync_partition(
-        ps: &PartitionSync,
-        files: &[Arc<SegFile>],
-        new_files: bool,
-        end: i64,
-    ) -> Result<(), StorageError> {
-        for f in files {
+/// One partition's part of a sync: what it wrote since the last one.
+struct Job {
+    ps: Arc<PartitionSync>,
+    files: Vec<Arc<SegFile>>,
+    new_files: bool,
+    end: i64,
+    new_tree: bool,
+    /// The partition's cuts when the job was taken.
+    cuts: u64,
+}
+
+impl Job {
+    /// Syncs the partition's files, then records the mark (unless a truncation lowered it
+    /// meanwhile, or a sync that started later already recorded a higher one).
+    fn run(&self) -> Result<(), StorageError> {
+        for f in &self.files {
             f.sync()?;
         }
-        if new_files {
-            segments::sync_dir(&ps.dir)?;
+        if self.new_files {
+            segments::sync_dir(&self.ps.dir)?;
         }
-        let p = lock(&ps.pending);
-        if !p.lowered {
-            ps.index_tree.insert(SYNCED_KEY, &end.to_be_bytes())?;
+        let mut p = lock(&self.ps.pending);
+        if p.cuts == self.cuts && self.end > p.marked {
+            self.ps.index_tree.insert(SYNCED_KEY, &self.end.to_be_bytes())?;
+            p.marked = self.end;
         }
         Ok(())
     }
@@ -317,7 +369,7 @@ pub struct SegmentStore {
     shared: Arc<Shared>,
     options: StoreOptions,
     open: Mutex<HashMap<PartitionId, Arc<SegmentPartition>>>,
-    flush_tx: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+    flush_tx: mpsc::UnboundedSender<SyncRequest>,
 }
 
 /// Each partition's index tree maps the 8-byte big-endian base offset of every batch to
@@ -583,6 +635,7 @@ impl SegmentStore {
         let db = &self.shared.db;
         // Not flushed here: a new partition becomes leader without waiting for a flush; its
         // tree is durable with the first sync (at most `flush_interval_ms` later).
+        let new_tree = !db.tree_names().iter().any(|n| n == index_tree_name(id).as_bytes());
         let index_tree = db.open_tree(index_tree_name(id))?;
         let dir = self.partition_dir(id);
         if db.tree_names().iter().any(|n| n == old_tree_name(id).as_bytes()) {
@@ -632,7 +685,13 @@ impl SegmentStore {
             dir: dir.clone(),
             removed: AtomicBool::new(false),
             queued: AtomicBool::new(false),
-            pending: Mutex::new(Pending { files: Vec::new(), new_files: new_file, end: next_offset, lowered: false }),
+            pending: Mutex::new(Pending {
+                new_files: new_file,
+                end: next_offset,
+                new_tree,
+                marked: i64::MIN,
+                ..Pending::default()
+            }),
         });
         let p = Arc::new(SegmentPartition {
             id: id.clone(),
@@ -650,40 +709,70 @@ impl SegmentStore {
     }
 }
 
-/// Syncs for waiters (acks=all), sharing one sync among all who asked while the last ran, and
-/// every `interval_ms` (when not 0). Holds the store only while syncing, so that dropping the
-/// store closes the database.
-async fn syncer(
-    shared: Weak<Shared>,
-    mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), String>>>,
-    interval_ms: u64,
-) {
-    let mut tick = tokio::time::interval(Duration::from_millis(interval_ms.max(1)));
+/// A request to the syncer: how far to sync, and where to answer.
+type SyncRequest = (SyncKind, oneshot::Sender<Result<(), String>>);
+
+/// Syncs that may run at once. A sync that starts while another runs covers the appends made
+/// since that one started, without waiting for it to end: the device always has writes to do,
+/// and a waiter waits for about one sync, not one and a half. Concurrent syncs are safe: each
+/// fdatasync covers every byte written before it was called, whoever else syncs the file.
+const SYNCS_AT_ONCE: usize = 2;
+
+/// Syncs for waiters (acks=all), sharing one sync among all who asked while the others ran,
+/// and checkpoints every `interval_ms` (when not 0): a sync that finds the last checkpoint that
+/// old checkpoints, whether a waiter or the timer started it. Holds the store only while
+/// syncing, so that dropping the store closes the database.
+async fn syncer(shared: Weak<Shared>, mut rx: mpsc::UnboundedReceiver<SyncRequest>, interval_ms: u64) {
+    let interval = Duration::from_millis(interval_ms.max(1));
+    let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    loop {
-        let mut waiters = Vec::new();
+    let mut last_checkpoint = tokio::time::Instant::now();
+    let mut running = tokio::task::JoinSet::new();
+    let mut waiters: Vec<SyncRequest> = Vec::new();
+    let mut checkpoint_due = false;
+    let mut open = true;
+    while open || !running.is_empty() {
         tokio::select! {
-            w = rx.recv() => match w {
+            w = rx.recv(), if open => match w {
                 Some(w) => waiters.push(w),
-                None => break,
+                None => open = false,
             },
-            _ = tick.tick(), if interval_ms > 0 => {}
+            _ = tick.tick(), if interval_ms > 0 => checkpoint_due = true,
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                let (res, answered): (Result<(), String>, Vec<SyncRequest>) = done.unwrap_or_else(|e| (Err(e.to_string()), Vec::new()));
+                if let Err(e) = &res {
+                    tracing::error!(error = %e, "sync to disk failed");
+                }
+                for (_, w) in answered {
+                    let _ = w.send(res.clone());
+                }
+            }
         }
         while let Ok(w) = rx.try_recv() {
             waiters.push(w);
         }
+        if (waiters.is_empty() && !(checkpoint_due && open)) || running.len() >= SYNCS_AT_ONCE {
+            continue;
+        }
+        let mut kind = SyncKind::Data;
+        if checkpoint_due
+            || waiters.iter().any(|(k, _)| *k == SyncKind::Checkpoint)
+            || (interval_ms > 0 && last_checkpoint.elapsed() >= interval)
+        {
+            kind = SyncKind::Checkpoint;
+            checkpoint_due = false;
+            last_checkpoint = tokio::time::Instant::now();
+        }
         let Some(shared) = shared.upgrade() else { break };
-        let res = tokio::task::spawn_blocking(move || shared.sync_all())
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        if let Err(e) = &res {
-            tracing::error!(error = %e, "sync to disk failed");
-        }
-        for w in waiters {
-            let _ = w.send(res.clone());
-        }
+        let answered = std::mem::take(&mut waiters);
+        running.spawn(async move {
+            let res = tokio::task::spawn_blocking(move || shared.sync_all(kind))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            (res, answered)
+        });
     }
 }
 
@@ -752,8 +841,8 @@ fn recover(db: &sled::Db, idx: &sled::Tree, dir: &Path, id: &PartitionId) -> Res
     let mut indexed = 0;
     loop {
         if let Some((f, len)) = files.get_mut(&active) {
-            let (found, end) = segments::scan(f, from, *len, next)?;
-            for b in &found {
+            let start = next;
+            let end = segments::scan(f, from, *len, start, |b| {
                 let mut m = BatchMeta::of_stored(&b.header, &b.bytes);
                 (m.file, m.pos) = (active, b.pos);
                 changes.insert(&b.header.base_offset.to_be_bytes(), &encode_meta(&m)[..]);
@@ -761,7 +850,7 @@ fn recover(db: &sled::Db, idx: &sled::Tree, dir: &Path, id: &PartitionId) -> Res
                 next = b.header.next_offset();
                 indexed += 1;
                 changed = true;
-            }
+            })?;
             if end < *len {
                 tracing::warn!(partition = %id, file = active, at = end, bytes = *len - end, "cut a torn tail");
                 f.set_len(end)?;
@@ -851,20 +940,28 @@ impl LogStore for SegmentStore {
     }
 
     fn sync(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send + '_>> {
-        Box::pin(async move {
-            let (tx, rx) = oneshot::channel();
-            if self.flush_tx.send(tx).is_err() {
-                let shared = self.shared.clone();
-                return tokio::task::spawn_blocking(move || shared.sync_all())
-                    .await
-                    .map_err(|e| StorageError::Task(e.to_string()))?;
-            }
-            match rx.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(StorageError::Sync(e)),
-                Err(_) => Err(StorageError::Sync("the syncer stopped".into())),
-            }
-        })
+        Box::pin(self.sync_kind(SyncKind::Data))
+    }
+
+    fn checkpoint(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send + '_>> {
+        Box::pin(self.sync_kind(SyncKind::Checkpoint))
+    }
+}
+
+impl SegmentStore {
+    async fn sync_kind(&self, kind: SyncKind) -> Result<(), StorageError> {
+        let (tx, rx) = oneshot::channel();
+        if self.flush_tx.send((kind, tx)).is_err() {
+            let shared = self.shared.clone();
+            return tokio::task::spawn_blocking(move || shared.sync_all(kind))
+                .await
+                .map_err(|e| StorageError::Task(e.to_string()))?;
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StorageError::Sync(e)),
+            Err(_) => Err(StorageError::Sync("the syncer stopped".into())),
+        }
     }
 }
 
@@ -1078,7 +1175,8 @@ impl SegmentPartition {
             self.index_tree.insert(SYNCED_KEY, &end.to_be_bytes())?;
         }
         p.end = p.end.min(end);
-        p.lowered = true;
+        p.marked = p.marked.min(end);
+        p.cuts += 1;
         Ok(())
     }
 }

@@ -182,13 +182,18 @@ pub(crate) fn batch_at(f: &SegFile, pos: u64, file_len: u64) -> Result<Option<Fo
     Ok(Some(Found { pos, header: h, bytes }))
 }
 
-/// The whole batches from `pos` on that continue the log at `next` (then each one's next
-/// offset): what was written after the last batch the index knows of. Whole batches below
-/// `next` are passed over (batches retention or compaction already removed, before the ones
-/// appended after them). Stops at the first thing that is neither; returns the batches and
-/// where the whole batches end.
-pub(crate) fn scan(f: &SegFile, mut pos: u64, file_len: u64, mut next: i64) -> Result<(Vec<Found>, u64), StorageError> {
-    let mut out = Vec::new();
+/// Hands `each` the whole batches from `pos` on that continue the log at `next` (then each
+/// one's next offset): what was written after the last batch the index knows of. Whole batches
+/// below `next` are passed over (batches retention or compaction already removed, before the
+/// ones appended after them). Stops at the first thing that is neither; returns where the whole
+/// batches end. One batch is in memory at a time, however long the tail.
+pub(crate) fn scan(
+    f: &SegFile,
+    mut pos: u64,
+    file_len: u64,
+    mut next: i64,
+    mut each: impl FnMut(Found),
+) -> Result<u64, StorageError> {
     while let Some(found) = batch_at(f, pos, file_len)? {
         if found.header.base_offset > next {
             break;
@@ -196,8 +201,8 @@ pub(crate) fn scan(f: &SegFile, mut pos: u64, file_len: u64, mut next: i64) -> R
         pos += found.bytes.len() as u64;
         if found.header.base_offset == next {
             next = found.header.next_offset();
-            out.push(found);
+            each(found);
         }
     }
-    Ok((out, pos))
+    Ok(pos)
 }

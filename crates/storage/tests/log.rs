@@ -730,3 +730,69 @@ async fn a_truncated_log_goes_on_in_a_new_file_and_reopens_with_the_new_batches(
     assert_eq!(values, [(0, "a".to_string()), (1, "x".to_string()), (2, "y".to_string())]);
     assert_eq!((log.last_epoch(), log.epoch_end(0)), (1, (0, 1)));
 }
+
+/// What a machine crash leaves of `from`: its files as they are on disk now (sled's unflushed
+/// buffers are not there), copied to `to`.
+fn crash_image(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            crash_image(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Index entries (8-byte keys) the durable part of a store's index holds for [`pid`].
+fn durable_entries(root: &std::path::Path) -> usize {
+    let db = sled::Config::new()
+        .path(root.join("sled"))
+        .segment_size(sluice_storage::segment_store::SLED_SEGMENT_BYTES)
+        .open()
+        .unwrap();
+    db.open_tree("idx/7/t/0").unwrap().iter().keys().filter(|k| k.as_ref().is_ok_and(|k| k.len() == 8)).count()
+}
+
+#[tokio::test]
+async fn an_acknowledged_append_survives_a_crash_that_lost_its_index_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = tempfile::tempdir().unwrap();
+    let cfg = TopicConfig::default();
+    let value = "v".repeat(1000);
+    // No periodic checkpoint: only the syncs below.
+    let options = StoreOptions { flush_interval_ms: 0, ..small_segments(4096) };
+    let store = SegmentStore::open_with(dir.path(), options).unwrap();
+    let log = store.open(&pid()).unwrap();
+    log.append(&batch(&[(None, Some(&value), 0)], Compression::None), &cfg, 0, 0).unwrap();
+    // The first sync of a new partition makes its tree (and so the partition) durable.
+    store.sync().await.unwrap();
+    // Then acks=all syncs make the bytes durable, not the index: files roll meanwhile.
+    for i in 1..12i64 {
+        log.append(&batch(&[(None, Some(&value), i)], Compression::None), &cfg, 0, 0).unwrap();
+        store.sync().await.unwrap();
+    }
+    assert!(segment_files(dir.path()).len() > 2, "the files rolled");
+    crash_image(dir.path(), image.path());
+    let durable = durable_entries(image.path());
+    assert!(durable < 12, "the syncs left index entries unflushed ({durable} of 12 durable)");
+    // The restart after the crash finds every acknowledged batch in the files.
+    {
+        let store = reopen(image.path()).await;
+        assert_eq!(store.list().unwrap(), vec![pid()]);
+        let log = store.open(&pid()).unwrap();
+        assert_eq!(log.offsets().log_end_offset, 12);
+        assert_eq!(all_records(&*log, 0).len(), 12);
+        assert_eq!(
+            log.append(&batch(&[(None, Some("next"), 12)], Compression::None), &cfg, 0, 0).unwrap().base_offset,
+            12
+        );
+    }
+    assert_eq!(durable_entries(image.path()), 13, "recovery indexed the batches and flushed the index");
+    // A checkpoint (before a process stops) flushes the index too.
+    store.checkpoint().await.unwrap();
+    let image = tempfile::tempdir().unwrap();
+    crash_image(dir.path(), image.path());
+    assert_eq!(durable_entries(image.path()), 12);
+}

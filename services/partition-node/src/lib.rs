@@ -186,6 +186,11 @@ impl Node {
         self.store.sync().await.map_err(|e| SluiceError::Storage(e.to_string()))
     }
 
+    /// Makes appends and the stores' indexes durable: called before the process stops.
+    pub async fn checkpoint(&self) -> Result<(), SluiceError> {
+        self.store.checkpoint().await.map_err(|e| SluiceError::Storage(e.to_string()))
+    }
+
     /// Deletes the data of partitions whose topic is gone (or was re-created under a new id).
     pub(crate) async fn reconcile(&self, view: &ClusterView) {
         if !view.loaded {

@@ -16,8 +16,8 @@ async fn main() -> anyhow::Result<()> {
             .add_service(NodeService::new(node.clone()).into_server());
     tracing::info!(%addr, node_id = node.id, "partition node listening");
     sluice_runtime::serve(router, listener, shutdown).await?;
-    // Everything appended is made durable before the process ends.
-    node.sync().await?;
+    // Everything appended, and the index, is made durable before the process ends.
+    node.checkpoint().await?;
     tracing::info!("partition node stopped");
     telemetry.shutdown().await;
     Ok(())
