@@ -480,8 +480,28 @@ impl Engine {
         }
     }
 
+    /// Partitions with a sealed batch waiting to be sent (ready or to be retried). Their open
+    /// batches are not sealed at `linger`: they keep filling up to `batch_bytes` (as Kafka's
+    /// accumulator does), so that a backlog goes out as a few full batches rather than one
+    /// small batch per linger, each waiting for the ones before it.
+    fn waiting_partitions(&self) -> std::collections::HashSet<(&str, u32)> {
+        self.ready.iter().chain(self.retry.iter().map(|(_, b)| b)).map(|b| (b.topic.as_str(), b.partition)).collect()
+    }
+
+    /// Open batches whose linger has passed (by `now`, when given) and whose partition has
+    /// nothing sealed waiting.
+    fn lingered(&self, now: Option<Instant>) -> Vec<((String, u32), Instant)> {
+        let waiting = self.waiting_partitions();
+        self.accs
+            .iter()
+            .map(|(k, a)| (k, a.since + self.cfg.linger))
+            .filter(|(k, due)| now.is_none_or(|now| *due <= now) && !waiting.contains(&(k.0.as_str(), k.1)))
+            .map(|(k, due)| (k.clone(), due))
+            .collect()
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
-        let linger = self.accs.values().map(|a| a.since + self.cfg.linger).min();
+        let linger = self.lingered(None).into_iter().map(|(_, due)| due).min();
         let retry = self.retry.iter().map(|(t, _)| *t).min();
         // The oldest waiting batch is (nearly always) at the front.
         let expiry = self.ready.front().map(|b| b.first_sent + self.cfg.delivery_timeout);
@@ -493,9 +513,7 @@ impl Engine {
         if self.restart_retry.is_some_and(|t| t <= now) {
             self.restart_retry = None;
         }
-        let due: Vec<_> =
-            self.accs.iter().filter(|(_, a)| a.since + self.cfg.linger <= now).map(|(k, _)| k.clone()).collect();
-        for k in due {
+        for (k, _) in self.lingered(Some(now)) {
             self.seal(&k);
         }
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retry).into_iter().partition(|(t, _)| *t <= now);
