@@ -182,7 +182,8 @@ struct Inner {
     /// An identifier for its stores and internal topics.
     id: String,
     sources: Vec<(SourceDef, String)>,
-    join: Option<JoinPlan>,
+    /// Each source after the first joined with all before it.
+    joins: Vec<JoinPlan>,
     filter: Option<Scalar>,
     shape: Shape,
     /// The result's columns: key columns (and WINDOWSTART, WINDOWEND when windowed), values.
@@ -194,16 +195,40 @@ struct Inner {
 
 struct JoinPlan {
     kind: JoinKind,
-    /// The left and right join expressions, each over its own side's row.
+    /// The join expressions: the left one over the rows of the sources joined before (their
+    /// rows end to end, `left_width` columns), the right one over the right source's row.
     left: Scalar,
     right: Scalar,
-    /// Whether both sides are keyed by their join expression in the same bytes already
-    /// (keys of one type and one key format): then no side is repartitioned. Otherwise both
-    /// go through repartition topics keyed the same way (the key cast to `key_type`), so
-    /// that equal keys meet in one partition.
-    copartitioned: bool,
+    left_width: usize,
+    /// Whether a side goes through a repartition topic keyed by its expression cast to
+    /// `key_type`. Neither does when both are keyed by their expression in the same bytes
+    /// already (keys of one type and one key format, as written to their topics); the left one
+    /// does not when an earlier join left it keyed that way.
+    rekey_left: bool,
+    rekey_right: bool,
     key_type: SqlType,
     within: Option<(i64, i64, i64)>,
+}
+
+/// How the rows of the sources joined so far are keyed and partitioned.
+struct Keying {
+    /// Expressions (over the joined rows) equal to the record key wherever they are not null.
+    exprs: Vec<Scalar>,
+    ty: SqlType,
+    /// The key format when records are partitioned as written to the first source's topic;
+    /// `None` once they went through a repartition topic keyed by the cast key.
+    written: Option<Format>,
+}
+
+impl Keying {
+    fn of(src: &SourceDef) -> Keying {
+        let single = src.schema.key_count() == 1;
+        Keying {
+            exprs: if single { vec![Scalar::Column(0)] } else { Vec::new() },
+            ty: src.schema.keys().next().map(|c| c.ty.clone()).unwrap_or(SqlType::Null),
+            written: Some(src.key_format),
+        }
+    }
 }
 
 enum Shape {
@@ -258,23 +283,24 @@ impl QueryPlan {
         let left_alias = q.from.alias.clone().unwrap_or_else(|| left.name.clone());
         let mut sources = vec![(left.clone(), left_alias.clone())];
         let mut scope = Scope { columns: left.scope(&left_alias), windowed: false };
-        if q.joins.len() > 1 {
-            return Err(SqlError::Invalid("a query joins two sources at most (for now)".into()));
-        }
         if left.window.is_some() {
             return Err(SqlError::Invalid(format!(
                 "{} is windowed: reading windowed tables is not supported yet",
                 left.name
             )));
         }
-        let mut join = None;
+        let mut joins: Vec<JoinPlan> = Vec::new();
         let mut kind = left.kind;
-        if let Some(j) = q.joins.first() {
+        let mut keying = Keying::of(&left);
+        // Expressions besides the last join's left one that equal the result's key: a select
+        // item reading one of them names the key column.
+        let mut same_key: Vec<Scalar> = Vec::new();
+        for j in &q.joins {
             let right = find(&j.source.name)?;
             let right_alias = j.source.alias.clone().unwrap_or_else(|| right.name.clone());
-            if right_alias == left_alias {
+            if sources.iter().any(|(_, a)| *a == right_alias) {
                 return Err(SqlError::Invalid(format!(
-                    "both sides of the join are called {left_alias}: give one an alias"
+                    "two sources of the join are called {right_alias}: give one an alias"
                 )));
             }
             if right.window.is_some() {
@@ -283,7 +309,9 @@ impl QueryPlan {
                     right.name
                 )));
             }
-            let left_scope = Scope { columns: left.scope(&left_alias), windowed: false };
+            // The left side is everything joined so far, its rows those sources' rows end to end.
+            let left_names = sources.iter().map(|(_, a)| a.as_str()).collect::<Vec<_>>().join(", ");
+            let left_width = scope.columns.len();
             let right_scope = Scope { columns: right.scope(&right_alias), windowed: false };
             let (a, b) = match &j.on {
                 sqlparser::ast::Expr::BinaryOp { left: a, op: sqlparser::ast::BinaryOperator::Eq, right: b } => (a, b),
@@ -293,10 +321,10 @@ impl QueryPlan {
                     )));
                 }
             };
-            // Each side of `=` must read one source; either order.
+            // Each side of `=` must read one side; either order.
             type Typed = Option<(Scalar, SqlType)>;
             let side = |e: &crate::ast::Expr| -> (Typed, Typed) {
-                (compile(e, &left_scope, &mut None).ok(), compile(e, &right_scope, &mut None).ok())
+                (compile(e, &scope, &mut None).ok(), compile(e, &right_scope, &mut None).ok())
             };
             let ((la, ra), (lb, rb)) = (side(a), side(b));
             let ((l, lt), (r, rt)) = match (la, rb, lb, ra) {
@@ -304,7 +332,7 @@ impl QueryPlan {
                 (_, _, Some(l), Some(r)) => (l, r),
                 _ => {
                     return Err(SqlError::Invalid(format!(
-                        "'{}' must compare an expression of {left_alias} with one of {right_alias}",
+                        "'{}' must compare an expression of {left_names} with one of {right_alias}",
                         j.on
                     )));
                 }
@@ -312,9 +340,9 @@ impl QueryPlan {
             if !(lt.fits(&rt) || (lt.is_numeric() && rt.is_numeric())) {
                 return Err(SqlError::Type(format!("the join compares {lt} with {rt} in '{}'", j.on)));
             }
-            let is_key = |s: &Scalar, src: &SourceDef| src.schema.key_count() == 1 && *s == Scalar::Column(0);
-            let (left_is_key, right_is_key) = (is_key(&l, &left), is_key(&r, &right));
-            let within = match (left.kind, right.kind) {
+            let right_is_key = right.schema.key_count() == 1 && r == Scalar::Column(0);
+            let left_is_key = keying.exprs.contains(&l);
+            let within = match (kind, right.kind) {
                 (SourceKind::Stream, SourceKind::Stream) => {
                     let Some((before, after)) = j.within else {
                         return Err(SqlError::Invalid("a stream-stream join needs WITHIN".into()));
@@ -336,8 +364,9 @@ impl QueryPlan {
                 (SourceKind::Table, SourceKind::Table) => {
                     if !left_is_key || !right_is_key {
                         return Err(SqlError::Invalid(format!(
-                            "a table-table join must use both tables' primary keys: '{}'",
-                            j.on
+                            "a table-table join must use both tables' primary keys: '{}'{}",
+                            j.on,
+                            if joins.is_empty() { "" } else { " (the key of the tables joined before it)" }
                         )));
                     }
                     None
@@ -351,8 +380,6 @@ impl QueryPlan {
             if within.is_none() && j.within.is_some() {
                 return Err(SqlError::Invalid("WITHIN is for stream-stream joins".into()));
             }
-            kind = if left.kind == SourceKind::Table { SourceKind::Table } else { SourceKind::Stream };
-            scope.columns.extend(right.scope(&right_alias));
             let key_type = if lt == rt { lt.clone() } else { crate::expr::wider(&lt, &rt) };
             if (lt == SqlType::Double) != (rt == SqlType::Double) && lt.is_numeric() && rt.is_numeric() {
                 return Err(SqlError::Type(format!(
@@ -366,8 +393,40 @@ impl QueryPlan {
                     left.name, left.partitions, right.name, right.partitions
                 )));
             }
-            let copartitioned = left_is_key && right_is_key && lt == rt && left.key_format == right.key_format;
-            join = Some(JoinPlan { kind: j.kind, left: l, right: r, copartitioned, key_type, within });
+            // Both sides keyed by their join expression in the same bytes already (keys of one
+            // type, one key format, each topic as written): no repartition. Otherwise both meet
+            // keyed by the key cast to `key_type` through repartition topics, unless the left
+            // side went through one keyed that way by an earlier join.
+            let as_written = keying.written == Some(right.key_format) && left_is_key && right_is_key && lt == rt;
+            let keyed_by_earlier_join = left_is_key && keying.written.is_none() && keying.ty == key_type;
+            let rekey_left = !(as_written || keyed_by_earlier_join);
+            same_key = vec![shift(&r, left_width)];
+            if left_is_key {
+                same_key.extend(keying.exprs.iter().filter(|e| **e != l).cloned());
+            }
+            keying = Keying {
+                // After a LEFT join the right side's expression may be null where the key is
+                // not; after a FULL join either side's may be.
+                exprs: match j.kind {
+                    JoinKind::Inner => vec![l.clone(), shift(&r, left_width)],
+                    JoinKind::Left => vec![l.clone()],
+                    JoinKind::Full => Vec::new(),
+                },
+                ty: key_type.clone(),
+                written: if as_written { keying.written } else { None },
+            };
+            joins.push(JoinPlan {
+                kind: j.kind,
+                left: l,
+                right: r,
+                left_width,
+                rekey_left,
+                rekey_right: !as_written,
+                key_type,
+                within,
+            });
+            kind = if kind == SourceKind::Table { SourceKind::Table } else { SourceKind::Stream };
+            scope.columns.extend(right.scope(&right_alias));
             sources.push((right, right_alias));
         }
         let filter = match &q.filter {
@@ -401,7 +460,7 @@ impl QueryPlan {
                             sqlparser::ast::Ident::with_quote('`', q.clone()),
                             sqlparser::ast::Ident::with_quote('`', c.name.clone()),
                         ]);
-                        let name = if join.is_some() { format!("{q}_{}", c.name) } else { c.name.clone() };
+                        let name = if joins.is_empty() { c.name.clone() } else { format!("{q}_{}", c.name) };
                         items.push((expr, name));
                     }
                 }
@@ -455,7 +514,7 @@ impl QueryPlan {
                 compiled.push((s, t, n.clone()));
             }
             // The key: PARTITION BY's expression, the join expression, or the source's key.
-            let key_exprs: Vec<(Scalar, SqlType, String)> = match (&q.partition_by, &join) {
+            let key_exprs: Vec<(Scalar, SqlType, String)> = match (&q.partition_by, joins.last()) {
                 (Some(p), _) => {
                     if kind == SourceKind::Table {
                         return Err(SqlError::Invalid(
@@ -466,9 +525,8 @@ impl QueryPlan {
                     vec![(s, t, name_of(p).unwrap_or_else(|| "KSQL_COL_0".into()))]
                 }
                 (None, Some(j)) => {
-                    let lt = scope.columns.iter().take(left.width()).collect::<Vec<_>>();
                     let name = match &j.left {
-                        Scalar::Column(i) => lt[*i].name.clone(),
+                        Scalar::Column(i) => scope.columns[*i].name.clone(),
                         _ => "ROWKEY".into(),
                     };
                     vec![(j.left.clone(), j.key_type.clone(), name)]
@@ -480,8 +538,8 @@ impl QueryPlan {
                     .map(|(i, c)| (Scalar::Column(i), c.ty.clone(), c.name.clone()))
                     .collect(),
             };
-            let right_key = join.as_ref().map(|j| shift(&j.right, left.width()));
-            let (output, values) = split_key(&key_exprs, &compiled, right_key.as_ref(), None);
+            let also_key = if q.partition_by.is_some() { &[][..] } else { &same_key[..] };
+            let (output, values) = split_key(&key_exprs, &compiled, also_key, None);
             // After a join the record key is the join key already.
             let rekey = q.partition_by.is_some();
             let key = if rekey { Some(key_exprs.into_iter().map(|(s, _, _)| s).collect()) } else { None };
@@ -548,7 +606,7 @@ impl QueryPlan {
             let having = having.map(|h| post(&h, "HAVING")).transpose()?;
             let post_keys: Vec<(Scalar, SqlType, String)> =
                 keys.iter().enumerate().map(|(i, (_, t, n))| (Scalar::Column(i), t.clone(), n.clone())).collect();
-            let (output, values) = split_key(&post_keys, &post_items, None, window.map(|w| w.kind));
+            let (output, values) = split_key(&post_keys, &post_items, &[], window.map(|w| w.kind));
             if kind == SourceKind::Table
                 && let Some(a) = aggs.iter().find(|a| !a.func.retractable())
             {
@@ -561,77 +619,83 @@ impl QueryPlan {
             (Shape::Aggregate { keys: group, aggs, values, having }, output, SourceKind::Table)
         };
         Ok(QueryPlan {
-            inner: Arc::new(Inner { id, sources, join, filter, shape, output, kind, window, limit: q.limit }),
+            inner: Arc::new(Inner { id, sources, joins, filter, shape, output, kind, window, limit: q.limit }),
         })
     }
 
     /// Adds the query to `b`; the result is (key row, value row or a deletion).
     pub fn build(&self, b: &StreamsBuilder, emit_final: bool) -> KStream<Row, Option<Row>> {
+        enum Joined {
+            Stream(KStream<Row, Row>),
+            Table(KTable<Row, Row>),
+        }
         let p = self.inner.clone();
-        let (left, _) = &p.sources[0];
-        match &p.join {
-            None => match left.kind {
-                SourceKind::Stream => {
-                    let s = stream(b, left);
-                    self.after_stream(s, emit_final)
-                }
-                SourceKind::Table => {
-                    let t = table(b, left, &format!("{}-SOURCE", p.id));
-                    self.after_table(t)
-                }
-            },
-            Some(j) => {
-                let (right, _) = &p.sources[1];
-                let (lw, rw) = (left.width(), right.width());
-                let concat = move |l: Option<&Row>, r: Option<&Row>| {
-                    let mut v = Vec::with_capacity(lw + rw);
-                    match l {
-                        Some(l) => v.extend(l.0.iter().cloned()),
-                        None => v.resize(lw, Value::Null),
-                    }
-                    match r {
-                        Some(r) => v.extend(r.0.iter().cloned()),
-                        None => v.resize(lw + rw, Value::Null),
-                    }
-                    Row(v)
-                };
-                let (co, ty) = (j.copartitioned, j.key_type.clone());
-                let id = p.id.clone();
-                match right.kind {
-                    SourceKind::Table if left.kind == SourceKind::Table => {
-                        let lt = keyed_table(b, left, &format!("{id}-LEFT"), co, &ty);
-                        let rt = keyed_table(b, right, &format!("{id}-RIGHT"), co, &ty);
-                        let store = format!("{id}-JOIN");
-                        let joined = match j.kind {
-                            JoinKind::Inner => lt.join(&rt, &store, move |l, r| concat(Some(l), Some(r))),
-                            JoinKind::Left => lt.left_join(&rt, &store, move |l, r| concat(Some(l), r)),
-                            JoinKind::Full => lt.outer_join(&rt, &store, concat),
-                        };
-                        self.after_table(joined)
-                    }
-                    SourceKind::Table => {
-                        let s = rekey(stream(b, left), &j.left, co, &ty);
-                        let t = keyed_table(b, right, &format!("{id}-RIGHT"), co, &ty);
-                        let joined = match j.kind {
-                            JoinKind::Left => s.left_join(&t, move |l, r| concat(Some(l), r)),
-                            _ => s.join(&t, move |l, r| concat(Some(l), Some(r))),
-                        };
-                        self.after_stream(joined, emit_final)
-                    }
-                    SourceKind::Stream => {
-                        let s = rekey(stream(b, left), &j.left, co, &ty);
-                        let o = rekey(stream(b, right), &j.right, co, &ty);
-                        let (before, after, grace) = j.within.unwrap_or((0, 0, 0));
-                        let w = JoinWindows { before, after, grace };
-                        let joined = match j.kind {
-                            JoinKind::Inner => s.join_windowed(&o, w, move |l, r| concat(Some(l), Some(r))),
-                            JoinKind::Left => s.left_join_windowed(&o, w, move |l, r| concat(Some(l), r)),
-                            JoinKind::Full => s.outer_join_windowed(&o, w, concat),
-                        };
-                        self.after_stream(joined, emit_final)
-                    }
-                }
+        let (first, _) = &p.sources[0];
+        let id = &p.id;
+        let mut joined = match (first.kind, p.joins.first()) {
+            (SourceKind::Stream, _) => Joined::Stream(stream(b, first)),
+            (SourceKind::Table, None) => Joined::Table(table(b, first, &format!("{id}-SOURCE"))),
+            (SourceKind::Table, Some(j)) => {
+                Joined::Table(keyed_table(b, first, &format!("{id}-LEFT"), !j.rekey_left, &j.key_type))
             }
+        };
+        for (i, j) in p.joins.iter().enumerate() {
+            let (right, _) = &p.sources[i + 1];
+            let (lw, rw) = (j.left_width, right.width());
+            let concat = move |l: Option<&Row>, r: Option<&Row>| {
+                let mut v = Vec::with_capacity(lw + rw);
+                match l {
+                    Some(l) => v.extend(l.0.iter().cloned()),
+                    None => v.resize(lw, Value::Null),
+                }
+                match r {
+                    Some(r) => v.extend(r.0.iter().cloned()),
+                    None => v.resize(lw + rw, Value::Null),
+                }
+                Row(v)
+            };
+            let ty = &j.key_type;
+            // The first join's stores keep the names they had before joins could chain (a
+            // running query's changelogs are named after them).
+            let n = if i == 0 { String::new() } else { format!("-{}", i + 1) };
+            joined = match (joined, right.kind) {
+                (Joined::Table(lt), SourceKind::Table) => {
+                    let lt = if i > 0 && j.rekey_left { rekey_table(&lt, ty, &format!("{id}-LEFT{n}")) } else { lt };
+                    let rt = keyed_table(b, right, &format!("{id}-RIGHT{n}"), !j.rekey_right, ty);
+                    let store = format!("{id}-JOIN{n}");
+                    Joined::Table(match j.kind {
+                        JoinKind::Inner => lt.join(&rt, &store, move |l, r| concat(Some(l), Some(r))),
+                        JoinKind::Left => lt.left_join(&rt, &store, move |l, r| concat(Some(l), r)),
+                        JoinKind::Full => lt.outer_join(&rt, &store, concat),
+                    })
+                }
+                (Joined::Stream(s), SourceKind::Table) => {
+                    let s = rekey(s, &j.left, !j.rekey_left, ty);
+                    let t = keyed_table(b, right, &format!("{id}-RIGHT{n}"), !j.rekey_right, ty);
+                    Joined::Stream(match j.kind {
+                        JoinKind::Left => s.left_join(&t, move |l, r| concat(Some(l), r)),
+                        _ => s.join(&t, move |l, r| concat(Some(l), Some(r))),
+                    })
+                }
+                (Joined::Stream(s), SourceKind::Stream) => {
+                    let s = rekey(s, &j.left, !j.rekey_left, ty);
+                    let o = rekey(stream(b, right), &j.right, !j.rekey_right, ty);
+                    let (before, after, grace) = j.within.unwrap_or((0, 0, 0));
+                    let w = JoinWindows { before, after, grace };
+                    Joined::Stream(match j.kind {
+                        JoinKind::Inner => s.join_windowed(&o, w, move |l, r| concat(Some(l), Some(r))),
+                        JoinKind::Left => s.left_join_windowed(&o, w, move |l, r| concat(Some(l), r)),
+                        JoinKind::Full => s.outer_join_windowed(&o, w, concat),
+                    })
+                }
+                (Joined::Table(_), SourceKind::Stream) => {
+                    unreachable!("planning refuses a table joined with a stream")
+                }
+            };
+        }
+        match joined {
+            Joined::Stream(s) => self.after_stream(s, emit_final),
+            Joined::Table(t) => self.after_table(t),
         }
     }
 
@@ -659,7 +723,7 @@ impl QueryPlan {
             Shape::Aggregate { keys, aggs, .. } => {
                 // Grouped by the record key as it is: no repartition (after a join the key is
                 // the join key, not the left source's key columns).
-                let by_key = p.join.is_none()
+                let by_key = p.joins.is_empty()
                     && keys.len() == p.sources[0].0.schema.key_count()
                     && keys.iter().enumerate().all(|(i, k)| *k == Scalar::Column(i));
                 let keys = keys.clone();
@@ -807,14 +871,16 @@ fn shift(s: &Scalar, by: usize) -> Scalar {
 fn split_key(
     keys: &[(Scalar, SqlType, String)],
     items: &[(Scalar, SqlType, String)],
-    also_key: Option<&Scalar>,
+    also_key: &[Scalar],
     window: Option<WindowKind>,
 ) -> (Schema, Vec<Scalar>) {
     let mut columns = Vec::new();
     let mut used = vec![false; items.len()];
     for (k, (s, t, default)) in keys.iter().enumerate() {
-        let hit =
-            items.iter().enumerate().position(|(i, (x, _, _))| !used[i] && (x == s || (k == 0 && Some(x) == also_key)));
+        let hit = items
+            .iter()
+            .enumerate()
+            .position(|(i, (x, _, _))| !used[i] && (x == s || (k == 0 && also_key.contains(x))));
         let name = match hit {
             Some(i) => {
                 used[i] = true;
@@ -879,6 +945,15 @@ fn keyed_table(
     let changes: KStream<Row, Option<Row>> = b.stream_decoded(&src.topic, move |ctx, raw| s.decode(ctx, raw));
     let ty = ty.clone();
     changes
+        .filter(|k, _| k.0.first().is_some_and(|v| !v.is_null()))
+        .select_key(move |k, _| Row(vec![crate::expr::cast(k.get(0).clone(), &ty)]))
+        .to_table(store)
+}
+
+/// The joined tables `t` keyed by their key cast to `ty`, through a repartition topic.
+fn rekey_table(t: &KTable<Row, Row>, ty: &SqlType, store: &str) -> KTable<Row, Row> {
+    let ty = ty.clone();
+    t.to_stream()
         .filter(|k, _| k.0.first().is_some_and(|v| !v.is_null()))
         .select_key(move |k, _| Row(vec![crate::expr::cast(k.get(0).clone(), &ty)]))
         .to_table(store)
