@@ -923,13 +923,27 @@ async fn sql_statements_from_flags_files_and_the_shell() {
     };
     let ddl = sluice(
         &addr,
-        &with(&["-e", "CREATE STREAM orders (id INT KEY, region STRING, amount DOUBLE) WITH (kafka_topic='orders', value_format='JSON', partitions=2); CREATE TABLE by_region AS SELECT region, COUNT(*) AS n, SUM(amount) AS total FROM orders GROUP BY region;"]),
+        &["sql", "-e", "CREATE STREAM orders (id INT KEY, region STRING, amount DOUBLE) WITH (kafka_topic='orders', value_format='JSON', partitions=2); INSERT INTO orders VALUES (0, 'eu', 100.0);"],
         "",
     )
     .await;
     assert_eq!(ddl.code, 0, "{}", ddl.stderr);
     assert!(ddl.stdout.contains("ORDERS created (topic orders)"), "{}", ddl.stdout);
-    assert!(ddl.stdout.contains("query CTAS_BY_REGION_1 started"), "{}", ddl.stdout);
+    // auto.offset.reset is latest by default: the query reads what is written after the
+    // statement, whenever its processor gets to it (the record above is not counted, the
+    // three written right after it are).
+    let ctas = sluice(
+        &addr,
+        &[
+            "sql",
+            "-e",
+            "CREATE TABLE by_region AS SELECT region, COUNT(*) AS n, SUM(amount) AS total FROM orders GROUP BY region;",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(ctas.code, 0, "{}", ctas.stderr);
+    assert!(ctas.stdout.contains("query CTAS_BY_REGION_1 started"), "{}", ctas.stdout);
     let file = dir.path().join("inserts.sql");
     std::fs::write(
         &file,
@@ -948,7 +962,9 @@ async fn sql_statements_from_flags_files_and_the_shell() {
     // Pull queries as a table, JSON lines and CSV, once the query has counted the three.
     let table = eventually("the table has both regions", Duration::from_secs(30), || async {
         let out = sluice(&addr, &["sql", "-e", "SELECT * FROM by_region;"], "").await;
-        (out.code == 0 && out.stdout.contains("(2 rows)") && out.stdout.contains("4.0")).then_some(out.stdout)
+        // Both totals 4.0: all three inserts counted.
+        (out.code == 0 && out.stdout.contains("(2 rows)") && out.stdout.matches("4.0").count() == 2)
+            .then_some(out.stdout)
     })
     .await;
     assert!(table.contains("REGION | N | TOTAL"), "{table}");
@@ -963,14 +979,14 @@ async fn sql_statements_from_flags_files_and_the_shell() {
     // A push query from the start, ended by its LIMIT.
     let push = sluice(
         &addr,
-        &with(&["-o", "csv", "-e", "SELECT id, amount * 2 AS twice FROM orders EMIT CHANGES LIMIT 3;"]),
+        &with(&["-o", "csv", "-e", "SELECT id, amount * 2 AS twice FROM orders EMIT CHANGES LIMIT 4;"]),
         "",
     )
     .await;
     assert_eq!(push.code, 0, "{}", push.stderr);
     let mut rows: Vec<&str> = push.stdout.lines().skip(1).collect();
     rows.sort();
-    assert_eq!(rows, vec!["1,5.0", "2,3.0", "3,8.0"], "{}", push.stdout);
+    assert_eq!(rows, vec!["0,200.0", "1,5.0", "2,3.0", "3,8.0"], "{}", push.stdout);
 
     // Errors: a sentence on stderr and exit code 1.
     let bad = sluice(&addr, &["sql", "-e", "SELEC 1;"], "").await;

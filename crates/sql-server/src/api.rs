@@ -68,13 +68,16 @@ impl SqlService {
         let parsed = sluice_sql::parse(&req.sql).map_err(|e| status(&e))?;
         let client = self.client().await?;
         let (mut engine, mut next) = commands::catalog(&client).await.map_err(remote)?;
-        let properties: BTreeMap<String, String> = req.properties.into_iter().collect();
+        let mut properties: BTreeMap<String, String> = req.properties.into_iter().collect();
+        properties.remove(commands::START_OFFSETS);
+        let earliest = properties.get("auto.offset.reset").is_some_and(|v| v.eq_ignore_ascii_case("earliest"));
         let mut results = Vec::new();
         for p in parsed {
             // Checked on a copy: the catalog itself moves only with the log.
-            let outcome = engine.clone().execute(&p).map_err(|e| status(&e))?;
+            let mut trial = engine.clone();
+            let outcome = trial.execute(&p).map_err(|e| status(&e))?;
             let mut result = StatementResult { statement: p.text.clone(), ..Default::default() };
-            let command = Command { sql: p.text.clone(), properties: properties.clone() };
+            let mut command = Command { sql: p.text.clone(), properties: properties.clone() };
             match outcome {
                 Outcome::Created { name, topic, partitions } => {
                     create_topic(&client, &topic, partitions).await?;
@@ -83,6 +86,20 @@ impl SqlService {
                 }
                 Outcome::Started { id, topic, partitions } => {
                     create_topic(&client, &topic, partitions).await?;
+                    if !earliest {
+                        // "latest" is the end of the inputs now, not when a processor gets to
+                        // it: records written right after this statement are the query's.
+                        let topics: Vec<String> = trial
+                            .query(&id)
+                            .map(|q| q.plan.sources())
+                            .unwrap_or_default()
+                            .iter()
+                            .filter_map(|name| trial.source(name).map(|s| s.topic.clone()))
+                            .collect();
+                        let ends = commands::end_offsets(&client, &topics).await.map_err(remote)?;
+                        let ends = serde_json::to_string(&ends).map_err(|e| Status::internal(e.to_string()))?;
+                        command.properties.insert(commands::START_OFFSETS.into(), ends);
+                    }
                     let outcomes = commit(&client, &command, &mut engine, &mut next).await?;
                     // The id the processors give it.
                     let id = outcomes

@@ -26,6 +26,33 @@ pub struct Command {
     pub properties: BTreeMap<String, String>,
 }
 
+/// The property of a persistent query's command holding where its inputs start when they
+/// have no committed offset: the end of each source partition when the statement was
+/// accepted (`auto.offset.reset` latest means "from now", not from whenever a processor
+/// first runs the query). Set by the gateway, never by a client.
+pub const START_OFFSETS: &str = "sluice.start.offsets";
+
+/// `START_OFFSETS`' value: topic -> [(partition, offset)].
+pub type StartOffsets = BTreeMap<String, Vec<(u32, i64)>>;
+
+/// The end of every partition of `topics` now (their high watermarks).
+pub async fn end_offsets(client: &Client, topics: &[String]) -> Result<StartOffsets, ClientError> {
+    let mut out = StartOffsets::new();
+    for topic in topics {
+        let offsets = client.list_offsets(topic, Vec::new(), OffsetSpec::Latest, 0).await?;
+        let ends = offsets.iter().filter(|o| o.offset >= 0).map(|o| (o.partition, o.offset)).collect();
+        out.insert(topic.clone(), ends);
+    }
+    Ok(out)
+}
+
+/// The start offsets a command carries, as Streams takes them; none when absent or unreadable.
+pub fn start_offsets(properties: &BTreeMap<String, String>) -> BTreeMap<(String, u32), i64> {
+    let parsed: StartOffsets =
+        properties.get(START_OFFSETS).and_then(|v| serde_json::from_str(v).ok()).unwrap_or_default();
+    parsed.into_iter().flat_map(|(t, ps)| ps.into_iter().map(move |(p, o)| ((t.clone(), p), o))).collect()
+}
+
 /// Creates the command topic when missing: one partition (one order), compacted with a
 /// distinct key per command (nothing is ever compacted away, and it never expires).
 pub async fn ensure_topic(client: &Client) -> Result<(), ClientError> {

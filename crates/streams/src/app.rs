@@ -84,6 +84,11 @@ pub struct StreamsConfig {
     /// from: the start (Kafka Streams' default) or the end. Repartition topics are always
     /// read from the start.
     pub offset_reset: OffsetReset,
+    /// Where an input partition without a committed offset starts, when it is listed here
+    /// (before `offset_reset` applies): a position the application was told to start from,
+    /// e.g. the end of its inputs when it was declared rather than when it first ran. A
+    /// position below the partition's log start reads from the log start.
+    pub initial_offsets: BTreeMap<(String, u32), i64>,
 }
 
 /// `auto.offset.reset`.
@@ -106,6 +111,7 @@ impl StreamsConfig {
             session_timeout: Duration::from_secs(10),
             max_task_idle: Duration::from_millis(200),
             offset_reset: OffsetReset::Earliest,
+            initial_offsets: BTreeMap::new(),
         }
     }
 }
@@ -827,7 +833,7 @@ impl Instance {
     }
 
     /// Reads every input partition of the tasks from its committed offset (or where
-    /// `offset_reset` says).
+    /// `initial_offsets`, then `offset_reset`, say).
     async fn start_readers(
         &mut self,
         client: &Client,
@@ -860,10 +866,13 @@ impl Instance {
                     Some(o) => *o,
                     None => match committed.iter().find(|c| c.partition == p) {
                         Some(c) => c.offset,
-                        None if self.cfg.offset_reset == OffsetReset::Latest && !self.internal(&topic) => {
-                            end_offset(client, &topic, p).await?
-                        }
-                        None => start_offset(client, &topic, p).await?,
+                        None => match self.cfg.initial_offsets.get(&(topic.clone(), p)) {
+                            Some(o) => (*o).max(start_offset(client, &topic, p).await?),
+                            None if self.cfg.offset_reset == OffsetReset::Latest && !self.internal(&topic) => {
+                                end_offset(client, &topic, p).await?
+                            }
+                            None => start_offset(client, &topic, p).await?,
+                        },
                     },
                 };
                 self.positions.insert((topic.clone(), p), at);

@@ -168,6 +168,7 @@ fn start(
         Some(s) if s == "earliest" => OffsetReset::Earliest,
         _ => OffsetReset::Latest,
     };
+    sc.initial_offsets = commands::start_offsets(props);
     match StreamsApp::start(q.topology(sink), sc) {
         Ok(app) => {
             tracing::info!(query = %id, sink = %q.sink, "query started");
