@@ -162,10 +162,36 @@ async fn windowed_aggregation_is_exact_through_a_processor_kill() {
         (g.members.len() == 2).then_some(())
     })
     .await;
+    // ... and say so: SHOW QUERIES counts the processors running it.
+    let status = || async {
+        let shown = execute(&client, "SHOW QUERIES;").await.remove(0);
+        shown.rows.first().map(|r| cell(r, 1).as_str().unwrap_or_default().to_string())
+    };
+    eventually("SHOW QUERIES says two processors run it", Duration::from_secs(30), || async {
+        (status().await.as_deref() == Some("RUNNING:2")).then_some(())
+    })
+    .await;
     c.kill("stream-processor", 1);
     tokio::time::sleep(Duration::from_millis(500)).await;
     c.restart("stream-processor", 1).await.expect("processor restarted");
     feeder.await.expect("every record produced");
+    // The restarted processor reports under its old name: still two, each with its tasks.
+    let explained =
+        eventually("EXPLAIN lists both processors and the query's 3 tasks", Duration::from_secs(60), || async {
+            let rows = execute(&client, &format!("EXPLAIN {query};")).await.remove(0).rows;
+            let st = rows
+                .iter()
+                .find(|r| cell(r, 0) == "Status")
+                .map(|r| cell(r, 1).as_str().unwrap_or_default().to_string())?;
+            let tasks: usize = st
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split(", ").nth(1)?.strip_suffix(" tasks")?.parse::<usize>().ok())
+                .sum();
+            (st.starts_with("RUNNING:2\n") && tasks == 3).then_some(st)
+        })
+        .await;
+    assert_eq!(explained.matches(": RUNNING, ").count(), 2, "{explained}");
 
     let got = eventually("pull queries give the reference counts and sums", Duration::from_secs(120), || async {
         let got = pull_all(&client).await;

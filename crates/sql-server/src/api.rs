@@ -13,6 +13,7 @@ use sluice_client::producer::{Producer, ProducerConfig, ProducerRecord};
 use sluice_client::{Client, ClientError};
 use sluice_proto::v1::sql_server::{Sql, SqlServer};
 use sluice_proto::v1::*;
+use sluice_sql::ast::{Explained, ShowWhat, Statement};
 use sluice_sql::engine::Pull;
 use sluice_sql::plan::QueryPlan;
 use sluice_sql::{Engine, Outcome, Row, SqlError, Value};
@@ -21,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::commands::{self, Command};
+use crate::status;
 
 /// Replication factor of topics statements create (lowered to the live nodes).
 const REPLICATION: u32 = 3;
@@ -116,7 +118,8 @@ impl SqlService {
                     produce(&client, &topic, key, value, timestamp.unwrap_or(0)).await?;
                     result.message = format!("1 record written to {topic}");
                 }
-                Outcome::Rows { columns, rows } => {
+                Outcome::Rows { columns, mut rows } => {
+                    with_status(&client, &p.statement, &mut rows).await?;
                     result.columns = columns;
                     result.rows = rows
                         .into_iter()
@@ -166,6 +169,38 @@ impl SqlService {
         }
         Ok(ExecuteResponse { results })
     }
+}
+
+/// SHOW QUERIES and EXPLAIN of a query with what the processors report of them (the
+/// catalog alone knows a query is meant to run, not whether it does).
+async fn with_status(client: &Client, statement: &Statement, rows: &mut [Vec<String>]) -> Result<(), Status> {
+    let status_of = |reports: &BTreeMap<String, Vec<status::Report>>, id: &str| -> (String, String) {
+        let r = reports.get(id).map_or(&[][..], Vec::as_slice);
+        (status::summary(r), status::details(r))
+    };
+    match statement {
+        Statement::Show { what: ShowWhat::Queries, .. } => {
+            let reports = status::read(client).await.map_err(remote)?;
+            for row in rows.iter_mut() {
+                if let [id, state, ..] = row.as_mut_slice() {
+                    *state = status_of(&reports, id).0;
+                }
+            }
+        }
+        Statement::Explain(Explained::Query(id)) => {
+            let reports = status::read(client).await.map_err(remote)?;
+            let (summary, details) = status_of(&reports, id);
+            for row in rows.iter_mut() {
+                if let [field, value] = row.as_mut_slice()
+                    && field == "Status"
+                {
+                    *value = format!("{summary}\n{details}");
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Appends a statement and moves `engine` (which reflects the log up to `next`) through the

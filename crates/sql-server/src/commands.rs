@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use bytes::Bytes;
-use sluice_client::consumer::{Consumer, ConsumerConfig, StartFrom};
+use sluice_client::consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartFrom};
 use sluice_client::producer::{Producer, ProducerConfig, ProducerRecord};
 use sluice_client::{Client, ClientError};
 use sluice_proto::v1::OffsetSpec;
@@ -89,9 +89,17 @@ pub async fn append(client: &Client, cmd: &Command) -> Result<i64, ClientError> 
 /// The commands from offset `from` to the current end, each with its offset, and the
 /// offset after them (where following continues).
 pub async fn read_from(client: &Client, from: i64) -> Result<(Vec<(i64, Command)>, i64), ClientError> {
-    let end = match client.list_offsets(TOPIC, vec![0], OffsetSpec::Latest, 0).await {
+    let (records, next) = read_topic(client, TOPIC, from).await?;
+    let commands = records.into_iter().filter_map(|r| decode(r.value.as_deref()).map(|c| (r.offset, c))).collect();
+    Ok((commands, next))
+}
+
+/// The records of partition 0 of `topic` (one of the SQL layer's single-partition topics)
+/// from offset `from` to its current end, and the offset after them; none when the topic
+/// does not exist yet.
+pub async fn read_topic(client: &Client, topic: &str, from: i64) -> Result<(Vec<ConsumerRecord>, i64), ClientError> {
+    let end = match client.list_offsets(topic, vec![0], OffsetSpec::Latest, 0).await {
         Ok(o) => o.first().map_or(0, |o| o.offset),
-        // No command topic yet: no commands.
         Err(e) if e.code() == Some(tonic::Code::NotFound) => return Ok((Vec::new(), from)),
         Err(e) => return Err(e),
     };
@@ -100,17 +108,13 @@ pub async fn read_from(client: &Client, from: i64) -> Result<(Vec<(i64, Command)
         return Ok((out, from.max(end)));
     }
     let start = if from == 0 { StartFrom::Earliest } else { StartFrom::Offset(from) };
-    let mut consumer = Consumer::assign(client.clone(), TOPIC, &[0], start, ConsumerConfig::default()).await?;
+    let mut consumer = Consumer::assign(client.clone(), topic, &[0], start, ConsumerConfig::default()).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while consumer.positions().get(&0).copied().unwrap_or(0) < end {
         if tokio::time::Instant::now() > deadline {
-            return Err(ClientError::Invalid(format!("reading {TOPIC} took more than 30 s")));
+            return Err(ClientError::Invalid(format!("reading {topic} took more than 30 s")));
         }
-        for r in consumer.poll(Duration::from_millis(500)).await? {
-            if let Some(c) = decode(r.value.as_deref()) {
-                out.push((r.offset, c));
-            }
-        }
+        out.extend(consumer.poll(Duration::from_millis(500)).await?);
     }
     // The consumer's position, not the last record's offset + 1: right past a gap too.
     let next = consumer.positions().get(&0).copied().unwrap_or(end);

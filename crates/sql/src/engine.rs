@@ -260,7 +260,9 @@ impl Engine {
             Statement::Explain(Explained::Query(id)) => {
                 let q = self.queries.get(id).ok_or_else(|| SqlError::NotFound(format!("query {id} does not exist")))?;
                 let sink = &self.sources[&q.sink];
-                Ok(explain(&q.text, &q.topology(sink)))
+                // Whether it runs is known to the processors, not to the catalog: a cluster
+                // fills this row in from their reports.
+                Ok(explain(&q.text, Some("RUNNING"), &q.topology(sink)))
             }
             Statement::Explain(Explained::Statement(s)) => match &**s {
                 Statement::CreateAs { query, .. }
@@ -269,7 +271,7 @@ impl Engine {
                     let plan = self.plan("EXPLAIN", query)?;
                     let b = StreamsBuilder::new();
                     plan.build(&b, query.emit == Some(Emit::Final)).foreach(|_, _| {});
-                    Ok(explain(&p.text, &b.build()))
+                    Ok(explain(&p.text, None, &b.build()))
                 }
                 _ => Err(SqlError::Invalid("EXPLAIN takes a query id or a query".into())),
             },
@@ -656,8 +658,11 @@ impl Engine {
     }
 }
 
-fn explain(text: &str, topology: &Topology) -> Outcome {
+fn explain(text: &str, status: Option<&str>, topology: &Topology) -> Outcome {
     let mut rows = vec![vec!["Statement".to_string(), text.to_string()]];
+    if let Some(st) = status {
+        rows.push(vec!["Status".into(), st.into()]);
+    }
     rows.push(vec!["Topology".into(), topology.to_string()]);
     Outcome::Rows { columns: vec!["Field".into(), "Value".into()], rows }
 }

@@ -14,6 +14,7 @@ use sluice_sql::{Engine, Outcome};
 use sluice_streams::{Guarantee, OffsetReset, StreamsApp, StreamsConfig};
 
 use sluice_sql_server::commands;
+use sluice_sql_server::status::Reporter;
 
 /// How an instance runs its queries.
 #[derive(Debug, Clone)]
@@ -40,6 +41,9 @@ pub fn application_id(id: &str) -> String {
 pub async fn run(client: Client, cfg: ProcessorConfig, shutdown: Shutdown) {
     let mut apps: BTreeMap<String, StreamsApp> = BTreeMap::new();
     let mut failed: BTreeSet<String> = BTreeSet::new();
+    // Queries that could not start here, and why.
+    let mut unstarted: BTreeMap<String, String> = BTreeMap::new();
+    let mut reporter: Option<Reporter> = None;
     // Catch up.
     let ((mut engine, started), next) = loop {
         match catch_up(&client).await {
@@ -56,7 +60,7 @@ pub async fn run(client: Client, cfg: ProcessorConfig, shutdown: Shutdown) {
     let running: Vec<(String, BTreeMap<String, String>)> =
         engine.queries().map(|q| (q.id.clone(), started.get(&q.id).cloned().unwrap_or_default())).collect();
     for (id, props) in running {
-        start(&engine, &id, &props, &cfg, &mut apps);
+        start(&engine, &id, &props, &cfg, &mut apps, &mut unstarted);
     }
     let mut consumer = None;
     while !shutdown.is_triggered() {
@@ -95,10 +99,18 @@ pub async fn run(client: Client, cfg: ProcessorConfig, shutdown: Shutdown) {
             let Some(cmd) = commands::decode(r.value.as_deref()) else { continue };
             for outcome in commands::apply(&mut engine, &cmd) {
                 match outcome {
-                    Outcome::Started { id, .. } => start(&engine, &id, &cmd.properties, &cfg, &mut apps),
+                    Outcome::Started { id, .. } => {
+                        start(&engine, &id, &cmd.properties, &cfg, &mut apps, &mut unstarted)
+                    }
                     Outcome::Terminated(ids) => {
                         for id in ids {
                             failed.remove(&id);
+                            unstarted.remove(&id);
+                            if let Some(r) = reporter.as_mut()
+                                && let Err(e) = r.forget(&id).await
+                            {
+                                tracing::warn!(query = %id, error = %e, "could not take back the query's status");
+                            }
                             if let Some(app) = apps.remove(&id) {
                                 tracing::info!(query = %id, "query terminated");
                                 // Closing commits and leaves the group: off the async threads.
@@ -110,12 +122,43 @@ pub async fn run(client: Client, cfg: ProcessorConfig, shutdown: Shutdown) {
                 }
             }
         }
-        // A query whose application failed (a store failure) is reported once.
+        // A query whose application failed (a store failure) is logged once, and reported in
+        // its status.
+        let mut states = Vec::new();
         for (id, app) in &apps {
-            if let Some(why) = app.state().failed
+            let state = app.state();
+            if let Some(why) = &state.failed
                 && failed.insert(id.clone())
             {
                 tracing::error!(query = %id, error = %why, "query failed");
+            }
+            let processed = state.metrics.values().map(|m| m.processed).sum();
+            states.push((id.clone(), state.failed, state.tasks.len(), processed));
+        }
+        for (id, why) in &unstarted {
+            states.push((id.clone(), Some(format!("could not start: {why}")), 0, 0));
+        }
+        if reporter.is_none() {
+            match Reporter::new(&client, &cfg.instance).await {
+                Ok(r) => reporter = Some(r),
+                Err(e) => tracing::info!(error = %e, "cannot report the queries' status yet"),
+            }
+        }
+        if let Some(r) = reporter.as_mut() {
+            for (id, error, tasks, processed) in states {
+                if let Err(e) = r.report(&id, error, tasks, processed).await {
+                    tracing::warn!(query = %id, error = %e, "could not report the query's status");
+                    break;
+                }
+            }
+        }
+    }
+    // Stopping cleanly: this processor no longer runs anything.
+    if let Some(r) = reporter.as_mut() {
+        for id in r.queries() {
+            if let Err(e) = r.forget(&id).await {
+                tracing::info!(query = %id, error = %e, "could not take back the query's status");
+                break;
             }
         }
     }
@@ -156,6 +199,7 @@ fn start(
     props: &BTreeMap<String, String>,
     cfg: &ProcessorConfig,
     apps: &mut BTreeMap<String, StreamsApp>,
+    unstarted: &mut BTreeMap<String, String>,
 ) {
     let Some(q) = engine.query(id) else { return };
     let Some(sink) = engine.source(&q.sink) else { return };
@@ -174,7 +218,10 @@ fn start(
             tracing::info!(query = %id, sink = %q.sink, "query started");
             apps.insert(id.to_string(), app);
         }
-        Err(e) => tracing::error!(query = %id, error = %e, "query could not start"),
+        Err(e) => {
+            tracing::error!(query = %id, error = %e, "query could not start");
+            unstarted.insert(id.to_string(), e.to_string());
+        }
     }
 }
 
