@@ -55,6 +55,7 @@ if has sluice-kafka || has apache-kafka; then
     echo "fetching Kafka's tools and broker from Maven Central ..." >&2
     mvn -q -B -f bench/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=target/lib -DincludeScope=runtime >&2
   fi
+  source scripts/kafka-broker.sh
   # An array, not a function as in bench-kafka.sh: `jvm ... &` then gives the JVM's own pid.
   jvm=(java -Xms512m -Xmx1g -cp "$lib/*")
   topics() { "${jvm[@]}" org.apache.kafka.tools.TopicCommand --bootstrap-server "$1" "${@:2}"; }
@@ -283,32 +284,16 @@ start_sluice() {
   if [ -n "$kafka_listen" ]; then wait_up port_open "${kafka_listen##*:}"; fi
 }
 
-# Apache Kafka: one KRaft node, broker and controller (the setup of scripts/bench-kafka.sh).
+# Apache Kafka: one KRaft node, broker and controller (scripts/kafka-broker.sh).
 # Its log is flushed by the OS unless a topic says otherwise (flush.messages, flush.ms are off
 # by default): Kafka counts on replication, not fsync, for durability.
 start_kafka() {
-  local dir=$1 controller_port cluster_id
+  local dir=$1 controller_port
   broker_port=$(free_port)
   controller_port=$(free_port)
   server_log="$dir/server.log"
-  cat >"$dir/server.properties" <<EOF
-process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:$controller_port
-listeners=PLAINTEXT://127.0.0.1:$broker_port,CONTROLLER://127.0.0.1:$controller_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$broker_port
-controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-inter.broker.listener.name=PLAINTEXT
-log.dirs=$dir/data
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-group.initial.rebalance.delay.ms=0
-EOF
-  cluster_id=$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
-  "${jvm[@]}" kafka.tools.StorageTool format --standalone -t "$cluster_id" -c "$dir/server.properties" \
-    >"$dir/format.log" 2>&1 || { server_log="$dir/format.log"; tail -20 "$server_log" >&2; return 1; }
+  kafka_properties "$dir" "$broker_port" "$controller_port" "$dir/data"
+  kafka_format "$dir" "${jvm[@]}" >"$dir/format.log" 2>&1 || { server_log="$dir/format.log"; tail -20 "$server_log" >&2; return 1; }
   "${jvm[@]}" kafka.Kafka "$dir/server.properties" >"$server_log" 2>&1 &
   server_pid=$!
   wait_up topics "127.0.0.1:$broker_port" --list

@@ -18,6 +18,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 kafka_port=$(free_port)
 bench_dev_args=(--kafka-listen "127.0.0.1:$kafka_port")
 source scripts/bench-dev.sh
+source scripts/kafka-broker.sh
 
 command -v mvn >/dev/null && command -v java >/dev/null || {
   echo "error: java and mvn are needed (scripts/ensure-deps.sh installs them)" >&2
@@ -35,23 +36,8 @@ broker_port=$(free_port)
 controller_port=$(free_port)
 kdir="$bench_dir/kafka"
 mkdir -p "$kdir"
-cat >"$kdir/server.properties" <<EOF
-process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers=127.0.0.1:$controller_port
-listeners=PLAINTEXT://127.0.0.1:$broker_port,CONTROLLER://127.0.0.1:$controller_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$broker_port
-controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-inter.broker.listener.name=PLAINTEXT
-log.dirs=$kdir/logs
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-group.initial.rebalance.delay.ms=0
-EOF
-cluster_id=$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
-java_run kafka.tools.StorageTool format --standalone -t "$cluster_id" -c "$kdir/server.properties" >"$kdir/format.log" 2>&1
+kafka_properties "$kdir" "$broker_port" "$controller_port" "$kdir/logs"
+kafka_format "$kdir" java_run >"$kdir/format.log" 2>&1
 java_run kafka.Kafka "$kdir/server.properties" >"$kdir/broker.log" 2>&1 &
 kafka_pid=$!
 trap 'rc=$?; kill $kafka_pid $bench_dev 2>/dev/null; wait $kafka_pid $bench_dev 2>/dev/null; rm -rf "$bench_dir"; exit $rc' EXIT
