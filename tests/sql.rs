@@ -238,4 +238,7 @@ async fn windowed_aggregation_is_exact_through_a_processor_kill() {
     let t = execute(&client, &format!("TERMINATE {query};")).await.remove(0);
     assert!(t.message.contains(&query), "{t:?}");
     assert!(execute(&client, "SHOW QUERIES;").await.remove(0).rows.is_empty());
+    // Its status reports are taken back (by the gateway too: none outlives the query).
+    let left = sluice_sql_server::status::read(&client).await.expect("status reports");
+    assert!(!left.contains_key(&query), "{left:?}");
 }

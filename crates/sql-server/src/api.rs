@@ -119,7 +119,7 @@ impl SqlService {
                     result.message = format!("1 record written to {topic}");
                 }
                 Outcome::Rows { columns, mut rows } => {
-                    with_status(&client, &p.statement, &mut rows).await?;
+                    with_status(&client, &p.statement, &mut rows).await;
                     result.columns = columns;
                     result.rows = rows
                         .into_iter()
@@ -161,6 +161,10 @@ impl SqlService {
                             _ => Vec::new(),
                         })
                         .collect();
+                    // Reports of processors that died meanwhile would stay in the topic.
+                    if let Err(e) = status::forget_queries(&client, &ids).await {
+                        tracing::warn!(error = %e, "could not take back the terminated queries' status reports");
+                    }
                     result.message =
                         format!("terminated: {}", if ids.is_empty() { "nothing".into() } else { ids.join(", ") });
                 }
@@ -172,35 +176,34 @@ impl SqlService {
 }
 
 /// SHOW QUERIES and EXPLAIN of a query with what the processors report of them (the
-/// catalog alone knows a query is meant to run, not whether it does).
-async fn with_status(client: &Client, statement: &Statement, rows: &mut [Vec<String>]) -> Result<(), Status> {
-    let status_of = |reports: &BTreeMap<String, Vec<status::Report>>, id: &str| -> (String, String) {
-        let r = reports.get(id).map_or(&[][..], Vec::as_slice);
-        (status::summary(r), status::details(r))
+/// catalog alone knows a query is meant to run, not whether it does). When the reports
+/// cannot be read, the status says so and the rest of the answer stands.
+async fn with_status(client: &Client, statement: &Statement, rows: &mut [Vec<String>]) {
+    let id = match statement {
+        Statement::Show { what: ShowWhat::Queries, .. } => None,
+        Statement::Explain(Explained::Query(id)) => Some(id),
+        _ => return,
     };
-    match statement {
-        Statement::Show { what: ShowWhat::Queries, .. } => {
-            let reports = status::read(client).await.map_err(remote)?;
-            for row in rows.iter_mut() {
-                if let [id, state, ..] = row.as_mut_slice() {
-                    *state = status_of(&reports, id).0;
-                }
+    let reports = status::read(client).await.map_err(|e| format!("UNKNOWN ({} cannot be read: {e})", status::TOPIC));
+    let status_of = |id: &str| -> (String, String) {
+        match &reports {
+            Ok(reports) => {
+                let r = reports.get(id).map_or(&[][..], Vec::as_slice);
+                (status::summary(r), status::details(r))
             }
+            Err(unknown) => (unknown.clone(), String::new()),
         }
-        Statement::Explain(Explained::Query(id)) => {
-            let reports = status::read(client).await.map_err(remote)?;
-            let (summary, details) = status_of(&reports, id);
-            for row in rows.iter_mut() {
-                if let [field, value] = row.as_mut_slice()
-                    && field == "Status"
-                {
-                    *value = format!("{summary}\n{details}");
-                }
+    };
+    for row in rows.iter_mut() {
+        match (id, row.as_mut_slice()) {
+            (None, [query, state, ..]) => *state = status_of(query).0,
+            (Some(id), [field, value]) if field == "Status" => {
+                let (summary, details) = status_of(id);
+                *value = format!("{summary}\n{details}");
             }
+            _ => {}
         }
-        _ => {}
     }
-    Ok(())
 }
 
 /// Appends a statement and moves `engine` (which reflects the log up to `next`) through the

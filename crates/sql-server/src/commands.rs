@@ -10,7 +10,7 @@ use bytes::Bytes;
 use sluice_client::consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartFrom};
 use sluice_client::producer::{Producer, ProducerConfig, ProducerRecord};
 use sluice_client::{Client, ClientError};
-use sluice_proto::v1::OffsetSpec;
+use sluice_proto::v1::{IsolationLevel, ListOffsetsRequest, OffsetSpec};
 use sluice_sql::{Engine, Outcome};
 
 pub const TOPIC: &str = "__sql_commands";
@@ -35,12 +35,30 @@ pub const START_OFFSETS: &str = "sluice.start.offsets";
 /// `START_OFFSETS`' value: topic -> [(partition, offset)].
 pub type StartOffsets = BTreeMap<String, Vec<(u32, i64)>>;
 
-/// The end of every partition of `topics` now (their high watermarks).
+/// The end of every partition of `topics` now, as a read_committed reader sees it (the last
+/// stable offset: records of a transaction still open are after it). A partition whose end
+/// cannot be told fails the whole: a query started from a guess could miss records.
 pub async fn end_offsets(client: &Client, topics: &[String]) -> Result<StartOffsets, ClientError> {
     let mut out = StartOffsets::new();
     for topic in topics {
-        let offsets = client.list_offsets(topic, Vec::new(), OffsetSpec::Latest, 0).await?;
-        let ends = offsets.iter().filter(|o| o.offset >= 0).map(|o| (o.partition, o.offset)).collect();
+        let req = ListOffsetsRequest {
+            topic: topic.clone(),
+            spec: OffsetSpec::Latest as i32,
+            isolation_level: IsolationLevel::ReadCommitted as i32,
+            ..Default::default()
+        };
+        let offsets = client.admin().list_offsets(req).await?.into_inner().offsets;
+        let mut ends = Vec::with_capacity(offsets.len());
+        for o in offsets {
+            if let Some(e) = o.error.filter(|_| o.offset < 0) {
+                return Err(tonic::Status::unavailable(format!(
+                    "where partition {} of {topic} ends cannot be told now (try again): {}",
+                    o.partition, e.message
+                ))
+                .into());
+            }
+            ends.push((o.partition, o.offset));
+        }
         out.insert(topic.clone(), ends);
     }
     Ok(out)

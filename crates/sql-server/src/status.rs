@@ -2,8 +2,10 @@
 //! for each query it runs, its state (running, or failed and why), its tasks and the records
 //! they processed to the compacted topic `__sql_status`, one key per query and processor,
 //! when it changes and every [`REFRESH`]; a processor that stops cleanly takes its reports
-//! back. `SHOW QUERIES` and `EXPLAIN <query id>` read it: a report older than [`STALE`]
-//! is from a processor that died without a word, and is not counted.
+//! back, and a gateway that terminates a query takes back every report of it. `SHOW
+//! QUERIES` and `EXPLAIN <query id>` read it: a report appended more than [`STALE`] ago (by
+//! the log's clock, not the processor's) is from a processor that died without a word, and
+//! is not counted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -19,6 +21,9 @@ const REPLICATION: u32 = 3;
 pub const REFRESH: Duration = Duration::from_secs(5);
 /// How old a report may be and still count.
 pub const STALE: Duration = Duration::from_secs(20);
+/// How long a report may take to be written: a processor does not hold up its queries'
+/// commands for a status (the next one is due soon).
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a processor says of one query.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -41,8 +46,9 @@ pub struct Report {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum State {
-    Running,
+    // Ordered as a status lists them: failures first.
     Error,
+    Running,
 }
 
 impl State {
@@ -135,34 +141,69 @@ impl Reporter {
     }
 
     async fn send(&self, query: &str, value: Option<Bytes>) -> Result<(), ClientError> {
-        let record = ProducerRecord {
-            topic: TOPIC.to_string(),
-            partition: Some(0),
-            key: Some(key(query, &self.processor)),
-            value,
-            headers: Vec::new(),
-            timestamp_ms: 0,
-        };
-        let delivery = self.producer.send(record).await?;
-        self.producer.flush().await;
+        send(&self.producer, key(query, &self.processor), value).await
+    }
+}
+
+/// Writes one record of the status topic, in at most [`SEND_TIMEOUT`]. Its time is the
+/// log's (0: stamped on arrival), which is what staleness is measured against.
+async fn send(producer: &Producer, key: Bytes, value: Option<Bytes>) -> Result<(), ClientError> {
+    let record = ProducerRecord {
+        topic: TOPIC.to_string(),
+        partition: Some(0),
+        key: Some(key),
+        value,
+        headers: Vec::new(),
+        timestamp_ms: 0,
+    };
+    let written = async {
+        let delivery = producer.send(record).await?;
+        producer.flush().await;
         delivery
             .await
             .map_err(|_| ClientError::Invalid("the producer stopped before the report was written".into()))??;
-        Ok(())
+        Ok::<(), ClientError>(())
+    };
+    tokio::time::timeout(SEND_TIMEOUT, written)
+        .await
+        .map_err(|_| ClientError::Invalid(format!("{TOPIC} took more than {SEND_TIMEOUT:?} to take a report")))?
+}
+
+/// Takes back every report of `queries` (they were terminated): a processor that died
+/// meanwhile never takes back its own.
+pub async fn forget_queries(client: &Client, queries: &[String]) -> Result<(), ClientError> {
+    let mut keys = Vec::new();
+    for r in crate::commands::read_topic(client, TOPIC, 0).await?.0 {
+        if let Some(k) = r.key
+            && r.value.is_some()
+            && queries.iter().any(|q| k.starts_with(format!("{q}/").as_bytes()))
+        {
+            keys.push(k);
+        }
     }
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    for k in keys {
+        send(&producer, k, None).await?;
+    }
+    producer.close().await;
+    Ok(())
 }
 
 /// The live reports of every query: the last report per query and processor, unless taken
 /// back or older than [`STALE`].
 pub async fn read(client: &Client) -> Result<BTreeMap<String, Vec<Report>>, ClientError> {
-    let mut last: BTreeMap<Bytes, Option<Report>> = BTreeMap::new();
+    let mut last: BTreeMap<Bytes, Option<(i64, Report)>> = BTreeMap::new();
     for r in crate::commands::read_topic(client, TOPIC, 0).await?.0 {
         let Some(k) = r.key else { continue };
-        last.insert(k, r.value.as_deref().and_then(|v| serde_json::from_slice(v).ok()));
+        let report = r.value.as_deref().and_then(|v| serde_json::from_slice(v).ok());
+        last.insert(k, report.map(|rep| (r.timestamp_ms, rep)));
     }
     let oldest = now_ms() - STALE.as_millis() as i64;
     let mut out: BTreeMap<String, Vec<Report>> = BTreeMap::new();
-    for r in last.into_values().flatten().filter(|r| r.at_ms >= oldest) {
+    for (_, r) in last.into_values().flatten().filter(|(appended, _)| *appended >= oldest) {
         out.entry(r.query.clone()).or_default().push(r);
     }
     Ok(out)
@@ -225,7 +266,7 @@ mod tests {
     fn a_status_counts_processors_by_state_and_names_the_first_error() {
         assert_eq!(summary(&[]), "PENDING");
         assert_eq!(summary(&[report("a", None), report("b", None)]), "RUNNING:2");
-        assert_eq!(summary(&[report("a", None), report("b", Some("store full"))]), "RUNNING:1 ERROR:1 (b: store full)");
+        assert_eq!(summary(&[report("a", None), report("b", Some("store full"))]), "ERROR:1 RUNNING:1 (b: store full)");
         assert_eq!(
             details(&[report("a", None), report("b", Some("x"))]),
             "a: RUNNING, 2 tasks, 10 records processed\nb: ERROR, 2 tasks, 10 records processed, error: x"

@@ -298,6 +298,20 @@ impl QueryPlan {
         for j in &q.joins {
             let right = find(&j.source.name)?;
             let right_alias = j.source.alias.clone().unwrap_or_else(|| right.name.clone());
+            // One topic read twice in a topology is two sources of one topic, which Streams
+            // refuses (as ksqlDB refuses self-joins).
+            if let Some((s, _)) = sources.iter().find(|(s, _)| s.topic == right.topic) {
+                return Err(SqlError::Invalid(format!(
+                    "{} is already in the join{}: a query joins each stream, table and topic once \
+                     (self-joins are not supported)",
+                    right.name,
+                    if s.name == right.name {
+                        String::new()
+                    } else {
+                        format!(" (through {}, on topic {})", s.name, s.topic)
+                    }
+                )));
+            }
             if sources.iter().any(|(_, a)| *a == right_alias) {
                 return Err(SqlError::Invalid(format!(
                     "two sources of the join are called {right_alias}: give one an alias"

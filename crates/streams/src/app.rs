@@ -87,7 +87,8 @@ pub struct StreamsConfig {
     /// Where an input partition without a committed offset starts, when it is listed here
     /// (before `offset_reset` applies): a position the application was told to start from,
     /// e.g. the end of its inputs when it was declared rather than when it first ran. A
-    /// position below the partition's log start reads from the log start.
+    /// position below the partition's log start reads from the log start; a partition of a
+    /// listed topic that is not listed (added since) reads from its log start.
     pub initial_offsets: BTreeMap<(String, u32), i64>,
 }
 
@@ -868,6 +869,11 @@ impl Instance {
                         Some(c) => c.offset,
                         None => match self.cfg.initial_offsets.get(&(topic.clone(), p)) {
                             Some(o) => (*o).max(start_offset(client, &topic, p).await?),
+                            // A partition added to a listed topic after the start positions
+                            // were taken: all of it is new.
+                            None if self.cfg.initial_offsets.keys().any(|(t, _)| *t == topic) => {
+                                start_offset(client, &topic, p).await?
+                            }
                             None if self.cfg.offset_reset == OffsetReset::Latest && !self.internal(&topic) => {
                                 end_offset(client, &topic, p).await?
                             }
