@@ -17,7 +17,7 @@ use sluice_sql::ast::{Explained, ShowWhat, Statement};
 use sluice_sql::engine::Pull;
 use sluice_sql::plan::QueryPlan;
 use sluice_sql::{Engine, Outcome, Row, SqlError, Value};
-use tokio::sync::{OnceCell, mpsc};
+use tokio::sync::{Mutex, OnceCell, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -51,11 +51,45 @@ fn remote(e: ClientError) -> Status {
 pub struct SqlService {
     gateway: String,
     client: Arc<OnceCell<Client>>,
+    /// The catalog as of a point of the command topic (the offset after the last command
+    /// applied): each request moves it through what was appended since, instead of
+    /// replaying the whole topic.
+    catalog: Arc<Mutex<(Engine, i64)>>,
 }
 
 impl SqlService {
     pub fn new(gateway: &str) -> Self {
-        Self { gateway: gateway.to_string(), client: Arc::new(OnceCell::new()) }
+        Self {
+            gateway: gateway.to_string(),
+            client: Arc::new(OnceCell::new()),
+            catalog: Arc::new(Mutex::new((Engine::new(), 0))),
+        }
+    }
+
+    /// The catalog as the command topic makes it now (every gateway's statements), and the
+    /// offset after its last command.
+    async fn catalog(&self, client: &Client) -> Result<(Engine, i64), Status> {
+        let mut cached = self.catalog.lock().await;
+        let (commands, next) = commands::read_from(client, cached.1).await.map_err(remote)?;
+        if next < cached.1 {
+            // The topic ends before what was applied: it was deleted and made anew.
+            let (engine, next) = commands::catalog(client).await.map_err(remote)?;
+            *cached = (engine, next);
+        } else {
+            for (_, c) in commands {
+                commands::apply(&mut cached.0, &c);
+            }
+            cached.1 = next;
+        }
+        Ok(cached.clone())
+    }
+
+    /// Keeps `engine` (the log applied up to `next`) when it is ahead of the cached one.
+    async fn remember(&self, engine: Engine, next: i64) {
+        let mut cached = self.catalog.lock().await;
+        if next > cached.1 {
+            *cached = (engine, next);
+        }
     }
 
     pub fn into_server(self) -> SqlServer<Self> {
@@ -69,7 +103,7 @@ impl SqlService {
     async fn run(&self, req: ExecuteRequest) -> Result<ExecuteResponse, Status> {
         let parsed = sluice_sql::parse(&req.sql).map_err(|e| status(&e))?;
         let client = self.client().await?;
-        let (mut engine, mut next) = commands::catalog(&client).await.map_err(remote)?;
+        let (mut engine, mut next) = self.catalog(&client).await?;
         let mut properties: BTreeMap<String, String> = req.properties.into_iter().collect();
         properties.remove(commands::START_OFFSETS);
         let earliest = properties.get("auto.offset.reset").is_some_and(|v| v.eq_ignore_ascii_case("earliest"));
@@ -171,6 +205,7 @@ impl SqlService {
             }
             results.push(result);
         }
+        self.remember(engine, next).await;
         Ok(ExecuteResponse { results })
     }
 }
@@ -314,7 +349,7 @@ impl Sql for SqlService {
             return Err(Status::invalid_argument("Query runs a SELECT; other statements go to Execute"));
         };
         let client = self.client().await?;
-        let (engine, _) = commands::catalog(&client).await.map_err(remote)?;
+        let (engine, _) = self.catalog(&client).await?;
         let (tx, rx) = mpsc::channel(256);
         match engine.select(&q).map_err(|e| status(&e))? {
             Outcome::Pull(pull) => {

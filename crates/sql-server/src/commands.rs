@@ -113,17 +113,35 @@ pub async fn read_from(client: &Client, from: i64) -> Result<(Vec<(i64, Command)
 }
 
 /// The records of partition 0 of `topic` (one of the SQL layer's single-partition topics)
-/// from offset `from` to its current end, and the offset after them; none when the topic
-/// does not exist yet.
+/// from offset `from` to its current end, and the offset after them (its end, below `from`
+/// when the topic was deleted and made anew); none when the topic does not exist yet.
 pub async fn read_topic(client: &Client, topic: &str, from: i64) -> Result<(Vec<ConsumerRecord>, i64), ClientError> {
-    let end = match client.list_offsets(topic, vec![0], OffsetSpec::Latest, 0).await {
-        Ok(o) => o.first().map_or(0, |o| o.offset),
-        Err(e) if e.code() == Some(tonic::Code::NotFound) => return Ok((Vec::new(), from)),
-        Err(e) => return Err(e),
+    // Right after the topic is created its partition may have no leader yet: its end is
+    // unknown (an entry with an error), not 0, and taking it for 0 would read nothing.
+    let mut attempts = 0;
+    let end = loop {
+        let offsets = match client.list_offsets(topic, vec![0], OffsetSpec::Latest, 0).await {
+            Ok(o) => o,
+            Err(e) if e.code() == Some(tonic::Code::NotFound) => return Ok((Vec::new(), from)),
+            Err(e) => return Err(e),
+        };
+        match offsets.first() {
+            Some(o) if o.offset >= 0 => break o.offset,
+            Some(o) if attempts < 50 => {
+                tracing::debug!(topic, error = ?o.error, "the end of the topic is not known yet");
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => {
+                let why = other.and_then(|o| o.error.as_ref()).map_or("no answer", |e| e.message.as_str());
+                return Err(tonic::Status::unavailable(format!("where {topic} ends cannot be told now: {why}")).into());
+            }
+        }
     };
     let mut out = Vec::new();
     if end <= from {
-        return Ok((out, from.max(end)));
+        // Below `from` only when the topic was made anew since: the caller sees it.
+        return Ok((out, end));
     }
     let start = if from == 0 { StartFrom::Earliest } else { StartFrom::Offset(from) };
     let mut consumer = Consumer::assign(client.clone(), topic, &[0], start, ConsumerConfig::default()).await?;
