@@ -745,13 +745,23 @@ fn crash_image(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
-/// Index entries (8-byte keys) the durable part of a store's index holds for [`pid`].
-fn durable_entries(root: &std::path::Path) -> usize {
-    let db = sled::Config::new()
-        .path(root.join("sled"))
-        .segment_size(sluice_storage::segment_store::SLED_SEGMENT_BYTES)
-        .open()
-        .unwrap();
+/// Index entries (8-byte keys) the durable part of a store's index holds for [`pid`]. A store
+/// just dropped may still hold sled's lock for a moment, as in [`reopen_with`].
+async fn durable_entries(root: &std::path::Path) -> usize {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let db = loop {
+        match sled::Config::new()
+            .path(root.join("sled"))
+            .segment_size(sluice_storage::segment_store::SLED_SEGMENT_BYTES)
+            .open()
+        {
+            Ok(db) => break db,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("could not acquire lock") => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("opening the index: {e}"),
+        }
+    };
     db.open_tree("idx/7/t/0").unwrap().iter().keys().filter(|k| k.as_ref().is_ok_and(|k| k.len() == 8)).count()
 }
 
@@ -775,7 +785,7 @@ async fn an_acknowledged_append_survives_a_crash_that_lost_its_index_entries() {
     }
     assert!(segment_files(dir.path()).len() > 2, "the files rolled");
     crash_image(dir.path(), image.path());
-    let durable = durable_entries(image.path());
+    let durable = durable_entries(image.path()).await;
     assert!(durable < 12, "the syncs left index entries unflushed ({durable} of 12 durable)");
     // The restart after the crash finds every acknowledged batch in the files.
     {
@@ -789,10 +799,10 @@ async fn an_acknowledged_append_survives_a_crash_that_lost_its_index_entries() {
             12
         );
     }
-    assert_eq!(durable_entries(image.path()), 13, "recovery indexed the batches and flushed the index");
+    assert_eq!(durable_entries(image.path()).await, 13, "recovery indexed the batches and flushed the index");
     // A checkpoint (before a process stops) flushes the index too.
     store.checkpoint().await.unwrap();
     let image = tempfile::tempdir().unwrap();
     crash_image(dir.path(), image.path());
-    assert_eq!(durable_entries(image.path()), 12);
+    assert_eq!(durable_entries(image.path()).await, 12);
 }
