@@ -225,7 +225,7 @@ struct Shared {
 impl Shared {
     /// Syncs the files written since the last sync and records how far each partition is
     /// synced; then flushes the index for a checkpoint or when a partition's tree is new.
-    fn sync_all(&self, kind: SyncKind) -> Result<(), StorageError> {
+    async fn sync_all(self: Arc<Self>, kind: SyncKind) -> Result<(), StorageError> {
         let started = std::time::Instant::now();
         let dirty = std::mem::take(&mut *lock(&self.dirty));
         let mut first_error = None;
@@ -241,32 +241,31 @@ impl Shared {
                 let new_tree = std::mem::take(&mut p.new_tree);
                 (std::mem::take(&mut p.files), std::mem::take(&mut p.new_files), p.end, new_tree, p.cuts)
             };
-            let job = Job { ps, files, new_files, end, new_tree, cuts };
+            let job = Arc::new(Job { ps, files, new_files, end, new_tree, cuts });
             flush_index |= job.new_tree;
             jobs.push(job);
         }
         // The partitions' files are synced side by side: the device takes the writes of all
-        // of them at once, and their journal commits are shared.
-        let results: Vec<Result<(), StorageError>> =
-            match jobs.len() {
-                0 => Vec::new(),
-                1 => vec![jobs[0].run()],
-                _ => std::thread::scope(|s| {
-                    let handles: Vec<_> = jobs[1..].iter().map(|j| s.spawn(move || j.run())).collect();
-                    let mut out = vec![jobs[0].run()];
-                    out.extend(handles.into_iter().map(|h| {
-                        h.join().unwrap_or_else(|_| Err(StorageError::Task("a sync thread panicked".into())))
-                    }));
-                    out
-                }),
-            };
+        // of them at once. On the blocking pool, whose threads are reused: a sync is frequent
+        // and small under light load, where starting threads cost more than the syncs.
+        let running: Vec<_> = jobs
+            .iter()
+            .map(|j| {
+                let j = j.clone();
+                tokio::task::spawn_blocking(move || j.run())
+            })
+            .collect();
+        let mut results = Vec::with_capacity(running.len());
+        for r in running {
+            results.push(r.await.unwrap_or_else(|e| Err(StorageError::Task(format!("a sync task failed: {e}")))));
+        }
         for (job, res) in jobs.into_iter().zip(results) {
             if let Err(e) = res {
                 // Synced again by the next sync: nothing written is forgotten.
-                let ps = job.ps;
+                let ps = job.ps.clone();
                 {
                     let mut p = lock(&ps.pending);
-                    p.files.extend(job.files);
+                    p.files.extend(job.files.iter().cloned());
                     p.new_files |= job.new_files;
                     p.new_tree |= job.new_tree;
                 }
@@ -278,7 +277,10 @@ impl Shared {
         }
         let files_done = started.elapsed();
         if flush_index {
-            self.db.flush()?;
+            let db = self.db.clone();
+            tokio::task::spawn_blocking(move || db.flush())
+                .await
+                .map_err(|e| StorageError::Task(format!("the index flush failed: {e}")))??;
         }
         tracing::trace!(?kind, files = ?files_done, index = ?started.elapsed() - files_done, "synced");
         first_error.map_or(Ok(()), Err)
@@ -767,10 +769,7 @@ async fn syncer(shared: Weak<Shared>, mut rx: mpsc::UnboundedReceiver<SyncReques
         let Some(shared) = shared.upgrade() else { break };
         let answered = std::mem::take(&mut waiters);
         running.spawn(async move {
-            let res = tokio::task::spawn_blocking(move || shared.sync_all(kind))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
+            let res = shared.sync_all(kind).await.map_err(|e| e.to_string());
             (res, answered)
         });
     }
@@ -953,9 +952,7 @@ impl SegmentStore {
         let (tx, rx) = oneshot::channel();
         if self.flush_tx.send((kind, tx)).is_err() {
             let shared = self.shared.clone();
-            return tokio::task::spawn_blocking(move || shared.sync_all(kind))
-                .await
-                .map_err(|e| StorageError::Task(e.to_string()))?;
+            return shared.sync_all(kind).await;
         }
         match rx.await {
             Ok(Ok(())) => Ok(()),

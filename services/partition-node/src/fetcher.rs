@@ -129,6 +129,11 @@ async fn session(
     };
     let _ = tx.send(ReplicaRequest { kind: Some(Kind::Start(start)) }).await;
     let mut stream = client.replicate(ReceiverStream::new(rx)).await?.into_inner();
+    // Copies are stored one after another; their flushes run beside them, one at a time, each
+    // covering everything stored before it started (the watch keeps only the newest end).
+    let (stored_tx, stored_rx) = watch::channel(-1i64);
+    let flusher = tokio::spawn(flush_acks(node.clone(), stored_rx, tx.clone()));
+    let _stop_flusher = AbortOnDrop(flusher);
     loop {
         let Some(first) = stream.next().await.transpose()? else { return Ok(()) };
         // Take everything already received: one flush for all of it.
@@ -160,19 +165,42 @@ async fn session(
         }
         if copied > 0 {
             // Stored: the leader may show these records to consumers. Flushed, a moment later:
-            // it may acknowledge acks=all writes. The flush runs beside the next copies.
+            // it may acknowledge acks=all writes.
             let end = replica.log.offsets().log_end_offset;
             let ack = ReplicaAck { log_end_offset: end, credit: copied, flushed_offset: -1 };
             if tx.send(ReplicaRequest { kind: Some(Kind::Ack(ack)) }).await.is_err() {
                 return Ok(());
             }
-            let (node, tx) = (node.clone(), tx.clone());
-            tokio::spawn(async move {
-                if node.sync().await.is_ok() {
-                    let ack = ReplicaAck { log_end_offset: end, credit: 0, flushed_offset: end };
-                    let _ = tx.send(ReplicaRequest { kind: Some(Kind::Ack(ack)) }).await;
-                }
-            });
+            stored_tx.send_replace(end);
         }
+    }
+}
+
+/// Flushes what a session stored and tells the leader how far it is durable: one flush at a
+/// time (shared with the node's other partitions), then the next for whatever was stored
+/// meanwhile. Ends with the session (its watch sender or the stream gone).
+async fn flush_acks(node: Arc<Node>, mut stored: watch::Receiver<i64>, tx: mpsc::Sender<ReplicaRequest>) {
+    while stored.changed().await.is_ok() {
+        let end = *stored.borrow_and_update();
+        if let Err(e) = node.sync().await {
+            // Not durable yet: tried again (with whatever was stored since) after a pause.
+            tracing::warn!(error = %e, "flushing copied records failed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            stored.mark_changed();
+            continue;
+        }
+        let ack = ReplicaAck { log_end_offset: end, credit: 0, flushed_offset: end };
+        if tx.send(ReplicaRequest { kind: Some(Kind::Ack(ack)) }).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Aborts a task when dropped: a session's flusher must not outlive it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
