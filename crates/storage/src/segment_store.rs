@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -220,12 +220,68 @@ struct PartitionSync {
 struct Shared {
     db: sled::Db,
     dirty: Mutex<Vec<Arc<PartitionSync>>>,
+    threads: SyncThreads,
+}
+
+/// A task for a sync thread.
+type SyncTask = Box<dyn FnOnce() + Send>;
+
+/// The threads that sync partitions beside the one a sync runs on, kept for the store's life:
+/// under light load syncs are small and frequent, and starting a thread for each cost more CPU
+/// than the syncs did. A thread is added when none is idle, up to [`SYNC_THREADS`]; past that
+/// the partitions' syncs wait for one another.
+struct SyncThreads {
+    tx: Mutex<std::sync::mpsc::Sender<SyncTask>>,
+    rx: Arc<Mutex<std::sync::mpsc::Receiver<SyncTask>>>,
+    idle: Arc<AtomicUsize>,
+    started: AtomicUsize,
+}
+
+/// Most sync threads a store keeps.
+const SYNC_THREADS: usize = 32;
+
+impl SyncThreads {
+    fn new() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        Self { tx: Mutex::new(tx), rx: Arc::new(Mutex::new(rx)), idle: Arc::default(), started: AtomicUsize::new(0) }
+    }
+
+    /// Runs `task` on an idle thread, or a new one. Every thread goes back to taking tasks
+    /// after each, so a task sent always runs, whatever the idle count says.
+    fn run(&self, task: SyncTask) {
+        let reserved = self.idle.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok();
+        let grow = !reserved
+            && self
+                .started
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < SYNC_THREADS).then_some(n + 1))
+                .is_ok();
+        if grow {
+            let (rx, idle) = (self.rx.clone(), self.idle.clone());
+            let spawned = std::thread::Builder::new().name("sluice-sync".into()).spawn(move || {
+                loop {
+                    // Held while waiting for a task, not while running it. Ends with the store.
+                    let next = lock(&rx).recv();
+                    let Ok(task) = next else { return };
+                    task();
+                    idle.fetch_add(1, Ordering::AcqRel);
+                }
+            });
+            if let Err(e) = spawned {
+                self.started.fetch_sub(1, Ordering::AcqRel);
+                tracing::warn!(error = %e, "cannot start a sync thread: syncing on the caller's");
+                task();
+                return;
+            }
+        }
+        // Fails only once every receiver is gone, which `self.rx` prevents.
+        let _ = lock(&self.tx).send(task);
+    }
 }
 
 impl Shared {
     /// Syncs the files written since the last sync and records how far each partition is
     /// synced; then flushes the index for a checkpoint or when a partition's tree is new.
-    async fn sync_all(self: Arc<Self>, kind: SyncKind) -> Result<(), StorageError> {
+    fn sync_all(&self, kind: SyncKind) -> Result<(), StorageError> {
         let started = std::time::Instant::now();
         let dirty = std::mem::take(&mut *lock(&self.dirty));
         let mut first_error = None;
@@ -241,23 +297,29 @@ impl Shared {
                 let new_tree = std::mem::take(&mut p.new_tree);
                 (std::mem::take(&mut p.files), std::mem::take(&mut p.new_files), p.end, new_tree, p.cuts)
             };
-            let job = Arc::new(Job { ps, files, new_files, end, new_tree, cuts });
+            let job = Job { ps, files, new_files, end, new_tree, cuts };
             flush_index |= job.new_tree;
             jobs.push(job);
         }
         // The partitions' files are synced side by side: the device takes the writes of all
-        // of them at once. On the blocking pool, whose threads are reused: a sync is frequent
-        // and small under light load, where starting threads cost more than the syncs.
-        let running: Vec<_> = jobs
-            .iter()
-            .map(|j| {
-                let j = j.clone();
-                tokio::task::spawn_blocking(move || j.run())
-            })
-            .collect();
-        let mut results = Vec::with_capacity(running.len());
-        for r in running {
-            results.push(r.await.unwrap_or_else(|e| Err(StorageError::Task(format!("a sync task failed: {e}")))));
+        // of them at once, and their journal commits are shared.
+        let jobs: Vec<Arc<Job>> = jobs.into_iter().map(Arc::new).collect();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        for (i, j) in jobs.iter().enumerate().skip(1) {
+            let (j, done) = (j.clone(), done_tx.clone());
+            self.threads.run(Box::new(move || {
+                let _ = done.send((i, j.run()));
+            }));
+        }
+        drop(done_tx);
+        let mut results: Vec<Result<(), StorageError>> = Vec::with_capacity(jobs.len());
+        if let Some(first) = jobs.first() {
+            results.push(first.run());
+        }
+        results.resize_with(jobs.len(), || Err(StorageError::Task("a sync thread stopped".into())));
+        // Ends once every task sent its result or was dropped (a panicking one).
+        for (i, r) in done_rx {
+            results[i] = r;
         }
         for (job, res) in jobs.into_iter().zip(results) {
             if let Err(e) = res {
@@ -277,10 +339,7 @@ impl Shared {
         }
         let files_done = started.elapsed();
         if flush_index {
-            let db = self.db.clone();
-            tokio::task::spawn_blocking(move || db.flush())
-                .await
-                .map_err(|e| StorageError::Task(format!("the index flush failed: {e}")))??;
+            self.db.flush()?;
         }
         tracing::trace!(?kind, files = ?files_done, index = ?started.elapsed() - files_done, "synced");
         first_error.map_or(Ok(()), Err)
@@ -594,7 +653,7 @@ impl SegmentStore {
             .segment_size(SLED_SEGMENT_BYTES)
             .flush_every_ms(None)
             .open()?;
-        let shared = Arc::new(Shared { db, dirty: Mutex::new(Vec::new()) });
+        let shared = Arc::new(Shared { db, dirty: Mutex::new(Vec::new()), threads: SyncThreads::new() });
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
         tokio::spawn(syncer(Arc::downgrade(&shared), flush_rx, options.flush_interval_ms));
         let store =
@@ -769,7 +828,10 @@ async fn syncer(shared: Weak<Shared>, mut rx: mpsc::UnboundedReceiver<SyncReques
         let Some(shared) = shared.upgrade() else { break };
         let answered = std::mem::take(&mut waiters);
         running.spawn(async move {
-            let res = shared.sync_all(kind).await.map_err(|e| e.to_string());
+            let res = tokio::task::spawn_blocking(move || shared.sync_all(kind))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
             (res, answered)
         });
     }
@@ -952,7 +1014,9 @@ impl SegmentStore {
         let (tx, rx) = oneshot::channel();
         if self.flush_tx.send((kind, tx)).is_err() {
             let shared = self.shared.clone();
-            return shared.sync_all(kind).await;
+            return tokio::task::spawn_blocking(move || shared.sync_all(kind))
+                .await
+                .map_err(|e| StorageError::Task(e.to_string()))?;
         }
         match rx.await {
             Ok(Ok(())) => Ok(()),
