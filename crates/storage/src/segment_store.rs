@@ -773,6 +773,10 @@ impl SegmentStore {
 /// A request to the syncer: how far to sync, and where to answer.
 type SyncRequest = (SyncKind, oneshot::Sender<Result<(), String>>);
 
+/// An append slower than this is logged with where its time went (the file's roll, the write
+/// into the page cache, the index).
+const SLOW_APPEND: Duration = Duration::from_millis(50);
+
 /// Syncs that may run at once. A sync that starts while another runs covers the appends made
 /// since that one started, without waiting for it to end: the device always has writes to do,
 /// and a waiter waits for about one sync, not one and a half. Concurrent syncs are safe: each
@@ -1195,16 +1199,30 @@ impl SegmentPartition {
         mut items: Vec<(i64, BatchMeta)>,
     ) -> Result<(), StorageError> {
         let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+        let t0 = std::time::Instant::now();
         let no = self.active_for(st, total)?;
         let seg = st.segments.get(&no).ok_or_else(|| StorageError::Task(format!("segment file {no} is not open")))?;
         let (file, at) = (seg.file.clone(), seg.len);
+        let t1 = std::time::Instant::now();
         file.append(bufs, at)?;
+        let t2 = std::time::Instant::now();
         let mut pos = at;
         for (_, m) in items.iter_mut() {
             (m.file, m.pos) = (no, pos);
             pos += m.size;
         }
         self.index_entries(&items)?;
+        let t3 = std::time::Instant::now();
+        if t3 - t0 > SLOW_APPEND {
+            tracing::warn!(
+                partition = %self.id,
+                bytes = total,
+                file = ?(t1 - t0),
+                write = ?(t2 - t1),
+                index = ?(t3 - t2),
+                "slow append"
+            );
+        }
         if let Some(seg) = st.segments.get_mut(&no) {
             seg.len = at + total;
             seg.live += items.len() as u64;
