@@ -149,10 +149,7 @@ impl Consumer {
                     StartFrom::Offset(_) => (OffsetSpec::Latest, 0),
                 };
                 let mut m = BTreeMap::new();
-                for o in client.list_offsets(topic, parts.clone(), spec, ts).await? {
-                    if let Some(e) = &o.error {
-                        return Err(RemoteError::from(e).into());
-                    }
+                for o in client.settled_offsets(topic, parts.clone(), spec, ts).await? {
                     m.insert(o.partition, if o.offset >= 0 { o.offset } else { o.log_end_offset });
                 }
                 m

@@ -437,7 +437,7 @@ impl GroupConsumer {
         let spec = reset_spec(self.cfg.auto_offset_reset);
         let mut reset_at = BTreeMap::new();
         for (topic, parts) in &plan.reset {
-            match self.client.list_offsets(topic, parts.clone(), spec, 0).await {
+            match self.client.settled_offsets(topic, parts.clone(), spec, 0).await {
                 Ok(found) => {
                     for o in found {
                         reset_at.insert((topic.clone(), o.partition), reset_position(&o));
@@ -636,10 +636,10 @@ fn reset_spec(auto_offset_reset: StartFrom) -> OffsetSpec {
     if auto_offset_reset == StartFrom::Latest { OffsetSpec::Latest } else { OffsetSpec::Earliest }
 }
 
-/// Where a partition without a committed offset starts, from its lookup: the log end when the
-/// lookup failed or found nothing.
+/// Where a partition without a committed offset starts, from its settled lookup
+/// ([`Client::settled_offsets`]: no error entries): the log end when it found nothing.
 fn reset_position(o: &PartitionOffset) -> i64 {
-    if o.error.is_some() || o.offset < 0 { o.log_end_offset.max(0) } else { o.offset }
+    if o.offset >= 0 { o.offset } else { o.log_end_offset }
 }
 
 /// The readers to rebuild once `plan` is applied: one per topic that lost or gained
@@ -1159,12 +1159,6 @@ mod tests {
         assert_eq!(reset_position(&found), 7);
         let none = PartitionOffset { offset: -1, ..found.clone() };
         assert_eq!(reset_position(&none), 12);
-        // A failed lookup falls back to the log end, whatever offset came with it.
-        let failed = PartitionOffset { offset: 5, log_end_offset: 9, error: Some(wire_error(true)), ..found.clone() };
-        assert_eq!(reset_position(&failed), 9);
-        // The log end is -1 on error: the start is then 0.
-        let unknown = PartitionOffset { offset: -1, log_end_offset: -1, error: Some(wire_error(true)), ..found };
-        assert_eq!(reset_position(&unknown), 0);
     }
 
     #[test]

@@ -88,6 +88,9 @@ impl From<tonic::Status> for ClientError {
     }
 }
 
+/// How long [`Client::settled_offsets`] waits for partitions without a leader.
+pub const SETTLE_WAIT: Duration = Duration::from_secs(5);
+
 /// How long one gateway gets to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -485,6 +488,40 @@ impl Client {
             ..Default::default()
         };
         Ok(self.admin().list_offsets(req).await?.into_inner().offsets)
+    }
+
+    /// The offsets `spec` designates of `partitions` of `topic` (all when empty), each one
+    /// known. A partition without a leader (right after its topic is created, during an
+    /// election) answers with an error entry whose offsets are -1: such entries are asked
+    /// again for up to [`SETTLE_WAIT`], never handed out as positions. A partition still
+    /// failing then, or failing for good, fails the call with its error.
+    pub async fn settled_offsets(
+        &self,
+        topic: &str,
+        partitions: Vec<u32>,
+        spec: OffsetSpec,
+        timestamp_ms: i64,
+    ) -> Result<Vec<PartitionOffset>, ClientError> {
+        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+        let mut settled: Vec<PartitionOffset> = Vec::new();
+        let mut ask = partitions;
+        loop {
+            let found = self.list_offsets(topic, ask, spec, timestamp_ms).await?;
+            let (failed, ok): (Vec<_>, Vec<_>) = found.into_iter().partition(|o| o.error.is_some());
+            settled.extend(ok);
+            let Some(e) = failed.iter().find_map(|o| o.error.as_ref()) else {
+                settled.sort_by_key(|o| o.partition);
+                return Ok(settled);
+            };
+            let e = RemoteError::from(e);
+            if !e.retriable || tokio::time::Instant::now() >= deadline {
+                let p = failed.first().map_or(0, |o| o.partition);
+                return Err(RemoteError { message: format!("partition {p} of {topic}: {}", e.message), ..e }.into());
+            }
+            tracing::debug!(topic, error = %e.message, "offsets of partitions without a leader yet: asking again");
+            ask = failed.iter().map(|o| o.partition).collect();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn list_nodes(&self) -> Result<Vec<NodeDescription>, ClientError> {

@@ -295,16 +295,13 @@ fn row(values: Vec<Value>) -> SqlRow {
 /// each key kept, deletions applied.
 async fn pull_rows(client: &Client, pull: &Pull) -> Result<Vec<Vec<Value>>, Status> {
     let topic = &pull.table.topic;
-    let ends = client.list_offsets(topic, vec![], OffsetSpec::Latest, 0).await.map_err(remote)?;
     // A partition whose end is unknown (its leader is moving) would be read as empty: the
-    // rows would be partial, so the query fails instead, to be asked again.
-    if let Some(o) = ends.iter().find(|o| o.error.is_some() && o.offset < 0) {
-        let why = o.error.as_ref().map_or("", |e| e.message.as_str());
-        return Err(Status::unavailable(format!(
-            "partition {} of {topic} cannot be read now ({why}): ask again",
-            o.partition
-        )));
-    }
+    // rows would be partial, so the query fails once that outlasts the wait, to be asked again.
+    let ends =
+        client.settled_offsets(topic, vec![], OffsetSpec::Latest, 0).await.map_err(|e| match e.is_retriable() {
+            true => Status::unavailable(format!("{topic} cannot be read now ({e}): ask again")),
+            false => remote(e),
+        })?;
     let ends: BTreeMap<u32, i64> = ends.into_iter().filter(|o| o.offset > 0).map(|o| (o.partition, o.offset)).collect();
     let mut latest: BTreeMap<Vec<u8>, Option<Bytes>> = BTreeMap::new();
     if !ends.is_empty() {

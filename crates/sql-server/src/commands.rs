@@ -116,27 +116,15 @@ pub async fn read_from(client: &Client, from: i64) -> Result<(Vec<(i64, Command)
 /// from offset `from` to its current end, and the offset after them (its end, below `from`
 /// when the topic was deleted and made anew); none when the topic does not exist yet.
 pub async fn read_topic(client: &Client, topic: &str, from: i64) -> Result<(Vec<ConsumerRecord>, i64), ClientError> {
-    // Right after the topic is created its partition may have no leader yet: its end is
-    // unknown (an entry with an error), not 0, and taking it for 0 would read nothing.
-    let mut attempts = 0;
-    let end = loop {
-        let offsets = match client.list_offsets(topic, vec![0], OffsetSpec::Latest, 0).await {
-            Ok(o) => o,
-            Err(e) if e.code() == Some(tonic::Code::NotFound) => return Ok((Vec::new(), from)),
-            Err(e) => return Err(e),
-        };
-        match offsets.first() {
-            Some(o) if o.offset >= 0 => break o.offset,
-            Some(o) if attempts < 50 => {
-                tracing::debug!(topic, error = ?o.error, "the end of the topic is not known yet");
-                attempts += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            other => {
-                let why = other.and_then(|o| o.error.as_ref()).map_or("no answer", |e| e.message.as_str());
-                return Err(tonic::Status::unavailable(format!("where {topic} ends cannot be told now: {why}")).into());
-            }
+    // A partition without a leader yet (right after the topic is created) has no known end:
+    // waited out, never taken for 0 (which would read nothing) nor -1.
+    let end = match client.settled_offsets(topic, vec![0], OffsetSpec::Latest, 0).await {
+        Ok(o) => o.first().map_or(0, |o| o.offset.max(0)),
+        Err(e) if e.code() == Some(tonic::Code::NotFound) => return Ok((Vec::new(), from)),
+        Err(e) if e.is_retriable() => {
+            return Err(tonic::Status::unavailable(format!("where {topic} ends cannot be told now: {e}")).into());
         }
+        Err(e) => return Err(e),
     };
     let mut out = Vec::new();
     if end <= from {

@@ -1158,30 +1158,11 @@ fn sled_error(e: sled::Error) -> StreamsError {
     StreamsError::Config(format!("state store database: {e}"))
 }
 
-/// Where a partition starts or ends. Right after a topic is created its partitions may have
-/// no leader yet: the answer is then an entry with an error (offset -1), which is waited out
-/// for a while, never taken for a position.
+/// Where a partition starts or ends (waiting out a partition without a leader yet, as
+/// [`Client::settled_offsets`] does).
 async fn list(client: &Client, topic: &str, partition: u32, spec: OffsetSpec) -> Result<i64, StreamsError> {
-    let mut attempts = 0;
-    loop {
-        let offsets = client.list_offsets(topic, vec![partition], spec, 0).await.map_err(remote)?;
-        let Some(o) = offsets.first() else { return Ok(0) };
-        if o.offset >= 0 {
-            return Ok(o.offset);
-        }
-        if o.error.is_none() && o.log_end_offset >= 0 {
-            return Ok(o.log_end_offset);
-        }
-        attempts += 1;
-        if attempts >= 100 {
-            let why = o.error.as_ref().map_or("no offset", |e| e.message.as_str());
-            return Err(remote(ClientError::Exhausted {
-                elapsed: Duration::from_millis(100 * attempts),
-                last: format!("where partition {partition} of {topic} starts or ends is not known: {why}"),
-            }));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let offsets = client.settled_offsets(topic, vec![partition], spec, 0).await.map_err(remote)?;
+    Ok(offsets.first().map_or(0, |o| if o.offset >= 0 { o.offset } else { o.log_end_offset }))
 }
 
 async fn end_offset(client: &Client, topic: &str, partition: u32) -> Result<i64, StreamsError> {

@@ -72,8 +72,11 @@ async fn committed_offsets(client: &Client, keys: &[(Bytes, u32)]) -> Result<Has
     let mut found = HashMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     for (partition, wanted) in by_partition {
+        // Settled: a partition without a leader yet has an unknown end, not an empty log
+        // (taken for empty, the offsets committed before would be missed and records
+        // produced again).
         let end = client
-            .list_offsets(store::CONNECT_OFFSETS_TOPIC, vec![partition], OffsetSpec::Latest, 0)
+            .settled_offsets(store::CONNECT_OFFSETS_TOPIC, vec![partition], OffsetSpec::Latest, 0)
             .await
             .map_err(|e| e.to_string())?
             .first()
