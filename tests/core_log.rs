@@ -174,34 +174,6 @@ async fn timestamp_lookup_finds_the_first_record_at_or_after() {
     assert_eq!(earliest[0].offset, 0);
 }
 
-/// Right after a topic is created its partitions may have no leader yet, and a lookup of
-/// where they end answers with error entries. A consumer started at the end waits those out
-/// instead of failing (or starting from a guess), and reads what is written next.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_consumer_started_at_the_end_of_a_topic_just_created_reads_what_comes_next() {
-    let (c, _dir) = cluster(3).await;
-    let client = client(&c).await;
-    let producer = Producer::new(client.clone(), ProducerConfig { linger: Duration::ZERO, ..Default::default() });
-    for t in 0..4 {
-        let topic = format!("fresh-{t}");
-        client.create_topic(&topic, 3, 3, HashMap::new()).await.unwrap();
-        let mut consumer = Consumer::assign(client.clone(), &topic, &[], StartFrom::Latest, ConsumerConfig::default())
-            .await
-            .unwrap_or_else(|e| panic!("assigning {topic} right after creating it: {e}"));
-        assert_eq!(consumer.positions().values().copied().collect::<Vec<_>>(), vec![0, 0, 0], "{topic}");
-        for p in 0..3u32 {
-            let r = ProducerRecord { partition: Some(p), ..record(&topic, None, format!("{topic}/{p}")) };
-            producer.send(r).await.unwrap().await.unwrap().unwrap();
-        }
-        let mut got = HashSet::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while got.len() < 3 && tokio::time::Instant::now() < deadline {
-            got.extend(consumer.poll(Duration::from_secs(2)).await.unwrap().iter().map(|r| text(&r.value)));
-        }
-        assert_eq!(got, (0..3).map(|p| format!("{topic}/{p}")).collect::<HashSet<_>>());
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_node_vanishes_from_the_metadata_and_comes_back() {
     let (mut c, _dir) = cluster(2).await;

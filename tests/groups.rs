@@ -4,7 +4,7 @@
 //! Every run also checks, at its end, that no committed offset ever went backwards: the
 //! internal `__consumer_offsets` topic is read whole and each key's values compared in order.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -1194,4 +1194,71 @@ async fn partitions_added_to_a_topic_are_assigned_to_the_group() {
     assert_eq!(poll_values(&mut g, 1).await, vec!["in-partition-3".to_string()]);
     assert_eq!(g.assignment().len(), 4, "the member holds the new partitions too");
     g.close().await.expect("close");
+}
+
+/// A member starting at "latest" on a partition whose only replica is down waits until where
+/// that partition ends can be told (the lookup answers an error entry meanwhile): it neither
+/// fails nor starts the partition at 0, which would replay it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_latest_member_waits_for_a_leaderless_partition_instead_of_replaying_it() {
+    let _heavy = HEAVY.lock().await;
+    let (mut c, _dir) = group_cluster(3, 1).await;
+    let client = client(&c).await;
+    client.create_topic("lateness", 3, 1, HashMap::new()).await.unwrap();
+    let cfg =
+        ProducerConfig { linger: Duration::ZERO, delivery_timeout: Duration::from_secs(60), ..Default::default() };
+    let producer = Producer::new(client.clone(), cfg);
+    let send = |p: u32, v: String| {
+        let r = ProducerRecord {
+            topic: "lateness".into(),
+            partition: Some(p),
+            value: Some(Bytes::from(v)),
+            ..Default::default()
+        };
+        let producer = &producer;
+        async move { producer.send(r).await.unwrap().await.unwrap().unwrap() }
+    };
+    for p in 0..3u32 {
+        for i in 0..10 {
+            send(p, format!("old-{p}-{i}")).await;
+        }
+    }
+    let d = client.describe_topic("lateness").await.unwrap();
+    let leader = d.partitions.iter().find(|p| p.partition == 0).map(|p| p.leader).unwrap();
+    c.kill("partition-node", leader);
+    let cfg = GroupConfig {
+        auto_offset_reset: StartFrom::Latest,
+        session_timeout: Duration::from_secs(10),
+        ..GroupConfig::new("g-late")
+    };
+    let mut member = GroupConsumer::subscribe(client.clone(), &["lateness"], cfg).await.expect("join");
+    let mut got = Vec::new();
+    let quiet = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < quiet {
+        if let Ok(r) = member.poll(Duration::from_millis(500)).await {
+            got.extend(r.iter().map(|r| text(&r.value)));
+        }
+    }
+    assert!(got.is_empty(), "read while the partition had no leader: {got:?}");
+    c.restart("partition-node", leader).await.unwrap();
+    // The member takes its partitions once every end is known: each at 10, the end.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while member.positions().len() < 3 && tokio::time::Instant::now() < deadline {
+        if let Ok(r) = member.poll(Duration::from_millis(500)).await {
+            got.extend(r.iter().map(|r| text(&r.value)));
+        }
+    }
+    let positions: Vec<i64> = member.positions().values().copied().collect();
+    assert_eq!(positions, [10, 10, 10], "read so far: {got:?}");
+    for p in 0..3u32 {
+        send(p, format!("new-{p}")).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < 3 && tokio::time::Instant::now() < deadline {
+        if let Ok(r) = member.poll(Duration::from_millis(500)).await {
+            got.extend(r.iter().map(|r| text(&r.value)));
+        }
+    }
+    got.sort();
+    assert_eq!(got, ["new-0", "new-1", "new-2"], "the member starts at the end of every partition");
 }
