@@ -1196,9 +1196,10 @@ async fn partitions_added_to_a_topic_are_assigned_to_the_group() {
     g.close().await.expect("close");
 }
 
-/// A member starting at "latest" on a partition whose only replica is down waits until where
-/// that partition ends can be told (the lookup answers an error entry meanwhile): it neither
-/// fails nor starts the partition at 0, which would replay it whole.
+/// A member starting at "latest" on a partition whose only replica is down: the lookup of
+/// where it ends answers an error entry. The member reads its other partitions meanwhile,
+/// and takes that one at its end once it can be told: it never starts it at 0 (which
+/// replayed it whole) nor stops reading everything while it waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_latest_member_waits_for_a_leaderless_partition_instead_of_replaying_it() {
     let _heavy = HEAVY.lock().await;
@@ -1225,6 +1226,8 @@ async fn a_latest_member_waits_for_a_leaderless_partition_instead_of_replaying_i
     }
     let d = client.describe_topic("lateness").await.unwrap();
     let leader = d.partitions.iter().find(|p| p.partition == 0).map(|p| p.leader).unwrap();
+    let down: BTreeSet<u32> = d.partitions.iter().filter(|p| p.leader == leader).map(|p| p.partition).collect();
+    let up: Vec<u32> = (0..3).filter(|p| !down.contains(p)).collect();
     c.kill("partition-node", leader);
     let cfg = GroupConfig {
         auto_offset_reset: StartFrom::Latest,
@@ -1233,32 +1236,42 @@ async fn a_latest_member_waits_for_a_leaderless_partition_instead_of_replaying_i
     };
     let mut member = GroupConsumer::subscribe(client.clone(), &["lateness"], cfg).await.expect("join");
     let mut got = Vec::new();
-    let quiet = tokio::time::Instant::now() + Duration::from_secs(4);
-    while tokio::time::Instant::now() < quiet {
-        if let Ok(r) = member.poll(Duration::from_millis(500)).await {
-            got.extend(r.iter().map(|r| text(&r.value)));
-        }
+    // The partitions whose node is up are taken (at their end) and read while the others wait.
+    poll_until(&mut member, &mut got, |m, _| m.positions().len() == up.len()).await;
+    assert_eq!(member.positions().keys().map(|tp| tp.1).collect::<Vec<_>>(), up, "read so far: {got:?}");
+    for p in &up {
+        send(*p, format!("mid-{p}")).await;
     }
-    assert!(got.is_empty(), "read while the partition had no leader: {got:?}");
+    poll_until(&mut member, &mut got, |_, got| got.len() >= up.len()).await;
+    assert_eq!(got, up.iter().map(|p| format!("mid-{p}")).collect::<Vec<_>>(), "read while partition 0 had no leader");
     c.restart("partition-node", leader).await.unwrap();
-    // The member takes its partitions once every end is known: each at 10, the end.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while member.positions().len() < 3 && tokio::time::Instant::now() < deadline {
-        if let Ok(r) = member.poll(Duration::from_millis(500)).await {
-            got.extend(r.iter().map(|r| text(&r.value)));
-        }
-    }
-    let positions: Vec<i64> = member.positions().values().copied().collect();
-    assert_eq!(positions, [10, 10, 10], "read so far: {got:?}");
+    // The others are taken once their end is known: 10, where they end.
+    poll_until(&mut member, &mut got, |m, _| m.positions().len() == 3).await;
+    let positions: BTreeMap<u32, i64> = member.positions().into_iter().map(|(tp, o)| (tp.1, o)).collect();
+    let expected: BTreeMap<u32, i64> = (0..3).map(|p| (p, if down.contains(&p) { 10 } else { 11 })).collect();
+    assert_eq!(positions, expected, "read so far: {got:?}");
     for p in 0..3u32 {
         send(p, format!("new-{p}")).await;
     }
+    poll_until(&mut member, &mut got, |_, got| got.len() >= up.len() + 3).await;
+    got.sort();
+    let mut want: Vec<String> =
+        (0..3).map(|p| format!("new-{p}")).chain(up.iter().map(|p| format!("mid-{p}"))).collect();
+    want.sort();
+    assert_eq!(got, want, "the member starts at the end of every partition");
+    member.close().await.unwrap();
+}
+
+/// Polls `member`, gathering the values read into `got`, until `done` or 30 s.
+async fn poll_until(
+    member: &mut GroupConsumer,
+    got: &mut Vec<String>,
+    done: impl Fn(&GroupConsumer, &[String]) -> bool,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while got.len() < 3 && tokio::time::Instant::now() < deadline {
-        if let Ok(r) = member.poll(Duration::from_millis(500)).await {
+    while !done(member, got) && tokio::time::Instant::now() < deadline {
+        if let Ok(r) = member.poll(Duration::from_millis(200)).await {
             got.extend(r.iter().map(|r| text(&r.value)));
         }
     }
-    got.sort();
-    assert_eq!(got, ["new-0", "new-1", "new-2"], "the member starts at the end of every partition");
 }

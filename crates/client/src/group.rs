@@ -154,6 +154,12 @@ pub struct GroupConsumer {
     /// An assignment whose start positions could not be looked up yet: applied again, whole,
     /// by the next poll (nothing of it was applied).
     pending: Option<Assignment>,
+    /// Held partitions without a committed offset whose start is not known yet (no leader
+    /// answered): read by no reader until a later poll's lookup finds it, while the other
+    /// partitions are read. Never started from a guess.
+    unplaced: BTreeSet<TopicPartition>,
+    /// When `unplaced` was last looked up.
+    placed_at: Instant,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -225,6 +231,8 @@ impl GroupConsumer {
             unsure: BTreeMap::new(),
             deferred: None,
             pending: None,
+            unplaced: BTreeSet::new(),
+            placed_at: Instant::now(),
             task,
         })
     }
@@ -289,8 +297,12 @@ impl GroupConsumer {
     /// the assignment changes.
     async fn fetch(&mut self, deadline: Instant) -> Result<Vec<ConsumerRecord>, ClientError> {
         if self.readers.is_empty() {
-            // Nothing held: wait for an assignment.
-            if let Ok(Some(ev)) = tokio::time::timeout_at(deadline, self.from_task.recv()).await {
+            // Nothing read: wait for an assignment, or for the next lookup of unplaced ones.
+            let until = match self.unplaced.is_empty() {
+                true => deadline,
+                false => deadline.min(Instant::now() + PLACE_EVERY),
+            };
+            if let Ok(Some(ev)) = tokio::time::timeout_at(until, self.from_task.recv()).await {
                 self.on_event(ev).await?;
             }
             return Ok(Vec::new());
@@ -373,7 +385,39 @@ impl GroupConsumer {
         while let Ok(ev) = self.from_task.try_recv() {
             self.on_event(ev).await?;
         }
+        if !self.unplaced.is_empty() && self.placed_at.elapsed() >= PLACE_EVERY {
+            self.place().await;
+        }
         Ok(())
+    }
+
+    /// Looks up where the unplaced partitions start and gives the ones now known to their
+    /// topic's reader (rebuilt from the positions it has, as an assignment does).
+    async fn place(&mut self) {
+        self.placed_at = Instant::now();
+        let spec = reset_spec(self.cfg.auto_offset_reset);
+        let wanted: Vec<TopicPartitions> = group_by_topic(&self.unplaced);
+        for TopicPartitions { topic, partitions, .. } in wanted {
+            let found = match self.client.list_offsets(&topic, partitions, spec, 0).await {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::debug!(error = %e, topic, "start offsets not available yet");
+                    continue;
+                }
+            };
+            let mut parts: BTreeMap<u32, i64> =
+                self.readers.get(&topic).map(|r| r.positions().clone()).unwrap_or_default();
+            let before = parts.len();
+            for o in found.iter().filter(|o| o.error.is_none()) {
+                if self.unplaced.remove(&(topic.clone(), o.partition)) {
+                    parts.insert(o.partition, reset_position(o));
+                }
+            }
+            if parts.len() > before {
+                let reader = Consumer::at(self.client.clone(), &topic, parts, self.cfg.fetch.clone());
+                self.readers.insert(topic, reader);
+            }
+        }
     }
 
     async fn on_event(&mut self, ev: FromTask) -> Result<(), ClientError> {
@@ -394,6 +438,7 @@ impl GroupConsumer {
                 tracing::warn!(error = %e, partitions = lost.len(), "removed from the group; partitions lost");
                 self.readers.clear();
                 self.unsure.clear();
+                self.unplaced.clear();
                 self.pending = None;
                 self.owned.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 self.generation = 0;
@@ -436,11 +481,22 @@ impl GroupConsumer {
         // the next poll rather than half applied (revocations done, partitions not taken).
         let spec = reset_spec(self.cfg.auto_offset_reset);
         let mut reset_at = BTreeMap::new();
+        let mut unplaced = BTreeSet::new();
         for (topic, parts) in &plan.reset {
-            match self.client.settled_offsets(topic, parts.clone(), spec, 0).await {
+            match self.client.list_offsets(topic, parts.clone(), spec, 0).await {
                 Ok(found) => {
                     for o in found {
-                        reset_at.insert((topic.clone(), o.partition), reset_position(&o));
+                        let tp = (topic.clone(), o.partition);
+                        match o.error {
+                            // No leader to tell where it starts: placed by a later poll.
+                            Some(e) => {
+                                tracing::debug!(topic, partition = o.partition, error = %e.message, "start not known yet");
+                                unplaced.insert(tp);
+                            }
+                            None => {
+                                reset_at.insert(tp, reset_position(&o));
+                            }
+                        }
                     }
                 }
                 // The coordinator may hand out a topic just created before this gateway's view
@@ -477,6 +533,8 @@ impl GroupConsumer {
         }
         let rebuild = rebuilt_readers(&plan, positions, reset_at);
         self.assigned = plan.held;
+        self.unplaced.extend(unplaced);
+        self.unplaced.retain(|tp| self.assigned.contains(tp));
         self.generation = plan.generation;
         *self.owned.lock().unwrap_or_else(|p| p.into_inner()) = self.assigned.clone();
         for (topic, parts) in rebuild {
@@ -636,8 +694,11 @@ fn reset_spec(auto_offset_reset: StartFrom) -> OffsetSpec {
     if auto_offset_reset == StartFrom::Latest { OffsetSpec::Latest } else { OffsetSpec::Earliest }
 }
 
-/// Where a partition without a committed offset starts, from its settled lookup
-/// ([`Client::settled_offsets`]: no error entries): the log end when it found nothing.
+/// How often a member looks up where its unplaced partitions start.
+const PLACE_EVERY: Duration = Duration::from_millis(100);
+
+/// Where a partition without a committed offset starts, from a lookup entry without an error
+/// (an error entry's offsets are -1, never a position): the log end when it found nothing.
 fn reset_position(o: &PartitionOffset) -> i64 {
     if o.offset >= 0 { o.offset } else { o.log_end_offset }
 }

@@ -509,13 +509,14 @@ impl Client {
             let found = self.list_offsets(topic, ask, spec, timestamp_ms).await?;
             let (failed, ok): (Vec<_>, Vec<_>) = found.into_iter().partition(|o| o.error.is_some());
             settled.extend(ok);
-            let Some(e) = failed.iter().find_map(|o| o.error.as_ref()) else {
+            // A partition failing for good decides, whatever others still wait for.
+            let worst = failed.iter().filter_map(|o| o.error.as_ref().map(|e| (o.partition, e)));
+            let Some((p, e)) = worst.clone().find(|(_, e)| !e.retriable).or_else(|| worst.clone().next()) else {
                 settled.sort_by_key(|o| o.partition);
                 return Ok(settled);
             };
             let e = RemoteError::from(e);
             if !e.retriable || tokio::time::Instant::now() >= deadline {
-                let p = failed.first().map_or(0, |o| o.partition);
                 return Err(RemoteError { message: format!("partition {p} of {topic}: {}", e.message), ..e }.into());
             }
             tracing::debug!(topic, error = %e.message, "offsets of partitions without a leader yet: asking again");

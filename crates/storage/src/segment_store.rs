@@ -221,6 +221,23 @@ struct Shared {
     db: sled::Db,
     dirty: Mutex<Vec<Arc<PartitionSync>>>,
     threads: SyncThreads,
+    /// Slow appends are logged at most once a second: under a disk stall every append is.
+    slow_appends: Throttle,
+}
+
+/// At most one `true` per second.
+#[derive(Default)]
+struct Throttle(Mutex<Option<std::time::Instant>>);
+
+impl Throttle {
+    fn due(&self) -> bool {
+        let mut last = lock(&self.0);
+        let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
+    }
 }
 
 /// A task for a sync thread.
@@ -262,7 +279,11 @@ impl SyncThreads {
                     // Held while waiting for a task, not while running it. Ends with the store.
                     let next = lock(&rx).recv();
                     let Ok(task) = next else { return };
-                    task();
+                    // A panicking sync is reported to its waiter (its result channel drops);
+                    // the thread goes on, so the pool never runs out of threads.
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(task)).is_err() {
+                        tracing::error!("a sync task panicked");
+                    }
                     idle.fetch_add(1, Ordering::AcqRel);
                 }
             });
@@ -653,7 +674,12 @@ impl SegmentStore {
             .segment_size(SLED_SEGMENT_BYTES)
             .flush_every_ms(None)
             .open()?;
-        let shared = Arc::new(Shared { db, dirty: Mutex::new(Vec::new()), threads: SyncThreads::new() });
+        let shared = Arc::new(Shared {
+            db,
+            dirty: Mutex::new(Vec::new()),
+            threads: SyncThreads::new(),
+            slow_appends: Throttle::default(),
+        });
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
         tokio::spawn(syncer(Arc::downgrade(&shared), flush_rx, options.flush_interval_ms));
         let store =
@@ -774,7 +800,7 @@ impl SegmentStore {
 type SyncRequest = (SyncKind, oneshot::Sender<Result<(), String>>);
 
 /// An append slower than this is logged with where its time went (the file's roll, the write
-/// into the page cache, the index).
+/// into the page cache, the index), at most once a second per store.
 const SLOW_APPEND: Duration = Duration::from_millis(50);
 
 /// Syncs that may run at once. A sync that starts while another runs covers the appends made
@@ -1213,7 +1239,7 @@ impl SegmentPartition {
         }
         self.index_entries(&items)?;
         let t3 = std::time::Instant::now();
-        if t3 - t0 > SLOW_APPEND {
+        if t3 - t0 > SLOW_APPEND && self.shared.slow_appends.due() {
             tracing::warn!(
                 partition = %self.id,
                 bytes = total,

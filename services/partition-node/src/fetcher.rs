@@ -132,7 +132,7 @@ async fn session(
     // Copies are stored one after another; their flushes run beside them, one at a time, each
     // covering everything stored before it started (the watch keeps only the newest end).
     let (stored_tx, stored_rx) = watch::channel(-1i64);
-    let flusher = tokio::spawn(flush_acks(node.clone(), stored_rx, tx.clone()));
+    let flusher = tokio::spawn(flush_acks(node.clone(), replica.clone(), stored_rx, tx.clone()));
     let _stop_flusher = AbortOnDrop(flusher);
     loop {
         let Some(first) = stream.next().await.transpose()? else { return Ok(()) };
@@ -179,12 +179,17 @@ async fn session(
 /// Flushes what a session stored and tells the leader how far it is durable: one flush at a
 /// time (shared with the node's other partitions), then the next for whatever was stored
 /// meanwhile. Ends with the session (its watch sender or the stream gone).
-async fn flush_acks(node: Arc<Node>, mut stored: watch::Receiver<i64>, tx: mpsc::Sender<ReplicaRequest>) {
+async fn flush_acks(
+    node: Arc<Node>,
+    replica: Arc<Replica>,
+    mut stored: watch::Receiver<i64>,
+    tx: mpsc::Sender<ReplicaRequest>,
+) {
     while stored.changed().await.is_ok() {
         let end = *stored.borrow_and_update();
         if let Err(e) = node.sync().await {
             // Not durable yet: tried again (with whatever was stored since) after a pause.
-            tracing::warn!(error = %e, "flushing copied records failed");
+            tracing::warn!(partition = %replica.pid, error = %e, "flushing copied records failed");
             tokio::time::sleep(Duration::from_millis(100)).await;
             stored.mark_changed();
             continue;

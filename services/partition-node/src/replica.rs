@@ -201,11 +201,17 @@ impl Replica {
             *lock(&me.leader) =
                 Some(LeaderState { epoch, epoch_start: leo, isr: isr.clone(), revision, adding: None, followers });
             let durable = me.committed.borrow().durable.min(hw);
+            // Published with what the in-sync set already tells (a leader without followers:
+            // its log end), not only the watermark carried over (0 on a node just restarted),
+            // which a reader would take for where the log ends.
+            let (hw, durable) = match me.watermarks() {
+                Some((h, d, _)) => (hw.max(h), durable.max(d)),
+                None => (hw, durable),
+            };
             me.committed.send_replace(Committed { hw, durable, leading: epoch, isr: isr.len() });
             tracing::info!(partition = %me.pid, epoch, ?isr, hw, log_end = leo, "leading");
         })
         .await;
-        self.update_hw();
     }
 
     /// Follows `leader` at `epoch` (or stays idle when `leader` is `None`). Pending acks=all
@@ -228,9 +234,23 @@ impl Replica {
 
     /// Recomputes the high watermark after the log or a follower moved.
     pub fn update_hw(&self) {
+        let Some((hw, durable, isr)) = self.watermarks() else { return };
+        self.committed.send_if_modified(|c| {
+            let (next, next_durable) = (c.hw.max(hw), c.durable.max(durable));
+            let changed = next != c.hw || next_durable != c.durable || c.isr != isr;
+            c.hw = next;
+            c.durable = next_durable;
+            c.isr = isr;
+            changed
+        });
+    }
+
+    /// The high and durable watermarks the in-sync set allows now (the smallest stored and
+    /// flushed ends of its members and of a joining one), and its size; none unless leading.
+    fn watermarks(&self) -> Option<(i64, i64, usize)> {
         let leo = self.log.offsets().log_end_offset;
         let guard = lock(&self.leader);
-        let Some(l) = guard.as_ref() else { return };
+        let l = guard.as_ref()?;
         let (mut hw, mut durable) = (leo, leo);
         for r in l.isr.iter().chain(l.adding.iter()) {
             if *r == self.node {
@@ -240,16 +260,7 @@ impl Replica {
             hw = hw.min(f.map_or(-1, |f| f.end));
             durable = durable.min(f.map_or(-1, |f| f.flushed));
         }
-        let isr = l.isr.len();
-        drop(guard);
-        self.committed.send_if_modified(|c| {
-            let (next, next_durable) = (c.hw.max(hw), c.durable.max(durable));
-            let changed = next != c.hw || next_durable != c.durable || c.isr != isr;
-            c.hw = next;
-            c.durable = next_durable;
-            c.isr = isr;
-            changed
-        });
+        Some((hw, durable, l.isr.len()))
     }
 
     /// A follower's acknowledged log end, and how far it is flushed when the ack says (-1
