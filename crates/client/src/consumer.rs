@@ -150,7 +150,7 @@ impl Consumer {
                 };
                 let mut m = BTreeMap::new();
                 for o in client.settled_offsets(topic, parts.clone(), spec, ts).await? {
-                    m.insert(o.partition, if o.offset >= 0 { o.offset } else { o.log_end_offset });
+                    m.insert(o.partition, crate::start_position(&o));
                 }
                 m
             }

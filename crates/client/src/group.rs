@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::consumer::{Consumer, ConsumerConfig, ConsumerRecord, StartFrom};
-use crate::{Client, ClientError};
+use crate::{Client, ClientError, start_position};
 
 pub use sluice_core::topic::TopicPartition;
 use sluice_core::topic::{flatten_topics, group_by_topic};
@@ -410,7 +410,7 @@ impl GroupConsumer {
             let before = parts.len();
             for o in found.iter().filter(|o| o.error.is_none()) {
                 if self.unplaced.remove(&(topic.clone(), o.partition)) {
-                    parts.insert(o.partition, reset_position(o));
+                    parts.insert(o.partition, start_position(o));
                 }
             }
             if parts.len() > before {
@@ -494,7 +494,7 @@ impl GroupConsumer {
                                 unplaced.insert(tp);
                             }
                             None => {
-                                reset_at.insert(tp, reset_position(&o));
+                                reset_at.insert(tp, start_position(&o));
                             }
                         }
                     }
@@ -696,12 +696,6 @@ fn reset_spec(auto_offset_reset: StartFrom) -> OffsetSpec {
 
 /// How often a member looks up where its unplaced partitions start.
 const PLACE_EVERY: Duration = Duration::from_millis(100);
-
-/// Where a partition without a committed offset starts, from a lookup entry without an error
-/// (an error entry's offsets are -1, never a position): the log end when it found nothing.
-fn reset_position(o: &PartitionOffset) -> i64 {
-    if o.offset >= 0 { o.offset } else { o.log_end_offset }
-}
 
 /// The readers to rebuild once `plan` is applied: one per topic that lost or gained
 /// partitions, reading its held partitions, kept ones from `positions` (where they are) and
@@ -1217,9 +1211,9 @@ mod tests {
         assert_eq!(reset_spec(StartFrom::Earliest), OffsetSpec::Earliest);
         assert_eq!(reset_spec(StartFrom::Latest), OffsetSpec::Latest);
         let found = PartitionOffset { partition: 0, offset: 7, timestamp_ms: -1, log_end_offset: 12, error: None };
-        assert_eq!(reset_position(&found), 7);
+        assert_eq!(start_position(&found), 7);
         let none = PartitionOffset { offset: -1, ..found.clone() };
-        assert_eq!(reset_position(&none), 12);
+        assert_eq!(start_position(&none), 12);
     }
 
     #[test]

@@ -88,6 +88,12 @@ impl From<tonic::Status> for ClientError {
     }
 }
 
+/// Where a reader starts from an offset lookup entry without an error: the offset found, or
+/// the log end when none was (a timestamp after the last record).
+pub fn start_position(o: &PartitionOffset) -> i64 {
+    if o.offset >= 0 { o.offset } else { o.log_end_offset }
+}
+
 /// How long [`Client::settled_offsets`] waits for partitions without a leader.
 pub const SETTLE_WAIT: Duration = Duration::from_secs(5);
 

@@ -13,17 +13,22 @@ async fn reopen(dir: &std::path::Path) -> std::sync::Arc<SegmentStore> {
     reopen_with(dir, StoreOptions::default()).await
 }
 
-/// Opens the store again after a drop, tuned by `options`. sled's background I/O threads may
-/// still hold the database's lock file for a moment, so poll with a deadline.
+/// Opens the store again after a drop, tuned by `options`.
 async fn reopen_with(dir: &std::path::Path, options: StoreOptions) -> std::sync::Arc<SegmentStore> {
+    once_unlocked("reopen", || SegmentStore::open_with(dir, options)).await
+}
+
+/// `open`'s result once it no longer fails on sled's lock: a store just dropped may still hold
+/// it for a moment (its background threads end after it), so polled with a deadline.
+async fn once_unlocked<T, E: std::fmt::Display>(what: &str, mut open: impl FnMut() -> Result<T, E>) -> T {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match SegmentStore::open_with(dir, options) {
-            Ok(s) => return s,
+        match open() {
+            Ok(v) => return v,
             Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("could not acquire lock") => {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
-            Err(e) => panic!("reopen: {e}"),
+            Err(e) => panic!("{what}: {e}"),
         }
     }
 }
@@ -745,23 +750,15 @@ fn crash_image(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
-/// Index entries (8-byte keys) the durable part of a store's index holds for [`pid`]. A store
-/// just dropped may still hold sled's lock for a moment, as in [`reopen_with`].
+/// Index entries (8-byte keys) the durable part of a store's index holds for [`pid`].
 async fn durable_entries(root: &std::path::Path) -> usize {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let db = loop {
-        match sled::Config::new()
+    let db = once_unlocked("opening the index", || {
+        sled::Config::new()
             .path(root.join("sled"))
             .segment_size(sluice_storage::segment_store::SLED_SEGMENT_BYTES)
             .open()
-        {
-            Ok(db) => break db,
-            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("could not acquire lock") => {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("opening the index: {e}"),
-        }
-    };
+    })
+    .await;
     db.open_tree("idx/7/t/0").unwrap().iter().keys().filter(|k| k.as_ref().is_ok_and(|k| k.len() == 8)).count()
 }
 

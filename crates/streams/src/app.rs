@@ -1162,7 +1162,7 @@ fn sled_error(e: sled::Error) -> StreamsError {
 /// [`Client::settled_offsets`] does).
 async fn list(client: &Client, topic: &str, partition: u32, spec: OffsetSpec) -> Result<i64, StreamsError> {
     let offsets = client.settled_offsets(topic, vec![partition], spec, 0).await.map_err(remote)?;
-    Ok(offsets.first().map_or(0, |o| if o.offset >= 0 { o.offset } else { o.log_end_offset }))
+    Ok(offsets.first().map_or(0, sluice_client::start_position))
 }
 
 async fn end_offset(client: &Client, topic: &str, partition: u32) -> Result<i64, StreamsError> {
