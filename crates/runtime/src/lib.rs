@@ -152,6 +152,11 @@ pub struct StorageSettings {
     /// Size at which a partition's segment file is closed and a new one started, bytes.
     /// Retention deletes a file once none of its batches is left.
     pub segment_bytes: u64,
+    /// Make a partition's next segment file ahead of time, its blocks allocated, once the
+    /// active one is half full: appends then never wait for the filesystem to allocate blocks
+    /// (on ext4 they waited behind writeback, tens of milliseconds at full load). A partition
+    /// that rolled keeps up to one segment of allocated space ahead of its data.
+    pub preallocate: bool,
 }
 
 /// Partition-node replication tuning.
@@ -229,6 +234,7 @@ impl Default for StorageSettings {
             cache_bytes: 64 << 20,
             flush_interval_ms: 500,
             segment_bytes: 64 << 20,
+            preallocate: true,
         }
     }
 }

@@ -64,6 +64,9 @@ pub struct StoreOptions {
     pub flush_interval_ms: u64,
     /// Size at which a segment file is closed and a new one started, bytes.
     pub segment_bytes: u64,
+    /// Whether a partition's next segment file is made ahead of time with its blocks
+    /// allocated, once its active file is half full ([`segments::make_spare`]).
+    pub preallocate: bool,
 }
 
 impl Default for StoreOptions {
@@ -72,6 +75,7 @@ impl Default for StoreOptions {
             cache_bytes: DEFAULT_CACHE_BYTES,
             flush_interval_ms: DEFAULT_FLUSH_INTERVAL_MS,
             segment_bytes: DEFAULT_SEGMENT_BYTES,
+            preallocate: true,
         }
     }
 }
@@ -243,7 +247,8 @@ impl Throttle {
 /// A task for a sync thread.
 type SyncTask = Box<dyn FnOnce() + Send>;
 
-/// The threads that sync partitions beside the one a sync runs on, kept for the store's life:
+/// The threads that sync partitions beside the one a sync runs on (and make spare files), kept
+/// for the store's life:
 /// under light load syncs are small and frequent, and starting a thread for each cost more CPU
 /// than the syncs did. A thread is added when none is idle, up to [`SYNC_THREADS`]; past that
 /// the partitions' syncs wait for one another.
@@ -414,9 +419,24 @@ pub struct SegmentPartition {
     shared: Arc<Shared>,
     sync: Arc<PartitionSync>,
     segment_bytes: u64,
+    /// The next active file, made ahead (None: `StoreOptions::preallocate` is off).
+    spare: Option<Arc<Mutex<SpareState>>>,
     state: Mutex<LogState>,
     summary: Mutex<Summary>,
     end_tx: watch::Sender<i64>,
+}
+
+/// Where a partition's spare file is. At most one is being made at a time: a file being made is
+/// never renamed under its maker, and the maker never opens a file that holds data.
+enum SpareState {
+    /// None asked for since the last roll.
+    Idle,
+    /// Being made on a sync thread.
+    Making,
+    Ready(segments::Spare),
+    /// The last attempt failed or the filesystem cannot allocate ahead: asked again after the
+    /// next roll, not at every append.
+    Failed,
 }
 
 /// The state lock, held; publishes the [`Summary`] when released.
@@ -787,6 +807,7 @@ impl SegmentStore {
             shared: self.shared.clone(),
             sync,
             segment_bytes: self.options.segment_bytes.max(1),
+            spare: self.options.preallocate.then(|| Arc::new(Mutex::new(SpareState::Idle))),
             summary: Mutex::new(Summary::of(&state)),
             state: Mutex::new(state),
             end_tx,
@@ -892,6 +913,8 @@ fn recover(db: &sled::Db, idx: &sled::Tree, dir: &Path, id: &PartitionId) -> Res
     }
     let log_start = idx.get(START_KEY)?.filter(|v| v.len() == 8).map(|v| be_i64(&v));
     let synced = idx.get(SYNCED_KEY)?.filter(|v| v.len() == 8).map_or(i64::MIN, |v| be_i64(&v));
+    // A spare left by a process that stopped holds no data; a roll makes a new one.
+    segments::remove_spare(dir)?;
     let mut files = segments::open_all(dir)?;
     let mut cut = None;
     for (base, m) in &index {
@@ -1128,16 +1151,62 @@ impl SegmentPartition {
         Ok(st.active)
     }
 
-    /// Starts a new active file. Syncing the directory here would stall appends behind the
-    /// journal commit it forces; the next sync does it, before it counts on the file.
+    /// Starts a new active file: the spare when one is ready, else a new empty one. Syncing the
+    /// directory here would stall appends behind the journal commit it forces; the next sync
+    /// does it, before it counts on the file.
     fn start_file(&self, st: &mut LogState) -> Result<(), StorageError> {
         let no = st.next_file;
-        let file = segments::create(&self.dir, no, false)?;
+        let file = match self.take_spare() {
+            Some(spare) => segments::adopt_spare(&self.dir, spare, no).or_else(|e| {
+                tracing::warn!(partition = %self.id, error = %e, "cannot use the spare segment file");
+                segments::create(&self.dir, no, false)
+            })?,
+            None => segments::create(&self.dir, no, false)?,
+        };
         lock(&self.sync.pending).new_files = true;
         st.segments.insert(no, Segment { file, len: 0, live: 0, live_bytes: 0 });
         st.next_file += 1;
         st.active = no;
         Ok(())
+    }
+
+    /// The spare file if it is ready; after a roll a new one may be asked for (one being made
+    /// is left to finish: the next roll takes it).
+    fn take_spare(&self) -> Option<segments::Spare> {
+        let mut state = lock(self.spare.as_ref()?);
+        match std::mem::replace(&mut *state, SpareState::Idle) {
+            SpareState::Ready(spare) => Some(spare),
+            SpareState::Making => {
+                *state = SpareState::Making;
+                None
+            }
+            SpareState::Idle | SpareState::Failed => None,
+        }
+    }
+
+    /// Has the next active file made on a sync thread, unless one was asked for since the
+    /// last roll.
+    fn ask_spare(&self, slot: &Arc<Mutex<SpareState>>) {
+        {
+            let mut state = lock(slot);
+            if !matches!(*state, SpareState::Idle) {
+                return;
+            }
+            *state = SpareState::Making;
+        }
+        let (slot, dir, bytes, id) = (slot.clone(), self.dir.clone(), self.segment_bytes, self.id.clone());
+        self.shared.threads.run(Box::new(move || {
+            let made = segments::make_spare(&dir, bytes);
+            let mut state = lock(&slot);
+            *state = match made {
+                Ok(Some(spare)) => SpareState::Ready(spare),
+                Ok(None) => SpareState::Failed,
+                Err(e) => {
+                    tracing::warn!(partition = %id, error = %e, "cannot make the next segment file ahead");
+                    SpareState::Failed
+                }
+            };
+        }));
     }
 
     /// Writes a new file holding `batches` (in offset order), synced; returns it and each
@@ -1253,6 +1322,9 @@ impl SegmentPartition {
             seg.len = at + total;
             seg.live += items.len() as u64;
             seg.live_bytes += total;
+        }
+        if let Some(slot) = self.spare.as_ref().filter(|_| (at + total) * 2 >= self.segment_bytes) {
+            self.ask_spare(slot);
         }
         for (base, m) in items {
             st.bytes += m.size;

@@ -549,9 +549,17 @@ async fn compaction_drops_aborted_records_and_leaves_open_transactions_alone() {
     assert_eq!(offsets, vec![2, 4, 5, 6, 7, 8]);
 }
 
+fn partition_dir(root: &std::path::Path) -> std::path::PathBuf {
+    root.join("segments").join("7").join("t").join("0")
+}
+
+/// The partition's segment files (not its spare), oldest first.
 fn segment_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let dir = root.join("segments").join("7").join("t").join("0");
-    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(partition_dir(root))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
     files.sort();
     files
 }
@@ -594,6 +602,66 @@ async fn segment_files_roll_at_their_size_and_retention_deletes_them_whole() {
     // Appends go on in the last file, then new ones.
     log.append(&batch(&[(None, Some(&value), 20)], Compression::None), &cfg, 0, 0).unwrap();
     assert_eq!(all_records(&*log, 15).len(), 6);
+}
+
+#[tokio::test]
+async fn the_next_segment_file_is_made_ahead_with_its_blocks_allocated() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TopicConfig::default();
+    let value = "v".repeat(1000);
+    let size = 64 << 10;
+    let spare = partition_dir(dir.path()).join("next.spare");
+    let allocated = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0);
+    let store = SegmentStore::open_with(dir.path(), small_segments(size)).unwrap();
+    let log = store.open(&pid()).unwrap();
+    let mut n = 0i64;
+    let mut append = |log: &dyn sluice_storage::PartitionLog| {
+        log.append(&batch(&[(None, Some(&value), n)], Compression::None), &cfg, 0, 0).unwrap();
+        n += 1;
+    };
+    // Below half a file nothing is made ahead; past it the spare appears, empty, its blocks
+    // allocated.
+    for _ in 0..20 {
+        append(&*log);
+    }
+    assert!(!spare.exists(), "no spare before the active file is half full");
+    for _ in 0..12 {
+        append(&*log);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while allocated(&spare) < size {
+        assert!(std::time::Instant::now() < deadline, "no spare of {size} bytes allocated ({})", allocated(&spare));
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(std::fs::metadata(&spare).unwrap().len(), 0);
+    let inode = std::fs::metadata(&spare).unwrap().ino();
+    // The roll takes it: the new segment file is the spare, its length where its data ends.
+    while segment_files(dir.path()).len() < 2 {
+        append(&*log);
+    }
+    let newest = segment_files(dir.path()).pop().unwrap();
+    assert_eq!(std::fs::metadata(&newest).unwrap().ino(), inode);
+    assert!(allocated(&newest) >= size);
+    assert!(!spare.exists());
+    assert_eq!(disk_bytes(dir.path()), log.size_bytes());
+    let records = all_records(&*log, 0);
+    assert_eq!(records.len() as i64, n);
+    assert!(records.iter().enumerate().all(|(i, r)| r.0 == i as i64 && r.2.as_deref() == Some(value.as_str())));
+    store.sync().await.unwrap();
+    drop(log);
+    drop(store);
+    // A restart takes the data's end from the file's length, not its allocation, and removes a
+    // spare the stopped process left.
+    std::fs::write(&spare, b"left behind").unwrap();
+    let store = reopen_with(dir.path(), small_segments(size)).await;
+    let log = store.open(&pid()).unwrap();
+    assert!(!spare.exists());
+    assert_eq!(log.offsets().log_end_offset, n);
+    assert_eq!(log.append(&batch(&[(None, Some("after"), n)], Compression::None), &cfg, 0, 0).unwrap().base_offset, n);
+    let records = all_records(&*log, 0);
+    assert_eq!(records.len() as i64, n + 1);
+    assert_eq!(records.last().unwrap().2.as_deref(), Some("after"));
 }
 
 #[tokio::test]

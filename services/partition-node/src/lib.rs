@@ -247,6 +247,7 @@ pub async fn start(
         cache_bytes: settings.storage.cache_bytes,
         flush_interval_ms: settings.storage.flush_interval_ms,
         segment_bytes: settings.storage.segment_bytes,
+        preallocate: settings.storage.preallocate,
     };
     let (root, handle) = (dir.clone(), tokio::runtime::Handle::current());
     let store: Arc<dyn LogStore> = tokio::task::spawn_blocking(move || {
