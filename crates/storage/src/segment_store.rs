@@ -54,6 +54,11 @@ pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
 pub const SLED_SEGMENT_BYTES: usize = 8 << 20;
 /// Size at which a partition's active file is closed and a new one started.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// Bytes written to an active file that was not made ahead (a new partition's first, the one
+/// found at a restart) after which a spare is made, for the file to be left as soon as the
+/// spare is ready: a partition written this much is written hard enough for the allocation's
+/// waits to show, and one written less never allocates a segment ahead.
+const EARLY_SPARE_BYTES: u64 = 4 << 20;
 
 /// How a store is tuned.
 #[derive(Debug, Clone, Copy)]
@@ -129,6 +134,9 @@ pub(crate) struct LogState {
     pub segments: BTreeMap<u64, Segment>,
     /// The file appends go to.
     pub active: u64,
+    /// Whether the active file was made ahead, its blocks allocated (a spare): one that was
+    /// not is left for a spare as soon as one is ready.
+    pub active_ahead: bool,
     /// The number the next new file gets.
     pub next_file: u64,
 }
@@ -781,6 +789,7 @@ impl SegmentStore {
             txns: TxnIndex::default(),
             segments,
             active,
+            active_ahead: false,
             next_file,
         };
         state.rebuild_producers();
@@ -1142,10 +1151,17 @@ impl SegmentPartition {
     }
 
     /// The active file, after starting a new one when `need` more bytes would take it past
-    /// the segment size.
+    /// the segment size, or when it was not made ahead, holds [`EARLY_SPARE_BYTES`] and a
+    /// spare is ready.
     fn active_for(&self, st: &mut LogState, need: u64) -> Result<u64, StorageError> {
-        let full = st.segments.get(&st.active).is_none_or(|s| s.len > 0 && s.len + need > self.segment_bytes);
-        if full {
+        let active = st.segments.get(&st.active);
+        let full = active.is_none_or(|s| s.len > 0 && s.len + need > self.segment_bytes);
+        let spare_waits = || {
+            !st.active_ahead
+                && active.is_some_and(|s| s.len >= EARLY_SPARE_BYTES)
+                && self.spare.as_ref().is_some_and(|slot| matches!(*lock(slot), SpareState::Ready(_)))
+        };
+        if full || spare_waits() {
             self.start_file(st)?;
         }
         Ok(st.active)
@@ -1156,11 +1172,14 @@ impl SegmentPartition {
     /// does it, before it counts on the file.
     fn start_file(&self, st: &mut LogState) -> Result<(), StorageError> {
         let no = st.next_file;
-        let file = match self.take_spare() {
-            Some(spare) => segments::adopt_spare(&self.dir, spare, no).or_else(|e| {
-                tracing::warn!(partition = %self.id, error = %e, "cannot use the spare segment file");
-                segments::create(&self.dir, no, false)
-            })?,
+        let adopted = self.take_spare().and_then(|spare| {
+            segments::adopt_spare(&self.dir, spare, no)
+                .inspect_err(|e| tracing::warn!(partition = %self.id, error = %e, "cannot use the spare segment file"))
+                .ok()
+        });
+        st.active_ahead = adopted.is_some();
+        let file = match adopted {
+            Some(file) => file,
             None => segments::create(&self.dir, no, false)?,
         };
         lock(&self.sync.pending).new_files = true;
@@ -1323,7 +1342,9 @@ impl SegmentPartition {
             seg.live += items.len() as u64;
             seg.live_bytes += total;
         }
-        if let Some(slot) = self.spare.as_ref().filter(|_| (at + total) * 2 >= self.segment_bytes) {
+        let written = at + total;
+        let due = written * 2 >= self.segment_bytes || (!st.active_ahead && written >= EARLY_SPARE_BYTES);
+        if let Some(slot) = self.spare.as_ref().filter(|_| due) {
             self.ask_spare(slot);
         }
         for (base, m) in items {
@@ -1625,6 +1646,7 @@ impl PartitionLog for SegmentPartition {
             .insert(no, Segment { file: segments::create(&self.dir, no, true)?, len: 0, live: 0, live_bytes: 0 });
         st.next_file += 1;
         st.active = no;
+        st.active_ahead = false;
         self.persist_log_start(offset)?;
         self.lower_synced(offset)?;
         st.bytes = 0;

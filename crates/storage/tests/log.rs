@@ -665,6 +665,40 @@ async fn the_next_segment_file_is_made_ahead_with_its_blocks_allocated() {
 }
 
 #[tokio::test]
+async fn a_new_partition_written_hard_leaves_its_first_file_for_a_spare_early() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TopicConfig::default();
+    let value = "v".repeat(1_000_000);
+    let spare = partition_dir(dir.path()).join("next.spare");
+    // Default 64 MiB files: the first file was not made ahead, so a spare is made once 4 MiB
+    // are in it (not at half the size), and the next append goes to the spare.
+    let store = SegmentStore::open(dir.path()).unwrap();
+    let log = store.open(&pid()).unwrap();
+    for i in 0..3i64 {
+        log.append(&batch(&[(None, Some(&value), i)], Compression::None), &cfg, 0, 0).unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(!spare.exists(), "no spare below 4 MiB");
+    for i in 3..5i64 {
+        log.append(&batch(&[(None, Some(&value), i)], Compression::None), &cfg, 0, 0).unwrap();
+    }
+    assert!(segment_files(dir.path()).len() == 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&spare).map_or(0, |m| m.blocks() * 512) < 64 << 20 {
+        assert!(std::time::Instant::now() < deadline, "no spare made");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let inode = std::fs::metadata(&spare).unwrap().ino();
+    log.append(&batch(&[(None, Some(&value), 5)], Compression::None), &cfg, 0, 0).unwrap();
+    let files = segment_files(dir.path());
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(std::fs::metadata(&files[1]).unwrap().ino(), inode);
+    assert!(std::fs::metadata(&files[0]).unwrap().len() < 6 << 20);
+    assert_eq!(all_records(&*log, 0).len(), 6);
+}
+
+#[tokio::test]
 async fn a_restart_indexes_whole_batches_the_index_missed_and_cuts_torn_or_missing_bytes() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
