@@ -155,7 +155,7 @@ pub struct StorageSettings {
     /// Make a partition's next segment file ahead of time, its blocks allocated, once the
     /// active one is half full: appends then never wait for the filesystem to allocate blocks
     /// (on ext4 they waited behind writeback, tens of milliseconds at full load). A partition
-    /// that rolled keeps up to one segment of allocated space ahead of its data.
+    /// that has written 4 MiB keeps up to 1.5 segments allocated past its data, idle or not.
     pub preallocate: bool,
 }
 

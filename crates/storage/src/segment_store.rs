@@ -233,6 +233,11 @@ struct Shared {
     db: sled::Db,
     dirty: Mutex<Vec<Arc<PartitionSync>>>,
     threads: SyncThreads,
+    /// Makes spare files, one at a time: a sync never queues behind them, and the partitions
+    /// that ask at once after a restart are served in turn.
+    spare_maker: SyncThreads,
+    /// Failures to make a spare are logged at most once a second (a full disk fails them all).
+    spare_failures: Throttle,
     /// Slow appends are logged at most once a second: under a disk stall every append is.
     slow_appends: Throttle,
 }
@@ -255,8 +260,7 @@ impl Throttle {
 /// A task for a sync thread.
 type SyncTask = Box<dyn FnOnce() + Send>;
 
-/// The threads that sync partitions beside the one a sync runs on (and make spare files), kept
-/// for the store's life:
+/// The threads that sync partitions beside the one a sync runs on, kept for the store's life:
 /// under light load syncs are small and frequent, and starting a thread for each cost more CPU
 /// than the syncs did. A thread is added when none is idle, up to [`SYNC_THREADS`]; past that
 /// the partitions' syncs wait for one another.
@@ -265,15 +269,25 @@ struct SyncThreads {
     rx: Arc<Mutex<std::sync::mpsc::Receiver<SyncTask>>>,
     idle: Arc<AtomicUsize>,
     started: AtomicUsize,
+    /// Most threads kept, and their name.
+    cap: usize,
+    name: &'static str,
 }
 
 /// Most sync threads a store keeps.
 const SYNC_THREADS: usize = 32;
 
 impl SyncThreads {
-    fn new() -> Self {
+    fn new(name: &'static str, cap: usize) -> Self {
         let (tx, rx) = std::sync::mpsc::channel();
-        Self { tx: Mutex::new(tx), rx: Arc::new(Mutex::new(rx)), idle: Arc::default(), started: AtomicUsize::new(0) }
+        Self {
+            tx: Mutex::new(tx),
+            rx: Arc::new(Mutex::new(rx)),
+            idle: Arc::default(),
+            started: AtomicUsize::new(0),
+            cap,
+            name,
+        }
     }
 
     /// Runs `task` on an idle thread, or a new one. Every thread goes back to taking tasks
@@ -283,11 +297,11 @@ impl SyncThreads {
         let grow = !reserved
             && self
                 .started
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < SYNC_THREADS).then_some(n + 1))
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.cap).then_some(n + 1))
                 .is_ok();
         if grow {
             let (rx, idle) = (self.rx.clone(), self.idle.clone());
-            let spawned = std::thread::Builder::new().name("sluice-sync".into()).spawn(move || {
+            let spawned = std::thread::Builder::new().name(self.name.into()).spawn(move || {
                 loop {
                     // Held while waiting for a task, not while running it. Ends with the store.
                     let next = lock(&rx).recv();
@@ -705,7 +719,9 @@ impl SegmentStore {
         let shared = Arc::new(Shared {
             db,
             dirty: Mutex::new(Vec::new()),
-            threads: SyncThreads::new(),
+            threads: SyncThreads::new("sluice-sync", SYNC_THREADS),
+            spare_maker: SyncThreads::new("sluice-spare", 1),
+            spare_failures: Throttle::default(),
             slow_appends: Throttle::default(),
         });
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
@@ -714,6 +730,15 @@ impl SegmentStore {
             Arc::new(Self { root: root.to_path_buf(), shared, options, open: Mutex::new(HashMap::new()), flush_tx });
         store.remove_orphan_dirs()?;
         Ok(store)
+    }
+
+    /// Whether `id`'s next segment file is made ahead and ready for its next roll (for tests:
+    /// the spare's file exists before it is ready).
+    #[doc(hidden)]
+    pub fn spare_ready(&self, id: &PartitionId) -> bool {
+        let open = lock(&self.open);
+        let slot = open.get(id).and_then(|p| p.spare.clone());
+        slot.is_some_and(|s| matches!(*lock(&s), SpareState::Ready(_)))
     }
 
     fn partition_dir(&self, id: &PartitionId) -> PathBuf {
@@ -778,6 +803,11 @@ impl SegmentStore {
         let log_start = log_start.unwrap_or_else(|| index.keys().next().copied().unwrap_or(next_offset));
         let (end_tx, _) = watch::channel(next_offset);
         tracing::debug!(partition = %id, next_offset, log_start, batches = index.len(), files = segments.len(), "opened partition");
+        // An active file made ahead (its allocation covers a whole segment) is not left early.
+        let active_ahead = match segments.get(&active) {
+            Some(seg) => seg.file.allocated()? >= self.options.segment_bytes.max(1),
+            None => false,
+        };
         let mut state = LogState {
             index,
             next_offset,
@@ -789,7 +819,7 @@ impl SegmentStore {
             txns: TxnIndex::default(),
             segments,
             active,
-            active_ahead: false,
+            active_ahead,
             next_file,
         };
         state.rebuild_producers();
@@ -923,7 +953,7 @@ fn recover(db: &sled::Db, idx: &sled::Tree, dir: &Path, id: &PartitionId) -> Res
     let log_start = idx.get(START_KEY)?.filter(|v| v.len() == 8).map(|v| be_i64(&v));
     let synced = idx.get(SYNCED_KEY)?.filter(|v| v.len() == 8).map_or(i64::MIN, |v| be_i64(&v));
     // A spare left by a process that stopped holds no data; a roll makes a new one.
-    segments::remove_spare(dir)?;
+    segments::remove_spares(dir)?;
     let mut files = segments::open_all(dir)?;
     let mut cut = None;
     for (base, m) in &index {
@@ -1213,15 +1243,19 @@ impl SegmentPartition {
             }
             *state = SpareState::Making;
         }
-        let (slot, dir, bytes, id) = (slot.clone(), self.dir.clone(), self.segment_bytes, self.id.clone());
-        self.shared.threads.run(Box::new(move || {
-            let made = segments::make_spare(&dir, bytes);
+        let (slot, ps, bytes, id) = (slot.clone(), self.sync.clone(), self.segment_bytes, self.id.clone());
+        let shared = Arc::downgrade(&self.shared);
+        self.shared.spare_maker.run(Box::new(move || {
+            // A partition removed meanwhile gets none (its directory is going).
+            let made = if ps.removed.load(Ordering::Acquire) { Ok(None) } else { segments::make_spare(&ps.dir, bytes) };
             let mut state = lock(&slot);
             *state = match made {
                 Ok(Some(spare)) => SpareState::Ready(spare),
                 Ok(None) => SpareState::Failed,
                 Err(e) => {
-                    tracing::warn!(partition = %id, error = %e, "cannot make the next segment file ahead");
+                    if shared.upgrade().is_some_and(|s| s.spare_failures.due()) {
+                        tracing::warn!(partition = %id, error = %e, "cannot make the next segment file ahead");
+                    }
                     SpareState::Failed
                 }
             };

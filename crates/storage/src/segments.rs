@@ -26,8 +26,12 @@ use sluice_core::batch::{self, BatchHeader, HEADER_LEN};
 use crate::StorageError;
 
 const SUFFIX: &str = ".log";
-/// Name of a partition's spare file; not a segment file until it is given a number.
-const SPARE: &str = "next.spare";
+/// Suffix of a partition's spare file; not a segment file until it is given a number.
+const SPARE_SUFFIX: &str = ".spare";
+/// Makes each spare's name unique: a spare is only ever renamed by the one that made it, so no
+/// other maker (of a store dropped and reopened, of a partition removed and created again)
+/// can put another file under its name.
+static SPARE_NAMES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// One open segment file.
 #[derive(Debug)]
@@ -91,6 +95,12 @@ impl SegFile {
         Ok(self.file.metadata().map_err(|e| self.io(e))?.len())
     }
 
+    /// Bytes of disk allocated to the file (past its length too, for a spare).
+    pub fn allocated(&self) -> Result<u64, StorageError> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(self.file.metadata().map_err(|e| self.io(e))?.blocks() * 512)
+    }
+
     /// Unlinks the file. Readers holding it keep reading what it held.
     pub fn delete(&self) -> Result<(), StorageError> {
         match std::fs::remove_file(&self.path) {
@@ -132,20 +142,20 @@ pub(crate) struct Spare {
     path: PathBuf,
 }
 
-/// Makes `dir`'s spare file with `bytes` allocated past its length, synced (what the
+/// Makes a spare file in `dir` with `bytes` allocated past its length, synced (what the
 /// allocation wrote is durable before data goes there). `Ok(None)` when the filesystem cannot
 /// allocate ahead (nothing would be gained) or `dir` is gone (the partition was deleted).
 pub(crate) fn make_spare(dir: &Path, bytes: u64) -> Result<Option<Spare>, StorageError> {
-    let path = dir.join(SPARE);
+    let n = SPARE_NAMES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!("{}-{n}{SPARE_SUFFIX}", std::process::id()));
     let io = |e| StorageError::Io { path: path.display().to_string(), source: e };
-    // Appended to once adopted, like every segment file; emptied explicitly (O_APPEND and
-    // O_TRUNC do not go together in std) in case a stopped process left one.
-    let file = match OpenOptions::new().read(true).append(true).create(true).open(&path) {
+    // A new file (never one that may hold data), appended to once adopted like every segment
+    // file.
+    let file = match OpenOptions::new().read(true).append(true).create_new(true).open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io(e)),
     };
-    file.set_len(0).map_err(io)?;
     match allocate(&file, bytes) {
         Ok(true) => {}
         Ok(false) => {
@@ -170,14 +180,24 @@ pub(crate) fn adopt_spare(dir: &Path, spare: Spare, no: u64) -> Result<Arc<SegFi
     Ok(Arc::new(SegFile { no, file: spare.file, path }))
 }
 
-/// Removes `dir`'s spare file, if any (a process that stopped left it).
-pub(crate) fn remove_spare(dir: &Path) -> Result<(), StorageError> {
-    let path = dir.join(SPARE);
-    match std::fs::remove_file(&path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(StorageError::Io { path: path.display().to_string(), source: e }),
+/// Removes the spare files in `dir` (a process that stopped left them).
+pub(crate) fn remove_spares(dir: &Path) -> Result<(), StorageError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(dir_io(dir, e)),
+    };
+    for entry in entries {
+        let path = entry.map_err(|e| dir_io(dir, e))?.path();
+        if path.to_str().is_some_and(|p| p.ends_with(SPARE_SUFFIX)) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StorageError::Io { path: path.display().to_string(), source: e }),
+            }
+        }
     }
+    Ok(())
 }
 
 /// Allocates `bytes` of blocks from the start of `file`, its length unchanged. `Ok(false)`
@@ -233,10 +253,15 @@ pub(crate) fn open_all(dir: &Path) -> Result<BTreeMap<u64, (Arc<SegFile>, u64)>,
 
 /// Removes a partition's directory and everything in it.
 pub(crate) fn remove_dir(dir: &Path) -> Result<(), StorageError> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(dir_io(dir, e)),
+    let mut tries = 0;
+    loop {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            // A spare being made appeared while the directory was emptied: once more.
+            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty && tries < 3 => tries += 1,
+            Err(e) => return Err(dir_io(dir, e)),
+        }
     }
 }
 

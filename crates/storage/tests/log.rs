@@ -553,6 +553,27 @@ fn partition_dir(root: &std::path::Path) -> std::path::PathBuf {
     root.join("segments").join("7").join("t").join("0")
 }
 
+/// The partition's spare files (made ahead, not segment files yet).
+fn spare_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(partition_dir(root))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "spare"))
+        .collect()
+}
+
+/// Waits until the store's spare for [`pid`] is ready for the next roll, and returns its file.
+async fn ready_spare(store: &SegmentStore, root: &std::path::Path) -> std::path::PathBuf {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !store.spare_ready(&pid()) {
+        assert!(std::time::Instant::now() < deadline, "no spare made ahead");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut spares = spare_files(root);
+    assert_eq!(spares.len(), 1, "{spares:?}");
+    spares.pop().unwrap()
+}
+
 /// The partition's segment files (not its spare), oldest first.
 fn segment_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(partition_dir(root))
@@ -611,7 +632,6 @@ async fn the_next_segment_file_is_made_ahead_with_its_blocks_allocated() {
     let cfg = TopicConfig::default();
     let value = "v".repeat(1000);
     let size = 64 << 10;
-    let spare = partition_dir(dir.path()).join("next.spare");
     let allocated = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0);
     let store = SegmentStore::open_with(dir.path(), small_segments(size)).unwrap();
     let log = store.open(&pid()).unwrap();
@@ -625,15 +645,13 @@ async fn the_next_segment_file_is_made_ahead_with_its_blocks_allocated() {
     for _ in 0..20 {
         append(&*log);
     }
-    assert!(!spare.exists(), "no spare before the active file is half full");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(spare_files(dir.path()).is_empty() && !store.spare_ready(&pid()), "no spare before half full");
     for _ in 0..12 {
         append(&*log);
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while allocated(&spare) < size {
-        assert!(std::time::Instant::now() < deadline, "no spare of {size} bytes allocated ({})", allocated(&spare));
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let spare = ready_spare(&store, dir.path()).await;
+    assert!(allocated(&spare) >= size, "{} bytes allocated", allocated(&spare));
     assert_eq!(std::fs::metadata(&spare).unwrap().len(), 0);
     let inode = std::fs::metadata(&spare).unwrap().ino();
     // The roll takes it: the new segment file is the spare, its length where its data ends.
@@ -643,7 +661,7 @@ async fn the_next_segment_file_is_made_ahead_with_its_blocks_allocated() {
     let newest = segment_files(dir.path()).pop().unwrap();
     assert_eq!(std::fs::metadata(&newest).unwrap().ino(), inode);
     assert!(allocated(&newest) >= size);
-    assert!(!spare.exists());
+    assert!(spare_files(dir.path()).is_empty());
     assert_eq!(disk_bytes(dir.path()), log.size_bytes());
     let records = all_records(&*log, 0);
     assert_eq!(records.len() as i64, n);
@@ -651,17 +669,34 @@ async fn the_next_segment_file_is_made_ahead_with_its_blocks_allocated() {
     store.sync().await.unwrap();
     drop(log);
     drop(store);
-    // A restart takes the data's end from the file's length, not its allocation, and removes a
-    // spare the stopped process left.
-    std::fs::write(&spare, b"left behind").unwrap();
+    // A restart takes the data's end from the file's length, not its allocation (nothing is
+    // cut: the file's length is unchanged), and removes a spare the stopped process left.
+    let len = std::fs::metadata(&newest).unwrap().len();
+    std::fs::write(partition_dir(dir.path()).join("1-0.spare"), b"left behind").unwrap();
     let store = reopen_with(dir.path(), small_segments(size)).await;
     let log = store.open(&pid()).unwrap();
-    assert!(!spare.exists());
+    assert!(spare_files(dir.path()).is_empty());
+    assert_eq!(std::fs::metadata(&newest).unwrap().len(), len);
     assert_eq!(log.offsets().log_end_offset, n);
     assert_eq!(log.append(&batch(&[(None, Some("after"), n)], Compression::None), &cfg, 0, 0).unwrap().base_offset, n);
     let records = all_records(&*log, 0);
     assert_eq!(records.len() as i64, n + 1);
     assert_eq!(records.last().unwrap().2.as_deref(), Some("after"));
+    // A truncation (a new leader's log ends earlier) goes on in the ready spare.
+    let mut m = n + 1;
+    while !store.spare_ready(&pid()) {
+        log.append(&batch(&[(None, Some(&value), m)], Compression::None), &cfg, 0, 0).unwrap();
+        m += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let spare_inode = std::fs::metadata(ready_spare(&store, dir.path()).await).unwrap().ino();
+    assert_eq!(log.truncate(n).unwrap(), n);
+    let newest = segment_files(dir.path()).pop().unwrap();
+    assert_eq!(std::fs::metadata(&newest).unwrap().ino(), spare_inode);
+    assert_eq!(log.append(&batch(&[(None, Some("again"), n)], Compression::None), &cfg, 0, 0).unwrap().base_offset, n);
+    let records = all_records(&*log, 0);
+    assert_eq!(records.len() as i64, n + 1);
+    assert_eq!(records.last().unwrap().2.as_deref(), Some("again"));
 }
 
 #[tokio::test]
@@ -670,7 +705,6 @@ async fn a_new_partition_written_hard_leaves_its_first_file_for_a_spare_early() 
     let dir = tempfile::tempdir().unwrap();
     let cfg = TopicConfig::default();
     let value = "v".repeat(1_000_000);
-    let spare = partition_dir(dir.path()).join("next.spare");
     // Default 64 MiB files: the first file was not made ahead, so a spare is made once 4 MiB
     // are in it (not at half the size), and the next append goes to the spare.
     let store = SegmentStore::open(dir.path()).unwrap();
@@ -679,16 +713,13 @@ async fn a_new_partition_written_hard_leaves_its_first_file_for_a_spare_early() 
         log.append(&batch(&[(None, Some(&value), i)], Compression::None), &cfg, 0, 0).unwrap();
     }
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    assert!(!spare.exists(), "no spare below 4 MiB");
+    assert!(spare_files(dir.path()).is_empty() && !store.spare_ready(&pid()), "no spare below 4 MiB");
     for i in 3..5i64 {
         log.append(&batch(&[(None, Some(&value), i)], Compression::None), &cfg, 0, 0).unwrap();
     }
     assert!(segment_files(dir.path()).len() == 1);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::fs::metadata(&spare).map_or(0, |m| m.blocks() * 512) < 64 << 20 {
-        assert!(std::time::Instant::now() < deadline, "no spare made");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let spare = ready_spare(&store, dir.path()).await;
+    assert!(std::fs::metadata(&spare).unwrap().blocks() * 512 >= 64 << 20);
     let inode = std::fs::metadata(&spare).unwrap().ino();
     log.append(&batch(&[(None, Some(&value), 5)], Compression::None), &cfg, 0, 0).unwrap();
     let files = segment_files(dir.path());
@@ -696,6 +727,23 @@ async fn a_new_partition_written_hard_leaves_its_first_file_for_a_spare_early() 
     assert_eq!(std::fs::metadata(&files[1]).unwrap().ino(), inode);
     assert!(std::fs::metadata(&files[0]).unwrap().len() < 6 << 20);
     assert_eq!(all_records(&*log, 0).len(), 6);
+    // The spare it writes to now was made ahead: below half its size it asks for no other,
+    // and after a restart it is still taken for one made ahead (by its allocation).
+    for i in 6..11i64 {
+        log.append(&batch(&[(None, Some(&value), i)], Compression::None), &cfg, 0, 0).unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(spare_files(dir.path()).is_empty() && !store.spare_ready(&pid()));
+    store.sync().await.unwrap();
+    drop(log);
+    drop(store);
+    let store = reopen(dir.path()).await;
+    let log = store.open(&pid()).unwrap();
+    log.append(&batch(&[(None, Some(&value), 11)], Compression::None), &cfg, 0, 0).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(spare_files(dir.path()).is_empty() && !store.spare_ready(&pid()));
+    assert_eq!(segment_files(dir.path()).len(), 2);
+    assert_eq!(all_records(&*log, 0).len(), 12);
 }
 
 #[tokio::test]
