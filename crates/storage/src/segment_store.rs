@@ -233,8 +233,9 @@ struct Shared {
     db: sled::Db,
     dirty: Mutex<Vec<Arc<PartitionSync>>>,
     threads: SyncThreads,
-    /// Makes spare files, one at a time: a sync never queues behind them, and the partitions
-    /// that ask at once after a restart are served in turn.
+    /// Makes spare files, up to [`SPARE_THREADS`] at a time: a sync never queues behind them,
+    /// and the partitions that ask at once (after a restart, at the start of a load) are
+    /// served a few at a time.
     spare_maker: SyncThreads,
     /// Failures to make a spare are logged at most once a second (a full disk fails them all).
     spare_failures: Throttle,
@@ -276,6 +277,8 @@ struct SyncThreads {
 
 /// Most sync threads a store keeps.
 const SYNC_THREADS: usize = 32;
+/// Most threads making spare files a store keeps.
+const SPARE_THREADS: usize = 4;
 
 impl SyncThreads {
     fn new(name: &'static str, cap: usize) -> Self {
@@ -720,7 +723,7 @@ impl SegmentStore {
             db,
             dirty: Mutex::new(Vec::new()),
             threads: SyncThreads::new("sluice-sync", SYNC_THREADS),
-            spare_maker: SyncThreads::new("sluice-spare", 1),
+            spare_maker: SyncThreads::new("sluice-spare", SPARE_THREADS),
             spare_failures: Throttle::default(),
             slow_appends: Throttle::default(),
         });

@@ -142,8 +142,10 @@ pub(crate) struct Spare {
     path: PathBuf,
 }
 
-/// Makes a spare file in `dir` with `bytes` allocated past its length, synced (what the
-/// allocation wrote is durable before data goes there). `Ok(None)` when the filesystem cannot
+/// Makes a spare file in `dir` with `bytes` allocated past its length. Not synced: the
+/// allocation is metadata the first fdatasync of data in the file makes durable with it (as
+/// for the blocks a growing file allocates), and an fsync here, under load, waited behind the
+/// writeback of every partition's data. `Ok(None)` when the filesystem cannot
 /// allocate ahead (nothing would be gained) or `dir` is gone (the partition was deleted).
 pub(crate) fn make_spare(dir: &Path, bytes: u64) -> Result<Option<Spare>, StorageError> {
     let n = SPARE_NAMES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -167,7 +169,6 @@ pub(crate) fn make_spare(dir: &Path, bytes: u64) -> Result<Option<Spare>, Storag
             return Err(io(e));
         }
     }
-    file.sync_all().map_err(io)?;
     Ok(Some(Spare { file, path }))
 }
 
