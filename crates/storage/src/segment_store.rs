@@ -70,7 +70,8 @@ pub struct StoreOptions {
     /// Size at which a segment file is closed and a new one started, bytes.
     pub segment_bytes: u64,
     /// Whether a partition's next segment file is made ahead of time with its blocks
-    /// allocated, once its active file is half full ([`segments::make_spare`]).
+    /// allocated, once its active file is half full or, when that one was not made ahead,
+    /// holds 4 MiB ([`segments::make_spare`]).
     pub preallocate: bool,
 }
 
@@ -456,7 +457,7 @@ pub struct SegmentPartition {
 enum SpareState {
     /// None asked for since the last roll.
     Idle,
-    /// Being made on a sync thread.
+    /// Being made on a spare thread.
     Making,
     Ready(segments::Spare),
     /// The last attempt failed or the filesystem cannot allocate ahead: asked again after the
@@ -740,8 +741,7 @@ impl SegmentStore {
     #[doc(hidden)]
     pub fn spare_ready(&self, id: &PartitionId) -> bool {
         let open = lock(&self.open);
-        let slot = open.get(id).and_then(|p| p.spare.clone());
-        slot.is_some_and(|s| matches!(*lock(&s), SpareState::Ready(_)))
+        open.get(id).is_some_and(|p| p.spare_ready())
     }
 
     fn partition_dir(&self, id: &PartitionId) -> PathBuf {
@@ -955,8 +955,6 @@ fn recover(db: &sled::Db, idx: &sled::Tree, dir: &Path, id: &PartitionId) -> Res
     }
     let log_start = idx.get(START_KEY)?.filter(|v| v.len() == 8).map(|v| be_i64(&v));
     let synced = idx.get(SYNCED_KEY)?.filter(|v| v.len() == 8).map_or(i64::MIN, |v| be_i64(&v));
-    // A spare left by a process that stopped holds no data; a roll makes a new one.
-    segments::remove_spares(dir)?;
     let mut files = segments::open_all(dir)?;
     let mut cut = None;
     for (base, m) in &index {
@@ -1189,11 +1187,8 @@ impl SegmentPartition {
     fn active_for(&self, st: &mut LogState, need: u64) -> Result<u64, StorageError> {
         let active = st.segments.get(&st.active);
         let full = active.is_none_or(|s| s.len > 0 && s.len + need > self.segment_bytes);
-        let spare_waits = || {
-            !st.active_ahead
-                && active.is_some_and(|s| s.len >= EARLY_SPARE_BYTES)
-                && self.spare.as_ref().is_some_and(|slot| matches!(*lock(slot), SpareState::Ready(_)))
-        };
+        let spare_waits =
+            || !st.active_ahead && active.is_some_and(|s| s.len >= EARLY_SPARE_BYTES) && self.spare_ready();
         if full || spare_waits() {
             self.start_file(st)?;
         }
@@ -1222,6 +1217,10 @@ impl SegmentPartition {
         Ok(())
     }
 
+    fn spare_ready(&self) -> bool {
+        self.spare.as_ref().is_some_and(|slot| matches!(*lock(slot), SpareState::Ready(_)))
+    }
+
     /// The spare file if it is ready; after a roll a new one may be asked for (one being made
     /// is left to finish: the next roll takes it).
     fn take_spare(&self) -> Option<segments::Spare> {
@@ -1236,7 +1235,7 @@ impl SegmentPartition {
         }
     }
 
-    /// Has the next active file made on a sync thread, unless one was asked for since the
+    /// Has the next active file made on a spare thread, unless one was asked for since the
     /// last roll.
     fn ask_spare(&self, slot: &Arc<Mutex<SpareState>>) {
         {

@@ -103,11 +103,16 @@ impl SegFile {
 
     /// Unlinks the file. Readers holding it keep reading what it held.
     pub fn delete(&self) -> Result<(), StorageError> {
-        match std::fs::remove_file(&self.path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(self.io(e)),
-        }
+        remove_file(&self.path)
+    }
+}
+
+/// Unlinks `path`; already gone is fine.
+fn remove_file(path: &Path) -> Result<(), StorageError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StorageError::Io { path: path.display().to_string(), source: e }),
     }
 }
 
@@ -181,26 +186,6 @@ pub(crate) fn adopt_spare(dir: &Path, spare: Spare, no: u64) -> Result<Arc<SegFi
     Ok(Arc::new(SegFile { no, file: spare.file, path }))
 }
 
-/// Removes the spare files in `dir` (a process that stopped left them).
-pub(crate) fn remove_spares(dir: &Path) -> Result<(), StorageError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(dir_io(dir, e)),
-    };
-    for entry in entries {
-        let path = entry.map_err(|e| dir_io(dir, e))?.path();
-        if path.to_str().is_some_and(|p| p.ends_with(SPARE_SUFFIX)) {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StorageError::Io { path: path.display().to_string(), source: e }),
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Allocates `bytes` of blocks from the start of `file`, its length unchanged. `Ok(false)`
 /// when the filesystem cannot.
 #[cfg(target_os = "linux")]
@@ -231,7 +216,8 @@ pub(crate) fn create(dir: &Path, no: u64, durable: bool) -> Result<Arc<SegFile>,
     Ok(f)
 }
 
-/// Opens every segment file in `dir` (none when it does not exist), with its length.
+/// Opens every segment file in `dir` (none when it does not exist), with its length, and
+/// deletes the spare files a process that stopped left there (they hold no data).
 pub(crate) fn open_all(dir: &Path) -> Result<BTreeMap<u64, (Arc<SegFile>, u64)>, StorageError> {
     let mut out = BTreeMap::new();
     let entries = match std::fs::read_dir(dir) {
@@ -242,6 +228,10 @@ pub(crate) fn open_all(dir: &Path) -> Result<BTreeMap<u64, (Arc<SegFile>, u64)>,
     for entry in entries {
         let entry = entry.map_err(|e| dir_io(dir, e))?;
         let name = entry.file_name();
+        if name.to_str().is_some_and(|n| n.ends_with(SPARE_SUFFIX)) {
+            remove_file(&entry.path())?;
+            continue;
+        }
         let Some(no) = name.to_str().and_then(|n| n.strip_suffix(SUFFIX)).and_then(|n| n.parse::<u64>().ok()) else {
             continue;
         };
