@@ -784,7 +784,7 @@ impl SegmentStore {
         if db.tree_names().iter().any(|n| n == old_tree_name(id).as_bytes()) {
             migrate(db, &index_tree, &dir, id, self.options.segment_bytes)?;
         }
-        let recovered = recover(db, &index_tree, &dir, id)?;
+        let recovered = recover(db, &index_tree, &dir, id, self.options.segment_bytes.max(1))?;
         let producers_base = match index_tree.get(PRODUCERS_KEY)? {
             Some(v) => {
                 let snap = producers::decode(&v);
@@ -944,8 +944,15 @@ struct Recovered {
 /// Reads a partition's index and files and makes them agree (see the module doc): entries
 /// whose bytes are missing or, beyond the synced offset, damaged go with everything after
 /// them; whole batches after the last entry are indexed; a torn tail is cut; files nothing
-/// refers to are deleted.
-fn recover(db: &sled::Db, idx: &sled::Tree, dir: &Path, id: &PartitionId) -> Result<Recovered, StorageError> {
+/// refers to are deleted. A file made ahead (`segment_bytes` allocated) keeps its length and
+/// blocks, what follows its data zeroed.
+fn recover(
+    db: &sled::Db,
+    idx: &sled::Tree,
+    dir: &Path,
+    id: &PartitionId,
+    segment_bytes: u64,
+) -> Result<Recovered, StorageError> {
     let mut index = BTreeMap::new();
     for kv in idx.iter() {
         let (k, v) = kv?;
@@ -994,6 +1001,8 @@ fn recover(db: &sled::Db, idx: &sled::Tree, dir: &Path, id: &PartitionId) -> Res
     let referenced: std::collections::HashSet<u64> = index.values().map(|m| m.file).collect();
     let mut indexed = 0;
     loop {
+        // Where the whole batches of `active` end, when something else follows them.
+        let mut tail = None;
         if let Some((f, len)) = files.get_mut(&active) {
             let start = next;
             let end = segments::scan(f, from, *len, start, |b| {
@@ -1006,10 +1015,7 @@ fn recover(db: &sled::Db, idx: &sled::Tree, dir: &Path, id: &PartitionId) -> Res
                 changed = true;
             })?;
             if end < *len {
-                tracing::warn!(partition = %id, file = active, at = end, bytes = *len - end, "cut a torn tail");
-                f.set_len(end)?;
-                *len = end;
-                break;
+                tail = Some(end);
             }
         }
         // A newer file no entry refers to continues the log when its first batch does (the
@@ -1025,6 +1031,22 @@ fn recover(db: &sled::Db, idx: &sled::Tree, dir: &Path, id: &PartitionId) -> Res
                 break;
             }
         }
+        if let (Some(end), Some((f, len))) = (tail, files.get_mut(&active)) {
+            // Zeros are the end of a file made ahead (or blocks a crash left unwritten);
+            // anything else is a torn write. Either way what follows is not the log's.
+            if segments::zeros_at(f, end, *len)? {
+                tracing::debug!(partition = %id, file = active, at = end, "cut the unwritten end of a file made ahead");
+            } else {
+                tracing::warn!(partition = %id, file = active, at = end, bytes = *len - end, "cut a torn tail");
+            }
+            if continuation.is_none() && f.allocated()? >= segment_bytes {
+                // Appends go on here, into blocks that stay allocated.
+                f.zero_from(end, *len)?;
+            } else {
+                f.set_len(end)?;
+            }
+            *len = end;
+        }
         let Some(newer) = continuation else { break };
         (active, from) = (newer, 0);
     }
@@ -1032,13 +1054,24 @@ fn recover(db: &sled::Db, idx: &sled::Tree, dir: &Path, id: &PartitionId) -> Res
         tracing::info!(partition = %id, batches = indexed, "indexed batches missing from the index");
     }
     idx.apply_batch(changes)?;
+    // Where each file's indexed data ends.
+    let mut ends: BTreeMap<u64, u64> = BTreeMap::new();
+    for m in index.values() {
+        let end = ends.entry(m.file).or_default();
+        *end = (*end).max(m.pos + m.size);
+    }
     let mut segs = BTreeMap::new();
-    for (no, (f, len)) in files {
-        let used = index.values().any(|m| m.file == no);
-        if !used && no != active {
+    for (no, (f, mut len)) in files {
+        let data_end = ends.get(&no).copied();
+        if data_end.is_none() && no != active {
             f.delete()?;
             changed = true;
             continue;
+        }
+        if let Some(end) = data_end.filter(|e| no != active && *e < len) {
+            // A file rolled off before a crash, its preallocated end not cut yet.
+            f.shrink_to(end)?;
+            len = end;
         }
         segs.insert(no, Segment { file: f, len, live: 0, live_bytes: 0 });
     }
@@ -1199,6 +1232,16 @@ impl SegmentPartition {
     /// directory here would stall appends behind the journal commit it forces; the next sync
     /// does it, before it counts on the file.
     fn start_file(&self, st: &mut LogState) -> Result<(), StorageError> {
+        if let Some(old) = st.segments.get(&st.active).filter(|_| st.active_ahead) {
+            // The file made ahead is cut to its data, off the appends' path (a truncation
+            // takes the locks writeback holds).
+            let (file, len, id) = (old.file.clone(), old.len, self.id.clone());
+            self.shared.spare_maker.run(Box::new(move || {
+                if let Err(e) = file.shrink_to(len) {
+                    tracing::warn!(partition = %id, error = %e, "cannot cut a segment file to its data");
+                }
+            }));
+        }
         let no = st.next_file;
         let adopted = self.take_spare().and_then(|spare| {
             segments::adopt_spare(&self.dir, spare, no)

@@ -5,21 +5,26 @@
 //! ([`crate::segment_store`]); this module creates, writes, reads, syncs and deletes files,
 //! and after a crash finds the whole batches written past the last indexed one.
 //!
-//! A partition's next file can be made ahead of time, its blocks allocated (a "spare",
-//! [`make_spare`]): appends into allocated blocks never allocate, and allocating is what made
-//! appends wait. Under ext4's delayed allocation an append into new blocks takes the inode's
-//! block-map lock, which the kernel's writeback holds while it allocates the blocks of earlier
-//! appends, reading bitmaps from the disk (perf sched: waits of up to 70 ms in
-//! `ext4_da_get_block_prep` at full acks=1 load). The blocks are allocated past the file's
-//! length (`FALLOC_FL_KEEP_SIZE`), so a file's length stays where its data ends: appends still
-//! go to the end, and recovery still takes the length for the end of what was written.
+//! A partition's next file can be made ahead of time, its blocks allocated and its length set
+//! to a whole segment (a "spare", [`make_spare`]): appends into it neither allocate blocks nor
+//! move the file's end, and both made appends wait. Under ext4's delayed allocation an append
+//! into new blocks takes the inode's block-map lock, which the kernel's writeback holds while
+//! it allocates the blocks of earlier appends, reading bitmaps from the disk (perf sched:
+//! waits of up to 106 ms in `ext4_da_get_block_prep` at full acks=1 load); and an append past
+//! the file's end updates its on-disk size under the same lock (`ext4_da_write_end`, up to
+//! 60 ms with the blocks allocated but the length left at the data's end).
+//!
+//! So a file's length is not where its data ends: writes are positioned (the caller knows
+//! the end, from the index), a file is cut to its data once it is no longer appended to
+//! ([`SegFile::shrink_to`]), and recovery finds the end of the active file by reading whole
+//! batches until zeros ([`scan`], [`zeros_at`]).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use sluice_core::batch::{self, BatchHeader, HEADER_LEN};
 
@@ -39,36 +44,47 @@ pub(crate) struct SegFile {
     pub no: u64,
     file: File,
     path: PathBuf,
+    /// Held while the length changes: a file is only ever cut shorter, so a cut to its data
+    /// end made after a roll can never lengthen it again past a truncation's cut.
+    sizing: Mutex<()>,
 }
 
 impl SegFile {
+    fn new(no: u64, file: File, path: PathBuf) -> Arc<Self> {
+        Arc::new(SegFile { no, file, path, sizing: Mutex::new(()) })
+    }
+
     fn io(&self, source: io::Error) -> StorageError {
         StorageError::Io { path: self.path.display().to_string(), source }
     }
 
-    /// Appends `bufs`, back to back, with as few system calls as the kernel allows (the file
-    /// is opened for appending: what a batch's stamped header and the request's bytes are
-    /// written from need not be joined first). `at` is where the caller knows the file ends;
-    /// bytes a failed write left past it are cut first, so the data lands where the index
-    /// will say.
+    /// Writes `bufs`, back to back, at `at`, where the caller knows the file's data ends (what a
+    /// batch's stamped header and the request's bytes are written from need not be joined
+    /// first). Bytes a failed write left are cut, so nothing but whole batches lies past the
+    /// data after a crash.
     pub fn append(&self, bufs: &[&[u8]], at: u64) -> Result<(), StorageError> {
-        if self.len()? != at {
-            self.file.set_len(at).map_err(|e| self.io(e))?;
-        }
         let mut slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
         let mut rest = &mut slices[..];
+        let mut pos = at;
         while !rest.is_empty() {
-            match (&self.file).write_vectored(rest) {
-                Ok(0) => return Err(self.io(io::ErrorKind::WriteZero.into())),
-                Ok(n) => IoSlice::advance_slices(&mut rest, n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let _ = self.file.set_len(at);
-                    return Err(self.io(e));
+            match write_at(&self.file, rest, pos) {
+                Ok(0) => return Err(self.failed(at, io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    IoSlice::advance_slices(&mut rest, n);
+                    pos += n as u64;
                 }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.failed(at, e)),
             }
         }
         Ok(())
+    }
+
+    /// The error of a write at `at`, after cutting what it may have left (a preallocated
+    /// file's allocation goes with it: the next write grows the file).
+    fn failed(&self, at: u64, e: io::Error) -> StorageError {
+        let _ = self.set_len_unsynced(at);
+        self.io(e)
     }
 
     /// Fills `buf` from `pos`. `Ok(false)` when the file ends first: the bytes were cut by a
@@ -86,11 +102,39 @@ impl SegFile {
         self.file.sync_data().map_err(|e| self.io(e))
     }
 
+    /// Cuts the file to `len`, durably.
     pub fn set_len(&self, len: u64) -> Result<(), StorageError> {
-        self.file.set_len(len).map_err(|e| self.io(e))?;
+        self.set_len_unsynced(len)?;
         self.sync()
     }
 
+    fn set_len_unsynced(&self, len: u64) -> Result<(), StorageError> {
+        let _sizing = self.sizing.lock().unwrap_or_else(|e| e.into_inner());
+        self.file.set_len(len).map_err(|e| self.io(e))
+    }
+
+    /// Cuts the file to `len` if it is longer: the preallocated end of a file no longer
+    /// appended to. Not synced: should the cut be lost, zeros past the data are what a
+    /// restart finds there, and recovery cuts them again.
+    pub fn shrink_to(&self, len: u64) -> Result<(), StorageError> {
+        let _sizing = self.sizing.lock().unwrap_or_else(|e| e.into_inner());
+        if self.len()? > len {
+            self.file.set_len(len).map_err(|e| self.io(e))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the bytes from `from` to `len` read as zeros, durably, the blocks kept allocated
+    /// (cut at `from` where the filesystem cannot).
+    pub fn zero_from(&self, from: u64, len: u64) -> Result<(), StorageError> {
+        match zero_range(&self.file, from, len.saturating_sub(from)) {
+            Ok(true) => self.sync(),
+            Ok(false) => self.set_len(from),
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
+    /// The file's length: past its data when it was made ahead.
     pub fn len(&self) -> Result<u64, StorageError> {
         Ok(self.file.metadata().map_err(|e| self.io(e))?.len())
     }
@@ -130,14 +174,15 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 }
 
 fn open_file(path: PathBuf, no: u64, create: bool) -> Result<Arc<SegFile>, StorageError> {
+    // Not opened for appending: writes are positioned (see the module doc).
     let file = OpenOptions::new()
         .read(true)
-        .append(true)
+        .write(true)
         .create(create)
         .truncate(false)
         .open(&path)
         .map_err(|e| StorageError::Io { path: path.display().to_string(), source: e })?;
-    Ok(Arc::new(SegFile { no, file, path }))
+    Ok(SegFile::new(no, file, path))
 }
 
 /// A partition's next segment file, made ahead of time with its blocks allocated.
@@ -147,7 +192,7 @@ pub(crate) struct Spare {
     path: PathBuf,
 }
 
-/// Makes a spare file in `dir` with `bytes` allocated past its length. Not synced: the
+/// Makes a spare file in `dir`, `bytes` long and allocated (it reads as zeros). Not synced: the
 /// allocation is metadata the first fdatasync of data in the file makes durable with it (as
 /// for the blocks a growing file allocates), and an fsync here, under load, waited behind the
 /// writeback of every partition's data. `Ok(None)` when the filesystem cannot
@@ -156,9 +201,8 @@ pub(crate) fn make_spare(dir: &Path, bytes: u64) -> Result<Option<Spare>, Storag
     let n = SPARE_NAMES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = dir.join(format!("{}-{n}{SPARE_SUFFIX}", std::process::id()));
     let io = |e| StorageError::Io { path: path.display().to_string(), source: e };
-    // A new file (never one that may hold data), appended to once adopted like every segment
-    // file.
-    let file = match OpenOptions::new().read(true).append(true).create_new(true).open(&path) {
+    // A new file: never one that may hold data.
+    let file = match OpenOptions::new().read(true).write(true).create_new(true).open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io(e)),
@@ -183,17 +227,49 @@ pub(crate) fn adopt_spare(dir: &Path, spare: Spare, no: u64) -> Result<Arc<SegFi
     let path = file_path(dir, no);
     std::fs::rename(&spare.path, &path)
         .map_err(|e| StorageError::Io { path: spare.path.display().to_string(), source: e })?;
-    Ok(Arc::new(SegFile { no, file: spare.file, path }))
+    Ok(SegFile::new(no, spare.file, path))
 }
 
-/// Allocates `bytes` of blocks from the start of `file`, its length unchanged. `Ok(false)`
-/// when the filesystem cannot.
+/// Turns `bytes` from `from` into allocated zeros. `Ok(false)` when the filesystem cannot.
+#[cfg(target_os = "linux")]
+fn zero_range(file: &File, from: u64, bytes: u64) -> io::Result<bool> {
+    use nix::errno::Errno;
+    use nix::fcntl::{FallocateFlags, fallocate};
+    let at = |n: u64| i64::try_from(n).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    match fallocate(file, FallocateFlags::FALLOC_FL_ZERO_RANGE, at(from)?, at(bytes)?) {
+        Ok(()) => Ok(true),
+        Err(Errno::EOPNOTSUPP) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn zero_range(_file: &File, _from: u64, _bytes: u64) -> io::Result<bool> {
+    Ok(false)
+}
+
+/// One positioned, vectored write (at most `IOV_MAX` slices: the caller loops on short writes).
+#[cfg(target_os = "linux")]
+fn write_at(file: &File, bufs: &[IoSlice<'_>], pos: u64) -> io::Result<usize> {
+    const IOV_MAX: usize = 1024;
+    let pos = i64::try_from(pos).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    Ok(nix::sys::uio::pwritev(file, &bufs[..bufs.len().min(IOV_MAX)], pos)?)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn write_at(file: &File, bufs: &[IoSlice<'_>], pos: u64) -> io::Result<usize> {
+    let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+    file.write_at(first, pos)
+}
+
+/// Allocates `bytes` of blocks from the start of `file` and makes it that long (the blocks
+/// read as zeros until written). `Ok(false)` when the filesystem cannot.
 #[cfg(target_os = "linux")]
 fn allocate(file: &File, bytes: u64) -> io::Result<bool> {
     use nix::errno::Errno;
     use nix::fcntl::{FallocateFlags, fallocate};
     let len = i64::try_from(bytes).unwrap_or(i64::MAX);
-    match fallocate(file, FallocateFlags::FALLOC_FL_KEEP_SIZE, 0, len) {
+    match fallocate(file, FallocateFlags::empty(), 0, len) {
         Ok(()) => Ok(true),
         Err(Errno::EOPNOTSUPP) => Ok(false),
         Err(e) => Err(e.into()),
@@ -281,6 +357,14 @@ pub(crate) fn batch_at(f: &SegFile, pos: u64, file_len: u64) -> Result<Option<Fo
         return Ok(None);
     }
     Ok(Some(Found { pos, header: h, bytes }))
+}
+
+/// Whether the bytes at `pos` (a header's worth, or to the file's end) are all zero: the
+/// unwritten end of a file made ahead rather than a torn write.
+pub(crate) fn zeros_at(f: &SegFile, pos: u64, file_len: u64) -> Result<bool, StorageError> {
+    let mut head = [0u8; HEADER_LEN];
+    let n = file_len.saturating_sub(pos).min(HEADER_LEN as u64) as usize;
+    Ok(f.read_at(&mut head[..n], pos)? && head[..n].iter().all(|b| *b == 0))
 }
 
 /// Hands `each` the whole batches from `pos` on that continue the log at `next` (then each

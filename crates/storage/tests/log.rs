@@ -585,8 +585,9 @@ fn segment_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
     files
 }
 
+/// Bytes of batches in the partition's segment files (a file made ahead is longer).
 fn disk_bytes(root: &std::path::Path) -> u64 {
-    segment_files(root).iter().map(|f| std::fs::metadata(f).unwrap().len()).sum()
+    segment_files(root).iter().map(|f| data_end(f)).sum()
 }
 
 fn small_segments(bytes: u64) -> StoreOptions {
@@ -640,8 +641,8 @@ async fn the_next_segment_file_is_made_ahead_with_its_blocks_allocated() {
         log.append(&batch(&[(None, Some(&value), n)], Compression::None), &cfg, 0, 0).unwrap();
         n += 1;
     };
-    // Below half a file nothing is made ahead; past it the spare appears, empty, its blocks
-    // allocated.
+    // Below half a file nothing is made ahead; past it the spare appears, a whole segment
+    // long, its blocks allocated.
     for _ in 0..20 {
         append(&*log);
     }
@@ -652,31 +653,33 @@ async fn the_next_segment_file_is_made_ahead_with_its_blocks_allocated() {
     }
     let spare = ready_spare(&store, dir.path()).await;
     assert!(allocated(&spare) >= size, "{} bytes allocated", allocated(&spare));
-    assert_eq!(std::fs::metadata(&spare).unwrap().len(), 0);
+    assert_eq!(std::fs::metadata(&spare).unwrap().len(), size);
     let inode = std::fs::metadata(&spare).unwrap().ino();
-    // The roll takes it: the new segment file is the spare, its length where its data ends.
+    // The roll takes it: the new segment file is the spare.
     while segment_files(dir.path()).len() < 2 {
         append(&*log);
     }
     let newest = segment_files(dir.path()).pop().unwrap();
     assert_eq!(std::fs::metadata(&newest).unwrap().ino(), inode);
     assert!(allocated(&newest) >= size);
+    assert_eq!(std::fs::metadata(&newest).unwrap().len(), size);
     assert!(spare_files(dir.path()).is_empty());
-    assert_eq!(disk_bytes(dir.path()), log.size_bytes());
+    let one = log.size_bytes() / n as u64;
     let records = all_records(&*log, 0);
     assert_eq!(records.len() as i64, n);
     assert!(records.iter().enumerate().all(|(i, r)| r.0 == i as i64 && r.2.as_deref() == Some(value.as_str())));
     store.sync().await.unwrap();
     drop(log);
     drop(store);
-    // A restart takes the data's end from the file's length, not its allocation (nothing is
-    // cut: the file's length is unchanged), and removes a spare the stopped process left.
+    // A restart finds the data's end by reading batches up to the zeros (the file keeps its
+    // length and blocks), and removes a spare the stopped process left.
     let len = std::fs::metadata(&newest).unwrap().len();
     std::fs::write(partition_dir(dir.path()).join("1-0.spare"), b"left behind").unwrap();
     let store = reopen_with(dir.path(), small_segments(size)).await;
     let log = store.open(&pid()).unwrap();
     assert!(spare_files(dir.path()).is_empty());
     assert_eq!(std::fs::metadata(&newest).unwrap().len(), len);
+    assert!(allocated(&newest) >= size);
     assert_eq!(log.offsets().log_end_offset, n);
     assert_eq!(log.append(&batch(&[(None, Some("after"), n)], Compression::None), &cfg, 0, 0).unwrap().base_offset, n);
     let records = all_records(&*log, 0);
@@ -697,6 +700,92 @@ async fn the_next_segment_file_is_made_ahead_with_its_blocks_allocated() {
     let records = all_records(&*log, 0);
     assert_eq!(records.len() as i64, n + 1);
     assert_eq!(records.last().unwrap().2.as_deref(), Some("again"));
+    // Once appends move on to the next file, one made ahead is cut to its data: whole
+    // batches, no room for one more.
+    let ahead = segment_files(dir.path()).pop().unwrap();
+    let mut m = n + 1;
+    while !store.spare_ready(&pid()) {
+        log.append(&batch(&[(None, Some(&value), m)], Compression::None), &cfg, 0, 0).unwrap();
+        m += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    while segment_files(dir.path()).last() == Some(&ahead) {
+        log.append(&batch(&[(None, Some(&value), m)], Compression::None), &cfg, 0, 0).unwrap();
+        m += 1;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&ahead).unwrap().len() == size {
+        assert!(std::time::Instant::now() < deadline, "the file rolled off was not cut to its data");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let len = std::fs::metadata(&ahead).unwrap().len();
+    assert_eq!(len, data_end(&ahead));
+    assert!(len + one > size && len <= size, "{len} bytes of {size}");
+    assert_eq!(all_records(&*log, 0).len() as i64, m);
+}
+
+/// Where the whole batches of segment file `path` end (its first header of zeros).
+fn data_end(path: &std::path::Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    let mut pos = 0usize;
+    while pos + 12 <= bytes.len() && bytes[pos..pos + 12].iter().any(|b| *b != 0) {
+        pos += 12 + i32::from_be_bytes(bytes[pos + 8..pos + 12].try_into().unwrap()) as usize;
+    }
+    pos.min(bytes.len()) as u64
+}
+
+#[tokio::test]
+async fn a_restart_zeroes_what_follows_the_data_in_a_file_made_ahead() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TopicConfig::default();
+    let size = 64 << 10;
+    let value = "v".repeat(1000);
+    let mut n = 0i64;
+    {
+        let store = SegmentStore::open_with(dir.path(), small_segments(size)).unwrap();
+        let log = store.open(&pid()).unwrap();
+        let mut append = || {
+            log.append(&batch(&[(None, Some(&value), n)], Compression::None), &cfg, 0, 0).unwrap();
+            n += 1;
+        };
+        for _ in 0..40 {
+            append();
+        }
+        ready_spare(&store, dir.path()).await;
+        while segment_files(dir.path()).len() < 2 {
+            append();
+        }
+        store.sync().await.unwrap();
+    }
+    // Before a crash the kernel wrote a later block of the file and not the one before it:
+    // a whole batch lies past zeros. Once appends have filled the zeros it would continue
+    // the log (offset `n + 1`, right after the next append), though it never was its.
+    let active = segment_files(dir.path()).pop().unwrap();
+    let end = data_end(&active);
+    let next = batch(&[(None, Some("next"), n)], Compression::None);
+    let mut ghost = BatchBuilder::new(Compression::None);
+    ghost.push(n + 1, None, Some(b"ghost"), &[]);
+    let ghost = ghost.build_at(n + 1, 0).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&active)
+        .unwrap()
+        .write_all_at(&ghost, end + next.len() as u64)
+        .unwrap();
+    {
+        let store = reopen_with(dir.path(), small_segments(size)).await;
+        let log = store.open(&pid()).unwrap();
+        assert_eq!(log.offsets().log_end_offset, n);
+        assert_eq!(std::fs::metadata(&active).unwrap().len(), size, "the file keeps its length");
+        assert_eq!(log.append(&next, &cfg, 0, 0).unwrap().base_offset, n);
+    }
+    let store = reopen_with(dir.path(), small_segments(size)).await;
+    let log = store.open(&pid()).unwrap();
+    assert_eq!(log.offsets().log_end_offset, n + 1);
+    let records = all_records(&*log, 0);
+    assert_eq!(records.len() as i64, n + 1);
+    assert_eq!(records.last().unwrap().2.as_deref(), Some("next"));
 }
 
 #[tokio::test]
