@@ -3,9 +3,10 @@
 # `sluice dev`, produces acks=1 at full load for SECS seconds under `perf sched record -g`,
 # then prints, for the server threads that write segment files, the kernel stacks they
 # blocked in (total and longest wait: syncs run on the same threads, so fdatasync's waits
-# show there too) and every wait over 30 ms inside an append's writev. Found with it:
-# ext4's block allocation behind writeback (`ext4_da_get_block_prep`), which the preallocated
-# segment files (`storage.preallocate`) removed. Needs perf (Debian: linux-perf) and root.
+# show there too) and every wait over 30 ms inside an append's pwritev. Found with it: ext4's
+# block allocation behind writeback (`ext4_da_get_block_prep`) and the on-disk size update
+# (`ext4_da_write_end`), which segment files made ahead a whole segment long
+# (`storage.preallocate`) removed. Needs perf (Debian: linux-perf) and root.
 # Usage: scripts/append-waits.sh [SECS] [extra `sluice bench produce` flags]   (default 12)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,7 +51,7 @@ for t, task, waited, state, stack in rows:
 print("blocked (D) waits of the writing threads: total ms, count, longest ms, stack")
 for key, v in total.most_common(8):
     print(f"{v:8.0f} {count[key]:6d} {longest[key]:7.1f}  {key}")
-print(f"waits over 30 ms inside an append (writev): {len(slow)}")
+print(f"waits over 30 ms inside an append (pwritev): {len(slow)}")
 for s in slow[:20]:
     print(" ", s)
 '
