@@ -124,11 +124,13 @@ impl SegFile {
         Ok(())
     }
 
-    /// Makes the bytes from `from` to `len` read as zeros, durably, the blocks kept allocated
-    /// (cut at `from` where the filesystem cannot).
+    /// Makes the bytes from `from` to `len` read as zeros, the blocks kept allocated (cut at
+    /// `from` where the filesystem cannot). Not synced (an fsync per partition at every
+    /// start): the zeroing is metadata journaled before anything written after it, so no
+    /// later write can become durable without it.
     pub fn zero_from(&self, from: u64, len: u64) -> Result<(), StorageError> {
         match zero_range(&self.file, from, len.saturating_sub(from)) {
-            Ok(true) => self.sync(),
+            Ok(true) => Ok(()),
             Ok(false) => self.set_len(from),
             Err(e) => Err(self.io(e)),
         }
