@@ -206,6 +206,14 @@ struct Pending {
     /// The partition's index tree was created and sled not flushed since: until it is, a
     /// restart would not know the partition, so the next sync flushes sled.
     new_tree: bool,
+    /// What syncs still running were given, each file with the last job given it (and the
+    /// directory's job): a later sync syncs them too. Otherwise it could record its mark and
+    /// answer its waiters while an earlier one still syncs the file that holds the first of
+    /// the offsets it covers (a file rolled off, written before the later sync started).
+    syncing: Vec<(u64, Arc<SegFile>)>,
+    syncing_dir: Option<u64>,
+    /// Jobs taken so far.
+    jobs: u64,
 }
 
 /// How far a sync goes.
@@ -344,12 +352,26 @@ impl Shared {
                 continue;
             }
             ps.queued.store(false, Ordering::Release);
-            let (files, new_files, end, new_tree, cuts) = {
+            let job = {
                 let mut p = lock(&ps.pending);
-                let new_tree = std::mem::take(&mut p.new_tree);
-                (std::mem::take(&mut p.files), std::mem::take(&mut p.new_files), p.end, new_tree, p.cuts)
+                p.jobs += 1;
+                let seq = p.jobs;
+                let mut files = std::mem::take(&mut p.files);
+                for (_, f) in &p.syncing {
+                    if !files.iter().any(|g| Arc::ptr_eq(g, f)) {
+                        files.push(f.clone());
+                    }
+                }
+                p.syncing.retain(|(_, f)| !files.iter().any(|g| Arc::ptr_eq(g, f)));
+                p.syncing.extend(files.iter().map(|f| (seq, f.clone())));
+                let new_files = std::mem::take(&mut p.new_files) || p.syncing_dir.is_some();
+                if new_files {
+                    p.syncing_dir = Some(seq);
+                }
+                let (end, cuts, new_tree) = (p.end, p.cuts, std::mem::take(&mut p.new_tree));
+                drop(p);
+                Job { ps, seq, files, new_files, end, new_tree, cuts }
             };
-            let job = Job { ps, files, new_files, end, new_tree, cuts };
             flush_index |= job.new_tree;
             jobs.push(job);
         }
@@ -401,6 +423,8 @@ impl Shared {
 /// One partition's part of a sync: what it wrote since the last one.
 struct Job {
     ps: Arc<PartitionSync>,
+    /// Its number among the partition's jobs.
+    seq: u64,
     files: Vec<Arc<SegFile>>,
     new_files: bool,
     end: i64,
@@ -413,16 +437,27 @@ impl Job {
     /// Syncs the partition's files, then records the mark (unless a truncation lowered it
     /// meanwhile, or a sync that started later already recorded a higher one).
     fn run(&self) -> Result<(), StorageError> {
+        let synced = self.sync();
+        let mut p = lock(&self.ps.pending);
+        // What a later job took from this one, it syncs itself.
+        p.syncing.retain(|(seq, _)| *seq != self.seq);
+        if p.syncing_dir == Some(self.seq) {
+            p.syncing_dir = None;
+        }
+        synced?;
+        if p.cuts == self.cuts && self.end > p.marked {
+            self.ps.index_tree.insert(SYNCED_KEY, &self.end.to_be_bytes())?;
+            p.marked = self.end;
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
         for f in &self.files {
             f.sync()?;
         }
         if self.new_files {
             segments::sync_dir(&self.ps.dir)?;
-        }
-        let mut p = lock(&self.ps.pending);
-        if p.cuts == self.cuts && self.end > p.marked {
-            self.ps.index_tree.insert(SYNCED_KEY, &self.end.to_be_bytes())?;
-            p.marked = self.end;
         }
         Ok(())
     }
@@ -869,7 +904,8 @@ const SLOW_APPEND: Duration = Duration::from_millis(50);
 /// Syncs that may run at once. A sync that starts while another runs covers the appends made
 /// since that one started, without waiting for it to end: the device always has writes to do,
 /// and a waiter waits for about one sync, not one and a half. Concurrent syncs are safe: each
-/// fdatasync covers every byte written before it was called, whoever else syncs the file.
+/// fdatasync covers every byte written before it was called, whoever else syncs the file, and
+/// a sync also syncs the files of a partition's syncs still running ([`Pending::syncing`]).
 const SYNCS_AT_ONCE: usize = 2;
 
 /// Syncs for waiters (acks=all), sharing one sync among all who asked while the others ran,
@@ -1236,7 +1272,12 @@ impl SegmentPartition {
             // The file made ahead is cut to its data, off the appends' path (a truncation
             // takes the locks writeback holds).
             let (file, len, id) = (old.file.clone(), old.len, self.id.clone());
+            let shared = Arc::downgrade(&self.shared);
             self.shared.spare_maker.run(Box::new(move || {
+                // Only while the store is open: one opened again on the same files (after this
+                // one was dropped) may have made this file active again. Holding the store
+                // holds sled's lock, so none can be opened during the cut.
+                let Some(_open) = shared.upgrade() else { return };
                 if let Err(e) = file.shrink_to(len) {
                     tracing::warn!(partition = %id, error = %e, "cannot cut a segment file to its data");
                 }
@@ -1404,7 +1445,11 @@ impl SegmentPartition {
             (m.file, m.pos) = (no, pos);
             pos += m.size;
         }
-        self.index_entries(&items)?;
+        if let Err(e) = self.index_entries(&items) {
+            // Not indexed, so not in the log: a recovery must not find the bytes either.
+            file.discard_from(at);
+            return Err(e);
+        }
         let t3 = std::time::Instant::now();
         if t3 - t0 > SLOW_APPEND && self.shared.slow_appends.due() {
             tracing::warn!(

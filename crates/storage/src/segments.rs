@@ -60,8 +60,7 @@ impl SegFile {
 
     /// Writes `bufs`, back to back, at `at`, where the caller knows the file's data ends (what a
     /// batch's stamped header and the request's bytes are written from need not be joined
-    /// first). Bytes a failed write left are cut, so nothing but whole batches lies past the
-    /// data after a crash.
+    /// first). What a failed write left is discarded ([`SegFile::discard_from`]).
     pub fn append(&self, bufs: &[&[u8]], at: u64) -> Result<(), StorageError> {
         let mut slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
         let mut rest = &mut slices[..];
@@ -80,11 +79,29 @@ impl SegFile {
         Ok(())
     }
 
-    /// The error of a write at `at`, after cutting what it may have left (a preallocated
-    /// file's allocation goes with it: the next write grows the file).
+    /// The error of a write at `at`, after discarding what it may have left.
     fn failed(&self, at: u64, e: io::Error) -> StorageError {
-        let _ = self.set_len_unsynced(at);
+        self.discard_from(at);
         self.io(e)
+    }
+
+    /// Makes what lies from `at` on read as zeros (the blocks stay allocated), or cuts the
+    /// file there where the filesystem cannot, durably: whole batches written there that the
+    /// log does not hold (a write that failed part way, an index update that failed) must not
+    /// be taken into it by a recovery. Best effort: its own failure is logged.
+    pub fn discard_from(&self, at: u64) {
+        let done = match self.len() {
+            Ok(len) if len > at => match zero_range(&self.file, at, len - at) {
+                Ok(true) => Ok(()),
+                _ => self.set_len_unsynced(at),
+            }
+            .and_then(|()| self.sync()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            tracing::warn!(error = %e, at, "cannot discard what a failed write left in a segment file");
+        }
     }
 
     /// Fills `buf` from `pos`. `Ok(false)` when the file ends first: the bytes were cut by a
@@ -124,13 +141,14 @@ impl SegFile {
         Ok(())
     }
 
-    /// Makes the bytes from `from` to `len` read as zeros, the blocks kept allocated (cut at
-    /// `from` where the filesystem cannot). Not synced (an fsync per partition at every
-    /// start): the zeroing is metadata journaled before anything written after it, so no
-    /// later write can become durable without it.
+    /// Makes the bytes from `from` to `len` read as zeros, durably, the blocks kept allocated
+    /// (cut at `from` where the filesystem cannot). Synced: the block holding `from` is
+    /// zeroed by a data write, which later appends into that block could reach the disk
+    /// without (no journal commit orders them), leaving bytes past it that the zeroing did
+    /// not make durable.
     pub fn zero_from(&self, from: u64, len: u64) -> Result<(), StorageError> {
         match zero_range(&self.file, from, len.saturating_sub(from)) {
-            Ok(true) => Ok(()),
+            Ok(true) => self.sync(),
             Ok(false) => self.set_len(from),
             Err(e) => Err(self.io(e)),
         }
