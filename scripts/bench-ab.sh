@@ -26,7 +26,7 @@ run() {
   sync; (echo 3 > /proc/sys/vm/drop_caches) 2>/dev/null || echo "(page cache not dropped: not root)" >&2
   "${b[@]}" consume --topic a1 --records "$records" --json 2>/dev/null | tag
   "${b[@]}" e2e --topic e2e --partitions 8 --record-size 1024 --rate 50000 --duration 15 --json 2>/dev/null | tag
-  echo "{\"server\":\"$label\",\"mode\":\"footprint\",\"data_bytes\":$(du -sb "$dir/data" | cut -f1),\"peak_rss_kib\":$(awk '/VmHWM/ {print $2}' /proc/$pid/status)}"
+  echo "{\"server\":\"$label\",\"mode\":\"footprint\",\"data_bytes\":$(du -s --block-size=1 "$dir/data" | cut -f1),\"peak_rss_kib\":$(awk '/VmHWM/ {print $2}' /proc/$pid/status)}"
   kill "$pid"; wait "$pid" 2>/dev/null || true; rm -rf "$dir"
 }
 for i in $(seq "$rounds"); do

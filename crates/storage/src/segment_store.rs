@@ -14,7 +14,8 @@
 //! the two after a crash: an entry whose bytes are not all in its file, or that lies beyond
 //! the synced offset and fails its CRC, is dropped with everything after it; whole batches
 //! written after the last entry (synced but not indexed yet, or a process killed between the
-//! two writes) are indexed; a torn tail is cut. A file is deleted only once the index that no
+//! two writes) are indexed; what follows the last whole batch (a torn write, the unwritten end
+//! of a file made ahead) is zeroed or cut. A file is deleted only once the index that no
 //! longer refers to it has been flushed.
 
 use std::collections::{BTreeMap, HashMap};
@@ -979,9 +980,9 @@ struct Recovered {
 
 /// Reads a partition's index and files and makes them agree (see the module doc): entries
 /// whose bytes are missing or, beyond the synced offset, damaged go with everything after
-/// them; whole batches after the last entry are indexed; a torn tail is cut; files nothing
-/// refers to are deleted. A file made ahead (`segment_bytes` allocated) keeps its length and
-/// blocks, what follows its data zeroed.
+/// them; whole batches after the last entry are indexed; what follows them is cut, or zeroed
+/// in a file made ahead (`segment_bytes` allocated: it keeps its length and blocks); files
+/// nothing refers to are deleted, files rolled off are cut to their data.
 fn recover(
     db: &sled::Db,
     idx: &sled::Tree,
