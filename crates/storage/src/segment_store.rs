@@ -1000,11 +1000,27 @@ fn recover(
     let log_start = idx.get(START_KEY)?.filter(|v| v.len() == 8).map(|v| be_i64(&v));
     let synced = idx.get(SYNCED_KEY)?.filter(|v| v.len() == 8).map_or(i64::MIN, |v| be_i64(&v));
     let mut files = segments::open_all(dir)?;
+    // Entries below the synced mark are only checked against their file's length, which says
+    // nothing in a file longer than its data (made ahead): there the last such entry's header
+    // is read, and if it is not there, every entry of the file is checked as if unsynced.
+    let mut last_synced: BTreeMap<u64, (i64, &BatchMeta)> = BTreeMap::new();
+    for (base, m) in index.range(..synced) {
+        last_synced.insert(m.file, (*base, m));
+    }
+    let mut doubtful = std::collections::HashSet::new();
+    for (no, (base, m)) in last_synced {
+        let Some((f, len)) = files.get(&no).filter(|(_, len)| m.pos + m.size < *len) else { continue };
+        let there = segments::header_at(f, m.pos, *len)?;
+        if !there.is_some_and(|h| h.base_offset == base && h.total_len() as u64 == m.size) {
+            tracing::warn!(partition = %id, file = no, offset = base, "a synced batch is not where the index says: checking the whole file");
+            doubtful.insert(no);
+        }
+    }
     let mut cut = None;
     for (base, m) in &index {
         let ok = match files.get(&m.file) {
             Some((f, len)) if m.pos.checked_add(m.size).is_some_and(|end| end <= *len) => {
-                *base < synced
+                (*base < synced && !doubtful.contains(&m.file))
                     || segments::batch_at(f, m.pos, *len)?
                         .is_some_and(|b| b.header.base_offset == *base && b.bytes.len() as u64 == m.size)
             }

@@ -359,14 +359,19 @@ pub(crate) struct Found {
     pub bytes: Vec<u8>,
 }
 
-/// Reads and checks (framing, CRC) the batch at `pos`; `None` when what is there is not a whole,
-/// intact batch (a torn write, zeros, the end of the file).
-pub(crate) fn batch_at(f: &SegFile, pos: u64, file_len: u64) -> Result<Option<Found>, StorageError> {
+/// The header of the batch at `pos`, when one is there (not checked against its bytes).
+pub(crate) fn header_at(f: &SegFile, pos: u64, file_len: u64) -> Result<Option<BatchHeader>, StorageError> {
     let mut head = [0u8; HEADER_LEN];
     if pos + HEADER_LEN as u64 > file_len || !f.read_at(&mut head, pos)? {
         return Ok(None);
     }
-    let Ok(h) = BatchHeader::parse(&head) else { return Ok(None) };
+    Ok(BatchHeader::parse(&head).ok())
+}
+
+/// Reads and checks (framing, CRC) the batch at `pos`; `None` when what is there is not a whole,
+/// intact batch (a torn write, zeros, the end of the file).
+pub(crate) fn batch_at(f: &SegFile, pos: u64, file_len: u64) -> Result<Option<Found>, StorageError> {
+    let Some(h) = header_at(f, pos, file_len)? else { return Ok(None) };
     let size = h.total_len() as u64;
     if pos + size > file_len {
         return Ok(None);

@@ -829,6 +829,49 @@ async fn a_restart_zeroes_what_follows_the_data_in_a_file_made_ahead() {
 }
 
 #[tokio::test]
+async fn a_synced_batch_missing_from_a_file_made_ahead_is_dropped_not_served() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TopicConfig::default();
+    let size = 64 << 10;
+    let value = "v".repeat(1000);
+    let mut n = 0i64;
+    {
+        let store = SegmentStore::open_with(dir.path(), small_segments(size)).unwrap();
+        let log = store.open(&pid()).unwrap();
+        let mut append = || {
+            log.append(&batch(&[(None, Some(&value), n)], Compression::None), &cfg, 0, 0).unwrap();
+            n += 1;
+        };
+        for _ in 0..40 {
+            append();
+        }
+        ready_spare(&store, dir.path()).await;
+        while segment_files(dir.path()).len() < 2 {
+            append();
+        }
+        append();
+        append();
+        store.sync().await.unwrap();
+    }
+    // The synced mark covers the last batch, but its bytes never reached the disk (the file,
+    // made ahead, is long enough for the index to point there): it goes, not served damaged.
+    let active = segment_files(dir.path()).pop().unwrap();
+    let end = data_end(&active);
+    let one = batch(&[(None, Some(&value), 0)], Compression::None).len() as u64;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&active)
+        .unwrap()
+        .write_all_at(&vec![0; one as usize], end - one)
+        .unwrap();
+    let store = reopen_with(dir.path(), small_segments(size)).await;
+    let log = store.open(&pid()).unwrap();
+    assert_eq!(log.offsets().log_end_offset, n - 1);
+    assert_eq!(all_records(&*log, 0).len() as i64, n - 1);
+}
+
+#[tokio::test]
 async fn a_new_partition_written_hard_leaves_its_first_file_for_a_spare_early() {
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
