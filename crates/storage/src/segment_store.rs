@@ -207,10 +207,12 @@ struct Pending {
     /// The partition's index tree was created and sled not flushed since: until it is, a
     /// restart would not know the partition, so the next sync flushes sled.
     new_tree: bool,
-    /// What syncs still running were given, each file with the last job given it (and the
-    /// directory's job): a later sync syncs them too. Otherwise it could record its mark and
-    /// answer its waiters while an earlier one still syncs the file that holds the first of
-    /// the offsets it covers (a file rolled off, written before the later sync started).
+    /// The files syncs still running took from the pending list, each under the job that
+    /// took it (and the directory's job): a later sync syncs them too. Otherwise it could
+    /// record its mark and answer its waiters while an earlier one still syncs the file that
+    /// holds the first of the offsets it covers (a file rolled off, written before the later
+    /// sync started). A file leaves with the job that took it: one that ended without error
+    /// made it durable up to where the later sync needs it.
     syncing: Vec<(u64, Arc<SegFile>)>,
     syncing_dir: Option<u64>,
     /// Jobs taken so far.
@@ -357,16 +359,19 @@ impl Shared {
                 let mut p = lock(&ps.pending);
                 p.jobs += 1;
                 let seq = p.jobs;
-                let mut files = std::mem::take(&mut p.files);
+                // Its own files are listed under it until it ends; those of jobs still
+                // running it syncs too, and leaves under theirs.
+                let own = std::mem::take(&mut p.files);
+                let mut files = own.clone();
                 for (_, f) in &p.syncing {
                     if !files.iter().any(|g| Arc::ptr_eq(g, f)) {
                         files.push(f.clone());
                     }
                 }
-                p.syncing.retain(|(_, f)| !files.iter().any(|g| Arc::ptr_eq(g, f)));
-                p.syncing.extend(files.iter().map(|f| (seq, f.clone())));
-                let new_files = std::mem::take(&mut p.new_files) || p.syncing_dir.is_some();
-                if new_files {
+                p.syncing.extend(own.into_iter().map(|f| (seq, f)));
+                let own_dir = std::mem::take(&mut p.new_files);
+                let new_files = own_dir || p.syncing_dir.is_some();
+                if own_dir {
                     p.syncing_dir = Some(seq);
                 }
                 let (end, cuts, new_tree) = (p.end, p.cuts, std::mem::take(&mut p.new_tree));
@@ -398,14 +403,9 @@ impl Shared {
         }
         for (job, res) in jobs.into_iter().zip(results) {
             if let Err(e) = res {
-                // Synced again by the next sync: nothing written is forgotten.
+                // Its files are back in the partition's pending list (Job::run): the next
+                // sync tries them again.
                 let ps = job.ps.clone();
-                {
-                    let mut p = lock(&ps.pending);
-                    p.files.extend(job.files.iter().cloned());
-                    p.new_files |= job.new_files;
-                    p.new_tree |= job.new_tree;
-                }
                 if !ps.queued.swap(true, Ordering::AcqRel) {
                     lock(&self.dirty).push(ps.clone());
                 }
@@ -440,10 +440,20 @@ impl Job {
     fn run(&self) -> Result<(), StorageError> {
         let synced = self.sync();
         let mut p = lock(&self.ps.pending);
-        // What a later job took from this one, it syncs itself.
         p.syncing.retain(|(seq, _)| *seq != self.seq);
         if p.syncing_dir == Some(self.seq) {
             p.syncing_dir = None;
+        }
+        if synced.is_err() {
+            // Back in the pending list under the same lock that took them off the syncing
+            // one, so no job taken meanwhile can miss them and record a mark past them.
+            for f in &self.files {
+                if !p.files.iter().any(|g| Arc::ptr_eq(g, f)) {
+                    p.files.push(f.clone());
+                }
+            }
+            p.new_files |= self.new_files;
+            p.new_tree |= self.new_tree;
         }
         synced?;
         if p.cuts == self.cuts && self.end > p.marked {

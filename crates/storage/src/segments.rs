@@ -47,11 +47,16 @@ pub(crate) struct SegFile {
     /// Held while the length changes: a file is only ever cut shorter, so a cut to its data
     /// end made after a roll can never lengthen it again past a truncation's cut.
     sizing: Mutex<()>,
+    /// Held across each fdatasync; true once one failed. The kernel reports a writeback error
+    /// once per open file and marks the pages it could not write clean, so a later fdatasync
+    /// would succeed over lost bytes: every later sync of this file fails instead (until the
+    /// partition is opened again and recovery checks what is there).
+    sync_failed: Mutex<bool>,
 }
 
 impl SegFile {
     fn new(no: u64, file: File, path: PathBuf) -> Arc<Self> {
-        Arc::new(SegFile { no, file, path, sizing: Mutex::new(()) })
+        Arc::new(SegFile { no, file, path, sizing: Mutex::new(()), sync_failed: Mutex::new(false) })
     }
 
     fn io(&self, source: io::Error) -> StorageError {
@@ -116,7 +121,17 @@ impl SegFile {
 
     /// fdatasync: the bytes written so far survive a power loss.
     pub fn sync(&self) -> Result<(), StorageError> {
-        self.file.sync_data().map_err(|e| self.io(e))
+        let mut failed = self.sync_failed.lock().unwrap_or_else(|e| e.into_inner());
+        if *failed {
+            return Err(
+                self.io(io::Error::other("an earlier sync of this file failed: bytes written to it may be lost"))
+            );
+        }
+        self.file.sync_data().map_err(|e| {
+            *failed = true;
+            tracing::error!(path = %self.path.display(), error = %e, "sync failed: the file takes no more syncs until the partition is opened again");
+            self.io(e)
+        })
     }
 
     /// Cuts the file to `len`, durably.
