@@ -1104,7 +1104,9 @@ fn recover(
             }
             if continuation.is_none() && f.allocated()? >= segment_bytes {
                 // Appends go on here, into blocks that stay allocated.
-                f.zero_from(end, *len)?;
+                if f.written_past(end, *len)? {
+                    f.zero_from(end, *len)?;
+                }
             } else {
                 f.set_len(end)?;
             }

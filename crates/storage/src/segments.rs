@@ -169,6 +169,21 @@ impl SegFile {
         }
     }
 
+    /// Whether anything but zeros may lie between `from` and `len`: the rest of the block
+    /// holding `from` is read, and past it the filesystem says where data is (blocks made
+    /// ahead and never written are none). True when it cannot tell. A clean restart finds
+    /// nothing there and so zeroes and syncs nothing.
+    pub fn written_past(&self, from: u64, len: u64) -> Result<bool, StorageError> {
+        use std::os::unix::fs::MetadataExt;
+        let block = self.file.metadata().map_err(|e| self.io(e))?.blksize().clamp(512, 1 << 20);
+        let block_end = ((from / block + 1) * block).min(len);
+        let mut rest = vec![0u8; (block_end - from) as usize];
+        if !self.read_at(&mut rest, from)? || rest.iter().any(|b| *b != 0) {
+            return Ok(true);
+        }
+        Ok(block_end < len && data_after(&self.file, block_end, len))
+    }
+
     /// The file's length: past its data when it was made ahead.
     pub fn len(&self) -> Result<u64, StorageError> {
         Ok(self.file.metadata().map_err(|e| self.io(e))?.len())
@@ -263,6 +278,25 @@ pub(crate) fn adopt_spare(dir: &Path, spare: Spare, no: u64) -> Result<Arc<SegFi
     std::fs::rename(&spare.path, &path)
         .map_err(|e| StorageError::Io { path: spare.path.display().to_string(), source: e })?;
     Ok(SegFile::new(no, spare.file, path))
+}
+
+/// Whether the filesystem knows of data in `file` from `pos` to `len` (`SEEK_DATA`); true when
+/// it cannot say.
+#[cfg(target_os = "linux")]
+fn data_after(file: &File, pos: u64, len: u64) -> bool {
+    use nix::errno::Errno;
+    use nix::unistd::{Whence, lseek};
+    let Ok(at) = i64::try_from(pos) else { return true };
+    match lseek(file, at, Whence::SeekData) {
+        Ok(found) => (found as u64) < len,
+        Err(Errno::ENXIO) => false,
+        Err(_) => true,
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn data_after(_file: &File, _pos: u64, _len: u64) -> bool {
+    true
 }
 
 /// Turns `bytes` from `from` into allocated zeros. `Ok(false)` when the filesystem cannot.

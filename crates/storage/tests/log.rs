@@ -787,16 +787,18 @@ async fn a_restart_zeroes_what_follows_the_data_in_a_file_made_ahead() {
     let mut ghost = BatchBuilder::new(Compression::None);
     ghost.push(n + 1, None, Some(b"ghost"), &[]);
     let ghost = ghost.build_at(n + 1, 0).unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&active)
-        .unwrap()
-        .write_all_at(&ghost, end + next.len() as u64)
-        .unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&active).unwrap();
+    file.write_all_at(&ghost, end + next.len() as u64).unwrap();
+    // And bytes blocks further on (found by asking the filesystem where data is, not read).
+    let far = end + 5 * 4096;
+    file.write_all_at(&[0xcd; 100], far).unwrap();
+    drop(file);
     {
         let store = reopen_with(dir.path(), small_segments(size)).await;
         let log = store.open(&pid()).unwrap();
         assert_eq!(log.offsets().log_end_offset, n);
+        let bytes = std::fs::read(&active).unwrap();
+        assert!(bytes.get(far as usize..far as usize + 100).is_none_or(|b| b.iter().all(|b| *b == 0)));
         if zeroes_in_place(dir.path()) {
             assert_eq!(std::fs::metadata(&active).unwrap().len(), size, "the file keeps its length");
         }
@@ -826,6 +828,17 @@ async fn a_restart_zeroes_what_follows_the_data_in_a_file_made_ahead() {
     let records = all_records(&*log, 0);
     assert_eq!(records.len() as i64, n + 2);
     assert_eq!(records.last().unwrap().2.as_deref(), Some("last"));
+    // Bytes only blocks past the data: the filesystem is asked where data is.
+    store.sync().await.unwrap();
+    drop(log);
+    drop(store);
+    let far = data_end(&active) + 5 * 4096;
+    std::fs::OpenOptions::new().write(true).open(&active).unwrap().write_all_at(&[0xcd; 100], far).unwrap();
+    let store = reopen_with(dir.path(), small_segments(size)).await;
+    let log = store.open(&pid()).unwrap();
+    assert_eq!(log.offsets().log_end_offset, n + 2);
+    let bytes = std::fs::read(&active).unwrap();
+    assert!(bytes.get(far as usize..far as usize + 100).is_none_or(|b| b.iter().all(|b| *b == 0)));
 }
 
 #[tokio::test]
