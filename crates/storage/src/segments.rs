@@ -47,16 +47,32 @@ pub(crate) struct SegFile {
     /// Held while the length changes: a file is only ever cut shorter, so a cut to its data
     /// end made after a roll can never lengthen it again past a truncation's cut.
     sizing: Mutex<()>,
-    /// Held across each fdatasync; true once one failed. The kernel reports a writeback error
-    /// once per open file and marks the pages it could not write clean, so a later fdatasync
-    /// would succeed over lost bytes: every later sync of this file fails instead (until the
-    /// partition is opened again and recovery checks what is there).
-    sync_failed: Mutex<bool>,
+    /// Its syncs: the kernel reports a writeback error once per open file and marks the pages
+    /// it could not write clean, so a later fdatasync would succeed over lost bytes, and of
+    /// two running at once only one hears of it. So once one failed, every sync of this file
+    /// fails (until the partition is opened again and recovery checks what is there), and a
+    /// sync that succeeded answers only after the syncs running when it ended have ended.
+    syncs: Mutex<Syncs>,
+    synced: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Syncs {
+    failed: bool,
+    started: u64,
+    running: Vec<u64>,
 }
 
 impl SegFile {
     fn new(no: u64, file: File, path: PathBuf) -> Arc<Self> {
-        Arc::new(SegFile { no, file, path, sizing: Mutex::new(()), sync_failed: Mutex::new(false) })
+        Arc::new(SegFile {
+            no,
+            file,
+            path,
+            sizing: Mutex::new(()),
+            syncs: Mutex::new(Syncs::default()),
+            synced: std::sync::Condvar::new(),
+        })
     }
 
     fn io(&self, source: io::Error) -> StorageError {
@@ -119,19 +135,42 @@ impl SegFile {
         }
     }
 
-    /// fdatasync: the bytes written so far survive a power loss.
+    /// fdatasync: the bytes written so far survive a power loss. Syncs of the file run side by
+    /// side (the second's writes overlap the first's journal commit).
     pub fn sync(&self) -> Result<(), StorageError> {
-        let mut failed = self.sync_failed.lock().unwrap_or_else(|e| e.into_inner());
-        if *failed {
-            return Err(
-                self.io(io::Error::other("an earlier sync of this file failed: bytes written to it may be lost"))
-            );
+        let lock = || self.syncs.lock().unwrap_or_else(|e| e.into_inner());
+        let failed =
+            || self.io(io::Error::other("an earlier sync of this file failed: bytes written to it may be lost"));
+        let me = {
+            let mut st = lock();
+            if st.failed {
+                return Err(failed());
+            }
+            st.started += 1;
+            let me = st.started;
+            st.running.push(me);
+            me
+        };
+        let res = self.file.sync_data();
+        let mut st = lock();
+        if let Err(e) = &res {
+            if !st.failed {
+                tracing::error!(path = %self.path.display(), error = %e, "sync failed: the file takes no more syncs until the partition is opened again");
+            }
+            st.failed = true;
         }
-        self.file.sync_data().map_err(|e| {
-            *failed = true;
-            tracing::error!(path = %self.path.display(), error = %e, "sync failed: the file takes no more syncs until the partition is opened again");
-            self.io(e)
-        })
+        st.running.retain(|r| *r != me);
+        self.synced.notify_all();
+        // One of these may have been told of an error this one's fdatasync was not.
+        let others = st.running.clone();
+        while others.iter().any(|o| st.running.contains(o)) {
+            st = self.synced.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        match res {
+            Err(e) => Err(self.io(e)),
+            Ok(()) if st.failed => Err(failed()),
+            Ok(()) => Ok(()),
+        }
     }
 
     /// Cuts the file to `len`, durably.
