@@ -916,7 +916,8 @@ const SLOW_APPEND: Duration = Duration::from_millis(50);
 /// since that one started, without waiting for it to end: the device always has writes to do,
 /// and a waiter waits for about one sync, not one and a half. Concurrent syncs are safe: each
 /// fdatasync covers every byte written before it was called, whoever else syncs the file, and
-/// a sync also syncs the files of a partition's syncs still running ([`Pending::syncing`]).
+/// a sync also syncs the files of a partition's syncs still running ([`Pending::syncing`]), and
+/// waiters are answered in the order the syncs started ([`SyncOrder`]).
 const SYNCS_AT_ONCE: usize = 2;
 
 /// Syncs for waiters (acks=all), sharing one sync among all who asked while the others ran,
@@ -930,6 +931,7 @@ async fn syncer(shared: Weak<Shared>, mut rx: mpsc::UnboundedReceiver<SyncReques
     tick.tick().await;
     let mut last_checkpoint = tokio::time::Instant::now();
     let mut running = tokio::task::JoinSet::new();
+    let mut order = SyncOrder::default();
     let mut waiters: Vec<SyncRequest> = Vec::new();
     let mut checkpoint_due = false;
     let mut open = true;
@@ -940,13 +942,18 @@ async fn syncer(shared: Weak<Shared>, mut rx: mpsc::UnboundedReceiver<SyncReques
                 None => open = false,
             },
             _ = tick.tick(), if interval_ms > 0 => checkpoint_due = true,
-            Some(done) = running.join_next(), if !running.is_empty() => {
-                let (res, answered): (Result<(), String>, Vec<SyncRequest>) = done.unwrap_or_else(|e| (Err(e.to_string()), Vec::new()));
+            Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                let (task, res) = match done {
+                    Ok((task, res)) => (task, res),
+                    Err(e) => (e.id(), Err(e.to_string())),
+                };
                 if let Err(e) = &res {
                     tracing::error!(error = %e, "sync to disk failed");
                 }
-                for (_, w) in answered {
-                    let _ = w.send(res.clone());
+                for (res, answered) in order.ended(task, res) {
+                    for (_, w) in answered {
+                        let _ = w.send(res.clone());
+                    }
                 }
             }
         }
@@ -967,13 +974,80 @@ async fn syncer(shared: Weak<Shared>, mut rx: mpsc::UnboundedReceiver<SyncReques
         }
         let Some(shared) = shared.upgrade() else { break };
         let answered = std::mem::take(&mut waiters);
-        running.spawn(async move {
-            let res = tokio::task::spawn_blocking(move || shared.sync_all(kind))
+        let handle = running.spawn(async move {
+            tokio::task::spawn_blocking(move || shared.sync_all(kind))
                 .await
                 .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
-            (res, answered)
+                .and_then(|r| r.map_err(|e| e.to_string()))
         });
+        order.started(handle.id(), answered);
+    }
+}
+
+/// Answers the syncs' waiters in the order the syncs started. A waiter's append can be taken by
+/// a sync that started before the waiter asked (it joins the next one): a later sync finds
+/// nothing of it to do and must not answer before the earlier one has made it durable, nor
+/// answer success if that one failed.
+#[derive(Default)]
+struct SyncOrder {
+    next: u64,
+    /// Syncs running, by task.
+    running: HashMap<tokio::task::Id, Started>,
+    /// Syncs ended and not answered yet (an earlier one still runs), by number.
+    ended: BTreeMap<u64, (Result<(), String>, Started)>,
+    /// The syncs that failed, while a sync that was running when they ended is not answered.
+    failed: Vec<u64>,
+}
+
+/// A sync, as [`SyncOrder`] knows it.
+struct Started {
+    n: u64,
+    waiters: Vec<SyncRequest>,
+    /// The syncs running when it started.
+    before: Vec<u64>,
+}
+
+impl SyncOrder {
+    fn started(&mut self, task: tokio::task::Id, waiters: Vec<SyncRequest>) {
+        let before = self.running.values().map(|r| r.n).collect();
+        self.running.insert(task, Started { n: self.next, waiters, before });
+        self.next += 1;
+    }
+
+    /// Records that a sync ended; returns the waiters that can be answered now, in order, with
+    /// their answer.
+    fn ended(&mut self, task: tokio::task::Id, res: Result<(), String>) -> Vec<(Result<(), String>, Vec<SyncRequest>)> {
+        if let Some(sync) = self.running.remove(&task) {
+            if res.is_err() {
+                self.failed.push(sync.n);
+            }
+            self.ended.insert(sync.n, (res, sync));
+        }
+        let oldest_running = self.running.values().map(|r| r.n).min();
+        let mut out = Vec::new();
+        while let Some(entry) = self.ended.first_entry() {
+            if oldest_running.is_some_and(|r| r < *entry.key()) {
+                break;
+            }
+            let (res, sync) = entry.remove();
+            let res = match res {
+                Ok(()) if sync.before.iter().any(|b| self.failed.contains(b)) => {
+                    Err("an earlier sync that held these writes failed".to_string())
+                }
+                res => res,
+            };
+            out.push((res, sync.waiters));
+        }
+        // A failure matters only to the syncs that were running when it ended (none that
+        // starts later depends on it: the failed job put its files back for them).
+        let keep: std::collections::HashSet<u64> = self
+            .running
+            .values()
+            .chain(self.ended.values().map(|e| &e.1))
+            .flat_map(|r| r.before.iter().copied())
+            .collect();
+        self.failed.retain(|f| keep.contains(f));
+        out
     }
 }
 
@@ -1943,5 +2017,51 @@ impl PartitionLog for SegmentPartition {
     fn producers(&self) -> Vec<producers::ProducerInfo> {
         let st = self.lock();
         st.producers.describe(|id| st.txns.open_since(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A waiter, and where its answer arrives.
+    fn waiter() -> (SyncRequest, oneshot::Receiver<Result<(), String>>) {
+        let (tx, rx) = oneshot::channel();
+        ((SyncKind::Data, tx), rx)
+    }
+
+    fn answer(order: &mut SyncOrder, task: tokio::task::Id, res: Result<(), String>) {
+        for (res, waiters) in order.ended(task, res) {
+            for (_, w) in waiters {
+                let _ = w.send(res.clone());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_later_sync_answers_after_the_earlier_one_and_fails_with_it() {
+        let ids: Vec<tokio::task::Id> = {
+            let a = tokio::spawn(async {});
+            let b = tokio::spawn(async {});
+            let c = tokio::spawn(async {});
+            vec![a.id(), b.id(), c.id()]
+        };
+        let mut order = SyncOrder::default();
+        let (w1, mut r1) = waiter();
+        let (w2, mut r2) = waiter();
+        order.started(ids[0], vec![w1]);
+        order.started(ids[1], vec![w2]);
+        // The second ends first: it waits for the first, which held writes it answers for.
+        answer(&mut order, ids[1], Ok(()));
+        assert!(r2.try_recv().is_err(), "answered before the earlier sync ended");
+        answer(&mut order, ids[0], Err("disk".into()));
+        assert_eq!(r1.try_recv().unwrap(), Err("disk".to_string()));
+        assert!(r2.try_recv().unwrap().is_err(), "a sync that overlapped a failed one answers with its failure");
+        // A sync that starts once the failed one ended does not inherit it.
+        let (w3, mut r3) = waiter();
+        order.started(ids[2], vec![w3]);
+        answer(&mut order, ids[2], Ok(()));
+        assert_eq!(r3.try_recv().unwrap(), Ok(()));
+        assert!(order.failed.is_empty() && order.running.is_empty() && order.ended.is_empty());
     }
 }
