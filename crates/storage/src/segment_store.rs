@@ -401,20 +401,28 @@ impl Shared {
         for (i, r) in done_rx {
             results[i] = r;
         }
-        for (job, res) in jobs.into_iter().zip(results) {
+        let requeue = |ps: &Arc<PartitionSync>| {
+            if !ps.queued.swap(true, Ordering::AcqRel) {
+                lock(&self.dirty).push(ps.clone());
+            }
+        };
+        for (job, res) in jobs.iter().zip(results) {
             if let Err(e) = res {
                 // Its files are back in the partition's pending list (Job::run): the next
                 // sync tries them again.
-                let ps = job.ps.clone();
-                if !ps.queued.swap(true, Ordering::AcqRel) {
-                    lock(&self.dirty).push(ps.clone());
-                }
+                requeue(&job.ps);
                 first_error.get_or_insert(e);
             }
         }
         let files_done = started.elapsed();
-        if flush_index {
-            self.db.flush()?;
+        let flushed = if flush_index { self.db.flush().map(|_| ()) } else { Ok(()) };
+        if let Err(e) = flushed {
+            // A new partition's tree is still to be made durable: by the next sync.
+            for job in jobs.iter().filter(|j| j.new_tree) {
+                lock(&job.ps.pending).new_tree = true;
+                requeue(&job.ps);
+            }
+            return Err(e.into());
         }
         tracing::trace!(?kind, files = ?files_done, index = ?started.elapsed() - files_done, "synced");
         first_error.map_or(Ok(()), Err)
