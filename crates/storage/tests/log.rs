@@ -754,6 +754,31 @@ fn data_end(path: &std::path::Path) -> u64 {
     pos.min(bytes.len()) as u64
 }
 
+/// Appends records of `value` to a new store of `size`-byte files until appends go to a file
+/// made ahead, then `more` records, syncs and closes the store; returns how many.
+async fn written_into_a_file_made_ahead(dir: &std::path::Path, size: u64, value: &str, more: usize) -> i64 {
+    let cfg = TopicConfig::default();
+    let store = SegmentStore::open_with(dir, small_segments(size)).unwrap();
+    let log = store.open(&pid()).unwrap();
+    let mut n = 0i64;
+    let mut append = || {
+        log.append(&batch(&[(None, Some(value), n)], Compression::None), &cfg, 0, 0).unwrap();
+        n += 1;
+    };
+    for _ in 0..40 {
+        append();
+    }
+    ready_spare(&store, dir).await;
+    while segment_files(dir).len() < 2 {
+        append();
+    }
+    for _ in 0..more {
+        append();
+    }
+    store.sync().await.unwrap();
+    n
+}
+
 #[tokio::test]
 async fn a_restart_zeroes_what_follows_the_data_in_a_file_made_ahead() {
     use std::os::unix::fs::FileExt;
@@ -761,23 +786,7 @@ async fn a_restart_zeroes_what_follows_the_data_in_a_file_made_ahead() {
     let cfg = TopicConfig::default();
     let size = 64 << 10;
     let value = "v".repeat(1000);
-    let mut n = 0i64;
-    {
-        let store = SegmentStore::open_with(dir.path(), small_segments(size)).unwrap();
-        let log = store.open(&pid()).unwrap();
-        let mut append = || {
-            log.append(&batch(&[(None, Some(&value), n)], Compression::None), &cfg, 0, 0).unwrap();
-            n += 1;
-        };
-        for _ in 0..40 {
-            append();
-        }
-        ready_spare(&store, dir.path()).await;
-        while segment_files(dir.path()).len() < 2 {
-            append();
-        }
-        store.sync().await.unwrap();
-    }
+    let n = written_into_a_file_made_ahead(dir.path(), size, &value, 0).await;
     // Before a crash the kernel wrote a later block of the file and not the one before it:
     // a whole batch lies past zeros. Once appends have filled the zeros it would continue
     // the log (offset `n + 1`, right after the next append), though it never was its.
@@ -845,28 +854,9 @@ async fn a_restart_zeroes_what_follows_the_data_in_a_file_made_ahead() {
 async fn a_synced_batch_missing_from_a_file_made_ahead_is_dropped_not_served() {
     use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = TopicConfig::default();
     let size = 64 << 10;
     let value = "v".repeat(1000);
-    let mut n = 0i64;
-    {
-        let store = SegmentStore::open_with(dir.path(), small_segments(size)).unwrap();
-        let log = store.open(&pid()).unwrap();
-        let mut append = || {
-            log.append(&batch(&[(None, Some(&value), n)], Compression::None), &cfg, 0, 0).unwrap();
-            n += 1;
-        };
-        for _ in 0..40 {
-            append();
-        }
-        ready_spare(&store, dir.path()).await;
-        while segment_files(dir.path()).len() < 2 {
-            append();
-        }
-        append();
-        append();
-        store.sync().await.unwrap();
-    }
+    let n = written_into_a_file_made_ahead(dir.path(), size, &value, 2).await;
     // The synced mark covers the last batch, but its bytes never reached the disk (the file,
     // made ahead, is long enough for the index to point there): it goes, not served damaged.
     let active = segment_files(dir.path()).pop().unwrap();
