@@ -111,15 +111,7 @@ impl SegFile {
     /// log does not hold (a write that failed part way, an index update that failed) must not
     /// be taken into it by a recovery. Best effort: its own failure is logged.
     pub fn discard_from(&self, at: u64) {
-        let done = match self.len() {
-            Ok(len) if len > at => match zero_range(&self.file, at, len - at) {
-                Ok(true) => Ok(()),
-                _ => self.set_len_unsynced(at),
-            }
-            .and_then(|()| self.sync()),
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
-        };
+        let done = self.len().and_then(|len| if len > at { self.zero_from(at, len) } else { Ok(()) });
         if let Err(e) = done {
             tracing::warn!(error = %e, at, "cannot discard what a failed write left in a segment file");
         }
@@ -196,15 +188,14 @@ impl SegFile {
     }
 
     /// Makes the bytes from `from` to `len` read as zeros, durably, the blocks kept allocated
-    /// (cut at `from` where the filesystem cannot). Synced: the block holding `from` is
+    /// (cut at `from` where the filesystem cannot or the zeroing fails). Synced: the block holding `from` is
     /// zeroed by a data write, which later appends into that block could reach the disk
     /// without (no journal commit orders them), leaving bytes past it that the zeroing did
     /// not make durable.
     pub fn zero_from(&self, from: u64, len: u64) -> Result<(), StorageError> {
         match zero_range(&self.file, from, len.saturating_sub(from)) {
             Ok(true) => self.sync(),
-            Ok(false) => self.set_len(from),
-            Err(e) => Err(self.io(e)),
+            Ok(false) | Err(_) => self.set_len(from),
         }
     }
 
